@@ -1,0 +1,46 @@
+"""Server settings, from command-line flags and ``CARGOHOLD_*`` environment variables."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+
+
+def default_data_dir() -> Path:
+    """``$CARGOHOLD_DATA_DIR``, else ``$XDG_DATA_HOME/cargohold``, else ``~/.local/share/cargohold``."""
+    if env := os.environ.get("CARGOHOLD_DATA_DIR"):
+        return Path(env)
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "cargohold"
+
+
+@dataclass
+class ServerSettings:
+    host: str = "127.0.0.1"
+    port: int = 5000
+    data_dir: Path = field(default_factory=default_data_dir)
+    database_url: str | None = None
+    """SQLAlchemy URL; default ``sqlite:///<data-dir>/metadata.db``."""
+    public_url: str | None = None
+    """The URL clients use to reach this server (for token realms and OIDC audience); default from host/port."""
+    log_level: str = "info"
+    access_log: bool = True
+    upload_ttl: timedelta = timedelta(hours=24)
+    """Upload sessions idle for longer are purged with their staged bytes."""
+    max_blob_size: int = 64 * 1024**3
+    """Largest blob accepted; protects the disk from an endless upload."""
+    chunk_min_length: int = 0
+    """Advertised as ``OCI-Chunk-Min-Length`` when > 0; the filesystem store accepts chunks of any size."""
+    fsync: bool = True
+    """fsync blobs before they become visible, so a power loss cannot leave a torn blob under a digest."""
+    io_threads: int = 16
+
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir / 'metadata.db'}"
+
+    def resolved_public_url(self) -> str:
+        if self.public_url:
+            return self.public_url.rstrip("/")
+        return f"http://{self.host}:{self.port}"

@@ -1,0 +1,418 @@
+"""Registry metadata operations: the only place that knows the schema.
+
+Every method is one short transaction. The HTTP layer calls them from a thread pool (they block), and a
+PostgreSQL implementation later keeps the same methods. Integrity rules enforced here, inside the write
+transaction so nothing can slip between check and commit:
+
+* a blob is readable in a repository only through a ``repository_blobs`` link;
+* a manifest is accepted only if every blob and child manifest it references is in that repository;
+* a blob referenced by a manifest cannot be unlinked from the manifest's repository.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from sqlalchemy import delete, exists, func, select, update
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.orm import Session
+
+from cargohold.metadata.db import Database
+from cargohold.metadata.models import (
+    Blob,
+    Manifest,
+    ManifestReference,
+    Repository,
+    RepositoryBlob,
+    Tag,
+    UploadSession,
+)
+from cargohold.oci.digest import Digest
+from cargohold.oci.manifest import Descriptor, ParsedManifest
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class MissingReferences(LookupError):
+    """A manifest names blobs or child manifests that the repository does not hold."""
+
+    def __init__(self, missing: list[str]) -> None:
+        super().__init__(", ".join(missing))
+        self.missing = missing
+
+
+class SizeMismatch(ValueError):
+    """A manifest's descriptor size differs from the stored blob's size."""
+
+
+class ManifestInUse(RuntimeError):
+    """A manifest cannot be deleted while an index in the repository lists it."""
+
+    def __init__(self, parent: str) -> None:
+        super().__init__(parent)
+        self.parent = parent
+
+
+class BlobInUse(RuntimeError):
+    """A blob cannot be unlinked while a manifest in the repository references it."""
+
+
+@dataclass(frozen=True, slots=True)
+class StoredManifest:
+    digest: str
+    media_type: str
+    payload: bytes
+    subject_digest: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class UploadRecord:
+    id: str
+    repository: str
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class PutResult:
+    created: bool
+    """False when the same digest was already stored in the repository (the PUT only (re)tagged it)."""
+
+
+class MetadataStore:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    # --- repositories -------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _repository_id(session: Session, name: str) -> int | None:
+        return session.scalar(select(Repository.id).where(Repository.name == name))
+
+    @staticmethod
+    def _ensure_repository(session: Session, name: str) -> int:
+        session.execute(
+            sqlite_insert(Repository)
+            .values(name=name, created_at=utcnow())
+            .on_conflict_do_nothing(index_elements=["name"])
+        )
+        repository_id = session.scalar(select(Repository.id).where(Repository.name == name))
+        assert repository_id is not None
+        return repository_id
+
+    def repository_exists(self, name: str) -> bool:
+        with self.db.read() as session:
+            return self._repository_id(session, name) is not None
+
+    def list_repositories(self, *, last: str | None, limit: int | None) -> list[str]:
+        with self.db.read() as session:
+            query = select(Repository.name).order_by(Repository.name)
+            if last:
+                query = query.where(Repository.name > last)
+            if limit is not None:
+                query = query.limit(limit)
+            return list(session.scalars(query))
+
+    # --- blobs --------------------------------------------------------------------------------------------
+
+    def linked_blob_size(self, repository: str, digest: str) -> int | None:
+        """Size of ``digest`` if the repository may read it, else None."""
+        with self.db.read() as session:
+            return session.scalar(
+                select(Blob.size)
+                .join(RepositoryBlob, RepositoryBlob.digest == Blob.digest)
+                .join(Repository, Repository.id == RepositoryBlob.repository_id)
+                .where(Repository.name == repository, Blob.digest == digest)
+            )
+
+    def link_blob(self, repository: str, digest: str, size: int, commit: Callable[[], None] | None = None) -> None:
+        """Record content and make it readable in ``repository`` (idempotent).
+
+        ``commit`` (moving the verified upload into the content store) runs inside the write transaction,
+        after the rows are written and before they are committed. Garbage collection deletes content
+        under the same write lock, so it can never remove a file between its commit and its link.
+        """
+        now = utcnow()
+        with self.db.write() as session:
+            repository_id = self._ensure_repository(session, repository)
+            session.execute(
+                sqlite_insert(Blob)
+                .values(digest=digest, size=size, created_at=now)
+                .on_conflict_do_nothing(index_elements=["digest"])
+            )
+            self._link(session, repository_id, digest, now)
+            if commit is not None:
+                commit()
+
+    @staticmethod
+    def _link(session: Session, repository_id: int, digest: str, now: datetime) -> None:
+        statement = sqlite_insert(RepositoryBlob).values(repository_id=repository_id, digest=digest, linked_at=now)
+        session.execute(
+            statement.on_conflict_do_update(index_elements=["repository_id", "digest"], set_={"linked_at": now})
+        )
+
+    def mount_blob(self, repository: str, source: str, digest: str) -> int | None:
+        """Link ``digest`` into ``repository`` if ``source`` may read it; returns its size or None."""
+        now = utcnow()
+        with self.db.write() as session:
+            size = session.scalar(
+                select(Blob.size)
+                .join(RepositoryBlob, RepositoryBlob.digest == Blob.digest)
+                .join(Repository, Repository.id == RepositoryBlob.repository_id)
+                .where(Repository.name == source, Blob.digest == digest)
+            )
+            if size is None:
+                return None
+            repository_id = self._ensure_repository(session, repository)
+            self._link(session, repository_id, digest, now)
+            return size
+
+    def unlink_blob(self, repository: str, digest: str) -> bool:
+        """Remove ``digest`` from ``repository``; raises :class:`BlobInUse` if a manifest there needs it."""
+        with self.db.write() as session:
+            repository_id = self._repository_id(session, repository)
+            if repository_id is None:
+                return False
+            in_use = session.scalar(
+                select(
+                    exists()
+                    .where(ManifestReference.digest == digest, ManifestReference.kind == "blob")
+                    .where(ManifestReference.manifest_id == Manifest.id, Manifest.repository_id == repository_id)
+                )
+            )
+            if in_use:
+                raise BlobInUse(digest)
+            result = session.execute(
+                delete(RepositoryBlob).where(
+                    RepositoryBlob.repository_id == repository_id, RepositoryBlob.digest == digest
+                )
+            )
+            return bool(result.rowcount)  # type: ignore[attr-defined]
+
+    # --- upload sessions ----------------------------------------------------------------------------------
+
+    def create_upload(self, repository: str, upload_id: str) -> None:
+        now = utcnow()
+        with self.db.write() as session:
+            repository_id = self._ensure_repository(session, repository)
+            session.add(UploadSession(id=upload_id, repository_id=repository_id, created_at=now, updated_at=now))
+
+    def get_upload(self, upload_id: str) -> UploadRecord | None:
+        with self.db.read() as session:
+            row = session.execute(
+                select(UploadSession.id, Repository.name, UploadSession.created_at)
+                .join(Repository, Repository.id == UploadSession.repository_id)
+                .where(UploadSession.id == upload_id)
+            ).first()
+            return UploadRecord(row[0], row[1], row[2]) if row else None
+
+    def touch_upload(self, upload_id: str) -> None:
+        with self.db.write() as session:
+            session.execute(update(UploadSession).where(UploadSession.id == upload_id).values(updated_at=utcnow()))
+
+    def delete_upload(self, upload_id: str) -> bool:
+        with self.db.write() as session:
+            result = session.execute(delete(UploadSession).where(UploadSession.id == upload_id))
+            return bool(result.rowcount)  # type: ignore[attr-defined]
+
+    def stale_uploads(self, older_than: datetime) -> list[str]:
+        with self.db.read() as session:
+            return list(session.scalars(select(UploadSession.id).where(UploadSession.updated_at < older_than)))
+
+    def upload_ids(self) -> set[str]:
+        with self.db.read() as session:
+            return set(session.scalars(select(UploadSession.id)))
+
+    # --- manifests and tags -------------------------------------------------------------------------------
+
+    def put_manifest(
+        self,
+        repository: str,
+        digest: str,
+        payload: bytes,
+        parsed: ParsedManifest,
+        tags: Iterable[str] = (),
+    ) -> PutResult:
+        """Store a manifest (and point ``tags`` at it) after checking every reference, atomically."""
+        now = utcnow()
+        with self.db.write() as session:
+            repository_id = self._ensure_repository(session, repository)
+            self._check_references(session, repository_id, parsed)
+            manifest_id = session.scalar(
+                select(Manifest.id).where(Manifest.repository_id == repository_id, Manifest.digest == digest)
+            )
+            created = manifest_id is None
+            if manifest_id is None:
+                manifest = Manifest(
+                    repository_id=repository_id,
+                    digest=digest,
+                    media_type=parsed.media_type,
+                    artifact_type=parsed.artifact_type,
+                    subject_digest=str(parsed.subject.digest) if parsed.subject else None,
+                    annotations=json.dumps(parsed.annotations) if parsed.annotations else None,
+                    size=len(payload),
+                    payload=payload,
+                    created_at=now,
+                )
+                manifest.references = [
+                    *(ManifestReference(digest=str(d.digest), kind="blob") for d in _unique(parsed.blobs)),
+                    *(ManifestReference(digest=str(d.digest), kind="manifest") for d in _unique(parsed.children)),
+                ]
+                session.add(manifest)
+                session.flush()
+                manifest_id = manifest.id
+            for tag in tags:
+                statement = sqlite_insert(Tag).values(
+                    repository_id=repository_id, name=tag, manifest_id=manifest_id, updated_at=now
+                )
+                session.execute(
+                    statement.on_conflict_do_update(
+                        index_elements=["repository_id", "name"],
+                        set_={"manifest_id": manifest_id, "updated_at": now},
+                    )
+                )
+            return PutResult(created=created)
+
+    @staticmethod
+    def _check_references(session: Session, repository_id: int, parsed: ParsedManifest) -> None:
+        missing: list[str] = []
+        wanted_blobs = {str(d.digest): d for d in parsed.blobs}
+        if wanted_blobs:
+            rows = session.execute(
+                select(Blob.digest, Blob.size)
+                .join(RepositoryBlob, RepositoryBlob.digest == Blob.digest)
+                .where(RepositoryBlob.repository_id == repository_id, Blob.digest.in_(list(wanted_blobs)))
+            ).all()
+            found = {digest: size for digest, size in rows}
+            for digest, descriptor in wanted_blobs.items():
+                if digest not in found:
+                    missing.append(digest)
+                elif found[digest] != descriptor.size:
+                    raise SizeMismatch(
+                        f"descriptor for {digest} says {descriptor.size} bytes, the blob has {found[digest]}"
+                    )
+        wanted_children = {str(d.digest) for d in parsed.children}
+        if wanted_children:
+            present = set(
+                session.scalars(
+                    select(Manifest.digest).where(
+                        Manifest.repository_id == repository_id, Manifest.digest.in_(list(wanted_children))
+                    )
+                )
+            )
+            missing.extend(sorted(wanted_children - present))
+        if missing:
+            raise MissingReferences(missing)
+
+    def get_manifest(self, repository: str, reference: str, *, by_digest: bool) -> StoredManifest | None:
+        with self.db.read() as session:
+            query = (
+                select(Manifest.digest, Manifest.media_type, Manifest.payload, Manifest.subject_digest)
+                .join(Repository, Repository.id == Manifest.repository_id)
+                .where(Repository.name == repository)
+            )
+            if by_digest:
+                query = query.where(Manifest.digest == reference)
+            else:
+                query = query.join(Tag, Tag.manifest_id == Manifest.id).where(Tag.name == reference)
+            row = session.execute(query).first()
+            return StoredManifest(row[0], row[1], row[2], row[3]) if row else None
+
+    def delete_manifest(self, repository: str, digest: str) -> bool:
+        """Delete a manifest and every tag pointing at it."""
+        with self.db.write() as session:
+            repository_id = self._repository_id(session, repository)
+            if repository_id is None:
+                return False
+            manifest_id = session.scalar(
+                select(Manifest.id).where(Manifest.repository_id == repository_id, Manifest.digest == digest)
+            )
+            if manifest_id is None:
+                return False
+            parent = session.scalar(
+                select(Manifest.digest)
+                .join(ManifestReference, ManifestReference.manifest_id == Manifest.id)
+                .where(
+                    Manifest.repository_id == repository_id,
+                    ManifestReference.digest == digest,
+                    ManifestReference.kind == "manifest",
+                )
+                .limit(1)
+            )
+            if parent is not None:
+                raise ManifestInUse(parent)
+            session.execute(delete(Tag).where(Tag.manifest_id == manifest_id))
+            session.execute(delete(ManifestReference).where(ManifestReference.manifest_id == manifest_id))
+            session.execute(delete(Manifest).where(Manifest.id == manifest_id))
+            return True
+
+    def delete_tag(self, repository: str, tag: str) -> bool:
+        with self.db.write() as session:
+            repository_id = self._repository_id(session, repository)
+            if repository_id is None:
+                return False
+            result = session.execute(delete(Tag).where(Tag.repository_id == repository_id, Tag.name == tag))
+            return bool(result.rowcount)  # type: ignore[attr-defined]
+
+    def list_tags(self, repository: str, *, last: str | None, limit: int | None) -> list[str] | None:
+        """Tags in lexical order after ``last``; None if the repository does not exist."""
+        with self.db.read() as session:
+            repository_id = self._repository_id(session, repository)
+            if repository_id is None:
+                return None
+            query = select(Tag.name).where(Tag.repository_id == repository_id).order_by(Tag.name)
+            if last:
+                query = query.where(Tag.name > last)
+            if limit is not None:
+                query = query.limit(limit)
+            return list(session.scalars(query))
+
+    def referrers(self, repository: str, subject: str, artifact_type: str | None) -> list[Descriptor]:
+        """Descriptors of manifests in ``repository`` whose ``subject`` is ``subject``."""
+        with self.db.read() as session:
+            query = (
+                select(
+                    Manifest.media_type,
+                    Manifest.digest,
+                    Manifest.size,
+                    Manifest.artifact_type,
+                    Manifest.annotations,
+                )
+                .join(Repository, Repository.id == Manifest.repository_id)
+                .where(Repository.name == repository, Manifest.subject_digest == subject)
+                .order_by(Manifest.created_at, Manifest.id)
+            )
+            if artifact_type is not None:
+                query = query.where(Manifest.artifact_type == artifact_type)
+            return [
+                Descriptor(
+                    media_type=row.media_type,
+                    digest=Digest.parse(row.digest),
+                    size=row.size,
+                    artifact_type=row.artifact_type,
+                    annotations=json.loads(row.annotations) if row.annotations else None,
+                )
+                for row in session.execute(query)
+            ]
+
+    def count_manifests(self, repository: str) -> int:
+        with self.db.read() as session:
+            return (
+                session.scalar(
+                    select(func.count(Manifest.id))
+                    .join(Repository, Repository.id == Manifest.repository_id)
+                    .where(Repository.name == repository)
+                )
+                or 0
+            )
+
+
+def _unique(descriptors: list[Descriptor]) -> list[Descriptor]:
+    seen: dict[str, Descriptor] = {}
+    for descriptor in descriptors:
+        seen.setdefault(str(descriptor.digest), descriptor)
+    return list(seen.values())

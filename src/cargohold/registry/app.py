@@ -1,0 +1,137 @@
+"""The aiohttp application: wiring, middlewares, start-up and background housekeeping."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+
+from aiohttp import ClientConnectionResetError, web
+from aiohttp.http_exceptions import HttpProcessingError
+
+from cargohold import __version__
+from cargohold.config import ServerSettings
+from cargohold.metadata.db import Database
+from cargohold.metadata.store import MetadataStore
+from cargohold.registry import routing
+from cargohold.registry.access import AccessPolicy, OpenAccess
+from cargohold.registry.errors import RegistryError
+from cargohold.registry.state import STATE_KEY, RegistryState, state_of
+from cargohold.storage.filesystem import FilesystemBlobStore
+
+log = logging.getLogger(__name__)
+
+API_VERSION_HEADER = {"Docker-Distribution-API-Version": "registry/2.0"}
+
+
+@web.middleware
+async def oci_errors(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Turn every failure into the OCI JSON error format; never leak a traceback to the client."""
+    is_registry = request.path.startswith("/v2")
+    head = request.method == "HEAD"
+    try:
+        response = await handler(request)
+    except RegistryError as exc:
+        response = exc.response(head=head)
+    except web.HTTPException as exc:
+        if not is_registry or exc.status < 400:
+            raise
+        code = {401: "UNAUTHORIZED", 403: "DENIED", 404: "NAME_UNKNOWN", 405: "UNSUPPORTED", 413: "SIZE_INVALID"}
+        response = RegistryError(
+            code.get(exc.status, "UNSUPPORTED"), exc.reason or "request refused", status=exc.status
+        ).response(head=head)
+    except (ConnectionResetError, ClientConnectionResetError, HttpProcessingError) as exc:
+        # The client went away or sent a broken body mid-request; nothing was committed.
+        log.info("client connection failed during %s %s: %s", request.method, request.path, exc)
+        response = RegistryError("BLOB_UPLOAD_INVALID", f"request body incomplete: {exc}").response(head=head)
+    except Exception:
+        log.exception("internal error handling %s %s", request.method, request.path_qs)
+        response = RegistryError("UNKNOWN", "internal server error; the server log has the details").response(head=head)
+    if is_registry:
+        response.headers.update(API_VERSION_HEADER)
+    return response
+
+
+async def api_root(request: web.Request) -> web.Response:
+    """``GET /v2/``: the API version check clients (and ``docker login``) start with."""
+    await state_of(request).access.authorize(request, None, frozenset())
+    return web.json_response({}, headers=API_VERSION_HEADER)
+
+
+async def healthz(request: web.Request) -> web.Response:
+    state = state_of(request)
+    await state.run(state.metadata.repository_exists, "healthz-probe")
+    return web.json_response({"status": "ok", "version": __version__})
+
+
+def purge_stale_uploads(state: RegistryState, now: datetime | None = None) -> int:
+    """Remove upload sessions idle for longer than the TTL, and staged files no session owns."""
+    now = now or datetime.now(UTC)
+    cutoff = now - state.settings.upload_ttl
+    removed = 0
+    for upload_id in state.metadata.stale_uploads(cutoff):
+        state.blobs.remove_upload(upload_id)
+        state.metadata.delete_upload(upload_id)
+        removed += 1
+    known = state.metadata.upload_ids()
+    for upload_id, modified in list(state.blobs.iter_uploads()):
+        if upload_id not in known and modified < cutoff:
+            state.blobs.remove_upload(upload_id)
+            removed += 1
+    if removed:
+        log.info("purged %d stale upload session(s) idle since before %s", removed, cutoff.isoformat())
+    return removed
+
+
+async def _housekeeping(app: web.Application) -> AsyncIterator[None]:
+    state = app[STATE_KEY]
+    interval = max(1.0, min(state.settings.upload_ttl / 4, timedelta(hours=1)).total_seconds())
+
+    async def loop() -> None:
+        while True:
+            try:
+                await state.run(purge_stale_uploads, state)
+            except Exception:
+                log.exception("purging stale uploads failed; will retry in %.0f s", interval)
+            await asyncio.sleep(interval)
+
+    task = asyncio.create_task(loop())
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+async def _shutdown(app: web.Application) -> AsyncIterator[None]:
+    yield
+    state = app[STATE_KEY]
+    state.executor.shutdown(wait=True, cancel_futures=True)
+    state.metadata.db.dispose()
+
+
+def create_app(settings: ServerSettings, access: AccessPolicy | None = None) -> web.Application:
+    """Build the registry application; migrates the metadata database before returning."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    database = Database(settings.resolved_database_url())
+    database.migrate()
+    state = RegistryState(
+        settings=settings,
+        metadata=MetadataStore(database),
+        blobs=FilesystemBlobStore(settings.data_dir, fsync=settings.fsync),
+        access=access or OpenAccess(),
+        executor=ThreadPoolExecutor(max_workers=settings.io_threads, thread_name_prefix="cargohold-io"),
+    )
+    app = web.Application(middlewares=[oci_errors], client_max_size=1024**2)
+    app[STATE_KEY] = state
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/v2/", api_root)
+    app.router.add_get("/v2", api_root)
+    app.router.add_route("*", "/v2/{tail:.+}", routing.dispatch)
+    app.cleanup_ctx.append(_shutdown)
+    app.cleanup_ctx.append(_housekeeping)
+    return app

@@ -1,0 +1,153 @@
+"""Manifests: ``HEAD/GET/PUT/DELETE /v2/<name>/manifests/<tag-or-digest>``.
+
+Manifest bytes are stored and served exactly as pushed: their digest *is* their identity, so the server
+never re-serialises them. A PUT is accepted only after parsing succeeds and every referenced blob and child
+manifest is present in the same repository (checked inside the write transaction that stores it).
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from cargohold.metadata.store import ManifestInUse, MissingReferences, SizeMismatch, StoredManifest
+from cargohold.oci.digest import Digest, is_digest
+from cargohold.oci.manifest import MAX_MANIFEST_SIZE, ManifestInvalid, parse_manifest
+from cargohold.oci.reference import is_valid_tag
+from cargohold.registry.blobs import parse_digest
+from cargohold.registry.errors import RegistryError, manifest_unknown
+from cargohold.registry.state import state_of
+
+READ_CHUNK = 64 * 1024
+
+
+def _parse_reference(reference: str) -> tuple[str, bool]:
+    """``(canonical reference, is_digest)``; raises for malformed tags and digests."""
+    if is_digest(reference):
+        return str(parse_digest(reference)), True
+    if not is_valid_tag(reference):
+        raise RegistryError(
+            "MANIFEST_INVALID",
+            f"tag {reference!r} is invalid: up to 128 letters, digits, '_', '.', '-', not starting with '.' or '-'",
+            detail={"tag": reference},
+        )
+    return reference, False
+
+
+def _accepts(accept_header: str, media_type: str) -> bool:
+    accepted = {part.split(";")[0].strip().lower() for part in accept_header.split(",") if part.strip()}
+    return not accepted or bool(accepted & {media_type, "*/*", "application/*"})
+
+
+def _manifest_headers(manifest: StoredManifest) -> dict[str, str]:
+    return {
+        "Content-Type": manifest.media_type,
+        "Docker-Content-Digest": manifest.digest,
+        "ETag": f'"{manifest.digest}"',
+    }
+
+
+async def get_manifest(request: web.Request, name: str, reference: str) -> web.Response:
+    state = state_of(request)
+    canonical, by_digest = _parse_reference(reference)
+    manifest = await state.run(state.metadata.get_manifest, name, canonical, by_digest=by_digest)
+    if manifest is None:
+        raise manifest_unknown(canonical)
+    accept = ",".join(request.headers.getall("Accept", []))
+    # Like Docker's registry: a tag resolves only to a kind the client says it understands, so an old client
+    # is not handed an OCI index it cannot parse. A digest names exact bytes and is always served.
+    if not by_digest and not _accepts(accept, manifest.media_type):
+        raise RegistryError(
+            "MANIFEST_UNKNOWN",
+            f"manifest {canonical} is a {manifest.media_type}, which the Accept header does not include",
+            detail={"reference": canonical, "mediaType": manifest.media_type},
+        )
+    return web.Response(body=manifest.payload, headers=_manifest_headers(manifest))
+
+
+async def _read_manifest_body(request: web.Request) -> bytes:
+    if request.content_length is not None and request.content_length > MAX_MANIFEST_SIZE:
+        raise _manifest_too_large()
+    parts: list[bytes] = []
+    total = 0
+    while chunk := await request.content.read(READ_CHUNK):
+        total += len(chunk)
+        if total > MAX_MANIFEST_SIZE:
+            raise _manifest_too_large()
+        parts.append(chunk)
+    return b"".join(parts)
+
+
+def _manifest_too_large() -> RegistryError:
+    return RegistryError(
+        "SIZE_INVALID",
+        f"manifest is larger than the {MAX_MANIFEST_SIZE} bytes this registry accepts",
+        status=413,
+        detail={"limit": MAX_MANIFEST_SIZE},
+    )
+
+
+async def put_manifest(request: web.Request, name: str, reference: str) -> web.Response:
+    state = state_of(request)
+    canonical, by_digest = _parse_reference(reference)
+    payload = await _read_manifest_body(request)
+    try:
+        parsed = parse_manifest(payload, request.headers.get("Content-Type"))
+    except ManifestInvalid as exc:
+        raise RegistryError("MANIFEST_INVALID", str(exc)) from None
+
+    if by_digest:
+        expected = Digest.parse(canonical)
+        digest = Digest.of(payload, expected.algorithm)
+        if digest != expected:
+            raise RegistryError(
+                "DIGEST_INVALID",
+                f"manifest body has digest {digest}, not {expected} named in the URL",
+                detail={"expected": str(expected), "actual": str(digest)},
+            )
+        tags = request.query.getall("tag", [])
+        for tag in tags:
+            _parse_reference(tag)
+    else:
+        digest = Digest.of(payload)
+        tags = [canonical]
+
+    try:
+        await state.run(state.metadata.put_manifest, name, str(digest), payload, parsed, tags)
+    except MissingReferences as exc:
+        kind = "child manifests or blobs" if parsed.is_index else "blobs"
+        raise RegistryError(
+            "MANIFEST_BLOB_UNKNOWN",
+            f"manifest references {kind} not present in {name}: {', '.join(exc.missing)}; push them first",
+            detail={"missing": exc.missing},
+        ) from None
+    except SizeMismatch as exc:
+        raise RegistryError("MANIFEST_INVALID", str(exc)) from None
+
+    response = web.Response(
+        status=201, headers={"Location": f"/v2/{name}/manifests/{digest}", "Docker-Content-Digest": str(digest)}
+    )
+    if parsed.subject is not None:
+        response.headers["OCI-Subject"] = str(parsed.subject.digest)
+    for tag in tags if by_digest else []:
+        response.headers.add("OCI-Tag", tag)
+    return response
+
+
+async def delete_manifest(request: web.Request, name: str, reference: str) -> web.Response:
+    state = state_of(request)
+    canonical, by_digest = _parse_reference(reference)
+    if by_digest:
+        try:
+            removed = await state.run(state.metadata.delete_manifest, name, canonical)
+        except ManifestInUse as exc:
+            raise RegistryError(
+                "UNSUPPORTED",
+                f"manifest {canonical} is part of index {exc.parent} in {name}; delete the index first",
+                status=409,
+                detail={"reference": canonical, "index": exc.parent},
+            ) from None
+    else:
+        removed = await state.run(state.metadata.delete_tag, name, canonical)
+    if not removed:
+        raise manifest_unknown(canonical)
+    return web.Response(status=202)

@@ -1,0 +1,42 @@
+"""Everything a request handler needs, built once per server process."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import ParamSpec, TypeVar
+
+from aiohttp import web
+
+from cargohold.config import ServerSettings
+from cargohold.metadata.store import MetadataStore
+from cargohold.registry.access import AccessPolicy
+from cargohold.registry.upload_progress import UploadTracker
+from cargohold.storage.base import BlobStore
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+@dataclass
+class RegistryState:
+    settings: ServerSettings
+    metadata: MetadataStore
+    blobs: BlobStore
+    access: AccessPolicy
+    executor: ThreadPoolExecutor
+    uploads: UploadTracker = field(default_factory=lambda: UploadTracker())
+
+    async def run(self, func: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """Run blocking work (database, file system, hashing) off the event loop."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.executor, lambda: func(*args, **kwargs))
+
+
+STATE_KEY = web.AppKey("cargohold_state", RegistryState)
+
+
+def state_of(request: web.Request) -> RegistryState:
+    return request.app[STATE_KEY]

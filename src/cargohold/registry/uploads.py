@@ -1,0 +1,282 @@
+"""Blob uploads: ``POST/PATCH/PUT/GET/DELETE /v2/<name>/blobs/uploads/…`` and cross-repository mounts.
+
+Bytes stream from the socket to the staging file in batches, each batch written and hashed together off
+the event loop, so memory stays flat whatever the blob size and the digest is known the moment the last
+byte lands. Every upload request for one session holds that session's lock, which keeps concurrent
+PATCHes from interleaving bytes and keeps the staged size and the running hash in step.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+
+from aiohttp import web
+
+from cargohold.oci.digest import ALGORITHMS, Digest, new_hasher
+from cargohold.oci.reference import is_valid_name
+from cargohold.registry.blobs import parse_digest
+from cargohold.registry.errors import RegistryError, upload_unknown
+from cargohold.registry.state import RegistryState, state_of
+from cargohold.registry.upload_progress import UploadProgress
+from cargohold.storage.base import BlobStore, UploadWriter
+
+STREAM_BATCH = 1 << 20
+"""Bytes gathered from the socket before one write+hash step in the thread pool."""
+
+_CONTENT_RANGE_RE = re.compile(r"^(?:bytes[ =])?(\d+)-(\d+)$")
+_UPLOAD_ID_RE = re.compile(r"^[0-9a-f]{32}$")
+
+
+def _upload_url(name: str, upload_id: str) -> str:
+    return f"/v2/{name}/blobs/uploads/{upload_id}"
+
+
+def _range_value(size: int) -> str:
+    # Inclusive byte range of what is staged; "0-0" when empty, as Docker's registry answers.
+    return f"0-{max(size - 1, 0)}"
+
+
+def _session_headers(name: str, upload_id: str, size: int) -> dict[str, str]:
+    return {
+        "Location": _upload_url(name, upload_id),
+        "Range": _range_value(size),
+        "Docker-Upload-UUID": upload_id,
+    }
+
+
+def _blob_created(name: str, digest: Digest) -> web.Response:
+    return web.Response(
+        status=201,
+        headers={"Location": f"/v2/{name}/blobs/{digest}", "Docker-Content-Digest": str(digest)},
+    )
+
+
+def _write_and_hash(writer: UploadWriter, progress: UploadProgress, data: bytes) -> None:
+    writer.write(data)
+    progress.hasher.update(data)
+    progress.offset += len(data)
+
+
+def _rehash(blobs: BlobStore, upload_id: str, progress: UploadProgress) -> None:
+    for chunk in blobs.read_upload(upload_id):
+        progress.hasher.update(chunk)
+        progress.offset += len(chunk)
+
+
+def _hash_staged(blobs: BlobStore, upload_id: str, algorithm: str) -> str:
+    hasher = new_hasher(algorithm)
+    for chunk in blobs.read_upload(upload_id):
+        hasher.update(chunk)
+    return hasher.hexdigest()
+
+
+async def _receive(request: web.Request, state: RegistryState, upload_id: str, progress: UploadProgress) -> int:
+    """Stream the request body onto the staged upload; returns the number of bytes received."""
+    limit = state.settings.max_blob_size
+    declared = request.content_length
+    if declared is not None and progress.offset + declared > limit:
+        raise _too_large(limit)
+    writer = await state.run(state.blobs.open_upload, upload_id)
+    received = 0
+    pending: list[bytes] = []
+    pending_size = 0
+    try:
+        async for chunk in request.content.iter_any():
+            received += len(chunk)
+            if progress.offset + pending_size + len(chunk) > limit:
+                raise _too_large(limit)
+            pending.append(chunk)
+            pending_size += len(chunk)
+            if pending_size >= STREAM_BATCH:
+                await state.run(_write_and_hash, writer, progress, b"".join(pending))
+                pending, pending_size = [], 0
+        if pending:
+            await state.run(_write_and_hash, writer, progress, b"".join(pending))
+    finally:
+        await state.run(writer.close)
+    return received
+
+
+def _too_large(limit: int) -> RegistryError:
+    return RegistryError(
+        "SIZE_INVALID", f"blob exceeds this registry's limit of {limit} bytes", status=413, detail={"limit": limit}
+    )
+
+
+async def _progress(state: RegistryState, upload_id: str) -> UploadProgress:
+    """The session's running hash, rebuilt from the staged bytes if this process does not have it."""
+    size = await state.run(state.blobs.upload_size, upload_id)
+    if size is None:
+        raise upload_unknown(upload_id)
+    progress = state.uploads.get(upload_id, size)
+    if progress is None:
+        progress = state.uploads.start(upload_id, state.uploads.algorithm(upload_id))
+        await state.run(_rehash, state.blobs, upload_id, progress)
+    return progress
+
+
+async def _session(request: web.Request, name: str, upload_id: str) -> RegistryState:
+    state = state_of(request)
+    if not _UPLOAD_ID_RE.match(upload_id):
+        raise upload_unknown(upload_id)
+    record = await state.run(state.metadata.get_upload, upload_id)
+    if record is None or record.repository != name:
+        raise upload_unknown(upload_id)
+    return state
+
+
+def _check_content_range(request: web.Request, name: str, upload_id: str, offset: int) -> int | None:
+    """Validate ``Content-Range`` against the staged size; returns the chunk length it announces."""
+    header = request.headers.get("Content-Range")
+    if header is None:
+        return None
+    match = _CONTENT_RANGE_RE.match(header.strip())
+    if not match:
+        raise RegistryError(
+            "BLOB_UPLOAD_INVALID",
+            f"Content-Range {header!r} is not of the form start-end",
+            status=416,
+            headers=_session_headers(name, upload_id, offset),
+        )
+    start, end = int(match.group(1)), int(match.group(2))
+    if start != offset or end < start:
+        raise RegistryError(
+            "BLOB_UPLOAD_INVALID",
+            f"chunk {start}-{end} does not continue the upload, which has {offset} bytes; send from byte {offset}",
+            status=416,
+            headers=_session_headers(name, upload_id, offset),
+        )
+    length = end - start + 1
+    if request.content_length is not None and request.content_length != length:
+        raise RegistryError(
+            "BLOB_UPLOAD_INVALID",
+            f"Content-Range announces {length} bytes but Content-Length is {request.content_length}",
+            status=400,
+        )
+    return length
+
+
+async def _finish(
+    state: RegistryState, name: str, upload_id: str, progress: UploadProgress, digest: Digest
+) -> web.Response:
+    """Verify the digest, commit the staged bytes atomically and link them into the repository."""
+    if progress.algorithm == digest.algorithm:
+        actual = progress.hasher.hexdigest()
+    else:
+        actual = await state.run(_hash_staged, state.blobs, upload_id, digest.algorithm)
+    if actual != digest.hex:
+        await _discard(state, upload_id)
+        raise RegistryError(
+            "DIGEST_INVALID",
+            f"uploaded content has digest {digest.algorithm}:{actual}, not {digest}; the upload was discarded",
+            detail={"expected": str(digest), "actual": f"{digest.algorithm}:{actual}"},
+        )
+    size = await state.run(state.blobs.persist_upload, upload_id)
+    await state.run(
+        state.metadata.link_blob, name, str(digest), size, lambda: state.blobs.commit_upload(upload_id, digest)
+    )
+    await state.run(state.metadata.delete_upload, upload_id)
+    state.uploads.forget(upload_id)
+    return _blob_created(name, digest)
+
+
+async def _discard(state: RegistryState, upload_id: str) -> None:
+    await state.run(state.blobs.remove_upload, upload_id)
+    await state.run(state.metadata.delete_upload, upload_id)
+    state.uploads.forget(upload_id)
+
+
+async def start_upload(request: web.Request, name: str) -> web.Response:
+    """POST: mount from another repository, upload monolithically with ``?digest=``, or open a session."""
+    state = state_of(request)
+    query = request.query
+    if "mount" in query:
+        digest = parse_digest(query["mount"])
+        source = query.get("from", "")
+        readable = bool(source) and is_valid_name(source) and await state.access.can(request, source, "pull")
+        if readable and await state.run(state.metadata.mount_blob, name, source, str(digest)) is not None:
+            return _blob_created(name, digest)
+        # Not mountable (unknown there, or not readable by this caller): answer with a normal session.
+
+    algorithm = "sha256"
+    digest: Digest | None = None
+    if "digest" in query:
+        digest = parse_digest(query["digest"])
+        algorithm = digest.algorithm
+    elif "digest-algorithm" in query:
+        algorithm = _algorithm(query["digest-algorithm"])
+
+    upload_id = uuid.uuid4().hex
+    await state.run(state.blobs.create_upload, upload_id)
+    await state.run(state.metadata.create_upload, name, upload_id)
+    progress = state.uploads.start(upload_id, algorithm)
+
+    if digest is not None:
+        async with state.uploads.lock(upload_id):
+            try:
+                await _receive(request, state, upload_id, progress)
+            except BaseException:
+                await _discard(state, upload_id)
+                raise
+            return await _finish(state, name, upload_id, progress, digest)
+
+    headers = _session_headers(name, upload_id, 0)
+    if state.settings.chunk_min_length > 0:
+        headers["OCI-Chunk-Min-Length"] = str(state.settings.chunk_min_length)
+    return web.Response(status=202, headers=headers)
+
+
+def _algorithm(value: str) -> str:
+    if value not in ALGORITHMS:
+        raise RegistryError("DIGEST_INVALID", f"digest algorithm {value!r} is not supported (use sha256 or sha512)")
+    return value
+
+
+async def patch_upload(request: web.Request, name: str, upload_id: str) -> web.Response:
+    state = await _session(request, name, upload_id)
+    async with state.uploads.lock(upload_id):
+        progress = await _progress(state, upload_id)
+        announced = _check_content_range(request, name, upload_id, progress.offset)
+        received = await _receive(request, state, upload_id, progress)
+        await state.run(state.metadata.touch_upload, upload_id)
+        if announced is not None and received != announced:
+            raise RegistryError(
+                "BLOB_UPLOAD_INVALID",
+                f"Content-Range announced {announced} bytes but {received} arrived; check the upload status "
+                "and resume from its Range",
+                status=400,
+                headers=_session_headers(name, upload_id, progress.offset),
+            )
+        return web.Response(status=202, headers=_session_headers(name, upload_id, progress.offset))
+
+
+async def finish_upload(request: web.Request, name: str, upload_id: str) -> web.Response:
+    """PUT ``?digest=``: optionally with the last chunk as the body; completes the upload."""
+    state = await _session(request, name, upload_id)
+    if "digest" not in request.query:
+        raise RegistryError("DIGEST_INVALID", "finishing an upload needs the ?digest= query parameter")
+    digest = parse_digest(request.query["digest"])
+    async with state.uploads.lock(upload_id):
+        progress = await _progress(state, upload_id)
+        announced = _check_content_range(request, name, upload_id, progress.offset)
+        received = await _receive(request, state, upload_id, progress)
+        if announced is not None and received != announced:
+            raise RegistryError(
+                "BLOB_UPLOAD_INVALID", f"Content-Range announced {announced} bytes but {received} arrived", status=400
+            )
+        return await _finish(state, name, upload_id, progress, digest)
+
+
+async def upload_status(request: web.Request, name: str, upload_id: str) -> web.Response:
+    state = await _session(request, name, upload_id)
+    size = await state.run(state.blobs.upload_size, upload_id)
+    if size is None:
+        raise upload_unknown(upload_id)
+    return web.Response(status=204, headers=_session_headers(name, upload_id, size))
+
+
+async def cancel_upload(request: web.Request, name: str, upload_id: str) -> web.Response:
+    state = await _session(request, name, upload_id)
+    await _discard(state, upload_id)
+    return web.Response(status=204)

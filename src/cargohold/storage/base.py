@@ -1,0 +1,109 @@
+"""The blob-store interface the registry talks to.
+
+The HTTP layer never touches paths or object keys: it asks a :class:`BlobStore` where a blob can be served
+from (:class:`LocalFile` for zero-copy sendfile today, :class:`Redirect` to a presigned object-storage/CDN URL
+later), writes uploads through :class:`UploadWriter`, and commits them. Keeping this surface small is what
+lets an S3-compatible store slot in without touching the routes.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from cargohold.oci.digest import Digest
+
+
+@dataclass(frozen=True, slots=True)
+class LocalFile:
+    """Serve these bytes straight from a local file (sendfile)."""
+
+    path: Path
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
+class Redirect:
+    """Serve by redirecting the client (e.g. to a presigned URL)."""
+
+    url: str
+    size: int
+
+
+BlobLocation = LocalFile | Redirect
+
+
+class UploadWriter(ABC):
+    """Appends bytes to one upload session's staging area. Not thread-safe: one writer per request."""
+
+    @abstractmethod
+    def write(self, data: bytes | memoryview) -> None: ...
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+
+class BlobStore(ABC):
+    """Content-addressed blob storage plus the staging area for in-progress uploads."""
+
+    @abstractmethod
+    def locate(self, digest: Digest) -> BlobLocation | None:
+        """Where to serve ``digest`` from, or None if the content is not stored."""
+
+    @abstractmethod
+    def size(self, digest: Digest) -> int | None:
+        """Stored size of ``digest``, or None if absent."""
+
+    @abstractmethod
+    def open_blob(self, digest: Digest) -> Iterator[bytes]:
+        """Stream a stored blob's bytes (for server-side reads that cannot use :meth:`locate`)."""
+
+    @abstractmethod
+    def delete(self, digest: Digest) -> bool:
+        """Remove stored content; True if something was removed."""
+
+    @abstractmethod
+    def iter_digests(self) -> Iterator[Digest]:
+        """Every digest with stored content (for garbage collection)."""
+
+    # --- upload staging ---------------------------------------------------------------------------------
+
+    @abstractmethod
+    def create_upload(self, upload_id: str) -> None:
+        """Create an empty staging area for a new upload session."""
+
+    @abstractmethod
+    def upload_size(self, upload_id: str) -> int | None:
+        """Bytes staged so far, or None if the session's staging area does not exist."""
+
+    @abstractmethod
+    def open_upload(self, upload_id: str) -> UploadWriter:
+        """Open the session's staging area for appending."""
+
+    @abstractmethod
+    def read_upload(self, upload_id: str) -> Iterator[bytes]:
+        """Stream the staged bytes (used only to rebuild hash state after a server restart)."""
+
+    @abstractmethod
+    def persist_upload(self, upload_id: str) -> int:
+        """Make the staged bytes durable (fsync) before they are committed; returns their size."""
+
+    @abstractmethod
+    def commit_upload(self, upload_id: str, digest: Digest) -> None:
+        """Atomically move verified, persisted staged bytes into the content store under ``digest``.
+
+        Callers must have verified the digest first. The content becomes visible all at once or not at
+        all; committing content that is already stored replaces it with identical bytes and succeeds.
+        This step is quick, so the metadata layer can run it inside its write transaction.
+        """
+
+    @abstractmethod
+    def remove_upload(self, upload_id: str) -> None:
+        """Discard a session's staged bytes (cancel, or after a failed digest check)."""
+
+    @abstractmethod
+    def iter_uploads(self) -> Iterator[tuple[str, datetime]]:
+        """``(upload_id, last_modified)`` for every staged upload (for purging stale sessions)."""

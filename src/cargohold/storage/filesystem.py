@@ -1,0 +1,159 @@
+"""The default blob store: content-addressed files under ``<data-dir>/blobs``.
+
+Layout: ``blobs/<algorithm>/<first two hex>/<hex>`` for content, ``uploads/<upload-id>`` for staging.
+Both live on the same filesystem so that committing an upload is one atomic ``rename``: a crash at any
+moment leaves either no blob or a complete, verified one, never a half-written file under a digest name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+from cargohold.oci.digest import ALGORITHMS, Digest
+from cargohold.storage.base import BlobStore, LocalFile, UploadWriter
+
+READ_CHUNK = 1 << 20
+_UPLOAD_ID_RE = re.compile(r"^[0-9a-f]{32}$")
+
+
+class UnknownUpload(LookupError):
+    """The upload session has no staging file (never created, cancelled, purged)."""
+
+
+def _check_upload_id(upload_id: str) -> str:
+    """Upload IDs come from URLs: only our own 32-hex-character IDs may ever become a path."""
+    if not _UPLOAD_ID_RE.match(upload_id):
+        raise UnknownUpload(upload_id)
+    return upload_id
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class _FileUploadWriter(UploadWriter):
+    def __init__(self, path: Path) -> None:
+        try:
+            self._fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+        except FileNotFoundError:
+            raise UnknownUpload(path.name) from None
+
+    def write(self, data: bytes | memoryview) -> None:
+        view = memoryview(data)
+        while view:
+            written = os.write(self._fd, view)
+            view = view[written:]
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+class FilesystemBlobStore(BlobStore):
+    def __init__(self, root: Path, *, fsync: bool = True) -> None:
+        self.root = root
+        self.blobs_dir = root / "blobs"
+        self.uploads_dir = root / "uploads"
+        self.fsync = fsync
+        for directory in (self.blobs_dir, self.uploads_dir):
+            directory.mkdir(parents=True, exist_ok=True)
+
+    def blob_path(self, digest: Digest) -> Path:
+        # Digest.parse already guarantees an allow-listed algorithm and pure lowercase hex.
+        return self.blobs_dir / digest.algorithm / digest.hex[:2] / digest.hex
+
+    def locate(self, digest: Digest) -> LocalFile | None:
+        path = self.blob_path(digest)
+        try:
+            return LocalFile(path, path.stat().st_size)
+        except FileNotFoundError:
+            return None
+
+    def size(self, digest: Digest) -> int | None:
+        located = self.locate(digest)
+        return located.size if located else None
+
+    def open_blob(self, digest: Digest) -> Iterator[bytes]:
+        with open(self.blob_path(digest), "rb") as handle:
+            while chunk := handle.read(READ_CHUNK):
+                yield chunk
+
+    def delete(self, digest: Digest) -> bool:
+        try:
+            self.blob_path(digest).unlink()
+            return True
+        except FileNotFoundError:
+            return False
+
+    def iter_digests(self) -> Iterator[Digest]:
+        for algorithm, length in ALGORITHMS.items():
+            base = self.blobs_dir / algorithm
+            if not base.is_dir():
+                continue
+            for prefix in os.scandir(base):
+                if not prefix.is_dir():
+                    continue
+                for entry in os.scandir(prefix.path):
+                    if len(entry.name) == length and entry.name.startswith(prefix.name):
+                        yield Digest(algorithm, entry.name)
+
+    # --- uploads ------------------------------------------------------------------------------------------
+
+    def _upload_path(self, upload_id: str) -> Path:
+        return self.uploads_dir / _check_upload_id(upload_id)
+
+    def create_upload(self, upload_id: str) -> None:
+        self._upload_path(upload_id).touch(exist_ok=False)
+
+    def upload_size(self, upload_id: str) -> int | None:
+        try:
+            return self._upload_path(upload_id).stat().st_size
+        except (FileNotFoundError, UnknownUpload):
+            return None
+
+    def open_upload(self, upload_id: str) -> UploadWriter:
+        return _FileUploadWriter(self._upload_path(upload_id))
+
+    def read_upload(self, upload_id: str) -> Iterator[bytes]:
+        with open(self._upload_path(upload_id), "rb") as handle:
+            while chunk := handle.read(READ_CHUNK):
+                yield chunk
+
+    def persist_upload(self, upload_id: str) -> int:
+        staged = self._upload_path(upload_id)
+        fd = os.open(staged, os.O_RDONLY)
+        try:
+            if self.fsync:
+                os.fsync(fd)
+            return os.fstat(fd).st_size
+        finally:
+            os.close(fd)
+
+    def commit_upload(self, upload_id: str, digest: Digest) -> None:
+        staged = self._upload_path(upload_id)
+        target = self.blob_path(digest)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        # rename(2) is atomic and replaces an identical blob committed concurrently by another upload.
+        os.replace(staged, target)
+        if self.fsync:
+            _fsync_dir(target.parent)
+
+    def remove_upload(self, upload_id: str) -> None:
+        with contextlib.suppress(FileNotFoundError, UnknownUpload):
+            self._upload_path(upload_id).unlink()
+
+    def iter_uploads(self) -> Iterator[tuple[str, datetime]]:
+        for entry in os.scandir(self.uploads_dir):
+            if _UPLOAD_ID_RE.match(entry.name):
+                mtime = datetime.fromtimestamp(entry.stat().st_mtime, tz=UTC)
+                yield entry.name, mtime
