@@ -13,8 +13,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from alembic import command
-from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -73,6 +71,9 @@ class Database:
 
     def migrate(self) -> None:
         """Bring the schema up to the newest Alembic revision (idempotent)."""
+        from alembic import command  # imported here: alembic is only needed at start-up
+        from alembic.config import Config
+
         with self.write_engine.connect() as connection:
             config = Config()
             config.set_main_option("script_location", str(MIGRATIONS_DIR))
