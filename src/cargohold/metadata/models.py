@@ -144,3 +144,113 @@ class UploadSession(Base):
     repository_id: Mapped[int] = mapped_column(ForeignKey("repositories.id", ondelete="CASCADE"))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+# --- control plane: projects, builds, credentials, trust ------------------------------------------------------
+
+
+class Project(Base):
+    """A team's registry: its repository is ``<host>/<id>``. Retention settings feed the lifecycle jobs."""
+
+    __tablename__ = "projects"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    retention_seconds: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    """Maximum age of a saved build; NULL means keep until evicted by the cap."""
+    max_builds: Mapped[int] = mapped_column(Integer)
+
+
+class Build(Base):
+    """One saved image (or one multi-target build) of a project, tagged ``<projectID>:<buildID>``."""
+
+    __tablename__ = "builds"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
+    status: Mapped[str] = mapped_column(String(16))  # pending | saved | failed
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    saved_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    pinned: Mapped[bool] = mapped_column(default=False)
+    manifest_digest: Mapped[str | None] = mapped_column(String(140), nullable=True)
+    media_type: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    platforms: Mapped[str | None] = mapped_column(Text, nullable=True)
+    """JSON list of ``os/arch[/variant]`` strings."""
+    targets: Mapped[str | None] = mapped_column(Text, nullable=True)
+    """JSON map of bake target name -> manifest digest (tag ``<buildID>-<target>``)."""
+    total_size: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    unique_size: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    provenance: Mapped[str | None] = mapped_column(Text, nullable=True)
+    """JSON: repository, sha, workflow, run_id, run_attempt, actor (from the OIDC claims that created it)."""
+    failure: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_by: Mapped[str | None] = mapped_column(String(200), nullable=True)
+
+    __table_args__ = (Index("ix_builds_project_created", "project_id", "created_at"),)
+
+
+class SaveTag(Base):
+    """A save-tag: a name in the project's repository that follows the newest build claiming it."""
+
+    __tablename__ = "save_tags"
+
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), primary_key=True)
+    tag: Mapped[str] = mapped_column(String(128), primary_key=True)
+    build_id: Mapped[str] = mapped_column(ForeignKey("builds.id", ondelete="CASCADE"))
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+    __table_args__ = (Index("ix_save_tags_build_id", "build_id"),)
+
+
+class Credential(Base):
+    """A token, stored only as its SHA-256; ``permissions`` is the JSON of ``credentials.Permission`` list."""
+
+    __tablename__ = "credentials"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    name: Mapped[str] = mapped_column(String(200))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    permissions: Mapped[str] = mapped_column(Text)
+    metadata_json: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    project_id: Mapped[str | None] = mapped_column(String(32), nullable=True, index=True)
+    """The project a project/pull token belongs to (for listing); OIDC tokens may span several."""
+
+
+class TrustRelationship(Base):
+    """Lets CI jobs of one GitHub repository exchange their OIDC token for access to a project."""
+
+    __tablename__ = "trust_relationships"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), index=True)
+    provider: Mapped[str] = mapped_column(String(32))
+    owner: Mapped[str] = mapped_column(String(100))
+    repository: Mapped[str] = mapped_column(String(100))
+    owner_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    repository_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    workflow: Mapped[str | None] = mapped_column(String(300), nullable=True)
+    environment: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    ref_pattern: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    runner_environment: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    allowed_events: Mapped[str | None] = mapped_column(Text, nullable=True)
+    """JSON list of otherwise-refused events (pull_request_target, workflow_run) this relationship allows."""
+    pull_only: Mapped[bool] = mapped_column(default=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+    __table_args__ = (Index("ix_trust_owner_repository", "owner", "repository"),)
+
+
+class OidcTokenUse(Base):
+    """Single-use ``jti`` claims of exchanged OIDC tokens, kept until the token could no longer verify."""
+
+    __tablename__ = "oidc_token_uses"
+
+    issuer: Mapped[str] = mapped_column(String(255), primary_key=True)
+    jti: Mapped[str] = mapped_column(String(255), primary_key=True)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)

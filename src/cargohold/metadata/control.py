@@ -1,0 +1,567 @@
+"""Control-plane metadata: projects, builds, save-tags, credentials, trust relationships, OIDC jti claims.
+
+Lives next to :mod:`cargohold.metadata.store` (the registry's own tables) and shares its database, so
+operations that touch both (marking a build saved, moving a save-tag) run in one transaction.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import string
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import delete, func, or_, select, update
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from cargohold.metadata.db import Database
+from cargohold.metadata.models import (
+    Blob,
+    Build,
+    Credential,
+    Manifest,
+    ManifestReference,
+    OidcTokenUse,
+    Project,
+    Repository,
+    SaveTag,
+    Tag,
+    TrustRelationship,
+)
+from cargohold.metadata.store import MetadataStore
+
+ID_ALPHABET = string.ascii_lowercase + string.digits
+ID_LENGTH = 10
+"""36**10 ~= 2**51.7: unguessable enough for names that are not secrets, short enough to type."""
+
+DEFAULT_RETENTION = timedelta(days=7)
+DEFAULT_MAX_BUILDS = 20_000
+
+
+def new_id() -> str:
+    # First character a letter so an ID never looks like a number (or a digest prefix) to people.
+    return secrets.choice(string.ascii_lowercase) + "".join(secrets.choice(ID_ALPHABET) for _ in range(ID_LENGTH - 1))
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class NotFound(LookupError):
+    """The project, build, token or relationship does not exist."""
+
+
+class Conflict(RuntimeError):
+    """The request contradicts the current state (e.g. marking a build saved twice)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ProjectRecord:
+    id: str
+    name: str
+    created_at: datetime
+    retention: timedelta | None
+    max_builds: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "name": self.name,
+            "created_at": _iso(self.created_at),
+            "retention_seconds": None if self.retention is None else int(self.retention.total_seconds()),
+            "max_builds": self.max_builds,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class BuildRecord:
+    id: str
+    project_id: str
+    status: str
+    created_at: datetime
+    saved_at: datetime | None
+    expires_at: datetime | None
+    pinned: bool
+    manifest_digest: str | None
+    media_type: str | None
+    platforms: list[str]
+    targets: dict[str, str]
+    total_size: int | None
+    unique_size: int | None
+    provenance: dict[str, Any]
+    failure: str | None
+    created_by: str | None
+    save_tags: list[str]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "project_id": self.project_id,
+            "status": self.status,
+            "created_at": _iso(self.created_at),
+            "saved_at": _iso(self.saved_at),
+            "expires_at": _iso(self.expires_at),
+            "pinned": self.pinned,
+            "digest": self.manifest_digest,
+            "media_type": self.media_type,
+            "platforms": self.platforms,
+            "targets": self.targets,
+            "total_size": self.total_size,
+            "unique_size": self.unique_size,
+            "provenance": self.provenance,
+            "failure": self.failure,
+            "created_by": self.created_by,
+            "save_tags": self.save_tags,
+        }
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return None if moment is None else moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _project_record(row: Project) -> ProjectRecord:
+    retention = None if row.retention_seconds is None else timedelta(seconds=row.retention_seconds)
+    return ProjectRecord(row.id, row.name, row.created_at, retention, row.max_builds)
+
+
+class ControlStore:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    # --- projects -----------------------------------------------------------------------------------------
+
+    def create_project(
+        self, name: str, *, retention: timedelta | None = DEFAULT_RETENTION, max_builds: int = DEFAULT_MAX_BUILDS
+    ) -> ProjectRecord:
+        now = utcnow()
+        with self.db.write() as session:
+            project = Project(
+                id=new_id(),
+                name=name,
+                created_at=now,
+                retention_seconds=None if retention is None else int(retention.total_seconds()),
+                max_builds=max_builds,
+            )
+            session.add(project)
+            session.flush()
+            return _project_record(project)
+
+    def get_project(self, project_id: str) -> ProjectRecord | None:
+        with self.db.read() as session:
+            row = session.get(Project, project_id)
+            return _project_record(row) if row else None
+
+    def list_projects(self, only: Iterable[str] | None = None) -> list[ProjectRecord]:
+        with self.db.read() as session:
+            query = select(Project).order_by(Project.created_at, Project.id)
+            if only is not None:
+                query = query.where(Project.id.in_(list(only)))
+            return [_project_record(row) for row in session.scalars(query)]
+
+    def update_project(
+        self,
+        project_id: str,
+        *,
+        name: str | None = None,
+        retention: timedelta | bool | None = False,
+        max_builds: int | None = None,
+    ) -> ProjectRecord:
+        """Change settings; ``retention=None`` means unlimited, ``False`` (default) leaves it alone."""
+        with self.db.write() as session:
+            row = session.get(Project, project_id)
+            if row is None:
+                raise NotFound(f"project {project_id} does not exist")
+            if name is not None:
+                row.name = name
+            if retention is not False:
+                row.retention_seconds = None if retention is None else int(retention.total_seconds())  # type: ignore[union-attr]
+            if max_builds is not None:
+                row.max_builds = max_builds
+            session.flush()
+            return _project_record(row)
+
+    # --- builds -------------------------------------------------------------------------------------------
+
+    def create_build(
+        self, project_id: str, *, provenance: dict[str, Any] | None = None, created_by: str | None = None
+    ) -> BuildRecord:
+        now = utcnow()
+        with self.db.write() as session:
+            if session.get(Project, project_id) is None:
+                raise NotFound(f"project {project_id} does not exist")
+            build = Build(
+                id=new_id(),
+                project_id=project_id,
+                status="pending",
+                created_at=now,
+                provenance=json.dumps(provenance) if provenance else None,
+                created_by=created_by,
+            )
+            session.add(build)
+            session.flush()
+            return self._build_record(session, build)
+
+    def get_build(self, build_id: str) -> BuildRecord | None:
+        with self.db.read() as session:
+            row = session.get(Build, build_id)
+            return self._build_record(session, row) if row else None
+
+    def list_builds(
+        self, project_id: str, *, limit: int = 50, before: str | None = None, tag: str | None = None
+    ) -> list[BuildRecord]:
+        """Newest first. ``before`` is the ID of the last build of the previous page."""
+        with self.db.read() as session:
+            query = select(Build).where(Build.project_id == project_id)
+            if tag is not None:
+                query = query.join(SaveTag, SaveTag.build_id == Build.id).where(SaveTag.tag == tag)
+            if before is not None:
+                anchor = session.get(Build, before)
+                if anchor is None or anchor.project_id != project_id:
+                    raise NotFound(f"build {before} (the page cursor) does not exist in project {project_id}")
+                query = query.where(
+                    or_(
+                        Build.created_at < anchor.created_at,
+                        (Build.created_at == anchor.created_at) & (Build.id < anchor.id),
+                    )
+                )
+            query = query.order_by(Build.created_at.desc(), Build.id.desc()).limit(limit)
+            return [self._build_record(session, row) for row in session.scalars(query)]
+
+    def mark_saved(
+        self,
+        build_id: str,
+        *,
+        platforms: list[str],
+        targets: dict[str, str] | None = None,
+        save_tags: Iterable[str] = (),
+        now: datetime | None = None,
+    ) -> BuildRecord:
+        """Record a build as saved once ``<project>:<build>`` exists in the registry.
+
+        Reads the manifest digest and media type from the registry's tag, computes the total and unique
+        sizes from the manifests it references, and points the save-tags at it — all in one transaction.
+        """
+        now = now or utcnow()
+        with self.db.write() as session:
+            build = session.get(Build, build_id)
+            if build is None:
+                raise NotFound(f"build {build_id} does not exist")
+            if build.status == "failed":
+                raise Conflict(f"build {build_id} was marked failed; start a new build")
+            project = session.get(Project, build.project_id)
+            assert project is not None
+            row = session.execute(
+                select(Manifest.id, Manifest.digest, Manifest.media_type)
+                .join(Tag, Tag.manifest_id == Manifest.id)
+                .join(Repository, Repository.id == Manifest.repository_id)
+                .where(Repository.name == build.project_id, Tag.name == build_id)
+            ).first()
+            if row is None:
+                raise Conflict(
+                    f"{build.project_id}:{build_id} is not in the registry; push the image with that tag first"
+                )
+            manifest_id, digest, media_type = row
+            total, unique = _sizes(session, manifest_id)
+            build.status = "saved"
+            build.saved_at = build.saved_at or now
+            if build.expires_at is None and project.retention_seconds is not None:
+                build.expires_at = now + timedelta(seconds=project.retention_seconds)
+            build.manifest_digest = digest
+            build.media_type = media_type
+            build.platforms = json.dumps(platforms)
+            build.targets = json.dumps(targets) if targets else None
+            build.total_size = total
+            build.unique_size = unique
+            session.flush()
+            self._claim_save_tags(session, build, list(save_tags), now)
+            return self._build_record(session, build)
+
+    def mark_failed(self, build_id: str, reason: str) -> BuildRecord:
+        with self.db.write() as session:
+            build = session.get(Build, build_id)
+            if build is None:
+                raise NotFound(f"build {build_id} does not exist")
+            if build.status == "saved":
+                raise Conflict(f"build {build_id} is already saved")
+            build.status = "failed"
+            build.failure = reason[:2000]
+            session.flush()
+            return self._build_record(session, build)
+
+    def add_save_tags(self, build_id: str, tags: Iterable[str]) -> BuildRecord:
+        now = utcnow()
+        with self.db.write() as session:
+            build = session.get(Build, build_id)
+            if build is None:
+                raise NotFound(f"build {build_id} does not exist")
+            if build.status != "saved":
+                raise Conflict(f"build {build_id} is {build.status}; only saved builds can carry save-tags")
+            self._claim_save_tags(session, build, list(tags), now, force=True)
+            return self._build_record(session, build)
+
+    def remove_save_tag(self, build_id: str, tag: str) -> BuildRecord:
+        with self.db.write() as session:
+            build = session.get(Build, build_id)
+            if build is None:
+                raise NotFound(f"build {build_id} does not exist")
+            held = session.get(SaveTag, (build.project_id, tag))
+            if held is None or held.build_id != build_id:
+                raise NotFound(f"build {build_id} has no save-tag {tag!r}")
+            session.delete(held)
+            repository_id = session.scalar(select(Repository.id).where(Repository.name == build.project_id))
+            session.execute(delete(Tag).where(Tag.repository_id == repository_id, Tag.name == tag))
+            session.flush()
+            return self._build_record(session, build)
+
+    def _claim_save_tags(
+        self, session: Session, build: Build, tags: list[str], now: datetime, *, force: bool = False
+    ) -> None:
+        """Point each save-tag at ``build`` unless a newer build holds it (``force``: explicit re-tag)."""
+        if not tags:
+            return
+        repository_id = session.scalar(select(Repository.id).where(Repository.name == build.project_id))
+        manifest_id = session.scalar(
+            select(Manifest.id).where(Manifest.repository_id == repository_id, Manifest.digest == build.manifest_digest)
+        )
+        assert repository_id is not None and manifest_id is not None
+        for tag in tags:
+            if tag == build.id:
+                continue
+            held = session.get(SaveTag, (build.project_id, tag))
+            if held is not None and held.build_id != build.id and not force:
+                holder = session.get(Build, held.build_id)
+                if holder is not None and holder.created_at > build.created_at:
+                    continue  # a newer build already claimed it
+            session.execute(
+                sqlite_insert(SaveTag)
+                .values(project_id=build.project_id, tag=tag, build_id=build.id, updated_at=now)
+                .on_conflict_do_update(
+                    index_elements=["project_id", "tag"], set_={"build_id": build.id, "updated_at": now}
+                )
+            )
+            session.execute(
+                sqlite_insert(Tag)
+                .values(repository_id=repository_id, name=tag, manifest_id=manifest_id, updated_at=now)
+                .on_conflict_do_update(
+                    index_elements=["repository_id", "name"], set_={"manifest_id": manifest_id, "updated_at": now}
+                )
+            )
+
+    def find_build_by_tag(self, project_id: str, tag: str) -> BuildRecord | None:
+        """The build a ``project:tag`` names: the build ID itself, a bake target tag, or a save-tag."""
+        with self.db.read() as session:
+            build = session.get(Build, tag)
+            if build is not None and build.project_id == project_id:
+                return self._build_record(session, build)
+            held = session.get(SaveTag, (project_id, tag))
+            if held is not None:
+                build = session.get(Build, held.build_id)
+                return self._build_record(session, build) if build else None
+            return None
+
+    @staticmethod
+    def _build_record(session: Session, row: Build) -> BuildRecord:
+        tags = sorted(session.scalars(select(SaveTag.tag).where(SaveTag.build_id == row.id)))
+        return BuildRecord(
+            id=row.id,
+            project_id=row.project_id,
+            status=row.status,
+            created_at=row.created_at,
+            saved_at=row.saved_at,
+            expires_at=row.expires_at,
+            pinned=row.pinned,
+            manifest_digest=row.manifest_digest,
+            media_type=row.media_type,
+            platforms=json.loads(row.platforms) if row.platforms else [],
+            targets=json.loads(row.targets) if row.targets else {},
+            total_size=row.total_size,
+            unique_size=row.unique_size,
+            provenance=json.loads(row.provenance) if row.provenance else {},
+            failure=row.failure,
+            created_by=row.created_by,
+            save_tags=tags,
+        )
+
+    # --- credentials --------------------------------------------------------------------------------------
+
+    def add_credential(self, row: Credential) -> None:
+        with self.db.write() as session:
+            session.add(row)
+
+    def credential_by_hash(self, token_hash: str) -> Credential | None:
+        with self.db.read() as session:
+            row = session.scalar(select(Credential).where(Credential.token_hash == token_hash))
+            if row is not None:
+                session.expunge(row)
+            return row
+
+    def credential_revoked(self, credential_id: str) -> bool:
+        """True if the credential is revoked or gone (registry tokens derived from it stop working)."""
+        with self.db.read() as session:
+            row = session.execute(
+                select(Credential.revoked_at, Credential.expires_at).where(Credential.id == credential_id)
+            ).first()
+            if row is None:
+                return True
+            revoked_at, expires_at = row
+            return revoked_at is not None or (expires_at is not None and expires_at <= utcnow())
+
+    def list_credentials(self, project_id: str | None = None, *, include_inactive: bool = False) -> list[Credential]:
+        with self.db.read() as session:
+            query = select(Credential).order_by(Credential.created_at)
+            if project_id is not None:
+                query = query.where(Credential.project_id == project_id)
+            if not include_inactive:
+                now = utcnow()
+                query = query.where(
+                    Credential.revoked_at.is_(None),
+                    or_(Credential.expires_at.is_(None), Credential.expires_at > now),
+                )
+            rows = list(session.scalars(query))
+            for row in rows:
+                session.expunge(row)
+            return rows
+
+    def get_credential(self, credential_id: str) -> Credential | None:
+        with self.db.read() as session:
+            row = session.get(Credential, credential_id)
+            if row is not None:
+                session.expunge(row)
+            return row
+
+    def revoke_credential(self, credential_id: str) -> bool:
+        with self.db.write() as session:
+            result = session.execute(
+                update(Credential)
+                .where(Credential.id == credential_id, Credential.revoked_at.is_(None))
+                .values(revoked_at=utcnow())
+            )
+            return bool(result.rowcount)  # type: ignore[attr-defined]
+
+    def count_admin_credentials(self) -> int:
+        with self.db.read() as session:
+            return session.scalar(select(func.count()).select_from(Credential).where(Credential.kind == "admin")) or 0
+
+    # --- trust relationships ------------------------------------------------------------------------------
+
+    def add_trust(self, row: TrustRelationship) -> TrustRelationship:
+        with self.db.write() as session:
+            if session.get(Project, row.project_id) is None:
+                raise NotFound(f"project {row.project_id} does not exist")
+            session.add(row)
+            session.flush()
+            session.expunge(row)
+            return row
+
+    def list_trust(self, project_id: str | None = None) -> list[TrustRelationship]:
+        with self.db.read() as session:
+            query = select(TrustRelationship).order_by(TrustRelationship.created_at)
+            if project_id is not None:
+                query = query.where(TrustRelationship.project_id == project_id)
+            rows = list(session.scalars(query))
+            for row in rows:
+                session.expunge(row)
+            return rows
+
+    def trust_for_repository(self, owner: str, repository: str) -> list[TrustRelationship]:
+        """Relationships naming ``owner/repository`` (names are stored lowercased: GitHub ignores case)."""
+        with self.db.read() as session:
+            rows = list(
+                session.scalars(
+                    select(TrustRelationship).where(
+                        TrustRelationship.owner == owner.lower(), TrustRelationship.repository == repository.lower()
+                    )
+                )
+            )
+            for row in rows:
+                session.expunge(row)
+            return rows
+
+    def remove_trust(self, project_id: str, trust_id: str) -> bool:
+        with self.db.write() as session:
+            result = session.execute(
+                delete(TrustRelationship).where(
+                    TrustRelationship.id == trust_id, TrustRelationship.project_id == project_id
+                )
+            )
+            return bool(result.rowcount)  # type: ignore[attr-defined]
+
+    def learn_trust_ids(self, trust_id: str, owner_id: str, repository_id: str) -> None:
+        """Pin the immutable GitHub IDs on first use; never overwrite IDs already pinned."""
+        with self.db.write() as session:
+            session.execute(
+                update(TrustRelationship)
+                .where(TrustRelationship.id == trust_id, TrustRelationship.owner_id.is_(None))
+                .values(owner_id=owner_id)
+            )
+            session.execute(
+                update(TrustRelationship)
+                .where(TrustRelationship.id == trust_id, TrustRelationship.repository_id.is_(None))
+                .values(repository_id=repository_id)
+            )
+
+    # --- OIDC jti single use ------------------------------------------------------------------------------
+
+    def claim_jti(self, issuer: str, jti: str, expires_at: datetime) -> bool:
+        """Atomically record a token id; False if it was already used. Purges long-expired claims."""
+        now = utcnow()
+        try:
+            with self.db.write() as session:
+                session.execute(delete(OidcTokenUse).where(OidcTokenUse.expires_at < now))
+                session.add(OidcTokenUse(issuer=issuer, jti=jti, expires_at=expires_at))
+            return True
+        except IntegrityError:
+            return False
+
+
+def _sizes(session: Session, manifest_id: int) -> tuple[int, int]:
+    """Total bytes reachable from a manifest, and the bytes no other manifest in the repository references."""
+    manifest_ids = {manifest_id}
+    frontier = [manifest_id]
+    repository_id = session.scalar(select(Manifest.repository_id).where(Manifest.id == manifest_id))
+    while frontier:
+        children = list(
+            session.scalars(
+                select(Manifest.id)
+                .join(ManifestReference, ManifestReference.digest == Manifest.digest)
+                .where(
+                    ManifestReference.manifest_id.in_(frontier),
+                    ManifestReference.kind == "manifest",
+                    Manifest.repository_id == repository_id,
+                )
+            )
+        )
+        frontier = [child for child in children if child not in manifest_ids]
+        manifest_ids.update(frontier)
+    manifest_bytes = session.scalar(select(func.sum(Manifest.size)).where(Manifest.id.in_(manifest_ids))) or 0
+    blob_rows = session.execute(
+        select(Blob.digest, Blob.size)
+        .join(ManifestReference, ManifestReference.digest == Blob.digest)
+        .where(ManifestReference.manifest_id.in_(manifest_ids), ManifestReference.kind == "blob")
+        .distinct()
+    ).all()
+    total = manifest_bytes + sum(size for _, size in blob_rows)
+    unique = manifest_bytes
+    for digest, size in blob_rows:
+        shared = session.scalar(
+            select(func.count())
+            .select_from(ManifestReference)
+            .join(Manifest, Manifest.id == ManifestReference.manifest_id)
+            .where(
+                ManifestReference.digest == digest,
+                ManifestReference.kind == "blob",
+                Manifest.repository_id == repository_id,
+                Manifest.id.not_in(manifest_ids),
+            )
+        )
+        if not shared:
+            unique += size
+    return total, unique
+
+
+__all__ = ["BuildRecord", "Conflict", "ControlStore", "MetadataStore", "NotFound", "ProjectRecord", "new_id"]
