@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -29,6 +30,7 @@ class ServerProcess:
 
     data_dir: Path
     port: int = field(default_factory=free_port)
+    admin_token: str = field(default_factory=lambda: secrets.token_urlsafe(24))
     env: dict[str, str] = field(default_factory=dict)
     extra_args: list[str] = field(default_factory=list)
     process: subprocess.Popen[bytes] | None = None
@@ -45,7 +47,7 @@ class ServerProcess:
 
     def start(self, timeout: float = 20.0) -> ServerProcess:
         self.log_path = self.data_dir.parent / f"server-{self.port}.log"
-        env = {**os.environ, **self.env}
+        env = {**os.environ, "CARGOHOLD_ADMIN_TOKEN": self.admin_token, **self.env}
         cmd = [sys.executable, "-m", "cargohold", "serve", "--host", "127.0.0.1", "--port", str(self.port),
                "--data-dir", str(self.data_dir), *self.extra_args]
         with open(self.log_path, "ab") as log:
@@ -76,8 +78,12 @@ class ServerProcess:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path and self.log_path.exists() else ""
 
-    def client(self, **kwargs: object) -> httpx.Client:
-        """An httpx client with the registry's base URL (and credentials once auth exists)."""
+    def client(self, token: str | None = None, **kwargs: object) -> httpx.Client:
+        """An httpx client with the registry's base URL, authenticated as admin unless ``token`` is given."""
+        auth = httpx.BasicAuth("x-token", token or self.admin_token)
+        return httpx.Client(base_url=self.url, timeout=30, auth=auth, **kwargs)  # type: ignore[arg-type]
+
+    def anonymous(self, **kwargs: object) -> httpx.Client:
         return httpx.Client(base_url=self.url, timeout=30, **kwargs)  # type: ignore[arg-type]
 
 

@@ -1,0 +1,109 @@
+# shellcheck shell=bash
+# Sourced by scripts/demo.sh and scripts/test.sh: make a fresh Debian/Ubuntu machine able to run them.
+#
+# Why a script rather than documentation: the demo and the tests drive real third-party clients
+# (skopeo, umoci) and compare against real peers (the CNCF docker-registry, nginx), so "pip install"
+# alone is never enough. Everything here is idempotent and does nothing when already in place, so the
+# entry scripts can source it on every run.
+#
+# Environment:
+#   CARGOHOLD_VENV   use this virtualenv instead of <repo>/.venv (it must already have the package)
+
+_ch_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+
+_ch_say() { printf '[bootstrap] %s\n' "$*" >&2; }
+
+# --- system packages ----------------------------------------------------------------------------
+# command -> Debian package providing it.
+_ch_missing_packages() {
+    local -a missing=()
+    local cmd pkg
+    for pair in skopeo:skopeo umoci:umoci docker-registry:docker-registry nginx:nginx-light curl:curl \
+                python3:python3; do
+        cmd="${pair%%:*}"; pkg="${pair#*:}"
+        if ! command -v "$cmd" >/dev/null 2>&1 && ! [ -x "/usr/sbin/$cmd" ]; then
+            missing+=("$pkg")
+        fi
+    done
+    # Debian splits venv/ensurepip out of python3; without it `python3 -m venv` fails.
+    if command -v python3 >/dev/null 2>&1 && [ -z "${CARGOHOLD_VENV:-}" ] && [ ! -x "$_ch_root/.venv/bin/python" ] \
+        && ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
+        missing+=("python3-venv")
+    fi
+    echo "${missing[@]}"
+}
+
+# The Debian docker-registry package starts a registry on :5000 where a service manager exists.
+# `cargohold serve` defaults to that port, so stop the one we just caused to be started.
+_ch_stop_packaged_registry() {
+    if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet docker-registry 2>/dev/null; then
+        _ch_say "stopping and disabling the docker-registry service (it holds port 5000)"
+        systemctl stop docker-registry || true
+        systemctl disable docker-registry >/dev/null 2>&1 || true
+    fi
+    if command -v ss >/dev/null 2>&1; then
+        local pid
+        for pid in $(ss -Hltnp 'sport = :5000' 2>/dev/null | grep -o 'pid=[0-9]*' | cut -d= -f2 | sort -u); do
+            if [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = "docker-registry" ]; then
+                _ch_say "stopping docker-registry (pid $pid) listening on :5000"
+                kill "$pid" 2>/dev/null || true
+            fi
+        done
+    fi
+}
+
+_ch_packages() {
+    local missing
+    missing="$(_ch_missing_packages)"
+    [ -z "$missing" ] && return 0
+    if [ "$(id -u)" -ne 0 ]; then
+        _ch_say "missing system packages: $missing"
+        _ch_say "install them with:  sudo apt-get update && sudo apt-get install -y $missing"
+        _ch_say "(or re-run this script as root, e.g. sudo bash $0)"
+        return 1
+    fi
+    _ch_say "installing: $missing"
+    export DEBIAN_FRONTEND=noninteractive
+    # shellcheck disable=SC2086 # word splitting of the package list is intended
+    apt-get update -qq && apt-get install -y -qq --no-install-recommends $missing >/dev/null
+    case " $missing " in *" docker-registry "*) _ch_stop_packaged_registry ;; esac
+    missing="$(_ch_missing_packages)"
+    if [ -n "$missing" ]; then
+        _ch_say "still missing after apt-get install: $missing"
+        return 1
+    fi
+}
+
+# --- Python environment -------------------------------------------------------------------------
+_ch_python() {
+    local venv="${CARGOHOLD_VENV:-$_ch_root/.venv}"
+    if [ -n "${CARGOHOLD_VENV:-}" ]; then
+        [ -x "$venv/bin/python" ] || { _ch_say "CARGOHOLD_VENV=$venv has no bin/python"; return 1; }
+    elif [ ! -x "$venv/bin/python" ]; then
+        if ! python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+            _ch_say "Python >= 3.11 is required, found $(python3 --version 2>&1); install a newer python3"
+            return 1
+        fi
+        _ch_say "creating $venv"
+        python3 -m venv "$venv"
+    fi
+    # Reinstall only when pyproject.toml changed since the last successful install (fast no-op runs).
+    local stamp="$venv/.cargohold-pyproject.sha256" want
+    want="$(sha256sum "$_ch_root/pyproject.toml" | cut -d' ' -f1)"
+    if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ] \
+        || ! "$venv/bin/python" -c 'import cargohold, pytest' >/dev/null 2>&1; then
+        _ch_say "installing cargohold (editable) with test extras into $venv"
+        "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip
+        "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -e "$_ch_root[test]"
+        echo "$want" > "$stamp"
+    fi
+    export VIRTUAL_ENV="$venv"
+    export PATH="$venv/bin:$PATH"
+}
+
+if ! _ch_packages || ! _ch_python; then
+    _ch_say "setup failed; see the messages above"
+    # Sourced: leave the caller with a clear failure instead of a half-prepared environment.
+    return 1 2>/dev/null || exit 1
+fi
+cd "$_ch_root"
