@@ -31,14 +31,27 @@ class ServerSettings:
     """Upload sessions idle for longer are purged with their staged bytes."""
     max_blob_size: int = 64 * 1024**3
     """Largest blob accepted; protects the disk from an endless upload."""
-    chunk_min_length: int = 0
-    """Advertised as ``OCI-Chunk-Min-Length`` when > 0; the filesystem store accepts chunks of any size."""
+    chunk_min_length: int = 1024**2
+    """Advertised as ``OCI-Chunk-Min-Length`` (0: not sent) so chunked clients pick efficient chunk sizes.
+
+    The filesystem store accepts smaller chunks too; an object store will need its multipart minimum here.
+    """
     fsync: bool = True
     """fsync blobs before they become visible, so a power loss cannot leave a torn blob under a digest."""
     io_threads: int = 16
+    admin_token: str | None = None
+    """Bootstrap admin token (``CARGOHOLD_ADMIN_TOKEN``); otherwise one is generated on an empty data dir."""
+    oidc_issuers: tuple[str, ...] = ("https://token.actions.githubusercontent.com",)
+    oidc_audience: str | None = None
+    """Audience OIDC tokens must carry; default the public URL."""
+    oidc_token_ttl: timedelta = timedelta(hours=1)
+    registry_token_ttl: int = 300
 
     def resolved_database_url(self) -> str:
         return self.database_url or f"sqlite:///{self.data_dir / 'metadata.db'}"
+
+    def resolved_oidc_audience(self) -> str:
+        return self.oidc_audience or self.resolved_public_url()
 
     def resolved_public_url(self) -> str:
         if self.public_url:

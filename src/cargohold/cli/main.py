@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated
@@ -62,10 +63,23 @@ def serve(
     ] = "64GiB",
     chunk_min_length: Annotated[
         str, typer.Option(envvar="CARGOHOLD_CHUNK_MIN_LENGTH", help="Advertised OCI-Chunk-Min-Length (0: none).")
-    ] = "0",
+    ] = "1MiB",
     fsync: Annotated[
         bool, typer.Option(envvar="CARGOHOLD_FSYNC", help="fsync blobs before they become visible.")
     ] = True,
+    oidc_issuer: Annotated[
+        list[str] | None,
+        typer.Option(
+            envvar="CARGOHOLD_OIDC_ISSUERS",
+            help="Trusted OIDC issuer (repeatable; default GitHub Actions). Env: comma-separated.",
+        ),
+    ] = None,
+    oidc_audience: Annotated[
+        str | None, typer.Option(envvar="CARGOHOLD_OIDC_AUDIENCE", help="Required audience (default: public URL).")
+    ] = None,
+    oidc_token_ttl: Annotated[
+        str, typer.Option(envvar="CARGOHOLD_OIDC_TOKEN_TTL", help="Lifetime of OIDC-exchanged credentials.")
+    ] = "1h",  # noqa: S107 (a duration, not a password)
 ) -> None:
     """Run the registry server."""
     from cargohold.registry.server import run
@@ -75,6 +89,7 @@ def serve(
         ttl: timedelta = parse_duration(upload_ttl)
         max_size = parse_size(max_blob_size)
         min_chunk = parse_size(chunk_min_length)
+        oidc_ttl = parse_duration(oidc_token_ttl)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
     settings = ServerSettings(
@@ -89,7 +104,12 @@ def serve(
         max_blob_size=max_size,
         chunk_min_length=min_chunk,
         fsync=fsync,
+        admin_token=os.environ.get("CARGOHOLD_ADMIN_TOKEN") or None,
+        oidc_audience=oidc_audience,
+        oidc_token_ttl=oidc_ttl,
     )
+    if oidc_issuer:
+        settings.oidc_issuers = tuple(i.strip() for item in oidc_issuer for i in item.split(",") if i.strip())
     run(settings)
 
 
@@ -98,6 +118,8 @@ def _configure_logging(level: str) -> None:
     if not isinstance(numeric, int):
         raise typer.BadParameter(f"log level {level!r} is not one of debug, info, warning, error")
     logging.basicConfig(level=numeric, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Migration chatter is noise at start-up unless someone is debugging.
+    logging.getLogger("alembic").setLevel(max(numeric, logging.WARNING))
 
 
 def main() -> None:

@@ -24,8 +24,18 @@ class Principal:
 ANONYMOUS = Principal("anonymous")
 
 
+@dataclass(frozen=True, slots=True)
+class Target:
+    """What a registry request touches (``manifest``/``blob``/``tags``/``referrers``/``upload`` + reference)."""
+
+    kind: str
+    reference: str = ""
+
+
 class AccessPolicy(Protocol):
-    async def authorize(self, request: web.Request, repository: str | None, actions: frozenset[str]) -> Principal:
+    async def authorize(
+        self, request: web.Request, repository: str | None, actions: frozenset[str], target: Target | None = None
+    ) -> Principal:
         """Return the caller if allowed, else raise ``RegistryError`` (UNAUTHORIZED / DENIED / NAME_UNKNOWN)."""
         ...
 
@@ -37,7 +47,9 @@ class AccessPolicy(Protocol):
 class OpenAccess:
     """Everyone may do everything: for a registry behind its own network boundary, and for the core tests."""
 
-    async def authorize(self, request: web.Request, repository: str | None, actions: frozenset[str]) -> Principal:
+    async def authorize(
+        self, request: web.Request, repository: str | None, actions: frozenset[str], target: Target | None = None
+    ) -> Principal:
         return ANONYMOUS
 
     async def can(self, request: web.Request, repository: str, action: str) -> bool:

@@ -14,11 +14,13 @@ from aiohttp.http_exceptions import HttpProcessingError
 
 from cargohold import __version__
 from cargohold.config import ServerSettings
+from cargohold.metadata.control import ControlStore
 from cargohold.metadata.db import Database
 from cargohold.metadata.store import MetadataStore
-from cargohold.registry import routing
+from cargohold.registry import auth_routes, routing
 from cargohold.registry.access import AccessPolicy, OpenAccess
 from cargohold.registry.errors import RegistryError
+from cargohold.registry.security import build_security
 from cargohold.registry.state import STATE_KEY, RegistryState, state_of
 from cargohold.storage.filesystem import FilesystemBlobStore
 
@@ -110,25 +112,42 @@ async def _housekeeping(app: web.Application) -> AsyncIterator[None]:
 async def _shutdown(app: web.Application) -> AsyncIterator[None]:
     yield
     state = app[STATE_KEY]
+    if state.oidc is not None:
+        await state.oidc.verifier.aclose()
     state.executor.shutdown(wait=True, cancel_futures=True)
     state.metadata.db.dispose()
 
 
 def create_app(settings: ServerSettings, access: AccessPolicy | None = None) -> web.Application:
-    """Build the registry application; migrates the metadata database before returning."""
+    """Build the registry application; migrates the metadata database before returning.
+
+    Without ``access``, every route requires a credential (see :mod:`cargohold.registry.auth`); passing
+    :class:`OpenAccess` is for embedding the bare registry core behind another gate, and for tests.
+    """
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     database = Database(settings.resolved_database_url())
     database.migrate()
+    executor = ThreadPoolExecutor(max_workers=settings.io_threads, thread_name_prefix="cargohold-io")
+    metadata = MetadataStore(database)
+    control = ControlStore(database)
     state = RegistryState(
         settings=settings,
-        metadata=MetadataStore(database),
+        metadata=metadata,
         blobs=FilesystemBlobStore(settings.data_dir, fsync=settings.fsync),
         access=access or OpenAccess(),
-        executor=ThreadPoolExecutor(max_workers=settings.io_threads, thread_name_prefix="cargohold-io"),
+        executor=executor,
+        control=control,
     )
+    if access is None:
+        security = build_security(state)
+        state.auth, state.oidc = security.access, security.oidc
+        state.access = security.access
     app = web.Application(middlewares=[oci_errors], client_max_size=1024**2)
     app[STATE_KEY] = state
     app.router.add_get("/healthz", healthz)
+    app.router.add_route("*", "/token", auth_routes.token)
+    app.router.add_post("/auth/oidc/github-actions", auth_routes.oidc_exchange)
+    app.router.add_get("/api/v1/oidc", auth_routes.oidc_discovery)
     app.router.add_get("/v2/", api_root)
     app.router.add_get("/v2", api_root)
     app.router.add_route("*", "/v2/{tail:.+}", routing.dispatch)

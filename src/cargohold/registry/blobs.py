@@ -11,6 +11,7 @@ import logging
 import re
 
 from aiohttp import web
+from aiohttp.abc import AbstractStreamWriter
 
 from cargohold.metadata.store import BlobInUse
 from cargohold.oci.digest import Digest, DigestError
@@ -30,28 +31,32 @@ def parse_digest(value: str) -> Digest:
         raise RegistryError("DIGEST_INVALID", str(exc), detail={"digest": value}) from None
 
 
-def _check_range(header: str | None, size: int) -> None:
-    """Refuse ranges we cannot satisfy with an OCI error body (aiohttp would answer 416 without one).
+def _usable_range(header: str | None, size: int) -> bool:
+    """Whether to honour ``Range``; raises 416 (with an OCI error body) for an unsatisfiable byte range.
 
-    The OCI code list has nothing closer than SIZE_INVALID for this; the 416 status is what clients act on.
+    Per RFC 9110 a server ignores ranges it does not understand (other units, several ranges) and sends
+    the whole blob. The OCI code list has nothing closer than SIZE_INVALID for a 416; clients act on the status.
     """
     if not header:
-        return
+        return False
+    match = _RANGE_RE.match(header.strip())
+    if not match or (not match.group(1) and not match.group(2)):
+        return False
+    start_text, end_text = match.groups()
 
     def unsatisfiable(reason: str) -> RegistryError:
         return RegistryError("SIZE_INVALID", reason, status=416, headers={"Content-Range": f"bytes */{size}"})
 
-    match = _RANGE_RE.match(header.strip())
-    if not match or (not match.group(1) and not match.group(2)):
-        raise unsatisfiable(f"Range {header!r} is not a single 'bytes=start-end' range")
-    start_text, end_text = match.groups()
     if start_text:
         start = int(start_text)
         end = int(end_text) if end_text else None
-        if start >= size or (end is not None and end < start):
+        if end is not None and end < start:
+            return False  # syntactically invalid: ignored like any range we do not understand
+        if start >= size:
             raise unsatisfiable(f"Range {header!r} cannot be satisfied: the blob has {size} bytes")
-    elif int(end_text) == 0:
-        raise unsatisfiable("Range 'bytes=-0' selects no bytes")
+    elif int(end_text) == 0 or size == 0:
+        raise unsatisfiable(f"Range {header!r} selects no bytes of a {size}-byte blob")
+    return True
 
 
 async def get_blob(request: web.Request, name: str, digest_text: str) -> web.StreamResponse:
@@ -76,8 +81,20 @@ async def get_blob(request: web.Request, name: str, digest_text: str) -> web.Str
         headers["Content-Length"] = str(location.size)
         headers["Accept-Ranges"] = "bytes"
         return web.Response(status=200, headers=headers)
-    _check_range(request.headers.get("Range"), location.size)
+    if "Range" in request.headers and not _usable_range(request.headers["Range"], location.size):
+        return _WholeFileResponse(location.path, headers=headers)
     return web.FileResponse(location.path, headers=headers)
+
+
+class _WholeFileResponse(web.FileResponse):
+    """Sends the whole file whatever the request's ``Range`` says (aiohttp would answer 416 to one it cannot
+    parse, where RFC 9110 says to ignore it)."""
+
+    async def prepare(self, request: web.BaseRequest) -> AbstractStreamWriter | None:
+        if self.prepared:
+            return None
+        headers = {key: value for key, value in request.headers.items() if key.lower() != "range"}
+        return await super().prepare(request.clone(headers=headers))
 
 
 async def delete_blob(request: web.Request, name: str, digest_text: str) -> web.Response:

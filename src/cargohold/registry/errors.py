@@ -22,7 +22,7 @@ ERROR_STATUS: dict[str, int] = {
     "UNAUTHORIZED": 401,
     "DENIED": 403,
     "UNSUPPORTED": 405,
-    "TOO_MANY_REQUESTS": 429,
+    "TOOMANYREQUESTS": 429,
     "UNKNOWN": 500,
 }
 

@@ -66,6 +66,8 @@ async def catalog(request: web.Request) -> web.Response:
         state.metadata.list_repositories, last=request.query.get("last"), limit=None if limit is None else limit + 1
     )
     repositories, more = _paginate(fetched, limit)
+    # Each caller sees only the repositories it may pull from (an admin sees all).
+    repositories = [name for name in repositories if await state.access.can(request, name, "pull")]
     headers = {}
     if more and repositories:
         query = urlencode({"n": limit, "last": repositories[-1]})

@@ -1,7 +1,7 @@
 """Throttling of failed authentications per client address.
 
 A token bucket per client: each failure takes one token, tokens refill at a steady rate, and a client
-with an empty bucket is told to come back later (``429 TOO_MANY_REQUESTS`` with ``Retry-After``). This
+with an empty bucket is told to come back later (``429 TOOMANYREQUESTS`` with ``Retry-After``). This
 allows a burst of honest mistakes (a mistyped token, a stale login) but caps guessing at the refill rate.
 
 Design choices:

@@ -15,6 +15,7 @@ from aiohttp import web
 
 from cargohold.oci.reference import NAME_MAX_LENGTH, is_valid_name
 from cargohold.registry import blobs, listing, manifests, uploads
+from cargohold.registry.access import Target
 from cargohold.registry.errors import RegistryError
 from cargohold.registry.state import state_of
 
@@ -99,7 +100,9 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
     handler = route.handlers.get(request.method)
     if handler is None:
         raise _method_not_allowed(request.method, f"/v2/<name>/{route.name}")
-    await state.access.authorize(request, name, frozenset({ACTION_FOR_METHOD[request.method]}))
+    reference = next(iter(params.values()), "")
+    target = Target(route.name, reference)
+    await state.access.authorize(request, name, frozenset({ACTION_FOR_METHOD[request.method]}), target)
     return await handler(request, name, *params.values())
 
 

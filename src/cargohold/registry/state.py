@@ -6,15 +6,20 @@ import asyncio
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import ParamSpec, TypeVar
+from typing import TYPE_CHECKING, ParamSpec, TypeVar
 
 from aiohttp import web
 
 from cargohold.config import ServerSettings
+from cargohold.metadata.control import ControlStore
 from cargohold.metadata.store import MetadataStore
 from cargohold.registry.access import AccessPolicy
 from cargohold.registry.upload_progress import UploadTracker
 from cargohold.storage.base import BlobStore
+
+if TYPE_CHECKING:
+    from cargohold.registry.auth import TokenAccess
+    from cargohold.registry.oidc_exchange import OidcExchange
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -27,6 +32,9 @@ class RegistryState:
     blobs: BlobStore
     access: AccessPolicy
     executor: ThreadPoolExecutor
+    control: ControlStore | None = None
+    auth: TokenAccess | None = None
+    oidc: OidcExchange | None = None
     uploads: UploadTracker = field(default_factory=lambda: UploadTracker())
 
     async def run(self, func: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:

@@ -13,7 +13,7 @@ import uuid
 
 from aiohttp import web
 
-from cargohold.oci.digest import ALGORITHMS, Digest, new_hasher
+from cargohold.oci.digest import ALGORITHMS, Digest, DigestError, new_hasher
 from cargohold.oci.reference import is_valid_name
 from cargohold.registry.blobs import parse_digest
 from cargohold.registry.errors import RegistryError, upload_unknown
@@ -192,12 +192,18 @@ async def start_upload(request: web.Request, name: str) -> web.Response:
     state = state_of(request)
     query = request.query
     if "mount" in query:
-        digest = parse_digest(query["mount"])
+        # Anything that prevents a mount (bad digest or name, unknown there, not readable by this caller)
+        # falls back to a normal upload session, as the distribution spec asks.
+        mount = _mount_digest(query["mount"])
         source = query.get("from", "")
-        readable = bool(source) and is_valid_name(source) and await state.access.can(request, source, "pull")
-        if readable and await state.run(state.metadata.mount_blob, name, source, str(digest)) is not None:
-            return _blob_created(name, digest)
-        # Not mountable (unknown there, or not readable by this caller): answer with a normal session.
+        readable = (
+            mount is not None
+            and bool(source)
+            and is_valid_name(source)
+            and await state.access.can(request, source, "pull")
+        )
+        if readable and mount and await state.run(state.metadata.mount_blob, name, source, str(mount)) is not None:
+            return _blob_created(name, mount)
 
     algorithm = "sha256"
     digest: Digest | None = None
@@ -225,6 +231,13 @@ async def start_upload(request: web.Request, name: str) -> web.Response:
     if state.settings.chunk_min_length > 0:
         headers["OCI-Chunk-Min-Length"] = str(state.settings.chunk_min_length)
     return web.Response(status=202, headers=headers)
+
+
+def _mount_digest(value: str) -> Digest | None:
+    try:
+        return Digest.parse(value)
+    except DigestError:
+        return None
 
 
 def _algorithm(value: str) -> str:

@@ -1,0 +1,134 @@
+"""Errors raised by the registry client.
+
+One exception type, :class:`RegistryError`, carries everything a CLI needs to print a single useful
+sentence (what we were doing, to what, the HTTP status and the registry's OCI error codes) and everything
+a program needs to branch on (``status``, ``codes``). The retry layer keys off :attr:`retryable`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+
+import httpx
+
+RETRYABLE_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+"""Statuses that say "try again later" rather than "you asked for something wrong"."""
+
+
+@dataclass(frozen=True, slots=True)
+class OCIErrorDetail:
+    """One entry of the OCI ``{"errors": [...]}`` body."""
+
+    code: str
+    message: str = ""
+    detail: object = None
+
+
+def parse_oci_errors(body: bytes) -> list[OCIErrorDetail]:
+    """Best-effort parse of an OCI error body; anything unexpected yields an empty list, never raises."""
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return []
+    errors = data.get("errors") if isinstance(data, dict) else None
+    if not isinstance(errors, list):
+        return []
+    out: list[OCIErrorDetail] = []
+    for item in errors:
+        if isinstance(item, dict) and isinstance(item.get("code"), str):
+            out.append(OCIErrorDetail(item["code"], str(item.get("message") or ""), item.get("detail")))
+    return out
+
+
+@dataclass(eq=False)
+class RegistryError(Exception):
+    """A registry operation failed.
+
+    ``action`` is a short phrase like ``"pushing blob sha256:abcd… to 127.0.0.1:5000/x"`` so that
+    ``str(error)`` reads as one sentence a user can act on.
+    """
+
+    action: str
+    status: int | None = None
+    method: str | None = None
+    url: str | None = None
+    errors: list[OCIErrorDetail] = field(default_factory=list)
+    reason: str | None = None
+    retry_after: float | None = None
+
+    def __post_init__(self) -> None:
+        super().__init__(str(self))
+
+    @property
+    def codes(self) -> list[str]:
+        """The OCI error codes the registry returned (``BLOB_UNKNOWN``, ``DENIED``, ...)."""
+        return [e.code for e in self.errors]
+
+    @property
+    def retryable(self) -> bool:
+        """Whether repeating the same request could succeed (throttling, server trouble, network)."""
+        return self.status is None or self.status in RETRYABLE_STATUSES
+
+    def __str__(self) -> str:
+        parts: list[str] = []
+        if self.status is not None:
+            parts.append(str(self.status))
+        if self.codes:
+            parts.append(" ".join(self.codes))
+        details = "; ".join(e.message for e in self.errors if e.message) or self.reason
+        head = f"{self.action} failed: " + (" ".join(parts) if parts else "error")
+        if details:
+            head += f" ({details})"
+        return head
+
+    @classmethod
+    def from_response(cls, action: str, response: httpx.Response, body: bytes | None = None) -> RegistryError:
+        """Build from an error response; ``body`` defaults to the response's (already read) content."""
+        if body is None:
+            try:
+                body = response.content
+            except httpx.ResponseNotRead:
+                body = b""
+        errors = parse_oci_errors(body)
+        reason = None
+        if not errors:
+            text = body[:200].decode("utf-8", "replace").strip()
+            reason = text or response.reason_phrase or None
+        return cls(
+            action=action,
+            status=response.status_code,
+            method=response.request.method,
+            url=str(response.request.url),
+            errors=errors,
+            reason=reason,
+            retry_after=parse_retry_after(response.headers.get("Retry-After")),
+        )
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """``Retry-After`` as seconds from now: either delta-seconds or an HTTP date. ``None`` if absent/bad."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when is None:
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())
+
+
+class DigestMismatchError(Exception):
+    """Content did not hash to the digest it was requested or announced under."""
+
+
+class PlatformNotFoundError(LookupError):
+    """An index has no manifest for the requested platform; the message lists those it has."""

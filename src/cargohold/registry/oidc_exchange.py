@@ -1,0 +1,158 @@
+"""Exchanging a CI job's OIDC token for a short-lived Cargohold credential through trust relationships."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from cargohold.metadata.control import ControlStore, new_id
+from cargohold.metadata.models import Credential
+from cargohold.metadata.models import TrustRelationship as TrustRow
+from cargohold.registry import trust
+from cargohold.registry.auth import AuthError, Identity, TokenAuthenticator
+from cargohold.registry.credentials import (
+    CredentialKind,
+    Principal,
+    hash_token,
+    new_credential,
+    permissions_from_json,
+    permissions_to_json,
+)
+from cargohold.registry.oidc import OidcError, OidcVerifier, ReplayedTokenError
+
+Run = Callable[..., Awaitable[Any]]
+
+
+class ExchangeDenied(Exception):
+    """The token verified, but no trust relationship lets it in; the message says which fields differ."""
+
+
+class DatabaseJtiStore:
+    """Single-use ``jti`` claims in the metadata database, so several server processes agree."""
+
+    def __init__(self, control: ControlStore, run: Run) -> None:
+        self.control = control
+        self.run = run
+
+    async def claim(self, issuer: str, jti: str, expires_at: float) -> bool:
+        moment = datetime.fromtimestamp(expires_at, UTC)
+        return bool(await self.run(self.control.claim_jti, issuer, jti, moment))
+
+
+def relationship_from_row(row: TrustRow) -> trust.TrustRelationship:
+    return trust.TrustRelationship(
+        id=row.id,
+        project=row.project_id,
+        repository_owner=row.owner,
+        repository_name=row.repository,
+        provider=row.provider,
+        repository_owner_id=row.owner_id,
+        repository_id=row.repository_id,
+        workflow=row.workflow,
+        environment=row.environment,
+        ref_pattern=row.ref_pattern,
+        runner_environment=row.runner_environment,
+        allow_events=frozenset(json.loads(row.allowed_events) if row.allowed_events else ()),
+        pull_only=row.pull_only,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Exchanged:
+    token: str
+    """The new credential's plaintext (or the raw JWT itself when it is remembered by hash)."""
+    expires_at: datetime
+    projects: list[str]
+    identity: Identity
+
+
+class OidcExchange:
+    def __init__(self, verifier: OidcVerifier, control: ControlStore, run: Run, *, token_ttl: timedelta) -> None:
+        self.verifier = verifier
+        self.control = control
+        self.run = run
+        self.token_ttl = token_ttl
+
+    async def exchange(self, jwt_text: str, *, remember_raw: bool = False) -> Exchanged:
+        """Verify, match, and mint. Raises :class:`OidcError` or :class:`ExchangeDenied` with the reason."""
+        claims = await self.verifier.verify(jwt_text)
+        owner, _, name = claims.repository.partition("/")
+        rows = await self.run(self.control.trust_for_repository, owner, name)
+        result = trust.match([relationship_from_row(row) for row in rows], claims)
+        if not result.ok:
+            raise ExchangeDenied(result.denial or f"no trust relationship for repository {claims.repository}")
+        for learned in result.learned:
+            await self.run(
+                self.control.learn_trust_ids,
+                learned.relationship_id,
+                learned.repository_owner_id,
+                learned.repository_id,
+            )
+        now = datetime.now(UTC)
+        name_text = f"github:{claims.repository}"
+        if claims.run_id:
+            name_text += f" run {claims.run_id}/{claims.run_attempt or 1}"
+        plaintext, stored = new_credential(
+            CredentialKind.OIDC,
+            credential_id=new_id(),
+            name=name_text,
+            now=now,
+            permissions=result.permissions,
+            ttl=self.token_ttl,
+        )
+        if remember_raw:
+            plaintext, stored = jwt_text, replace(stored, token_hash=hash_token(jwt_text))
+        audit = {key: value for key, value in claims.audit_fields().items() if value is not None}
+        if claims.workflow:
+            audit["workflow"] = claims.workflow
+        projects = sorted({permission.project for permission in result.permissions})
+        row = Credential(
+            id=stored.id,
+            kind=stored.kind.value,
+            name=stored.name,
+            token_hash=stored.token_hash,
+            permissions=permissions_to_json(stored.permissions),
+            metadata_json=json.dumps(audit),
+            created_at=now,
+            expires_at=stored.expires_at,
+            project_id=projects[0] if len(projects) == 1 else None,
+        )
+        await self.run(self.control.add_credential, row)
+        assert stored.expires_at is not None
+        principal = Principal(CredentialKind.OIDC, stored.id, stored.name, stored.permissions)
+        return Exchanged(plaintext, stored.expires_at, projects, Identity(principal, claims=audit))
+
+    def raw_jwt_exchanger(self, authenticator: TokenAuthenticator) -> Callable[[str], Awaitable[Identity]]:
+        """For :class:`TokenAuthenticator`: accept a raw OIDC JWT as a credential, exchanging it once."""
+
+        async def identity_for(jwt_text: str) -> Identity:
+            token_hash = hash_token(jwt_text)
+            existing = await self.run(self.control.credential_by_hash, token_hash)
+            if existing is None:
+                try:
+                    return (await self.exchange(jwt_text, remember_raw=True)).identity
+                except ReplayedTokenError:
+                    # A concurrent request with the same JWT won the exchange; use what it stored.
+                    existing = await self.run(self.control.credential_by_hash, token_hash)
+                    if existing is None:
+                        raise AuthError("this OIDC token was already exchanged; request a fresh one") from None
+                except (OidcError, ExchangeDenied) as exc:
+                    raise AuthError(str(exc)) from None
+            return identity_from_oidc_row(existing)
+
+        return identity_for
+
+
+def identity_from_oidc_row(row: Credential) -> Identity:
+    if row.kind != CredentialKind.OIDC.value:
+        raise AuthError("the credential is not valid")
+    now = datetime.now(UTC)
+    if row.revoked_at is not None:
+        raise AuthError(f"the OIDC credential {row.name!r} was revoked")
+    if row.expires_at is not None and row.expires_at <= now:
+        raise AuthError(f"the OIDC credential {row.name!r} has expired; request a fresh ID token")
+    principal = Principal(CredentialKind.OIDC, row.id, row.name, permissions_from_json(row.permissions))
+    return Identity(principal, claims=json.loads(row.metadata_json) if row.metadata_json else None)

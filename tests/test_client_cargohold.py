@@ -1,0 +1,79 @@
+"""The client against Cargohold's own server: round trips, copies and upload resume.
+
+The server is started with ``CARGOHOLD_ADMIN_TOKEN`` and the client presents ``x-token:<token>`` via
+Basic auth (the challenge flow), so this keeps passing once the server enforces authentication.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from cargohold.client.copy import LayoutStore, RegistryRepo, copy_image
+from cargohold.client.credentials import Credentials
+from cargohold.client.registry import RegistryClient, bytes_source
+from cargohold.client.retry import RetryPolicy
+from cargohold.oci.digest import Digest
+from cargohold.oci.layout import OCILayout
+from cargohold.sample import write_sample_index
+from conftest import ServerProcess
+from test_client_faults import Fault, FaultProxy
+
+FAST = RetryPolicy(attempts=5, initial=0.01, maximum=0.05)
+
+
+@pytest.fixture
+def cargohold(tmp_path: Path) -> Iterator[tuple[ServerProcess, Credentials]]:
+    token = secrets.token_urlsafe(24)
+    proc = ServerProcess(data_dir=tmp_path / "data", env={"CARGOHOLD_ADMIN_TOKEN": token}).start()
+    try:
+        yield proc, Credentials("x-token", token)
+    finally:
+        proc.stop()
+
+
+def test_blob_and_image_round_trip(cargohold: tuple[ServerProcess, Credentials], tmp_path: Path) -> None:
+    server, creds = cargohold
+    data = os.urandom((5 << 20) + 17)
+    digest = Digest.of(data)
+    layout_dir = tmp_path / "src"
+    info = write_sample_index(layout_dir, layers=2, layer_size=1 << 20, seed=11, ref="v1", attestations=True)
+    with RegistryClient(server.host, credentials=creds, retry=FAST) as client:
+        client.ping()
+        assert client.upload_blob("ch/blob", digest, len(data), bytes_source(data)) == "uploaded"
+        assert client.blob_exists("ch/blob", digest) == len(data)
+        got = bytearray()
+        client.download_blob("ch/blob", digest, got.extend, size=len(data))
+        assert bytes(got) == data
+        assert client.upload_blob("ch/other", digest, len(data), bytes_source(data), mount_from="ch/blob") in (
+            "mounted",
+            "uploaded",
+        )
+
+        pushed = copy_image(LayoutStore(OCILayout.open(layout_dir)), "v1", RegistryRepo(client, "ch/app"), ["v1"])
+        assert pushed.digest == info.index.digest
+        assert client.get_manifest("ch/app", "v1").digest == info.index.digest
+        assert "v1" in client.list_tags("ch/app")
+        out = OCILayout.create(tmp_path / "out")
+        copy_image(RegistryRepo(client, "ch/app"), "v1", LayoutStore(out), ["v1"])
+        assert all(out.has_blob(d) for d in info.digests)
+
+
+def test_upload_resumes_from_confirmed_offset(cargohold: tuple[ServerProcess, Credentials]) -> None:
+    server, creds = cargohold
+    data = os.urandom(6 << 20)
+    digest = Digest.of(data)
+    cut = 2 << 20
+    with FaultProxy(server.url) as proxy, RegistryClient(proxy.host, credentials=creds, retry=FAST) as client:
+        proxy.faults.append(Fault("PATCH", "/blobs/uploads/", drop_request_after=cut))
+        assert client.upload_blob("ch/resume", digest, len(data), bytes_source(data)) == "uploaded"
+        assert client.blob_exists("ch/resume", digest) == len(data)
+    patches = [s for s in proxy.seen if s.method == "PATCH" and s.status != 401]
+    assert len(patches) == 2, [(s.method, s.path, s.status) for s in proxy.seen]
+    start = int(patches[1].headers["Content-Range"].split("-")[0])
+    assert 0 < start <= cut
+    assert patches[1].request_bytes == len(data) - start, "only the unconfirmed tail may be re-sent"
