@@ -399,6 +399,54 @@ class MetadataStore:
                 for row in session.execute(query)
             ]
 
+    def build_reachable(self, repository: str, build_id: str) -> tuple[set[str], set[str]]:
+        """What a pull credential narrowed to one build may read: ``(manifest references, blob digests)``.
+
+        Starts from the build's tags (``<build>`` and bake targets ``<build>-<target>``), follows index
+        children and referrers (signatures, SBOMs) of everything reached, and collects their blobs.
+        """
+        with self.db.read() as session:
+            repository_id = self._repository_id(session, repository)
+            if repository_id is None:
+                return set(), set()
+            rows = session.execute(
+                select(Tag.name, Manifest.id, Manifest.digest)
+                .join(Manifest, Manifest.id == Tag.manifest_id)
+                .where(
+                    Tag.repository_id == repository_id,
+                    (Tag.name == build_id) | Tag.name.startswith(f"{build_id}-", autoescape=True),
+                )
+            ).all()
+            references = {name for name, _, _ in rows}
+            seen: dict[int, str] = {manifest_id: digest for _, manifest_id, digest in rows}
+            frontier = list(seen.items())
+            while frontier:
+                digests = [digest for _, digest in frontier]
+                ids = [manifest_id for manifest_id, _ in frontier]
+                found = session.execute(
+                    select(Manifest.id, Manifest.digest).where(
+                        Manifest.repository_id == repository_id,
+                        (
+                            Manifest.digest.in_(
+                                select(ManifestReference.digest).where(
+                                    ManifestReference.manifest_id.in_(ids), ManifestReference.kind == "manifest"
+                                )
+                            )
+                        )
+                        | Manifest.subject_digest.in_(digests),
+                    )
+                ).all()
+                frontier = [(manifest_id, digest) for manifest_id, digest in found if manifest_id not in seen]
+                seen.update(frontier)
+            blobs = set(
+                session.scalars(
+                    select(ManifestReference.digest).where(
+                        ManifestReference.manifest_id.in_(list(seen)), ManifestReference.kind == "blob"
+                    )
+                )
+            )
+            return references | set(seen.values()), blobs
+
     def count_manifests(self, repository: str) -> int:
         with self.db.read() as session:
             return (

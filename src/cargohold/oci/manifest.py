@@ -163,6 +163,4 @@ def parse_manifest(payload: bytes, content_type: str | None) -> ParsedManifest:
     layers = [_descriptor(layer, f"layers[{i}]") for i, layer in enumerate(layers_value)]
     # Foreign (non-distributable) layers carrying URLs live elsewhere by design; everything else must be here.
     required = [config, *(layer for layer in layers if not layer.urls)]
-    return ParsedManifest(
-        media_type, False, artifact_type or config.media_type, subject, annotations, required, []
-    )
+    return ParsedManifest(media_type, False, artifact_type or config.media_type, subject, annotations, required, [])
