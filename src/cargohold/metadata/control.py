@@ -364,6 +364,12 @@ class ControlStore:
                 return self._build_record(session, build) if build else None
             return None
 
+    def build_reachable(self, repository: str, build_id: str) -> tuple[set[str], set[str]]:
+        """What a pull credential narrowed to ``build_id`` may read in ``repository`` (save-tags included)."""
+        with self.db.read() as session:
+            save_tags = list(session.scalars(select(SaveTag.tag).where(SaveTag.build_id == build_id)))
+        return MetadataStore(self.db).build_reachable(repository, build_id, save_tags)
+
     @staticmethod
     def _build_record(session: Session, row: Build) -> BuildRecord:
         tags = sorted(session.scalars(select(SaveTag.tag).where(SaveTag.build_id == row.id)))

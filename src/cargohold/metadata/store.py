@@ -399,10 +399,13 @@ class MetadataStore:
                 for row in session.execute(query)
             ]
 
-    def build_reachable(self, repository: str, build_id: str) -> tuple[set[str], set[str]]:
+    def build_reachable(
+        self, repository: str, build_id: str, extra_tags: Iterable[str] = ()
+    ) -> tuple[set[str], set[str]]:
         """What a pull credential narrowed to one build may read: ``(manifest references, blob digests)``.
 
-        Starts from the build's tags (``<build>`` and bake targets ``<build>-<target>``), follows index
+        Starts from the build's tags (``<build>``, bake targets ``<build>-<target>``, and ``extra_tags``: the
+        save-tags the build holds), follows index
         children and referrers (signatures, SBOMs) of everything reached, and collects their blobs.
         """
         with self.db.read() as session:
@@ -414,7 +417,9 @@ class MetadataStore:
                 .join(Manifest, Manifest.id == Tag.manifest_id)
                 .where(
                     Tag.repository_id == repository_id,
-                    (Tag.name == build_id) | Tag.name.startswith(f"{build_id}-", autoescape=True),
+                    (Tag.name == build_id)
+                    | Tag.name.startswith(f"{build_id}-", autoescape=True)
+                    | Tag.name.in_(list(extra_tags)),
                 )
             ).all()
             references = {name for name, _, _ in rows}

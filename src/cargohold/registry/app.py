@@ -17,7 +17,7 @@ from cargohold.config import ServerSettings
 from cargohold.metadata.control import ControlStore
 from cargohold.metadata.db import Database
 from cargohold.metadata.store import MetadataStore
-from cargohold.registry import auth_routes, routing
+from cargohold.registry import api, auth_routes, routing
 from cargohold.registry.access import AccessPolicy, OpenAccess
 from cargohold.registry.errors import RegistryError
 from cargohold.registry.security import build_security
@@ -148,6 +148,8 @@ def create_app(settings: ServerSettings, access: AccessPolicy | None = None) -> 
     app.router.add_route("*", "/token", auth_routes.token)
     app.router.add_post("/auth/oidc/github-actions", auth_routes.oidc_exchange)
     app.router.add_get("/api/v1/oidc", auth_routes.oidc_discovery)
+    if state.auth is not None:
+        api.add_routes(app)
     app.router.add_get("/v2/", api_root)
     app.router.add_get("/v2", api_root)
     app.router.add_route("*", "/v2/{tail:.+}", routing.dispatch)

@@ -50,7 +50,7 @@ def build_security(state: RegistryState) -> Security:
         authenticator,
         settings.resolved_public_url(),
         AuthFailureLimiter(),
-        lambda repository, build_id: state.run(state.metadata.build_reachable, repository, build_id),
+        lambda repository, build_id: state.run(control.build_reachable, repository, build_id),
     )
     if settings.admin_token is None and control.count_admin_credentials() == 0:
         _create_first_admin(state)
