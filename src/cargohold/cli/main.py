@@ -122,5 +122,18 @@ def _configure_logging(level: str) -> None:
     logging.getLogger("alembic").setLevel(max(numeric, logging.WARNING))
 
 
+def _register_command_modules() -> None:
+    """Each command module adds its commands and groups to ``app`` when imported."""
+    import importlib
+
+    for module in COMMAND_MODULES:
+        importlib.import_module(f"cargohold.cli.{module}")
+
+
+COMMAND_MODULES: tuple[str, ...] = ()
+"""Command modules, in help order (admin: projects/trust/tokens/login; images: save/build/pull/push; lifecycle)."""
+
+
 def main() -> None:
+    _register_command_modules()
     app()

@@ -1,0 +1,193 @@
+"""A small client for Cargohold's control API (``/api/v1``) and its OIDC exchange.
+
+Shares the registry client's retry policy (connection errors, 429, 5xx) so every call the CLI and the
+GitHub Actions make is retried the same way. Errors carry the server's one-sentence message.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import httpx
+
+from cargohold.client.errors import RETRYABLE_STATUSES, RegistryError
+from cargohold.client.retry import RetryPolicy
+
+
+class ControlError(Exception):
+    """A control-API call failed; ``str()`` is the server's explanation (or a description of the failure)."""
+
+    def __init__(self, message: str, *, status: int | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+
+
+def _message(response: httpx.Response) -> tuple[str, str | None]:
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text.strip()[:300] or response.reason_phrase, None
+    if isinstance(body, dict):
+        errors = body.get("errors")
+        if isinstance(errors, list) and errors and isinstance(errors[0], dict):
+            return str(errors[0].get("message", "")), str(errors[0].get("code", "")) or None
+        if "error" in body:
+            return str(body["error"]), None
+    return response.text.strip()[:300], None
+
+
+class ControlClient:
+    """``base_url`` is the server root (``https://cargohold.example.com``); ``token`` any Cargohold token."""
+
+    def __init__(
+        self,
+        base_url: str,
+        token: str | None = None,
+        *,
+        timeout: float = 30.0,
+        retry: RetryPolicy | None = None,
+        transport: httpx.BaseTransport | None = None,
+        verify: bool = True,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.token = token
+        self.retry = retry or RetryPolicy()
+        headers = {"User-Agent": "cargohold-cli"}
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        self._http = httpx.Client(
+            base_url=self.base_url, headers=headers, timeout=timeout, transport=transport, verify=verify
+        )
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> ControlClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Mapping[str, Any] | None = None,
+        params: Mapping[str, Any] | None = None,
+        authenticated: bool = True,
+    ) -> Any:
+        """One API call with retries; returns the decoded JSON body or raises :class:`ControlError`."""
+        headers = None if authenticated else {"Authorization": ""}
+
+        def send() -> httpx.Response:
+            response = self._http.request(method, path, json=json, params=params, headers=headers)
+            if response.status_code in RETRYABLE_STATUSES:
+                raise RegistryError.from_response(f"{method} {path}", response)
+            return response
+
+        try:
+            response = self.retry.call(send)
+        except RegistryError as exc:
+            raise ControlError(str(exc), status=exc.status) from None
+        except httpx.TransportError as exc:
+            raise ControlError(f"cannot reach Cargohold at {self.base_url}: {exc}") from None
+        if response.status_code >= 400:
+            message, code = _message(response)
+            raise ControlError(
+                message or f"{method} {path} failed with {response.status_code}", status=response.status_code, code=code
+            )
+        return response.json() if response.content else {}
+
+    # --- discovery and auth -------------------------------------------------------------------------------
+
+    def oidc_discovery(self) -> dict[str, Any]:
+        return self.request("GET", "/api/v1/oidc", authenticated=False)  # type: ignore[no-any-return]
+
+    def exchange_oidc(self, id_token: str) -> dict[str, Any]:
+        """Trade a CI job's OIDC ID token for a short-lived Cargohold token (``{"token", "expires_at", ...}``)."""
+        return self.request(  # type: ignore[no-any-return]
+            "POST", "/auth/oidc/github-actions", json={"token": id_token}, authenticated=False
+        )
+
+    def whoami(self) -> dict[str, Any]:
+        return self.request("GET", "/api/v1/whoami")  # type: ignore[no-any-return]
+
+    # --- projects -----------------------------------------------------------------------------------------
+
+    def list_projects(self) -> list[dict[str, Any]]:
+        return self.request("GET", "/api/v1/projects")["projects"]  # type: ignore[no-any-return]
+
+    def create_project(self, name: str, **settings: Any) -> dict[str, Any]:
+        return self.request("POST", "/api/v1/projects", json={"name": name, **settings})  # type: ignore[no-any-return]
+
+    def get_project(self, project_id: str) -> dict[str, Any]:
+        return self.request("GET", f"/api/v1/projects/{project_id}")  # type: ignore[no-any-return]
+
+    def update_project(self, project_id: str, **settings: Any) -> dict[str, Any]:
+        return self.request("PATCH", f"/api/v1/projects/{project_id}", json=settings)  # type: ignore[no-any-return]
+
+    # --- builds -------------------------------------------------------------------------------------------
+
+    def create_build(self, project_id: str, provenance: Mapping[str, str] | None = None) -> dict[str, Any]:
+        body = {"provenance": dict(provenance)} if provenance else {}
+        return self.request("POST", f"/api/v1/projects/{project_id}/builds", json=body)  # type: ignore[no-any-return]
+
+    def save_build(
+        self, build_id: str, *, save_tags: list[str] | None = None, targets: list[str] | None = None
+    ) -> dict[str, Any]:
+        body = {"save_tags": save_tags or [], "targets": targets or []}
+        return self.request("POST", f"/api/v1/builds/{build_id}/save", json=body)  # type: ignore[no-any-return]
+
+    def fail_build(self, build_id: str, reason: str) -> dict[str, Any]:
+        return self.request("POST", f"/api/v1/builds/{build_id}/fail", json={"reason": reason})  # type: ignore[no-any-return]
+
+    def get_build(self, build_id: str) -> dict[str, Any]:
+        return self.request("GET", f"/api/v1/builds/{build_id}")  # type: ignore[no-any-return]
+
+    def list_builds(
+        self, project_id: str, *, limit: int = 50, before: str | None = None, tag: str | None = None
+    ) -> dict[str, Any]:
+        params: dict[str, Any] = {"limit": limit}
+        if before:
+            params["before"] = before
+        if tag:
+            params["tag"] = tag
+        return self.request("GET", f"/api/v1/projects/{project_id}/builds", params=params)  # type: ignore[no-any-return]
+
+    def add_save_tags(self, build_id: str, tags: list[str]) -> dict[str, Any]:
+        return self.request("POST", f"/api/v1/builds/{build_id}/tags", json={"tags": tags})  # type: ignore[no-any-return]
+
+    def remove_save_tag(self, build_id: str, tag: str) -> dict[str, Any]:
+        return self.request("DELETE", f"/api/v1/builds/{build_id}/tags/{tag}")  # type: ignore[no-any-return]
+
+    def pull_info(self, ref: str) -> dict[str, Any]:
+        """Where ``<build-id>`` or ``<project>:<tag>`` lives, with a short-lived pull token."""
+        return self.request("GET", "/api/v1/pull-info", params={"ref": ref})  # type: ignore[no-any-return]
+
+    # --- tokens and trust ---------------------------------------------------------------------------------
+
+    def create_token(self, kind: str, name: str, **fields: Any) -> dict[str, Any]:
+        body = {"kind": kind, "name": name, **{k: v for k, v in fields.items() if v is not None}}
+        return self.request("POST", "/api/v1/tokens", json=body)  # type: ignore[no-any-return]
+
+    def list_tokens(self, project_id: str | None = None, *, include_inactive: bool = False) -> list[dict[str, Any]]:
+        params: dict[str, Any] = {"all": "1"} if include_inactive else {}
+        if project_id:
+            params["project"] = project_id
+        return self.request("GET", "/api/v1/tokens", params=params)["tokens"]  # type: ignore[no-any-return]
+
+    def revoke_token(self, token_id: str) -> dict[str, Any]:
+        return self.request("DELETE", f"/api/v1/tokens/{token_id}")  # type: ignore[no-any-return]
+
+    def add_trust(self, project_id: str, **fields: Any) -> dict[str, Any]:
+        body = {k: v for k, v in fields.items() if v is not None}
+        return self.request("POST", f"/api/v1/projects/{project_id}/trust", json=body)  # type: ignore[no-any-return]
+
+    def list_trust(self, project_id: str) -> list[dict[str, Any]]:
+        return self.request("GET", f"/api/v1/projects/{project_id}/trust")["trust_relationships"]  # type: ignore[no-any-return]
+
+    def remove_trust(self, project_id: str, trust_id: str) -> dict[str, Any]:
+        return self.request("DELETE", f"/api/v1/projects/{project_id}/trust/{trust_id}")  # type: ignore[no-any-return]
