@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import os
 import secrets
-import signal
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,17 +12,14 @@ from pathlib import Path
 import httpx
 import pytest
 
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from processes import ManagedProcess, free_port
 
 
 @dataclass
-class ServerProcess:
+class ServerProcess(ManagedProcess):
     """A `cargohold serve` child process bound to 127.0.0.1."""
+
+    name = "cargohold serve"
 
     data_dir: Path
     port: int = field(default_factory=free_port)
@@ -45,38 +38,28 @@ class ServerProcess:
         """``host:port`` as image references and skopeo want it."""
         return f"127.0.0.1:{self.port}"
 
-    def start(self, timeout: float = 20.0) -> ServerProcess:
-        self.log_path = self.data_dir.parent / f"server-{self.port}.log"
-        env = {**os.environ, "CARGOHOLD_ADMIN_TOKEN": self.admin_token, **self.env}
-        cmd = [sys.executable, "-m", "cargohold", "serve", "--host", "127.0.0.1", "--port", str(self.port),
-               "--data-dir", str(self.data_dir), *self.extra_args]
-        with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"cargohold serve exited early:\n{self.log()}")
-            try:
-                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
-                    return self
-            except httpx.TransportError:
-                pass
-            time.sleep(0.05)
-        self.stop()
-        raise RuntimeError(f"cargohold serve did not become healthy in {timeout}s:\n{self.log()}")
-
-    def stop(self, kill: bool = False) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path and self.log_path.exists() else ""
+    def start(self, timeout: float = 60.0) -> ServerProcess:
+        cmd = [
+            sys.executable,
+            "-m",
+            "cargohold",
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--data-dir",
+            str(self.data_dir),
+            *self.extra_args,
+        ]
+        self.launch(
+            cmd,
+            log_path=self.data_dir.parent / f"server-{self.port}.log",
+            health_url=f"{self.url}/healthz",
+            env={"CARGOHOLD_ADMIN_TOKEN": self.admin_token, **self.env},
+            timeout=timeout,
+        )
+        return self
 
     def client(self, token: str | None = None, **kwargs: object) -> httpx.Client:
         """An httpx client with the registry's base URL, authenticated as admin unless ``token`` is given."""

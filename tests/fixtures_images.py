@@ -16,19 +16,16 @@ import json
 import os
 import secrets
 import shutil
-import signal
 import subprocess
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpx
 import pytest
 
 from cargohold.oci.digest import Digest
 from cargohold.oci.layout import OCILayout
-from conftest import ServerProcess, free_port
+from conftest import ServerProcess
+from refregistry import RefRegistry
 
 TOKEN_ENV = "CARGOHOLD_ADMIN_TOKEN"
 TOKEN_USER = "x-token"
@@ -59,65 +56,7 @@ def run(*args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
     return proc
 
 
-@dataclass
-class DockerRegistryProcess:
-    """The CNCF reference registry on a free loopback port: a known-good peer for developing tests."""
-
-    data_dir: Path
-    port: int = field(default_factory=free_port)
-    process: subprocess.Popen[bytes] | None = None
-    log_path: Path | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def host(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def start(self, timeout: float = 20.0) -> DockerRegistryProcess:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        config = self.data_dir.parent / f"registry-{self.port}.yml"
-        config.write_text(
-            "version: 0.1\n"
-            "log:\n  level: info\n  accesslog:\n    disabled: false\n"
-            f"storage:\n  filesystem:\n    rootdirectory: {self.data_dir}\n  delete:\n    enabled: true\n"
-            f"http:\n  addr: 127.0.0.1:{self.port}\n"
-        )
-        self.log_path = self.data_dir.parent / f"registry-{self.port}.log"
-        with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(
-                ["docker-registry", "serve", str(config)], stdout=log, stderr=subprocess.STDOUT
-            )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"docker-registry exited early:\n{self.log()}")
-            try:
-                if httpx.get(f"{self.url}/v2/", timeout=1).status_code == 200:
-                    return self
-            except httpx.TransportError:
-                pass
-            time.sleep(0.05)
-        self.stop()
-        raise RuntimeError(f"docker-registry did not come up in {timeout}s:\n{self.log()}")
-
-    def stop(self, kill: bool = False) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path and self.log_path.exists() else ""
-
-
-Registry = ServerProcess | DockerRegistryProcess
+Registry = ServerProcess | RefRegistry
 
 
 @pytest.fixture(name="admin_token")
@@ -132,7 +71,7 @@ def registry_fixture(tmp_path: Path, admin_token: str) -> Iterator[Registry]:
     proc: Registry
     if os.environ.get("CARGOHOLD_TEST_REGISTRY") == "docker-registry":
         require_tools("docker-registry")
-        proc = DockerRegistryProcess(data_dir=tmp_path / "data").start()
+        proc = RefRegistry(tmp_path / "data").start()
     else:
         proc = ServerProcess(data_dir=tmp_path / "data", env={TOKEN_ENV: admin_token}).start()
     try:

@@ -11,25 +11,17 @@ accepts bcrypt hashes.
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
-import time
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpx
 import pytest
 
+from processes import ManagedProcess, free_port
+
 REGISTRY_BINARY = shutil.which("docker-registry") or "/usr/bin/docker-registry"
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def bcrypt_hash(password: str) -> str:
@@ -46,13 +38,16 @@ def bcrypt_hash(password: str) -> str:
 
 
 @dataclass
-class RefRegistry:
+class RefRegistry(ManagedProcess):
     """One ``docker-registry serve`` process with its own storage directory and config."""
+
+    name = "docker-registry"
 
     root: Path
     users: dict[str, str] = field(default_factory=dict)
     port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
+    log_path: Path | None = None
 
     @property
     def host(self) -> str:
@@ -61,10 +56,6 @@ class RefRegistry:
     @property
     def url(self) -> str:
         return f"http://{self.host}"
-
-    @property
-    def log_path(self) -> Path:
-        return self.root / "registry.log"
 
     def _config(self) -> str:
         lines = [
@@ -86,39 +77,18 @@ class RefRegistry:
             lines += ["auth:", "  htpasswd:", "    realm: cargohold-test", f"    path: {htpasswd}"]
         return "\n".join(lines) + "\n"
 
-    def start(self, timeout: float = 20.0) -> RefRegistry:
+    def start(self, timeout: float = 60.0) -> RefRegistry:
         self.root.mkdir(parents=True, exist_ok=True)
         config = self.root / "config.yml"
         config.write_text(self._config())
-        with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(
-                [REGISTRY_BINARY, "serve", str(config)], stdout=log, stderr=subprocess.STDOUT
-            )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"docker-registry exited early:\n{self.log()}")
-            try:
-                if httpx.get(f"{self.url}/v2/", timeout=1).status_code in (200, 401):
-                    return self
-            except httpx.TransportError:
-                pass
-            time.sleep(0.05)
-        self.stop()
-        raise RuntimeError(f"docker-registry did not come up in {timeout}s:\n{self.log()}")
-
-    def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        self.launch(
+            [REGISTRY_BINARY, "serve", str(config)],
+            log_path=self.root / "registry.log",
+            health_url=f"{self.url}/v2/",
+            healthy=(200, 401),
+            timeout=timeout,
+        )
+        return self
 
 
 def _require_binary() -> None:

@@ -21,7 +21,8 @@ import httpx
 import pytest
 
 from conftest import ServerProcess
-from fixtures_images import TOKEN_ENV, TOKEN_USER, DockerRegistryProcess, Registry, require_tools
+from fixtures_images import TOKEN_ENV, TOKEN_USER, Registry, require_tools
+from refregistry import RefRegistry
 
 MiB = 1 << 20
 TOTAL_CHUNKS = 200  # 200 MiB: large enough that the kill lands while bytes are still flowing.
@@ -55,7 +56,7 @@ def _body(block: bytes, on_chunk: Callable[[int], None] | None = None) -> Iterat
 def _new_registry(data_dir: Path, token: str) -> Registry:
     if os.environ.get("CARGOHOLD_TEST_REGISTRY") == "docker-registry":
         require_tools("docker-registry")
-        return DockerRegistryProcess(data_dir=data_dir)
+        return RefRegistry(data_dir)
     return ServerProcess(data_dir=data_dir, env={TOKEN_ENV: token})
 
 
