@@ -15,11 +15,10 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import delete, func, or_, select, update
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from cargohold.metadata.db import Database
+from cargohold.metadata.db import Database, upsert
 from cargohold.metadata.models import (
     Blob,
     Build,
@@ -338,14 +337,14 @@ class ControlStore:
                 if holder is not None and holder.created_at > build.created_at:
                     continue  # a newer build already claimed it
             session.execute(
-                sqlite_insert(SaveTag)
+                upsert(session, SaveTag)
                 .values(project_id=build.project_id, tag=tag, build_id=build.id, updated_at=now)
                 .on_conflict_do_update(
                     index_elements=["project_id", "tag"], set_={"build_id": build.id, "updated_at": now}
                 )
             )
             session.execute(
-                sqlite_insert(Tag)
+                upsert(session, Tag)
                 .values(repository_id=repository_id, name=tag, manifest_id=manifest_id, updated_at=now)
                 .on_conflict_do_update(
                     index_elements=["repository_id", "name"], set_={"manifest_id": manifest_id, "updated_at": now}

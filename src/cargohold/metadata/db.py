@@ -48,6 +48,21 @@ def _make_engine(url: str, *, immediate: bool) -> Engine:
     return engine
 
 
+def upsert(session: Session, table: Any) -> Any:
+    """An ``INSERT`` supporting ``on_conflict_do_nothing/do_update`` for the session's database dialect.
+
+    SQLite and PostgreSQL spell upserts the same way in SQLAlchemy, but through dialect-specific ``insert``
+    constructs; choosing here keeps the stores free of dialect imports.
+    """
+    if session.get_bind().dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+
+        return postgresql_insert(table)
+    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+    return sqlite_insert(table)
+
+
 class Database:
     """One database: a write engine, a read engine, and session factories for each."""
 

@@ -17,10 +17,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from sqlalchemy import delete, exists, func, select, update
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
-from cargohold.metadata.db import Database
+from cargohold.metadata.db import Database, upsert
 from cargohold.metadata.models import (
     Blob,
     Manifest,
@@ -96,7 +95,7 @@ class MetadataStore:
     @staticmethod
     def _ensure_repository(session: Session, name: str) -> int:
         session.execute(
-            sqlite_insert(Repository)
+            upsert(session, Repository)
             .values(name=name, created_at=utcnow())
             .on_conflict_do_nothing(index_elements=["name"])
         )
@@ -129,6 +128,36 @@ class MetadataStore:
                 .where(Repository.name == repository, Blob.digest == digest)
             )
 
+    def linked_blob(self, repository: str, digest: str) -> tuple[int, datetime] | None:
+        """``(size, linked_at)`` if the repository may read ``digest``: the blob GET path's one read."""
+        with self.db.read() as session:
+            row = session.execute(
+                select(Blob.size, RepositoryBlob.linked_at)
+                .join(RepositoryBlob, RepositoryBlob.digest == Blob.digest)
+                .join(Repository, Repository.id == RepositoryBlob.repository_id)
+                .where(Repository.name == repository, Blob.digest == digest)
+            ).first()
+            return (row[0], row[1]) if row else None
+
+    def touch_link(self, repository: str, digest: str, older_than: datetime) -> bool:
+        """Refresh a link's ``linked_at`` if it is older than ``older_than``; False if the link is gone.
+
+        A client that HEADs a blob and then skips uploading it relies on the link surviving until its
+        manifest PUT; refreshing restarts the garbage collector's grace window. Runs in a write
+        transaction, so it is ordered against GC's unlinking: True means the link exists and is fresh.
+        """
+        with self.db.write() as session:
+            repository_id = self._repository_id(session, repository)
+            if repository_id is None:
+                return False
+            link = (RepositoryBlob.repository_id == repository_id) & (RepositoryBlob.digest == digest)
+            result = session.execute(
+                update(RepositoryBlob).where(link, RepositoryBlob.linked_at < older_than).values(linked_at=utcnow())
+            )
+            if result.rowcount:  # type: ignore[attr-defined]
+                return True
+            return bool(session.scalar(select(exists().where(link))))
+
     def link_blob(self, repository: str, digest: str, size: int, commit: Callable[[], None] | None = None) -> None:
         """Record content and make it readable in ``repository`` (idempotent).
 
@@ -140,7 +169,7 @@ class MetadataStore:
         with self.db.write() as session:
             repository_id = self._ensure_repository(session, repository)
             session.execute(
-                sqlite_insert(Blob)
+                upsert(session, Blob)
                 .values(digest=digest, size=size, created_at=now)
                 .on_conflict_do_nothing(index_elements=["digest"])
             )
@@ -150,7 +179,7 @@ class MetadataStore:
 
     @staticmethod
     def _link(session: Session, repository_id: int, digest: str, now: datetime) -> None:
-        statement = sqlite_insert(RepositoryBlob).values(repository_id=repository_id, digest=digest, linked_at=now)
+        statement = upsert(session, RepositoryBlob).values(repository_id=repository_id, digest=digest, linked_at=now)
         session.execute(
             statement.on_conflict_do_update(index_elements=["repository_id", "digest"], set_={"linked_at": now})
         )
@@ -266,7 +295,7 @@ class MetadataStore:
                 session.flush()
                 manifest_id = manifest.id
             for tag in tags:
-                statement = sqlite_insert(Tag).values(
+                statement = upsert(session, Tag).values(
                     repository_id=repository_id, name=tag, manifest_id=manifest_id, updated_at=now
                 )
                 session.execute(
