@@ -220,7 +220,7 @@ def test_no_credential_gets_the_exact_challenge(server: ServerProcess, world: Wo
         assert pull.headers["WWW-Authenticate"] == f'{realm},scope="repository:{world.a}:pull"'
         assert error_of(pull)[0] == "UNAUTHORIZED"
         push = client.post(f"/v2/{world.a}/blobs/uploads/")
-        assert push.headers["WWW-Authenticate"] == f'{realm},scope="repository:{world.a}:push"'
+        assert push.headers["WWW-Authenticate"] == f'{realm},scope="repository:{world.a}:pull,push"'
         api_call = client.get("/api/v1/projects")
         assert api_call.status_code == 401 and api_call.headers["WWW-Authenticate"] == realm
         token = client.get("/token", params={"service": "cargohold", "scope": f"repository:{world.a}:pull"})

@@ -24,6 +24,7 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
 
+from cargohold.client.control import ControlError
 from cargohold.sample import write_sample_image
 from conftest import ServerProcess
 from control_helpers import api, b64url, error_of, http, push_image
@@ -87,7 +88,7 @@ def trusted_project(server: ServerProcess, repo: str, **trust: Any) -> tuple[str
 @pytest.fixture(scope="module")
 def unknown_kid(server: ServerProcess, rotating_issuer: LoopbackOidcIssuer) -> tuple[str, str, float]:
     """A key the issuer signs with but does not publish yet; refused now, once (see the module docstring)."""
-    project, _ = trusted_project(server, "octo-org/rotating")
+    project, _ = trusted_project(server, "octo-org/rotating", issuer=rotating_issuer.url)
     kid = rotating_issuer.add_key(publish=False, make_current=False)
     refused = exchange(server, mint(rotating_issuer, "octo-org/rotating", kid=kid))
     refused_at = time.monotonic()
@@ -330,3 +331,17 @@ def test_unknown_kid_is_accepted_once_the_jwks_publishes_it(
     response = exchange(server, mint(rotating_issuer, "octo-org/rotating", kid=kid))
     assert response.status_code == 200, response.text
     assert response.json()["projects"] == [project]
+
+
+def test_a_relationship_only_trusts_its_own_issuer(
+    server: ServerProcess, issuer: LoopbackOidcIssuer, rotating_issuer: LoopbackOidcIssuer
+) -> None:
+    """Two trusted issuers can both mint a token naming octo-org/bound; only the bound one may use it."""
+    _project, relationship = trusted_project(server, "octo-org/bound", issuer=issuer.url)
+    assert relationship["issuer"] == issuer.url
+    foreign = exchange(server, mint(rotating_issuer, "octo-org/bound"))
+    assert foreign.status_code == 403
+    assert foreign.json() == {"ok": False, "error": "no trust relationship for repository octo-org/bound"}
+    assert exchange(server, mint(issuer, "octo-org/bound")).json()["ok"] is True
+    with api(server) as admin, pytest.raises(ControlError, match="issuer must be one this server trusts"):
+        admin.add_trust(_project, repository="octo-org/other", issuer="https://evil.example")

@@ -53,7 +53,8 @@ class ControlClient:
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.token = token
-        self.retry = retry or RetryPolicy()
+        # A 429 here usually means "too many failed logins": wait briefly, not the minute a registry may ask.
+        self.retry = retry or RetryPolicy(max_retry_after=10.0)
         headers = {"User-Agent": "cargohold-cli"}
         if token:
             headers["Authorization"] = f"Bearer {token}"

@@ -473,13 +473,15 @@ class ControlStore:
                 session.expunge(row)
             return rows
 
-    def trust_for_repository(self, owner: str, repository: str) -> list[TrustRelationship]:
-        """Relationships naming ``owner/repository`` (names are stored lowercased: GitHub ignores case)."""
+    def trust_for_repository(self, issuer: str, owner: str, repository: str) -> list[TrustRelationship]:
+        """Relationships of ``issuer`` naming ``owner/repository`` (names stored lowercased: GitHub ignores case)."""
         with self.db.read() as session:
             rows = list(
                 session.scalars(
                     select(TrustRelationship).where(
-                        TrustRelationship.owner == owner.lower(), TrustRelationship.repository == repository.lower()
+                        TrustRelationship.issuer == issuer,
+                        TrustRelationship.owner == owner.lower(),
+                        TrustRelationship.repository == repository.lower(),
                     )
                 )
             )

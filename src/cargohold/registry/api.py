@@ -31,6 +31,7 @@ from cargohold.oci.reference import is_valid_tag
 from cargohold.registry.auth import Identity
 from cargohold.registry.credentials import CredentialKind, new_credential, permissions_to_json
 from cargohold.registry.errors import RegistryError
+from cargohold.registry.oidc import GITHUB_ISSUER
 from cargohold.registry.state import RegistryState, state_of
 from cargohold.registry.trust import RISKY_EVENTS, TrustConfigError
 from cargohold.registry.trust import TrustRelationship as TrustSpec
@@ -580,6 +581,7 @@ def _trust_json(row: TrustRow) -> dict[str, Any]:
         "id": row.id,
         "project_id": row.project_id,
         "provider": row.provider,
+        "issuer": row.issuer,
         "owner": row.owner,
         "repository": row.repository,
         "repository_owner_id": row.owner_id,
@@ -603,6 +605,16 @@ def _optional_text(body: dict[str, Any], field: str) -> str | None:
     return str(value)
 
 
+def _trust_issuer(state: RegistryState, requested: Any) -> str:
+    """The OIDC issuer a new relationship is bound to: one the server trusts, GitHub's by default."""
+    trusted = list(state.settings.oidc_issuers)
+    if requested is None:
+        return GITHUB_ISSUER if GITHUB_ISSUER in trusted or not trusted else trusted[0]
+    if not isinstance(requested, str) or requested not in trusted:
+        raise _invalid(f"issuer must be one this server trusts: {', '.join(trusted)} (see --oidc-issuer)")
+    return requested
+
+
 async def add_trust(request: web.Request) -> web.Response:
     state, control, identity = await _caller(request)
     _require_admin(identity)
@@ -616,6 +628,7 @@ async def add_trust(request: web.Request) -> web.Response:
     events = body.get("allow_events") or []
     if not isinstance(events, list) or not all(isinstance(event, str) for event in events):
         raise _invalid(f"allow_events must be a list drawn from {sorted(RISKY_EVENTS)}")
+    issuer = _trust_issuer(state, body.get("issuer"))
     trust_id = new_id()
     try:
         spec = TrustSpec(
@@ -639,6 +652,7 @@ async def add_trust(request: web.Request) -> web.Response:
         id=trust_id,
         project_id=project.id,
         provider=spec.provider,
+        issuer=issuer,
         owner=spec.repository_owner.lower(),
         repository=spec.repository_name.lower(),
         owner_id=spec.repository_owner_id,

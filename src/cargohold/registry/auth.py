@@ -313,7 +313,10 @@ class TokenAccess:
         actions: frozenset[str],
         target: Target | None = None,
     ) -> AccessPrincipal:
-        scope = f"repository:{repository}:{','.join(sorted(actions))}" if repository else None
+        # Writers also read (existence checks before uploads), so a push challenge asks for pull too: a
+        # client following it gets one token that covers the whole push.
+        wanted = actions | {"pull"} if "push" in actions else actions
+        scope = f"repository:{repository}:{','.join(sorted(wanted))}" if repository else None
         identity = await self.identity(request)
         if identity is None:
             raise RegistryError(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -24,6 +25,9 @@ from cargohold.registry.credentials import (
 from cargohold.registry.oidc import OidcError, OidcVerifier, ReplayedTokenError
 
 Run = Callable[..., Awaitable[Any]]
+
+REFUSAL_MEMORY_SECONDS = 900.0
+"""Longer than any OIDC token we accept can live (max token age 600 s plus leeway)."""
 
 
 class ExchangeDenied(Exception):
@@ -80,7 +84,7 @@ class OidcExchange:
         """Verify, match, and mint. Raises :class:`OidcError` or :class:`ExchangeDenied` with the reason."""
         claims = await self.verifier.verify(jwt_text)
         owner, _, name = claims.repository.partition("/")
-        rows = await self.run(self.control.trust_for_repository, owner, name)
+        rows = await self.run(self.control.trust_for_repository, claims.issuer, owner, name)
         result = trust.match([relationship_from_row(row) for row in rows], claims)
         if not result.ok:
             raise ExchangeDenied(result.denial or f"no trust relationship for repository {claims.repository}")
@@ -126,12 +130,21 @@ class OidcExchange:
         return Exchanged(plaintext, stored.expires_at, projects, Identity(principal, claims=audit))
 
     def raw_jwt_exchanger(self, authenticator: TokenAuthenticator) -> Callable[[str], Awaitable[Identity]]:
-        """For :class:`TokenAuthenticator`: accept a raw OIDC JWT as a credential, exchanging it once."""
+        """For :class:`TokenAuthenticator`: accept a raw OIDC JWT as a credential, exchanging it once.
+
+        A refused JWT has already spent its single-use ``jti``; the refusal is remembered (by the JWT's hash,
+        for as long as the JWT could verify) so every later request with it gets the real reason again
+        instead of "already exchanged".
+        """
+        refusals: dict[str, tuple[float, str]] = {}
 
         async def identity_for(jwt_text: str) -> Identity:
             token_hash = hash_token(jwt_text)
             existing = await self.run(self.control.credential_by_hash, token_hash)
             if existing is None:
+                remembered = refusals.get(token_hash)
+                if remembered is not None and remembered[0] > time.monotonic():
+                    raise AuthError(remembered[1])
                 try:
                     return (await self.exchange(jwt_text, remember_raw=True)).identity
                 except ReplayedTokenError:
@@ -140,6 +153,9 @@ class OidcExchange:
                     if existing is None:
                         raise AuthError("this OIDC token was already exchanged; request a fresh one") from None
                 except (OidcError, ExchangeDenied) as exc:
+                    if len(refusals) > 10_000:
+                        refusals.clear()
+                    refusals[token_hash] = (time.monotonic() + REFUSAL_MEMORY_SECONDS, str(exc))
                     raise AuthError(str(exc)) from None
             return identity_from_oidc_row(existing)
 

@@ -87,6 +87,7 @@ def upgrade() -> None:
         sa.Column("id", sa.String(length=32), nullable=False),
         sa.Column("project_id", sa.String(length=32), nullable=False),
         sa.Column("provider", sa.String(length=32), nullable=False),
+        sa.Column("issuer", sa.String(length=255), nullable=False),
         sa.Column("owner", sa.String(length=100), nullable=False),
         sa.Column("repository", sa.String(length=100), nullable=False),
         sa.Column("owner_id", sa.String(length=32), nullable=True),
