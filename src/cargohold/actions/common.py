@@ -1,0 +1,136 @@
+"""What the three actions share: the registry and project inputs, authentication, and build references.
+
+Kept apart from :mod:`cargohold.actions.runtime` because that module speaks only the runner's protocol,
+while this one knows Cargohold's concepts.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+import httpx
+
+from cargohold.actions.oidc import RegistryToken, registry_base, resolve_token
+from cargohold.actions.runtime import ActionError, ActionRuntime
+
+REGISTRY_ENV = "CARGOHOLD_REGISTRY"
+PROJECT_ENV = "CARGOHOLD_PROJECT"
+_ID_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,127}$")
+_TAG_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$")
+
+
+@dataclass(frozen=True, slots=True)
+class Registry:
+    """Where Cargohold lives: ``url`` for HTTP calls, ``host`` for image references (``host[:port][/prefix]``)."""
+
+    url: str
+    host: str
+
+
+@dataclass(frozen=True, slots=True)
+class BuildRef:
+    """What ``build-id`` named: a build id, or a save-tag in a project (``project:tag``)."""
+
+    build_id: str | None
+    project: str | None
+    tag: str | None
+
+    def __str__(self) -> str:
+        return self.build_id if self.build_id else f"{self.project}:{self.tag}"
+
+
+def registry_input(rt: ActionRuntime) -> Registry:
+    """The ``registry`` input, else ``$CARGOHOLD_REGISTRY`` (so an organisation can set it once as a variable)."""
+    value = rt.get_input("registry") or rt.environ.get(REGISTRY_ENV, "").strip()
+    if not value:
+        raise ActionError(
+            "no registry given; set the 'registry' input (or a CARGOHOLD_REGISTRY environment variable) to your "
+            "Cargohold URL, e.g. https://cargohold.example.com",
+            title="Missing input",
+        )
+    url = registry_base(value)
+    parts = urlsplit(url)
+    return Registry(url=url, host=(parts.netloc + parts.path).rstrip("/"))
+
+
+def project_input(rt: ActionRuntime) -> str | None:
+    """The ``project`` input, else ``$CARGOHOLD_PROJECT``; None lets the registry pick the token's only project."""
+    value = rt.get_input("project") or rt.environ.get(PROJECT_ENV, "").strip()
+    if value and not _ID_RE.match(value):
+        raise ActionError(
+            f"the project {value!r} is not a project id; copy the id from 'cargohold project list' "
+            "(lower-case letters and digits)",
+            title="Invalid input",
+        )
+    return value or None
+
+
+def parse_build_ref(value: str, registry: Registry | None = None) -> BuildRef:
+    """``<build-id>``, ``<project>:<tag>`` or ``<registry host>/<project>:<tag>``, as Depot's pull accepts."""
+    text = value.strip()
+    if registry is not None and text.startswith(registry.host + "/"):
+        text = text[len(registry.host) + 1 :]
+    if ":" in text:
+        project, _, tag = text.rpartition(":")
+        if _ID_RE.match(project) and _TAG_RE.match(tag):
+            return BuildRef(build_id=None, project=project, tag=tag)
+    elif _ID_RE.match(text):
+        return BuildRef(build_id=text, project=None, tag=None)
+    raise ActionError(
+        f"'build-id' is {value!r}; use the build-id output of cargohold/action-build, or <project>:<save-tag>",
+        title="Invalid input",
+    )
+
+
+def authenticate(
+    rt: ActionRuntime, registry: Registry, *, client: httpx.Client | None = None,
+    sleep: Callable[[float], None] | None = None,
+) -> RegistryToken:
+    """Resolve and mask the registry token, and say in the log where it came from (never what it is)."""
+    with rt.group("Authenticating to Cargohold"):
+        token = resolve_token(rt, registry.url, client=client, sleep=sleep)
+        if token.source == "oidc":
+            projects = ", ".join(token.projects) or "none"
+            rt.info(f"exchanged the job's OIDC token; projects: {projects}; expires {token.expires_at or 'unknown'}")
+        else:
+            rt.info("using the token from the 'token' input" if token.source == "input" else "using $CARGOHOLD_TOKEN")
+    return token
+
+
+@contextmanager
+def images_errors(title: str) -> Iterator[None]:
+    """Turn the images layer's known failures into one annotation with its one-sentence fix.
+
+    Those exceptions already carry a message meant for people; only anything else is treated as a bug by
+    :func:`cargohold.actions.runtime.run_action` (traceback and a request to report it).
+    """
+    from cargohold.client.control import ControlError
+    from cargohold.client.credentials import CredentialsError
+    from cargohold.client.errors import RegistryError
+    from cargohold.client.settings import SettingsError
+    from cargohold.images import ImageError
+    from cargohold.oci.archive import ArchiveError
+    from cargohold.oci.imageref import ImageReferenceError
+    from cargohold.oci.layout import LayoutError
+
+    try:
+        yield
+    except (ImageError, RegistryError, ControlError, CredentialsError, SettingsError, ArchiveError, LayoutError,
+            ImageReferenceError) as exc:
+        raise ActionError(str(exc).strip() or type(exc).__name__, title=title) from None
+
+
+def human_size(size: int | None) -> str:
+    """Bytes as the summary shows them; ``-`` when the images layer did not report a size."""
+    if size is None:
+        return "-"
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} GiB"
