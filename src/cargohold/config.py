@@ -46,6 +46,17 @@ class ServerSettings:
     """Audience OIDC tokens must carry; default the public URL."""
     oidc_token_ttl: timedelta = timedelta(hours=1)
     registry_token_ttl: int = 300
+    gc_interval: timedelta = timedelta(hours=1)
+    """How often the server collects garbage (zero: only on demand, ``cargohold gc``)."""
+    gc_grace: timedelta = timedelta(hours=1)
+    """Blobs linked or uploaded more recently are never collected: the window a push has to finish in."""
+    retention_interval: timedelta = timedelta(minutes=1)
+    """How often expired builds are evicted and stored bytes re-measured."""
+    storage_price_per_gb_month: float = 0.20
+    free_gb_months: float = 50.0
+    """Free storage allowance per project per calendar month, in GB-months (10^9 bytes for a month)."""
+    history_retention: timedelta = timedelta(days=90)
+    """How long the lifecycle audit log (and the reasons given for missing builds) is kept."""
 
     def resolved_database_url(self) -> str:
         return self.database_url or f"sqlite:///{self.data_dir / 'metadata.db'}"

@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from sqlalchemy import (
     BigInteger,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -230,6 +231,8 @@ class TrustRelationship(Base):
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), index=True)
     provider: Mapped[str] = mapped_column(String(32))
+    issuer: Mapped[str] = mapped_column(String(255))
+    """Only tokens from this OIDC issuer may match (a GHES issuer must not speak for github.com names)."""
     owner: Mapped[str] = mapped_column(String(100))
     repository: Mapped[str] = mapped_column(String(100))
     owner_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
@@ -254,3 +257,88 @@ class OidcTokenUse(Base):
     issuer: Mapped[str] = mapped_column(String(255), primary_key=True)
     jti: Mapped[str] = mapped_column(String(255), primary_key=True)
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+
+
+# --- lifecycle: leases, audit log, storage metering ---------------------------------------------------------
+
+
+class Lease(Base):
+    """A named, time-limited lock shared by every server process (e.g. "only one GC at a time").
+
+    Held while ``expires_at`` is in the future; the holder renews it while working, so a crashed holder's
+    lease simply runs out and another process takes over.
+    """
+
+    __tablename__ = "leases"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(128))
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class LifecycleEvent(Base):
+    """The audit log: one row per eviction, pin, unpin, extension or GC run (what, which rule, when, who).
+
+    No foreign keys on purpose: the record must outlive the build it describes, since explaining a missing
+    build ("expired on … (retention 7 days)") is what it is for.
+    """
+
+    __tablename__ = "lifecycle_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    project_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    build_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    action: Mapped[str] = mapped_column(String(16))
+    """evict | pin | unpin | extend | gc"""
+    rule: Mapped[str] = mapped_column(String(32))
+    """Why: expired | cap | stale | manual | … (see :mod:`cargohold.lifecycle.retention`)."""
+    actor: Mapped[str] = mapped_column(String(200))
+    at: Mapped[datetime] = mapped_column(UTCDateTime)
+    detail: Mapped[str | None] = mapped_column(Text, nullable=True)
+    """JSON: digest, tags, retention, cap, new expiry, GC totals…"""
+
+    __table_args__ = (
+        Index("ix_lifecycle_events_project_at", "project_id", "at"),
+        Index("ix_lifecycle_events_build_id", "build_id"),
+        Index("ix_lifecycle_events_at", "at"),
+    )
+
+
+class RemovedTag(Base):
+    """Tags that eviction removed, pointing at the event that removed them: turns a pull's 404 into a reason."""
+
+    __tablename__ = "removed_tags"
+
+    repository: Mapped[str] = mapped_column(String(255), primary_key=True)
+    tag: Mapped[str] = mapped_column(String(128), primary_key=True)
+    event_id: Mapped[int] = mapped_column(ForeignKey("lifecycle_events.id", ondelete="CASCADE"))
+
+    __table_args__ = (Index("ix_removed_tags_event_id", "event_id"),)
+
+
+class ProjectStorage(Base):
+    """A project's current stored bytes and when usage was last accrued from it (the metering cursor)."""
+
+    __tablename__ = "project_storage"
+
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), primary_key=True)
+    stored_bytes: Mapped[int] = mapped_column(BigInteger)
+    metered_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class UsageMonth(Base):
+    """Byte-hours a project accumulated in one calendar month (UTC), the basis of GB-month billing."""
+
+    __tablename__ = "usage_months"
+
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), primary_key=True)
+    month: Mapped[str] = mapped_column(String(7), primary_key=True)
+    """``YYYY-MM``"""
+    byte_hours: Mapped[float] = mapped_column(Float)
+
+
+# Indexes the lifecycle sweeps need on the control tables: cap eviction (oldest saved first), expiry, and
+# the 24-hour clean-up of builds that never got saved.
+Index("ix_builds_project_status_saved", Build.project_id, Build.status, Build.saved_at)
+Index("ix_builds_status_expires", Build.status, Build.expires_at)
+Index("ix_builds_status_created", Build.status, Build.created_at)

@@ -17,7 +17,7 @@ from cargohold.config import ServerSettings
 from cargohold.metadata.control import ControlStore
 from cargohold.metadata.db import Database
 from cargohold.metadata.store import MetadataStore
-from cargohold.registry import api, auth_routes, routing
+from cargohold.registry import api, api_lifecycle, auth_routes, routing
 from cargohold.registry.access import AccessPolicy, OpenAccess
 from cargohold.registry.errors import RegistryError
 from cargohold.registry.security import build_security
@@ -155,4 +155,5 @@ def create_app(settings: ServerSettings, access: AccessPolicy | None = None) -> 
     app.router.add_route("*", "/v2/{tail:.+}", routing.dispatch)
     app.cleanup_ctx.append(_shutdown)
     app.cleanup_ctx.append(_housekeeping)
+    api_lifecycle.install(app)  # after the control API's routes: lifecycle routes, hooks, /metrics, schedule
     return app

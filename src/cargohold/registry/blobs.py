@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import logging
 import re
+from datetime import UTC, datetime
 
 from aiohttp import web
 from aiohttp.abc import AbstractStreamWriter
 
+from cargohold.lifecycle.gc import TOUCH_FRACTION
 from cargohold.metadata.store import BlobInUse
 from cargohold.oci.digest import Digest, DigestError
 from cargohold.registry.errors import RegistryError, blob_unknown
@@ -62,8 +64,13 @@ def _usable_range(header: str | None, size: int) -> bool:
 async def get_blob(request: web.Request, name: str, digest_text: str) -> web.StreamResponse:
     state = state_of(request)
     digest = parse_digest(digest_text)
-    size = await state.run(state.metadata.linked_blob_size, name, str(digest))
-    if size is None:
+    linked = await state.run(state.metadata.linked_blob, name, str(digest))
+    if linked is None:
+        raise blob_unknown(str(digest))
+    # Keep the link out of the garbage collector's reach for a client that HEADs and then skips the upload
+    # (see cargohold.lifecycle.gc). Writes only when the link is stale, so the hot path stays one read.
+    stale_before = datetime.now(UTC) - state.settings.gc_grace / TOUCH_FRACTION
+    if linked[1] < stale_before and not await state.run(state.metadata.touch_link, name, str(digest), stale_before):
         raise blob_unknown(str(digest))
     location = await state.run(state.blobs.locate, digest)
     if location is None:

@@ -13,6 +13,7 @@ from cargohold.metadata.store import ManifestInUse, MissingReferences, SizeMisma
 from cargohold.oci.digest import Digest, is_digest
 from cargohold.oci.manifest import MAX_MANIFEST_SIZE, ManifestInvalid, parse_manifest
 from cargohold.oci.reference import is_valid_tag
+from cargohold.registry.api_lifecycle import missing_manifest
 from cargohold.registry.blobs import parse_digest
 from cargohold.registry.errors import RegistryError, manifest_unknown
 from cargohold.registry.state import state_of
@@ -51,7 +52,8 @@ async def get_manifest(request: web.Request, name: str, reference: str) -> web.R
     canonical, by_digest = _parse_reference(reference)
     manifest = await state.run(state.metadata.get_manifest, name, canonical, by_digest=by_digest)
     if manifest is None:
-        raise manifest_unknown(canonical)
+        # A tag that retention removed gets its reason ("build X expired on …"), not a bare 404.
+        raise manifest_unknown(canonical) if by_digest else await missing_manifest(request, name, canonical)
     accept = ",".join(request.headers.getall("Accept", []))
     # Like Docker's registry: a tag resolves only to a kind the client says it understands, so an old client
     # is not handed an OCI index it cannot parse. A digest names exact bytes and is always served.

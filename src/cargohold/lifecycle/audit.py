@@ -1,0 +1,175 @@
+"""The lifecycle audit log: every deletion and retention change, and the reasons behind missing builds.
+
+Rows are written inside the same transaction as the change they describe, so the log can never claim an
+eviction that was rolled back, nor miss one that happened. Reading it answers two questions: "what
+happened to my project" (:func:`history`) and "why does this pull fail" (:func:`explain_missing`), which
+turns a bare 404 into "build X expired on … (retention 7 days)".
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import delete, select
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.orm import Session
+
+from cargohold.lifecycle.clock import format_duration, iso
+from cargohold.metadata.db import Database
+from cargohold.metadata.models import LifecycleEvent, RemovedTag
+
+MAX_HISTORY = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    id: int
+    project_id: str | None
+    build_id: str | None
+    action: str
+    rule: str
+    actor: str
+    at: datetime
+    detail: dict[str, Any]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "project_id": self.project_id,
+            "build_id": self.build_id,
+            "action": self.action,
+            "rule": self.rule,
+            "actor": self.actor,
+            "at": iso(self.at),
+            "detail": self.detail,
+            "message": describe(self),
+        }
+
+
+def _event(row: LifecycleEvent) -> Event:
+    detail = json.loads(row.detail) if row.detail else {}
+    return Event(row.id, row.project_id, row.build_id, row.action, row.rule, row.actor, row.at, detail)
+
+
+def record(
+    session: Session,
+    *,
+    action: str,
+    rule: str,
+    actor: str,
+    at: datetime,
+    project_id: str | None = None,
+    build_id: str | None = None,
+    detail: dict[str, Any] | None = None,
+    removed_tags: Iterable[str] = (),
+) -> int:
+    """Add one event (and remember the tags it removed) in the caller's transaction; returns its id."""
+    row = LifecycleEvent(
+        project_id=project_id,
+        build_id=build_id,
+        action=action,
+        rule=rule,
+        actor=actor[:200],
+        at=at,
+        detail=json.dumps(detail, sort_keys=True) if detail else None,
+    )
+    session.add(row)
+    session.flush()
+    tags = [{"repository": project_id, "tag": tag, "event_id": row.id} for tag in set(removed_tags)]
+    if tags and project_id is not None:
+        statement = sqlite_insert(RemovedTag).values(tags)
+        session.execute(
+            statement.on_conflict_do_update(
+                index_elements=["repository", "tag"], set_={"event_id": statement.excluded.event_id}
+            )
+        )
+    return row.id
+
+
+def history(db: Database, project_id: str, *, limit: int = 100, build_id: str | None = None) -> list[Event]:
+    """Newest first."""
+    with db.read() as session:
+        query = select(LifecycleEvent).where(LifecycleEvent.project_id == project_id)
+        if build_id is not None:
+            query = query.where(LifecycleEvent.build_id == build_id)
+        query = query.order_by(LifecycleEvent.at.desc(), LifecycleEvent.id.desc()).limit(
+            max(1, min(limit, MAX_HISTORY))
+        )
+        return [_event(row) for row in session.scalars(query)]
+
+
+def prune(db: Database, older_than: datetime) -> int:
+    """Forget events (and their removed-tag pointers) older than the history window."""
+    with db.write() as session:
+        result = session.execute(delete(LifecycleEvent).where(LifecycleEvent.at < older_than))
+        return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+
+def describe(event: Event) -> str:
+    """One sentence a person can act on."""
+    when = iso(event.at)
+    subject = f"build {event.build_id}" if event.build_id else "the project"
+    detail = event.detail
+    if event.action == "evict":
+        if event.rule == "expired":
+            retention = detail.get("retention_seconds")
+            expired_at = detail.get("expires_at") or when
+            why = f"retention {format_duration(retention)}" if retention else "its expiry date passed"
+            return f"{subject} expired on {expired_at} ({why}); push and save it again to get it back"
+        if event.rule == "cap":
+            return (
+                f"{subject} was evicted on {when}: project {event.project_id} keeps at most "
+                f"{detail.get('max_builds')} saved builds and the oldest unpinned ones go first"
+            )
+        if event.rule == "stale":
+            return (
+                f"{subject} was cleaned up on {when}: it was {detail.get('status', 'not saved')} for more than "
+                f"{format_duration(detail.get('stale_seconds', 86_400))} without being saved"
+            )
+        return f"{subject} was deleted on {when} by {event.actor}"
+    if event.action == "pin":
+        return f"{subject} was pinned on {when} by {event.actor}; it will not expire until unpinned"
+    if event.action == "unpin":
+        return f"{subject} was unpinned on {when} by {event.actor}"
+    if event.action == "extend":
+        return f"{subject} expiry was moved to {detail.get('expires_at')} on {when} by {event.actor}"
+    if event.action == "gc":
+        return (
+            f"garbage collection on {when} freed {detail.get('blobs_deleted', 0)} blobs "
+            f"({detail.get('bytes_freed', 0)} bytes)"
+        )
+    return f"{event.action} ({event.rule}) on {when} by {event.actor}"
+
+
+def explain_missing(db: Database, repository: str | None, reference: str) -> str | None:
+    """Why ``repository:reference`` (or build ``reference`` when no repository is given) is gone, if we know.
+
+    Looks at the tags eviction removed first (build IDs, ``<build>-<target>`` tags and save-tags alike),
+    then at eviction events for a build of that ID. None means "never existed as far as we know".
+    """
+    with db.read() as session:
+        row = None
+        if repository is not None:
+            row = session.scalar(
+                select(LifecycleEvent)
+                .join(RemovedTag, RemovedTag.event_id == LifecycleEvent.id)
+                .where(RemovedTag.repository == repository, RemovedTag.tag == reference)
+            )
+        if row is None:
+            build_id = reference.split("-", 1)[0]
+            query = select(LifecycleEvent).where(LifecycleEvent.build_id == build_id, LifecycleEvent.action == "evict")
+            if repository is not None:
+                query = query.where(LifecycleEvent.project_id == repository)
+            row = session.scalar(query.order_by(LifecycleEvent.id.desc()).limit(1))
+        if row is None:
+            return None
+        event = _event(row)
+    message = describe(event)
+    tag_of_build = reference != event.build_id and not reference.startswith(f"{event.build_id}-")
+    if tag_of_build:
+        return f"tag {reference} followed {message}"
+    return message

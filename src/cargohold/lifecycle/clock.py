@@ -1,0 +1,43 @@
+"""The injectable clock every lifecycle decision reads, so tests can stand exactly on a boundary."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+
+Clock = Callable[[], datetime]
+"""Returns the current time as a timezone-aware UTC datetime."""
+
+
+def system_clock() -> datetime:
+    return datetime.now(UTC)
+
+
+def format_duration(seconds: float) -> str:
+    """``7 days``, ``36 hours``, ``90 minutes``: how retention is spelled in messages people read."""
+    seconds = int(seconds)
+    for unit, size in (("day", 86_400), ("hour", 3_600), ("minute", 60)):
+        if seconds >= size and seconds % size == 0:
+            count = seconds // size
+            return f"{count} {unit}{'s' if count != 1 else ''}"
+    if seconds >= 86_400:
+        return f"{seconds / 86_400:.1f} days"
+    if seconds >= 3_600:
+        return f"{seconds / 3_600:.1f} hours"
+    return f"{seconds} second{'s' if seconds != 1 else ''}"
+
+
+def iso(moment: datetime | None) -> str | None:
+    """Second-precision ISO 8601 in UTC, like the rest of the API."""
+    if moment is None:
+        return None
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_iso(text: str) -> datetime:
+    """Parse an ISO 8601 timestamp; a missing zone means UTC (people type ``2026-05-01T12:00``)."""
+    moment = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+__all__ = ["Clock", "format_duration", "iso", "parse_iso", "system_clock", "timedelta"]

@@ -1,0 +1,309 @@
+"""Online garbage collection: reclaim storage while pushes and pulls keep running.
+
+Three passes, each in small batches (``batch_size`` rows per write transaction, default 500) so the
+database write lock is never held for long:
+
+1. **Unlink.** A ``repository_blobs`` link that no manifest in its repository references, and whose
+   ``linked_at`` is older than the grace window, is deleted.
+2. **Delete content.** A blob that no repository links and whose ``blobs`` row is older than the grace
+   window loses its row *and* its file.
+3. **Orphan files.** Files in the store with no ``blobs`` row (leftovers of a crash between a file
+   operation and its transaction's commit) are deleted once older than the grace window.
+
+**Why pushes cannot lose a blob.** The race to close: a client commits (or finds) a blob, GC deletes it,
+and the client's manifest PUT then fails — or, worse, succeeds over a missing blob. The rules:
+
+* Every state change happens inside a SQLite ``BEGIN IMMEDIATE`` write transaction, i.e. under the
+  single database write lock: blob commit (``MetadataStore.link_blob`` renames the upload into the
+  content store *inside* its transaction), mount, manifest PUT (which checks every referenced link
+  inside its transaction), and each GC batch (which re-checks its conditions inside its transaction
+  before deleting anything). They are therefore serialised: GC either runs before a manifest PUT —
+  which then sees the link gone and answers ``MANIFEST_BLOB_UNKNOWN``, so the client re-uploads — or
+  after it, when the new manifest's reference keeps the link. A manifest is never accepted over a blob
+  that can still be deleted, and content is only deleted when no link exists at that instant.
+* The grace window protects the gap between uploading a blob and pushing the manifest that references
+  it: links younger than the window are never unlinked. Clients that HEAD an existing blob and skip the
+  upload are protected too: blob HEAD/GET refreshes a link's ``linked_at`` when it is older than a
+  quarter of the window (``MetadataStore.touch_link``, a write only when stale, so the hot path stays a
+  read), and answers 404 if the link vanished just before, so the client uploads instead of trusting it.
+  A client thus has at least three quarters of the window between HEAD and manifest PUT.
+* A content-deletion batch re-checks "no link, row older than the window", deletes the rows, deletes
+  the files, then commits. A crash after the files are gone but before the commit leaves rows without
+  files and without links: the next pass deletes those rows. Nothing can have linked them meanwhile
+  (mounting needs a link; an upload of the same digest writes the file again in its own transaction).
+* Orphan-file deletion re-checks inside a write transaction that no row exists, so it cannot race an
+  upload whose rename happens inside the (not yet committed) linking transaction.
+
+Only one GC runs at a time across processes (the ``gc`` database lease, renewed per batch); a pass that
+loses its lease stops. ``dry_run`` reports what a pass would free without changing anything.
+
+Test hook: ``CARGOHOLD_GC_TEST_DELAY`` (seconds) sleeps inside every content-deletion transaction after
+its files are deleted, so a test can ``kill -9`` the server in the worst possible place.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import delete, exists, func, select, tuple_
+
+from cargohold.lifecycle.clock import Clock, iso, system_clock
+from cargohold.lifecycle.lease import Lease, LeaseLost
+from cargohold.metadata.db import Database
+from cargohold.metadata.models import Blob, Manifest, ManifestReference, RepositoryBlob
+from cargohold.oci.digest import Digest
+from cargohold.storage.base import BlobStore, LocalFile
+
+log = logging.getLogger(__name__)
+
+DEFAULT_GRACE = timedelta(hours=1)
+DEFAULT_BATCH = 500
+TOUCH_FRACTION = 4
+"""Blob HEAD/GET refreshes a link older than grace / TOUCH_FRACTION."""
+TEST_DELAY_ENV = "CARGOHOLD_GC_TEST_DELAY"
+
+
+@dataclass
+class GcReport:
+    dry_run: bool
+    started_at: datetime
+    links_removed: int = 0
+    blobs_deleted: int = 0
+    bytes_freed: int = 0
+    orphan_files: int = 0
+    duration_seconds: float = 0.0
+    completed: bool = False
+    skipped: str | None = None
+    """Why the pass did not run (another process holds the lease)."""
+    error: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "dry_run": self.dry_run,
+            "started_at": iso(self.started_at),
+            "links_removed": self.links_removed,
+            "blobs_deleted": self.blobs_deleted,
+            "bytes_freed": self.bytes_freed,
+            "orphan_files": self.orphan_files,
+            "duration_seconds": round(self.duration_seconds, 3),
+            "completed": self.completed,
+            "skipped": self.skipped,
+            "error": self.error,
+        }
+
+
+def _unreferenced_in_repository() -> Any:
+    """SQL: the link's blob is referenced by no manifest in the link's repository (correlated)."""
+    return ~exists().where(
+        ManifestReference.digest == RepositoryBlob.digest,
+        ManifestReference.kind == "blob",
+        ManifestReference.manifest_id == Manifest.id,
+        Manifest.repository_id == RepositoryBlob.repository_id,
+    )
+
+
+class GarbageCollector:
+    def __init__(
+        self,
+        db: Database,
+        blobs: BlobStore,
+        *,
+        grace: timedelta = DEFAULT_GRACE,
+        clock: Clock = system_clock,
+        batch_size: int = DEFAULT_BATCH,
+        lease_ttl: timedelta = timedelta(minutes=2),
+    ) -> None:
+        self.db = db
+        self.blobs = blobs
+        self.grace = grace
+        self.clock = clock
+        self.batch_size = batch_size
+        self.lease_ttl = lease_ttl
+        self.test_delay = float(os.environ.get(TEST_DELAY_ENV) or 0)
+
+    def run(self, *, dry_run: bool = False) -> GcReport:
+        """One full pass; returns its report (``skipped`` set if another process is collecting)."""
+        started = time.monotonic()
+        report = GcReport(dry_run=dry_run, started_at=self.clock())
+        lease = Lease(self.db, "gc", ttl=self.lease_ttl, clock=self.clock)
+        lost = False
+        if not lease.acquire():
+            report.skipped = "another garbage collection is running"
+            return report
+        try:
+            cutoff = self.clock() - self.grace
+            self._unlink(report, cutoff, lease, dry_run)
+            self._delete_content(report, cutoff, lease, dry_run)
+            self._delete_orphans(report, cutoff, lease, dry_run)
+            report.completed = True
+        except LeaseLost as exc:
+            lost = True
+            report.error = str(exc)
+            log.warning("garbage collection stopped: %s", exc)
+        finally:
+            report.duration_seconds = time.monotonic() - started
+            if not lost:
+                lease.release()
+        log.info(
+            "garbage collection %s%s: %d links removed, %d blobs deleted (%d bytes), %d orphan files, %.2f s",
+            "dry run " if dry_run else "",
+            "finished" if report.completed else "stopped",
+            report.links_removed,
+            report.blobs_deleted,
+            report.bytes_freed,
+            report.orphan_files,
+            report.duration_seconds,
+        )
+        return report
+
+    # --- 1: links no manifest needs -----------------------------------------------------------------------
+
+    def _unlink(self, report: GcReport, cutoff: datetime, lease: Lease, dry_run: bool) -> None:
+        last: tuple[int, str] = (-1, "")
+        while True:
+            with self.db.read() as session:
+                rows = session.execute(
+                    select(RepositoryBlob.repository_id, RepositoryBlob.digest)
+                    .where(
+                        RepositoryBlob.linked_at < cutoff,
+                        # Spelled out (not a row-value comparison) so SQLite seeks the primary key.
+                        (RepositoryBlob.repository_id > last[0])
+                        | ((RepositoryBlob.repository_id == last[0]) & (RepositoryBlob.digest > last[1])),
+                        _unreferenced_in_repository(),
+                    )
+                    .order_by(RepositoryBlob.repository_id, RepositoryBlob.digest)
+                    .limit(self.batch_size)
+                ).all()
+            if not rows:
+                return
+            last = (rows[-1][0], rows[-1][1])
+            if dry_run:
+                report.links_removed += len(rows)
+                continue
+            keys = [(repository_id, digest) for repository_id, digest in rows]
+            with self.db.write() as session:
+                result = session.execute(
+                    delete(RepositoryBlob)
+                    .where(
+                        tuple_(RepositoryBlob.repository_id, RepositoryBlob.digest).in_(keys),
+                        RepositoryBlob.linked_at < cutoff,
+                        _unreferenced_in_repository(),
+                    )
+                    .execution_options(synchronize_session=False)
+                )
+                report.links_removed += int(result.rowcount or 0)  # type: ignore[attr-defined]
+            lease.renew()
+
+    # --- 2: content no repository links -------------------------------------------------------------------
+
+    def _delete_content(self, report: GcReport, cutoff: datetime, lease: Lease, dry_run: bool) -> None:
+        if dry_run:
+            # Nothing was unlinked: count blobs that have no link that would survive pass 1.
+            surviving_link = exists().where(
+                RepositoryBlob.digest == Blob.digest,
+                (RepositoryBlob.linked_at >= cutoff) | ~_unreferenced_in_repository(),
+            )
+            unlinked = ~surviving_link
+        else:
+            unlinked = ~exists().where(RepositoryBlob.digest == Blob.digest)
+        last = ""
+        while True:
+            with self.db.read() as session:
+                rows = session.execute(
+                    select(Blob.digest, Blob.size)
+                    .where(Blob.digest > last, Blob.created_at < cutoff, unlinked)
+                    .order_by(Blob.digest)
+                    .limit(self.batch_size)
+                ).all()
+            if not rows:
+                return
+            last = rows[-1][0]
+            if dry_run:
+                report.blobs_deleted += len(rows)
+                report.bytes_freed += sum(size for _, size in rows)
+                continue
+            with self.db.write() as session:
+                # Re-check under the write lock: a link or a fresh upload may have arrived since the read.
+                doomed = session.execute(
+                    select(Blob.digest, Blob.size).where(
+                        Blob.digest.in_([digest for digest, _ in rows]),
+                        Blob.created_at < cutoff,
+                        ~exists().where(RepositoryBlob.digest == Blob.digest),
+                    )
+                ).all()
+                if doomed:
+                    session.execute(delete(Blob).where(Blob.digest.in_([digest for digest, _ in doomed])))
+                    for digest, _ in doomed:
+                        self.blobs.delete(Digest.parse(digest))
+                    if self.test_delay:
+                        time.sleep(self.test_delay)
+            report.blobs_deleted += len(doomed)
+            report.bytes_freed += sum(size for _, size in doomed)
+            lease.renew()
+
+    # --- 3: files without a row ---------------------------------------------------------------------------
+
+    def _delete_orphans(self, report: GcReport, cutoff: datetime, lease: Lease, dry_run: bool) -> None:
+        for chunk in _chunks(self.blobs.iter_digests(), self.batch_size):
+            names = [str(digest) for digest in chunk]
+            with self.db.read() as session:
+                known = set(session.scalars(select(Blob.digest).where(Blob.digest.in_(names))))
+            orphans = [digest for digest in chunk if str(digest) not in known and self._old(digest, cutoff)]
+            if not orphans:
+                continue
+            if dry_run:
+                report.orphan_files += len(orphans)
+                report.bytes_freed += sum(self.blobs.size(digest) or 0 for digest in orphans)
+                continue
+            with self.db.write() as session:
+                still_known = set(
+                    session.scalars(select(Blob.digest).where(Blob.digest.in_([str(d) for d in orphans])))
+                )
+                for digest in orphans:
+                    if str(digest) in still_known:
+                        continue
+                    size = self.blobs.size(digest) or 0
+                    if self.blobs.delete(digest):
+                        report.orphan_files += 1
+                        report.bytes_freed += size
+            lease.renew()
+
+    def _old(self, digest: Digest, cutoff: datetime) -> bool:
+        location = self.blobs.locate(digest)
+        if not isinstance(location, LocalFile):
+            return location is not None  # object stores: no mtime here; the row check alone decides
+        try:
+            modified = datetime.fromtimestamp(location.path.stat().st_mtime, tz=UTC)
+        except FileNotFoundError:
+            return False
+        return modified < cutoff
+
+    # --- helpers for reporting ----------------------------------------------------------------------------
+
+    def counts(self) -> dict[str, int]:
+        """Rows and links right now (for tests and the benchmark)."""
+        with self.db.read() as session:
+            return {
+                "blobs": session.scalar(select(func.count()).select_from(Blob)) or 0,
+                "links": session.scalar(select(func.count()).select_from(RepositoryBlob)) or 0,
+            }
+
+
+def _chunks(items: Iterator[Digest], size: int) -> Iterator[list[Digest]]:
+    chunk: list[Digest] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) >= size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+__all__ = ["DEFAULT_GRACE", "TOUCH_FRACTION", "GarbageCollector", "GcReport"]

@@ -1,0 +1,539 @@
+"""Retention and eviction: saved builds disappear on schedule, and never one that is still wanted.
+
+Rules (the ``rule`` recorded in the audit log):
+
+* ``expired`` — a saved, unpinned build whose ``expires_at`` is at or before now (``expires_at == now``
+  expires; one microsecond earlier does not). ``expires_at`` is set from the project's retention when the
+  build is saved; unlimited retention leaves it NULL.
+* ``cap`` — a save that takes the project over ``max_builds`` saved builds evicts the oldest unpinned
+  saved builds (by save time) until it is back at the cap. Pinned builds are never evicted by the cap (if
+  every build is pinned the project simply stays over it).
+* ``stale`` — pending or failed builds older than 24 hours (their half-pushed images cost storage).
+* ``manual`` — someone deleted the build (``DELETE /api/v1/builds/{id}`` calls :meth:`Retention.evict_build`).
+
+Evicting a build deletes, in one write transaction: its tags (the build-ID tag, ``<build>-<target>`` tags
+and its save-tags), then the manifests they reached (index children, and referrers — signatures, SBOMs,
+attestations — whose subject is going) unless something else still needs them: a remaining tag, a
+remaining manifest listing them as a child, or a remaining subject. Blobs are left to the garbage
+collector, which unlinks what no manifest references any more. The build row goes too (its save-tags
+follow it); the audit log keeps the story, and :func:`cargohold.lifecycle.audit.explain_missing` tells a
+later pull what happened.
+
+Sweeps select candidates with a cheap read, then evict them in batches whose write transaction re-checks
+the rule (a build pinned a moment ago is skipped), so the write lock is held only briefly and two server
+processes sweeping at once cannot evict a build twice.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import delete, func, or_, select
+from sqlalchemy.orm import Session
+
+from cargohold.lifecycle import audit
+from cargohold.lifecycle.clock import Clock, format_duration, iso, system_clock
+from cargohold.metadata.db import Database
+from cargohold.metadata.models import Build, Manifest, ManifestReference, Project, Repository, SaveTag, Tag
+
+log = logging.getLogger(__name__)
+
+STALE_AFTER = timedelta(hours=24)
+BATCH_SIZE = 250
+"""Builds evicted per write transaction: big enough to be fast, small enough to keep the lock short."""
+
+
+class LifecycleError(RuntimeError):
+    """A retention request that cannot be done as asked; the message says why and what to do."""
+
+
+class BuildNotFound(LookupError):
+    """The build does not exist (any more)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Eviction:
+    build_id: str
+    project_id: str
+    rule: str
+    reason: str
+    tags: list[str] = field(default_factory=list)
+    manifests: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "build_id": self.build_id,
+            "project_id": self.project_id,
+            "rule": self.rule,
+            "reason": self.reason,
+            "tags": self.tags,
+            "manifests": self.manifests,
+        }
+
+
+EvictionListener = Callable[[list[Eviction]], None]
+Rule = Callable[[Build, Session, datetime, int], "_Candidate | None"]
+"""Re-checks a build inside the eviction transaction; ``int`` is how many of the batch were chosen before it."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Candidate:
+    build: Build
+    rule: str
+    detail: dict[str, Any]
+
+
+class Retention:
+    def __init__(
+        self,
+        db: Database,
+        *,
+        clock: Clock = system_clock,
+        stale_after: timedelta = STALE_AFTER,
+        batch_size: int = BATCH_SIZE,
+        listeners: Iterable[EvictionListener] = (),
+    ) -> None:
+        self.db = db
+        self.clock = clock
+        self.stale_after = stale_after
+        self.batch_size = batch_size
+        self.listeners = list(listeners)
+
+    # --- single builds --------------------------------------------------------------------------------
+
+    def evict_build(
+        self, build_id: str, rule: str = "manual", actor: str = "system", *, dry_run: bool = False
+    ) -> Eviction:
+        """Delete one build now, whatever its state (pinned too: a person asked). Raises :class:`BuildNotFound`."""
+        now = self.clock()
+        with self.db.read() if dry_run else self.db.write() as session:
+            build = session.get(Build, build_id)
+            if build is None:
+                raise BuildNotFound(f"build {build_id} does not exist")
+            candidate = _Candidate(build, rule, {"status": build.status})
+            if dry_run:
+                return _planned(candidate, actor)
+            evicted = self._evict(session, [candidate], actor, now)
+        self._notify(evicted)
+        return evicted[0]
+
+    def pin(self, build_id: str, actor: str) -> Build:
+        """Keep a saved build until unpinned (neither expiry nor the cap removes it)."""
+        return self._change(build_id, actor, "pin", lambda build, now: _set(build, pinned=True))
+
+    def unpin(self, build_id: str, actor: str) -> Build:
+        """Let a build expire again; one whose expiry already passed goes at the next sweep."""
+        return self._change(build_id, actor, "unpin", lambda build, now: _set(build, pinned=False))
+
+    def extend(self, build_id: str, actor: str, *, by: timedelta | None = None, until: datetime | None = None) -> Build:
+        """Push a saved build's expiry out: ``by`` adds to its current expiry (or to now if that passed)."""
+        if (by is None) == (until is None):
+            raise LifecycleError('give exactly one of "by" (seconds) or "until" (ISO 8601 time)')
+        if by is not None and by <= timedelta(0):
+            raise LifecycleError(f'"by" must be a positive number of seconds, not {by.total_seconds():g}')
+
+        def apply(build: Build, now: datetime) -> dict[str, Any]:
+            if build.expires_at is None:
+                raise LifecycleError(
+                    f"build {build.id} never expires (its project keeps builds without a time limit); nothing to extend"
+                )
+            if until is not None:
+                if until <= now:
+                    raise LifecycleError(f"{iso(until)} is in the past; give a future time")
+                build.expires_at = until
+            else:
+                assert by is not None
+                build.expires_at = max(build.expires_at, now) + by
+            return {"expires_at": iso(build.expires_at)}
+
+        return self._change(build_id, actor, "extend", apply)
+
+    def _change(
+        self, build_id: str, actor: str, action: str, apply: Callable[[Build, datetime], dict[str, Any]]
+    ) -> Build:
+        now = self.clock()
+        with self.db.write() as session:
+            build = session.get(Build, build_id)
+            if build is None:
+                raise BuildNotFound(f"build {build_id} does not exist")
+            if build.status != "saved":
+                raise LifecycleError(f"build {build_id} is {build.status}; only saved builds can be {action}ed")
+            detail = apply(build, now)
+            audit.record(
+                session,
+                action=action,
+                rule="manual",
+                actor=actor,
+                at=now,
+                project_id=build.project_id,
+                build_id=build.id,
+                detail=detail,
+            )
+            session.flush()
+            session.expunge(build)
+            return build
+
+    # --- sweeps ---------------------------------------------------------------------------------------
+
+    def enforce_cap(self, project_id: str, actor: str = "system", *, dry_run: bool = False) -> list[Eviction]:
+        """Evict the oldest unpinned saved builds until the project is within ``max_builds``.
+
+        Call right after a build is marked saved (the control API does, through the app's after-save hook).
+        """
+        evicted: list[Eviction] = []
+        while True:
+            with self.db.read() as session:
+                project = session.get(Project, project_id)
+                if project is None:
+                    return evicted
+                max_builds = project.max_builds
+                saved = _saved_count(session, project_id)
+                excess = saved - max_builds
+                if excess <= 0:
+                    return evicted
+                ids = list(
+                    session.scalars(
+                        select(Build.id)
+                        .where(Build.project_id == project_id, Build.status == "saved", Build.pinned.is_(False))
+                        .order_by(Build.saved_at, Build.created_at, Build.id)
+                        .limit(excess if dry_run else min(excess, self.batch_size))
+                    )
+                )
+            if not ids:
+                log.warning(
+                    "project %s has %d saved builds, over its cap of %d, but all are pinned",
+                    project_id,
+                    saved,
+                    max_builds,
+                )
+                return evicted
+            batch = self._evict_ids(ids, actor, dry_run=dry_run, rule_of=self._cap_rule(max_builds))
+            evicted.extend(batch)
+            if dry_run or not batch:
+                return evicted
+
+    @staticmethod
+    def _cap_rule(max_builds: int) -> Rule:
+        def rule(build: Build, session: Session, now: datetime, chosen: int) -> _Candidate | None:
+            if build.status != "saved" or build.pinned:
+                return None
+            if _saved_count(session, build.project_id) - chosen <= max_builds:
+                return None
+            return _Candidate(build, "cap", {"max_builds": max_builds, "saved_at": iso(build.saved_at)})
+
+        return rule
+
+    def expire(self, actor: str = "system", *, dry_run: bool = False, project_id: str | None = None) -> list[Eviction]:
+        """Evict every build past its expiry, and builds left pending or failed for too long."""
+        evicted: list[Eviction] = []
+        for status_filter in (self._expired_query, self._stale_query):
+            offset = 0
+            while True:
+                now = self.clock()
+                with self.db.read() as session:
+                    query = status_filter(now)
+                    if project_id is not None:
+                        query = query.where(Build.project_id == project_id)
+                    if dry_run:
+                        query = query.offset(offset)
+                    ids = list(session.scalars(query.limit(self.batch_size)))
+                if not ids:
+                    break
+                batch = self._evict_ids(ids, actor, dry_run=dry_run, rule_of=self._expiry_rule)
+                evicted.extend(batch)
+                offset += len(ids)
+                if not batch and not dry_run:
+                    break  # everything selected was rescued meanwhile; the next sweep looks again
+        return evicted
+
+    def _expired_query(self, now: datetime) -> Any:
+        return (
+            select(Build.id)
+            .where(Build.status == "saved", Build.pinned.is_(False), Build.expires_at <= now)
+            .order_by(Build.expires_at, Build.id)
+        )
+
+    def _stale_query(self, now: datetime) -> Any:
+        return (
+            select(Build.id)
+            .where(Build.status.in_(("pending", "failed")), Build.created_at <= now - self.stale_after)
+            .order_by(Build.created_at, Build.id)
+        )
+
+    def _expiry_rule(self, build: Build, session: Session, now: datetime, chosen: int) -> _Candidate | None:
+        if build.status == "saved":
+            if build.pinned or build.expires_at is None or build.expires_at > now:
+                return None
+            project = session.get(Project, build.project_id)
+            retention = project.retention_seconds if project is not None else None
+            return _Candidate(build, "expired", {"expires_at": iso(build.expires_at), "retention_seconds": retention})
+        if build.created_at <= now - self.stale_after:
+            return _Candidate(
+                build, "stale", {"status": build.status, "stale_seconds": int(self.stale_after.total_seconds())}
+            )
+        return None
+
+    def _evict_ids(
+        self,
+        ids: list[str],
+        actor: str,
+        *,
+        dry_run: bool,
+        rule_of: Rule,
+    ) -> list[Eviction]:
+        now = self.clock()
+        with self.db.read() if dry_run else self.db.write() as session:
+            builds = session.scalars(select(Build).where(Build.id.in_(ids))).all()
+            order = {build_id: index for index, build_id in enumerate(ids)}
+            candidates: list[_Candidate] = []
+            for build in sorted(builds, key=lambda b: order[b.id]):
+                candidate = rule_of(build, session, now, len(candidates))
+                if candidate is not None:
+                    candidates.append(candidate)
+            if dry_run:
+                return [_planned(candidate, actor) for candidate in candidates]
+            evicted = self._evict(session, candidates, actor, now) if candidates else []
+        self._notify(evicted)
+        return evicted
+
+    def _notify(self, evicted: list[Eviction]) -> None:
+        if not evicted:
+            return
+        for eviction in evicted:
+            log.info(
+                "evicted build %s of %s (%s): %s",
+                eviction.build_id,
+                eviction.project_id,
+                eviction.rule,
+                eviction.reason,
+            )
+        for listener in self.listeners:
+            try:
+                listener(evicted)
+            except Exception:
+                log.exception("eviction listener failed")
+
+    # --- the deletion itself ----------------------------------------------------------------------------
+
+    def _evict(self, session: Session, candidates: list[_Candidate], actor: str, now: datetime) -> list[Eviction]:
+        by_project: dict[str, list[_Candidate]] = {}
+        for candidate in candidates:
+            by_project.setdefault(candidate.build.project_id, []).append(candidate)
+        evicted: list[Eviction] = []
+        for project_id, group in by_project.items():
+            evicted.extend(self._evict_in_project(session, project_id, group, actor, now))
+        return evicted
+
+    def _evict_in_project(
+        self, session: Session, project_id: str, group: list[_Candidate], actor: str, now: datetime
+    ) -> list[Eviction]:
+        build_ids = [candidate.build.id for candidate in group]
+        repository_id = session.scalar(select(Repository.id).where(Repository.name == project_id))
+        own_save_tags = session.execute(
+            select(SaveTag.build_id, SaveTag.tag).where(
+                SaveTag.project_id == project_id, SaveTag.build_id.in_(build_ids)
+            )
+        ).all()
+        tags_of: dict[str, set[str]] = {build_id: {build_id} for build_id in build_ids}
+        save_tag_owner = {tag: build_id for build_id, tag in own_save_tags}
+        for build_id, tag in own_save_tags:
+            tags_of[build_id].add(tag)
+        manifests_removed = 0
+        if repository_id is not None:
+            tag_rows = self._build_tags(session, repository_id, project_id, build_ids, own_save_tags)
+            for name, _ in tag_rows:
+                owner = save_tag_owner.get(name) or (name if name in tags_of else name.split("-", 1)[0])
+                tags_of.setdefault(owner, {owner}).add(name)
+            roots = {manifest_id for _, manifest_id in tag_rows}
+            tag_names = [name for name, _ in tag_rows]
+            for start in range(0, len(tag_names), 500):
+                session.execute(
+                    delete(Tag).where(Tag.repository_id == repository_id, Tag.name.in_(tag_names[start : start + 500]))
+                )
+            manifests_removed = _delete_unneeded_manifests(session, repository_id, roots)
+        session.execute(delete(SaveTag).where(SaveTag.build_id.in_(build_ids)))
+        session.execute(delete(Build).where(Build.id.in_(build_ids)))
+        evicted: list[Eviction] = []
+        for candidate in group:
+            build = candidate.build
+            tags = sorted(tags_of.get(build.id, {build.id}))
+            detail = {
+                **candidate.detail,
+                "digest": build.manifest_digest,
+                "tags": tags,
+                "saved_at": iso(build.saved_at),
+                "unique_size": build.unique_size,
+            }
+            event_id = audit.record(
+                session,
+                action="evict",
+                rule=candidate.rule,
+                actor=actor,
+                at=now,
+                project_id=project_id,
+                build_id=build.id,
+                detail=detail,
+                removed_tags=tags,
+            )
+            event = audit.Event(event_id, project_id, build.id, "evict", candidate.rule, actor, now, detail)
+            evicted.append(Eviction(build.id, project_id, candidate.rule, audit.describe(event), tags))
+        if evicted:
+            # Manifest counts are per batch (shared manifests make a per-build split meaningless).
+            first = evicted[0]
+            evicted[0] = Eviction(
+                first.build_id, first.project_id, first.rule, first.reason, first.tags, manifests_removed
+            )
+        return evicted
+
+    @staticmethod
+    def _build_tags(
+        session: Session,
+        repository_id: int,
+        project_id: str,
+        build_ids: list[str],
+        own_save_tags: list[Any],
+    ) -> list[tuple[str, int]]:
+        """``(tag, manifest_id)`` for the builds' ID tags, ``<build>-<target>`` tags and save-tags."""
+        # Build IDs never contain '-', so "<id>-…" sorts in the half-open range ["<id>-", "<id>.") and the
+        # tags primary key answers it with a range scan.
+        exact = [*build_ids, *(tag for _, tag in own_save_tags)]
+        rows = list(
+            session.execute(
+                select(Tag.name, Tag.manifest_id).where(Tag.repository_id == repository_id, Tag.name.in_(exact))
+            ).all()
+        )
+        for build_id in build_ids:  # one primary-key range scan each: a big OR of ranges defeats the index
+            rows += session.execute(
+                select(Tag.name, Tag.manifest_id).where(
+                    Tag.repository_id == repository_id, Tag.name >= f"{build_id}-", Tag.name < f"{build_id}."
+                )
+            ).all()
+        # A "<id>-something" tag may be another build's save-tag; that one stays.
+        others = set(
+            session.scalars(
+                select(SaveTag.tag).where(
+                    SaveTag.project_id == project_id,
+                    SaveTag.tag.in_([name for name, _ in rows]),
+                    SaveTag.build_id.not_in(build_ids),
+                )
+            )
+        )
+        return [(name, manifest_id) for name, manifest_id in rows if name not in others]
+
+
+def _saved_count(session: Session, project_id: str) -> int:
+    query = select(func.count()).select_from(Build).where(Build.project_id == project_id, Build.status == "saved")
+    return session.scalar(query) or 0
+
+
+def _set(build: Build, **values: Any) -> dict[str, Any]:
+    for key, value in values.items():
+        setattr(build, key, value)
+    return {key: value for key, value in values.items()}
+
+
+def _planned(candidate: _Candidate, actor: str) -> Eviction:
+    build = candidate.build
+    detail = dict(candidate.detail)
+    if candidate.rule == "expired":
+        retention = detail.get("retention_seconds")
+        why = f"expired at {detail.get('expires_at')}" + (
+            f" (retention {format_duration(retention)})" if retention else ""
+        )
+    elif candidate.rule == "cap":
+        why = f"oldest unpinned saved build over the cap of {detail.get('max_builds')}"
+    elif candidate.rule == "stale":
+        why = f"{build.status} since {iso(build.created_at)}, never saved"
+    else:
+        why = f"deleted by {actor}"
+    return Eviction(build.id, build.project_id, candidate.rule, why, [build.id])
+
+
+def _delete_unneeded_manifests(session: Session, repository_id: int, roots: set[int]) -> int:
+    """Delete the manifests reachable from ``roots`` that nothing remaining needs; returns how many."""
+    if not roots:
+        return 0
+    session.flush()
+    info: dict[int, tuple[str, str | None]] = {}
+    frontier = set(roots)
+    while frontier:
+        rows = session.execute(
+            select(Manifest.id, Manifest.digest, Manifest.subject_digest).where(Manifest.id.in_(frontier))
+        ).all()
+        for manifest_id, digest, subject in rows:
+            info[manifest_id] = (digest, subject)
+        digests = [info[manifest_id][0] for manifest_id in frontier if manifest_id in info]
+        reached = session.scalars(
+            select(Manifest.id).where(
+                Manifest.repository_id == repository_id,
+                or_(
+                    Manifest.digest.in_(
+                        select(ManifestReference.digest).where(
+                            ManifestReference.manifest_id.in_(frontier), ManifestReference.kind == "manifest"
+                        )
+                    ),
+                    Manifest.subject_digest.in_(digests),
+                ),
+            )
+        ).all()
+        frontier = {manifest_id for manifest_id in reached if manifest_id not in info}
+    deleting = set(info)
+    while deleting:
+        ids = list(deleting)
+        digests = {info[manifest_id][0]: manifest_id for manifest_id in ids}
+        keep = set(session.scalars(select(Tag.manifest_id).where(Tag.manifest_id.in_(ids))))
+        referenced = session.scalars(
+            select(ManifestReference.digest)
+            .join(Manifest, Manifest.id == ManifestReference.manifest_id)
+            .where(
+                Manifest.repository_id == repository_id,
+                ManifestReference.kind == "manifest",
+                ManifestReference.digest.in_(list(digests)),
+                ManifestReference.manifest_id.not_in(ids),
+            )
+        ).all()
+        keep.update(digests[digest] for digest in referenced)
+        subjects = {info[manifest_id][1] for manifest_id in ids if info[manifest_id][1]}
+        if subjects:
+            kept_subjects = set(
+                session.scalars(
+                    select(Manifest.digest).where(
+                        Manifest.repository_id == repository_id,
+                        Manifest.digest.in_(list(subjects)),
+                        Manifest.id.not_in(ids),
+                    )
+                )
+            )
+            keep.update(manifest_id for manifest_id in ids if info[manifest_id][1] in kept_subjects)
+        if not keep:
+            break
+        deleting -= keep
+    if not deleting:
+        return 0
+    ids = list(deleting)
+    for start in range(0, len(ids), 500):
+        chunk = ids[start : start + 500]
+        session.execute(delete(Tag).where(Tag.manifest_id.in_(chunk)))
+        session.execute(delete(ManifestReference).where(ManifestReference.manifest_id.in_(chunk)))
+        session.execute(delete(Manifest).where(Manifest.id.in_(chunk)))
+    return len(ids)
+
+
+def build_json(build: Build) -> dict[str, Any]:
+    """The fields a pin/unpin/extend answer needs (the control API's full build JSON is the lead's)."""
+    return {
+        "id": build.id,
+        "project_id": build.project_id,
+        "status": build.status,
+        "pinned": build.pinned,
+        "expires_at": iso(build.expires_at),
+        "saved_at": iso(build.saved_at),
+        "digest": build.manifest_digest,
+    }
+
+
+__all__ = ["BuildNotFound", "Eviction", "LifecycleError", "Retention", "build_json"]

@@ -1,0 +1,77 @@
+"""Lifecycle through the real server: save, pin, delete, explain on pull, history, usage, GC, metrics."""
+
+from __future__ import annotations
+
+import httpx
+
+from conftest import ServerProcess
+from test_lifecycle_support import push_image
+
+
+def _save(http: httpx.Client, project_id: str, layers: list[bytes], salt: str, save_tags: list[str] = ()) -> str:  # type: ignore[assignment]
+    build = http.post(f"/api/v1/projects/{project_id}/builds")
+    assert build.status_code in (200, 201), build.text
+    build_id = build.json()["build_id"] if "build_id" in build.json() else build.json()["id"]
+    pushed = push_image(http, project_id, build_id, layers, salt)
+    assert pushed.status_code == 201, pushed.text  # type: ignore[attr-defined]
+    saved = http.post(f"/api/v1/builds/{build_id}/save", json={"save_tags": list(save_tags)})
+    assert saved.status_code == 200, saved.text
+    return build_id
+
+
+def test_pin_delete_explain_history_usage_gc_metrics(server: ServerProcess) -> None:
+    with server.client() as http:
+        project = http.post("/api/v1/projects", json={"name": "life", "max_builds": 2}).json()
+        pid = project["id"]
+        first = _save(http, pid, [b"base" * 100, b"one"], "1", ["latest"])
+        pinned = http.post(f"/api/v1/builds/{first}/pin")
+        assert pinned.status_code == 200 and pinned.json()["pinned"] is True
+        second = _save(http, pid, [b"base" * 100, b"two"], "2")
+        third = _save(http, pid, [b"base" * 100, b"three"], "3", ["latest"])
+        # The cap is 2: the oldest *unpinned* build (second) went when the third was saved.
+        gone = http.get(f"/v2/{pid}/manifests/{second}")
+        assert gone.status_code == 404
+        error = gone.json()["errors"][0]
+        assert error["code"] == "MANIFEST_UNKNOWN"
+        assert error["message"].startswith(f"build {second} was evicted on ") and "at most 2" in error["message"]
+        assert http.get(f"/v2/{pid}/manifests/{first}").status_code == 200
+
+        extended = http.post(f"/api/v1/builds/{third}/extend", json={"by": 3600})
+        assert extended.status_code == 200, extended.text
+        bad = http.post(f"/api/v1/builds/{third}/extend", json={"by": "soon"})
+        assert bad.status_code == 400 and "seconds" in bad.json()["errors"][0]["message"]
+
+        deleted = http.delete(f"/api/v1/builds/{third}")
+        assert deleted.status_code == 200, deleted.text
+        latest = http.get(f"/v2/{pid}/manifests/latest").json()["errors"][0]["message"]
+        assert latest.startswith(f"tag latest followed build {third} was deleted on ")
+
+        history = http.get(f"/api/v1/projects/{pid}/history", params={"limit": 10}).json()["events"]
+        assert [(e["action"], e["rule"], e["build_id"]) for e in history[:4]] == [
+            ("evict", "manual", third),
+            ("extend", "manual", third),
+            ("evict", "cap", second),
+            ("pin", "manual", first),
+        ]
+
+        usage = http.get(f"/api/v1/projects/{pid}/usage").json()
+        assert usage["stored_bytes"] > 400 and usage["price_per_gb_month"] == 0.20
+        assert http.get(f"/api/v1/projects/{pid}/usage", params={"month": "June"}).status_code == 400
+
+        dry = http.post("/api/v1/gc", json={"dry_run": True})
+        assert dry.status_code == 200 and dry.json()["dry_run"] is True
+        assert dry.json()["blobs_deleted"] == 0  # everything is inside the 1-hour grace window
+
+        metrics = http.get("/metrics")
+        assert metrics.status_code == 200
+        text = metrics.text
+        assert f'cargohold_project_stored_bytes{{project="{pid}"}}' in text
+        assert 'cargohold_builds_evicted_total{rule="cap"} 1.0' in text
+        assert 'cargohold_http_requests_total{method="PUT",route="manifest",status="201"}' in text
+        assert 'route="/api/v1/builds/{build}/save"' in text
+        assert pid not in text.replace(f'project="{pid}"', "")  # no raw paths in labels
+        assert 'cargohold_gc_runs_total{result="ok"} 1.0' in text
+
+    with server.anonymous() as anonymous:
+        assert anonymous.get("/metrics").status_code == 401
+        assert anonymous.post("/api/v1/gc", json={}).status_code == 401
