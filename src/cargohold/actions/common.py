@@ -18,7 +18,7 @@ from cargohold.actions.oidc import RegistryToken, registry_base, resolve_token
 from cargohold.actions.runtime import ActionError, ActionRuntime
 
 REGISTRY_ENV = "CARGOHOLD_REGISTRY"
-PROJECT_ENV = "CARGOHOLD_PROJECT"
+PROJECT_ENV = "CARGOHOLD_PROJECT_ID"
 _ID_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,127}$")
 _TAG_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$")
 
@@ -58,7 +58,7 @@ def registry_input(rt: ActionRuntime) -> Registry:
 
 
 def project_input(rt: ActionRuntime) -> str | None:
-    """The ``project`` input, else ``$CARGOHOLD_PROJECT``; None lets the registry pick the token's only project."""
+    """The ``project`` input, else ``$CARGOHOLD_PROJECT_ID``; None lets the registry pick the token's only project."""
     value = rt.get_input("project") or rt.environ.get(PROJECT_ENV, "").strip()
     if value and not _ID_RE.match(value):
         raise ActionError(
