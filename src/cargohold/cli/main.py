@@ -80,6 +80,21 @@ def serve(
     oidc_token_ttl: Annotated[
         str, typer.Option(envvar="CARGOHOLD_OIDC_TOKEN_TTL", help="Lifetime of OIDC-exchanged credentials.")
     ] = "1h",  # noqa: S107 (a duration, not a password)
+    gc_interval: Annotated[
+        str, typer.Option(envvar="CARGOHOLD_GC_INTERVAL", help="Collect garbage this often (0: only on demand).")
+    ] = "1h",
+    gc_grace: Annotated[
+        str, typer.Option(envvar="CARGOHOLD_GC_GRACE", help="Never collect blobs linked more recently than this.")
+    ] = "1h",
+    retention_interval: Annotated[
+        str, typer.Option(envvar="CARGOHOLD_RETENTION_INTERVAL", help="Evict expired builds this often.")
+    ] = "1m",
+    storage_price: Annotated[
+        float, typer.Option(envvar="CARGOHOLD_STORAGE_PRICE", help="Price per GB-month for usage estimates (USD).")
+    ] = 0.20,
+    free_gb_months: Annotated[
+        float, typer.Option(envvar="CARGOHOLD_FREE_GB_MONTHS", help="Free GB-months per project per month.")
+    ] = 50.0,
 ) -> None:
     """Run the registry server."""
     from cargohold.registry.server import run
@@ -90,6 +105,11 @@ def serve(
         max_size = parse_size(max_blob_size)
         min_chunk = parse_size(chunk_min_length)
         oidc_ttl = parse_duration(oidc_token_ttl)
+        lifecycle_times = {
+            "gc_interval": parse_duration(gc_interval),
+            "gc_grace": parse_duration(gc_grace),
+            "retention_interval": parse_duration(retention_interval),
+        }
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
     settings = ServerSettings(
@@ -107,6 +127,9 @@ def serve(
         admin_token=os.environ.get("CARGOHOLD_ADMIN_TOKEN") or None,
         oidc_audience=oidc_audience,
         oidc_token_ttl=oidc_ttl,
+        storage_price_per_gb_month=storage_price,
+        free_gb_months=free_gb_months,
+        **lifecycle_times,
     )
     if oidc_issuer:
         settings.oidc_issuers = tuple(i.strip() for item in oidc_issuer for i in item.split(",") if i.strip())
@@ -130,7 +153,7 @@ def _register_command_modules() -> None:
         importlib.import_module(f"cargohold.cli.{module}")
 
 
-COMMAND_MODULES: tuple[str, ...] = ()
+COMMAND_MODULES: tuple[str, ...] = ("admin", "images")
 """Command modules, in help order (admin: projects/trust/tokens/login; images: save/build/pull/push; lifecycle)."""
 
 

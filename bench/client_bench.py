@@ -1,0 +1,156 @@
+"""Client benchmark: cargohold save / pull / push / re-save against skopeo, on the same image, in one run.
+
+Not a test. Each phase runs the cargohold CLI and its skopeo equivalent as subprocesses against fresh
+servers (so neither side benefits from the other's uploads) and prints wall times and ratios against
+targets: save, pull and push at least as fast as skopeo, push at least 1.5x faster (registry-to-registry
+streaming with parallel blobs vs skopeo), and a re-save of an unchanged image under one second.
+
+Servers, image generation and the isolated skopeo invocation are bench/registry_bench.py's helpers.
+
+    python bench/client_bench.py --layers 5 --layer-mb 100     # the full run
+    python bench/client_bench.py --layer-mb 10                  # a smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from cargohold.client.control import ControlClient
+from registry_bench import (
+    BenchError,
+    CargoholdServer,
+    ReferenceRegistry,
+    Skopeo,
+    generate_image,
+    log,
+    warm_page_cache,
+)
+
+
+def timed(cmd: list[str], env: dict[str, str], what: str) -> tuple[float, str]:
+    """Run ``cmd``; wall seconds and stdout. A failure aborts the run with the tool's output."""
+    started = time.monotonic()
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=3600, check=False)
+    elapsed = time.monotonic() - started
+    if proc.returncode != 0:
+        raise BenchError(f"{what} failed ({proc.returncode}): {proc.stderr.strip()[-2000:]}")
+    return elapsed, proc.stdout
+
+
+def cargohold_env(server: CargoholdServer, project: str, home: Path) -> dict[str, str]:
+    home.mkdir(parents=True, exist_ok=True)
+    return {**os.environ, "CARGOHOLD_REGISTRY": server.url, "CARGOHOLD_TOKEN": server.token,
+            "CARGOHOLD_PROJECT_ID": project, "XDG_CONFIG_HOME": str(home), "DOCKER_CONFIG": str(home / "docker"),
+            "CI": "true"}
+
+
+def cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "cargohold", *args, "--progress", "quiet"]
+
+
+def run(args: argparse.Namespace, work: Path) -> int:
+    layout = work / "image"
+    image = generate_image(layout, args.layers, args.layer_mb, args.seed)
+    warm_page_cache(layout)
+    skopeo = Skopeo(work)
+    with contextlib.ExitStack() as stack:
+        servers = []
+        for name, cls in (("cargohold-skopeo", CargoholdServer), ("cargohold", CargoholdServer),
+                          ("ref-cargohold", ReferenceRegistry), ("ref-skopeo", ReferenceRegistry)):
+            server = cls(work / name)
+            (work / name).mkdir(parents=True, exist_ok=True)
+            server.start()
+            stack.callback(server.stop)
+            servers.append(server)
+        ch_skopeo, ch, ref_ch, ref_skopeo = servers
+        assert isinstance(ch, CargoholdServer) and isinstance(ch_skopeo, CargoholdServer)
+        with ControlClient(ch.url, ch.token) as control:
+            project = str(control.create_project("bench")["id"])
+        with ControlClient(ch_skopeo.url, ch_skopeo.token) as control:
+            skopeo_project = str(control.create_project("bench")["id"])
+        env = cargohold_env(ch, project, work / "home-cargohold")
+        results: dict[str, float] = {}
+
+        def sk(name: str, copy_args: Sequence[str]) -> float:
+            home = work / f"skopeo-{name}"
+            seconds, _ = timed(skopeo.command(home, copy_args), skopeo.private_env(home), f"skopeo {name}")
+            return seconds
+
+        log("save: cargohold save vs skopeo copy oci: -> cargohold")
+        results["skopeo save"] = sk("save", [*ch_skopeo.skopeo_dest_creds(), "--dest-tls-verify=false",
+                                              f"oci:{layout}", f"docker://{ch_skopeo.host}/{skopeo_project}:s1"])
+        results["cargohold save"], out = timed(cli("save", f"oci:{layout}", "--json"), env, "cargohold save")
+        saved = json.loads(out)
+        build_id = saved["build_id"]
+
+        log("pull: cargohold pull --output oci: vs skopeo copy -> oci:")
+        results["skopeo pull"] = sk("pull", [*ch.skopeo_src_creds(), "--src-tls-verify=false",
+                                              "--dest-oci-accept-uncompressed-layers",
+                                              f"docker://{ch.host}/{project}:{build_id}",
+                                              f"oci:{work / 'pull-skopeo'}:x"])
+        results["cargohold pull"], _ = timed(cli("pull", build_id, "--output", f"oci:{work / 'pull-cargohold'}"),
+                                             env, "cargohold pull")
+
+        log("push: cargohold push vs skopeo copy registry -> reference registry")
+        results["skopeo push"] = sk("push", [*ch.skopeo_src_creds(), "--src-tls-verify=false",
+                                              "--dest-tls-verify=false", f"docker://{ch.host}/{project}:{build_id}",
+                                              f"docker://{ref_skopeo.host}/bench/app:1"])
+        results["cargohold push"], _ = timed(cli("push", build_id, "-t", f"{ref_ch.host}/bench/app:1"), env,
+                                             "cargohold push")
+
+        log("re-save of the unchanged image")
+        results["cargohold re-save"], out = timed(cli("save", f"oci:{layout}", "--json"), env, "cargohold re-save")
+        resaved = json.loads(out)
+        if resaved["uploaded_size"] != 0:
+            raise BenchError(f"the re-save uploaded {resaved['uploaded_size']} bytes; expected none")
+
+    mb = image.total_bytes / 1e6
+    print(f"\nimage: {args.layers} x {args.layer_mb} MiB layers ({mb:.0f} MB), jobs default")
+    print(f"{'phase':<10} {'cargohold':>10} {'skopeo':>10} {'ratio':>7}  target")
+    verdicts = []
+    for phase, target in (("save", 1.0), ("pull", 1.0), ("push", 1.5)):
+        ours, theirs = results[f"cargohold {phase}"], results[f"skopeo {phase}"]
+        ratio = theirs / ours if ours else float("inf")
+        ok = ratio >= target
+        verdicts.append(ok)
+        print(f"{phase:<10} {ours:>9.2f}s {theirs:>9.2f}s {ratio:>6.2f}x  >= {target:.1f}x {'PASS' if ok else 'MISS'}")
+    resave = results["cargohold re-save"]
+    verdicts.append(resave < 1.0)
+    print(f"{'re-save':<10} {resave:>9.2f}s {'':>10} {'':>7}  < 1.0s {'PASS' if resave < 1.0 else 'MISS'}")
+    print("(cargohold times include starting the CLI process, as a CI step would)")
+    return 0 if all(verdicts) else 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--layers", type=int, default=5)
+    parser.add_argument("--layer-mb", type=int, default=100)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--keep", action="store_true", help="Keep the work directory.")
+    args = parser.parse_args(argv)
+    work = Path(tempfile.mkdtemp(prefix="cargohold-client-bench-"))
+    try:
+        return run(args, work)
+    except BenchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        if not args.keep:
+            import shutil
+
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

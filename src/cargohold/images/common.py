@@ -1,0 +1,115 @@
+"""Pieces save, pull and push share: errors, Cargohold registry clients, and a blob-naming target."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from cargohold.client.copy import ImageSource, RegistryRepo
+from cargohold.client.credentials import Credentials
+from cargohold.client.errors import RegistryError
+from cargohold.client.registry import Manifest, ProgressCallback, RegistryClient
+from cargohold.client.settings import Connection
+from cargohold.oci.digest import Digest
+from cargohold.oci.layout import Descriptor
+
+CARGOHOLD_USER = "x-token"
+"""The user name Cargohold expects with a token as the password."""
+
+
+class ImageError(Exception):
+    """A save, pull, push or build failed; ``str()`` is one sentence that says what to do."""
+
+
+def cargohold_client(connection: Connection, host: str, token: str) -> RegistryClient:
+    """A registry client for the Cargohold server ``host`` (as control API answers name it).
+
+    When ``host`` is the server we are connected to, its URL is used as given, so an explicitly plain-HTTP
+    or path-prefixed Cargohold URL keeps working; otherwise the client's loopback rule picks the scheme.
+    """
+    address = connection.registry if host == connection.host else host
+    return RegistryClient(address, credentials=Credentials(CARGOHOLD_USER, token, source="Cargohold build token"))
+
+
+class BuildRepo(RegistryRepo):
+    """A Cargohold build's repository read with its build-scoped pull token.
+
+    Why the override: the server (registry/auth.py ``_check_build_target``) only lets a build-scoped pull
+    token read manifests and blobs reachable from the build, and refuses the referrers API with 403 DENIED.
+    Until the server answers referrers for reachable subjects, a refusal here means "no referrers visible
+    to this token", not a failed copy; attestations inside the index are unaffected.
+    """
+
+    def referrers(self, digest: Digest) -> list[Descriptor]:
+        try:
+            return super().referrers(digest)
+        except RegistryError as exc:
+            if exc.status == 403:
+                return []
+            raise
+
+
+class NamingTarget:
+    """Wraps a target so that a failure names the blob or manifest it happened on.
+
+    ``copy_image`` runs many transfers in parallel; without this, an error from one of six threads would
+    say "connection reset" without saying which layer, and ``fail_build`` would record a useless reason.
+    """
+
+    def __init__(self, inner: RegistryRepo) -> None:
+        self.inner = inner
+        self.name = inner.name
+
+    def has_blob(self, descriptor: Descriptor) -> bool:
+        """HEAD, and believe a "yes" only with the right size: a destination that says 200 to everything
+        (a misconfigured proxy, a web server on the wrong port) would otherwise "receive" a whole image."""
+        try:
+            size = self.inner.client.blob_exists(self.inner.repository, descriptor.digest)
+        except Exception as exc:
+            raise StepError(f"checking blob {descriptor.digest}", exc) from exc
+        if size is not None and size not in (0, descriptor.size):
+            raise StepError(
+                f"checking blob {descriptor.digest}",
+                ValueError(f"{self.name} claims it has {size} bytes of a {descriptor.size}-byte blob, so it does "
+                           "not behave like an OCI registry; check the destination address"),
+            )
+        return size is not None
+
+    def put_blob(self, descriptor: Descriptor, source: ImageSource, progress: ProgressCallback | None) -> str:
+        try:
+            return self.inner.put_blob(descriptor, source, progress)
+        except Exception as exc:
+            raise StepError(f"uploading blob {descriptor.digest} ({descriptor.size} bytes)", exc) from exc
+
+    def put_manifest(self, manifest: Manifest, tag: str | None) -> bool:
+        try:
+            return self.inner.put_manifest(manifest, tag)
+        except Exception as exc:
+            raise StepError(f"pushing manifest {manifest.digest}" + (f" as {tag}" if tag else ""), exc) from exc
+
+    def add_referrer(self, subject: Digest, referrer: Descriptor) -> None:
+        try:
+            self.inner.add_referrer(subject, referrer)
+        except Exception as exc:
+            raise StepError(f"recording referrer {referrer.digest} of {subject}", exc) from exc
+
+
+class StepError(ImageError):
+    """A failure tagged with the step it happened in (``uploading blob sha256:…``)."""
+
+    def __init__(self, step: str, cause: BaseException) -> None:
+        self.step = step
+        self.cause = cause
+        super().__init__(f"{step} failed: {_strip(str(cause)) or type(cause).__name__}")
+
+
+def _strip(text: str) -> str:
+    return text.strip().rstrip(".")
+
+
+def describe(exc: BaseException) -> str:
+    """An exception as one clause for messages (its type when it has no text)."""
+    return _strip(str(exc)) or type(exc).__name__
+
+
+def as_dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}

@@ -1,0 +1,295 @@
+"""``cargohold pull``: fetch a saved build into the local Docker daemon or onto disk, verifying every blob.
+
+Into Docker, nothing touches the disk: the image is written as a docker-archive into one end of a pipe
+while the other end is the body of ``POST /images/load``. This works whatever Cargohold's scheme (the
+daemon never talks to Cargohold, so no ``insecure-registries`` entry is needed for a plain-HTTP server)
+and needs no ``docker login``. Every blob is hashed as it streams and the load is aborted on a mismatch;
+every manifest is checked against its digest by the registry client.
+
+On disk: ``oci:DIR[:REF]`` (blobs land atomically, verified), ``oci-archive:FILE`` (an OCI layout tar) and
+``docker-archive:FILE`` (``docker load``-able).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tarfile
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cargohold.client.control import ControlClient, ControlError
+from cargohold.client.copy import DEFAULT_JOBS, LayoutStore, RegistryRepo, copy_image, platform_label, select_platform
+from cargohold.client.errors import PlatformNotFoundError
+from cargohold.client.registry import BlobSource, Manifest
+from cargohold.client.settings import Connection
+from cargohold.images.common import BuildRepo, ImageError, cargohold_client
+from cargohold.images.docker import DockerEngine, host_platform_string, load_from_writer
+from cargohold.images.progress import Progress
+from cargohold.images.sources import summarize
+from cargohold.oci.archive import write_docker_archive
+from cargohold.oci.digest import Digest
+from cargohold.oci.imageref import ImageReference, ImageReferenceError
+from cargohold.oci.layout import Descriptor, OCILayout
+
+OUTPUT_KINDS = ("oci", "oci-archive", "docker-archive")
+
+
+@dataclass(frozen=True)
+class OutputSpec:
+    """``None`` kind means the local Docker daemon."""
+
+    kind: str | None
+    path: str | None = None
+    ref: str | None = None
+
+    def __str__(self) -> str:
+        if self.kind is None:
+            return "docker daemon"
+        return f"{self.kind}:{self.path}" + (f":{self.ref}" if self.ref else "")
+
+
+def parse_output(text: str | None) -> OutputSpec:
+    """``oci:DIR[:REF]``, ``oci-archive:FILE``, ``docker-archive:FILE``; empty or ``docker`` is the daemon."""
+    if text is None or text.strip() in ("", "docker", "docker-daemon"):
+        return OutputSpec(None)
+    kind, sep, rest = text.strip().partition(":")
+    if not sep or kind not in OUTPUT_KINDS or not rest:
+        raise ImageError(f"--output {text!r} is not understood; use oci:DIR, oci-archive:FILE or docker-archive:FILE")
+    ref = None
+    if kind == "oci" and ":" in rest and not Path(rest).exists():
+        rest, _, ref = rest.rpartition(":")
+    return OutputSpec(kind, rest, ref)
+
+
+@dataclass
+class PullResult:
+    """``digest`` is what landed: the image manifest for one platform, the index with ``--all-platforms``."""
+
+    digest: str
+    image: str
+    """The first tag (what to ``docker run``), or the output path for file outputs."""
+    tags: list[str]
+    build_id: str
+    project_id: str
+    reference: str
+    output: str
+    platform: str | None
+    size: int
+    build_digest: str
+    """The saved build's top manifest (an index for multi-platform builds)."""
+    loaded: list[str] = field(default_factory=list)
+
+
+def pull_info(control: ControlClient, ref: str) -> dict[str, Any]:
+    """Resolve ``BUILD_ID``, ``PROJECT:TAG`` or ``HOST/PROJECT:TAG`` to where the build lives.
+
+    A full reference's tag can be a save-tag or the build ID itself (``<host>/<project>:<build>`` is the
+    reference ``cargohold save`` prints), so a miss on the save-tag lookup retries with the tag as a build.
+    """
+    text = ref.strip()
+    if "@" in text:
+        raise ImageError(f"{ref} pins a digest; pull by build ID or PROJECT:TAG instead")
+    try:
+        return control.pull_info(text)
+    except ControlError as exc:
+        if exc.status == 404 and "/" in text:
+            try:
+                parsed = ImageReference.parse(text)
+            except ImageReferenceError:
+                raise exc from None
+            if parsed.tag:
+                try:
+                    return control.pull_info(parsed.tag)
+                except ControlError:
+                    pass
+        raise
+
+
+class CountingSource:
+    """An image source that reports the bytes read through it (for writers that take no callback)."""
+
+    def __init__(self, inner: RegistryRepo, progress: Callable[[int], object]) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.progress = progress
+
+    def get_manifest(self, reference: str | Digest | None) -> Manifest:
+        return self.inner.get_manifest(reference)
+
+    def referrers(self, digest: Digest) -> list[Descriptor]:
+        return self.inner.referrers(digest)
+
+    def blob_source(self, descriptor: Descriptor) -> BlobSource:
+        opener = self.inner.blob_source(descriptor)
+
+        def open_at(offset: int) -> Iterator[bytes]:
+            for chunk in opener(offset):
+                self.progress(len(chunk))
+                yield chunk
+
+        return open_at
+
+
+def _image_platform(repo: RegistryRepo, manifest: Manifest) -> str | None:
+    found = summarize(repo, manifest.digest, top=manifest).platforms
+    return found[0] if found else None
+
+
+def choose_manifest(repo: RegistryRepo, top: Manifest, platform: str | None, *, default: str | None) -> Manifest:
+    """One image manifest: ``platform`` (or ``default``) from an index; a single image is checked."""
+    if top.is_index:
+        wanted = platform or default
+        if wanted is None:
+            return top
+        try:
+            entry = select_platform(top.json(), wanted)
+        except PlatformNotFoundError as exc:
+            if platform:
+                raise
+            raise PlatformNotFoundError(
+                f"{exc} (the default is this machine's platform); pass --platform with one of them"
+            ) from None
+        except ValueError as exc:  # a malformed --platform
+            raise ImageError(str(exc)) from None
+        return repo.get_manifest(entry.digest)
+    if platform is not None:
+        actual = _image_platform(repo, top)
+        if actual is not None and not _platform_matches(actual, platform):
+            raise PlatformNotFoundError(f"the image has no {platform} variant; available platforms: {actual}")
+    return top
+
+
+def _platform_matches(actual: str, wanted: str) -> bool:
+    have, want = actual.split("/"), wanted.split("/")
+    return have[:2] == want[:2] and (len(want) < 3 or have[2:3] == want[2:3])
+
+
+def pull_image(
+    connection: Connection,
+    ref: str,
+    *,
+    tags: Sequence[str] = (),
+    platform: str | None = None,
+    output: str | OutputSpec | None = None,
+    all_platforms: bool = False,
+    jobs: int = DEFAULT_JOBS,
+    progress: Progress | None = None,
+    docker_host: str | None = None,
+) -> PullResult:
+    """Pull build ``ref`` to ``output`` (default: the local Docker daemon, tagged ``tags`` or its reference)."""
+    progress = progress or Progress()
+    spec = output if isinstance(output, OutputSpec) else parse_output(output)
+    if all_platforms and spec.kind not in ("oci", "oci-archive"):
+        raise ImageError("--all-platforms only applies to oci: and oci-archive: outputs; pick one with --platform")
+    if all_platforms and platform:
+        raise ImageError("give either --platform or --all-platforms, not both")
+    with connection.control() as control:
+        info = pull_info(control, ref)
+    build_id, reference = str(info["build_id"]), str(info["reference"])
+    tag_list = list(tags) or [reference]
+    for tag in tag_list:
+        try:
+            ImageReference.parse(tag)
+        except ImageReferenceError as exc:
+            raise ImageError(f"-t {tag!r} is not an image name ({exc}); write e.g. myapp:ci") from None
+    progress.step(f"pulling build {build_id} ({info.get('digest')}) to {spec}")
+    with cargohold_client(connection, str(info["registry"]), str(info["token"])) as client:
+        repo = BuildRepo(client, str(info["repository"]))
+        top = repo.get_manifest(Digest.parse(str(info["digest"])))
+        host_default = None if all_platforms else host_platform_string()
+        chosen = choose_manifest(repo, top, platform, default=host_default)
+        chosen_platform = None if chosen.is_index else (
+            platform or (host_default if top.is_index else _image_platform(repo, chosen))
+        )
+        summary = summarize(repo, chosen.digest, top=chosen)
+        counter = progress.transfer(f"pulling {build_id}", summary.total_size)
+        try:
+            loaded: list[str] = []
+            if spec.kind is None:
+                loaded = _to_daemon(repo, chosen, tag_list, counter, docker_host)
+                image = tag_list[0]
+            elif spec.kind == "docker-archive":
+                assert spec.path is not None
+                write_docker_archive(CountingSource(repo, counter), chosen.digest, spec.path, repo_tags=tag_list)
+                image = spec.path
+            else:
+                assert spec.path is not None
+                ref_name = spec.ref or _tag_part(tag_list[0]) or build_id
+                if spec.kind == "oci":
+                    _to_layout(repo, chosen, Path(spec.path), ref_name, jobs, counter, progress)
+                else:
+                    _to_oci_archive(repo, chosen, Path(spec.path), ref_name, jobs, counter, progress)
+                image = f"{spec}" if spec.ref else f"{spec}:{ref_name}"
+        finally:
+            progress.done()
+    progress.step(f"pulled {chosen.digest} as {', '.join(tag_list) if spec.kind is None else image}")
+    return PullResult(
+        digest=str(chosen.digest),
+        image=image,
+        tags=tag_list,
+        build_id=build_id,
+        project_id=str(info["project_id"]),
+        reference=reference,
+        output=str(spec),
+        platform=chosen_platform,
+        size=summary.total_size,
+        build_digest=str(top.digest),
+        loaded=loaded,
+    )
+
+
+def _tag_part(name: str) -> str | None:
+    try:
+        return ImageReference.parse(name).tag
+    except ImageReferenceError:
+        return None
+
+
+def _to_daemon(
+    repo: RegistryRepo, manifest: Manifest, tags: list[str], counter: Callable[[int], object], docker_host: str | None
+) -> list[str]:
+    engine = DockerEngine(docker_host) if docker_host else DockerEngine.from_env()
+    with engine:
+        engine.version()  # fail with "cannot reach the Docker daemon" before any blob moves
+        source = CountingSource(repo, counter)
+        return load_from_writer(
+            engine, lambda sink: write_docker_archive(source, manifest.digest, sink, repo_tags=tags)
+        )
+
+
+def _to_layout(
+    repo: RegistryRepo, manifest: Manifest, directory: Path, ref_name: str, jobs: int,
+    counter: Callable[[int], object], progress: Progress,
+) -> None:
+    target = LayoutStore(OCILayout.create(directory))
+    copy_image(repo, manifest.digest, target, [ref_name], jobs=jobs, progress=counter, on_blob=progress.blob)
+
+
+def _to_oci_archive(
+    repo: RegistryRepo, manifest: Manifest, path: Path, ref_name: str, jobs: int,
+    counter: Callable[[int], object], progress: Progress,
+) -> None:
+    """Pull into a layout next to ``path``, then tar it; the archive appears only when complete."""
+    staging = path.with_name(f".{path.name}.layout")
+    partial = path.with_name(f".{path.name}.partial")
+    try:
+        _to_layout(repo, manifest, staging, ref_name, jobs, counter, progress)
+        with tarfile.open(partial, "w", format=tarfile.PAX_FORMAT) as tar:
+            for root, dirs, files in os.walk(staging):
+                dirs.sort()
+                for name in sorted(files):
+                    full = Path(root) / name
+                    tar.add(full, arcname=str(full.relative_to(staging)), recursive=False)
+        partial.replace(path)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+        partial.unlink(missing_ok=True)
+
+
+def platforms_of(index: dict[str, Any]) -> list[str]:
+    """Platform labels of an index's real images (attestation ``unknown/unknown`` entries excluded)."""
+    return [platform_label(m.get("platform")) for m in index.get("manifests", [])
+            if (m.get("platform") or {}).get("os") not in (None, "unknown")]

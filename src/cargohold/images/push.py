@@ -1,0 +1,124 @@
+"""``cargohold push``: copy a saved build to its final registry, without rebuilding and without disk.
+
+Registry to registry with :func:`~cargohold.client.copy.copy_image`: each blob is a GET from Cargohold
+piped into an upload at the destination (HEAD first: blobs the destination has are skipped; a cross-repo
+mount when both are the same registry), child manifests by digest, then the top manifest under each tag,
+then referrers. The manifests move as the exact bytes Cargohold stored, so the pushed digest is the saved
+digest. Tags are grouped by destination repository, so five tags of one repository cost one copy.
+
+Destination credentials, first hit wins: explicit ``username``/``password`` (the action's inputs),
+``CARGOHOLD_PUSH_REGISTRY_USERNAME``/``_PASSWORD`` (or ``_AUTH``), the Docker config, else anonymous. The
+Cargohold token is never sent to the destination.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from cargohold.client.copy import DEFAULT_JOBS, RegistryRepo, copy_image
+from cargohold.client.credentials import PUSH_ENV_PREFIX, resolve_credentials
+from cargohold.client.registry import RegistryClient
+from cargohold.client.settings import Connection
+from cargohold.images.common import BuildRepo, ImageError, NamingTarget, cargohold_client
+from cargohold.images.progress import Progress
+from cargohold.images.pull import choose_manifest, pull_info
+from cargohold.images.sources import summarize
+from cargohold.oci.digest import Digest
+from cargohold.oci.imageref import ImageReference, ImageReferenceError
+
+
+@dataclass
+class TagPush:
+    """One destination tag and what landed there."""
+
+    tag: str
+    digest: str
+    uploaded: int = 0
+    mounted: int = 0
+    skipped: int = 0
+    uploaded_size: int = 0
+
+
+@dataclass
+class PushResult:
+    """``digests`` maps every requested tag to the digest the destination stored under it."""
+
+    build_id: str
+    digest: str
+    digests: dict[str, str]
+    results: list[TagPush] = field(default_factory=list)
+    platform: str | None = None
+    total_size: int = 0
+
+
+def parse_destination(tag: str) -> ImageReference:
+    """A full ``REGISTRY/REPO:TAG``: a bare name would silently mean Docker Hub, which is never intended here."""
+    try:
+        parsed = ImageReference.parse(tag)
+    except ImageReferenceError as exc:
+        raise ImageError(f"-t {tag!r} is not an image reference ({exc}); write e.g. ghcr.io/owner/app:1.2.3") from None
+    if parsed.tag is None or parsed.digest is not None:
+        raise ImageError(f"-t {tag!r} needs a tag and no digest; write e.g. ghcr.io/owner/app:1.2.3")
+    return parsed
+
+
+def push_image(
+    connection: Connection,
+    build_id: str,
+    tags: Sequence[str],
+    *,
+    platform: str | None = None,
+    username: str | None = None,
+    password: str | None = None,
+    jobs: int = DEFAULT_JOBS,
+    progress: Progress | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> PushResult:
+    """Copy build ``build_id`` (or ``PROJECT:TAG``) to every ``REGISTRY/REPO:TAG`` in ``tags``."""
+    progress = progress or Progress()
+    if not tags:
+        raise ImageError("no destination given; add -t REGISTRY/REPOSITORY:TAG (repeatable)")
+    destinations = [(tag, parse_destination(tag)) for tag in tags]
+    groups: dict[tuple[str, str], list[tuple[str, ImageReference]]] = {}
+    for tag, parsed in destinations:
+        groups.setdefault((parsed.registry, parsed.repository), []).append((tag, parsed))
+    with connection.control() as control:
+        info = pull_info(control, build_id)
+    result = PushResult(build_id=str(info["build_id"]), digest="", digests={}, platform=platform)
+    with cargohold_client(connection, str(info["registry"]), str(info["token"])) as source_client:
+        source = BuildRepo(source_client, str(info["repository"]))
+        top = source.get_manifest(Digest.parse(str(info["digest"])))
+        chosen = choose_manifest(source, top, platform, default=None)
+        summary = summarize(source, chosen.digest, top=chosen)
+        result.total_size = summary.total_size
+        for (registry, repository), members in groups.items():
+            names = [parsed.tag for _, parsed in members if parsed.tag]
+            where = f"{members[0][1].repository_path}:{','.join(names)}"
+            credentials = resolve_credentials(
+                registry, username=username, password=password, env_prefix=PUSH_ENV_PREFIX, environ=environ
+            )
+            progress.step(f"pushing {chosen.digest} to {where}"
+                          + (f" as {credentials.username}" if credentials and credentials.username else ""))
+            sizes: dict[str, list[int]] = {"uploaded": [], "mounted": [], "skipped": []}
+
+            def on_blob(descriptor: object, how: str, sizes: dict[str, list[int]] = sizes) -> None:
+                sizes[how].append(getattr(descriptor, "size", 0))
+                progress.blob(descriptor, how)  # type: ignore[arg-type]
+
+            with RegistryClient(members[0][1].api_host, credentials=credentials) as client:
+                target = NamingTarget(RegistryRepo(client, repository))
+                counter = progress.transfer(f"pushing to {members[0][1].repository_path}", summary.total_size)
+                try:
+                    copied = copy_image(source, chosen.digest, target, names, jobs=jobs, progress=counter,
+                                        on_blob=on_blob)
+                except ImageError as exc:
+                    raise ImageError(f"pushing to {where} failed: {exc}") from exc
+                finally:
+                    progress.done()
+            for tag, _ in members:
+                result.digests[tag] = str(copied.digest)
+                result.results.append(TagPush(tag, str(copied.digest), len(sizes["uploaded"]), len(sizes["mounted"]),
+                                              len(sizes["skipped"]), sum(sizes["uploaded"])))
+        result.digest = str(chosen.digest)
+    return result

@@ -1,0 +1,210 @@
+"""``cargohold save``: put a local image into Cargohold as a new build.
+
+The order matters for what a failure leaves behind:
+
+1. open and read the source *before* creating a build, so a typo in a path costs nothing;
+2. create the build (the server mints a push token scoped to the project);
+3. copy with :func:`~cargohold.client.copy.copy_image` to ``<project>:<build-id>``: blobs the registry has
+   are skipped after a HEAD, so re-saving an unchanged image moves no layer bytes; children are pushed
+   before the index that lists them, and manifests keep their exact bytes, so digests are preserved;
+4. mark the build saved with its save-tags.
+
+Anything failing after step 2 marks the build failed with a reason naming the step (and blob), so the
+build list explains itself instead of showing a build stuck in "building".
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cargohold.client.control import ControlClient, ControlError
+from cargohold.client.copy import DEFAULT_JOBS, RegistryRepo, copy_image
+from cargohold.client.errors import DigestMismatchError, RegistryError
+from cargohold.client.settings import Connection
+from cargohold.images.common import ImageError, NamingTarget, StepError, cargohold_client, describe
+from cargohold.images.progress import Progress
+from cargohold.images.sources import OpenedSource, SourceSpec, open_source, summarize
+from cargohold.oci.archive import ArchiveError
+from cargohold.oci.layout import Descriptor, LayoutError
+
+_REPORTABLE = (ImageError, RegistryError, ControlError, DigestMismatchError, ArchiveError, LayoutError, OSError)
+"""Failures worth rewording as "saving build X failed: …"; anything else is a bug and keeps its traceback."""
+
+
+@dataclass
+class SaveResult:
+    """What a save produced. ``metadata`` is what ``--metadata-file`` writes (buildx-compatible keys)."""
+
+    build_id: str
+    project_id: str
+    reference: str
+    digest: str
+    media_type: str
+    platforms: list[str]
+    total_size: int
+    uploaded_size: int
+    metadata: dict[str, Any]
+    save_tags: list[str] = field(default_factory=list)
+    uploaded_blobs: int = 0
+    skipped_blobs: int = 0
+    build: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def pull_command(self) -> str:
+        return f"cargohold pull {self.build_id}"
+
+    @property
+    def push_command(self) -> str:
+        return f"cargohold push {self.build_id} -t REGISTRY/REPOSITORY:TAG"
+
+
+def require_project(connection: Connection) -> str:
+    if not connection.project:
+        raise ImageError(
+            "no project given: pass --project ID, set CARGOHOLD_PROJECT_ID, or add a cargohold.json "
+            '({"id": "<project>"}) next to the build context'
+        )
+    return connection.project
+
+
+def build_metadata(build_id: str, project_id: str, reference: str, descriptor: Descriptor) -> dict[str, Any]:
+    """The ``--metadata-file`` document: the keys ``docker buildx --metadata-file`` writes, plus ours."""
+    return {
+        "containerimage.digest": str(descriptor.digest),
+        "containerimage.descriptor": {
+            "mediaType": descriptor.media_type,
+            "digest": str(descriptor.digest),
+            "size": descriptor.size,
+        },
+        "image.name": reference,
+        "cargohold.build": {"buildID": build_id, "projectID": project_id, "reference": reference},
+    }
+
+
+def save_image(
+    connection: Connection,
+    source: str | SourceSpec,
+    *,
+    save_tags: Sequence[str] = (),
+    metadata_file: Path | str | None = None,
+    jobs: int = DEFAULT_JOBS,
+    progress: Progress | None = None,
+    provenance: Mapping[str, str] | None = None,
+    docker_host: str | None = None,
+) -> SaveResult:
+    """Save the image at ``source`` (``oci:DIR[:REF]``, ``oci-archive:FILE``, ``docker-archive:FILE``,
+    ``docker-daemon:IMAGE``) as a new build of ``connection.project``."""
+    require_project(connection)
+    with tempfile.TemporaryDirectory(prefix="cargohold-save-") as tmp:
+        try:
+            opened_cm = open_source(source, Path(tmp), docker_host=docker_host)
+            with opened_cm as opened:
+                return save_opened(
+                    connection, opened, save_tags=save_tags, metadata_file=metadata_file, jobs=jobs,
+                    progress=progress, provenance=provenance,
+                )
+        except (ArchiveError, LayoutError) as exc:
+            raise ImageError(f"cannot read {source}: {describe(exc)}") from None
+
+
+def save_opened(
+    connection: Connection,
+    opened: OpenedSource,
+    *,
+    save_tags: Sequence[str] = (),
+    metadata_file: Path | str | None = None,
+    jobs: int = DEFAULT_JOBS,
+    progress: Progress | None = None,
+    provenance: Mapping[str, str] | None = None,
+) -> SaveResult:
+    """:func:`save_image` for a source that is already open (``cargohold build`` hands over its output)."""
+    project = require_project(connection)
+    progress = progress or Progress()
+    progress.step(f"reading {opened.description}")
+    try:
+        summary = summarize(opened.source, opened.reference)
+    except (ArchiveError, LayoutError, DigestMismatchError, ValueError, KeyError) as exc:
+        raise ImageError(f"cannot read the image in {opened.description}: {describe(exc)}") from None
+    with connection.control() as control:
+        build = control.create_build(project, provenance)
+        build_id = str(build["build_id"])
+        progress.step(f"created build {build_id} in project {project}")
+        try:
+            return _upload_and_record(
+                connection, control, build, opened, summary, save_tags, metadata_file, jobs, progress
+            )
+        except BaseException as exc:
+            progress.done()
+            reason = describe(exc) if not isinstance(exc, KeyboardInterrupt) else "interrupted"
+            # The original error matters more than a failed fail_build; the build then expires on its own.
+            with contextlib.suppress(ControlError):
+                control.fail_build(build_id, reason[:1000])
+            if isinstance(exc, _REPORTABLE):
+                raise ImageError(f"saving build {build_id} failed: {reason}; the build is marked failed") from exc
+            raise
+
+
+def _upload_and_record(
+    connection: Connection,
+    control: ControlClient,
+    build: dict[str, Any],
+    opened: OpenedSource,
+    summary: Any,
+    save_tags: Sequence[str],
+    metadata_file: Path | str | None,
+    jobs: int,
+    progress: Progress,
+) -> SaveResult:
+    build_id = str(build["build_id"])
+    project = str(build["project_id"])
+    uploaded: list[int] = []
+    skipped: list[int] = []
+
+    def on_blob(descriptor: Descriptor, how: str) -> None:
+        (uploaded if how == "uploaded" else skipped).append(descriptor.size)
+        progress.blob(descriptor, how)
+
+    with cargohold_client(connection, str(build["registry"]), str(build["token"])) as client:
+        target = NamingTarget(RegistryRepo(client, str(build["repository"])))
+        counter = progress.transfer(f"saving {build_id}", summary.total_size)
+        try:
+            result = copy_image(
+                opened.source, summary.manifest.digest, target, [build_id],
+                jobs=jobs, progress=counter, on_blob=on_blob,
+            )
+        finally:
+            progress.done()
+    try:
+        saved = control.save_build(build_id, save_tags=list(save_tags))
+    except ControlError as exc:
+        raise StepError("recording the build as saved", exc) from exc
+    reference = str(saved.get("reference") or build["reference"])
+    descriptor = summary.manifest.descriptor()
+    metadata = build_metadata(build_id, project, reference, descriptor)
+    if metadata_file is not None:
+        try:
+            Path(metadata_file).write_text(json.dumps(metadata, indent=2) + "\n")
+        except OSError as exc:
+            raise StepError(f"writing the metadata file {metadata_file}", exc) from exc
+    progress.step(f"saved {reference} ({result.digest})")
+    return SaveResult(
+        build_id=build_id,
+        project_id=project,
+        reference=reference,
+        digest=str(result.digest),
+        media_type=result.media_type,
+        platforms=list(saved.get("platforms") or summary.platforms),
+        total_size=summary.total_size,
+        uploaded_size=sum(uploaded),
+        metadata=metadata,
+        save_tags=list(saved.get("save_tags") or save_tags),
+        uploaded_blobs=len(uploaded),
+        skipped_blobs=len(skipped),
+        build=saved,
+    )

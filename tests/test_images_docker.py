@@ -1,0 +1,130 @@
+"""The Docker-daemon and buildah paths, against a private dockerd and a private buildah store.
+
+The daemon is started by the fixture with its own data root, ``--storage-driver vfs --iptables=false
+--bridge=none`` and a socket in a temp dir (reached through DOCKER_HOST), so no host daemon is touched.
+When dockerd/buildah cannot run in this environment the tests skip and say exactly why (the daemon's last
+log lines), instead of silently passing.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from cargohold.client.settings import Connection
+from cargohold.images import BuildOptions, DockerEngine, build_and_save, pull_image, save_image
+from cargohold.sample import write_sample_image
+from conftest import ServerProcess
+from test_images_support import conn_fixture, skopeo_raw
+
+__all__ = ["conn_fixture"]
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def dockerd() -> Iterator[str]:
+    """A private dockerd; yields its DOCKER_HOST value."""
+    if shutil.which("dockerd") is None:
+        pytest.skip("dockerd is not installed (apt-get install docker.io)")
+    # Short path: unix socket paths are limited to 108 bytes.
+    root = Path(tempfile.mkdtemp(prefix="chd-", dir="/tmp"))
+    host = f"unix://{root}/docker.sock"
+    log = root / "dockerd.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            ["dockerd", "--data-root", str(root / "data"), "--exec-root", str(root / "exec"),
+             "--pidfile", str(root / "docker.pid"), "-H", host, "--storage-driver", "vfs",
+             "--iptables=false", "--ip6tables=false", "--bridge=none"],
+            stdout=out, stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if proc.poll() is not None:
+                tail = log.read_text(errors="replace").strip().splitlines()[-5:]
+                pytest.skip(f"dockerd cannot start here (exit {proc.returncode}): {' | '.join(tail)}")
+            with DockerEngine(host) as engine:
+                if engine.ping():
+                    break
+            if time.monotonic() > deadline:
+                tail = log.read_text(errors="replace").strip().splitlines()[-5:]
+                pytest.skip(f"dockerd did not answer within 60s: {' | '.join(tail)}")
+            time.sleep(0.3)
+        yield host
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_pull_into_daemon_then_save_from_daemon(
+    server: ServerProcess, conn: Connection, dockerd: str, tmp_path: Path
+) -> None:
+    image = write_sample_image(tmp_path / "img", layers=2, layer_size=128 << 10, seed=21, ref="latest")
+    saved = save_image(conn, f"oci:{tmp_path / 'img'}")
+    pulled = pull_image(conn, saved.build_id, tags=["cargohold-test/app:ci"], docker_host=dockerd)
+    assert pulled.digest == str(image.manifest.digest)
+    with DockerEngine(dockerd) as engine:
+        inspected = engine.inspect_image("cargohold-test/app:ci")
+    assert inspected is not None, "the image must be in the daemon under the requested tag"
+    assert inspected["Id"] == str(image.config.digest)
+    assert inspected["RootFS"]["Layers"] == [str(d.digest) for d in image.layers]  # uncompressed: digest == diff_id
+
+    again = save_image(conn, "docker-daemon:cargohold-test/app:ci", docker_host=dockerd)
+    _, digest = skopeo_raw(f"docker://{again.reference}", creds=f"x-token:{server.admin_token}")
+    assert str(digest) == again.digest
+    assert again.uploaded_size == 0, "the daemon's export has the same layers: nothing new to upload"
+
+
+def test_docker_build_and_save(server: ServerProcess, conn: Connection, dockerd: str, tmp_path: Path) -> None:
+    context = tmp_path / "ctx"
+    context.mkdir()
+    (context / "hello.txt").write_text("hello from cargohold\n")
+    (context / "Dockerfile").write_text("FROM scratch\nARG GREETING\nLABEL greeting=$GREETING\nCOPY hello.txt /\n")
+    options = BuildOptions(context=str(context), tags=["cargohold-test/built:1"], build_args=["GREETING=hi"],
+                           labels=["org.example.test=1"])
+    result = build_and_save(conn, options, builder="docker", docker_host=dockerd,
+                            metadata_file=tmp_path / "meta.json")
+    assert result.builder == "docker" and result.save is not None
+    assert result.build_id == result.save.build_id
+    with DockerEngine(dockerd) as engine:
+        inspected = engine.inspect_image("cargohold-test/built:1")
+    assert inspected is not None and inspected["Config"]["Labels"]["greeting"] == "hi"
+    assert skopeo_raw(f"docker://{result.reference}", creds=f"x-token:{server.admin_token}")[1].__str__() \
+        == result.digest
+
+
+def test_buildah_build_and_save(server: ServerProcess, conn: Connection, tmp_path: Path,
+                                monkeypatch: pytest.MonkeyPatch) -> None:
+    if shutil.which("buildah") is None:
+        pytest.skip("buildah is not installed (apt-get install buildah)")
+    storage = tmp_path / "containers-storage.conf"
+    storage.write_text(f'[storage]\ndriver = "vfs"\ngraphroot = "{tmp_path / "graph"}"\n'
+                       f'runroot = "{tmp_path / "run"}"\n')
+    monkeypatch.setenv("CONTAINERS_STORAGE_CONF", str(storage))
+    monkeypatch.setenv("BUILDAH_ISOLATION", "chroot")
+    monkeypatch.setenv("STORAGE_DRIVER", "vfs")
+    context = tmp_path / "ctx"
+    context.mkdir()
+    (context / "hello.txt").write_text("hello from buildah\n")
+    (context / "Containerfile").write_text("FROM scratch\nCOPY hello.txt /\n")
+    options = BuildOptions(context=str(context), file=str(context / "Containerfile"))
+    result = build_and_save(conn, options, builder="buildah", save_tags=["buildah"])
+    assert result.builder == "buildah" and result.save is not None
+    assert result.save.save_tags == ["buildah"]
+    assert str(skopeo_raw(f"docker://{result.reference}", creds=f"x-token:{server.admin_token}")[1]) == result.digest
+    assert os.path.isdir(tmp_path / "graph"), "buildah used the private store"
