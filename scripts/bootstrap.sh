@@ -18,8 +18,9 @@ _ch_say() { printf '[bootstrap] %s\n' "$*" >&2; }
 _ch_missing_packages() {
     local -a missing=()
     local cmd pkg
+    # dockerd/buildah: the build and docker-daemon paths are tested against real ones, started privately.
     for pair in skopeo:skopeo umoci:umoci docker-registry:docker-registry nginx:nginx-light curl:curl \
-                python3:python3; do
+                python3:python3 dockerd:docker.io buildah:buildah; do
         cmd="${pair%%:*}"; pkg="${pair#*:}"
         if ! command -v "$cmd" >/dev/null 2>&1 && ! [ -x "/usr/sbin/$cmd" ]; then
             missing+=("$pkg")

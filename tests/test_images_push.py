@@ -4,6 +4,7 @@ destination that answers garbage."""
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import threading
 from collections.abc import Iterator
@@ -16,6 +17,7 @@ from cargohold.client.settings import Connection
 from cargohold.images import ImageError, push_image, save_image
 from cargohold.sample import SampleIndex
 from conftest import ServerProcess
+from protocol_helpers import push_blob
 from refregistry import RefRegistry, refregistry_auth_fixture, refregistry_fixture
 from test_images_support import conn_fixture, multiarch_fixture, skopeo_raw
 
@@ -113,3 +115,54 @@ def test_push_to_garbage_destination_fails_clearly(
     assert f"pushing to {garbage_registry}/x/y:1 failed" in message
     assert "sha256:" in message, "the error names the blob or manifest that failed"
     assert "\n" not in message
+
+
+def test_referrers_of_a_build_travel_with_it(
+    server: ServerProcess, conn: Connection, multiarch: tuple[Path, SampleIndex], refregistry: RefRegistry,
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+) -> None:
+    """A signature pushed with ``subject`` = the build's index is readable with the build's pull token and is
+    copied by ``cargohold push`` (the reference registry has no referrers API: the tag fallback is used)."""
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "empty-docker-config"))
+    layout_dir, sample = multiarch
+    saved = save_image(conn, f"oci:{layout_dir}:v1")
+    project = str(conn.project)
+    signature = b'{"signed": "yes"}'
+    with server.client() as admin:
+        sig_digest = push_blob(admin, project, signature)
+        empty_digest = push_blob(admin, project, b"{}")
+        manifest = {
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "artifactType": "application/vnd.example.signature",
+            "config": {"mediaType": "application/vnd.oci.empty.v1+json", "digest": empty_digest, "size": 2},
+            "layers": [{"mediaType": "application/octet-stream", "digest": sig_digest, "size": len(signature)}],
+            "subject": {
+                "mediaType": "application/vnd.oci.image.index.v1+json",
+                "digest": str(sample.index.digest),
+                "size": sample.index.size,
+            },
+        }
+        body = json.dumps(manifest).encode()
+        referrer = "sha256:" + hashlib.sha256(body).hexdigest()
+        put = admin.put(
+            f"/v2/{project}/manifests/{referrer}",
+            content=body,
+            headers={"Content-Type": "application/vnd.oci.image.manifest.v1+json"},
+        )
+        assert put.status_code == 201, put.text
+        pull_token = admin.get("/api/v1/pull-info", params={"ref": saved.build_id}).json()["token"]
+
+    with server.client(token=pull_token) as scoped:
+        listed = scoped.get(f"/v2/{project}/referrers/{sample.index.digest}")
+        assert listed.status_code == 200, listed.text
+        assert [entry["digest"] for entry in listed.json()["manifests"]] == [referrer]
+        assert scoped.get(f"/v2/{project}/manifests/{referrer}").status_code == 200
+        assert scoped.get(f"/v2/{project}/blobs/{sig_digest}").status_code == 200
+
+    tag = f"{refregistry.host}/signed/app:1"
+    push_image(conn, saved.build_id, [tag])
+    fallback = f"docker://{refregistry.host}/signed/app:sha256-{sample.index.digest.hex}"
+    raw, _ = skopeo_raw(fallback)
+    assert [entry["digest"] for entry in json.loads(raw)["manifests"]] == [referrer]
+    assert str(skopeo_raw(f"docker://{refregistry.host}/signed/app@{referrer}")[1]) == referrer

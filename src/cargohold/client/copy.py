@@ -25,7 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from cargohold.client.errors import DigestMismatchError, PlatformNotFoundError
+from cargohold.client.errors import DigestMismatchError, PlatformNotFoundError, RegistryError
 from cargohold.client.registry import (
     BlobSource,
     Manifest,
@@ -134,7 +134,16 @@ class RegistryRepo:
         return self.client.referrers(self.repository, digest)
 
     def has_blob(self, descriptor: Descriptor) -> bool:
-        return self.client.blob_exists(self.repository, descriptor.digest) is not None
+        """HEAD, and believe a "yes" only with the right size: a destination that answers 200 to everything
+        (a misconfigured proxy, a web server on the wrong port) would otherwise "receive" a whole image."""
+        size = self.client.blob_exists(self.repository, descriptor.digest)
+        if size is not None and size not in (0, descriptor.size):
+            raise RegistryError(
+                f"checking blob {descriptor.digest} in {self.name}",
+                reason=f"it claims {size} bytes of a {descriptor.size}-byte blob, so it does not behave like an "
+                "OCI registry; check the destination address",
+            )
+        return size is not None
 
     def put_blob(self, descriptor: Descriptor, source: ImageSource, progress: ProgressCallback | None) -> str:
         mount_from = None

@@ -6,7 +6,6 @@ from typing import Any
 
 from cargohold.client.copy import ImageSource, RegistryRepo
 from cargohold.client.credentials import Credentials
-from cargohold.client.errors import RegistryError
 from cargohold.client.registry import Manifest, ProgressCallback, RegistryClient
 from cargohold.client.settings import Connection
 from cargohold.oci.digest import Digest
@@ -30,24 +29,6 @@ def cargohold_client(connection: Connection, host: str, token: str) -> RegistryC
     return RegistryClient(address, credentials=Credentials(CARGOHOLD_USER, token, source="Cargohold build token"))
 
 
-class BuildRepo(RegistryRepo):
-    """A Cargohold build's repository read with its build-scoped pull token.
-
-    Why the override: the server (registry/auth.py ``_check_build_target``) only lets a build-scoped pull
-    token read manifests and blobs reachable from the build, and refuses the referrers API with 403 DENIED.
-    Until the server answers referrers for reachable subjects, a refusal here means "no referrers visible
-    to this token", not a failed copy; attestations inside the index are unaffected.
-    """
-
-    def referrers(self, digest: Digest) -> list[Descriptor]:
-        try:
-            return super().referrers(digest)
-        except RegistryError as exc:
-            if exc.status == 403:
-                return []
-            raise
-
-
 class NamingTarget:
     """Wraps a target so that a failure names the blob or manifest it happened on.
 
@@ -60,19 +41,10 @@ class NamingTarget:
         self.name = inner.name
 
     def has_blob(self, descriptor: Descriptor) -> bool:
-        """HEAD, and believe a "yes" only with the right size: a destination that says 200 to everything
-        (a misconfigured proxy, a web server on the wrong port) would otherwise "receive" a whole image."""
         try:
-            size = self.inner.client.blob_exists(self.inner.repository, descriptor.digest)
+            return self.inner.has_blob(descriptor)
         except Exception as exc:
             raise StepError(f"checking blob {descriptor.digest}", exc) from exc
-        if size is not None and size not in (0, descriptor.size):
-            raise StepError(
-                f"checking blob {descriptor.digest}",
-                ValueError(f"{self.name} claims it has {size} bytes of a {descriptor.size}-byte blob, so it does "
-                           "not behave like an OCI registry; check the destination address"),
-            )
-        return size is not None
 
     def put_blob(self, descriptor: Descriptor, source: ImageSource, progress: ProgressCallback | None) -> str:
         try:

@@ -25,7 +25,7 @@ from cargohold.client.copy import DEFAULT_JOBS, LayoutStore, RegistryRepo, copy_
 from cargohold.client.errors import PlatformNotFoundError
 from cargohold.client.registry import BlobSource, Manifest
 from cargohold.client.settings import Connection
-from cargohold.images.common import BuildRepo, ImageError, cargohold_client
+from cargohold.images.common import ImageError, cargohold_client
 from cargohold.images.docker import DockerEngine, host_platform_string, load_from_writer
 from cargohold.images.progress import Progress
 from cargohold.images.sources import summarize
@@ -197,7 +197,7 @@ def pull_image(
             raise ImageError(f"-t {tag!r} is not an image name ({exc}); write e.g. myapp:ci") from None
     progress.step(f"pulling build {build_id} ({info.get('digest')}) to {spec}")
     with cargohold_client(connection, str(info["registry"]), str(info["token"])) as client:
-        repo = BuildRepo(client, str(info["repository"]))
+        repo = RegistryRepo(client, str(info["repository"]))
         top = repo.get_manifest(Digest.parse(str(info["digest"])))
         host_default = None if all_platforms else host_platform_string()
         chosen = choose_manifest(repo, top, platform, default=host_default)

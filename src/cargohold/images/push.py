@@ -20,7 +20,7 @@ from cargohold.client.copy import DEFAULT_JOBS, RegistryRepo, copy_image
 from cargohold.client.credentials import PUSH_ENV_PREFIX, resolve_credentials
 from cargohold.client.registry import RegistryClient
 from cargohold.client.settings import Connection
-from cargohold.images.common import BuildRepo, ImageError, NamingTarget, cargohold_client
+from cargohold.images.common import ImageError, NamingTarget, cargohold_client
 from cargohold.images.progress import Progress
 from cargohold.images.pull import choose_manifest, pull_info
 from cargohold.images.sources import summarize
@@ -87,7 +87,7 @@ def push_image(
         info = pull_info(control, build_id)
     result = PushResult(build_id=str(info["build_id"]), digest="", digests={}, platform=platform)
     with cargohold_client(connection, str(info["registry"]), str(info["token"])) as source_client:
-        source = BuildRepo(source_client, str(info["repository"]))
+        source = RegistryRepo(source_client, str(info["repository"]))
         top = source.get_manifest(Digest.parse(str(info["digest"])))
         chosen = choose_manifest(source, top, platform, default=None)
         summary = summarize(source, chosen.digest, top=chosen)

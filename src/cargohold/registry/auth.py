@@ -354,10 +354,11 @@ class TokenAccess:
 
     async def _check_build_target(self, repository: str, build_id: str, target: Target | None) -> None:
         denied = RegistryError("DENIED", f"this pull credential is limited to build {build_id}")
-        if target is None or target.kind not in ("manifest", "blob"):
+        if target is None or target.kind not in ("manifest", "blob", "referrers"):
             raise denied
         manifests, blobs = await self.build_reachability(repository, build_id)
-        allowed = manifests if target.kind == "manifest" else blobs
+        # Referrers of a manifest in the build (signatures, SBOMs) are part of what the build carries.
+        allowed = blobs if target.kind == "blob" else manifests
         if target.reference not in allowed:
             raise denied
 
