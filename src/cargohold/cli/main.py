@@ -20,6 +20,8 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # Help texts are plain text: "os/arch[/variant]" must not be read as rich markup.
+    rich_markup_mode=None,
 )
 
 
