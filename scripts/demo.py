@@ -1,13 +1,16 @@
-"""End-to-end demo: a real registry, real images, real clients, and proof that nothing changed in transit.
+"""The main job on the embedded default, end to end: serve, save, pull, push — with real clients only.
 
-Run through scripts/demo.sh (which installs what is missing). Steps:
-start `cargohold serve` on a free loopback port -> generate a sample image and a two-platform index ->
-push both with skopeo -> pull them back with skopeo -> compare every digest -> unpack with umoci.
-Exits non-zero on any mismatch; the server is always stopped, the temporary directory always removed.
+Run through scripts/demo.sh (which installs what is missing). Steps: start `cargohold serve` (SQLite + the
+filesystem store) -> `cargohold login` and create a project -> generate a two-platform image with
+attestations (standing in for `docker build`) -> `cargohold save` it under a build ID -> `cargohold pull` it
+in three parallel "matrix jobs" and unpack one with umoci -> `cargohold push` it to a CNCF reference
+registry standing in for the final registry, checked with skopeo -> re-save it and show nothing uploads.
+Exits non-zero on any mismatch; servers are always stopped, the temporary directory always removed.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import socket
@@ -21,10 +24,9 @@ import httpx
 
 from cargohold.oci.digest import Digest
 from cargohold.oci.layout import OCILayout
-from cargohold.sample import write_sample_image, write_sample_index
+from cargohold.sample import write_sample_index
 
 MiB = 1 << 20
-TOKEN_USER = "x-token"  # noqa: S105 - the fixed Basic-auth user name for token auth, not a secret
 
 
 class DemoFailure(Exception):
@@ -53,22 +55,20 @@ def run(*args: str) -> str:
     return proc.stdout
 
 
-def skopeo_copy(src: str, dest: str, token: str, *extra: str) -> None:
-    """Copy without letting skopeo rewrite anything (no recompression, digests preserved)."""
-    args = ["skopeo", "--insecure-policy", "copy", "--quiet", "--preserve-digests", *extra]
-    if src.startswith("docker://"):
-        args += ["--src-tls-verify=false", "--src-creds", f"{TOKEN_USER}:{token}"]
-    if dest.startswith("docker://"):
-        args += ["--dest-tls-verify=false", "--dest-creds", f"{TOKEN_USER}:{token}"]
-    if dest.startswith("oci:"):
-        args.append("--dest-oci-accept-uncompressed-layers")
-    run(*args, src, dest)
-
-
 def start_server(data_dir: Path, port: int, token: str, log_path: Path) -> subprocess.Popen[bytes]:
     env = {**os.environ, "CARGOHOLD_ADMIN_TOKEN": token}
-    cmd = [sys.executable, "-m", "cargohold", "serve", "--host", "127.0.0.1", "--port", str(port),
-           "--data-dir", str(data_dir)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "cargohold",
+        "serve",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--data-dir",
+        str(data_dir),
+    ]
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
     deadline = time.monotonic() + 20
@@ -95,10 +95,6 @@ def stop_server(proc: subprocess.Popen[bytes]) -> None:
             proc.wait()
 
 
-def pulled_ref_digest(layout_dir: Path, ref: str) -> Digest:
-    return OCILayout.open(layout_dir).resolve(ref).digest
-
-
 def compare(what: str, expected: set[Digest], layout_dir: Path) -> None:
     """Every expected blob must be present in the pulled layout and hash to its digest; nothing extra."""
     layout = OCILayout.open(layout_dir)
@@ -114,58 +110,156 @@ def compare(what: str, expected: set[Digest], layout_dir: Path) -> None:
     detail(f"{what}: all {len(expected)} blobs present and verified byte-identical")
 
 
-def demo(work: Path) -> None:
-    token = secrets.token_urlsafe(24)
-    port = free_port()
-    host = f"127.0.0.1:{port}"
-    log_path = work / "server.log"
+def cargohold(*args: str, env: dict[str, str]) -> str:
+    """Run the real ``cargohold`` CLI, exactly as a user or a CI job types it; echo the command."""
+    shown = " ".join(a if " " not in a else repr(a) for a in args)
+    detail(f"$ cargohold {shown}")
+    proc = subprocess.run(
+        [sys.executable, "-m", "cargohold", *args], capture_output=True, text=True, env=env, check=False
+    )
+    if proc.returncode != 0:
+        raise DemoFailure(f"cargohold {args[0]} failed (exit {proc.returncode}):\n{proc.stderr.strip()}")
+    return proc.stdout
 
-    step(1, f"Starting cargohold serve on {host} (data dir {work / 'data'})")
-    server = start_server(work / "data", port, token, log_path)
+
+def start_reference_registry(root: Path, port: int) -> subprocess.Popen[bytes]:
+    """The CNCF reference registry stands in for the team's final registry (GHCR, ECR, Harbor...)."""
+    root.mkdir(parents=True)
+    config = root / "config.yml"
+    config.write_text(
+        "version: 0.1\nlog:\n  level: warn\n"
+        f"storage:\n  filesystem:\n    rootdirectory: {root / 'storage'}\n"
+        f"http:\n  addr: 127.0.0.1:{port}\n"
+    )
+    with open(root / "registry.log", "ab") as log:
+        proc = subprocess.Popen(["docker-registry", "serve", str(config)], stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/v2/", timeout=1).status_code == 200:
+                return proc
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    stop_server(proc)
+    raise DemoFailure("the reference registry (docker-registry) did not start")
+
+
+def demo(work: Path) -> None:
+    admin = secrets.token_urlsafe(24)
+    port, final_port = free_port(), free_port()
+    url, final = f"http://127.0.0.1:{port}", f"127.0.0.1:{final_port}"
+    env = {**os.environ, "CARGOHOLD_CONFIG": str(work / "cli-config.json"), "CARGOHOLD_PROGRESS": "plain"}
+
+    step(1, f"Starting cargohold serve on {url} (embedded SQLite + filesystem store in {work / 'data'})")
+    server = start_server(work / "data", port, admin, work / "server.log")
+    reference = None
     try:
         detail("healthy: GET /healthz -> 200")
 
-        step(2, "Generating deterministic sample images with cargohold.sample")
-        image = write_sample_image(work / "image", layers=3, layer_size=2 * MiB, seed=42)
-        detail(f"image  {image.manifest.digest}  ({len(image.layers)} layers x 2 MiB, linux/amd64)")
-        index = write_sample_index(work / "multi", layers=2, layer_size=1 * MiB, seed=42, attestations=True)
-        detail(f"index  {index.index.digest}  (linux/amd64 + linux/arm64 + 2 attestation manifests)")
+        step(2, "Logging in and creating a project (an admin does this once)")
+        proc = subprocess.run(
+            [sys.executable, "-m", "cargohold", "login", url, "--password-stdin"],
+            input=admin,
+            capture_output=True,
+            text=True,
+            env=env,
+            check=False,
+        )
+        if proc.returncode != 0:
+            raise DemoFailure(f"cargohold login failed: {proc.stderr.strip()}")
+        detail(f"$ cargohold login {url} --password-stdin   ({proc.stdout.strip().splitlines()[-1]})")
+        project = json.loads(cargohold("projects", "create", "demo-app", "--json", env=env))["id"]
+        detail(f"project {project}: its registry is 127.0.0.1:{port}/{project}")
+        env["CARGOHOLD_PROJECT_ID"] = project
 
-        step(3, "Pushing both into cargohold with skopeo (as a CI build job would)")
+        step(3, "Building an image (a generated two-platform image with attestations stands in for docker build)")
+        index = write_sample_index(work / "built", layers=2, layer_size=2 * MiB, seed=42, attestations=True)
+        detail(f"index {index.index.digest}: linux/amd64 + linux/arm64 + 2 attestation manifests")
+
+        step(4, "Saving it once, under a build ID (the CI build job)")
         t0 = time.monotonic()
-        skopeo_copy(f"oci:{work / 'image'}:latest", f"docker://{host}/demo/app:build-1", token)
-        skopeo_copy(f"oci:{work / 'multi'}:latest", f"docker://{host}/demo/multi:build-1", token, "--all")
-        detail(f"pushed demo/app:build-1 and demo/multi:build-1 in {time.monotonic() - t0:.1f}s")
+        saved = json.loads(
+            cargohold(
+                "save",
+                f"oci:{work / 'built'}:latest",
+                "--save-tag",
+                "main",
+                "--metadata-file",
+                str(work / "build.json"),
+                "--json",
+                env=env,
+            )
+        )
+        build_id = saved["build_id"]
+        detail(
+            f"build {build_id} -> {saved['reference']} in {time.monotonic() - t0:.1f}s, "
+            f"{saved['uploaded_size']} bytes uploaded"
+        )
+        metadata = json.loads((work / "build.json").read_text())
+        detail(
+            f"build.json: containerimage.digest={metadata['containerimage.digest']}, "
+            f"cargohold.build.buildID={metadata['cargohold.build']['buildID']}"
+        )
+        if saved["digest"] != str(index.index.digest):
+            raise DemoFailure(f"saved digest {saved['digest']} != built {index.index.digest}")
 
-        step(4, "Pulling them back out into fresh OCI layouts (as matrix test jobs would)")
-        skopeo_copy(f"docker://{host}/demo/app:build-1", f"oci:{work / 'pulled-app'}:pulled", token)
-        skopeo_copy(f"docker://{host}/demo/multi:build-1", f"oci:{work / 'pulled-multi'}:pulled", token, "--all")
-        detail("pulled both")
-
-        step(5, "Comparing digests: what came out must be byte-identical to what went in")
-        for what, expected, layout_dir in [
-            ("image", image.manifest.digest, work / "pulled-app"),
-            ("index", index.index.digest, work / "pulled-multi"),
-        ]:
-            got = pulled_ref_digest(layout_dir, "pulled")
-            if got != expected:
-                raise DemoFailure(f"{what}: pulled manifest digest {got} != pushed {expected}")
-            detail(f"{what}: manifest digest matches {expected}")
-        compare("image", image.digests, work / "pulled-app")
-        compare("index", index.digests, work / "pulled-multi")
-
-        step(6, "Unpacking the pulled image with umoci (rootless) and reading a file from a layer")
+        step(5, "Pulling that exact build in three 'matrix jobs' at once (no rebuild, no Docker)")
+        jobs = [
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "cargohold",
+                    "pull",
+                    build_id,
+                    "--platform",
+                    platform,
+                    "--output",
+                    f"oci:{work / f'job-{n}'}",
+                    "--json",
+                ],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                env=env,
+            )
+            for n, platform in enumerate(["linux/amd64", "linux/arm64", "linux/amd64"])
+        ]
+        for n, job in enumerate(jobs):
+            out, err = job.communicate(timeout=300)
+            if job.returncode != 0:
+                raise DemoFailure(f"matrix job {n} failed: {err.strip()}")
+            pulled = json.loads(out)
+            detail(f"job {n}: {pulled['platform']} {pulled['digest']} verified")
+        amd64 = next(image for image in index.images if image.platform == ("linux", "amd64"))
+        compare("job 0 (linux/amd64)", amd64.digests, work / "job-0")
         bundle = work / "bundle"
-        run("umoci", "unpack", "--rootless", "--image", f"{work / 'pulled-app'}:pulled", str(bundle))
-        for path, content in image.info_files.items():
-            actual = (bundle / "rootfs" / path).read_bytes()
-            if actual != content:
-                raise DemoFailure(f"unpacked {path} has unexpected content: {actual!r}")
-        first = next(iter(image.info_files))
-        detail(f"rootfs/{first}: {image.info_files[first].decode().splitlines()[0]!r} ... as generated")
+        entry = OCILayout.open(work / "job-0").read_index()["manifests"][0]
+        ref = entry.get("annotations", {}).get("org.opencontainers.image.ref.name", "")
+        run("umoci", "unpack", "--rootless", "--image", f"{work / 'job-0'}:{ref}", str(bundle))
+        detail(f"umoci unpacked it: rootfs/ holds {sorted(p.name for p in (bundle / 'rootfs').iterdir())}")
+
+        step(6, "Tests passed: pushing the build to the final registry (no rebuild, no layers on disk)")
+        reference = start_reference_registry(work / "final", final_port)
+        detail(f"final registry: the CNCF reference registry on {final}")
+        pushed = json.loads(cargohold("push", build_id, "-t", f"{final}/team/app:1.0", "--json", env=env))
+        digest = pushed["digests"][f"{final}/team/app:1.0"]
+        inspected = run("skopeo", "inspect", "--raw", "--tls-verify=false", f"docker://{final}/team/app:1.0")
+        if Digest.of(inspected.encode()) != index.index.digest or digest != str(index.index.digest):
+            raise DemoFailure(f"the final registry holds {Digest.of(inspected.encode())}, not {index.index.digest}")
+        detail(f"skopeo inspect {final}/team/app:1.0 -> {digest}: identical to what was built")
+
+        step(7, "Saving the unchanged image again: nothing but manifests travels")
+        again = json.loads(cargohold("save", f"oci:{work / 'built'}:latest", "--json", env=env))
+        detail(f"build {again['build_id']}: {again['uploaded_size']} layer bytes uploaded")
+        if again["uploaded_size"] != 0:
+            raise DemoFailure("an unchanged re-save uploaded layer bytes")
     finally:
+        if reference is not None:
+            stop_server(reference)
         stop_server(server)
-        print(f"\n    server stopped (exit code {server.returncode})", flush=True)
+        print(f"\n    servers stopped (cargohold exit code {server.returncode})", flush=True)
 
 
 def main() -> int:
@@ -176,10 +270,11 @@ def main() -> int:
             print(f"\nDEMO FAILED: {exc}", file=sys.stderr)
             log = Path(tmp) / "server.log"
             if log.exists():
-                print(f"--- last lines of the server log ---\n{log.read_text(errors='replace')[-3000:]}",
-                      file=sys.stderr)
+                print(
+                    f"--- last lines of the server log ---\n{log.read_text(errors='replace')[-3000:]}", file=sys.stderr
+                )
             return 1
-    print("\nDEMO OK: pushed, pulled, verified byte-identical and unpacked; no Docker, no network.")
+    print("\nDEMO OK: served, saved once, pulled three times, pushed; every digest identical. No Docker, no network.")
     return 0
 
 
