@@ -205,6 +205,7 @@ def demo(work: Path) -> None:
             raise DemoFailure(f"saved digest {saved['digest']} != built {index.index.digest}")
 
         step(5, "Pulling that exact build in three 'matrix jobs' at once (no rebuild, no Docker)")
+        detail(f"$ cargohold pull {build_id} --platform <os/arch> --output oci:<dir>   (3 jobs in parallel)")
         jobs = [
             subprocess.Popen(
                 [
