@@ -214,7 +214,7 @@ def pull_image(
             elif spec.kind == "docker-archive":
                 assert spec.path is not None
                 write_docker_archive(CountingSource(repo, counter), chosen.digest, spec.path, repo_tags=tag_list)
-                image = spec.path
+                image = f"docker-archive:{spec.path}"
             else:
                 assert spec.path is not None
                 ref_name = spec.ref or _tag_part(tag_list[0]) or build_id
