@@ -155,7 +155,7 @@ def _register_command_modules() -> None:
         importlib.import_module(f"cargohold.cli.{module}")
 
 
-COMMAND_MODULES: tuple[str, ...] = ("admin", "images")
+COMMAND_MODULES: tuple[str, ...] = ("admin", "images", "lifecycle")
 """Command modules, in help order (admin: projects/trust/tokens/login; images: save/build/pull/push; lifecycle)."""
 
 

@@ -192,3 +192,53 @@ class ControlClient:
 
     def remove_trust(self, project_id: str, trust_id: str) -> dict[str, Any]:
         return self.request("DELETE", f"/api/v1/projects/{project_id}/trust/{trust_id}")  # type: ignore[no-any-return]
+
+    # --- lifecycle: pin/unpin/extend, deletion, history, usage, expiry sweeps, garbage collection -------------
+
+    def pin_build(self, build_id: str) -> dict[str, Any]:
+        """Keep a saved build until unpinned (neither expiry nor the build cap removes it)."""
+        return self.request("POST", f"/api/v1/builds/{build_id}/pin")  # type: ignore[no-any-return]
+
+    def unpin_build(self, build_id: str) -> dict[str, Any]:
+        return self.request("POST", f"/api/v1/builds/{build_id}/unpin")  # type: ignore[no-any-return]
+
+    def extend_build(
+        self, build_id: str, *, by_seconds: float | None = None, until: str | None = None
+    ) -> dict[str, Any]:
+        """Move a saved build's expiry: ``by_seconds`` past its current expiry, or to ``until`` (ISO 8601)."""
+        body: dict[str, Any] = {}
+        if by_seconds is not None:
+            body["by"] = by_seconds
+        if until is not None:
+            body["until"] = until
+        return self.request("POST", f"/api/v1/builds/{build_id}/extend", json=body)  # type: ignore[no-any-return]
+
+    def delete_build(self, build_id: str, *, dry_run: bool = False) -> dict[str, Any]:
+        """Evict a build now (``{"dry_run", "evicted": [...]}``); ``dry_run`` only says what would go."""
+        params = {"dry_run": "1"} if dry_run else None
+        return self.request("DELETE", f"/api/v1/builds/{build_id}", params=params)  # type: ignore[no-any-return]
+
+    def project_history(
+        self, project_id: str, *, limit: int = 100, build_id: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Lifecycle events of a project, newest first."""
+        params: dict[str, Any] = {"limit": limit}
+        if build_id:
+            params["build"] = build_id
+        return self.request("GET", f"/api/v1/projects/{project_id}/history", params=params)["events"]  # type: ignore[no-any-return]
+
+    def project_usage(self, project_id: str, *, month: str | None = None) -> dict[str, Any]:
+        """Storage used in a month (``YYYY-MM``, default the current one): GB-months and the cost estimate."""
+        params = {"month": month} if month else None
+        return self.request("GET", f"/api/v1/projects/{project_id}/usage", params=params)  # type: ignore[no-any-return]
+
+    def run_expiry(self, *, project_id: str | None = None, dry_run: bool = False) -> dict[str, Any]:
+        """Evict expired and stale builds now (one project, or every project with an admin token)."""
+        body: dict[str, Any] = {"dry_run": dry_run}
+        if project_id:
+            body["project"] = project_id
+        return self.request("POST", "/api/v1/expire", json=body)  # type: ignore[no-any-return]
+
+    def run_gc(self, *, dry_run: bool = False) -> dict[str, Any]:
+        """One garbage-collection pass (admin); the answer is the pass's report."""
+        return self.request("POST", "/api/v1/gc", json={"dry_run": dry_run})  # type: ignore[no-any-return]

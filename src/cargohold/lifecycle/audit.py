@@ -9,17 +9,16 @@ turns a bare 404 into "build X expired on … (retention 7 days)".
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, select
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy import delete, insert, select
 from sqlalchemy.orm import Session
 
 from cargohold.lifecycle.clock import format_duration, iso
-from cargohold.metadata.db import Database
+from cargohold.metadata.db import Database, upsert
 from cargohold.metadata.models import LifecycleEvent, RemovedTag
 
 MAX_HISTORY = 1000
@@ -55,6 +54,20 @@ def _event(row: LifecycleEvent) -> Event:
     return Event(row.id, row.project_id, row.build_id, row.action, row.rule, row.actor, row.at, detail)
 
 
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One event to write (see :func:`record_many`)."""
+
+    action: str
+    rule: str
+    actor: str
+    at: datetime
+    project_id: str | None = None
+    build_id: str | None = None
+    detail: dict[str, Any] | None = None
+    removed_tags: Sequence[str] = ()
+
+
 def record(
     session: Session,
     *,
@@ -68,26 +81,49 @@ def record(
     removed_tags: Iterable[str] = (),
 ) -> int:
     """Add one event (and remember the tags it removed) in the caller's transaction; returns its id."""
-    row = LifecycleEvent(
-        project_id=project_id,
-        build_id=build_id,
-        action=action,
-        rule=rule,
-        actor=actor[:200],
-        at=at,
-        detail=json.dumps(detail, sort_keys=True) if detail else None,
-    )
-    session.add(row)
-    session.flush()
-    tags = [{"repository": project_id, "tag": tag, "event_id": row.id} for tag in set(removed_tags)]
-    if tags and project_id is not None:
-        statement = sqlite_insert(RemovedTag).values(tags)
-        session.execute(
-            statement.on_conflict_do_update(
-                index_elements=["repository", "tag"], set_={"event_id": statement.excluded.event_id}
-            )
+    entry = Entry(action, rule, actor, at, project_id, build_id, detail, tuple(removed_tags))
+    return record_many(session, [entry])[0]
+
+
+def record_many(session: Session, entries: Sequence[Entry]) -> list[int]:
+    """Add many events in the caller's transaction with a fixed number of statements; ids in input order.
+
+    Eviction writes one event per build, thousands per sweep: one ``INSERT … RETURNING`` per few hundred
+    events (SQLAlchemy's insertmanyvalues, ordered by parameter) instead of an ORM flush per event, and one
+    ``executemany`` upsert for all removed tags.
+    """
+    if not entries:
+        return []
+    table = LifecycleEvent.__table__
+    rows = [
+        {
+            "project_id": entry.project_id,
+            "build_id": entry.build_id,
+            "action": entry.action,
+            "rule": entry.rule,
+            "actor": entry.actor[:200],
+            "at": entry.at,
+            "detail": json.dumps(entry.detail, sort_keys=True) if entry.detail else None,
+        }
+        for entry in entries
+    ]
+    result = session.execute(insert(table).returning(table.c.id, sort_by_parameter_order=True), rows)
+    ids = [int(event_id) for event_id in result.scalars()]
+    removed: dict[tuple[str, str], int] = {}
+    for entry, event_id in zip(entries, ids, strict=True):
+        if entry.project_id is None:
+            continue
+        for tag in entry.removed_tags:
+            removed[(entry.project_id, tag)] = event_id  # a later event wins, as with one upsert per event
+    if removed:
+        # executemany of one cached statement: a multi-row VALUES upsert is recompiled for every new length.
+        statement = upsert(session, RemovedTag)
+        statement = statement.on_conflict_do_update(
+            index_elements=["repository", "tag"], set_={"event_id": statement.excluded.event_id}
         )
-    return row.id
+        rows = [{"repository": repo, "tag": tag, "event_id": event_id} for (repo, tag), event_id in removed.items()]
+        session.execute(statement, rows)
+    return ids
 
 
 def history(db: Database, project_id: str, *, limit: int = 100, build_id: str | None = None) -> list[Event]:

@@ -47,6 +47,7 @@ import logging
 import os
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -64,6 +65,10 @@ log = logging.getLogger(__name__)
 
 DEFAULT_GRACE = timedelta(hours=1)
 DEFAULT_BATCH = 500
+LINK_BATCH_FACTOR = 4
+"""Pass-1 (unlink) batches are this many times ``batch_size``."""
+DEFAULT_DELETE_WORKERS = 8
+"""Threads deleting one batch's files at once (see :meth:`GarbageCollector._delete_files`)."""
 TOUCH_FRACTION = 4
 """Blob HEAD/GET refreshes a link older than grace / TOUCH_FRACTION."""
 TEST_DELAY_ENV = "CARGOHOLD_GC_TEST_DELAY"
@@ -118,6 +123,8 @@ class GarbageCollector:
         clock: Clock = system_clock,
         batch_size: int = DEFAULT_BATCH,
         lease_ttl: timedelta = timedelta(minutes=2),
+        delete_workers: int = DEFAULT_DELETE_WORKERS,
+        link_batch_size: int | None = None,
     ) -> None:
         self.db = db
         self.blobs = blobs
@@ -125,6 +132,10 @@ class GarbageCollector:
         self.clock = clock
         self.batch_size = batch_size
         self.lease_ttl = lease_ttl
+        self.delete_workers = delete_workers
+        # Pass 1 only deletes index rows (no files under the lock), so its batches can be bigger: fewer
+        # commits and WAL checkpoints for the same work, and each one still takes milliseconds.
+        self.link_batch_size = link_batch_size or batch_size * LINK_BATCH_FACTOR
         self.test_delay = float(os.environ.get(TEST_DELAY_ENV) or 0)
 
     def run(self, *, dry_run: bool = False) -> GcReport:
@@ -172,13 +183,14 @@ class GarbageCollector:
                     select(RepositoryBlob.repository_id, RepositoryBlob.digest)
                     .where(
                         RepositoryBlob.linked_at < cutoff,
-                        # Spelled out (not a row-value comparison) so SQLite seeks the primary key.
-                        (RepositoryBlob.repository_id > last[0])
-                        | ((RepositoryBlob.repository_id == last[0]) & (RepositoryBlob.digest > last[1])),
+                        # A row-value comparison: SQLite (>= 3.15) seeks the primary key with it, where the
+                        # spelled-out "a > x OR (a = x AND b > y)" form scanned the index from the start on
+                        # every batch (quadratic in the number of links; EXPLAIN QUERY PLAN says SCAN).
+                        tuple_(RepositoryBlob.repository_id, RepositoryBlob.digest) > tuple_(last[0], last[1]),
                         _unreferenced_in_repository(),
                     )
                     .order_by(RepositoryBlob.repository_id, RepositoryBlob.digest)
-                    .limit(self.batch_size)
+                    .limit(self.link_batch_size)
                 ).all()
             if not rows:
                 return
@@ -186,18 +198,24 @@ class GarbageCollector:
             if dry_run:
                 report.links_removed += len(rows)
                 continue
-            keys = [(repository_id, digest) for repository_id, digest in rows]
+            by_repository: dict[int, list[str]] = {}
+            for repository_id, digest in rows:
+                by_repository.setdefault(repository_id, []).append(digest)
             with self.db.write() as session:
-                result = session.execute(
-                    delete(RepositoryBlob)
-                    .where(
-                        tuple_(RepositoryBlob.repository_id, RepositoryBlob.digest).in_(keys),
-                        RepositoryBlob.linked_at < cutoff,
-                        _unreferenced_in_repository(),
+                # One statement per repository: "repository_id = ? AND digest IN (…)" seeks the primary key,
+                # while "(repository_id, digest) IN (VALUES …)" made SQLite scan the whole links table.
+                for repository_id, digests in by_repository.items():
+                    result = session.execute(
+                        delete(RepositoryBlob)
+                        .where(
+                            RepositoryBlob.repository_id == repository_id,
+                            RepositoryBlob.digest.in_(digests),
+                            RepositoryBlob.linked_at < cutoff,
+                            _unreferenced_in_repository(),
+                        )
+                        .execution_options(synchronize_session=False)
                     )
-                    .execution_options(synchronize_session=False)
-                )
-                report.links_removed += int(result.rowcount or 0)  # type: ignore[attr-defined]
+                    report.links_removed += int(result.rowcount or 0)  # type: ignore[attr-defined]
             lease.renew()
 
     # --- 2: content no repository links -------------------------------------------------------------------
@@ -238,14 +256,29 @@ class GarbageCollector:
                     )
                 ).all()
                 if doomed:
-                    session.execute(delete(Blob).where(Blob.digest.in_([digest for digest, _ in doomed])))
-                    for digest, _ in doomed:
-                        self.blobs.delete(Digest.parse(digest))
+                    session.execute(
+                        delete(Blob)
+                        .where(Blob.digest.in_([digest for digest, _ in doomed]))
+                        .execution_options(synchronize_session=False)
+                    )
+                    self._delete_files([Digest.parse(digest) for digest, _ in doomed])
                     if self.test_delay:
                         time.sleep(self.test_delay)
             report.blobs_deleted += len(doomed)
             report.bytes_freed += sum(size for _, size in doomed)
             lease.renew()
+
+    def _delete_files(self, digests: list[Digest]) -> None:
+        """Delete files concurrently: each unlink of a file already on disk waits ~1 ms on the filesystem
+        journal (measured on ext4 over virtio), so a serial loop made the write transaction, and GC of
+        100,000 blobs, take minutes; a few threads overlap those waits (the GIL is released meanwhile)."""
+        if self.delete_workers <= 1 or len(digests) < 2:
+            for digest in digests:
+                self.blobs.delete(digest)
+            return
+        with ThreadPoolExecutor(max_workers=self.delete_workers, thread_name_prefix="gc-delete") as pool:
+            for _ in pool.map(self.blobs.delete, digests):
+                pass  # consume the results so an exception propagates and rolls the transaction back
 
     # --- 3: files without a row ---------------------------------------------------------------------------
 

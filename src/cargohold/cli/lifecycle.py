@@ -1,0 +1,366 @@
+"""Lifecycle commands: ``cargohold builds …`` (list, show, pin, unpin, extend, rm, history), ``gc``, ``expire``
+and ``usage``.
+
+Like the admin commands these are a thin layer over the control API (:mod:`cargohold.client.control`): the
+server decides who may pin, delete or collect, and explains a missing build from its audit log, so the CLI
+only turns options into requests, prints a table or a sentence for people (``--json`` for scripts), and
+turns failures into one sentence that says what to do (:func:`cargohold.cli.context.guarded`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+from cargohold.cli.context import (
+    CliError,
+    JsonOption,
+    ProjectOption,
+    RegistryOption,
+    TokenOption,
+    connect,
+    emit,
+    guarded,
+    stdout,
+)
+from cargohold.cli.durations import parse_duration
+from cargohold.cli.main import app
+from cargohold.client.control import ControlClient, ControlError
+from cargohold.images.progress import human_bytes
+from cargohold.lifecycle.clock import iso, parse_iso
+
+builds_app = typer.Typer(
+    help="Saved builds: list, inspect, pin, extend, delete, and see what retention did to them.", no_args_is_help=True
+)
+app.add_typer(builds_app, name="builds", rich_help_panel="Lifecycle")
+
+BuildArgument = Annotated[str, typer.Argument(help="Build ID (as printed by cargohold save).", show_default=False)]
+BUILD_COLUMNS = [("id", "ID"), ("status", "Status"), ("saved_at", "Saved"), ("expires", "Expires"),
+                 ("pinned", "Pinned"), ("size", "Size"), ("save_tags", "Save tags")]
+HISTORY_COLUMNS = [("at", "When"), ("action", "Action"), ("rule", "Rule"), ("build_id", "Build"), ("actor", "Actor"),
+                   ("message", "What happened")]
+EVICTION_COLUMNS = [("build_id", "Build"), ("project_id", "Project"), ("rule", "Rule"), ("reason", "Why")]
+
+T = TypeVar("T")
+
+
+# --- helpers ------------------------------------------------------------------------------------------------
+
+
+@contextmanager
+def _client(registry: str | None, token: str | None, project: str | None = None, *,
+            need_project: bool = False) -> Iterator[tuple[ControlClient, str | None]]:
+    connection = connect(registry, project, token, need_project=need_project)
+    client = connection.control()
+    try:
+        yield client, connection.project
+    finally:
+        client.close()
+
+
+def _on_build(client: ControlClient, build_id: str, call: Callable[[], T]) -> T:
+    """Run a call about one build; a bare "does not exist" becomes the reason it is gone, or a hint.
+
+    Lifecycle routes already explain builds that retention removed ("expired on …; push and save it again");
+    other routes (``GET /api/v1/builds/{id}``) answer a bare 404, so ask pull-info, which consults the audit
+    log, before concluding the ID was mistyped.
+    """
+    try:
+        return call()
+    except ControlError as exc:
+        if exc.status != 404 or not _bare_missing(str(exc), build_id):
+            raise
+    try:
+        client.pull_info(build_id)
+    except ControlError as explained:
+        if explained.status == 404 and not _bare_missing(str(explained), build_id):
+            raise CliError(str(explained)) from None
+    raise CliError(f"build {build_id} does not exist; check the ID with `cargohold builds list --project <id>`")
+
+
+def _bare_missing(message: str, build_id: str) -> bool:
+    """True for the plain "build X does not exist" (explanations say "expired", "was evicted", "was deleted")."""
+    text = message.strip().rstrip(".")
+    return build_id in text and text.endswith("does not exist")
+
+
+def _build_row(build: dict[str, Any]) -> dict[str, Any]:
+    expires = build.get("expires_at") or ("never" if build.get("status") == "saved" else None)
+    if build.get("pinned"):
+        expires = "pinned"
+    size = build.get("total_size")
+    return {
+        **build,
+        "expires": expires,
+        "size": human_bytes(size) if isinstance(size, int) else None,
+    }
+
+
+def _build_summary(build: dict[str, Any]) -> dict[str, Any]:
+    """The fields people look at in ``builds show``, in reading order."""
+    row = _build_row(build)
+    summary = {
+        "id": build.get("id"),
+        "project": build.get("project_id"),
+        "status": build.get("status"),
+        "reference": build.get("reference"),
+        "digest": build.get("digest"),
+        "platforms": build.get("platforms"),
+        "created": build.get("created_at"),
+        "saved": build.get("saved_at"),
+        "expires": row["expires"],
+        "pinned": build.get("pinned"),
+        "size": row["size"],
+        "unique size": human_bytes(build["unique_size"]) if isinstance(build.get("unique_size"), int) else None,
+        "save tags": build.get("save_tags"),
+    }
+    if build.get("failure"):
+        summary["failure"] = build["failure"]
+    return summary
+
+
+def _seconds(text: str, option: str) -> float:
+    try:
+        seconds = parse_duration(text).total_seconds()
+    except ValueError as exc:
+        raise CliError(f"{option}: {exc}") from None
+    if seconds <= 0:
+        raise CliError(f"{option} must be longer than zero (e.g. 12h, 3d)")
+    return seconds
+
+
+def _evictions(result: dict[str, Any], *, as_json: bool, dry_run: bool, empty: str) -> None:
+    evicted = result.get("evicted") or []
+    if as_json:
+        emit(result, as_json=True)
+        return
+    if not evicted:
+        stdout.print(empty, markup=False)
+        return
+    count = len(evicted)
+    noun = "build" if count == 1 else "builds"
+    stdout.print(f"{'Would evict' if dry_run else 'Evicted'} {count} {noun}:", markup=False)
+    emit(evicted, as_json=False, columns=EVICTION_COLUMNS, rows=evicted)
+
+
+# --- builds -------------------------------------------------------------------------------------------------
+
+
+@builds_app.command("list")
+@guarded
+def builds_list(
+    tag: Annotated[str | None, typer.Option("--tag", help="Only the build holding this save-tag.",
+                                            show_default=False)] = None,
+    limit: Annotated[int, typer.Option("--limit", min=1, max=500, help="Newest builds to show.")] = 50,
+    registry: RegistryOption = None,
+    project: ProjectOption = None,
+    token: TokenOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """List a project's builds, newest first."""
+    with _client(registry, token, project, need_project=True) as (client, project_id):
+        assert project_id is not None
+        result = client.list_builds(project_id, limit=limit, tag=tag)
+    builds = result.get("builds") or []
+    if as_json:
+        emit(result, as_json=True)
+    elif not builds:
+        stdout.print(f"Project {project_id} has no builds{f' tagged {tag}' if tag else ''}.", markup=False)
+    else:
+        emit(result, as_json=False, columns=BUILD_COLUMNS, rows=[_build_row(build) for build in builds],
+             title=f"Builds of {project_id}")
+        if result.get("next"):
+            stdout.print(f"Showing the newest {len(builds)}; pass --limit to see more.", markup=False)
+
+
+@builds_app.command("show")
+@guarded
+def builds_show(
+    build: BuildArgument,
+    registry: RegistryOption = None,
+    token: TokenOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Show one build: status, expiry, pin, sizes, save-tags."""
+    with _client(registry, token) as (client, _):
+        data = _on_build(client, build, lambda: client.get_build(build))
+    emit(data if as_json else _build_summary(data), as_json=as_json)
+
+
+@builds_app.command("pin")
+@guarded
+def builds_pin(build: BuildArgument, registry: RegistryOption = None, token: TokenOption = None,
+               as_json: JsonOption = False) -> None:
+    """Keep a saved build until unpinned: neither expiry nor the project's build cap removes it."""
+    with _client(registry, token) as (client, _):
+        data = _on_build(client, build, lambda: client.pin_build(build))
+    emit(data, as_json=as_json, text=f"Pinned build {build}; it stays until you run `cargohold builds unpin {build}`.")
+
+
+@builds_app.command("unpin")
+@guarded
+def builds_unpin(build: BuildArgument, registry: RegistryOption = None, token: TokenOption = None,
+                 as_json: JsonOption = False) -> None:
+    """Let a pinned build expire again (at once, if its expiry already passed)."""
+    with _client(registry, token) as (client, _):
+        data = _on_build(client, build, lambda: client.unpin_build(build))
+    expires = data.get("expires_at")
+    when = f"it expires at {expires}" if expires else "it has no expiry, so only the build cap can evict it"
+    emit(data, as_json=as_json, text=f"Unpinned build {build}; {when}.")
+
+
+@builds_app.command("extend")
+@guarded
+def builds_extend(
+    build: BuildArgument,
+    by: Annotated[str | None, typer.Option("--by", help="Add this to the expiry (e.g. 12h, 3d).",
+                                           show_default=False)] = None,
+    until: Annotated[str | None, typer.Option("--until", help="New expiry, ISO 8601 (e.g. 2026-12-31T00:00:00Z).",
+                                              show_default=False)] = None,
+    registry: RegistryOption = None,
+    token: TokenOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Move a saved build's expiry later."""
+    if (by is None) == (until is None):
+        raise CliError("give exactly one of --by (e.g. --by 3d) or --until (e.g. --until 2026-12-31T00:00:00Z)")
+    by_seconds = _seconds(by, "--by") if by is not None else None
+    until_iso = None
+    if until is not None:
+        try:
+            until_iso = iso(parse_iso(until))
+        except ValueError:
+            raise CliError(f"--until {until!r} is not an ISO 8601 time; use e.g. 2026-12-31T00:00:00Z") from None
+    with _client(registry, token) as (client, _):
+        data = _on_build(client, build, lambda: client.extend_build(build, by_seconds=by_seconds, until=until_iso))
+    emit(data, as_json=as_json, text=f"Build {build} now expires at {data.get('expires_at')}.")
+
+
+@builds_app.command("rm")
+@guarded
+def builds_rm(
+    build: BuildArgument,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Only say what would be deleted.")] = False,
+    registry: RegistryOption = None,
+    token: TokenOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Delete a build now (pinned ones too), with its tags and the manifests only it used."""
+    with _client(registry, token) as (client, _):
+        result = _on_build(client, build, lambda: client.delete_build(build, dry_run=dry_run))
+    if as_json:
+        emit(result, as_json=True)
+        return
+    eviction = (result.get("evicted") or [{}])[0]
+    tags = ", ".join(eviction.get("tags") or [build])
+    if dry_run:
+        stdout.print(f"Would delete build {build} and its tags {tags}; nothing was changed.", markup=False)
+    else:
+        stdout.print(f"Deleted build {build} and its tags {tags}; garbage collection frees its blobs later.",
+                     markup=False)
+
+
+@builds_app.command("history")
+@guarded
+def builds_history(
+    build: Annotated[str | None, typer.Option("--build", help="Only events about this build.",
+                                              show_default=False)] = None,
+    limit: Annotated[int, typer.Option("--limit", min=1, max=1000, help="Newest events to show.")] = 50,
+    registry: RegistryOption = None,
+    project: ProjectOption = None,
+    token: TokenOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """What retention did in a project: evictions (and the rule behind each), pins, extensions."""
+    with _client(registry, token, project, need_project=True) as (client, project_id):
+        assert project_id is not None
+        events = client.project_history(project_id, limit=limit, build_id=build)
+    if as_json:
+        emit({"project_id": project_id, "events": events}, as_json=True)
+    elif not events:
+        subject = f"build {build}" if build else f"project {project_id}"
+        stdout.print(f"No lifecycle events for {subject}.", markup=False)
+    else:
+        emit(events, as_json=False, columns=HISTORY_COLUMNS, rows=events, title=f"History of {project_id}")
+
+
+# --- gc, expire, usage --------------------------------------------------------------------------------------
+
+
+@app.command(rich_help_panel="Lifecycle")
+@guarded
+def gc(
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Only count what would be freed.")] = False,
+    registry: RegistryOption = None,
+    token: TokenOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Collect garbage now: blobs no manifest needs any more (admin)."""
+    with _client(registry, token) as (client, _):
+        report = client.run_gc(dry_run=dry_run)
+    if as_json:
+        emit(report, as_json=True)
+        return
+    verb = "would free" if dry_run else "freed"
+    blobs = int(report.get("blobs_deleted", 0)) + int(report.get("orphan_files", 0))
+    stdout.print(
+        f"Garbage collection {verb} {blobs} blobs ({human_bytes(int(report.get('bytes_freed', 0)))}) and "
+        f"{'would remove' if dry_run else 'removed'} {report.get('links_removed', 0)} links "
+        f"in {float(report.get('duration_seconds', 0)):.2f} s.",
+        markup=False,
+    )
+    if not report.get("completed", True):
+        stdout.print(f"It stopped early: {report.get('error') or 'see the server log'}.", markup=False)
+
+
+@app.command(rich_help_panel="Lifecycle")
+@guarded
+def expire(
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Only say what would go, and why.")] = False,
+    registry: RegistryOption = None,
+    project: ProjectOption = None,
+    token: TokenOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Evict expired builds (and builds never saved for 24 hours) now; without --project, every project."""
+    with _client(registry, token, project) as (client, project_id):
+        result = client.run_expiry(project_id=project_id, dry_run=dry_run)
+    scope = f"in project {project_id}" if project_id else "in any project"
+    _evictions(result, as_json=as_json, dry_run=dry_run, empty=f"Nothing to expire {scope}.")
+
+
+@app.command(rich_help_panel="Lifecycle")
+@guarded
+def usage(
+    month: Annotated[str | None, typer.Option("--month", help="YYYY-MM (default: this month, UTC).",
+                                              show_default=False)] = None,
+    registry: RegistryOption = None,
+    project: ProjectOption = None,
+    token: TokenOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Storage a project used in a month: GB-months, the free allowance and the cost estimate."""
+    with _client(registry, token, project, need_project=True) as (client, project_id):
+        assert project_id is not None
+        data = client.project_usage(project_id, month=month)
+    if as_json:
+        emit(data, as_json=True)
+        return
+    currency = data.get("currency", "USD")
+    emit(
+        {
+            "project": data.get("project_id"),
+            "month": data.get("month"),
+            "stored now": human_bytes(int(data.get("stored_bytes") or 0)),
+            "GB-months": f"{float(data.get('gb_months') or 0):.4f}",
+            "free allowance": f"{float(data.get('free_gb_months') or 0):g} GB-months",
+            "billable": f"{float(data.get('billable_gb_months') or 0):.4f} GB-months",
+            "price": f"{float(data.get('price_per_gb_month') or 0):g} {currency} per GB-month",
+            "estimated cost": f"{float(data.get('estimated_cost') or 0):.2f} {currency}",
+            "as of": data.get("as_of"),
+        },
+        as_json=False,
+    )

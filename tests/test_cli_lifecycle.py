@@ -1,0 +1,219 @@
+"""The lifecycle CLI (``builds …``, ``gc``, ``expire``, ``usage``) in-process against a real server.
+
+Builds are created over HTTP (create, push a tiny image, save) and then driven only through the CLI, so each
+command's request, the server's answer and the printed table or JSON are checked end to end. As in the
+admin CLI tests, ``CARGOHOLD_CONFIG`` points at a temporary file and the CARGOHOLD_* variables are cleared.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import httpx
+import pytest
+from typer.testing import CliRunner
+
+import cargohold.cli.lifecycle  # noqa: F401  (registers the commands on the app)
+from cargohold.cli.main import app
+from conftest import ServerProcess
+from control_helpers import module_server_fixture
+from test_lifecycle_support import push_image
+
+server = module_server_fixture()
+
+
+@pytest.fixture
+def config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    path = tmp_path / "cfg" / "config.json"
+    monkeypatch.setenv("CARGOHOLD_CONFIG", str(path))
+    for name in ("CARGOHOLD_REGISTRY", "CARGOHOLD_TOKEN", "CARGOHOLD_PROJECT_ID", "GITHUB_ACTIONS"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(tmp_path)
+    yield path
+
+
+def run(server: ServerProcess, *args: str) -> tuple[int, str, str]:
+    """Invoke the CLI as an admin against ``server``; returns (exit code, stdout, stderr)."""
+    result = CliRunner().invoke(app, [*args, "--registry", server.url, "--token", server.admin_token])
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return result.exit_code, result.stdout, result.stderr
+
+
+def ok(server: ServerProcess, *args: str) -> str:
+    code, out, err = run(server, *args)
+    assert code == 0, f"{args}: {err or out}"
+    return out
+
+
+def ok_json(server: ServerProcess, *args: str) -> dict[str, object]:
+    data = json.loads(ok(server, *args, "--json"))
+    assert isinstance(data, dict)
+    return data
+
+
+def assert_one_sentence_error(code: int, stdout: str, stderr: str, *fragments: str) -> None:
+    assert code == 1
+    assert stdout == ""
+    text = " ".join(stderr.split())
+    assert text.startswith("error: ") and text.endswith(".") and "Traceback" not in text
+    assert len(stderr.strip().splitlines()) <= 3  # one sentence, possibly wrapped by the console
+    for fragment in fragments:
+        assert fragment in text, text
+
+
+def new_project(server: ServerProcess, **settings: object) -> str:
+    with server.client() as http:
+        created = http.post("/api/v1/projects", json={"name": "cli-lifecycle", **settings})
+        assert created.status_code == 201, created.text
+        return str(created.json()["id"])
+
+
+def save_build(server: ServerProcess, project_id: str, salt: str, save_tags: list[str] | None = None) -> str:
+    """Create a build, push a two-layer image under its ID, and save it (all over HTTP)."""
+    with server.client() as http:
+        return _save(http, project_id, salt, save_tags or [])
+
+
+def _save(http: httpx.Client, project_id: str, salt: str, save_tags: list[str]) -> str:
+    created = http.post(f"/api/v1/projects/{project_id}/builds")
+    assert created.status_code == 201, created.text
+    build_id = str(created.json()["build_id"])
+    pushed = push_image(http, project_id, build_id, [b"shared base layer" * 64, salt.encode()], salt)
+    assert pushed.status_code == 201, pushed.text  # type: ignore[attr-defined]
+    saved = http.post(f"/api/v1/builds/{build_id}/save", json={"save_tags": save_tags})
+    assert saved.status_code == 200, saved.text
+    return build_id
+
+
+def test_list_show_pin_unpin_extend(server: ServerProcess, config: Path) -> None:
+    project = new_project(server, retention_seconds=7 * 86400)
+    older = save_build(server, project, "older")
+    newer = save_build(server, project, "newer", ["stable"])
+
+    listed = ok_json(server, "builds", "list", "--project", project)
+    assert [build["id"] for build in listed["builds"]] == [newer, older]  # type: ignore[index]
+    table = ok(server, "builds", "list", "--project", project)
+    assert f"Builds of {project}" in table and older in table and newer in table and "stable" in table
+    tagged = ok_json(server, "builds", "list", "--project", project, "--tag", "stable", "--limit", "5")
+    assert [build["id"] for build in tagged["builds"]] == [newer]  # type: ignore[index]
+
+    shown = ok_json(server, "builds", "show", older)
+    assert shown["id"] == older and shown["status"] == "saved" and shown["pinned"] is False
+    text = ok(server, "builds", "show", older)
+    assert "expires" in text and str(shown["expires_at"]) in text and f"{project}:{older}" in text
+
+    pinned = ok_json(server, "builds", "pin", older)
+    assert pinned["pinned"] is True
+    assert "pinned" in ok(server, "builds", "show", older).split("expires", 1)[1].splitlines()[0]
+    assert f"Pinned build {older}" in ok(server, "builds", "pin", older)
+    out = ok(server, "builds", "unpin", older)
+    assert f"Unpinned build {older}; it expires at {shown['expires_at']}." in out
+    assert ok_json(server, "builds", "show", older)["pinned"] is False
+
+    before = datetime.fromisoformat(str(shown["expires_at"]).replace("Z", "+00:00"))
+    extended = ok_json(server, "builds", "extend", older, "--by", "3d")
+    after = datetime.fromisoformat(str(extended["expires_at"]).replace("Z", "+00:00"))
+    assert after - before == timedelta(days=3)
+    out = ok(server, "builds", "extend", older, "--until", "2099-12-31T00:00:00Z")
+    assert out.strip() == f"Build {older} now expires at 2099-12-31T00:00:00Z."
+    assert ok_json(server, "builds", "show", older)["expires_at"] == "2099-12-31T00:00:00Z"
+
+    history = ok_json(server, "builds", "history", "--project", project, "--build", older)
+    assert [(e["action"], e["rule"]) for e in history["events"]] == [  # type: ignore[index]
+        ("extend", "manual"), ("extend", "manual"), ("unpin", "manual"), ("pin", "manual"), ("pin", "manual"),
+    ]
+
+
+def test_rm_dry_run_then_for_real_and_history(server: ServerProcess, config: Path) -> None:
+    project = new_project(server)
+    build = save_build(server, project, "doomed", ["nightly"])
+
+    out = ok(server, "builds", "rm", build, "--dry-run")
+    assert out.strip().startswith(f"Would delete build {build}") and "nothing was changed" in out
+    assert ok_json(server, "builds", "show", build)["status"] == "saved"
+
+    removed = ok_json(server, "builds", "rm", build)
+    assert removed["dry_run"] is False
+    [eviction] = removed["evicted"]  # type: ignore[misc]
+    assert eviction["build_id"] == build and eviction["rule"] == "manual"
+    assert sorted(eviction["tags"]) == sorted([build, "nightly"])
+
+    # Asking about it again explains what happened instead of a bare "not found".
+    code, out, err = run(server, "builds", "show", build)
+    assert_one_sentence_error(code, out, err, f"build {build} was deleted on ")
+
+    table = ok(server, "builds", "history", "--project", project)
+    assert f"History of {project}" in table and "evict" in table and "manual" in table and build in table
+    events = ok_json(server, "builds", "history", "--project", project, "--limit", "1")["events"]
+    assert [(e["action"], e["rule"], e["build_id"]) for e in events] == [("evict", "manual", build)]  # type: ignore[union-attr]
+
+
+def test_expire_says_what_would_go_and_why(server: ServerProcess, config: Path) -> None:
+    project = new_project(server, retention_seconds=1)
+    build = save_build(server, project, "short-lived")
+    keeper = new_project(server)
+    kept = save_build(server, keeper, "kept")
+    time.sleep(1.2)
+
+    planned = ok_json(server, "expire", "--project", project, "--dry-run")
+    assert planned["dry_run"] is True
+    assert [(e["build_id"], e["rule"]) for e in planned["evicted"]] == [(build, "expired")]  # type: ignore[union-attr]
+    table = ok(server, "expire", "--project", project, "--dry-run")
+    assert "Would evict 1 build:" in table and build in table and "expired" in table
+    assert ok_json(server, "builds", "show", build)["status"] == "saved"
+
+    out = ok(server, "expire", "--project", project)
+    assert "Evicted 1 build:" in out and build in out
+    assert ok(server, "expire", "--project", project).strip() == f"Nothing to expire in project {project}."
+    assert ok_json(server, "builds", "show", kept)["status"] == "saved"
+    events = ok_json(server, "builds", "history", "--project", project)["events"]
+    assert [(e["action"], e["rule"], e["build_id"]) for e in events] == [("evict", "expired", build)]  # type: ignore[union-attr]
+
+
+def test_gc_and_usage(server: ServerProcess, config: Path) -> None:
+    project = new_project(server)
+    save_build(server, project, "measured")
+
+    report = ok_json(server, "gc", "--dry-run")
+    assert report["dry_run"] is True and report["completed"] is True
+    out = ok(server, "gc", "--dry-run")
+    assert out.startswith("Garbage collection would free ") and " links in " in out and out.strip().endswith(" s.")
+    report = ok_json(server, "gc")
+    assert report["dry_run"] is False and {"blobs_deleted", "bytes_freed", "links_removed"} <= set(report)
+    out = ok(server, "gc")
+    assert out.startswith("Garbage collection freed ") and "removed" in out
+
+    usage = ok_json(server, "usage", "--project", project)
+    month = datetime.now(UTC).strftime("%Y-%m")
+    assert usage["project_id"] == project and usage["month"] == month
+    assert int(usage["stored_bytes"]) > 1000  # type: ignore[call-overload]
+    table = ok(server, "usage", "--project", project, "--month", month)
+    for label in ("GB-months", "free allowance", "estimated cost", "USD"):
+        assert label in table, table
+
+
+def test_errors_are_one_sentence_with_the_fix(server: ServerProcess, config: Path) -> None:
+    code, out, err = run(server, "builds", "pin", "zzzzzzzzzz")
+    assert_one_sentence_error(code, out, err, "build zzzzzzzzzz does not exist", "cargohold builds list")
+    code, out, err = run(server, "builds", "rm", "zzzzzzzzzz", "--dry-run")
+    assert_one_sentence_error(code, out, err, "build zzzzzzzzzz does not exist")
+
+    project = new_project(server)
+    build = save_build(server, project, "errors")
+    code, out, err = run(server, "builds", "extend", build)
+    assert_one_sentence_error(code, out, err, "give exactly one of --by")
+    code, out, err = run(server, "builds", "extend", build, "--by", "soon")
+    assert_one_sentence_error(code, out, err, "--by", "not a duration")
+    code, out, err = run(server, "builds", "extend", build, "--until", "next tuesday")
+    assert_one_sentence_error(code, out, err, "--until", "ISO 8601")
+    code, out, err = run(server, "builds", "extend", build, "--until", "2001-01-01T00:00:00Z")
+    assert_one_sentence_error(code, out, err, "is in the past")
+    code, out, err = run(server, "usage", "--project", project, "--month", "June")
+    assert_one_sentence_error(code, out, err, "June")
+    code, out, err = run(server, "builds", "history")
+    assert_one_sentence_error(code, out, err, "no project given", "--project")
