@@ -40,6 +40,25 @@ from cargohold.oci.layout import Descriptor
 
 CHUNK_SIZE = 1 << 20
 """Streaming granularity for blob bodies (1 MiB)."""
+
+
+def _read_bigger_socket_chunks() -> None:
+    """Let httpcore read 1 MiB per socket read instead of 64 KiB.
+
+    Blob downloads are bound by Python-level work per read (HTTP/1.1 parsing, iterator hops), not by the
+    network: on loopback a 64 KiB read size caps one stream near 250 MB/s, 1 MiB near 380 MB/s (measured
+    with this client against ``cargohold serve``). httpcore exposes no setting for it, so the class
+    attribute is adjusted once, if it exists; on an httpcore without it nothing changes.
+    """
+    try:
+        from httpcore._sync.http11 import HTTP11Connection
+    except ImportError:  # pragma: no cover - a future httpcore layout
+        return
+    if getattr(HTTP11Connection, "READ_NUM_BYTES", CHUNK_SIZE) < CHUNK_SIZE:
+        HTTP11Connection.READ_NUM_BYTES = CHUNK_SIZE
+
+
+_read_bigger_socket_chunks()
 MONOLITHIC_MAX = 1 << 20
 """Blobs up to this size go up in a single PUT (POST + PUT): two round trips instead of three."""
 MANIFEST_MAX = 8 << 20
