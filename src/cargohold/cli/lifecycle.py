@@ -62,22 +62,16 @@ def _client(registry: str | None, token: str | None, project: str | None = None,
 
 
 def _on_build(client: ControlClient, build_id: str, call: Callable[[], T]) -> T:
-    """Run a call about one build; a bare "does not exist" becomes the reason it is gone, or a hint.
+    """Run a call about one build; a bare "does not exist" gets a hint.
 
-    Lifecycle routes already explain builds that retention removed ("expired on …; push and save it again");
-    other routes (``GET /api/v1/builds/{id}``) answer a bare 404, so ask pull-info, which consults the audit
-    log, before concluding the ID was mistyped.
+    The server already explains builds that retention removed ("expired on …; push and save it again"); only
+    an ID it never knew gets the plain answer, most likely a typo.
     """
     try:
         return call()
     except ControlError as exc:
         if exc.status != 404 or not _bare_missing(str(exc), build_id):
             raise
-    try:
-        client.pull_info(build_id)
-    except ControlError as explained:
-        if explained.status == 404 and not _bare_missing(str(explained), build_id):
-            raise CliError(str(explained)) from None
     raise CliError(f"build {build_id} does not exist; check the ID with `cargohold builds list --project <id>`")
 
 

@@ -22,23 +22,24 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 
+from cargohold.lifecycle import audit
 from cargohold.metadata.control import BuildRecord, Conflict, ControlStore, NotFound, ProjectRecord, new_id
 from cargohold.metadata.models import Credential
 from cargohold.metadata.models import TrustRelationship as TrustRow
 from cargohold.oci import mediatypes as mt
 from cargohold.oci.digest import Digest
 from cargohold.oci.reference import is_valid_tag
+from cargohold.registry.api_common import api_error, authenticated, check_project_access, read_json_body
 from cargohold.registry.auth import Identity
 from cargohold.registry.credentials import CredentialKind, new_credential, permissions_to_json
 from cargohold.registry.errors import RegistryError
 from cargohold.registry.oidc import GITHUB_ISSUER
-from cargohold.registry.state import RegistryState, state_of
+from cargohold.registry.state import RegistryState
 from cargohold.registry.trust import RISKY_EVENTS, TrustConfigError
 from cargohold.registry.trust import TrustRelationship as TrustSpec
 
 log = logging.getLogger(__name__)
 
-MAX_BODY = 256 * 1024
 BUILD_TOKEN_TTL = timedelta(hours=6)
 """Lifetime of the push credential handed out with a new build: long enough for a slow multi-platform build."""
 PULL_TOKEN_TTL = timedelta(hours=1)
@@ -51,69 +52,32 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 # --- helpers ----------------------------------------------------------------------------------------------
 
 
-def _error(status: int, code: str, message: str) -> RegistryError:
-    return RegistryError(code, message, status=status)
-
-
 def _not_found(message: str) -> RegistryError:
-    return _error(404, "NOT_FOUND", message)
+    return api_error(404, "NOT_FOUND", message)
 
 
 def _invalid(message: str) -> RegistryError:
-    return _error(400, "INVALID", message)
+    return api_error(400, "INVALID", message)
 
 
 def _iso(moment: datetime | None) -> str | None:
     return None if moment is None else moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-async def _body(request: web.Request) -> dict[str, Any]:
-    if request.content_length is not None and request.content_length > MAX_BODY:
-        raise _error(413, "SIZE_INVALID", f"request body is larger than {MAX_BODY} bytes")
-    raw = await request.content.read(MAX_BODY + 1)
-    if len(raw) > MAX_BODY:
-        raise _error(413, "SIZE_INVALID", f"request body is larger than {MAX_BODY} bytes")
-    if not raw.strip():
-        return {}
-    try:
-        body = json.loads(raw)
-    except ValueError as exc:
-        raise _invalid(f"request body is not valid JSON: {exc}") from None
-    if not isinstance(body, dict):
-        raise _invalid("request body must be a JSON object")
-    return body
-
-
-async def _caller(request: web.Request) -> tuple[RegistryState, ControlStore, Identity]:
-    state = state_of(request)
-    if state.auth is None or state.control is None:
-        raise _error(404, "NOT_FOUND", "this server runs without the control plane")
-    identity = await state.auth.identity(request)
-    if identity is None:
-        raise RegistryError(
-            "UNAUTHORIZED",
-            "authentication required: send Authorization: Bearer <token> (or Basic x-token:<token>)",
-            headers=state.auth.challenge(None),
-        )
-    return state, state.control, identity
-
-
 def _require_admin(identity: Identity) -> None:
     if not identity.is_admin:
-        raise _error(403, "DENIED", "only an admin token may do this")
+        raise api_error(403, "DENIED", "only an admin token may do this")
 
 
 async def _project_for(
     state: RegistryState, control: ControlStore, identity: Identity, project_id: str, action: str
 ) -> ProjectRecord:
     """The project, if the caller may ``action`` on it; unknown and forbidden look the same (404)."""
-    if not identity.can_project(project_id, "pull"):
-        raise _not_found(f"project {project_id} does not exist")
+    check_project_access(identity, project_id, "pull")
     project = await state.run(control.get_project, project_id)
     if project is None:
         raise _not_found(f"project {project_id} does not exist")
-    if not identity.can_project(project_id, action):
-        raise _error(403, "DENIED", f"the {identity.principal.kind.value} credential may not {action} in {project_id}")
+    check_project_access(identity, project_id, action)
     return project
 
 
@@ -122,12 +86,14 @@ async def _build_for(
 ) -> BuildRecord:
     build = await state.run(control.get_build, build_id)
     if build is None or not identity.can_project(build.project_id, "pull"):
-        raise _not_found(f"build {build_id} does not exist")
+        # An evicted or expired build is gone from the builds table; the audit log can still say why.
+        explained = await _explain(state, None, build_id) if build is None else None
+        raise _not_found(explained or f"build {build_id} does not exist")
     restricted = identity.build_restriction(build.project_id)
     if restricted is not None and restricted != build_id:
         raise _not_found(f"build {build_id} does not exist")
     if not identity.can_project(build.project_id, action):
-        raise _error(
+        raise api_error(
             403, "DENIED", f"the {identity.principal.kind.value} credential may not {action} in {build.project_id}"
         )
     return build
@@ -203,7 +169,7 @@ def _credential_json(row: Credential) -> dict[str, Any]:
 
 
 async def list_projects(request: web.Request) -> web.Response:
-    state, control, identity = await _caller(request)
+    state, control, identity = await authenticated(request)
     projects = await state.run(control.list_projects, identity.projects())
     return web.json_response({"projects": [project.to_json() for project in projects]})
 
@@ -226,9 +192,9 @@ def _project_settings(body: dict[str, Any]) -> dict[str, Any]:
 
 
 async def create_project(request: web.Request) -> web.Response:
-    state, control, identity = await _caller(request)
+    state, control, identity = await authenticated(request)
     _require_admin(identity)
-    settings = _project_settings(await _body(request))
+    settings = _project_settings(await read_json_body(request))
     if "name" not in settings:
         raise _invalid('a project needs a name: {"name": "my-app"}')
     project = await state.run(lambda: control.create_project(**settings))
@@ -239,7 +205,7 @@ async def create_project(request: web.Request) -> web.Response:
 
 
 async def show_project(request: web.Request) -> web.Response:
-    state, control, identity = await _caller(request)
+    state, control, identity = await authenticated(request)
     project = await _project_for(state, control, identity, request.match_info["project"], "pull")
     data = project.to_json()
     data["registry"] = f"{registry_host(state)}/{project.id}"
@@ -247,10 +213,10 @@ async def show_project(request: web.Request) -> web.Response:
 
 
 async def update_project(request: web.Request) -> web.Response:
-    state, control, identity = await _caller(request)
+    state, control, identity = await authenticated(request)
     _require_admin(identity)
     project_id = request.match_info["project"]
-    settings = _project_settings(await _body(request))
+    settings = _project_settings(await read_json_body(request))
     try:
         project = await state.run(lambda: control.update_project(project_id, **settings))
     except NotFound as exc:
@@ -262,9 +228,9 @@ async def update_project(request: web.Request) -> web.Response:
 
 
 async def create_build(request: web.Request) -> web.Response:
-    state, control, identity = await _caller(request)
+    state, control, identity = await authenticated(request)
     project = await _project_for(state, control, identity, request.match_info["project"], "push")
-    body = await _body(request)
+    body = await read_json_body(request)
     # Provenance from a verified OIDC token wins over anything the client reports about itself.
     provenance: dict[str, Any] = dict(identity.claims or {})
     reported = body.get("provenance")
@@ -293,7 +259,7 @@ async def create_build(request: web.Request) -> web.Response:
 
 
 async def list_builds(request: web.Request) -> web.Response:
-    state, control, identity = await _caller(request)
+    state, control, identity = await authenticated(request)
     project = await _project_for(state, control, identity, request.match_info["project"], "pull")
     try:
         limit = min(max(int(request.query.get("limit", "50")), 1), 500)
@@ -315,7 +281,7 @@ async def list_builds(request: web.Request) -> web.Response:
 
 
 async def show_build(request: web.Request) -> web.Response:
-    state, control, identity = await _caller(request)
+    state, control, identity = await authenticated(request)
     build = await _build_for(state, control, identity, request.match_info["build"], "pull")
     return web.json_response(_build_json(state, build))
 
@@ -360,14 +326,14 @@ def _tags(value: Any, field: str) -> list[str]:
 
 async def save_build(request: web.Request) -> web.Response:
     """Mark a build saved: the image must already be in the registry under ``<project>:<build>``."""
-    state, control, identity = await _caller(request)
+    state, control, identity = await authenticated(request)
     build = await _build_for(state, control, identity, request.match_info["build"], "push")
-    body = await _body(request)
+    body = await read_json_body(request)
     save_tags = _tags(body.get("save_tags"), "save_tags")
     targets = _tags(body.get("targets"), "targets")
     stored = await state.run(state.metadata.get_manifest, build.project_id, build.id, by_digest=False)
     if stored is None:
-        raise _error(
+        raise api_error(
             409,
             "CONFLICT",
             f"{build.project_id}:{build.id} is not in the registry; push the image with that tag, then save",
@@ -377,14 +343,14 @@ async def save_build(request: web.Request) -> web.Response:
     for target in targets:
         found = await state.run(state.metadata.get_manifest, build.project_id, f"{build.id}-{target}", by_digest=False)
         if found is None:
-            raise _error(409, "CONFLICT", f"target {target}: push {build.project_id}:{build.id}-{target} first")
+            raise api_error(409, "CONFLICT", f"target {target}: push {build.project_id}:{build.id}-{target} first")
         target_digests[target] = found.digest
     try:
         saved = await state.run(
             lambda: control.mark_saved(build.id, platforms=platforms, targets=target_digests, save_tags=save_tags)
         )
     except Conflict as exc:
-        raise _error(409, "CONFLICT", str(exc)) from None
+        raise api_error(409, "CONFLICT", str(exc)) from None
     after_save = request.app.get(AFTER_SAVE_KEY)
     if after_save is not None:
         await after_save(state, saved)
@@ -394,31 +360,31 @@ async def save_build(request: web.Request) -> web.Response:
 
 
 async def fail_build(request: web.Request) -> web.Response:
-    state, control, identity = await _caller(request)
+    state, control, identity = await authenticated(request)
     build = await _build_for(state, control, identity, request.match_info["build"], "push")
-    reason = (await _body(request)).get("reason") or "no reason given"
+    reason = (await read_json_body(request)).get("reason") or "no reason given"
     try:
         failed = await state.run(control.mark_failed, build.id, str(reason))
     except Conflict as exc:
-        raise _error(409, "CONFLICT", str(exc)) from None
+        raise api_error(409, "CONFLICT", str(exc)) from None
     return web.json_response(_build_json(state, failed))
 
 
 async def add_tags(request: web.Request) -> web.Response:
-    state, control, identity = await _caller(request)
+    state, control, identity = await authenticated(request)
     build = await _build_for(state, control, identity, request.match_info["build"], "push")
-    tags = _tags((await _body(request)).get("tags"), "tags")
+    tags = _tags((await read_json_body(request)).get("tags"), "tags")
     if not tags:
         raise _invalid('send {"tags": ["latest", ...]}')
     try:
         tagged = await state.run(control.add_save_tags, build.id, tags)
     except Conflict as exc:
-        raise _error(409, "CONFLICT", str(exc)) from None
+        raise api_error(409, "CONFLICT", str(exc)) from None
     return web.json_response(_build_json(state, tagged))
 
 
 async def remove_tag(request: web.Request) -> web.Response:
-    state, control, identity = await _caller(request)
+    state, control, identity = await authenticated(request)
     build = await _build_for(state, control, identity, request.match_info["build"], "push")
     try:
         untagged = await state.run(control.remove_save_tag, build.id, request.match_info["tag"])
@@ -429,7 +395,7 @@ async def remove_tag(request: web.Request) -> web.Response:
 
 async def pull_info(request: web.Request) -> web.Response:
     """``GET /api/v1/pull-info?ref=<build>|<project>:<tag>``: where to pull from, with a 1-hour pull token."""
-    state, control, identity = await _caller(request)
+    state, control, identity = await authenticated(request)
     ref = request.query.get("ref", "").strip()
     if not ref:
         raise _invalid("pass ?ref=<build-id> or ?ref=<project>:<tag>")
@@ -441,18 +407,12 @@ async def pull_info(request: web.Request) -> web.Response:
             raise _not_found(f"{ref} does not exist")
         build = await state.run(control.find_build_by_tag, project_id, tag)
         if build is None:
-            raise _not_found(await _missing_message(request, state, project_id, tag) or f"{ref} does not exist")
+            raise _not_found(await _explain(state, project_id, tag) or f"{ref} does not exist")
         build = await _build_for(state, control, identity, build.id, "pull")
     else:
-        try:
-            build = await _build_for(state, control, identity, ref, "pull")
-        except RegistryError:
-            explained = await _missing_message(request, state, None, ref)
-            if explained:
-                raise _not_found(explained) from None
-            raise
+        build = await _build_for(state, control, identity, ref, "pull")
     if build.status != "saved":
-        raise _error(409, "CONFLICT", f"build {build.id} is {build.status}, not saved; nothing to pull")
+        raise api_error(409, "CONFLICT", f"build {build.id} is {build.status}, not saved; nothing to pull")
     token, row = await _mint(
         state,
         control,
@@ -480,16 +440,14 @@ async def pull_info(request: web.Request) -> web.Response:
     )
 
 
-MissingExplainer = Callable[[RegistryState, str | None, str], Awaitable[str | None]]
-EXPLAIN_KEY = web.AppKey("cargohold_explain_missing", MissingExplainer)  # type: ignore[arg-type]
 AfterSave = Callable[[RegistryState, BuildRecord], Awaitable[None]]
 AFTER_SAVE_KEY = web.AppKey("cargohold_after_save", AfterSave)  # type: ignore[arg-type]
-"""Hooks the lifecycle module installs: explain an expired/evicted build, enforce the project's cap."""
+"""The hook the lifecycle module installs: enforce the project's build cap and re-measure its storage."""
 
 
-async def _missing_message(request: web.Request, state: RegistryState, project_id: str | None, ref: str) -> str | None:
-    explain = request.app.get(EXPLAIN_KEY)
-    return await explain(state, project_id, ref) if explain is not None else None
+async def _explain(state: RegistryState, project_id: str | None, ref: str) -> str | None:
+    """Why a build or ``project:tag`` is gone (expired, evicted, deleted), from the lifecycle audit log."""
+    return await state.run(audit.explain_missing, state.metadata.db, project_id, ref)
 
 
 # --- tokens -----------------------------------------------------------------------------------------------
@@ -497,8 +455,8 @@ async def _missing_message(request: web.Request, state: RegistryState, project_i
 
 async def create_token(request: web.Request) -> web.Response:
     """Admins mint any kind; a credential with push on a project may mint pull tokens for it."""
-    state, control, identity = await _caller(request)
-    body = await _body(request)
+    state, control, identity = await authenticated(request)
+    body = await read_json_body(request)
     try:
         kind = CredentialKind(body.get("kind", "project"))
     except ValueError:
@@ -547,17 +505,17 @@ async def create_token(request: web.Request) -> web.Response:
 
 
 async def list_tokens(request: web.Request) -> web.Response:
-    state, control, identity = await _caller(request)
+    state, control, identity = await authenticated(request)
     project_id = request.query.get("project")
     include_inactive = request.query.get("all") in ("1", "true")
     if not identity.is_admin and (project_id is None or not identity.can_project(project_id, "push")):
-        raise _error(403, "DENIED", "listing tokens needs an admin token (or push on the project given)")
+        raise api_error(403, "DENIED", "listing tokens needs an admin token (or push on the project given)")
     rows = await state.run(lambda: control.list_credentials(project_id, include_inactive=include_inactive))
     return web.json_response({"tokens": [_credential_json(row) for row in rows]})
 
 
 async def revoke_token(request: web.Request) -> web.Response:
-    state, control, identity = await _caller(request)
+    state, control, identity = await authenticated(request)
     token_id = request.match_info["token"]
     row = await state.run(control.get_credential, token_id)
     if row is None:
@@ -565,7 +523,7 @@ async def revoke_token(request: web.Request) -> web.Response:
     if not identity.is_admin and not (
         row.project_id and row.kind == "pull" and identity.can_project(row.project_id, "push")
     ):
-        raise _error(403, "DENIED", "revoking this token needs an admin token")
+        raise api_error(403, "DENIED", "revoking this token needs an admin token")
     await state.run(control.revoke_credential, token_id)
     assert state.auth is not None
     state.auth.authenticator.forget()
@@ -616,10 +574,10 @@ def _trust_issuer(state: RegistryState, requested: Any) -> str:
 
 
 async def add_trust(request: web.Request) -> web.Response:
-    state, control, identity = await _caller(request)
+    state, control, identity = await authenticated(request)
     _require_admin(identity)
     project = await _project_for(state, control, identity, request.match_info["project"], "pull")
-    body = await _body(request)
+    body = await read_json_body(request)
     owner, repository = body.get("owner"), body.get("repository")
     if isinstance(repository, str) and "/" in repository and owner is None:
         owner, repository = repository.split("/", 1)
@@ -671,7 +629,7 @@ async def add_trust(request: web.Request) -> web.Response:
 
 
 async def list_trust(request: web.Request) -> web.Response:
-    state, control, identity = await _caller(request)
+    state, control, identity = await authenticated(request)
     _require_admin(identity)
     project = await _project_for(state, control, identity, request.match_info["project"], "pull")
     rows = await state.run(control.list_trust, project.id)
@@ -679,7 +637,7 @@ async def list_trust(request: web.Request) -> web.Response:
 
 
 async def remove_trust(request: web.Request) -> web.Response:
-    state, control, identity = await _caller(request)
+    state, control, identity = await authenticated(request)
     _require_admin(identity)
     project_id, trust_id = request.match_info["project"], request.match_info["trust"]
     if not await state.run(control.remove_trust, project_id, trust_id):
@@ -688,7 +646,7 @@ async def remove_trust(request: web.Request) -> web.Response:
 
 
 async def whoami(request: web.Request) -> web.Response:
-    _state, _control, identity = await _caller(request)
+    _state, _control, identity = await authenticated(request)
     principal = identity.principal
     return web.json_response(
         {

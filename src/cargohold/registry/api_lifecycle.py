@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -37,6 +36,7 @@ from cargohold.lifecycle.gc import GarbageCollector, GcReport
 from cargohold.lifecycle.metering import Metering
 from cargohold.lifecycle.retention import BuildNotFound, Eviction, LifecycleError, Retention, build_json
 from cargohold.metadata.control import BuildRecord
+from cargohold.registry.api_common import api_error, authenticated, check_project_access, read_json_body
 from cargohold.registry.auth import Identity
 from cargohold.registry.errors import RegistryError, manifest_unknown
 from cargohold.registry.metrics import CONTENT_TYPE, Metrics
@@ -95,16 +95,13 @@ def lifecycle_of(app: web.Application) -> Lifecycle:
 # --- hooks for the control API and the registry ---------------------------------------------------------
 
 
-def _hooks(lifecycle: Lifecycle) -> tuple[Callable[..., Awaitable[None]], Callable[..., Awaitable[str | None]]]:
-    """The control API's after-save and explain-missing hooks (see ``api.AFTER_SAVE_KEY``/``EXPLAIN_KEY``)."""
+def _after_save(lifecycle: Lifecycle) -> Callable[..., Awaitable[None]]:
+    """The control API's after-save hook (``api.AFTER_SAVE_KEY``): enforce the cap, re-measure storage."""
 
     async def after_save(state: RegistryState, build: BuildRecord) -> None:
         await state.run(lifecycle.after_save, build.project_id)
 
-    async def explain(state: RegistryState, project_id: str | None, reference: str) -> str | None:
-        return await state.run(audit.explain_missing, state.metadata.db, project_id, reference)
-
-    return after_save, explain
+    return after_save
 
 
 async def missing_manifest(request: web.Request, repository: str, reference: str) -> RegistryError:
@@ -121,45 +118,9 @@ async def missing_manifest(request: web.Request, repository: str, reference: str
 # --- request helpers --------------------------------------------------------------------------------------
 
 
-def _error(status: int, code: str, message: str) -> RegistryError:
-    return RegistryError(code, message, status=status)
-
-
 async def _identity(request: web.Request) -> tuple[RegistryState, Lifecycle, Identity]:
-    state = state_of(request)
-    if state.auth is None or state.control is None:
-        raise _error(404, "NOT_FOUND", "this server runs without the control plane")
-    identity = await state.auth.identity(request)
-    if identity is None:
-        raise RegistryError(
-            "UNAUTHORIZED",
-            "authentication required: send Authorization: Bearer <token> (or Basic x-token:<token>)",
-            headers=state.auth.challenge(None),
-        )
+    state, _control, identity = await authenticated(request)
     return state, lifecycle_of(request.app), identity
-
-
-async def _body(request: web.Request) -> dict[str, Any]:
-    raw = await request.content.read(MAX_BODY + 1)
-    if len(raw) > MAX_BODY:
-        raise _error(413, "SIZE_INVALID", f"request body is larger than {MAX_BODY} bytes")
-    if not raw.strip():
-        return {}
-    try:
-        body = json.loads(raw)
-    except ValueError as exc:
-        raise _error(400, "INVALID", f"request body is not valid JSON: {exc}") from None
-    if not isinstance(body, dict):
-        raise _error(400, "INVALID", "request body must be a JSON object")
-    return body
-
-
-def _check_project(identity: Identity, project_id: str, action: str) -> None:
-    """Unknown and invisible projects look the same (404); visible but not allowed is 403."""
-    if not identity.can_project(project_id, "pull"):
-        raise _error(404, "NOT_FOUND", f"project {project_id} does not exist")
-    if not identity.can_project(project_id, action):
-        raise _error(403, "DENIED", f"the {identity.principal.kind.value} credential may not {action} in {project_id}")
 
 
 async def _build_project(state: RegistryState, identity: Identity, build_id: str, action: str) -> str:
@@ -167,11 +128,11 @@ async def _build_project(state: RegistryState, identity: Identity, build_id: str
     build = await state.run(state.control.get_build, build_id)
     if build is None or not identity.can_project(build.project_id, "pull"):
         explained = await state.run(audit.explain_missing, state.metadata.db, None, build_id)
-        raise _error(404, "NOT_FOUND", explained or f"build {build_id} does not exist")
+        raise api_error(404, "NOT_FOUND", explained or f"build {build_id} does not exist")
     restricted = identity.build_restriction(build.project_id)
     if restricted is not None and restricted != build_id:
-        raise _error(404, "NOT_FOUND", f"build {build_id} does not exist")
-    _check_project(identity, build.project_id, action)
+        raise api_error(404, "NOT_FOUND", f"build {build_id} does not exist")
+    check_project_access(identity, build.project_id, action)
     return build.project_id
 
 
@@ -182,7 +143,7 @@ def _flag(value: Any, field: str) -> bool:
         return False
     if value in ("1", "true", "yes"):
         return True
-    raise _error(400, "INVALID", f'"{field}" must be true or false')
+    raise api_error(400, "INVALID", f'"{field}" must be true or false')
 
 
 # --- routes -----------------------------------------------------------------------------------------------
@@ -211,20 +172,20 @@ async def _change(request: web.Request, action: str) -> web.Response:
         elif action == "unpin":
             build = await state.run(retention.unpin, build_id, identity.name)
         else:
-            body = await _body(request)
+            body = await read_json_body(request, MAX_BODY)
             by, until = body.get("by"), body.get("until")
             if by is not None and (isinstance(by, bool) or not isinstance(by, int | float)):
-                raise _error(400, "INVALID", '"by" must be a number of seconds')
+                raise api_error(400, "INVALID", '"by" must be a number of seconds')
             try:
                 until_at = parse_iso(str(until)) if until is not None else None
             except ValueError:
-                raise _error(400, "INVALID", f'"until" must be an ISO 8601 time, not {until!r}') from None
+                raise api_error(400, "INVALID", f'"until" must be an ISO 8601 time, not {until!r}') from None
             by_delta = timedelta(seconds=by) if by is not None else None
             build = await state.run(lambda: retention.extend(build_id, identity.name, by=by_delta, until=until_at))
     except LifecycleError as exc:
-        raise _error(409, "CONFLICT", str(exc)) from None
+        raise api_error(409, "CONFLICT", str(exc)) from None
     except BuildNotFound as exc:
-        raise _error(404, "NOT_FOUND", str(exc)) from None
+        raise api_error(404, "NOT_FOUND", str(exc)) from None
     return web.json_response(build_json(build))
 
 
@@ -239,7 +200,7 @@ async def delete_build(request: web.Request) -> web.Response:
             lambda: lifecycle.retention.evict_build(build_id, "manual", identity.name, dry_run=dry_run)
         )
     except BuildNotFound as exc:
-        raise _error(404, "NOT_FOUND", str(exc)) from None
+        raise api_error(404, "NOT_FOUND", str(exc)) from None
     if not dry_run:
         await state.run(lifecycle.metering.refresh, [eviction.project_id])
     return web.json_response({"dry_run": dry_run, "evicted": [eviction.to_json()]})
@@ -248,11 +209,11 @@ async def delete_build(request: web.Request) -> web.Response:
 async def project_history(request: web.Request) -> web.Response:
     state, _lifecycle, identity = await _identity(request)
     project_id = request.match_info["project"]
-    _check_project(identity, project_id, "pull")
+    check_project_access(identity, project_id, "pull")
     try:
         limit = int(request.query.get("limit", "100"))
     except ValueError:
-        raise _error(400, "INVALID", "limit must be a whole number") from None
+        raise api_error(400, "INVALID", "limit must be a whole number") from None
     build = request.query.get("build")
     events = await state.run(lambda: audit.history(state.metadata.db, project_id, limit=limit, build_id=build))
     return web.json_response({"project_id": project_id, "events": [event.to_json() for event in events]})
@@ -261,27 +222,27 @@ async def project_history(request: web.Request) -> web.Response:
 async def project_usage(request: web.Request) -> web.Response:
     state, lifecycle, identity = await _identity(request)
     project_id = request.match_info["project"]
-    _check_project(identity, project_id, "pull")
+    check_project_access(identity, project_id, "pull")
     month = request.query.get("month") or None
     try:
         usage = await state.run(lifecycle.metering.usage, project_id, month)
     except ValueError as exc:
-        raise _error(400, "INVALID", str(exc)) from None
+        raise api_error(400, "INVALID", str(exc)) from None
     except LookupError as exc:
-        raise _error(404, "NOT_FOUND", str(exc)) from None
+        raise api_error(404, "NOT_FOUND", str(exc)) from None
     return web.json_response(usage.to_json())
 
 
 async def run_expiry(request: web.Request) -> web.Response:
     state, lifecycle, identity = await _identity(request)
-    body = await _body(request)
+    body = await read_json_body(request, MAX_BODY)
     dry_run = _flag(body.get("dry_run"), "dry_run")
     project_id = body.get("project")
     if project_id is None:
         if not identity.is_admin:
-            raise _error(403, "DENIED", 'only an admin token may sweep every project; pass {"project": "<id>"}')
+            raise api_error(403, "DENIED", 'only an admin token may sweep every project; pass {"project": "<id>"}')
     else:
-        _check_project(identity, str(project_id), "push")
+        check_project_access(identity, str(project_id), "push")
     evicted: list[Eviction] = await state.run(
         lambda: lifecycle.retention.expire(identity.name, dry_run=dry_run, project_id=project_id)
     )
@@ -295,11 +256,11 @@ async def run_expiry(request: web.Request) -> web.Response:
 async def run_gc(request: web.Request) -> web.Response:
     state, lifecycle, identity = await _identity(request)
     if not identity.is_admin:
-        raise _error(403, "DENIED", "only an admin token may run garbage collection")
-    dry_run = _flag((await _body(request)).get("dry_run"), "dry_run")
+        raise api_error(403, "DENIED", "only an admin token may run garbage collection")
+    dry_run = _flag((await read_json_body(request, MAX_BODY)).get("dry_run"), "dry_run")
     report = await state.run(lambda: lifecycle.collect_garbage(dry_run=dry_run))
     if report.skipped:
-        raise _error(409, "CONFLICT", f"{report.skipped}; try again when it finishes")
+        raise api_error(409, "CONFLICT", f"{report.skipped}; try again when it finishes")
     return web.json_response(report.to_json())
 
 
@@ -314,7 +275,7 @@ async def metrics_endpoint(request: web.Request) -> web.Response:
                 headers=state.auth.challenge(None),
             )
         if not identity.is_admin:
-            raise _error(403, "DENIED", "only an admin token may read metrics")
+            raise api_error(403, "DENIED", "only an admin token may read metrics")
     body = await state.run(lifecycle_of(request.app).metrics.render)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 
@@ -371,7 +332,7 @@ def install(app: web.Application) -> None:
     )
     lifecycle.retention.listeners.append(lifecycle.on_evicted)
     app[LIFECYCLE_KEY] = lifecycle
-    app[api.AFTER_SAVE_KEY], app[api.EXPLAIN_KEY] = _hooks(lifecycle)
+    app[api.AFTER_SAVE_KEY] = _after_save(lifecycle)
     app.middlewares.insert(0, metrics.middleware())
     app.on_response_prepare.append(metrics.on_response_prepare)
     router = app.router

@@ -1,0 +1,64 @@
+"""Request helpers every control-API module shares: errors, JSON bodies, the caller, project access."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from aiohttp import web
+
+from cargohold.metadata.control import ControlStore
+from cargohold.registry.auth import Identity
+from cargohold.registry.errors import RegistryError
+from cargohold.registry.state import RegistryState, state_of
+
+MAX_BODY = 256 * 1024
+
+
+def api_error(status: int, code: str, message: str) -> RegistryError:
+    """An API error in the registry's ``{"errors": [{code, message}]}`` shape (codes beyond OCI's: NOT_FOUND,
+    INVALID, CONFLICT)."""
+    return RegistryError(code, message, status=status)
+
+
+async def read_json_body(request: web.Request, limit: int = MAX_BODY) -> dict[str, Any]:
+    """The request's JSON object (``{}`` for an empty body), refusing oversized or malformed bodies."""
+    if request.content_length is not None and request.content_length > limit:
+        raise api_error(413, "SIZE_INVALID", f"request body is larger than {limit} bytes")
+    raw = await request.content.read(limit + 1)
+    if len(raw) > limit:
+        raise api_error(413, "SIZE_INVALID", f"request body is larger than {limit} bytes")
+    if not raw.strip():
+        return {}
+    try:
+        body = json.loads(raw)
+    except ValueError as exc:
+        raise api_error(400, "INVALID", f"request body is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise api_error(400, "INVALID", "request body must be a JSON object")
+    return body
+
+
+async def authenticated(request: web.Request) -> tuple[RegistryState, ControlStore, Identity]:
+    """The server state, its control store, and the caller; 401 with a challenge when no credential came."""
+    state = state_of(request)
+    if state.auth is None or state.control is None:
+        raise api_error(404, "NOT_FOUND", "this server runs without the control plane")
+    identity = await state.auth.identity(request)
+    if identity is None:
+        raise RegistryError(
+            "UNAUTHORIZED",
+            "authentication required: send Authorization: Bearer <token> (or Basic x-token:<token>)",
+            headers=state.auth.challenge(None),
+        )
+    return state, state.control, identity
+
+
+def check_project_access(identity: Identity, project_id: str, action: str) -> None:
+    """Unknown and invisible projects look the same (404); visible but not allowed is 403."""
+    if not identity.can_project(project_id, "pull"):
+        raise api_error(404, "NOT_FOUND", f"project {project_id} does not exist")
+    if not identity.can_project(project_id, action):
+        raise api_error(
+            403, "DENIED", f"the {identity.principal.kind.value} credential may not {action} in {project_id}"
+        )
