@@ -18,8 +18,8 @@ from cargohold.lifecycle.gc import TOUCH_FRACTION
 from cargohold.metadata.store import BlobInUse
 from cargohold.oci.digest import Digest, DigestError
 from cargohold.registry.errors import RegistryError, blob_unknown
-from cargohold.registry.state import state_of
-from cargohold.storage.base import LocalFile, Redirect
+from cargohold.registry.state import RegistryState, state_of
+from cargohold.storage.base import BlobLocation, LocalFile, Redirect
 
 log = logging.getLogger(__name__)
 
@@ -61,21 +61,30 @@ def _usable_range(header: str | None, size: int) -> bool:
     return True
 
 
-async def get_blob(request: web.Request, name: str, digest_text: str) -> web.StreamResponse:
-    state = state_of(request)
-    digest = parse_digest(digest_text)
-    linked = await state.run(state.metadata.linked_blob, name, str(digest))
+def _readable_blob(state: RegistryState, name: str, digest: Digest, stale_before: datetime) -> BlobLocation:
+    """Where to serve ``digest`` from, if ``name`` may read it: one trip to the thread pool on the hot path.
+
+    A link older than ``stale_before`` is refreshed first, keeping it out of the garbage collector's reach for
+    a client that HEADs a blob and then skips uploading it (see cargohold.lifecycle.gc); fresh links cost one
+    read. A link that vanished in between (GC won) reads as unknown.
+    """
+    linked = state.metadata.linked_blob(name, str(digest))
     if linked is None:
         raise blob_unknown(str(digest))
-    # Keep the link out of the garbage collector's reach for a client that HEADs and then skips the upload
-    # (see cargohold.lifecycle.gc). Writes only when the link is stale, so the hot path stays one read.
-    stale_before = datetime.now(UTC) - state.settings.gc_grace / TOUCH_FRACTION
-    if linked[1] < stale_before and not await state.run(state.metadata.touch_link, name, str(digest), stale_before):
+    if linked[1] < stale_before and not state.metadata.touch_link(name, str(digest), stale_before):
         raise blob_unknown(str(digest))
-    location = await state.run(state.blobs.locate, digest)
+    location = state.blobs.locate(digest)
     if location is None:
         log.error("blob %s is linked in %s but its content is missing from the store", digest, name)
         raise blob_unknown(str(digest))
+    return location
+
+
+async def get_blob(request: web.Request, name: str, digest_text: str) -> web.StreamResponse:
+    state = state_of(request)
+    digest = parse_digest(digest_text)
+    stale_before = datetime.now(UTC) - state.settings.gc_grace / TOUCH_FRACTION
+    location = await state.run(_readable_blob, state, name, digest, stale_before)
     headers = {
         "Docker-Content-Digest": str(digest),
         "Content-Type": "application/octet-stream",
