@@ -16,6 +16,7 @@ import json
 import logging
 import re
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
@@ -30,8 +31,8 @@ from cargohold.oci import mediatypes as mt
 from cargohold.oci.digest import Digest
 from cargohold.oci.reference import is_valid_tag
 from cargohold.registry.api_common import api_error, authenticated, check_project_access, read_json_body
-from cargohold.registry.auth import Identity
-from cargohold.registry.credentials import CredentialKind, new_credential, permissions_to_json
+from cargohold.registry.auth import Identity, stored_to_row
+from cargohold.registry.credentials import CredentialKind, new_credential
 from cargohold.registry.errors import RegistryError
 from cargohold.registry.oidc import GITHUB_ISSUER
 from cargohold.registry.state import RegistryState
@@ -137,17 +138,7 @@ async def _mint(
     token, stored = new_credential(
         kind, credential_id=new_id(), name=name, now=now, project=project, build_id=build_id, ttl=ttl
     )
-    row = Credential(
-        id=stored.id,
-        kind=stored.kind.value,
-        name=stored.name,
-        token_hash=stored.token_hash,
-        permissions=permissions_to_json(stored.permissions),
-        metadata_json=json.dumps(metadata) if metadata else None,
-        created_at=now,
-        expires_at=stored.expires_at,
-        project_id=project,
-    )
+    row = stored_to_row(replace(stored, metadata=metadata or {}), project_id=project)
     await state.run(control.add_credential, row)
     return token, row
 

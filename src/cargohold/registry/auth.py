@@ -44,6 +44,7 @@ from cargohold.registry.credentials import (
     hash_token,
     is_valid_token,
     permissions_from_json,
+    permissions_to_json,
 )
 from cargohold.registry.errors import RegistryError
 from cargohold.registry.ratelimit import AuthFailureLimiter, retry_after_header
@@ -133,6 +134,21 @@ def _row_to_stored(row: Credential) -> StoredCredential:
         expires_at=row.expires_at,
         revoked_at=row.revoked_at,
         metadata=json.loads(row.metadata_json) if row.metadata_json else {},
+    )
+
+
+def stored_to_row(stored: StoredCredential, *, project_id: str | None = None) -> Credential:
+    """The database row for a new credential (the inverse of reading one back with ``_row_to_stored``)."""
+    return Credential(
+        id=stored.id,
+        kind=stored.kind.value,
+        name=stored.name,
+        token_hash=stored.token_hash,
+        permissions=permissions_to_json(stored.permissions),
+        metadata_json=json.dumps(stored.metadata) if stored.metadata else None,
+        created_at=stored.created_at,
+        expires_at=stored.expires_at,
+        project_id=project_id,
     )
 
 

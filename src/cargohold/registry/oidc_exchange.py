@@ -13,14 +13,13 @@ from cargohold.metadata.control import ControlStore, new_id
 from cargohold.metadata.models import Credential
 from cargohold.metadata.models import TrustRelationship as TrustRow
 from cargohold.registry import trust
-from cargohold.registry.auth import AuthError, Identity, TokenAuthenticator
+from cargohold.registry.auth import AuthError, Identity, TokenAuthenticator, stored_to_row
 from cargohold.registry.credentials import (
     CredentialKind,
     Principal,
     hash_token,
     new_credential,
     permissions_from_json,
-    permissions_to_json,
 )
 from cargohold.registry.oidc import OidcError, OidcVerifier, ReplayedTokenError
 
@@ -113,17 +112,7 @@ class OidcExchange:
         if claims.workflow:
             audit["workflow"] = claims.workflow
         projects = sorted({permission.project for permission in result.permissions})
-        row = Credential(
-            id=stored.id,
-            kind=stored.kind.value,
-            name=stored.name,
-            token_hash=stored.token_hash,
-            permissions=permissions_to_json(stored.permissions),
-            metadata_json=json.dumps(audit),
-            created_at=now,
-            expires_at=stored.expires_at,
-            project_id=projects[0] if len(projects) == 1 else None,
-        )
+        row = stored_to_row(replace(stored, metadata=audit), project_id=projects[0] if len(projects) == 1 else None)
         await self.run(self.control.add_credential, row)
         assert stored.expires_at is not None
         principal = Principal(CredentialKind.OIDC, stored.id, stored.name, stored.permissions)

@@ -8,9 +8,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from cargohold.metadata.control import new_id
-from cargohold.metadata.models import Credential
-from cargohold.registry.auth import TokenAccess, TokenAuthenticator
-from cargohold.registry.credentials import CredentialKind, new_credential, permissions_to_json
+from cargohold.registry.auth import TokenAccess, TokenAuthenticator, stored_to_row
+from cargohold.registry.credentials import CredentialKind, new_credential
 from cargohold.registry.oidc import OidcSettings, OidcVerifier
 from cargohold.registry.oidc_exchange import DatabaseJtiStore, OidcExchange
 from cargohold.registry.ratelimit import AuthFailureLimiter
@@ -62,16 +61,7 @@ def _create_first_admin(state: RegistryState) -> None:
     assert state.control is not None
     now = datetime.now(UTC)
     token, stored = new_credential(CredentialKind.ADMIN, credential_id=new_id(), name="first admin", now=now)
-    state.control.add_credential(
-        Credential(
-            id=stored.id,
-            kind=stored.kind.value,
-            name=stored.name,
-            token_hash=stored.token_hash,
-            permissions=permissions_to_json(stored.permissions),
-            created_at=now,
-        )
-    )
+    state.control.add_credential(stored_to_row(stored))
     banner = (
         "\n"
         "  Cargohold created the first admin token for this data directory. It is shown only now:\n\n"
