@@ -234,9 +234,10 @@ class LayoutStore:
 
     def put_blob(self, descriptor: Descriptor, source: ImageSource, progress: ProgressCallback | None) -> str:
         if isinstance(source, RegistryRepo):
-            # The client's download resumes dropped connections with Range and verifies the digest; the
-            # blob writer lands the file atomically only if the digest matches again on our side.
-            with self.layout.blob_writer(descriptor.digest.algorithm) as writer:
+            # The client's download resumes dropped connections with Range and verifies the digest (it raises
+            # before we commit if the bytes do not match), so the writer need not hash them again; it still
+            # lands the file atomically, and only on commit.
+            with self.layout.blob_writer(descriptor.digest.algorithm, verified=descriptor.digest) as writer:
                 source.client.download_blob(
                     source.repository, descriptor.digest, writer.write, size=descriptor.size, progress=progress
                 )
