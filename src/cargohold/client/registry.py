@@ -354,26 +354,16 @@ class RegistryClient:
         last_failure_at = -1
         while True:
             try:
-                response, start = self._open_blob_at(repository, parsed, received)
-                try:
-                    skip = received - start
-                    for chunk in response.iter_raw():
-                        if skip:
-                            if len(chunk) <= skip:
-                                skip -= len(chunk)
-                                continue
-                            chunk, skip = chunk[skip:], 0
-                        hasher.update(chunk)
-                        write(chunk)
-                        received += len(chunk)
-                        if size is not None and received > size:
-                            raise DigestMismatchError(
-                                f"blob {parsed} from {self.where(repository)} is larger than its {size} bytes"
-                            )
-                        if progress is not None:
-                            progress(len(chunk))
-                finally:
-                    response.close()
+                for chunk in self._blob_body_from(repository, parsed, received):
+                    hasher.update(chunk)
+                    write(chunk)
+                    received += len(chunk)
+                    if size is not None and received > size:
+                        raise DigestMismatchError(
+                            f"blob {parsed} from {self.where(repository)} is larger than its {size} bytes"
+                        )
+                    if progress is not None:
+                        progress(len(chunk))
                 if size is not None and received < size:
                     raise httpx.RemoteProtocolError(f"blob body ended after {received} of {size} bytes")
                 break
@@ -421,20 +411,24 @@ class RegistryClient:
         parsed = digest if isinstance(digest, Digest) else Digest.parse(digest)
 
         def open_at(offset: int) -> Iterator[bytes]:
-            response, start = self._open_blob_at(repository, parsed, offset)
-            try:
-                skip = offset - start
-                for chunk in response.iter_raw():
-                    if skip:
-                        if len(chunk) <= skip:
-                            skip -= len(chunk)
-                            continue
-                        chunk, skip = chunk[skip:], 0
-                    yield chunk
-            finally:
-                response.close()
+            return self._blob_body_from(repository, parsed, offset)
 
         return open_at
+
+    def _blob_body_from(self, repository: str, digest: Digest, offset: int) -> Iterator[bytes]:
+        """The blob's bytes from ``offset`` on; bytes before it are dropped if the server ignored ``Range``."""
+        response, start = self._open_blob_at(repository, digest, offset)
+        try:
+            skip = offset - start
+            for chunk in response.iter_raw():
+                if skip:
+                    if len(chunk) <= skip:
+                        skip -= len(chunk)
+                        continue
+                    chunk, skip = chunk[skip:], 0
+                yield chunk
+        finally:
+            response.close()
 
     # -- blobs: write -------------------------------------------------------------------------------
 
