@@ -1,4 +1,4 @@
-"""The admin CLI in-process (typer's CliRunner) against a real server.
+"""The admin CLI in-process (click's CliRunner) against a real server.
 
 ``CARGOHOLD_CONFIG`` points at a temporary file for every test, so the stored login never touches the
 developer's own config; CARGOHOLD_REGISTRY/TOKEN/PROJECT_ID from the environment are cleared for the same
@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
+from click.testing import CliRunner
 
 import cargohold.cli.admin  # noqa: F401  (registers the commands on the app)
 from cargohold.cli.main import app

@@ -2,25 +2,24 @@
 
 from __future__ import annotations
 
+import click
 import pytest
-import typer
-from typer.testing import CliRunner
+from click.testing import CliRunner
 
 from cargohold.cli import main as cli_main
 
 
 def _commands() -> list[list[str]]:
     cli_main._register_command_modules()
-    root = typer.main.get_command(cli_main.app)
     paths: list[list[str]] = [[]]
 
-    def walk(command: object, prefix: list[str]) -> None:
-        # Typer vendors its own click, so look for subcommands by shape rather than by class.
-        for name, sub in getattr(command, "commands", {}).items():
-            paths.append([*prefix, name])
-            walk(sub, [*prefix, name])
+    def walk(command: click.Command, prefix: list[str]) -> None:
+        if isinstance(command, click.Group):
+            for name, sub in command.commands.items():
+                paths.append([*prefix, name])
+                walk(sub, [*prefix, name])
 
-    walk(root, [])
+    walk(cli_main.app, [])
     return paths
 
 
@@ -46,3 +45,25 @@ def test_every_documented_command_exists() -> None:
         "pull-token",
     ):
         assert expected in names, f"cargohold {expected} is missing"
+
+
+def test_root_lists_commands_before_groups_in_registration_order() -> None:
+    cli_main._register_command_modules()
+    names = cli_main.app.list_commands(click.Context(cli_main.app))
+    assert names[:5] == ["serve", "pull-token", "login", "logout", "whoami"]
+    assert names[-4:] == ["projects", "trust", "tokens", "builds"]
+
+
+def test_jobs_default_matches_the_client() -> None:
+    from cargohold.cli.images import DEFAULT_JOBS
+    from cargohold.client.copy import DEFAULT_JOBS as CLIENT_DEFAULT_JOBS
+
+    assert DEFAULT_JOBS == CLIENT_DEFAULT_JOBS
+
+
+def test_version_and_no_arguments() -> None:
+    cli_main._register_command_modules()
+    version = CliRunner().invoke(cli_main.app, ["--version"])
+    assert version.exit_code == 0 and version.stdout.startswith("cargohold ")
+    bare = CliRunner().invoke(cli_main.app, [])
+    assert bare.exit_code == 2 and "Usage" in bare.stderr and "serve" in bare.stderr

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from typer.testing import CliRunner
+from click.testing import CliRunner
 
 import cargohold.cli.lifecycle  # noqa: F401  (registers the commands on the app)
 from cargohold.cli.main import app

@@ -6,6 +6,9 @@ import base64
 import json
 import os
 import stat
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
@@ -152,6 +155,31 @@ def test_known_realm_gets_token_before_sending() -> None:
         client.mount_blob("third/repo", Digest.of(b"y"), "first/repo")
     assert fake.challenges == 1
     assert client.auth.token_requests == 3
+
+
+def test_parallel_challenges_share_one_token_fetch() -> None:
+    """Six blob HEADs meet the same 401 at once (a save's first step): one token request, not six, and
+    it already carries push, so the uploads and the manifest PUT that follow need no second token."""
+    fake = FakeTokenRegistry()
+    all_challenged = threading.Barrier(6, timeout=10)
+    handle = fake.handle
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.host == "auth.test":
+            time.sleep(0.2)  # a realm slow enough that the other threads ask while the first fetch is out
+        response = handle(request)
+        if response.status_code == 401:
+            all_challenged.wait()  # every thread holds its 401 before anyone asks for a token
+        return response
+
+    client = RegistryClient("http://reg.test", retry=FAST, transport=httpx.MockTransport(handler))
+    digests = [Digest.of(str(i).encode()) for i in range(6)]
+    with client, ThreadPoolExecutor(6) as pool:
+        sizes = list(pool.map(lambda d: client.blob_exists("team/app", d, for_push=True), digests))
+        client.mount_blob("team/app", digests[0], "team/app")  # a push-scoped request: cached token suffices
+    assert all(size is not None for size in sizes)
+    assert client.auth.token_requests == 1
+    assert [call["scope"] for call in fake.token_calls] == [["repository:team/app:pull,push"]]
 
 
 def test_bad_credentials_give_a_clear_error() -> None:

@@ -8,37 +8,45 @@ shows the answer as a table (or ``--json`` for scripts) and turns failures into 
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Any
 
-import typer
+import click
 
 from cargohold.cli.context import (
     CliError,
-    JsonOption,
-    ProjectOption,
-    RegistryOption,
-    TokenOption,
     connect,
     emit,
     guarded,
+    json_option,
+    project_option,
     read_secret_stdin,
+    registry_option,
     require_project,
     stderr,
     stdout,
+    token_option,
 )
 from cargohold.cli.durations import parse_duration
-from cargohold.cli.main import app
-from cargohold.client.control import ControlClient, ControlError
-from cargohold.client.settings import clear_login, config_path, normalize_registry_url, save_login
+from cargohold.cli.main import app, argument
 
-projects_app = typer.Typer(help="Create, list, show and update projects (admin).", no_args_is_help=True)
-trust_app = typer.Typer(
-    help="Trust relationships: which GitHub workflows may exchange OIDC tokens for a project.", no_args_is_help=True
-)
-tokens_app = typer.Typer(help="Create, list and revoke Cargohold tokens.", no_args_is_help=True)
-app.add_typer(projects_app, name="projects")
-app.add_typer(trust_app, name="trust")
-app.add_typer(tokens_app, name="tokens")
+if TYPE_CHECKING:
+    from cargohold.client.control import ControlClient
+
+
+@app.group("projects", no_args_is_help=True)
+def projects_app() -> None:
+    """Create, list, show and update projects (admin)."""
+
+
+@app.group("trust", no_args_is_help=True)
+def trust_app() -> None:
+    """Trust relationships: which GitHub workflows may exchange OIDC tokens for a project."""
+
+
+@app.group("tokens", no_args_is_help=True)
+def tokens_app() -> None:
+    """Create, list and revoke Cargohold tokens."""
+
 
 PROJECT_COLUMNS = [("id", "ID"), ("name", "Name"), ("retention", "Retention"), ("max_builds", "Max builds"),
                    ("created_at", "Created")]
@@ -128,18 +136,15 @@ def _token_row(token: dict[str, Any]) -> dict[str, Any]:
 
 
 @projects_app.command("create")
+@argument("name", help="Human-readable project name (the ID is generated).")
+@click.option("--retention", help="Keep saved builds this long (e.g. 7d) or 'unlimited'.")
+@click.option("--max-builds", type=click.IntRange(min=1), help="Keep at most this many builds.", show_default=False)
+@registry_option
+@token_option
+@json_option
 @guarded
 def projects_create(
-    name: Annotated[str, typer.Argument(help="Human-readable project name (the ID is generated).")],
-    retention: Annotated[
-        str | None, typer.Option("--retention", help="Keep saved builds this long (e.g. 7d) or 'unlimited'.")
-    ] = None,
-    max_builds: Annotated[
-        int | None, typer.Option("--max-builds", min=1, help="Keep at most this many builds.", show_default=False)
-    ] = None,
-    registry: RegistryOption = None,
-    token: TokenOption = None,
-    as_json: JsonOption = False,
+    name: str, retention: str | None, max_builds: int | None, registry: str | None, token: str | None, as_json: bool
 ) -> None:
     """Create a project; prints its ID, which is also its repository name in image references."""
     settings: dict[str, Any] = {}
@@ -158,8 +163,11 @@ def projects_create(
 
 
 @projects_app.command("list")
+@registry_option
+@token_option
+@json_option
 @guarded
-def projects_list(registry: RegistryOption = None, token: TokenOption = None, as_json: JsonOption = False) -> None:
+def projects_list(registry: str | None, token: str | None, as_json: bool) -> None:
     """List the projects this token can see (all of them for an admin)."""
     control, _ = _control(registry, token)
     with control:
@@ -169,14 +177,14 @@ def projects_list(registry: RegistryOption = None, token: TokenOption = None, as
 
 
 @projects_app.command("show")
+@argument("project_id", required=False, help="Project ID (default: --project/CARGOHOLD_PROJECT_ID).")
+@project_option
+@registry_option
+@token_option
+@json_option
 @guarded
 def projects_show(
-    project_id: Annotated[str | None, typer.Argument(help="Project ID (default: --project/CARGOHOLD_PROJECT_ID).")]
-    = None,
-    project: ProjectOption = None,
-    registry: RegistryOption = None,
-    token: TokenOption = None,
-    as_json: JsonOption = False,
+    project_id: str | None, project: str | None, registry: str | None, token: str | None, as_json: bool
 ) -> None:
     """Show one project's settings."""
     control, resolved = _control(registry, token, project_id or project)
@@ -186,21 +194,24 @@ def projects_show(
 
 
 @projects_app.command("update")
+@argument("project_id", required=False, help="Project ID (default: --project/CARGOHOLD_PROJECT_ID).")
+@click.option("--name", help="New name.", show_default=False)
+@click.option("--retention", help="New retention (e.g. 14d) or 'unlimited'.", show_default=False)
+@click.option("--max-builds", type=click.IntRange(min=1), help="New build cap.", show_default=False)
+@project_option
+@registry_option
+@token_option
+@json_option
 @guarded
 def projects_update(
-    project_id: Annotated[str | None, typer.Argument(help="Project ID (default: --project/CARGOHOLD_PROJECT_ID).")]
-    = None,
-    name: Annotated[str | None, typer.Option("--name", help="New name.", show_default=False)] = None,
-    retention: Annotated[
-        str | None, typer.Option("--retention", help="New retention (e.g. 14d) or 'unlimited'.", show_default=False)
-    ] = None,
-    max_builds: Annotated[
-        int | None, typer.Option("--max-builds", min=1, help="New build cap.", show_default=False)
-    ] = None,
-    project: ProjectOption = None,
-    registry: RegistryOption = None,
-    token: TokenOption = None,
-    as_json: JsonOption = False,
+    project_id: str | None,
+    name: str | None,
+    retention: str | None,
+    max_builds: int | None,
+    project: str | None,
+    registry: str | None,
+    token: str | None,
+    as_json: bool,
 ) -> None:
     """Change a project's name, retention or build cap (only the options given change)."""
     settings: dict[str, Any] = {}
@@ -228,37 +239,35 @@ def _need(project: str | None) -> str:
 
 
 @trust_app.command("add")
+@click.option("--repository", required=True, help="GitHub repository as owner/name.", show_default=False)
+@click.option("--repository-id", help="Numeric repository id (learned on first use if omitted).")
+@click.option("--owner-id", help="Numeric owner id (learned on first use if omitted).")
+@click.option("--workflow", help="ci.yml, .github/workflows/ci.yml or owner/repo/.github/workflows/x.yml.")
+@click.option("--environment", help="Required deployment environment.")
+@click.option("--ref", help="Required ref pattern, e.g. refs/heads/main or refs/tags/v*.")
+@click.option("--runner-environment", help="github-hosted or self-hosted.")
+@click.option("--allow-event", multiple=True,
+              help="Opt into a risky event (pull_request_target, workflow_run); repeatable.")
+@click.option("--pull-only", is_flag=True, help="Grant pull but never push.")
+@project_option
+@registry_option
+@token_option
+@json_option
 @guarded
 def trust_add(
-    repository: Annotated[
-        str, typer.Option("--repository", help="GitHub repository as owner/name.", show_default=False)
-    ],
-    repository_id: Annotated[
-        str | None, typer.Option("--repository-id", help="Numeric repository id (learned on first use if omitted).")
-    ] = None,
-    owner_id: Annotated[
-        str | None, typer.Option("--owner-id", help="Numeric owner id (learned on first use if omitted).")
-    ] = None,
-    workflow: Annotated[
-        str | None,
-        typer.Option("--workflow", help="ci.yml, .github/workflows/ci.yml or owner/repo/.github/workflows/x.yml."),
-    ] = None,
-    environment: Annotated[str | None, typer.Option("--environment", help="Required deployment environment.")] = None,
-    ref: Annotated[
-        str | None, typer.Option("--ref", help="Required ref pattern, e.g. refs/heads/main or refs/tags/v*.")
-    ] = None,
-    runner_environment: Annotated[
-        str | None, typer.Option("--runner-environment", help="github-hosted or self-hosted.")
-    ] = None,
-    allow_event: Annotated[
-        list[str] | None,
-        typer.Option("--allow-event", help="Opt into a risky event (pull_request_target, workflow_run); repeatable."),
-    ] = None,
-    pull_only: Annotated[bool, typer.Option("--pull-only", help="Grant pull but never push.")] = False,
-    project: ProjectOption = None,
-    registry: RegistryOption = None,
-    token: TokenOption = None,
-    as_json: JsonOption = False,
+    repository: str,
+    repository_id: str | None,
+    owner_id: str | None,
+    workflow: str | None,
+    environment: str | None,
+    ref: str | None,
+    runner_environment: str | None,
+    allow_event: tuple[str, ...],
+    pull_only: bool,
+    project: str | None,
+    registry: str | None,
+    token: str | None,
+    as_json: bool,
 ) -> None:
     """Let a GitHub repository's workflows exchange their OIDC tokens for access to a project."""
     if repository.count("/") != 1:
@@ -282,13 +291,12 @@ def trust_add(
 
 
 @trust_app.command("list")
+@project_option
+@registry_option
+@token_option
+@json_option
 @guarded
-def trust_list(
-    project: ProjectOption = None,
-    registry: RegistryOption = None,
-    token: TokenOption = None,
-    as_json: JsonOption = False,
-) -> None:
+def trust_list(project: str | None, registry: str | None, token: str | None, as_json: bool) -> None:
     """List a project's trust relationships."""
     connection = connect(registry, project, token)
     project_id = require_project(connection)
@@ -299,14 +307,13 @@ def trust_list(
 
 
 @trust_app.command("remove")
+@argument("trust_id", help="Trust relationship ID (see cargohold trust list).")
+@project_option
+@registry_option
+@token_option
+@json_option
 @guarded
-def trust_remove(
-    trust_id: Annotated[str, typer.Argument(help="Trust relationship ID (see cargohold trust list).")],
-    project: ProjectOption = None,
-    registry: RegistryOption = None,
-    token: TokenOption = None,
-    as_json: JsonOption = False,
-) -> None:
+def trust_remove(trust_id: str, project: str | None, registry: str | None, token: str | None, as_json: bool) -> None:
     """Delete a trust relationship; tokens already exchanged stay valid until they expire."""
     connection = connect(registry, project, token)
     project_id = require_project(connection)
@@ -319,20 +326,24 @@ def trust_remove(
 
 
 @tokens_app.command("create")
+@click.option("--kind", default="project", help="project (push+pull), pull, or admin.")
+@click.option("--build", help="Limit a pull token to one build.", show_default=False)
+@click.option("--name", help="What the token is for.", show_default=False)
+@click.option("--expires", help="Lifetime, e.g. 30d (default: never; pull tokens 1h).")
+@project_option
+@registry_option
+@token_option
+@json_option
 @guarded
 def tokens_create(
-    kind: Annotated[str, typer.Option("--kind", help="project (push+pull), pull, or admin.")] = "project",
-    build: Annotated[
-        str | None, typer.Option("--build", help="Limit a pull token to one build.", show_default=False)
-    ] = None,
-    name: Annotated[str | None, typer.Option("--name", help="What the token is for.", show_default=False)] = None,
-    expires: Annotated[
-        str | None, typer.Option("--expires", help="Lifetime, e.g. 30d (default: never; pull tokens 1h).")
-    ] = None,
-    project: ProjectOption = None,
-    registry: RegistryOption = None,
-    token: TokenOption = None,
-    as_json: JsonOption = False,
+    kind: str,
+    build: str | None,
+    name: str | None,
+    expires: str | None,
+    project: str | None,
+    registry: str | None,
+    token: str | None,
+    as_json: bool,
 ) -> None:
     """Create a token; its secret is shown once (store it in a secret manager)."""
     if kind not in ("project", "pull", "admin"):
@@ -358,13 +369,14 @@ def tokens_create(
 
 
 @tokens_app.command("list")
+@click.option("--all", "include_inactive", is_flag=True, help="Include revoked and expired tokens.")
+@project_option
+@registry_option
+@token_option
+@json_option
 @guarded
 def tokens_list(
-    include_inactive: Annotated[bool, typer.Option("--all", help="Include revoked and expired tokens.")] = False,
-    project: ProjectOption = None,
-    registry: RegistryOption = None,
-    token: TokenOption = None,
-    as_json: JsonOption = False,
+    include_inactive: bool, project: str | None, registry: str | None, token: str | None, as_json: bool
 ) -> None:
     """List tokens (never their secrets); --project narrows to one project."""
     connection = connect(registry, project, token)
@@ -374,13 +386,12 @@ def tokens_list(
 
 
 @tokens_app.command("revoke")
+@argument("token_id", help="Token ID (see cargohold tokens list), not the secret.")
+@registry_option
+@token_option
+@json_option
 @guarded
-def tokens_revoke(
-    token_id: Annotated[str, typer.Argument(help="Token ID (see cargohold tokens list), not the secret.")],
-    registry: RegistryOption = None,
-    token: TokenOption = None,
-    as_json: JsonOption = False,
-) -> None:
+def tokens_revoke(token_id: str, registry: str | None, token: str | None, as_json: bool) -> None:
     """Revoke a token; registries refuse it within a few seconds."""
     if token_id.startswith(("cha_", "chp_", "chl_", "cho_")):
         raise CliError("that looks like a token secret; pass the token ID shown by cargohold tokens list")
@@ -391,17 +402,22 @@ def tokens_revoke(
 
 
 @app.command("pull-token")
+@argument("build_id", required=False, help="Limit the token to this build (default: the whole project).")
+@click.option("--expires", default="1h", help="Lifetime of the token.")
+@click.option("--name", help="What the token is for.", show_default=False)
+@project_option
+@registry_option
+@token_option
+@json_option
 @guarded
 def pull_token(
-    build_id: Annotated[
-        str | None, typer.Argument(help="Limit the token to this build (default: the whole project).")
-    ] = None,
-    expires: Annotated[str, typer.Option("--expires", help="Lifetime of the token.")] = "1h",
-    name: Annotated[str | None, typer.Option("--name", help="What the token is for.", show_default=False)] = None,
-    project: ProjectOption = None,
-    registry: RegistryOption = None,
-    token: TokenOption = None,
-    as_json: JsonOption = False,
+    build_id: str | None,
+    expires: str,
+    name: str | None,
+    project: str | None,
+    registry: str | None,
+    token: str | None,
+    as_json: bool,
 ) -> None:
     """Print a short-lived pull token (only the token, so TOKEN=$(cargohold pull-token) works)."""
     ttl = _seconds(expires, "--expires")
@@ -437,16 +453,16 @@ def _describe(who: dict[str, Any]) -> str:
 
 
 @app.command("login")
+@argument("url", help="Cargohold URL, e.g. https://cargohold.example.com or host:port.")
+@click.option("--token", help="The token (prefer --password-stdin).")
+@click.option("--password-stdin", is_flag=True, help="Read the token from standard input.")
+@json_option
 @guarded
-def login(
-    url: Annotated[str, typer.Argument(help="Cargohold URL, e.g. https://cargohold.example.com or host:port.")],
-    token: Annotated[str | None, typer.Option("--token", help="The token (prefer --password-stdin).")] = None,
-    password_stdin: Annotated[
-        bool, typer.Option("--password-stdin", help="Read the token from standard input.")
-    ] = False,
-    as_json: JsonOption = False,
-) -> None:
+def login(url: str, token: str | None, password_stdin: bool, as_json: bool) -> None:
     """Check a token against the registry, then store both for later commands (file readable by you only)."""
+    from cargohold.client.control import ControlClient, ControlError
+    from cargohold.client.settings import normalize_registry_url, save_login
+
     if token and password_stdin:
         raise CliError("pass either --token or --password-stdin, not both")
     if password_stdin:
@@ -467,9 +483,12 @@ def login(
 
 
 @app.command("logout")
+@json_option
 @guarded
-def logout(as_json: JsonOption = False) -> None:
+def logout(as_json: bool) -> None:
     """Forget the stored login (the token itself stays valid; revoke it to end it)."""
+    from cargohold.client.settings import clear_login, config_path
+
     removed = clear_login()
     path = config_path()
     if as_json:
@@ -479,8 +498,11 @@ def logout(as_json: JsonOption = False) -> None:
 
 
 @app.command("whoami")
+@registry_option
+@token_option
+@json_option
 @guarded
-def whoami(registry: RegistryOption = None, token: TokenOption = None, as_json: JsonOption = False) -> None:
+def whoami(registry: str | None, token: str | None, as_json: bool) -> None:
     """Show which credential the CLI is using and what it may do."""
     connection = connect(registry, None, token)
     with connection.control() as control:

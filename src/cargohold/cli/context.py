@@ -1,8 +1,11 @@
 """What every client command shares: connection options, output modes, and turning errors into one sentence.
 
-Commands take the common options through the ``Annotated`` aliases below, build a :class:`Connection` with
+Commands take the common options through the decorators below, build a :class:`Connection` with
 :func:`connect`, print with :func:`emit` (a rich table for people, ``--json`` for scripts), and let
 :func:`handle_errors` turn any known failure into ``error: <one sentence>`` and exit status 1.
+
+Importing this module stays cheap (click and the standard library): the rich consoles are created on first
+use, and the client library (httpx) is imported only by the functions that talk to a registry.
 """
 
 from __future__ import annotations
@@ -12,31 +15,40 @@ import json
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Any
 
-import typer
-from rich.console import Console
-from rich.table import Table
+import click
 
-from cargohold.client.control import ControlError
-from cargohold.client.credentials import CredentialsError
-from cargohold.client.errors import DigestMismatchError, PlatformNotFoundError, RegistryError
-from cargohold.client.settings import Connection, SettingsError, resolve
+if TYPE_CHECKING:
+    from pathlib import Path
 
-RegistryOption = Annotated[
-    str | None, typer.Option("--registry", help="Cargohold URL (env CARGOHOLD_REGISTRY).", show_default=False)
-]
-ProjectOption = Annotated[
-    str | None, typer.Option("--project", help="Project ID (env CARGOHOLD_PROJECT_ID).", show_default=False)
-]
-TokenOption = Annotated[
-    str | None, typer.Option("--token", help="Cargohold token (env CARGOHOLD_TOKEN).", show_default=False)
-]
-JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+    from rich.console import Console
 
-stderr = Console(stderr=True, highlight=False, soft_wrap=True)
-stdout = Console(highlight=False, soft_wrap=True)
+    from cargohold.client.settings import Connection
+
+registry_option = click.option("--registry", help="Cargohold URL (env CARGOHOLD_REGISTRY).", show_default=False)
+project_option = click.option("--project", help="Project ID (env CARGOHOLD_PROJECT_ID).", show_default=False)
+token_option = click.option("--token", help="Cargohold token (env CARGOHOLD_TOKEN).", show_default=False)
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+
+
+class _LazyConsole:
+    """A rich ``Console`` created on first use, so that importing the CLI does not import rich."""
+
+    def __init__(self, **options: Any) -> None:
+        self._options = options
+        self._console: Console | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        if self._console is None:
+            from rich.console import Console
+
+            self._console = Console(**self._options)
+        return getattr(self._console, name)
+
+
+stderr: Any = _LazyConsole(stderr=True, highlight=False, soft_wrap=True)
+stdout: Any = _LazyConsole(highlight=False, soft_wrap=True)
 
 
 class CliError(Exception):
@@ -51,6 +63,8 @@ def connect(
     context_dir: Path | None = None,
     need_project: bool = False,
 ) -> Connection:
+    from cargohold.client.settings import resolve
+
     connection = resolve(registry=registry, project=project, token=token, context_dir=context_dir)
     if need_project and not connection.project:
         raise CliError(
@@ -80,6 +94,8 @@ def emit(
         stdout.print_json(json.dumps(data, default=str))
         return
     if columns is not None and rows is not None:
+        from rich.table import Table
+
         table = Table(title=title, show_lines=False, header_style="bold")
         for _key, header in columns:
             table.add_column(header)
@@ -110,15 +126,22 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
-KNOWN_ERRORS: tuple[type[BaseException], ...] = (
-    CliError,
-    SettingsError,
-    ControlError,
-    RegistryError,
-    CredentialsError,
-    DigestMismatchError,
-    PlatformNotFoundError,
-)
+def known_errors() -> tuple[type[BaseException], ...]:
+    """The failures reported as one sentence (imported when needed: the client library is not cheap)."""
+    from cargohold.client.control import ControlError
+    from cargohold.client.credentials import CredentialsError
+    from cargohold.client.errors import DigestMismatchError, PlatformNotFoundError, RegistryError
+    from cargohold.client.settings import SettingsError
+
+    return (
+        CliError,
+        SettingsError,
+        ControlError,
+        RegistryError,
+        CredentialsError,
+        DigestMismatchError,
+        PlatformNotFoundError,
+    )
 
 
 @contextmanager
@@ -126,12 +149,14 @@ def handle_errors() -> Iterator[None]:
     """Print known failures as ``error: …`` and exit 1; a bug still shows its traceback."""
     try:
         yield
-    except KNOWN_ERRORS as exc:
+    except Exception as exc:
+        if not isinstance(exc, CliError) and not isinstance(exc, known_errors()):
+            raise
         stderr.print(f"[bold red]error:[/] {_sentence(str(exc))}")
-        raise typer.Exit(1) from None
+        raise click.exceptions.Exit(1) from None
     except KeyboardInterrupt:
         stderr.print("[bold red]error:[/] interrupted")
-        raise typer.Exit(130) from None
+        raise click.exceptions.Exit(130) from None
 
 
 def _sentence(message: str) -> str:
@@ -140,7 +165,7 @@ def _sentence(message: str) -> str:
 
 
 def guarded(func: Callable[..., None]) -> Callable[..., None]:
-    """Decorator form of :func:`handle_errors` for command functions (keeps typer's signature)."""
+    """Decorator form of :func:`handle_errors` for command functions (keeps the signature and docstring)."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> None:
@@ -155,3 +180,10 @@ def read_secret_stdin() -> str:
     if not value:
         raise CliError("nothing was read from standard input; pipe the token in, e.g. echo $TOKEN | cargohold …")
     return value
+
+
+def __getattr__(name: str) -> Any:
+    # KNOWN_ERRORS is still importable, but only computed (importing the client library) when asked for.
+    if name == "KNOWN_ERRORS":
+        return known_errors()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

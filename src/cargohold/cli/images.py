@@ -1,8 +1,9 @@
-"""``cargohold save``, ``build``, ``pull`` and ``push``: thin typer wrappers over :mod:`cargohold.images`.
+"""``cargohold save``, ``build``, ``pull`` and ``push``: thin click wrappers over :mod:`cargohold.images`.
 
 Everything that moves bytes lives in the images package (the GitHub Actions call the same functions);
 this module parses flags, picks the progress style, prints the summary (or ``--json``) and turns failures
-into one sentence via :func:`~cargohold.cli.context.handle_errors`.
+into one sentence via :func:`~cargohold.cli.context.handle_errors`. The images and client packages are
+imported inside the commands, so ``--help`` and option parsing do not pay for them.
 """
 
 from __future__ import annotations
@@ -10,45 +11,46 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
-from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Any
 
-import typer
+import click
 
 from cargohold.cli.context import (
     CliError,
-    JsonOption,
-    ProjectOption,
-    RegistryOption,
-    TokenOption,
     connect,
     emit,
     handle_errors,
+    json_option,
+    project_option,
+    registry_option,
     stdout,
+    token_option,
 )
-from cargohold.cli.main import app
-from cargohold.client.copy import DEFAULT_JOBS
-from cargohold.images.progress import MODES, Progress, human_bytes, make_progress
+from cargohold.cli.main import app, argument
 
-ProgressOption = Annotated[
-    str,
-    typer.Option("--progress", help="auto (bars on a terminal, plain lines in CI), tty, plain or quiet.",
-                 envvar="CARGOHOLD_PROGRESS"),
-]
-JobsOption = Annotated[int, typer.Option("--jobs", "-j", min=1, max=64, help="Blobs transferred in parallel.")]
-MetadataOption = Annotated[
-    Path | None,
-    typer.Option("--metadata-file", help="Write buildx-style JSON metadata (digest, descriptor, build ID) here.",
-                 show_default=False),
-]
-SaveTagOption = Annotated[
-    list[str] | None, typer.Option("--save-tag", help="Also name the build PROJECT:TAG (repeatable).",
-                                   show_default=False)
-]
-PlatformOption = Annotated[
-    str | None, typer.Option("--platform", help="os/arch[/variant] to pick from a multi-platform image.",
-                             show_default=False)
-]
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from cargohold.images.progress import Progress
+
+DEFAULT_JOBS = 6
+"""``--jobs`` default: the value of :data:`cargohold.client.copy.DEFAULT_JOBS` (a test keeps them equal), repeated
+here because importing the client library costs more than the rest of a ``--help``."""
+
+progress_option = click.option(
+    "--progress", default="auto", envvar="CARGOHOLD_PROGRESS", show_envvar=True,
+    help="auto (bars on a terminal, plain lines in CI), tty, plain or quiet.",
+)
+jobs_option = click.option("--jobs", "-j", type=click.IntRange(1, 64), default=DEFAULT_JOBS,
+                           help="Blobs transferred in parallel.")
+metadata_option = click.option(
+    "--metadata-file", type=click.Path(), show_default=False,
+    help="Write buildx-style JSON metadata (digest, descriptor, build ID) here.",
+)
+save_tag_option = click.option("--save-tag", multiple=True, show_default=False,
+                               help="Also name the build PROJECT:TAG (repeatable).")
+platform_option = click.option("--platform", show_default=False,
+                               help="os/arch[/variant] to pick from a multi-platform image.")
 
 
 @contextmanager
@@ -66,7 +68,15 @@ def _errors() -> Iterator[None]:
             raise CliError(str(exc)) from None
 
 
+def _path(value: str | None) -> Path | None:
+    from pathlib import Path
+
+    return Path(value) if value is not None else None
+
+
 def _progress(mode: str, as_json: bool) -> Progress:
+    from cargohold.images.progress import MODES, make_progress
+
     if mode not in MODES:
         raise CliError(f"--progress must be one of {', '.join(MODES)}; got {mode!r}")
     # With --json, stdout is for the document only; progress still goes to stderr unless asked otherwise.
@@ -74,6 +84,8 @@ def _progress(mode: str, as_json: bool) -> Progress:
 
 
 def _print_save(result: Any, as_json: bool) -> None:
+    from cargohold.images.progress import human_bytes
+
     save = result
     data = {k: v for k, v in asdict(save).items() if k != "build"}
     data["pull_command"] = save.pull_command
@@ -95,74 +107,102 @@ def _print_save(result: Any, as_json: bool) -> None:
     stdout.print(f"  push:  {save.push_command}", markup=False)
 
 
-@app.command(rich_help_panel="Images")
+@app.command()
+@argument("source", help="oci:DIR[:REF], oci-archive:FILE, docker-archive:FILE or docker-daemon:IMAGE.")
+@save_tag_option
+@metadata_option
+@jobs_option
+@progress_option
+@registry_option
+@project_option
+@token_option
+@json_option
 def save(
-    source: Annotated[str, typer.Argument(help="oci:DIR[:REF], oci-archive:FILE, docker-archive:FILE or "
-                                               "docker-daemon:IMAGE.", show_default=False)],
-    save_tag: SaveTagOption = None,
-    metadata_file: MetadataOption = None,
-    jobs: JobsOption = DEFAULT_JOBS,
-    progress: ProgressOption = "auto",
-    registry: RegistryOption = None,
-    project: ProjectOption = None,
-    token: TokenOption = None,
-    as_json: JsonOption = False,
+    source: str,
+    save_tag: tuple[str, ...],
+    metadata_file: str | None,
+    jobs: int,
+    progress: str,
+    registry: str | None,
+    project: str | None,
+    token: str | None,
+    as_json: bool,
 ) -> None:
     """Save an image (layout, archive or local Docker image) as a new build."""
     from cargohold.images.save import save_image
 
     with _errors():
         connection = connect(registry, project, token, need_project=True)
-        result = save_image(connection, source, save_tags=save_tag or [], metadata_file=metadata_file, jobs=jobs,
+        result = save_image(connection, source, save_tags=list(save_tag), metadata_file=_path(metadata_file), jobs=jobs,
                             progress=_progress(progress, as_json))
         _print_save(result, as_json)
 
 
-@app.command(rich_help_panel="Images")
+@app.command()
+@argument("path", default=".", help="Build context directory.")
+@click.option("--file", "-f", help="Dockerfile path.", show_default=False)
+@click.option("--tag", "-t", multiple=True, help="Image name (repeatable); --push pushes to these.",
+              show_default=False)
+@click.option("--build-arg", multiple=True, help="KEY=VALUE (repeatable).", show_default=False)
+@click.option("--target", help="Stage to build.", show_default=False)
+@click.option("--platform", multiple=True, help="os/arch (repeatable or comma-separated; several need buildx).",
+              show_default=False)
+@click.option("--label", multiple=True, help="KEY=VALUE (repeatable).", show_default=False)
+@click.option("--secret", multiple=True, help="id=ID,src=FILE or id=ID,env=VAR (repeatable).", show_default=False)
+@click.option("--no-cache", is_flag=True, help="Do not use the build cache.")
+@click.option("--pull", is_flag=True, help="Always pull base images.")
+@click.option("--save", is_flag=True, help="Save the result to Cargohold as a new build.")
+@save_tag_option
+@click.option("--load", is_flag=True, help="Also leave the image in the local Docker daemon.")
+@click.option("--push", is_flag=True, help="Also push the saved build to the -t tags.")
+@click.option("--builder", help="docker-buildx, docker or buildah (default: the first available).",
+              show_default=False)
+@metadata_option
+@jobs_option
+@progress_option
+@registry_option
+@project_option
+@token_option
+@json_option
 def build(
-    path: Annotated[str, typer.Argument(help="Build context directory.")] = ".",
-    file: Annotated[str | None, typer.Option("--file", "-f", help="Dockerfile path.", show_default=False)] = None,
-    tag: Annotated[list[str] | None, typer.Option("--tag", "-t", help="Image name (repeatable); --push pushes "
-                                                  "to these.", show_default=False)] = None,
-    build_arg: Annotated[list[str] | None, typer.Option("--build-arg", help="KEY=VALUE (repeatable).",
-                                                        show_default=False)] = None,
-    target: Annotated[str | None, typer.Option("--target", help="Stage to build.", show_default=False)] = None,
-    platform: Annotated[list[str] | None, typer.Option("--platform", help="os/arch (repeatable or "
-                                                       "comma-separated; several need buildx).",
-                                                       show_default=False)] = None,
-    label: Annotated[list[str] | None, typer.Option("--label", help="KEY=VALUE (repeatable).",
-                                                    show_default=False)] = None,
-    secret: Annotated[list[str] | None, typer.Option("--secret", help="id=ID,src=FILE or id=ID,env=VAR "
-                                                     "(repeatable).", show_default=False)] = None,
-    no_cache: Annotated[bool, typer.Option("--no-cache", help="Do not use the build cache.")] = False,
-    pull: Annotated[bool, typer.Option("--pull", help="Always pull base images.")] = False,
-    save: Annotated[bool, typer.Option("--save", help="Save the result to Cargohold as a new build.")] = False,
-    save_tag: SaveTagOption = None,
-    load: Annotated[bool, typer.Option("--load", help="Also leave the image in the local Docker daemon.")] = False,
-    push: Annotated[bool, typer.Option("--push", help="Also push the saved build to the -t tags.")] = False,
-    builder: Annotated[str | None, typer.Option("--builder", help="docker-buildx, docker or buildah "
-                                                "(default: the first available).", show_default=False)] = None,
-    metadata_file: MetadataOption = None,
-    jobs: JobsOption = DEFAULT_JOBS,
-    progress: ProgressOption = "auto",
-    registry: RegistryOption = None,
-    project: ProjectOption = None,
-    token: TokenOption = None,
-    as_json: JsonOption = False,
+    path: str,
+    file: str | None,
+    tag: tuple[str, ...],
+    build_arg: tuple[str, ...],
+    target: str | None,
+    platform: tuple[str, ...],
+    label: tuple[str, ...],
+    secret: tuple[str, ...],
+    no_cache: bool,
+    pull: bool,
+    save: bool,
+    save_tag: tuple[str, ...],
+    load: bool,
+    push: bool,
+    builder: str | None,
+    metadata_file: str | None,
+    jobs: int,
+    progress: str,
+    registry: str | None,
+    project: str | None,
+    token: str | None,
+    as_json: bool,
 ) -> None:
     """Build an image with docker buildx, docker or buildah, and (--save) save it as a new build."""
+    from pathlib import Path
+
     from cargohold.images.build import BuildOptions, build_and_save
 
     with _errors():
         connection = connect(registry, project, token, context_dir=Path(path), need_project=True) if save else None
         options = BuildOptions(
-            context=path, file=file, tags=tag or [], build_args=build_arg or [], target=target,
-            platforms=[p.strip() for item in platform or [] for p in item.split(",") if p.strip()],
-            labels=label or [], secrets=secret or [], no_cache=no_cache, pull=pull,
+            context=path, file=file, tags=list(tag), build_args=list(build_arg), target=target,
+            platforms=[p.strip() for item in platform for p in item.split(",") if p.strip()],
+            labels=list(label), secrets=list(secret), no_cache=no_cache, pull=pull,
         )
         result = build_and_save(
-            connection, options, builder=builder, save=save, save_tags=save_tag or [], load=load, push=push,
-            metadata_file=metadata_file, jobs=jobs, progress=_progress(progress, as_json),
+            connection, options, builder=builder, save=save, save_tags=list(save_tag), load=load, push=push,
+            metadata_file=_path(metadata_file), jobs=jobs, progress=_progress(progress, as_json),
         )
         if result.save is not None:
             _print_save(result.save, as_json)
@@ -175,29 +215,40 @@ def build(
             _print_push(result.push, as_json=False)
 
 
-@app.command(name="pull", rich_help_panel="Images")
+@app.command(name="pull")
+@argument("ref", help="BUILD_ID, PROJECT:TAG or REGISTRY/PROJECT:TAG.")
+@click.option("--tag", "-t", multiple=True, show_default=False,
+              help="Name in the local daemon (repeatable; default the build's reference).")
+@platform_option
+@click.option("--output", "-o", help="oci:DIR, oci-archive:FILE or docker-archive:FILE instead of the Docker daemon.",
+              show_default=False)
+@click.option("--all-platforms", is_flag=True, help="Keep every platform (OCI outputs).")
+@jobs_option
+@progress_option
+@registry_option
+@project_option
+@token_option
+@json_option
 def pull_command(
-    ref: Annotated[str, typer.Argument(help="BUILD_ID, PROJECT:TAG or REGISTRY/PROJECT:TAG.", show_default=False)],
-    tag: Annotated[list[str] | None, typer.Option("--tag", "-t", help="Name in the local daemon (repeatable; "
-                                                  "default the build's reference).", show_default=False)] = None,
-    platform: PlatformOption = None,
-    output: Annotated[str | None, typer.Option("--output", "-o", help="oci:DIR, oci-archive:FILE or "
-                                               "docker-archive:FILE instead of the Docker daemon.",
-                                               show_default=False)] = None,
-    all_platforms: Annotated[bool, typer.Option("--all-platforms", help="Keep every platform (OCI outputs).")] = False,
-    jobs: JobsOption = DEFAULT_JOBS,
-    progress: ProgressOption = "auto",
-    registry: RegistryOption = None,
-    project: ProjectOption = None,
-    token: TokenOption = None,
-    as_json: JsonOption = False,
+    ref: str,
+    tag: tuple[str, ...],
+    platform: str | None,
+    output: str | None,
+    all_platforms: bool,
+    jobs: int,
+    progress: str,
+    registry: str | None,
+    project: str | None,
+    token: str | None,
+    as_json: bool,
 ) -> None:
     """Pull a saved build into the local Docker daemon, or into an OCI layout or archive."""
+    from cargohold.images.progress import human_bytes
     from cargohold.images.pull import pull_image
 
     with _errors():
         connection = connect(registry, project, token)
-        result = pull_image(connection, ref, tags=tag or [], platform=platform, output=output,
+        result = pull_image(connection, ref, tags=list(tag), platform=platform, output=output,
                             all_platforms=all_platforms, jobs=jobs, progress=_progress(progress, as_json))
         if as_json:
             emit(asdict(result), as_json=True)
@@ -208,6 +259,8 @@ def pull_command(
 
 
 def _print_push(result: Any, *, as_json: bool) -> None:
+    from cargohold.images.progress import human_bytes
+
     if as_json:
         emit(asdict(result), as_json=True)
         return
@@ -217,24 +270,33 @@ def _print_push(result: Any, *, as_json: bool) -> None:
                      markup=False)
 
 
-@app.command(name="push", rich_help_panel="Images")
+@app.command(name="push")
+@argument("build_id", help="BUILD_ID or PROJECT:TAG.")
+@click.option("--tag", "-t", multiple=True, required=True, help="REGISTRY/REPOSITORY:TAG destination (repeatable).",
+              show_default=False)
+@platform_option
+@jobs_option
+@progress_option
+@registry_option
+@project_option
+@token_option
+@json_option
 def push_command(
-    build_id: Annotated[str, typer.Argument(help="BUILD_ID or PROJECT:TAG.", show_default=False)],
-    tag: Annotated[list[str], typer.Option("--tag", "-t", help="REGISTRY/REPOSITORY:TAG destination (repeatable).",
-                                           show_default=False)],
-    platform: PlatformOption = None,
-    jobs: JobsOption = DEFAULT_JOBS,
-    progress: ProgressOption = "auto",
-    registry: RegistryOption = None,
-    project: ProjectOption = None,
-    token: TokenOption = None,
-    as_json: JsonOption = False,
+    build_id: str,
+    tag: tuple[str, ...],
+    platform: str | None,
+    jobs: int,
+    progress: str,
+    registry: str | None,
+    project: str | None,
+    token: str | None,
+    as_json: bool,
 ) -> None:
     """Copy a saved build to its final registry (credentials: CARGOHOLD_PUSH_REGISTRY_* or the Docker config)."""
     from cargohold.images.push import push_image
 
     with _errors():
         connection = connect(registry, project, token)
-        result = push_image(connection, build_id, tag, platform=platform, jobs=jobs,
+        result = push_image(connection, build_id, list(tag), platform=platform, jobs=jobs,
                             progress=_progress(progress, as_json))
         _print_push(result, as_json=as_json)

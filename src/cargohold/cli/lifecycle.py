@@ -11,33 +11,34 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-import typer
+import click
 
 from cargohold.cli.context import (
     CliError,
-    JsonOption,
-    ProjectOption,
-    RegistryOption,
-    TokenOption,
     connect,
     emit,
     guarded,
+    json_option,
+    project_option,
+    registry_option,
     stdout,
+    token_option,
 )
 from cargohold.cli.durations import parse_duration
-from cargohold.cli.main import app
-from cargohold.client.control import ControlClient, ControlError
-from cargohold.images.progress import human_bytes
-from cargohold.lifecycle.clock import iso, parse_iso
+from cargohold.cli.main import app, argument
 
-builds_app = typer.Typer(
-    help="Saved builds: list, inspect, pin, extend, delete, and see what retention did to them.", no_args_is_help=True
-)
-app.add_typer(builds_app, name="builds", rich_help_panel="Lifecycle")
+if TYPE_CHECKING:
+    from cargohold.client.control import ControlClient
 
-BuildArgument = Annotated[str, typer.Argument(help="Build ID (as printed by cargohold save).", show_default=False)]
+
+@app.group("builds", no_args_is_help=True)
+def builds_app() -> None:
+    """Saved builds: list, inspect, pin, extend, delete, and see what retention did to them."""
+
+
+build_argument = argument("build", help="Build ID (as printed by cargohold save).")
 BUILD_COLUMNS = [("id", "ID"), ("status", "Status"), ("saved_at", "Saved"), ("expires", "Expires"),
                  ("pinned", "Pinned"), ("size", "Size"), ("save_tags", "Save tags")]
 HISTORY_COLUMNS = [("at", "When"), ("action", "Action"), ("rule", "Rule"), ("build_id", "Build"), ("actor", "Actor"),
@@ -67,6 +68,8 @@ def _on_build(client: ControlClient, build_id: str, call: Callable[[], T]) -> T:
     The server already explains builds that retention removed ("expired on …; push and save it again"); only
     an ID it never knew gets the plain answer, most likely a typo.
     """
+    from cargohold.client.control import ControlError
+
     try:
         return call()
     except ControlError as exc:
@@ -79,6 +82,13 @@ def _bare_missing(message: str, build_id: str) -> bool:
     """True for the plain "build X does not exist" (explanations say "expired", "was evicted", "was deleted")."""
     text = message.strip().rstrip(".")
     return build_id in text and text.endswith("does not exist")
+
+
+def human_bytes(size: int) -> str:
+    """:func:`cargohold.images.progress.human_bytes`, imported on first use (the images package is not cheap)."""
+    from cargohold.images.progress import human_bytes as format_size
+
+    return format_size(size)
 
 
 def _build_row(build: dict[str, Any]) -> dict[str, Any]:
@@ -144,15 +154,15 @@ def _evictions(result: dict[str, Any], *, as_json: bool, dry_run: bool, empty: s
 
 
 @builds_app.command("list")
+@click.option("--tag", help="Only the build holding this save-tag.", show_default=False)
+@click.option("--limit", type=click.IntRange(1, 500), default=50, help="Newest builds to show.")
+@registry_option
+@project_option
+@token_option
+@json_option
 @guarded
 def builds_list(
-    tag: Annotated[str | None, typer.Option("--tag", help="Only the build holding this save-tag.",
-                                            show_default=False)] = None,
-    limit: Annotated[int, typer.Option("--limit", min=1, max=500, help="Newest builds to show.")] = 50,
-    registry: RegistryOption = None,
-    project: ProjectOption = None,
-    token: TokenOption = None,
-    as_json: JsonOption = False,
+    tag: str | None, limit: int, registry: str | None, project: str | None, token: str | None, as_json: bool
 ) -> None:
     """List a project's builds, newest first."""
     with _client(registry, token, project, need_project=True) as (client, project_id):
@@ -171,13 +181,12 @@ def builds_list(
 
 
 @builds_app.command("show")
+@build_argument
+@registry_option
+@token_option
+@json_option
 @guarded
-def builds_show(
-    build: BuildArgument,
-    registry: RegistryOption = None,
-    token: TokenOption = None,
-    as_json: JsonOption = False,
-) -> None:
+def builds_show(build: str, registry: str | None, token: str | None, as_json: bool) -> None:
     """Show one build: status, expiry, pin, sizes, save-tags."""
     with _client(registry, token) as (client, _):
         data = _on_build(client, build, lambda: client.get_build(build))
@@ -185,9 +194,12 @@ def builds_show(
 
 
 @builds_app.command("pin")
+@build_argument
+@registry_option
+@token_option
+@json_option
 @guarded
-def builds_pin(build: BuildArgument, registry: RegistryOption = None, token: TokenOption = None,
-               as_json: JsonOption = False) -> None:
+def builds_pin(build: str, registry: str | None, token: str | None, as_json: bool) -> None:
     """Keep a saved build until unpinned: neither expiry nor the project's build cap removes it."""
     with _client(registry, token) as (client, _):
         data = _on_build(client, build, lambda: client.pin_build(build))
@@ -195,9 +207,12 @@ def builds_pin(build: BuildArgument, registry: RegistryOption = None, token: Tok
 
 
 @builds_app.command("unpin")
+@build_argument
+@registry_option
+@token_option
+@json_option
 @guarded
-def builds_unpin(build: BuildArgument, registry: RegistryOption = None, token: TokenOption = None,
-                 as_json: JsonOption = False) -> None:
+def builds_unpin(build: str, registry: str | None, token: str | None, as_json: bool) -> None:
     """Let a pinned build expire again (at once, if its expiry already passed)."""
     with _client(registry, token) as (client, _):
         data = _on_build(client, build, lambda: client.unpin_build(build))
@@ -207,18 +222,19 @@ def builds_unpin(build: BuildArgument, registry: RegistryOption = None, token: T
 
 
 @builds_app.command("extend")
+@build_argument
+@click.option("--by", help="Add this to the expiry (e.g. 12h, 3d).", show_default=False)
+@click.option("--until", help="New expiry, ISO 8601 (e.g. 2026-12-31T00:00:00Z).", show_default=False)
+@registry_option
+@token_option
+@json_option
 @guarded
 def builds_extend(
-    build: BuildArgument,
-    by: Annotated[str | None, typer.Option("--by", help="Add this to the expiry (e.g. 12h, 3d).",
-                                           show_default=False)] = None,
-    until: Annotated[str | None, typer.Option("--until", help="New expiry, ISO 8601 (e.g. 2026-12-31T00:00:00Z).",
-                                              show_default=False)] = None,
-    registry: RegistryOption = None,
-    token: TokenOption = None,
-    as_json: JsonOption = False,
+    build: str, by: str | None, until: str | None, registry: str | None, token: str | None, as_json: bool
 ) -> None:
     """Move a saved build's expiry later."""
+    from cargohold.lifecycle.clock import iso, parse_iso
+
     if (by is None) == (until is None):
         raise CliError("give exactly one of --by (e.g. --by 3d) or --until (e.g. --until 2026-12-31T00:00:00Z)")
     by_seconds = _seconds(by, "--by") if by is not None else None
@@ -234,14 +250,13 @@ def builds_extend(
 
 
 @builds_app.command("rm")
+@build_argument
+@click.option("--dry-run", is_flag=True, help="Only say what would be deleted.")
+@registry_option
+@token_option
+@json_option
 @guarded
-def builds_rm(
-    build: BuildArgument,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Only say what would be deleted.")] = False,
-    registry: RegistryOption = None,
-    token: TokenOption = None,
-    as_json: JsonOption = False,
-) -> None:
+def builds_rm(build: str, dry_run: bool, registry: str | None, token: str | None, as_json: bool) -> None:
     """Delete a build now (pinned ones too), with its tags and the manifests only it used."""
     with _client(registry, token) as (client, _):
         result = _on_build(client, build, lambda: client.delete_build(build, dry_run=dry_run))
@@ -258,15 +273,15 @@ def builds_rm(
 
 
 @builds_app.command("history")
+@click.option("--build", help="Only events about this build.", show_default=False)
+@click.option("--limit", type=click.IntRange(1, 1000), default=50, help="Newest events to show.")
+@registry_option
+@project_option
+@token_option
+@json_option
 @guarded
 def builds_history(
-    build: Annotated[str | None, typer.Option("--build", help="Only events about this build.",
-                                              show_default=False)] = None,
-    limit: Annotated[int, typer.Option("--limit", min=1, max=1000, help="Newest events to show.")] = 50,
-    registry: RegistryOption = None,
-    project: ProjectOption = None,
-    token: TokenOption = None,
-    as_json: JsonOption = False,
+    build: str | None, limit: int, registry: str | None, project: str | None, token: str | None, as_json: bool
 ) -> None:
     """What retention did in a project: evictions (and the rule behind each), pins, extensions."""
     with _client(registry, token, project, need_project=True) as (client, project_id):
@@ -284,14 +299,13 @@ def builds_history(
 # --- gc, expire, usage --------------------------------------------------------------------------------------
 
 
-@app.command(rich_help_panel="Lifecycle")
+@app.command()
+@click.option("--dry-run", is_flag=True, help="Only count what would be freed.")
+@registry_option
+@token_option
+@json_option
 @guarded
-def gc(
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Only count what would be freed.")] = False,
-    registry: RegistryOption = None,
-    token: TokenOption = None,
-    as_json: JsonOption = False,
-) -> None:
+def gc(dry_run: bool, registry: str | None, token: str | None, as_json: bool) -> None:
     """Collect garbage now: blobs no manifest needs any more (admin)."""
     with _client(registry, token) as (client, _):
         report = client.run_gc(dry_run=dry_run)
@@ -310,15 +324,14 @@ def gc(
         stdout.print(f"It stopped early: {report.get('error') or 'see the server log'}.", markup=False)
 
 
-@app.command(rich_help_panel="Lifecycle")
+@app.command()
+@click.option("--dry-run", is_flag=True, help="Only say what would go, and why.")
+@registry_option
+@project_option
+@token_option
+@json_option
 @guarded
-def expire(
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Only say what would go, and why.")] = False,
-    registry: RegistryOption = None,
-    project: ProjectOption = None,
-    token: TokenOption = None,
-    as_json: JsonOption = False,
-) -> None:
+def expire(dry_run: bool, registry: str | None, project: str | None, token: str | None, as_json: bool) -> None:
     """Evict expired builds (and builds never saved for 24 hours) now; without --project, every project."""
     with _client(registry, token, project) as (client, project_id):
         result = client.run_expiry(project_id=project_id, dry_run=dry_run)
@@ -326,16 +339,14 @@ def expire(
     _evictions(result, as_json=as_json, dry_run=dry_run, empty=f"Nothing to expire {scope}.")
 
 
-@app.command(rich_help_panel="Lifecycle")
+@app.command()
+@click.option("--month", help="YYYY-MM (default: this month, UTC).", show_default=False)
+@registry_option
+@project_option
+@token_option
+@json_option
 @guarded
-def usage(
-    month: Annotated[str | None, typer.Option("--month", help="YYYY-MM (default: this month, UTC).",
-                                              show_default=False)] = None,
-    registry: RegistryOption = None,
-    project: ProjectOption = None,
-    token: TokenOption = None,
-    as_json: JsonOption = False,
-) -> None:
+def usage(month: str | None, registry: str | None, project: str | None, token: str | None, as_json: bool) -> None:
     """Storage a project used in a month: GB-months, the free allowance and the cost estimate."""
     with _client(registry, token, project, need_project=True) as (client, project_id):
         assert project_id is not None

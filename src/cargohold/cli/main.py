@@ -1,109 +1,169 @@
-"""The ``cargohold`` command."""
+"""The ``cargohold`` command.
+
+Built on plain click. Start-up time is part of the interface (CI runs ``cargohold`` many times per job), so
+the command modules import only click and the standard library at top level; rich, httpx, the client and
+images packages, SQLAlchemy and aiohttp are imported inside the commands that need them.
+"""
 
 from __future__ import annotations
 
-import logging
 import os
-from datetime import timedelta
-from pathlib import Path
-from typing import Annotated
+from typing import Any
 
-import typer
+import click
 
 from cargohold import __version__
 from cargohold.cli.durations import parse_duration, parse_size
-from cargohold.config import ServerSettings, default_data_dir
 
-app = typer.Typer(
+
+class HelpArgument(click.Argument):
+    """A positional argument with a help text (built into click only from 8.5), shown under "Arguments:"."""
+
+    def __init__(self, param_decls: list[str], *, help: str | None = None, **attrs: Any) -> None:
+        super().__init__(param_decls, **attrs)
+        self.help = help
+        # As declared: newer clicks keep a sentinel, not None, in .default when there is none.
+        self.declared_default = attrs.get("default")
+
+    def help_row(self) -> tuple[str, str]:
+        extra = []
+        if self.declared_default is not None:
+            extra.append(f"default: {self.declared_default}")
+        if self.required:
+            extra.append("required")
+        text = self.help or ""
+        if extra:
+            text = f"{text}  [{'; '.join(extra)}]".lstrip()
+        return self.human_readable_name, text
+
+
+def argument(name: str, *, help: str, **attrs: Any) -> Any:
+    """``click.argument`` with a help text."""
+    return click.argument(name, cls=HelpArgument, help=help, **attrs)
+
+
+class Command(click.Command):
+    """A command whose help lists its arguments, with their help texts, before its options."""
+
+    def format_help(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        # Spelled out because click before 8.5 has no format_arguments step.
+        self.format_usage(ctx, formatter)
+        self.format_help_text(ctx, formatter)
+        self.format_arguments(ctx, formatter)
+        self.format_options(ctx, formatter)
+        self.format_epilog(ctx, formatter)
+
+    def format_arguments(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = [param.help_row() for param in self.get_params(ctx) if isinstance(param, HelpArgument)]
+        if rows:
+            with formatter.section("Arguments"):
+                formatter.write_dl(rows)
+
+
+class Group(click.Group):
+    """Lists plain commands before sub-groups, each in registration order (click would sort them by name)."""
+
+    command_class = Command
+    group_class = type  # sub-groups are Groups too
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(self.commands, key=lambda name: isinstance(self.commands[name], click.Group))
+
+
+def _version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if value and not ctx.resilient_parsing:
+        click.echo(f"cargohold {__version__}")
+        ctx.exit()
+
+
+@click.group(
+    cls=Group,
     name="cargohold",
     help="Cargohold: an ephemeral container registry for CI. Build once, pull anywhere, push when green.",
     no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-    # Help texts are plain text: "os/arch[/variant]" must not be read as rich markup.
-    rich_markup_mode=None,
+    context_settings={"show_default": True},
 )
-
-
-def _version(value: bool) -> None:
-    if value:
-        typer.echo(f"cargohold {__version__}")
-        raise typer.Exit()
-
-
-@app.callback()
-def root(
-    version: Annotated[
-        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
-    ] = False,
-) -> None:
+@click.option(
+    "--version", is_flag=True, expose_value=False, is_eager=True, callback=_version, help="Print the version and exit."
+)
+def app() -> None:
     """Cargohold command-line interface."""
 
 
+def _env_option(*param_decls: str, **attrs: Any) -> Any:
+    """An option read from an environment variable too; ``--help`` names the variable."""
+    return click.option(*param_decls, show_envvar=True, **attrs)
+
+
 @app.command()
+@_env_option("--host", envvar="CARGOHOLD_HOST", default="127.0.0.1", help="Address to listen on.")
+@_env_option("--port", envvar="CARGOHOLD_PORT", type=int, default=5000, help="Port to listen on.")
+@_env_option(
+    "--data-dir",
+    envvar="CARGOHOLD_DATA_DIR",
+    type=click.Path(),
+    help="Where blobs and metadata live.",
+    show_default=False,
+)
+@_env_option("--database-url", envvar="CARGOHOLD_DATABASE_URL",
+             help="SQLAlchemy URL (default: SQLite in the data dir).")
+@_env_option("--public-url", envvar="CARGOHOLD_PUBLIC_URL", help="URL clients use to reach this server.")
+@_env_option("--log-level", envvar="CARGOHOLD_LOG_LEVEL", default="info", help="debug, info, warning, error.")
+@_env_option("--access-log/--no-access-log", envvar="CARGOHOLD_ACCESS_LOG", default=True,
+             help="Log one line per request.")
+@_env_option("--upload-ttl", envvar="CARGOHOLD_UPLOAD_TTL", default="24h",
+             help="Purge upload sessions idle this long (e.g. 24h).")
+@_env_option("--max-blob-size", envvar="CARGOHOLD_MAX_BLOB_SIZE", default="64GiB",
+             help="Largest blob accepted (e.g. 64GiB).")
+@_env_option("--chunk-min-length", envvar="CARGOHOLD_CHUNK_MIN_LENGTH", default="1MiB",
+             help="Advertised OCI-Chunk-Min-Length (0: none).")
+@_env_option("--fsync/--no-fsync", envvar="CARGOHOLD_FSYNC", default=True,
+             help="fsync blobs before they become visible.")
+@_env_option("--oidc-issuer", envvar="CARGOHOLD_OIDC_ISSUERS", multiple=True,
+             help="Trusted OIDC issuer (repeatable; default GitHub Actions). Env: comma-separated.")
+@_env_option("--oidc-audience", envvar="CARGOHOLD_OIDC_AUDIENCE", help="Required audience (default: public URL).")
+@_env_option("--oidc-token-ttl", envvar="CARGOHOLD_OIDC_TOKEN_TTL", default="1h",
+             help="Lifetime of OIDC-exchanged credentials.")
+@_env_option("--gc-interval", envvar="CARGOHOLD_GC_INTERVAL", default="1h",
+             help="Collect garbage this often (0: only on demand).")
+@_env_option("--gc-grace", envvar="CARGOHOLD_GC_GRACE", default="1h",
+             help="Never collect blobs linked more recently than this.")
+@_env_option("--retention-interval", envvar="CARGOHOLD_RETENTION_INTERVAL", default="1m",
+             help="Evict expired builds this often.")
+@_env_option("--storage-price", envvar="CARGOHOLD_STORAGE_PRICE", type=float, default=0.20,
+             help="Price per GB-month for usage estimates (USD).")
+@_env_option("--free-gb-months", envvar="CARGOHOLD_FREE_GB_MONTHS", type=float, default=50.0,
+             help="Free GB-months per project per month.")
 def serve(
-    host: Annotated[str, typer.Option(envvar="CARGOHOLD_HOST", help="Address to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(envvar="CARGOHOLD_PORT", help="Port to listen on.")] = 5000,
-    data_dir: Annotated[
-        Path | None,
-        typer.Option(envvar="CARGOHOLD_DATA_DIR", help="Where blobs and metadata live.", show_default=False),
-    ] = None,
-    database_url: Annotated[
-        str | None,
-        typer.Option(envvar="CARGOHOLD_DATABASE_URL", help="SQLAlchemy URL (default: SQLite in the data dir)."),
-    ] = None,
-    public_url: Annotated[
-        str | None, typer.Option(envvar="CARGOHOLD_PUBLIC_URL", help="URL clients use to reach this server.")
-    ] = None,
-    log_level: Annotated[str, typer.Option(envvar="CARGOHOLD_LOG_LEVEL", help="debug, info, warning, error.")] = "info",
-    access_log: Annotated[bool, typer.Option(envvar="CARGOHOLD_ACCESS_LOG", help="Log one line per request.")] = True,
-    upload_ttl: Annotated[
-        str, typer.Option(envvar="CARGOHOLD_UPLOAD_TTL", help="Purge upload sessions idle this long (e.g. 24h).")
-    ] = "24h",
-    max_blob_size: Annotated[
-        str, typer.Option(envvar="CARGOHOLD_MAX_BLOB_SIZE", help="Largest blob accepted (e.g. 64GiB).")
-    ] = "64GiB",
-    chunk_min_length: Annotated[
-        str, typer.Option(envvar="CARGOHOLD_CHUNK_MIN_LENGTH", help="Advertised OCI-Chunk-Min-Length (0: none).")
-    ] = "1MiB",
-    fsync: Annotated[
-        bool, typer.Option(envvar="CARGOHOLD_FSYNC", help="fsync blobs before they become visible.")
-    ] = True,
-    oidc_issuer: Annotated[
-        list[str] | None,
-        typer.Option(
-            envvar="CARGOHOLD_OIDC_ISSUERS",
-            help="Trusted OIDC issuer (repeatable; default GitHub Actions). Env: comma-separated.",
-        ),
-    ] = None,
-    oidc_audience: Annotated[
-        str | None, typer.Option(envvar="CARGOHOLD_OIDC_AUDIENCE", help="Required audience (default: public URL).")
-    ] = None,
-    oidc_token_ttl: Annotated[
-        str, typer.Option(envvar="CARGOHOLD_OIDC_TOKEN_TTL", help="Lifetime of OIDC-exchanged credentials.")
-    ] = "1h",  # noqa: S107 (a duration, not a password)
-    gc_interval: Annotated[
-        str, typer.Option(envvar="CARGOHOLD_GC_INTERVAL", help="Collect garbage this often (0: only on demand).")
-    ] = "1h",
-    gc_grace: Annotated[
-        str, typer.Option(envvar="CARGOHOLD_GC_GRACE", help="Never collect blobs linked more recently than this.")
-    ] = "1h",
-    retention_interval: Annotated[
-        str, typer.Option(envvar="CARGOHOLD_RETENTION_INTERVAL", help="Evict expired builds this often.")
-    ] = "1m",
-    storage_price: Annotated[
-        float, typer.Option(envvar="CARGOHOLD_STORAGE_PRICE", help="Price per GB-month for usage estimates (USD).")
-    ] = 0.20,
-    free_gb_months: Annotated[
-        float, typer.Option(envvar="CARGOHOLD_FREE_GB_MONTHS", help="Free GB-months per project per month.")
-    ] = 50.0,
+    host: str,
+    port: int,
+    data_dir: str | None,
+    database_url: str | None,
+    public_url: str | None,
+    log_level: str,
+    access_log: bool,
+    upload_ttl: str,
+    max_blob_size: str,
+    chunk_min_length: str,
+    fsync: bool,
+    oidc_issuer: tuple[str, ...],
+    oidc_audience: str | None,
+    oidc_token_ttl: str,
+    gc_interval: str,
+    gc_grace: str,
+    retention_interval: str,
+    storage_price: float,
+    free_gb_months: float,
 ) -> None:
     """Run the registry server."""
+    from pathlib import Path
+
+    from cargohold.config import ServerSettings, default_data_dir
     from cargohold.registry.server import run
 
     _configure_logging(log_level)
     try:
-        ttl: timedelta = parse_duration(upload_ttl)
+        ttl = parse_duration(upload_ttl)
         max_size = parse_size(max_blob_size)
         min_chunk = parse_size(chunk_min_length)
         oidc_ttl = parse_duration(oidc_token_ttl)
@@ -113,11 +173,11 @@ def serve(
             "retention_interval": parse_duration(retention_interval),
         }
     except ValueError as exc:
-        raise typer.BadParameter(str(exc)) from None
+        raise click.BadParameter(str(exc)) from None
     settings = ServerSettings(
         host=host,
         port=port,
-        data_dir=data_dir or default_data_dir(),
+        data_dir=Path(data_dir) if data_dir is not None else default_data_dir(),
         database_url=database_url,
         public_url=public_url,
         log_level=log_level,
@@ -139,9 +199,11 @@ def serve(
 
 
 def _configure_logging(level: str) -> None:
+    import logging
+
     numeric = logging.getLevelName(level.upper())
     if not isinstance(numeric, int):
-        raise typer.BadParameter(f"log level {level!r} is not one of debug, info, warning, error")
+        raise click.BadParameter(f"log level {level!r} is not one of debug, info, warning, error")
     logging.basicConfig(level=numeric, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # Migration chatter is noise at start-up unless someone is debugging.
     logging.getLogger("alembic").setLevel(max(numeric, logging.WARNING))

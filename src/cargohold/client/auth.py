@@ -148,6 +148,7 @@ class RegistryAuth(httpx.Auth):
         self.credentials = credentials
         self._lock = threading.Lock()
         self._tokens: dict[tuple[str, str, tuple[str, ...]], _Token] = {}
+        self._fetching: dict[tuple[str, str, tuple[str, ...]], threading.Lock] = {}
         self._bearer_hosts: dict[str, Challenge] = {}
         self._basic_hosts: set[str] = set()
         self._now = time.monotonic
@@ -239,6 +240,26 @@ class RegistryAuth(httpx.Auth):
             self.token_requests += 1
         return value
 
+    def _obtain(
+        self, challenge: Challenge, scopes: tuple[str, ...], *, stale: str | None = None
+    ) -> Generator[httpx.Request, httpx.Response, str]:
+        """A token for ``scopes``: the cached one (unless it is ``stale``, i.e. just refused), else a new one.
+
+        Single-flight: the copy runs up to ``--jobs`` requests at once, and they all meet the same 401 at
+        the start; one thread fetches while the others wait on the per-scope lock and then reuse its token,
+        instead of every thread asking the realm for an identical token.
+        """
+        key = (challenge.params.get("realm", ""), challenge.params.get("service", ""), scopes)
+        with self._lock:
+            fetching = self._fetching.setdefault(key, threading.Lock())
+        with fetching:
+            token = self._cached(challenge, scopes)
+            if token is not None and token != stale:
+                return token
+            token_response = yield self._token_request(challenge, scopes)
+            token_response.read()
+            return self._store_token(challenge, scopes, token_response)
+
     # -- the flow -----------------------------------------------------------------------------------
 
     def sync_auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
@@ -252,9 +273,7 @@ class RegistryAuth(httpx.Auth):
             if token is None and wanted:
                 # The realm is known: get the token first instead of provoking a 401, so a streamed
                 # body (which cannot be replayed) is sent exactly once.
-                token_response = yield self._token_request(known_bearer, wanted)
-                token_response.read()
-                token = self._store_token(known_bearer, wanted, token_response)
+                token = yield from self._obtain(known_bearer, wanted)
             if token:
                 request.headers["Authorization"] = f"Bearer {token}"
         elif known_basic and (basic := self._basic_header()):
@@ -272,12 +291,9 @@ class RegistryAuth(httpx.Auth):
                     "bearer", {k: v for k, v in bearer.params.items() if k in ("realm", "service")}
                 )
             scopes = self._wanted(request, bearer)
-            token = self._cached(bearer, scopes)
-            if token is None or request.headers.get("Authorization") == f"Bearer {token}":
-                response.read()
-                token_response = yield self._token_request(bearer, scopes)
-                token_response.read()
-                token = self._store_token(bearer, scopes, token_response)
+            sent = request.headers.get("Authorization", "")
+            response.read()
+            token = yield from self._obtain(bearer, scopes, stale=sent.removeprefix("Bearer ") or None)
             request.headers["Authorization"] = f"Bearer {token}"
             yield request
         elif basic_challenge is not None:

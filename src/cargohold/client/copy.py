@@ -136,7 +136,7 @@ class RegistryRepo:
     def has_blob(self, descriptor: Descriptor) -> bool:
         """HEAD, and believe a "yes" only with the right size: a destination that answers 200 to everything
         (a misconfigured proxy, a web server on the wrong port) would otherwise "receive" a whole image."""
-        size = self.client.blob_exists(self.repository, descriptor.digest)
+        size = self.client.blob_exists(self.repository, descriptor.digest, for_push=True)
         if size is not None and size not in (0, descriptor.size):
             raise RegistryError(
                 f"checking blob {descriptor.digest} in {self.name}",

@@ -10,7 +10,7 @@ Layering (each layer knows nothing about the ones above it):
 
 Why synchronous httpx with threads rather than asyncio: the CLI's work is a handful of long blob
 streams, where a thread per transfer (``ThreadPoolExecutor``, ``--jobs`` default 6) costs nothing, while
-a sync API stays callable from plain scripts, typer commands and GitHub Actions code without an event
+a sync API stays callable from plain scripts, CLI commands and GitHub Actions code without an event
 loop. One ``httpx.Client`` (thread-safe, pooled) is shared by all threads of a ``RegistryClient``.
 
 Blob bytes are never held whole in memory: downloads are written chunk by chunk while hashing, uploads
@@ -297,14 +297,19 @@ class RegistryClient:
 
     # -- blobs: read --------------------------------------------------------------------------------
 
-    def blob_exists(self, repository: str, digest: Digest | str) -> int | None:
-        """``HEAD`` a blob: its size if present, ``None`` if not."""
+    def blob_exists(self, repository: str, digest: Digest | str, *, for_push: bool = False) -> int | None:
+        """``HEAD`` a blob: its size if present, ``None`` if not.
+
+        ``for_push``: the caller is about to upload to ``repository`` if the answer is no, so the token is
+        asked for with ``pull,push`` right away; otherwise the first upload or manifest PUT would need a
+        second token round trip.
+        """
         action = f"checking blob {_short(digest)} in {self.where(repository)}"
         response = self._send(
             action,
             "HEAD",
             f"/v2/{repository}/blobs/{digest}",
-            scopes=self._pull(repository),
+            scopes=self._push(repository) if for_push else self._pull(repository),
             expect=(200, 404),
             follow_redirects=True,
         )

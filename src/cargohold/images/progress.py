@@ -16,22 +16,14 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    TaskID,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
-from rich.progress import (
-    Progress as RichProgressBar,
-)
+if TYPE_CHECKING:  # rich is imported only when bars are drawn: CI and quiet runs skip its import cost
+    from rich.console import Console
+    from rich.progress import Progress as RichProgressBar
+    from rich.progress import TaskID
 
-from cargohold.oci.layout import Descriptor
+    from cargohold.oci.layout import Descriptor
 
 MODES = ("auto", "tty", "plain", "quiet")
 
@@ -129,6 +121,8 @@ class RichProgress(Progress):
     """Live bars (bytes, speed, ETA) on a terminal; steps are printed above the bar."""
 
     def __init__(self, console: Console | None = None) -> None:
+        from rich.console import Console
+
         self.console = console or Console(stderr=True, highlight=False)
         self._bar: RichProgressBar | None = None
         self._task: TaskID | None = None
@@ -137,6 +131,15 @@ class RichProgress(Progress):
         self.console.print(message, markup=False, highlight=False)
 
     def transfer(self, label: str, total: int | None) -> Callable[[int], object]:
+        from rich.progress import (
+            BarColumn,
+            DownloadColumn,
+            TextColumn,
+            TimeRemainingColumn,
+            TransferSpeedColumn,
+        )
+        from rich.progress import Progress as RichProgressBar
+
         self.done()
         bar = RichProgressBar(
             TextColumn("{task.description}"),
@@ -179,8 +182,12 @@ def make_progress(
     if mode == "plain":
         return PlainProgress(stream)
     if mode == "tty":
+        from rich.console import Console
+
         return RichProgress(Console(file=stream, force_terminal=True, highlight=False))
     in_ci = env.get("CI", "").lower() in ("true", "1", "yes")
     if not in_ci and stream.isatty():
+        from rich.console import Console
+
         return RichProgress(Console(file=stream, highlight=False))
     return PlainProgress(stream)

@@ -46,13 +46,15 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor, wait
+from contextlib import ExitStack, closing
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
-from sqlalchemy import delete, exists, func, select, tuple_
+from sqlalchemy import Row, delete, exists, func, select, tuple_
 
 from cargohold.lifecycle.clock import Clock, iso, system_clock
 from cargohold.lifecycle.lease import Lease, LeaseLost
@@ -72,6 +74,9 @@ DEFAULT_DELETE_WORKERS = 8
 TOUCH_FRACTION = 4
 """Blob HEAD/GET refreshes a link older than grace / TOUCH_FRACTION."""
 TEST_DELAY_ENV = "CARGOHOLD_GC_TEST_DELAY"
+
+K = TypeVar("K")
+R = TypeVar("R")
 
 
 @dataclass
@@ -176,47 +181,46 @@ class GarbageCollector:
     # --- 1: links no manifest needs -----------------------------------------------------------------------
 
     def _unlink(self, report: GcReport, cutoff: datetime, lease: Lease, dry_run: bool) -> None:
-        last: tuple[int, str] = (-1, "")
-        while True:
+        def candidates(after: tuple[int, str]) -> Sequence[Row[tuple[int, str]]]:
             with self.db.read() as session:
-                rows = session.execute(
+                return session.execute(
                     select(RepositoryBlob.repository_id, RepositoryBlob.digest)
                     .where(
                         RepositoryBlob.linked_at < cutoff,
                         # A row-value comparison: SQLite (>= 3.15) seeks the primary key with it, where the
                         # spelled-out "a > x OR (a = x AND b > y)" form scanned the index from the start on
                         # every batch (quadratic in the number of links; EXPLAIN QUERY PLAN says SCAN).
-                        tuple_(RepositoryBlob.repository_id, RepositoryBlob.digest) > tuple_(last[0], last[1]),
+                        tuple_(RepositoryBlob.repository_id, RepositoryBlob.digest) > tuple_(*after),
                         _unreferenced_in_repository(),
                     )
                     .order_by(RepositoryBlob.repository_id, RepositoryBlob.digest)
                     .limit(self.link_batch_size)
                 ).all()
-            if not rows:
-                return
-            last = (rows[-1][0], rows[-1][1])
-            if dry_run:
-                report.links_removed += len(rows)
-                continue
-            by_repository: dict[int, list[str]] = {}
-            for repository_id, digest in rows:
-                by_repository.setdefault(repository_id, []).append(digest)
-            with self.db.write() as session:
-                # One statement per repository: "repository_id = ? AND digest IN (…)" seeks the primary key,
-                # while "(repository_id, digest) IN (VALUES …)" made SQLite scan the whole links table.
-                for repository_id, digests in by_repository.items():
-                    result = session.execute(
-                        delete(RepositoryBlob)
-                        .where(
-                            RepositoryBlob.repository_id == repository_id,
-                            RepositoryBlob.digest.in_(digests),
-                            RepositoryBlob.linked_at < cutoff,
-                            _unreferenced_in_repository(),
+
+        with closing(_read_ahead(candidates, (-1, ""), lambda row: (row[0], row[1]))) as batches:
+            for rows in batches:
+                if dry_run:
+                    report.links_removed += len(rows)
+                    continue
+                by_repository: dict[int, list[str]] = {}
+                for repository_id, digest in rows:
+                    by_repository.setdefault(repository_id, []).append(digest)
+                with self.db.write() as session:
+                    # One statement per repository: "repository_id = ? AND digest IN (…)" seeks the primary
+                    # key, while "(repository_id, digest) IN (VALUES …)" made SQLite scan the links table.
+                    for repository_id, digests in by_repository.items():
+                        result = session.execute(
+                            delete(RepositoryBlob)
+                            .where(
+                                RepositoryBlob.repository_id == repository_id,
+                                RepositoryBlob.digest.in_(digests),
+                                RepositoryBlob.linked_at < cutoff,
+                                _unreferenced_in_repository(),
+                            )
+                            .execution_options(synchronize_session=False)
                         )
-                        .execution_options(synchronize_session=False)
-                    )
-                    report.links_removed += int(result.rowcount or 0)  # type: ignore[attr-defined]
-            lease.renew()
+                        report.links_removed += int(result.rowcount or 0)  # type: ignore[attr-defined]
+                lease.renew()
 
     # --- 2: content no repository links -------------------------------------------------------------------
 
@@ -230,55 +234,70 @@ class GarbageCollector:
             unlinked = ~surviving_link
         else:
             unlinked = ~exists().where(RepositoryBlob.digest == Blob.digest)
-        last = ""
-        while True:
+
+        def candidates(after: str) -> Sequence[Row[tuple[str, int]]]:
             with self.db.read() as session:
-                rows = session.execute(
+                return session.execute(
                     select(Blob.digest, Blob.size)
-                    .where(Blob.digest > last, Blob.created_at < cutoff, unlinked)
+                    .where(Blob.digest > after, Blob.created_at < cutoff, unlinked)
                     .order_by(Blob.digest)
                     .limit(self.batch_size)
                 ).all()
-            if not rows:
-                return
-            last = rows[-1][0]
-            if dry_run:
-                report.blobs_deleted += len(rows)
-                report.bytes_freed += sum(size for _, size in rows)
-                continue
-            with self.db.write() as session:
-                # Re-check under the write lock: a link or a fresh upload may have arrived since the read.
-                doomed = session.execute(
-                    select(Blob.digest, Blob.size).where(
-                        Blob.digest.in_([digest for digest, _ in rows]),
-                        Blob.created_at < cutoff,
-                        ~exists().where(RepositoryBlob.digest == Blob.digest),
-                    )
-                ).all()
-                if doomed:
-                    session.execute(
-                        delete(Blob)
-                        .where(Blob.digest.in_([digest for digest, _ in doomed]))
-                        .execution_options(synchronize_session=False)
-                    )
-                    self._delete_files([Digest.parse(digest) for digest, _ in doomed])
-                    if self.test_delay:
-                        time.sleep(self.test_delay)
-            report.blobs_deleted += len(doomed)
-            report.bytes_freed += sum(size for _, size in doomed)
-            lease.renew()
 
-    def _delete_files(self, digests: list[Digest]) -> None:
-        """Delete files concurrently: each unlink of a file already on disk waits ~1 ms on the filesystem
-        journal (measured on ext4 over virtio), so a serial loop made the write transaction, and GC of
-        100,000 blobs, take minutes; a few threads overlap those waits (the GIL is released meanwhile)."""
-        if self.delete_workers <= 1 or len(digests) < 2:
+        with ExitStack() as stack:
+            batches = stack.enter_context(closing(_read_ahead(candidates, "", lambda row: row[0])))
+            pool = None
+            if not dry_run and self.delete_workers > 1:
+                pool = stack.enter_context(
+                    ThreadPoolExecutor(max_workers=self.delete_workers, thread_name_prefix="gc-delete")
+                )
+            for rows in batches:
+                if dry_run:
+                    report.blobs_deleted += len(rows)
+                    report.bytes_freed += sum(size for _, size in rows)
+                    continue
+                with self.db.write() as session:
+                    # Re-check under the write lock (a link or a fresh upload may have arrived since the read)
+                    # and delete in the same statement; the files go before the commit.
+                    doomed = session.execute(
+                        delete(Blob)
+                        .where(
+                            Blob.digest.in_([digest for digest, _ in rows]),
+                            Blob.created_at < cutoff,
+                            ~exists().where(RepositoryBlob.digest == Blob.digest),
+                        )
+                        .returning(Blob.digest, Blob.size)
+                        .execution_options(synchronize_session=False)
+                    ).all()
+                    if doomed:
+                        self._delete_files(pool, [Digest.parse(digest) for digest, _ in doomed])
+                        if self.test_delay:
+                            time.sleep(self.test_delay)
+                report.blobs_deleted += len(doomed)
+                report.bytes_freed += sum(size for _, size in doomed)
+                lease.renew()
+
+    def _delete_files(self, pool: ThreadPoolExecutor | None, digests: list[Digest]) -> None:
+        """Delete one batch's files; raises the first failure (after every worker stopped), which rolls the
+        transaction back."""
+        if pool is None or len(digests) < 2:
             for digest in digests:
                 self.blobs.delete(digest)
             return
-        with ThreadPoolExecutor(max_workers=self.delete_workers, thread_name_prefix="gc-delete") as pool:
-            for _ in pool.map(self.blobs.delete, digests):
-                pass  # consume the results so an exception propagates and rolls the transaction back
+        queue = deque(digests)  # deque.popleft is atomic: each worker takes the next file until none is left
+
+        def drain() -> None:
+            while True:
+                try:
+                    digest = queue.popleft()
+                except IndexError:
+                    return
+                self.blobs.delete(digest)
+
+        workers = [pool.submit(drain) for _ in range(min(self.delete_workers, len(digests)))]
+        wait(workers)
+        for worker in workers:
+            worker.result()
 
     # --- 3: files without a row ---------------------------------------------------------------------------
 
@@ -326,6 +345,16 @@ class GarbageCollector:
                 "blobs": session.scalar(select(func.count()).select_from(Blob)) or 0,
                 "links": session.scalar(select(func.count()).select_from(RepositoryBlob)) or 0,
             }
+
+
+def _read_ahead(fetch: Callable[[K], Sequence[R]], start: K, key: Callable[[R], K]) -> Iterator[Sequence[R]]:
+    """Keyset-paged batches ``fetch(after)``, each next one already being read while the caller works on the
+    last (close the generator to stop; it waits for the read in flight)."""
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="gc-read") as reader:
+        pending = reader.submit(fetch, start)
+        while rows := pending.result():
+            pending = reader.submit(fetch, key(rows[-1]))
+            yield rows
 
 
 def _chunks(items: Iterator[Digest], size: int) -> Iterator[list[Digest]]:
