@@ -75,6 +75,37 @@ _ch_packages() {
     fi
 }
 
+# --- docker buildx -------------------------------------------------------------------------------
+# `cargohold build` prefers `docker buildx`, so its tests need the plugin. Debian 12 has no buildx package;
+# Debian 13 (trixie) has `docker-buildx`, a static Go binary needing only libc6 >= 2.34 (bookworm: 2.36).
+# Fetch that one package with a throw-away apt source list (apt still verifies Debian's signatures; the
+# system's sources are not touched) and install it with dpkg into /usr/libexec/docker/cli-plugins.
+_ch_buildx() {
+    command -v docker >/dev/null 2>&1 || return 0
+    docker buildx version >/dev/null 2>&1 && return 0
+    if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null 2>&1; then
+        _ch_say "docker buildx is missing; its tests will skip (install the docker-buildx plugin to run them)"
+        return 0
+    fi
+    local tmp
+    tmp="$(mktemp -d)"
+    mkdir -p "$tmp/lists/partial" "$tmp/archives/partial"
+    echo "deb http://deb.debian.org/debian trixie main" > "$tmp/sources.list"
+    chmod -R a+rwX "$tmp"  # apt downloads as the _apt user
+    local -a opts=(-o "Dir::Etc::sourcelist=$tmp/sources.list" -o "Dir::Etc::sourceparts=-"
+                   -o "Dir::State::Lists=$tmp/lists" -o "Dir::Cache::Archives=$tmp/archives")
+    _ch_say "installing docker-buildx (Debian trixie package; bookworm has none)"
+    if apt-get "${opts[@]}" update -qq >/dev/null \
+        && (cd "$tmp" && apt-get "${opts[@]}" download docker-buildx >/dev/null 2>&1) \
+        && dpkg -i "$tmp"/docker-buildx_*.deb >/dev/null; then
+        rm -rf "$tmp"
+        return 0
+    fi
+    rm -rf "$tmp"
+    _ch_say "could not install docker-buildx; its tests will skip"
+    return 0
+}
+
 # --- Python environment -------------------------------------------------------------------------
 _ch_python() {
     local venv="${CARGOHOLD_VENV:-$_ch_root/.venv}"
@@ -102,7 +133,7 @@ _ch_python() {
     export PATH="$venv/bin:$PATH"
 }
 
-if ! _ch_packages || ! _ch_python; then
+if ! _ch_packages || ! _ch_buildx || ! _ch_python; then
     _ch_say "setup failed; see the messages above"
     # Sourced: leave the caller with a clear failure instead of a half-prepared environment.
     return 1 2>/dev/null || exit 1

@@ -8,6 +8,7 @@ log lines), instead of silently passing.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -20,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from cargohold.client.settings import Connection
-from cargohold.images import BuildOptions, DockerEngine, build_and_save, pull_image, save_image
+from cargohold.images import BuildOptions, DockerEngine, ImageError, build_and_save, pull_image, save_image
 from cargohold.sample import write_sample_image
 from conftest import ServerProcess
 from test_images_support import conn_fixture, skopeo_raw
@@ -106,6 +107,51 @@ def test_docker_build_and_save(server: ServerProcess, conn: Connection, dockerd:
     assert inspected is not None and inspected["Config"]["Labels"]["greeting"] == "hi"
     assert skopeo_raw(f"docker://{result.reference}", creds=f"x-token:{server.admin_token}")[1].__str__() \
         == result.digest
+
+
+def _require_buildx() -> None:
+    probe = subprocess.run(["docker", "buildx", "version"], capture_output=True, text=True, check=False)
+    if probe.returncode != 0:
+        message = "needs the docker buildx plugin (scripts/bootstrap.sh installs Debian's docker-buildx)"
+        if os.environ.get("CARGOHOLD_REQUIRE_TOOLS") == "1":
+            pytest.fail(message, pytrace=False)
+        pytest.skip(message)
+
+
+def test_buildx_build_and_save(server: ServerProcess, conn: Connection, dockerd: str, tmp_path: Path) -> None:
+    """buildx on its default ``docker`` driver with the classic image store (what Debian's dockerd runs)
+    refuses OCI export; the build goes into the daemon and is saved from there, and --load is then a no-op."""
+    _require_buildx()
+    context = tmp_path / "ctx"
+    context.mkdir()
+    (context / "hello.txt").write_text("hello from buildx\n")
+    (context / "Dockerfile").write_text("FROM scratch\nARG GREETING\nLABEL greeting=$GREETING\nCOPY hello.txt /\n")
+    options = BuildOptions(context=str(context), tags=["cargohold-test/buildx:1"], build_args=["GREETING=bx"])
+    result = build_and_save(conn, options, builder="docker-buildx", docker_host=dockerd, load=True,
+                            metadata_file=tmp_path / "meta.json")
+    assert result.builder == "docker-buildx" and result.save is not None
+    assert result.imageid and result.imageid.startswith("sha256:")
+    assert result.loaded == [], "the image was built into the daemon; nothing to load"
+    with DockerEngine(dockerd) as engine:
+        inspected = engine.inspect_image("cargohold-test/buildx:1")
+    assert inspected is not None and inspected["Id"] == result.imageid
+    assert inspected["Config"]["Labels"]["greeting"] == "bx"
+    _, digest = skopeo_raw(f"docker://{result.reference}", creds=f"x-token:{server.admin_token}")
+    assert str(digest) == result.digest
+    assert json.loads((tmp_path / "meta.json").read_text())["containerimage.digest"] == result.digest
+
+
+def test_buildx_multi_platform_on_the_docker_driver_explains(
+    server: ServerProcess, conn: Connection, dockerd: str, tmp_path: Path
+) -> None:
+    """Several platforms need OCI export, which the docker driver lacks here: buildx's own reason is shown."""
+    _require_buildx()
+    context = tmp_path / "ctx"
+    context.mkdir()
+    (context / "Dockerfile").write_text("FROM scratch\nLABEL x=1\n")
+    options = BuildOptions(context=str(context), platforms=["linux/amd64", "linux/386"])
+    with pytest.raises(ImageError, match=r"docker buildx build failed .*(driver|exporter)"):
+        build_and_save(conn, options, builder="docker-buildx", docker_host=dockerd)
 
 
 def test_buildah_build_and_save(server: ServerProcess, conn: Connection, tmp_path: Path,

@@ -3,7 +3,10 @@
 Builders, in order of preference (``builder=`` forces one):
 
 * ``docker-buildx``: ``docker buildx build --output type=oci,dest=FILE``. The OCI export keeps
-  multi-platform indexes and BuildKit's attestation manifests exactly as built, so it is the best input;
+  multi-platform indexes and BuildKit's attestation manifests exactly as built, so it is the best input.
+  Except on buildx's default ``docker`` driver, which refuses OCI export unless the daemon uses the
+  containerd image store (the classic store is what Debian's docker.io and many CI hosts run): there a
+  single-platform build goes into the daemon (``--load --iidfile``) and is exported from it as below;
 * ``docker``: ``docker build``; the image is then exported from the daemon (``GET /images/{id}/get``);
 * ``buildah``: ``buildah bud`` then ``buildah push ID oci-archive:FILE`` (honours ``STORAGE_DRIVER``,
   ``BUILDAH_ISOLATION`` and ``CONTAINERS_STORAGE_CONF`` from the environment, which is how rootless CI
@@ -101,6 +104,21 @@ def _buildx_available() -> bool:
     return probe.returncode == 0
 
 
+def _buildx_driver(env: Mapping[str, str]) -> str | None:
+    """The driver of the current buildx builder (``docker``, ``docker-container``, ``kubernetes``, ``remote``)."""
+    try:
+        probe = subprocess.run(
+            ["docker", "buildx", "inspect"], capture_output=True, text=True, env=dict(env), timeout=60, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    for line in probe.stdout.splitlines():
+        key, sep, value = line.partition(":")
+        if sep and key.strip() == "Driver":
+            return value.strip()
+    return None
+
+
 def detect_builder(preferred: str | None = None, *, docker_host: str | None = None) -> str:
     """The builder to use; a missing one is one sentence naming what to install or start."""
     if preferred is not None and preferred not in BUILDERS:
@@ -192,19 +210,24 @@ def build_image(
     if docker_host:
         env["DOCKER_HOST"] = docker_host
     progress.step(f"building {options.context} with {chosen}")
+    iidfile = workdir / "image.id"
     if chosen == "docker-buildx":
-        archive = workdir / "image.oci.tar"
-        argv = ["docker", "buildx", "build", "--output", f"type=oci,dest={archive}", *_common_flags(options, env)]
+        argv = ["docker", "buildx", "build", *_common_flags(options, env)]
         for tag in options.tags:
             argv += ["--tag", tag]
         if options.platforms:
             argv += ["--platform", ",".join(options.platforms)]
-        _run([*argv, options.context], "docker buildx build", progress, env)
+        if len(options.platforms) <= 1 and _buildx_driver(env) == "docker":
+            progress.step("buildx uses the docker driver: building into the daemon, then exporting from it")
+            _run([*argv, "--load", "--iidfile", str(iidfile), options.context], "docker buildx build", progress, env)
+            image_id = iidfile.read_text().strip()
+            return BuiltImage(chosen, SourceSpec("docker-daemon", image_id), image_id)
+        archive = workdir / "image.oci.tar"
+        _run([*argv, "--output", f"type=oci,dest={archive}", options.context], "docker buildx build", progress, env)
         return BuiltImage(chosen, SourceSpec("oci-archive", str(archive)))
     if len(options.platforms) > 1:
         raise ImageError(f"{chosen} builds one platform at a time; install the docker-buildx plugin to build "
                          f"{', '.join(options.platforms)} together, or pass one --platform")
-    iidfile = workdir / "image.id"
     if chosen == "docker":
         argv = ["docker", "build", "--iidfile", str(iidfile), *_common_flags(options, env, legacy=True)]
         for tag in options.tags:
@@ -278,7 +301,7 @@ def build_and_save(
                 assert connection is not None
                 result.save = save_opened(connection, opened, save_tags=save_tags, metadata_file=metadata_file,
                                           jobs=jobs, progress=progress, provenance=provenance)
-            if load and built.builder != "docker":
+            if load and built.source.kind != "docker-daemon":  # built into the daemon: it is there already
                 result.loaded = load_into_docker(opened, options.tags or [_default_tag(result)],
                                                  platform=options.platforms[0] if options.platforms else None,
                                                  docker_host=docker_host)
