@@ -127,7 +127,8 @@ def test_buildx_build_and_save(server: ServerProcess, conn: Connection, dockerd:
     (context / "hello.txt").write_text("hello from buildx\n")
     (context / "Dockerfile").write_text("FROM scratch\nARG GREETING\nLABEL greeting=$GREETING\nCOPY hello.txt /\n")
     options = BuildOptions(context=str(context), tags=["cargohold-test/buildx:1"], build_args=["GREETING=bx"])
-    result = build_and_save(conn, options, builder="docker-buildx", docker_host=dockerd, load=True,
+    # "default" is the buildx builder *instance* of the docker context (what build-push-action calls builder).
+    result = build_and_save(conn, options, builder="default", docker_host=dockerd, load=True,
                             metadata_file=tmp_path / "meta.json")
     assert result.builder == "docker-buildx" and result.save is not None
     assert result.imageid and result.imageid.startswith("sha256:")
@@ -152,6 +153,8 @@ def test_buildx_multi_platform_on_the_docker_driver_explains(
     options = BuildOptions(context=str(context), platforms=["linux/amd64", "linux/386"])
     with pytest.raises(ImageError, match=r"docker buildx build failed .*(driver|exporter)"):
         build_and_save(conn, options, builder="docker-buildx", docker_host=dockerd)
+    with pytest.raises(ImageError, match="docker buildx has no builder named 'nosuch'"):
+        build_and_save(conn, options, builder="nosuch", docker_host=dockerd)
 
 
 def test_buildah_build_and_save(server: ServerProcess, conn: Connection, tmp_path: Path,

@@ -155,8 +155,8 @@ def save(
 @save_tag_option
 @click.option("--load", is_flag=True, help="Also leave the image in the local Docker daemon.")
 @click.option("--push", is_flag=True, help="Also push the saved build to the -t tags.")
-@click.option("--builder", help="docker-buildx, docker or buildah (default: the first available).",
-              show_default=False)
+@click.option("--builder", show_default=False,
+              help="docker-buildx, docker, buildah, or a buildx builder name (default: the first available).")
 @metadata_option
 @jobs_option
 @progress_option

@@ -104,13 +104,17 @@ def _buildx_available() -> bool:
     return probe.returncode == 0
 
 
-def _buildx_driver(env: Mapping[str, str]) -> str | None:
-    """The driver of the current buildx builder (``docker``, ``docker-container``, ``kubernetes``, ``remote``)."""
+def _buildx_driver(env: Mapping[str, str], instance: str | None = None) -> str | None:
+    """The driver of the buildx builder ``instance`` (default: the current one): ``docker``,
+    ``docker-container``, ``kubernetes`` or ``remote``; ``None`` when buildx cannot inspect it."""
     try:
         probe = subprocess.run(
-            ["docker", "buildx", "inspect"], capture_output=True, text=True, env=dict(env), timeout=60, check=False
+            ["docker", "buildx", "inspect", *([instance] if instance else [])],
+            capture_output=True, text=True, env=dict(env), timeout=60, check=False,
         )
     except (OSError, subprocess.TimeoutExpired):
+        return None
+    if probe.returncode != 0:
         return None
     for line in probe.stdout.splitlines():
         key, sep, value = line.partition(":")
@@ -201,8 +205,20 @@ def build_image(
     progress: Progress | None = None,
     docker_host: str | None = None,
 ) -> BuiltImage:
-    """Run the build; returns where the result can be read (an OCI archive or a daemon image)."""
+    """Run the build; returns where the result can be read (an OCI archive or a daemon image).
+
+    ``builder`` is ``docker-buildx``, ``docker`` or ``buildah``, or else the name of a buildx builder
+    instance (what ``docker/setup-buildx-action`` outputs and ``docker/build-push-action`` takes as
+    ``builder``), which means buildx with ``--builder NAME``.
+    """
     progress = progress or Progress()
+    instance = None
+    if builder is not None and builder not in BUILDERS:
+        if not builder.replace("-", "").replace("_", "").isalnum():
+            raise ImageError(
+                f"--builder {builder!r} is neither docker-buildx, docker, buildah nor a buildx builder name"
+            )
+        instance, builder = builder, "docker-buildx"
     chosen = detect_builder(builder, docker_host=docker_host)
     if not Path(options.context).is_dir():
         raise ImageError(f"the build context {options.context} is not a directory; pass the directory to build")
@@ -212,12 +228,19 @@ def build_image(
     progress.step(f"building {options.context} with {chosen}")
     iidfile = workdir / "image.id"
     if chosen == "docker-buildx":
-        argv = ["docker", "buildx", "build", *_common_flags(options, env)]
+        driver = _buildx_driver(env, instance)
+        if instance is not None and driver is None:
+            raise ImageError(
+                f"docker buildx has no builder named {instance!r} (docker buildx ls lists them); "
+                "--builder also accepts docker-buildx, docker or buildah"
+            )
+        argv = ["docker", "buildx", "build", *(["--builder", instance] if instance else [])]
+        argv += _common_flags(options, env)
         for tag in options.tags:
             argv += ["--tag", tag]
         if options.platforms:
             argv += ["--platform", ",".join(options.platforms)]
-        if len(options.platforms) <= 1 and _buildx_driver(env) == "docker":
+        if len(options.platforms) <= 1 and driver == "docker":
             progress.step("buildx uses the docker driver: building into the daemon, then exporting from it")
             _run([*argv, "--load", "--iidfile", str(iidfile), options.context], "docker buildx build", progress, env)
             image_id = iidfile.read_text().strip()
