@@ -164,3 +164,20 @@ def test_retry_after_parsing() -> None:
     assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0
     assert parse_retry_after("garbage") is None
     assert parse_retry_after(None) is None
+
+
+def test_clients_share_one_verifying_tls_context() -> None:
+    """The CA bundle is loaded once per process, not once per client; verify=False stays unverified."""
+    import ssl
+
+    from cargohold.client.control import ControlClient
+
+    registry, control = RegistryClient("https://r.example"), ControlClient("https://r.example", "token")
+    insecure = RegistryClient("https://r.example", verify=False)
+    try:
+        contexts = [c._http._transport._pool._ssl_context for c in (registry, control, insecure)]  # type: ignore[attr-defined]
+    finally:
+        for client in (registry, control, insecure):
+            client.close()
+    assert contexts[0] is contexts[1] and contexts[0].verify_mode == ssl.CERT_REQUIRED
+    assert contexts[2].verify_mode == ssl.CERT_NONE

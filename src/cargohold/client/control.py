@@ -13,6 +13,7 @@ import httpx
 
 from cargohold.client.errors import RETRYABLE_STATUSES, RegistryError
 from cargohold.client.retry import RetryPolicy
+from cargohold.client.tls import verify_option
 
 
 class ControlError(Exception):
@@ -59,7 +60,7 @@ class ControlClient:
         if token:
             headers["Authorization"] = f"Bearer {token}"
         self._http = httpx.Client(
-            base_url=self.base_url, headers=headers, timeout=timeout, transport=transport, verify=verify
+            base_url=self.base_url, headers=headers, timeout=timeout, transport=transport, verify=verify_option(verify)
         )
 
     def close(self) -> None:

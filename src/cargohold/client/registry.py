@@ -33,6 +33,7 @@ from cargohold.client.auth import SCOPES_EXTENSION, RegistryAuth, repository_sco
 from cargohold.client.credentials import Credentials
 from cargohold.client.errors import DigestMismatchError, RegistryError
 from cargohold.client.retry import RetryPolicy, is_retryable
+from cargohold.client.tls import verify_option
 from cargohold.oci import mediatypes
 from cargohold.oci.digest import Digest, DigestError, Hasher
 from cargohold.oci.imageref import api_host, normalize_registry
@@ -212,7 +213,7 @@ class RegistryClient:
             timeout=httpx.Timeout(timeout, connect=min(timeout, 15.0)),
             transport=transport,
             limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
-            verify=verify,
+            verify=verify_option(verify),
             headers={"User-Agent": "cargohold-client"},
             follow_redirects=False,
         )

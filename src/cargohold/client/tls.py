@@ -1,0 +1,24 @@
+"""One verifying TLS context per process.
+
+Every ``httpx.Client`` built with ``verify=True`` loads the CA bundle again (~50 ms here), and a command
+such as ``cargohold save`` opens two clients (control API and registry). Handing them one shared context
+pays that once. ``SSLContext`` objects are safe to share between clients and threads.
+"""
+
+from __future__ import annotations
+
+import functools
+import ssl
+
+import httpx
+
+
+@functools.cache
+def _verifying_context() -> ssl.SSLContext:
+    # httpx's own constructor, so SSL_CERT_FILE / SSL_CERT_DIR keep working exactly as they do in httpx.
+    return httpx.create_ssl_context()
+
+
+def verify_option(verify: bool | ssl.SSLContext) -> bool | ssl.SSLContext:
+    """What to pass as ``httpx.Client(verify=...)``: the shared context instead of ``True``."""
+    return _verifying_context() if verify is True else verify
