@@ -8,10 +8,10 @@ imported inside the commands, so ``--help`` and option parsing do not pay for th
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
@@ -51,6 +51,16 @@ save_tag_option = click.option("--save-tag", multiple=True, show_default=False,
                                help="Also name the build PROJECT:TAG (repeatable).")
 platform_option = click.option("--platform", show_default=False,
                                help="os/arch[/variant] to pick from a multi-platform image.")
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def transfer_options(command: F) -> F:
+    """The options every image command ends with, in this order: --jobs, --progress, --registry, --project,
+    --token, --json."""
+    for option in (json_option, token_option, project_option, registry_option, progress_option, jobs_option):
+        command = option(command)
+    return command
 
 
 @contextmanager
@@ -111,12 +121,7 @@ def _print_save(result: Any, as_json: bool) -> None:
 @argument("source", help="oci:DIR[:REF], oci-archive:FILE, docker-archive:FILE or docker-daemon:IMAGE.")
 @save_tag_option
 @metadata_option
-@jobs_option
-@progress_option
-@registry_option
-@project_option
-@token_option
-@json_option
+@transfer_options
 def save(
     source: str,
     save_tag: tuple[str, ...],
@@ -158,12 +163,7 @@ def save(
 @click.option("--builder", show_default=False,
               help="docker-buildx, docker, buildah, or a buildx builder name (default: the first available).")
 @metadata_option
-@jobs_option
-@progress_option
-@registry_option
-@project_option
-@token_option
-@json_option
+@transfer_options
 def build(
     path: str,
     file: str | None,
@@ -223,12 +223,7 @@ def build(
 @click.option("--output", "-o", help="oci:DIR, oci-archive:FILE or docker-archive:FILE instead of the Docker daemon.",
               show_default=False)
 @click.option("--all-platforms", is_flag=True, help="Keep every platform (OCI outputs).")
-@jobs_option
-@progress_option
-@registry_option
-@project_option
-@token_option
-@json_option
+@transfer_options
 def pull_command(
     ref: str,
     tag: tuple[str, ...],
@@ -275,12 +270,7 @@ def _print_push(result: Any, *, as_json: bool) -> None:
 @click.option("--tag", "-t", multiple=True, required=True, help="REGISTRY/REPOSITORY:TAG destination (repeatable).",
               show_default=False)
 @platform_option
-@jobs_option
-@progress_option
-@registry_option
-@project_option
-@token_option
-@json_option
+@transfer_options
 def push_command(
     build_id: str,
     tag: tuple[str, ...],

@@ -8,7 +8,7 @@ from typing import Any
 from aiohttp import web
 
 from cargohold.metadata.control import ControlStore
-from cargohold.registry.auth import Identity
+from cargohold.registry.auth import Identity, TokenAccess
 from cargohold.registry.errors import RegistryError
 from cargohold.registry.state import RegistryState, state_of
 
@@ -44,14 +44,18 @@ async def authenticated(request: web.Request) -> tuple[RegistryState, ControlSto
     state = state_of(request)
     if state.auth is None or state.control is None:
         raise api_error(404, "NOT_FOUND", "this server runs without the control plane")
-    identity = await state.auth.identity(request)
-    if identity is None:
-        raise RegistryError(
-            "UNAUTHORIZED",
-            "authentication required: send Authorization: Bearer <token> (or Basic x-token:<token>)",
-            headers=state.auth.challenge(None),
-        )
+    identity = await identity_or_challenge(
+        state.auth, request, "authentication required: send Authorization: Bearer <token> (or Basic x-token:<token>)"
+    )
     return state, state.control, identity
+
+
+async def identity_or_challenge(auth: TokenAccess, request: web.Request, message: str) -> Identity:
+    """The caller, or 401 UNAUTHORIZED with ``message`` and the auth challenge when no credential came."""
+    identity = await auth.identity(request)
+    if identity is None:
+        raise RegistryError("UNAUTHORIZED", message, headers=auth.challenge(None))
+    return identity
 
 
 def check_project_access(identity: Identity, project_id: str, action: str) -> None:

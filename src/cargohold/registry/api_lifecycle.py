@@ -36,7 +36,13 @@ from cargohold.lifecycle.gc import GarbageCollector, GcReport
 from cargohold.lifecycle.metering import Metering
 from cargohold.lifecycle.retention import BuildNotFound, Eviction, LifecycleError, Retention, build_json
 from cargohold.metadata.control import BuildRecord
-from cargohold.registry.api_common import api_error, authenticated, check_project_access, read_json_body
+from cargohold.registry.api_common import (
+    api_error,
+    authenticated,
+    check_project_access,
+    identity_or_challenge,
+    read_json_body,
+)
 from cargohold.registry.auth import Identity
 from cargohold.registry.errors import RegistryError, manifest_unknown
 from cargohold.registry.metrics import CONTENT_TYPE, Metrics
@@ -267,13 +273,9 @@ async def run_gc(request: web.Request) -> web.Response:
 async def metrics_endpoint(request: web.Request) -> web.Response:
     state = state_of(request)
     if state.auth is not None:
-        identity = await state.auth.identity(request)
-        if identity is None:
-            raise RegistryError(
-                "UNAUTHORIZED",
-                "metrics need an admin token (Authorization: Bearer <token>)",
-                headers=state.auth.challenge(None),
-            )
+        identity = await identity_or_challenge(
+            state.auth, request, "metrics need an admin token (Authorization: Bearer <token>)"
+        )
         if not identity.is_admin:
             raise api_error(403, "DENIED", "only an admin token may read metrics")
     body = await state.run(lifecycle_of(request.app).metrics.render)
