@@ -6,8 +6,9 @@ memory flat (peak RSS printed before and after).
 
 GC time is bounded below by the filesystem: deleting a file whose blocks are on disk costs ~1 ms on some
 virtual disks (ext4 mounted with ``discard`` trims every freed block synchronously). So the run also
-measures that floor in the same directory, with the collector's own thread pool, and prints GC time
-against it: a GC close to its floor is limited by the disk, not by the collector.
+measures that floor in the same directory, with as many threads as the collector uses, and prints GC
+time against it: a GC close to its floor is limited by the disk, not by the collector. The floor is a
+2,000-file sample on a shared disk and swings by 2x between runs; compare runs made back to back.
 
     python bench/lifecycle_bench.py [--builds 20000] [--blobs 100000]
 """

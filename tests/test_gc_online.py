@@ -110,3 +110,39 @@ def test_lease_expires_and_renewal_detects_takeover(env: Env) -> None:
 
     with pytest.raises(LeaseLost):
         first.renew(force=True)
+
+
+def test_many_batches_with_a_failing_delete_then_recovery(env: Env) -> None:
+    digests = [str(_digest(f"garbage-{i}".encode())) for i in range(40)]
+    for i in range(40):
+        env.put_blob("repo", f"garbage-{i}".encode())
+    clock = FakeClock(datetime.now(UTC) + 2 * GRACE)
+    gc = GarbageCollector(env.db, env.blobs, grace=GRACE, clock=clock, batch_size=8, delete_workers=4)
+    real_delete = env.blobs.delete
+    failing = Digest.parse(digests[20])
+
+    def delete(digest: Digest) -> bool:
+        if digest == failing:
+            raise PermissionError("read-only file system")
+        return real_delete(digest)
+
+    env.blobs.delete = delete  # type: ignore[method-assign]
+    with pytest.raises(PermissionError):
+        gc.run()
+    with env.db.read() as session:  # the failing batch rolled back: its rows are still there
+        assert session.get(Blob, digests[20]) is not None
+    env.blobs.delete = real_delete  # type: ignore[method-assign]
+    report = gc.run()
+    assert report.completed and report.orphan_files == 0
+    assert gc.counts() == {"blobs": 0, "links": 0}
+    assert list(env.blobs.iter_digests()) == []
+    # The collector's connection got its checkpoint setting back before returning to the pool.
+    connections = [env.db.write_engine.connect() for _ in range(3)]
+    try:
+        for connection in connections:
+            driver = connection.connection.driver_connection
+            assert driver is not None
+            assert driver.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 1000
+    finally:
+        for connection in connections:
+            connection.close()

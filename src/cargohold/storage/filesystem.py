@@ -63,14 +63,20 @@ class FilesystemBlobStore(BlobStore):
     def __init__(self, root: Path, *, fsync: bool = True) -> None:
         self.root = root
         self.blobs_dir = root / "blobs"
+        self._blobs_root = str(self.blobs_dir)
         self.uploads_dir = root / "uploads"
         self.fsync = fsync
         for directory in (self.blobs_dir, self.uploads_dir):
             directory.mkdir(parents=True, exist_ok=True)
 
     def blob_path(self, digest: Digest) -> Path:
-        # Digest.parse already guarantees an allow-listed algorithm and pure lowercase hex.
-        return self.blobs_dir / digest.algorithm / digest.hex[:2] / digest.hex
+        return Path(self._blob_name(digest))
+
+    def _blob_name(self, digest: Digest) -> str:
+        # Digest.parse already guarantees an allow-listed algorithm and pure lowercase hex. A plain string:
+        # garbage collection deletes files by the hundred thousand, and three pathlib joins per file cost
+        # twice the unlink itself in CPU.
+        return f"{self._blobs_root}/{digest.algorithm}/{digest.hex[:2]}/{digest.hex}"
 
     def locate(self, digest: Digest) -> LocalFile | None:
         path = self.blob_path(digest)
@@ -90,7 +96,7 @@ class FilesystemBlobStore(BlobStore):
 
     def delete(self, digest: Digest) -> bool:
         try:
-            self.blob_path(digest).unlink()
+            os.unlink(self._blob_name(digest))
             return True
         except FileNotFoundError:
             return False
