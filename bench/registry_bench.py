@@ -290,6 +290,9 @@ class CargoholdServer(Server):
             str(self.port),
             "--data-dir",
             str(self.data_dir),
+            # The destination registries of the push benchmarks listen on loopback too.
+            "--push-allow-network",
+            "127.0.0.0/8",
         ]
 
     def env(self) -> dict[str, str]:

@@ -132,7 +132,7 @@ def test_interfaces_match_the_issue() -> None:
                                         "secrets", "no-cache", "pull", "push", "load", "provenance", "sbom",
                                         "builder", "save", "save-tags", "image"}
     assert inputs["pull"] == shared | {"build-id", "platform", "tags", "output"}
-    assert inputs["push"] == shared | {"build-id", "tags", "platform", "username", "password"}
+    assert inputs["push"] == shared | {"build-id", "tags", "platform", "username", "password", "transfer"}
     assert outputs == {"build": {"build-id", "project-id", "reference", "digest", "imageid", "metadata"},
                        "pull": {"digest", "image"}, "push": {"digest", "tags"}}
     assert load(ACTIONS["build"])["inputs"]["save"]["default"] == "true"

@@ -55,6 +55,14 @@ class ServerSettings:
     storage_price_per_gb_month: float = 0.20
     free_gb_months: float = 50.0
     """Free storage allowance per project per calendar month, in GB-months (10^9 bytes for a month)."""
+    server_push: bool = True
+    """Let ``cargohold push`` ask this server to upload blobs to the destination itself (see
+    cargohold.registry.blob_copy); off, clients stream every blob through themselves."""
+    push_allow_networks: tuple[str, ...] = ()
+    """Networks (CIDRs) server-side pushes may connect to besides public addresses, e.g. ``10.0.0.0/8`` for
+    a registry on the private network. Loopback, private and link-local addresses are refused otherwise."""
+    push_threads: int = 8
+    """Server-side blob pushes running at once; more wait their turn."""
     history_retention: timedelta = timedelta(days=90)
     """How long the lifecycle audit log (and the reasons given for missing builds) is kept."""
 

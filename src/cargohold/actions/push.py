@@ -8,7 +8,9 @@ Destination credentials: ``username``/``password`` if given (masked at once), el
 ``docker/login-action`` (or ``docker login``) wrote to the Docker config. They are handed to the images
 layer in memory and never written anywhere, because composite actions have no post step to clean up.
 
-The copy is the images layer's :func:`cargohold.images.push_build`.
+The copy is the images layer's :func:`cargohold.images.push_build`. By default (``transfer: auto``) the
+Cargohold server uploads the blobs to the destination itself, so the layers never cross the runner's
+network; the job hands it a credential for the destination repository only (see cargohold.images.push).
 """
 
 from __future__ import annotations
@@ -49,6 +51,9 @@ def main(rt: ActionRuntime) -> None:
     project = project_input(rt)
     tags = parse_tags(rt)
     platform = rt.get_optional("platform")
+    transfer = rt.get_optional("transfer") or "auto"
+    if transfer not in ("auto", "server", "client"):
+        raise ActionError(f"'transfer' is {transfer!r}; use auto, server or client", title="Invalid input")
     username = rt.get_optional("username")
     password = rt.get_input("password")
     rt.add_mask(password)
@@ -70,6 +75,7 @@ def main(rt: ActionRuntime) -> None:
             platform=platform,
             username=username,
             password=password or None,
+            transfer=transfer,
         )
     write_results(rt, tags, result)
 

@@ -260,9 +260,11 @@ def _print_push(result: Any, *, as_json: bool) -> None:
         emit(asdict(result), as_json=True)
         return
     for item in result.results:
+        by_server = " by the Cargohold server" if item.server_pushed == item.uploaded and item.uploaded else (
+            f", {item.server_pushed} of them by the Cargohold server" if item.server_pushed else "")
         stdout.print(f"pushed {item.tag}@{item.digest} ({item.uploaded} uploaded "
-                     f"{human_bytes(item.uploaded_size)}, {item.mounted} mounted, {item.skipped} already there)",
-                     markup=False)
+                     f"{human_bytes(item.uploaded_size)}{by_server}, {item.mounted} mounted, "
+                     f"{item.skipped} already there)", markup=False)
 
 
 @app.command(name="push")
@@ -270,11 +272,16 @@ def _print_push(result: Any, *, as_json: bool) -> None:
 @click.option("--tag", "-t", multiple=True, required=True, help="REGISTRY/REPOSITORY:TAG destination (repeatable).",
               show_default=False)
 @platform_option
+@click.option("--transfer", type=click.Choice(["auto", "server", "client"]), default="auto",
+              envvar="CARGOHOLD_PUSH_TRANSFER", show_envvar=True,
+              help="Who uploads the blobs: the Cargohold server (bytes skip this machine), this client, or auto "
+              "(the server when it can).")
 @transfer_options
 def push_command(
     build_id: str,
     tag: tuple[str, ...],
     platform: str | None,
+    transfer: str,
     jobs: int,
     progress: str,
     registry: str | None,
@@ -288,5 +295,5 @@ def push_command(
     with _errors():
         connection = connect(registry, project, token)
         result = push_image(connection, build_id, list(tag), platform=platform, jobs=jobs,
-                            progress=_progress(progress, as_json))
+                            progress=_progress(progress, as_json), transfer=transfer)
         _print_push(result, as_json=as_json)

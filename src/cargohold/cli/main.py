@@ -134,6 +134,11 @@ def _env_option(*param_decls: str, **attrs: Any) -> Any:
              help="Price per GB-month for usage estimates (USD).")
 @_env_option("--free-gb-months", envvar="CARGOHOLD_FREE_GB_MONTHS", type=float, default=50.0,
              help="Free GB-months per project per month.")
+@_env_option("--server-push/--no-server-push", envvar="CARGOHOLD_SERVER_PUSH", default=True,
+             help="Upload blobs to push destinations from this server, not through the client.")
+@_env_option("--push-allow-network", envvar="CARGOHOLD_PUSH_ALLOW_NETWORKS", multiple=True,
+             help="Network (CIDR) server-side pushes may reach besides public addresses (repeatable). "
+             "Env: comma-separated.")
 def serve(
     host: str,
     port: int,
@@ -154,11 +159,14 @@ def serve(
     retention_interval: str,
     storage_price: float,
     free_gb_months: float,
+    server_push: bool,
+    push_allow_network: tuple[str, ...],
 ) -> None:
     """Run the registry server."""
     from pathlib import Path
 
     from cargohold.config import ServerSettings, default_data_dir
+    from cargohold.registry.egress import parse_networks
     from cargohold.registry.server import run
 
     _configure_logging(log_level)
@@ -167,6 +175,7 @@ def serve(
         max_size = parse_size(max_blob_size)
         min_chunk = parse_size(chunk_min_length)
         oidc_ttl = parse_duration(oidc_token_ttl)
+        parse_networks(push_allow_network)
         lifecycle_times = {
             "gc_interval": parse_duration(gc_interval),
             "gc_grace": parse_duration(gc_grace),
@@ -191,6 +200,8 @@ def serve(
         oidc_token_ttl=oidc_ttl,
         storage_price_per_gb_month=storage_price,
         free_gb_months=free_gb_months,
+        server_push=server_push,
+        push_allow_networks=push_allow_network,
         **lifecycle_times,
     )
     if oidc_issuer:
@@ -207,6 +218,10 @@ def _configure_logging(level: str) -> None:
     logging.basicConfig(level=numeric, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # Migration chatter is noise at start-up unless someone is debugging.
     logging.getLogger("alembic").setLevel(max(numeric, logging.WARNING))
+    # httpx logs every request of a server-side push at INFO, upload URLs and all; blob_copy logs one line
+    # per blob instead.
+    for noisy in ("httpx", "httpcore"):
+        logging.getLogger(noisy).setLevel(max(numeric, logging.WARNING))
 
 
 def _register_command_modules() -> None:

@@ -144,8 +144,14 @@ class RegistryAuth(httpx.Auth):
     different registries with different credentials.
     """
 
-    def __init__(self, credentials: Credentials | None = None) -> None:
+    def __init__(
+        self, credentials: Credentials | None = None, *, authorization: tuple[str, str] | None = None
+    ) -> None:
         self.credentials = credentials
+        self.authorization = authorization
+        """``(host, value)``: a fixed ``Authorization`` value for one host, handed to us by whoever obtained it
+        (server-side push). Sent on every request to that host and to no other (an upload ``Location`` may
+        point elsewhere), with no challenge handling: we hold nothing to obtain a new one with."""
         self._lock = threading.Lock()
         self._tokens: dict[tuple[str, str, tuple[str, ...]], _Token] = {}
         self._fetching: dict[tuple[str, str, tuple[str, ...]], threading.Lock] = {}
@@ -260,9 +266,45 @@ class RegistryAuth(httpx.Auth):
             token_response.read()
             return self._store_token(challenge, scopes, token_response)
 
+    def delegable_header(self, host: str, scopes: Iterable[str]) -> str | None:
+        """The ``Authorization`` value we would send to ``host`` for ``scopes`` now, to hand to a server that
+        acts for us (a Cargohold server pushing blobs to this registry itself).
+
+        ``None`` when the host asked for no credentials. :class:`LookupError` when it wants a Bearer token
+        and none is cached for these scopes: make a request with them first (the flow fetches one).
+        Only valid after at least one request to ``host``, which is when we learn what it wants.
+        """
+        wanted = merge_scopes(scopes)
+        with self._lock:
+            known_bearer = self._bearer_hosts.get(host)
+            known_basic = host in self._basic_hosts
+        if known_bearer is not None:
+            token = self._cached(known_bearer, wanted)
+            if token is None:
+                raise LookupError(f"no cached token for {' '.join(wanted)} at {host}")
+            return f"Bearer {token}"
+        return self._basic_header() if known_basic else None
+
+    def forget_token(self, host: str, scopes: Iterable[str]) -> None:
+        """Drop the cached token for ``scopes`` at ``host`` (a server we handed it to was refused with it)."""
+        wanted = merge_scopes(scopes)
+        with self._lock:
+            known = self._bearer_hosts.get(host)
+            if known is None:
+                return
+            realm, service = known.params.get("realm", ""), known.params.get("service", "")
+            for key in [k for k in self._tokens if k[0] == realm and k[1] == service and _covers(k[2], wanted)]:
+                del self._tokens[key]
+
     # -- the flow -----------------------------------------------------------------------------------
 
     def sync_auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        if self.authorization is not None:
+            host, value = self.authorization
+            if request.url.netloc.decode() == host:
+                request.headers["Authorization"] = value
+            yield request
+            return
         host = request.url.netloc.decode()
         with self._lock:
             known_bearer = self._bearer_hosts.get(host)

@@ -10,8 +10,9 @@ and registry → registry pushes, with the same ordering and verification guaran
 2. walk it: child manifests of indexes (attestation manifests included: they are ordinary children),
    then referrers of every manifest found (signatures, SBOMs), recursively;
 3. copy every distinct blob in parallel (``jobs`` threads): skip what the target has (HEAD), mount when
-   source and target are repositories of the same registry, else pipe the source GET into the target
-   upload; nothing touches the disk in between;
+   source and target are repositories of the same registry, else have a Cargohold source upload the blob
+   itself (:class:`ServerPush`), else pipe the source GET into the target upload; nothing touches the
+   disk in between;
 4. push manifests children first (by digest), then the top manifest under each tag, then referrers.
 
 Digests are preserved because manifests are moved as the exact bytes the source served.
@@ -20,6 +21,7 @@ Digests are preserved because manifests are moved as the exact bytes the source 
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -31,6 +33,7 @@ from cargohold.client.registry import (
     Manifest,
     ProgressCallback,
     RegistryClient,
+    is_loopback,
     referrers_tag,
 )
 from cargohold.oci import mediatypes
@@ -111,12 +114,69 @@ def select_platform(index: dict[str, Any], platform: str) -> Descriptor:
 # -- adapters ---------------------------------------------------------------------------------------
 
 
+class ServerPush:
+    """Lets a Cargohold source upload its blobs to the destination itself (server-side push).
+
+    ``required``: a refusal is an error (``--transfer server``); otherwise the first refusal is reported
+    through ``on_fallback`` once and every blob streams through the client from then on.
+    """
+
+    FALLBACK_CODES = frozenset(
+        {"SERVER_PUSH_DISABLED", "SERVER_PUSH_UNSUPPORTED", "DESTINATION_NOT_ALLOWED", "DESTINATION_UNREACHABLE"}
+    )
+    """Refusals worth streaming through the client instead: the server will not, may not, or cannot reach
+    the destination (its network or CA bundle may differ from this machine's)."""
+
+    def __init__(self, *, required: bool = False, on_fallback: Callable[[str], object] | None = None) -> None:
+        self.required = required
+        self.on_fallback = on_fallback
+        self.refusal: str | None = None
+        self.pushed = 0
+        """Blobs the server uploaded."""
+        self._lock = threading.Lock()
+
+    def push(self, source: RegistryRepo, descriptor: Descriptor, target: RegistryRepo,
+             progress: ProgressCallback | None) -> bool:
+        """Whether the server uploaded the blob; ``False``: stream it through the client instead."""
+        if self.refusal is not None:
+            return False
+        if is_loopback(target.client.host) and not is_loopback(source.client.host):
+            # "localhost" would mean the server's own machine, not ours.
+            return self._refused(f"{target.client.host} is this machine's own address, which the Cargohold "
+                                 "server cannot reach")
+        try:
+            source.client.push_blob_from_server(
+                source.repository, descriptor.digest, target.client, target.repository, progress=progress
+            )
+        except RegistryError as exc:
+            declined = self.FALLBACK_CODES.intersection(exc.codes) or (exc.status in (404, 405) and not exc.codes)
+            if not declined:
+                raise
+            return self._refused("; ".join(e.message for e in exc.errors if e.message) or str(exc))
+        with self._lock:
+            self.pushed += 1
+        return True
+
+    def _refused(self, reason: str) -> bool:
+        if self.required:
+            raise RegistryError("pushing from the Cargohold server (--transfer server)", reason=reason, status=400)
+        with self._lock:
+            first, self.refusal = self.refusal is None, self.refusal or reason
+        if first and self.on_fallback is not None:
+            self.on_fallback(reason)
+        return False
+
+
 @dataclass
 class RegistryRepo:
-    """One repository of a registry, usable as a source and as a target."""
+    """One repository of a registry, usable as a source and as a target.
+
+    ``server_push``: set on a Cargohold source to have its server upload blobs to registry targets itself.
+    """
 
     client: RegistryClient
     repository: str
+    server_push: ServerPush | None = None
 
     @property
     def name(self) -> str:
@@ -149,6 +209,12 @@ class RegistryRepo:
         mount_from = None
         if isinstance(source, RegistryRepo) and source.client.registry == self.client.registry:
             mount_from = source.repository
+        elif (
+            isinstance(source, RegistryRepo)
+            and source.server_push is not None
+            and source.server_push.push(source, descriptor, self, progress)
+        ):
+            return "uploaded"
         return self.client.upload_blob(
             self.repository,
             descriptor.digest,

@@ -31,7 +31,7 @@ import httpx
 
 from cargohold.client.auth import SCOPES_EXTENSION, RegistryAuth, repository_scope
 from cargohold.client.credentials import Credentials
-from cargohold.client.errors import DigestMismatchError, RegistryError
+from cargohold.client.errors import DigestMismatchError, OCIErrorDetail, RegistryError
 from cargohold.client.retry import RetryPolicy, is_retryable
 from cargohold.client.tls import verify_option
 from cargohold.oci import mediatypes
@@ -193,6 +193,7 @@ class RegistryClient:
         transport: httpx.BaseTransport | None = None,
         max_connections: int = 32,
         verify: bool = True,
+        authorization: str | None = None,
     ) -> None:
         if "://" in registry:
             base = httpx.URL(registry)
@@ -206,7 +207,8 @@ class RegistryClient:
         """The host as it appears in messages and in image references."""
         self.registry = normalize_registry(host)
         self.retry = retry or RetryPolicy()
-        self.auth = RegistryAuth(credentials)
+        netloc = httpx.URL(self.base_url).netloc.decode()
+        self.auth = RegistryAuth(credentials, authorization=None if authorization is None else (netloc, authorization))
         self._http = httpx.Client(
             base_url=self.base_url,
             auth=self.auth,
@@ -281,6 +283,20 @@ class RegistryClient:
     def _send(self, action: str, method: str, url: str | httpx.URL, **kwargs: Any) -> httpx.Response:
         """:meth:`_send_once` under the retry policy. Only for requests whose body can be re-sent."""
         return self.retry.call(lambda: self._send_once(action, method, url, **kwargs))
+
+    def delegated_authorization(self, repository: str, digest: Digest) -> str | None:
+        """The ``Authorization`` value that lets someone else push ``digest`` to ``repository`` for us.
+
+        For a server-side push: a Bearer token scoped to ``repository:<repo>:pull,push`` (short-lived,
+        this one repository) where the registry uses tokens, the Basic credentials where it uses those,
+        ``None`` where it wants none. A HEAD on the blob first, if no token is cached, to get one.
+        """
+        scopes = self._push(repository)
+        try:
+            return self.auth.delegable_header(httpx.URL(self.base_url).netloc.decode(), scopes)
+        except LookupError:
+            self.blob_exists(repository, digest, for_push=True)
+            return self.auth.delegable_header(httpx.URL(self.base_url).netloc.decode(), scopes)
 
     @staticmethod
     def _pull(repository: str) -> tuple[str]:
@@ -620,6 +636,92 @@ class RegistryClient:
                 if progress is not None and reported != confirmed:
                     progress(confirmed - reported)
                 reported = confirmed
+
+    # -- Cargohold extension: server-side push ------------------------------------------------------
+
+    def push_blob_from_server(
+        self,
+        repository: str,
+        digest: Digest,
+        destination: RegistryClient,
+        destination_repository: str,
+        *,
+        progress: ProgressCallback | None = None,
+    ) -> None:
+        """Ask this (Cargohold) server to upload ``digest`` of ``repository`` to the destination itself.
+
+        ``POST /api/v1/blob-copies`` (see cargohold.registry.blob_copy), with an ``Authorization`` value
+        for the destination repository obtained here (a scoped token, or the Basic credentials where the
+        registry uses those). The server's progress lines feed ``progress``. Raises :class:`RegistryError`:
+        with the server's status and code when it refuses up front, else with the code and message of its
+        final line (:class:`~cargohold.client.copy.ServerPush` decides which of those mean "stream it
+        through the client instead"). A dropped connection to this server is retried like any request
+        (the copy starts over); the server retries the destination itself, so a failed copy is not
+        repeated here, except once with a fresh token when the destination refused the one handed over.
+        """
+        action = f"pushing blob {_short(digest)} to {destination.where(destination_repository)} via {self.host}"
+        reported = 0
+
+        def attempt(authorization: str | None) -> dict[str, Any]:
+            nonlocal reported
+            if progress is not None and reported:
+                progress(-reported)  # a retry starts over
+            reported = 0
+            body = {
+                "repository": repository,
+                "digest": str(digest),
+                "destination": {
+                    "url": destination.base_url,
+                    "repository": destination_repository,
+                    "authorization": authorization,
+                },
+            }
+            response = self._send_once(
+                action,
+                "POST",
+                "/api/v1/blob-copies",
+                scopes=self._pull(repository),
+                headers={"Content-Type": "application/json"},
+                content=json.dumps(body).encode(),
+                stream=True,
+            )
+            try:
+                for line in response.iter_lines():
+                    if not line.strip():
+                        continue
+                    try:
+                        event = json.loads(line)
+                    except ValueError:
+                        reason = f"{self.host} sent an unreadable line: {line[:100]!r}"
+                        raise RegistryError(action, reason=reason) from None
+                    sent = event.get("bytes") if isinstance(event, dict) else None
+                    if isinstance(sent, int) and sent > reported:
+                        if progress is not None:
+                            progress(sent - reported)
+                        reported = sent
+                    if isinstance(event, dict) and ("result" in event or "error" in event):
+                        return event
+            finally:
+                response.close()
+            raise httpx.RemoteProtocolError(f"{self.host} ended the server-side push without a result")
+
+        scopes = self._push(destination_repository)
+        for fresh_token in (False, True):
+            authorization = destination.delegated_authorization(destination_repository, digest)
+            final = self.retry.call(lambda authorization=authorization: attempt(authorization))
+            error = final.get("error")
+            if error is None:
+                return
+            error = error if isinstance(error, dict) else {}
+            code = str(error.get("code") or "UNKNOWN")
+            if code == "DESTINATION_UNAUTHORIZED" and authorization is not None and not fresh_token:
+                destination.auth.forget_token(httpx.URL(destination.base_url).netloc.decode(), scopes)
+                continue
+            raise RegistryError(
+                action,
+                status=error.get("status") if isinstance(error.get("status"), int) else None,
+                errors=[OCIErrorDetail(code, str(error.get("message") or ""), None)],
+            )
 
     # -- manifests ----------------------------------------------------------------------------------
 

@@ -7,16 +7,23 @@ pays that once. ``SSLContext`` objects are safe to share between clients and thr
 
 from __future__ import annotations
 
-import functools
 import ssl
+import threading
 
 import httpx
 
+_lock = threading.Lock()
+_context: ssl.SSLContext | None = None
 
-@functools.cache
+
 def _verifying_context() -> ssl.SSLContext:
-    # httpx's own constructor, so SSL_CERT_FILE / SSL_CERT_DIR keep working exactly as they do in httpx.
-    return httpx.create_ssl_context()
+    # Under a lock: six copy threads starting at once would otherwise each load the bundle (6 x ~60 ms).
+    global _context
+    with _lock:
+        if _context is None:
+            # httpx's own constructor, so SSL_CERT_FILE / SSL_CERT_DIR keep working exactly as in httpx.
+            _context = httpx.create_ssl_context()
+        return _context
 
 
 def verify_option(verify: bool | ssl.SSLContext) -> bool | ssl.SSLContext:

@@ -110,7 +110,9 @@ def push_build(
     platform: str | None = None,
     username: str | None = None,
     password: str | None = None,
+    transfer: str = "auto",
 ) -> PushResult:
     """action-push: copy the build to ``tags`` with explicit credentials or the Docker config."""
     return push_image(_connection(registry, token, project), _ref(build_id, project, save_tag), tags,
-                      platform=platform, username=username, password=password, progress=PlainProgress())
+                      platform=platform, username=username, password=password, progress=PlainProgress(),
+                      transfer=transfer)

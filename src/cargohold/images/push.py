@@ -1,14 +1,19 @@
 """``cargohold push``: copy a saved build to its final registry, without rebuilding and without disk.
 
-Registry to registry with :func:`~cargohold.client.copy.copy_image`: each blob is a GET from Cargohold
-piped into an upload at the destination (HEAD first: blobs the destination has are skipped; a cross-repo
-mount when both are the same registry), child manifests by digest, then the top manifest under each tag,
-then referrers. The manifests move as the exact bytes Cargohold stored, so the pushed digest is the saved
-digest. Tags are grouped by destination repository, so five tags of one repository cost one copy.
+Registry to registry with :func:`~cargohold.client.copy.copy_image`: HEAD first (blobs the destination
+has are skipped), a cross-repo mount when both are the same registry, else the Cargohold server uploads
+the blob to the destination itself (``transfer="server"``/``"auto"``: the bytes never pass through this
+machine; see cargohold.registry.blob_copy) or, when the server will not (``"auto"`` falls back with a
+note) or must not (``"client"``), a GET from Cargohold piped into an upload at the destination. Then
+child manifests by digest, the top manifest under each tag, and referrers. The manifests move as the
+exact bytes Cargohold stored, so the pushed digest is the saved digest. Tags are grouped by destination
+repository, so five tags of one repository cost one copy.
 
 Destination credentials, first hit wins: explicit ``username``/``password`` (the action's inputs),
 ``CARGOHOLD_PUSH_REGISTRY_USERNAME``/``_PASSWORD`` (or ``_AUTH``), the Docker config, else anonymous. The
-Cargohold token is never sent to the destination.
+Cargohold token is never sent to the destination; for a server-side push the server receives an
+``Authorization`` value for the destination repository (a token scoped to it where the registry issues
+tokens, else the Basic credentials) for the duration of the copy.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from cargohold.client.copy import DEFAULT_JOBS, RegistryRepo, copy_image
+from cargohold.client.copy import DEFAULT_JOBS, RegistryRepo, ServerPush, copy_image
 from cargohold.client.credentials import PUSH_ENV_PREFIX, resolve_credentials
 from cargohold.client.registry import RegistryClient
 from cargohold.client.settings import Connection
@@ -26,6 +31,8 @@ from cargohold.images.pull import choose_manifest, pull_info
 from cargohold.images.sources import summarize
 from cargohold.oci.digest import Digest
 from cargohold.oci.imageref import ImageReference, ImageReferenceError
+
+TRANSFERS = ("auto", "server", "client")
 
 
 @dataclass
@@ -38,6 +45,8 @@ class TagPush:
     mounted: int = 0
     skipped: int = 0
     uploaded_size: int = 0
+    server_pushed: int = 0
+    """How many of the uploaded blobs the Cargohold server uploaded itself (the rest streamed through us)."""
 
 
 @dataclass
@@ -74,9 +83,16 @@ def push_image(
     jobs: int = DEFAULT_JOBS,
     progress: Progress | None = None,
     environ: Mapping[str, str] | None = None,
+    transfer: str = "auto",
 ) -> PushResult:
-    """Copy build ``build_id`` (or ``PROJECT:TAG``) to every ``REGISTRY/REPO:TAG`` in ``tags``."""
+    """Copy build ``build_id`` (or ``PROJECT:TAG``) to every ``REGISTRY/REPO:TAG`` in ``tags``.
+
+    ``transfer``: ``"auto"`` (the server uploads blobs itself when it can, else they stream through this
+    process), ``"server"`` (the server must) or ``"client"`` (always stream through this process).
+    """
     progress = progress or Progress()
+    if transfer not in TRANSFERS:
+        raise ImageError(f"transfer {transfer!r} is not one of {', '.join(TRANSFERS)}")
     if not tags:
         raise ImageError("no destination given; add -t REGISTRY/REPOSITORY:TAG (repeatable)")
     destinations = [(tag, parse_destination(tag)) for tag in tags]
@@ -87,7 +103,13 @@ def push_image(
         info = pull_info(control, build_id)
     result = PushResult(build_id=str(info["build_id"]), digest="", digests={}, platform=platform)
     with cargohold_client(connection, str(info["registry"]), str(info["token"])) as source_client:
-        source = RegistryRepo(source_client, str(info["repository"]))
+        server_push = None
+        if transfer != "client":
+            server_push = ServerPush(
+                required=transfer == "server",
+                on_fallback=lambda reason: progress.step(f"note: blobs stream through this machine ({reason})"),
+            )
+        source = RegistryRepo(source_client, str(info["repository"]), server_push)
         top = source.get_manifest(Digest.parse(str(info["digest"])))
         chosen = choose_manifest(source, top, platform, default=None)
         summary = summarize(source, chosen.digest, top=chosen)
@@ -106,6 +128,7 @@ def push_image(
                 sizes[how].append(getattr(descriptor, "size", 0))
                 progress.blob(descriptor, how)  # type: ignore[arg-type]
 
+            pushed_before = server_push.pushed if server_push else 0
             with RegistryClient(members[0][1].api_host, credentials=credentials) as client:
                 target = NamingTarget(RegistryRepo(client, repository))
                 counter = progress.transfer(f"pushing to {members[0][1].repository_path}", summary.total_size)
@@ -116,9 +139,10 @@ def push_image(
                     raise ImageError(f"pushing to {where} failed: {exc}") from exc
                 finally:
                     progress.done()
+            by_server = (server_push.pushed if server_push else 0) - pushed_before
             for tag, _ in members:
                 result.digests[tag] = str(copied.digest)
                 result.results.append(TagPush(tag, str(copied.digest), len(sizes["uploaded"]), len(sizes["mounted"]),
-                                              len(sizes["skipped"]), sum(sizes["uploaded"])))
+                                              len(sizes["skipped"]), sum(sizes["uploaded"]), by_server))
         result.digest = str(chosen.digest)
     return result

@@ -13,12 +13,14 @@ from aiohttp import ClientConnectionResetError, web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from cargohold import __version__
+from cargohold.client.tls import verify_option
 from cargohold.config import ServerSettings
 from cargohold.metadata.control import ControlStore
 from cargohold.metadata.db import Database
 from cargohold.metadata.store import MetadataStore
-from cargohold.registry import api, api_lifecycle, auth_routes, routing
+from cargohold.registry import api, api_lifecycle, auth_routes, blob_copy, routing
 from cargohold.registry.access import AccessPolicy, OpenAccess
+from cargohold.registry.egress import EgressPolicy, parse_networks
 from cargohold.registry.errors import RegistryError
 from cargohold.registry.security import build_security
 from cargohold.registry.state import STATE_KEY, RegistryState, state_of
@@ -115,6 +117,8 @@ async def _shutdown(app: web.Application) -> AsyncIterator[None]:
     if state.oidc is not None:
         await state.oidc.verifier.aclose()
     state.executor.shutdown(wait=True, cancel_futures=True)
+    if state.push_executor is not None:
+        state.push_executor.shutdown(wait=True, cancel_futures=True)
     state.metadata.db.dispose()
 
 
@@ -138,6 +142,10 @@ def create_app(settings: ServerSettings, access: AccessPolicy | None = None) -> 
         executor=executor,
         control=control,
     )
+    if settings.server_push:
+        state.egress = EgressPolicy(parse_networks(settings.push_allow_networks))
+        state.push_executor = ThreadPoolExecutor(max_workers=settings.push_threads, thread_name_prefix="cargohold-push")
+        state.push_executor.submit(verify_option, True)  # load the CA bundle now, not in the first push
     if access is None:
         security = build_security(state)
         state.auth, state.oidc = security.access, security.oidc
@@ -150,6 +158,7 @@ def create_app(settings: ServerSettings, access: AccessPolicy | None = None) -> 
     app.router.add_get("/api/v1/oidc", auth_routes.oidc_discovery)
     if state.auth is not None:
         api.add_routes(app)
+    blob_copy.add_routes(app)
     app.router.add_get("/v2/", api_root)
     app.router.add_get("/v2", api_root)
     app.router.add_route("*", "/v2/{tail:.+}", routing.dispatch)

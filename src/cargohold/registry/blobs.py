@@ -61,7 +61,7 @@ def _usable_range(header: str | None, size: int) -> bool:
     return True
 
 
-def _readable_blob(state: RegistryState, name: str, digest: Digest, stale_before: datetime) -> BlobLocation:
+def readable_blob(state: RegistryState, name: str, digest: Digest, stale_before: datetime) -> BlobLocation:
     """Where to serve ``digest`` from, if ``name`` may read it: one trip to the thread pool on the hot path.
 
     A link older than ``stale_before`` is refreshed first, keeping it out of the garbage collector's reach for
@@ -84,7 +84,7 @@ async def get_blob(request: web.Request, name: str, digest_text: str) -> web.Str
     state = state_of(request)
     digest = parse_digest(digest_text)
     stale_before = datetime.now(UTC) - state.settings.gc_grace / TOUCH_FRACTION
-    location = await state.run(_readable_blob, state, name, digest, stale_before)
+    location = await state.run(readable_blob, state, name, digest, stale_before)
     headers = {
         "Docker-Content-Digest": str(digest),
         "Content-Type": "application/octet-stream",

@@ -71,6 +71,13 @@ class Metrics:
             buckets=(0.1, 1, 5, 15, 30, 60, 300, 900),
             registry=r,
         )
+        self.server_pushes = Counter(
+            "cargohold_server_pushes", "Blobs this server pushed to other registries, by result.", ["result"],
+            registry=r,
+        )
+        self.server_push_bytes = Counter(
+            "cargohold_server_push_bytes", "Blob bytes this server pushed to other registries.", registry=r
+        )
         if stored_bytes is not None:
             r.register(_StoredBytes(stored_bytes))
 

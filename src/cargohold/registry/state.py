@@ -14,6 +14,7 @@ from cargohold.config import ServerSettings
 from cargohold.metadata.control import ControlStore
 from cargohold.metadata.store import MetadataStore
 from cargohold.registry.access import AccessPolicy
+from cargohold.registry.egress import EgressPolicy
 from cargohold.registry.upload_progress import UploadTracker
 from cargohold.storage.base import BlobStore
 
@@ -36,6 +37,10 @@ class RegistryState:
     auth: TokenAccess | None = None
     oidc: OidcExchange | None = None
     uploads: UploadTracker = field(default_factory=lambda: UploadTracker())
+    egress: EgressPolicy = field(default_factory=EgressPolicy)
+    """Where server-side pushes may connect (see cargohold.registry.egress)."""
+    push_executor: ThreadPoolExecutor | None = None
+    """Threads for server-side pushes, apart from ``executor`` so long uploads never starve requests."""
 
     async def run(self, func: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """Run blocking work (database, file system, hashing) off the event loop."""

@@ -1,0 +1,237 @@
+"""Server-side push: ``POST /api/v1/blob-copies`` uploads one stored blob straight into another registry.
+
+``cargohold push`` used to move every byte Cargohold → runner → destination: twice across the network,
+and through the runner's CPU. With this route the client still plans the copy, checks which blobs the
+destination lacks and pushes the manifests, but asks the server to upload each missing blob itself, with a
+credential the client obtained for that one destination repository. Blob bytes never pass through the
+client (Depot's ``depot push`` works the same way), and the server reads them from its own disk.
+
+Request body::
+
+    {"repository": "<source repository>", "digest": "sha256:…",
+     "destination": {"url": "https://ghcr.io", "repository": "org/app", "authorization": "Bearer …" | null}}
+
+The caller needs ``pull`` on the source repository: exactly what a blob GET needs, so a build-scoped pull
+token works and can copy only its own build's blobs. Problems found before any work (a bad body, the egress
+policy, an unknown blob, server push switched off) are ordinary error responses; the client falls back to
+streaming through itself on the ``SERVER_PUSH_*``, ``DESTINATION_NOT_ALLOWED`` and
+``DESTINATION_UNREACHABLE`` codes (up front or in the final line). Then the answer is
+``200`` with ``application/x-ndjson`` lines, streamed: ``{"bytes": n}`` (bytes confirmed so far, at most
+twice a second, which also keeps proxies from timing out a long copy), then one final line,
+``{"result": "uploaded", "bytes": size}`` or ``{"error": {"code", "message", "status"}}``.
+
+Safety: every connection passes the egress policy at connect time (:mod:`cargohold.registry.egress`). The
+``authorization`` value is sent only to the destination host, for this one copy; it is never stored or
+logged. If the client goes away, the copy stops at the next chunk. At most ``push_threads`` copies run at
+once; more wait their turn.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import httpcore
+import httpx
+from aiohttp import ClientConnectionResetError, web
+
+from cargohold.client.errors import RegistryError as ClientRegistryError
+from cargohold.client.registry import RegistryClient, file_source
+from cargohold.client.retry import RetryPolicy
+from cargohold.lifecycle.gc import TOUCH_FRACTION
+from cargohold.oci.digest import Digest, DigestError
+from cargohold.oci.reference import is_valid_name
+from cargohold.registry.access import Target
+from cargohold.registry.api_common import api_error, read_json_body
+from cargohold.registry.api_lifecycle import LIFECYCLE_KEY
+from cargohold.registry.blobs import readable_blob
+from cargohold.registry.egress import EgressDenied, EgressTransport
+from cargohold.registry.state import RegistryState, state_of
+from cargohold.storage.base import LocalFile
+
+log = logging.getLogger(__name__)
+
+PROGRESS_INTERVAL = 0.5
+MAX_AUTHORIZATION = 16 * 1024
+"""Longest ``Authorization`` value accepted (registry JWTs run to a few KiB)."""
+
+
+@dataclass(frozen=True)
+class CopyRequest:
+    repository: str
+    digest: Digest
+    url: httpx.URL
+    destination: str
+    authorization: str | None
+
+    @property
+    def where(self) -> str:
+        return f"{self.url.netloc.decode()}/{self.destination}"
+
+
+def parse_request(body: dict[str, Any]) -> CopyRequest:
+    """Validate the body; each refusal says which field is wrong and what it must look like."""
+
+    def invalid(message: str) -> Exception:
+        return api_error(400, "INVALID", message)
+
+    repository = body.get("repository")
+    if not isinstance(repository, str) or not is_valid_name(repository):
+        raise invalid("repository must be a repository name of this server, e.g. the project ID")
+    try:
+        digest = Digest.parse(str(body.get("digest") or ""))
+    except DigestError as exc:
+        raise invalid(f"digest: {exc}") from None
+    destination = body.get("destination")
+    if not isinstance(destination, dict):
+        raise invalid('destination must be an object: {"url": "https://host", "repository": "org/app"}')
+    try:
+        url = httpx.URL(str(destination.get("url") or ""))
+    except httpx.InvalidURL as exc:
+        raise invalid(f"destination.url is not a URL: {exc}") from None
+    if url.scheme not in ("http", "https") or not url.host or url.userinfo or url.path not in ("", "/") or url.query:
+        raise invalid("destination.url must be a registry's base URL, like https://ghcr.io or http://10.0.0.5:5000")
+    target = destination.get("repository")
+    if not isinstance(target, str) or not is_valid_name(target):
+        raise invalid("destination.repository must be a repository name, e.g. org/app")
+    authorization = destination.get("authorization")
+    if authorization is not None and (
+        not isinstance(authorization, str)
+        or not 0 < len(authorization) <= MAX_AUTHORIZATION
+        or not authorization.isascii()
+        or not authorization.isprintable()
+    ):
+        raise invalid(f"destination.authorization must be one printable ASCII header value up to {MAX_AUTHORIZATION} "
+                      "characters, or null")
+    return CopyRequest(repository, digest, url.copy_with(path="/"), target, authorization)
+
+
+async def copy_blob(request: web.Request) -> web.StreamResponse:
+    state = state_of(request)
+    job = parse_request(await read_json_body(request))
+    await state.access.authorize(request, job.repository, frozenset({"pull"}), Target("blob", str(job.digest)))
+    if not state.settings.server_push or state.push_executor is None:
+        raise api_error(403, "SERVER_PUSH_DISABLED",
+                        "this Cargohold server does not push to other registries itself (--no-server-push); "
+                        "the client can stream the blob instead")
+    stale_before = datetime.now(UTC) - state.settings.gc_grace / TOUCH_FRACTION
+    location = await state.run(readable_blob, state, job.repository, job.digest, stale_before)
+    if not isinstance(location, LocalFile):
+        raise api_error(501, "SERVER_PUSH_UNSUPPORTED",
+                        "this server's blob store cannot be read for server-side pushes; the client streams instead")
+    port = job.url.port or (443 if job.url.scheme == "https" else 80)
+    try:
+        await state.run(state.egress.resolve, job.url.host, port)
+    except EgressDenied as exc:
+        raise api_error(403, "DESTINATION_NOT_ALLOWED", str(exc)) from None
+    except httpcore.ConnectError as exc:
+        raise api_error(502, "DESTINATION_UNREACHABLE", f"{exc}; check the destination registry's name") from None
+
+    response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson", "Cache-Control": "no-store"})
+    await response.prepare(request)
+    progress = _Progress()
+    loop = asyncio.get_running_loop()
+    started = time.monotonic()
+    future = loop.run_in_executor(state.push_executor, _upload, state, job, location, progress)
+    reported = -1
+    try:
+        while True:
+            done, _ = await asyncio.wait({future}, timeout=PROGRESS_INTERVAL)
+            if done:
+                break
+            if progress.sent != reported:
+                reported = progress.sent
+                await response.write(_line({"bytes": reported}))
+        final = _outcome(future, job, location.size)
+        await response.write(_line(final))
+        await response.write_eof()
+    except (ConnectionResetError, ClientConnectionResetError):
+        progress.cancelled.set()  # the upload stops at its next chunk
+        future.add_done_callback(lambda done: done.cancelled() or done.exception())  # consume its error
+        log.info("client went away during the server-side push of blob %s to %s", job.digest, job.where)
+        return response
+    except BaseException:  # shutting down: stop the upload too
+        progress.cancelled.set()
+        future.add_done_callback(lambda done: done.cancelled() or done.exception())
+        raise
+    lifecycle = request.app.get(LIFECYCLE_KEY)
+    if lifecycle is not None:
+        lifecycle.metrics.server_pushes.labels("uploaded" if "result" in final else final["error"]["code"]).inc()
+        lifecycle.metrics.server_push_bytes.inc(progress.sent)
+    if "result" in final:
+        log.info("pushed blob %s (%d bytes) from %s to %s in %.1f s", job.digest, location.size, job.repository,
+                 job.where, time.monotonic() - started)
+    return response
+
+
+class _Progress:
+    def __init__(self) -> None:
+        self.sent = 0
+        self.cancelled = threading.Event()
+
+    def add(self, delta: int) -> None:
+        self.sent += delta  # one writer thread; the event loop only reads
+
+
+class _ClientGone(Exception):
+    pass
+
+
+def _upload(state: RegistryState, job: CopyRequest, location: LocalFile, progress: _Progress) -> None:
+    """The copy itself, on a push thread: the existing client's upload (resume, retries) fed from disk."""
+    read = file_source(location.path)
+
+    def source(offset: int) -> Iterator[bytes]:
+        for chunk in read(offset):
+            if progress.cancelled.is_set():
+                raise _ClientGone
+            yield chunk
+
+    with RegistryClient(
+        str(job.url).rstrip("/"),
+        authorization=job.authorization,
+        transport=EgressTransport(state.egress),
+        retry=RetryPolicy(attempts=3),
+        max_connections=4,
+    ) as client:
+        client.upload_blob(job.destination, job.digest, location.size, source, progress=progress.add)
+
+
+def _outcome(future: asyncio.Future[None], job: CopyRequest, size: int) -> dict[str, Any]:
+    """The final NDJSON line: the result, or the error in the API's code/message shape."""
+    try:
+        future.result()
+    except ClientRegistryError as exc:
+        code = {401: "DESTINATION_UNAUTHORIZED", 403: "DESTINATION_DENIED"}.get(exc.status or 0, "DESTINATION_ERROR")
+        return _error(code, str(exc), exc.status)
+    except _ClientGone:
+        return _error("CANCELLED", "the client went away", None)
+    except httpx.TransportError as exc:
+        if isinstance(exc.__cause__, EgressDenied):  # the name resolved differently at connect time
+            return _error("DESTINATION_NOT_ALLOWED", str(exc.__cause__), None)
+        return _error("DESTINATION_UNREACHABLE", f"pushing blob {job.digest} to {job.where} failed: {exc}", None)
+    except Exception:
+        log.exception("server-side push of blob %s to %s failed", job.digest, job.where)
+        return _error("UNKNOWN", f"pushing blob {job.digest} to {job.where} failed; the server log has the details",
+                      None)
+    return {"result": "uploaded", "bytes": size}
+
+
+def _error(code: str, message: str, status: int | None) -> dict[str, Any]:
+    return {"error": {"code": code, "message": message, "status": status}}
+
+
+def _line(data: dict[str, Any]) -> bytes:
+    return json.dumps(data, separators=(",", ":")).encode() + b"\n"
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_post("/api/v1/blob-copies", copy_blob)
+

@@ -1,0 +1,151 @@
+"""Which hosts the server may connect to on a client's behalf, and the httpx transport that enforces it.
+
+Server-side push (:mod:`cargohold.registry.blob_copy`) makes the server open connections to a registry the
+*caller* names. Unchecked, that is a server-side request forgery tool: any project token could make the
+server talk to its own admin port, to a database on the private network, or to the cloud metadata
+service at 169.254.169.254. So by default only publicly routable addresses are allowed (Python's
+``ip_address.is_global``: not loopback, private, link-local, CGNAT, reserved, multicast), and an admin
+adds the private networks their registries live on (``--push-allow-network 10.0.0.0/8``).
+
+The check happens where the socket is opened, not on the name: :class:`EgressBackend` resolves the host,
+drops every address the policy refuses, and connects to an allowed address itself, while TLS still
+verifies the certificate against the original host name. A DNS answer that changes between a first check
+and the connection (DNS rebinding) therefore cannot slip through, and neither can a redirect, because
+every connection of the transport goes through the same backend.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import httpcore
+import httpx
+
+from cargohold.client.tls import verify_option
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+class EgressDenied(httpcore.ConnectError):
+    """No address of the host is allowed. A ``ConnectError`` so httpx surfaces it as one (never retried
+    into success: the policy gives the same answer every time)."""
+
+
+def parse_networks(values: Iterable[str]) -> tuple[IPNetwork, ...]:
+    """``--push-allow-network`` values (CIDRs or single addresses, comma-separated allowed); ``ValueError``
+    names the bad one."""
+    networks: list[IPNetwork] = []
+    for value in values:
+        for item in value.split(","):
+            item = item.strip()
+            if not item:
+                continue
+            try:
+                networks.append(ipaddress.ip_network(item, strict=False))
+            except ValueError:
+                raise ValueError(f"{item!r} is not a network: write a CIDR like 10.0.0.0/8 or an address") from None
+    return tuple(networks)
+
+
+@dataclass(frozen=True)
+class EgressPolicy:
+    """Allowed destinations: public addresses (unless ``allow_public`` is off) plus ``allowed_networks``."""
+
+    allowed_networks: tuple[IPNetwork, ...] = ()
+    allow_public: bool = True
+
+    def allows(self, address: IPAddress) -> bool:
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped  # ::ffff:127.0.0.1 is 127.0.0.1
+        if any(address in network for network in self.allowed_networks):
+            return True
+        return self.allow_public and address.is_global and not address.is_multicast
+
+    def resolve(self, host: str, port: int) -> list[str]:
+        """The allowed addresses of ``host`` in resolver order; :class:`EgressDenied` says why when none is."""
+        try:
+            infos = socket.getaddrinfo(host.strip("[]"), port, type=socket.SOCK_STREAM)
+        except socket.gaierror as exc:
+            raise httpcore.ConnectError(f"cannot resolve {host}: {exc.strerror or exc}") from None
+        found = list(dict.fromkeys(str(info[4][0]).split("%", 1)[0] for info in infos))
+        allowed = [a for a in found if self.allows(ipaddress.ip_address(a))]
+        if not allowed:
+            raise EgressDenied(
+                f"this Cargohold server may not connect to {host} ({', '.join(found) or 'no address'}): "
+                f"{_describe(found)} are outside its push policy; an admin can allow them with "
+                "--push-allow-network (CARGOHOLD_PUSH_ALLOW_NETWORKS)"
+            )
+        return allowed
+
+
+def _describe(addresses: Sequence[str]) -> str:
+    kinds = []
+    for text in addresses:
+        address = ipaddress.ip_address(text)
+        kind = (
+            "loopback" if address.is_loopback
+            else "link-local" if address.is_link_local
+            else "private" if address.is_private
+            else "non-public"
+        )
+        kinds.append(f"{kind} addresses")
+    return " and ".join(dict.fromkeys(kinds)) or "its addresses"
+
+
+class EgressBackend(httpcore.NetworkBackend):
+    """httpcore's network backend, connecting only to addresses the policy allows."""
+
+    def __init__(self, policy: EgressPolicy) -> None:
+        self.policy = policy
+        self._inner = httpcore.SyncBackend()
+
+    def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
+    ) -> httpcore.NetworkStream:
+        last: Exception | None = None
+        for address in self.policy.resolve(host, port):
+            try:
+                return self._inner.connect_tcp(address, port, timeout, local_address, socket_options)
+            except httpcore.ConnectError as exc:
+                last = exc
+        assert last is not None
+        raise last
+
+    def connect_unix_socket(
+        self, path: str, timeout: float | None = None, socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None
+    ) -> httpcore.NetworkStream:
+        raise EgressDenied("connections to Unix sockets are not allowed for server-side pushes")
+
+    def sleep(self, seconds: float) -> None:
+        self._inner.sleep(seconds)
+
+
+class EgressTransport(httpx.HTTPTransport):
+    """An ``httpx.HTTPTransport`` whose connections all go through :class:`EgressBackend`.
+
+    httpx does not take a network backend, so the connection pool it built is replaced by an identical
+    one that has ours. Proxies from the environment are ignored on purpose: a proxy would make the
+    address check meaningless.
+    """
+
+    def __init__(self, policy: EgressPolicy, *, max_connections: int = 8) -> None:
+        ssl_context = verify_option(True)
+        super().__init__(verify=ssl_context, trust_env=False)
+        if not isinstance(getattr(self, "_pool", None), httpcore.ConnectionPool):  # pragma: no cover
+            raise RuntimeError("this httpx version cannot enforce the push policy; server-side push is unavailable")
+        self._pool = httpcore.ConnectionPool(
+            ssl_context=ssl_context,  # type: ignore[arg-type]
+            max_connections=max_connections,
+            max_keepalive_connections=max_connections,
+            keepalive_expiry=5.0,
+            network_backend=EgressBackend(policy),
+        )

@@ -1,0 +1,313 @@
+"""Server-side push: the Cargohold server uploads blobs to the destination itself (POST /api/v1/blob-copies).
+
+Real peers: the CNCF reference registry (open and htpasswd) and a second Cargohold server (Bearer tokens)
+as destinations. The egress policy is tested both through the API and at the socket level (a name that
+resolves to a forbidden address when the connection is made).
+"""
+
+from __future__ import annotations
+
+import base64
+import ipaddress
+import json
+import socket
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpcore
+import httpx
+import pytest
+
+from cargohold.client.control import ControlClient
+from cargohold.client.registry import RegistryClient
+from cargohold.client.settings import Connection
+from cargohold.images import ImageError, push_image, save_image
+from cargohold.images.progress import Progress
+from cargohold.oci.digest import Digest
+from cargohold.registry.egress import EgressDenied, EgressPolicy, EgressTransport, parse_networks
+from cargohold.sample import SampleIndex
+from conftest import ServerProcess
+from processes import free_port
+from refregistry import RefRegistry, refregistry_auth_fixture, refregistry_fixture
+from test_images_support import multiarch_fixture, skopeo_raw
+
+__all__ = ["multiarch_fixture", "refregistry_auth_fixture", "refregistry_fixture"]
+
+LOOPBACK = ["--push-allow-network", "127.0.0.0/8"]
+
+
+def _start(tmp_path: Path, name: str, extra: list[str]) -> ServerProcess:
+    return ServerProcess(data_dir=tmp_path / name, extra_args=extra).start()
+
+
+@pytest.fixture
+def source(tmp_path: Path) -> Iterator[ServerProcess]:
+    """A Cargohold server that may push to loopback registries (the test destinations live there)."""
+    proc = _start(tmp_path, "source", LOOPBACK)
+    try:
+        yield proc
+    finally:
+        proc.stop()
+
+
+def _connect(server: ServerProcess) -> Connection:
+    with ControlClient(server.url, server.admin_token) as control:
+        project = control.create_project("server-push")
+    return Connection(server.url, server.admin_token, "test", str(project["id"]))
+
+
+@pytest.fixture
+def no_client_downloads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fail the test if any blob is downloaded by the client: server-side pushes must not need it."""
+
+    def refuse(self: RegistryClient, repository: str, digest: Digest, offset: int) -> Any:
+        raise AssertionError(f"the client downloaded blob {digest}; the server should have pushed it")
+
+    monkeypatch.setattr(RegistryClient, "_open_blob_at", refuse)
+
+
+class _Notes(Progress):
+    def __init__(self) -> None:
+        self.steps: list[str] = []
+
+    def step(self, message: str) -> None:
+        self.steps.append(message)
+
+
+def test_server_pushes_the_whole_index_and_the_client_downloads_nothing(
+    source: ServerProcess, multiarch: tuple[Path, SampleIndex], refregistry: RefRegistry,
+    no_client_downloads: None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+) -> None:
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "empty-docker-config"))
+    conn = _connect(source)
+    layout_dir, sample = multiarch
+    saved = save_image(conn, f"oci:{layout_dir}:v1")
+    tag = f"{refregistry.host}/team/app:1.0"
+    result = push_image(conn, saved.build_id, [tag], transfer="server")
+    assert result.digests == {tag: str(sample.index.digest)}
+    pushed = result.results[0]
+    assert pushed.uploaded > 0 and pushed.server_pushed == pushed.uploaded
+    raw, digest = skopeo_raw(f"docker://{tag}")
+    assert digest == sample.index.digest
+    listed = {m["digest"] for m in json.loads(raw)["manifests"]}
+    assert listed == {str(i.manifest.digest) for i in sample.images} | {str(a.digest) for a in sample.attestations}
+    for image in sample.images:  # every layer arrived intact (skopeo verifies digests while copying)
+        proc = subprocess.run(
+            ["skopeo", "copy", "--src-tls-verify=false", f"docker://{refregistry.host}/team/app@{image.manifest.digest}",
+             f"oci:{tmp_path / ('check-' + image.platform[1])}:x"], capture_output=True, text=True, timeout=120,
+            check=False)
+        assert proc.returncode == 0, proc.stderr
+    with source.client() as admin:
+        metrics = admin.get("/metrics").text
+    uploaded = [line for line in metrics.splitlines()
+                if line.startswith('cargohold_server_pushes_total{result="uploaded"}')]
+    assert uploaded and float(uploaded[0].split()[-1]) == pushed.uploaded
+    pushed_bytes = [line for line in metrics.splitlines() if line.startswith("cargohold_server_push_bytes_total")]
+    assert pushed_bytes and float(pushed_bytes[0].split()[-1]) == pushed.uploaded_size
+
+
+def test_server_push_with_basic_credentials(
+    source: ServerProcess, multiarch: tuple[Path, SampleIndex], refregistry_auth: RefRegistry,
+    no_client_downloads: None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+) -> None:
+    conn = _connect(source)
+    layout_dir, sample = multiarch
+    saved = save_image(conn, f"oci:{layout_dir}:v1")
+    tag = f"{refregistry_auth.host}/secure/app:1"
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "docker"))
+    (tmp_path / "docker").mkdir()
+    wrong = base64.b64encode(b"ci:wrong-pass").decode()
+    (tmp_path / "docker" / "config.json").write_text(json.dumps({"auths": {refregistry_auth.host: {"auth": wrong}}}))
+    with pytest.raises(ImageError) as caught:
+        push_image(conn, saved.build_id, [tag], transfer="server")
+    assert "401" in str(caught.value) or "UNAUTHORIZED" in str(caught.value)
+    right = base64.b64encode(b"ci:s3cret-pass").decode()
+    (tmp_path / "docker" / "config.json").write_text(json.dumps({"auths": {refregistry_auth.host: {"auth": right}}}))
+    result = push_image(conn, saved.build_id, [tag], transfer="server")
+    assert result.results[0].server_pushed == result.results[0].uploaded > 0
+    assert skopeo_raw(f"docker://{tag}", creds="ci:s3cret-pass")[1] == sample.index.digest
+
+
+def test_server_push_to_a_token_registry_hands_over_a_scoped_token_only(
+    source: ServerProcess, multiarch: tuple[Path, SampleIndex], no_client_downloads: None,
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+) -> None:
+    """The destination is another Cargohold (Bearer token auth): the server gets a token scoped to the one
+    destination repository, never the password the client logged in with."""
+    destination = _start(tmp_path, "destination", [])
+    try:
+        with ControlClient(destination.url, destination.admin_token) as control:
+            target_project = str(control.create_project("target")["id"])
+        monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "empty-docker-config"))
+        monkeypatch.setenv("CARGOHOLD_PUSH_REGISTRY_USERNAME", "x-token")
+        monkeypatch.setenv("CARGOHOLD_PUSH_REGISTRY_PASSWORD", destination.admin_token)
+        handed: list[str | None] = []
+        original = RegistryClient.delegated_authorization
+
+        def spy(self: RegistryClient, repository: str, digest: Digest) -> str | None:
+            value = original(self, repository, digest)
+            handed.append(value)
+            return value
+
+        monkeypatch.setattr(RegistryClient, "delegated_authorization", spy)
+        conn = _connect(source)
+        layout_dir, sample = multiarch
+        saved = save_image(conn, f"oci:{layout_dir}:v1")
+        tag = f"{destination.host}/{target_project}:release"
+        result = push_image(conn, saved.build_id, [tag], transfer="server")
+        assert result.results[0].server_pushed == result.results[0].uploaded > 0
+        assert handed and all(value and value.startswith("Bearer ") for value in handed)
+        assert not any(destination.admin_token in (value or "") for value in handed)
+        _, digest = skopeo_raw(f"docker://{tag}", creds=f"x-token:{destination.admin_token}")
+        assert digest == sample.index.digest
+    finally:
+        destination.stop()
+
+
+def test_loopback_is_refused_by_default_and_auto_falls_back_to_the_client(
+    server: ServerProcess, multiarch: tuple[Path, SampleIndex], refregistry: RefRegistry,
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+) -> None:
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "empty-docker-config"))
+    conn = _connect(server)
+    layout_dir, sample = multiarch
+    saved = save_image(conn, f"oci:{layout_dir}:v1")
+    tag = f"{refregistry.host}/team/app:1"
+    with pytest.raises(ImageError) as caught:
+        push_image(conn, saved.build_id, [tag], transfer="server")
+    assert "--push-allow-network" in str(caught.value) and "loopback" in str(caught.value)
+    notes = _Notes()
+    result = push_image(conn, saved.build_id, [tag], transfer="auto", progress=notes)
+    assert result.digests[tag] == str(sample.index.digest)
+    assert result.results[0].server_pushed == 0 and result.results[0].uploaded > 0
+    assert [n for n in notes.steps if n.startswith("note: blobs stream through this machine")], notes.steps
+
+
+def test_disabled_server_push_falls_back(
+    multiarch: tuple[Path, SampleIndex], refregistry: RefRegistry, monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+) -> None:
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "empty-docker-config"))
+    server = _start(tmp_path, "disabled", ["--no-server-push", *LOOPBACK])
+    try:
+        conn = _connect(server)
+        layout_dir, sample = multiarch
+        saved = save_image(conn, f"oci:{layout_dir}:v1")
+        tag = f"{refregistry.host}/team/app:2"
+        with pytest.raises(ImageError, match="no-server-push"):
+            push_image(conn, saved.build_id, [tag], transfer="server")
+        result = push_image(conn, saved.build_id, [tag])
+        assert result.digests[tag] == str(sample.index.digest) and result.results[0].server_pushed == 0
+    finally:
+        server.stop()
+
+
+def test_unreachable_destination_fails_with_a_sentence(
+    source: ServerProcess, multiarch: tuple[Path, SampleIndex], monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+) -> None:
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "empty-docker-config"))
+    conn = _connect(source)
+    layout_dir, _ = multiarch
+    saved = save_image(conn, f"oci:{layout_dir}:v1")
+    with pytest.raises(ImageError) as caught:
+        push_image(conn, saved.build_id, [f"127.0.0.1:{free_port()}/x/y:1"], transfer="server")
+    message = str(caught.value)
+    assert "127.0.0.1" in message and "\n" not in message
+
+
+# -- the API directly --------------------------------------------------------------------------------------
+
+
+def _body(repository: str, digest: str, url: str, **destination: Any) -> dict[str, Any]:
+    return {"repository": repository, "digest": digest,
+            "destination": {"url": url, "repository": "x/y", "authorization": None, **destination}}
+
+
+def test_api_refuses_bad_requests_with_reasons(source: ServerProcess, multiarch: tuple[Path, SampleIndex]) -> None:
+    conn = _connect(source)
+    layout_dir, sample = multiarch
+    save_image(conn, f"oci:{layout_dir}:v1")
+    project = str(conn.project)
+    digest = str(sample.images[0].layers[0].digest)
+    ok_url = f"http://127.0.0.1:{free_port()}"
+
+    def post(body: object, token: str | None = source.admin_token) -> httpx.Response:
+        client = source.client(token) if token else source.anonymous()
+        with client:
+            content = body if isinstance(body, bytes) else json.dumps(body).encode()
+            return client.post("/api/v1/blob-copies", content=content, headers={"Content-Type": "application/json"})
+
+    def error(response: httpx.Response) -> tuple[int, str, str]:
+        item = response.json()["errors"][0]
+        return response.status_code, item["code"], item["message"]
+
+    assert post(_body(project, digest, ok_url), token=None).status_code == 401
+    assert error(post(b"{not json"))[:2] == (400, "INVALID")
+    assert error(post({"repository": project, "digest": digest}))[:2] == (400, "INVALID")
+    assert "destination.url" in error(post(_body(project, digest, ok_url + "/v2/")))[2]
+    assert "destination.url" in error(post(_body(project, digest, "ftp://127.0.0.1")))[2]
+    assert "destination.url" in error(post(_body(project, digest, "http://user:pw@127.0.0.1")))[2]
+    assert "authorization" in error(post(_body(project, digest, ok_url, authorization="Bearer a\r\nX-Evil: 1")))[2]
+    assert "digest" in error(post(_body(project, "sha256:nothex", ok_url)))[2]
+    missing = "sha256:" + "0" * 64
+    assert error(post(_body(project, missing, ok_url)))[:2] == (404, "BLOB_UNKNOWN")
+    # Loopback is allowed on this server, the cloud metadata address is not.
+    status, code, message = error(post(_body(project, digest, "http://169.254.169.254")))
+    assert (status, code) == (403, "DESTINATION_NOT_ALLOWED") and "link-local" in message
+
+
+def test_api_only_copies_blobs_the_caller_may_pull(
+    source: ServerProcess, multiarch: tuple[Path, SampleIndex]
+) -> None:
+    conn = _connect(source)
+    layout_dir, sample = multiarch
+    save_image(conn, f"oci:{layout_dir}:v1")
+    with ControlClient(source.url, source.admin_token) as control:
+        other = str(control.create_project("other")["id"])
+        secret = control.create_token("pull", "other-pull", project_id=other)["token"]
+    body = _body(str(conn.project), str(sample.images[0].manifest.digest), f"http://127.0.0.1:{free_port()}")
+    with source.client(secret) as client:
+        response = client.post("/api/v1/blob-copies", json=body)
+    assert response.status_code in (401, 403, 404), response.text
+    assert response.json()["errors"][0]["code"] in ("DENIED", "NAME_UNKNOWN", "NOT_FOUND", "UNAUTHORIZED")
+
+
+# -- the egress policy at the socket --------------------------------------------------------------------------
+
+
+def test_policy_allows_public_and_listed_networks_only() -> None:
+    policy = EgressPolicy(parse_networks(["10.1.0.0/16", "192.0.2.7"]))
+    allowed = ["8.8.8.8", "140.82.112.3", "2606:4700::1111", "10.1.2.3", "192.0.2.7"]
+    refused = ["127.0.0.1", "::1", "::ffff:127.0.0.1", "10.2.0.1", "192.168.1.1", "172.16.0.1", "169.254.169.254",
+               "100.64.0.1", "0.0.0.0", "fd00::1", "fe80::1", "224.0.0.1", "192.0.2.8"]
+    for text in allowed:
+        assert policy.allows(ipaddress.ip_address(text)), text
+    for text in refused:
+        assert not policy.allows(ipaddress.ip_address(text)), text
+    with pytest.raises(ValueError, match="not a network"):
+        parse_networks(["10.0.0.0/33"])
+
+
+def test_a_name_resolving_to_a_forbidden_address_is_refused_at_connect_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """DNS rebinding: whatever a name resolved to before, the connection checks what it resolves to now."""
+    real = socket.getaddrinfo
+
+    def rebinding(host: str, *args: Any, **kwargs: Any) -> Any:
+        if host == "registry.rebind.test":
+            return real("127.0.0.1", *args, **kwargs)
+        return real(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", rebinding)
+    with pytest.raises(EgressDenied, match="loopback"):
+        EgressPolicy().resolve("registry.rebind.test", 80)
+    with httpx.Client(transport=EgressTransport(EgressPolicy())) as client, pytest.raises(httpx.ConnectError) as caught:
+        client.get("http://registry.rebind.test:9/v2/")
+    assert isinstance(caught.value.__cause__, EgressDenied)
+    allowed = EgressPolicy(parse_networks(["127.0.0.0/8"]))
+    with httpx.Client(transport=EgressTransport(allowed)) as client, pytest.raises(httpx.ConnectError) as caught:
+        client.get(f"http://registry.rebind.test:{free_port()}/v2/")  # allowed, but nothing listens there
+    assert not isinstance(caught.value.__cause__, EgressDenied)
+    assert isinstance(caught.value.__cause__, httpcore.ConnectError)
