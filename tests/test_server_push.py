@@ -10,9 +10,13 @@ from __future__ import annotations
 import base64
 import ipaddress
 import json
+import os
 import socket
 import subprocess
+import threading
+import time
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +34,7 @@ from cargohold.registry.egress import EgressDenied, EgressPolicy, EgressTranspor
 from cargohold.sample import SampleIndex
 from conftest import ServerProcess
 from processes import free_port
+from protocol_helpers import push_blob
 from refregistry import RefRegistry, refregistry_auth_fixture, refregistry_fixture
 from test_images_support import multiarch_fixture, skopeo_raw
 
@@ -311,3 +316,62 @@ def test_a_name_resolving_to_a_forbidden_address_is_refused_at_connect_time(
         client.get(f"http://registry.rebind.test:{free_port()}/v2/")  # allowed, but nothing listens there
     assert not isinstance(caught.value.__cause__, EgressDenied)
     assert isinstance(caught.value.__cause__, httpcore.ConnectError)
+
+
+class _SlowDestination(BaseHTTPRequestHandler):
+    """Accepts an upload session, then reads the PATCH body at ~1 MiB/s and records what arrived."""
+
+    received: list[int]
+    closed_at: list[float]
+
+    def do_POST(self) -> None:
+        self.send_response(202)
+        self.send_header("Location", "/v2/x/y/blobs/uploads/session")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def do_PATCH(self) -> None:
+        remaining = int(self.headers.get("Content-Length") or 0)
+        got = 0
+        while remaining > 0:
+            chunk = self.rfile.read(min(64 << 10, remaining))
+            if not chunk:
+                break
+            got += len(chunk)
+            remaining -= len(chunk)
+            self.received.append(got)
+            time.sleep(0.05)
+        self.closed_at.append(time.monotonic())
+        self.close_connection = True
+
+    def log_message(self, *args: object) -> None:
+        return None
+
+
+def test_a_client_that_goes_away_stops_the_server_upload(source: ServerProcess) -> None:
+    conn = _connect(source)
+    project = str(conn.project)
+    big = os.urandom(32 << 20)
+    with source.client() as admin:
+        digest = push_blob(admin, project, big)
+    received: list[int] = []
+    closed_at: list[float] = []
+    handler = type("Slow", (_SlowDestination,), {"received": received, "closed_at": closed_at})
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        body = _body(project, digest, f"http://127.0.0.1:{httpd.server_address[1]}")
+        with source.client() as admin, admin.stream("POST", "/api/v1/blob-copies", json=body) as response:
+            assert response.status_code == 200
+            first = json.loads(next(response.iter_lines()))
+            assert "bytes" in first
+        left_at = time.monotonic()
+        deadline = left_at + 15
+        while not closed_at and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert closed_at, "the server kept uploading after its client went away"
+        assert closed_at[0] - left_at < 10
+        assert received[-1] < len(big) // 2, f"{received[-1]} of {len(big)} bytes were sent anyway"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
