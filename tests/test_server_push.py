@@ -12,6 +12,7 @@ import ipaddress
 import json
 import os
 import socket
+import ssl
 import subprocess
 import threading
 import time
@@ -375,3 +376,54 @@ def test_a_client_that_goes_away_stops_the_server_upload(source: ServerProcess) 
     finally:
         httpd.shutdown()
         httpd.server_close()
+
+
+def test_insecure_registry_pushes_over_plain_http(
+    source: ServerProcess, multiarch: tuple[Path, SampleIndex], refregistry: RefRegistry,
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+) -> None:
+    """A destination by a name that is not loopback: HTTPS unless listed as insecure. The server cannot
+    resolve the test-only name, so ``auto`` streams through the client after the server's refusal."""
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "empty-docker-config"))
+    real = socket.getaddrinfo
+
+    def aliasing(host: str, *args: Any, **kwargs: Any) -> Any:
+        return real("127.0.0.1" if host == "registry.internal.test" else host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", aliasing)
+    conn = _connect(source)
+    layout_dir, sample = multiarch
+    saved = save_image(conn, f"oci:{layout_dir}:v1")
+    name = f"registry.internal.test:{refregistry.port}"
+    with pytest.raises(ImageError) as caught:  # HTTPS to a plain-HTTP registry
+        push_image(conn, saved.build_id, [f"{name}/team/app:1"], transfer="client")
+    assert f"add --insecure-registry {name}" in str(caught.value)
+    monkeypatch.setenv("CARGOHOLD_INSECURE_REGISTRIES", f"other.test,{name}")
+    result = push_image(conn, saved.build_id, [f"{name}/team/app:1"])
+    assert result.digests[f"{name}/team/app:1"] == str(sample.index.digest)
+    assert result.results[0].server_pushed == 0
+    assert skopeo_raw(f"docker://{refregistry.host}/team/app:1")[1] == sample.index.digest
+
+
+def test_tls_mismatches_are_named_and_not_retried() -> None:
+    from cargohold.client.retry import is_retryable, tls_problem
+
+    def chained(cause: BaseException) -> httpx.ConnectError:
+        try:
+            try:
+                raise cause
+            except BaseException as inner:
+                raise httpcore.ConnectError(str(inner)) from inner
+        except httpcore.ConnectError as middle:
+            try:
+                raise httpx.ConnectError(str(middle)) from middle
+            except httpx.ConnectError as outer:
+                return outer
+
+    untrusted = chained(ssl.SSLCertVerificationError(1, "certificate verify failed"))
+    plain = ssl.SSLError(1, "wrong version number")
+    plain.reason = "WRONG_VERSION_NUMBER"  # what the ssl module sets for this handshake failure
+    refused = chained(ConnectionRefusedError(111, "refused"))
+    assert tls_problem(untrusted) == "untrusted" and not is_retryable(untrusted)
+    assert tls_problem(chained(plain)) == "plain-http" and not is_retryable(chained(plain))
+    assert tls_problem(refused) is None and is_retryable(refused)

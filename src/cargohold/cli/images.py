@@ -276,12 +276,16 @@ def _print_push(result: Any, *, as_json: bool) -> None:
               envvar="CARGOHOLD_PUSH_TRANSFER", show_envvar=True,
               help="Who uploads the blobs: the Cargohold server (bytes skip this machine), this client, or auto "
               "(the server when it can).")
+@click.option("--insecure-registry", multiple=True, envvar="CARGOHOLD_INSECURE_REGISTRIES", show_envvar=True,
+              help="Destination HOST[:PORT] to push to over plain HTTP (repeatable; env: comma-separated). "
+              "Loopback hosts always use HTTP.", show_default=False)
 @transfer_options
 def push_command(
     build_id: str,
     tag: tuple[str, ...],
     platform: str | None,
     transfer: str,
+    insecure_registry: tuple[str, ...],
     jobs: int,
     progress: str,
     registry: str | None,
@@ -295,5 +299,6 @@ def push_command(
     with _errors():
         connection = connect(registry, project, token)
         result = push_image(connection, build_id, list(tag), platform=platform, jobs=jobs,
-                            progress=_progress(progress, as_json), transfer=transfer)
+                            progress=_progress(progress, as_json), transfer=transfer,
+                            insecure_registries=[h for item in insecure_registry for h in item.split(",")] or None)
         _print_push(result, as_json=as_json)

@@ -11,6 +11,7 @@ job for an hour. Everything else (401, 404, 400 ...) fails at once: repeating it
 
 from __future__ import annotations
 
+import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,10 +26,26 @@ T = TypeVar("T")
 
 
 def is_retryable(exc: BaseException) -> bool:
-    """Transport errors and throttling/server errors are worth another try; client errors are not."""
+    """Transport errors and throttling/server errors are worth another try; client errors are not, and
+    neither is a TLS mismatch that repeats the same way every time (see :func:`tls_problem`)."""
     if isinstance(exc, httpx.TransportError):
-        return True
+        return tls_problem(exc) is None
     return isinstance(exc, RegistryError) and exc.status is not None and exc.retryable
+
+
+def tls_problem(exc: BaseException) -> str | None:
+    """``"plain-http"`` when the server answered a TLS handshake in plain HTTP, ``"untrusted"`` when its
+    certificate failed verification, else ``None``: found anywhere in the exception's chain."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, ssl.SSLCertVerificationError):
+            return "untrusted"
+        if isinstance(current, ssl.SSLError) and current.reason == "WRONG_VERSION_NUMBER":
+            return "plain-http"
+        current = current.__cause__ or current.__context__
+    return None
 
 
 @dataclass(frozen=True)

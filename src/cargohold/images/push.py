@@ -18,21 +18,24 @@ tokens, else the Basic credentials) for the duration of the copy.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from cargohold.client.copy import DEFAULT_JOBS, RegistryRepo, ServerPush, copy_image
 from cargohold.client.credentials import PUSH_ENV_PREFIX, resolve_credentials
 from cargohold.client.registry import RegistryClient
+from cargohold.client.retry import tls_problem
 from cargohold.client.settings import Connection
 from cargohold.images.common import ImageError, NamingTarget, cargohold_client
 from cargohold.images.progress import Progress
 from cargohold.images.pull import choose_manifest, pull_info
 from cargohold.images.sources import summarize
 from cargohold.oci.digest import Digest
-from cargohold.oci.imageref import ImageReference, ImageReferenceError
+from cargohold.oci.imageref import ImageReference, ImageReferenceError, normalize_registry
 
 TRANSFERS = ("auto", "server", "client")
+INSECURE_ENV = "CARGOHOLD_INSECURE_REGISTRIES"
 
 
 @dataclass
@@ -84,11 +87,15 @@ def push_image(
     progress: Progress | None = None,
     environ: Mapping[str, str] | None = None,
     transfer: str = "auto",
+    insecure_registries: Sequence[str] | None = None,
 ) -> PushResult:
     """Copy build ``build_id`` (or ``PROJECT:TAG``) to every ``REGISTRY/REPO:TAG`` in ``tags``.
 
     ``transfer``: ``"auto"`` (the server uploads blobs itself when it can, else they stream through this
     process), ``"server"`` (the server must) or ``"client"`` (always stream through this process).
+    ``insecure_registries``: destination hosts (``host[:port]``) spoken to over plain HTTP, like Docker's
+    ``insecure-registries`` (default: ``CARGOHOLD_INSECURE_REGISTRIES``, comma-separated); loopback hosts
+    always are.
     """
     progress = progress or Progress()
     if transfer not in TRANSFERS:
@@ -96,6 +103,9 @@ def push_image(
     if not tags:
         raise ImageError("no destination given; add -t REGISTRY/REPOSITORY:TAG (repeatable)")
     destinations = [(tag, parse_destination(tag)) for tag in tags]
+    if insecure_registries is None:
+        insecure_registries = (environ if environ is not None else os.environ).get(INSECURE_ENV, "").split(",")
+    insecure = {normalize_registry(host.strip()) for host in insecure_registries if host.strip()}
     groups: dict[tuple[str, str], list[tuple[str, ImageReference]]] = {}
     for tag, parsed in destinations:
         groups.setdefault((parsed.registry, parsed.repository), []).append((tag, parsed))
@@ -129,14 +139,15 @@ def push_image(
                 progress.blob(descriptor, how)  # type: ignore[arg-type]
 
             pushed_before = server_push.pushed if server_push else 0
-            with RegistryClient(members[0][1].api_host, credentials=credentials) as client:
+            plain_http = True if normalize_registry(registry) in insecure else None
+            with RegistryClient(members[0][1].api_host, credentials=credentials, insecure=plain_http) as client:
                 target = NamingTarget(RegistryRepo(client, repository))
                 counter = progress.transfer(f"pushing to {members[0][1].repository_path}", summary.total_size)
                 try:
                     copied = copy_image(source, chosen.digest, target, names, jobs=jobs, progress=counter,
                                         on_blob=on_blob)
                 except ImageError as exc:
-                    raise ImageError(f"pushing to {where} failed: {exc}") from exc
+                    raise ImageError(f"pushing to {where} failed: {exc}{_tls_hint(exc, registry)}") from exc
                 finally:
                     progress.done()
             by_server = (server_push.pushed if server_push else 0) - pushed_before
@@ -146,3 +157,14 @@ def push_image(
                                               len(sizes["skipped"]), sum(sizes["uploaded"]), by_server))
         result.digest = str(chosen.digest)
     return result
+
+
+def _tls_hint(exc: BaseException, registry: str) -> str:
+    """What to do about a TLS mismatch with the destination, as a clause to append (else nothing)."""
+    problem = tls_problem(exc)
+    if problem == "plain-http":
+        return (f"; {registry} answers in plain HTTP, not HTTPS: if that is intended, add --insecure-registry "
+                f"{registry} (or CARGOHOLD_INSECURE_REGISTRIES)")
+    if problem == "untrusted":
+        return f"; {registry}'s certificate is not trusted here: point SSL_CERT_FILE at the CA bundle that signed it"
+    return ""
