@@ -6,7 +6,10 @@ import gzip
 import hashlib
 import io
 import json
+import random
 import tarfile
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -230,3 +233,43 @@ def test_not_an_archive(tmp_path: Path) -> None:
         add(tar, "hello", b"x")
     with pytest.raises(ArchiveError, match=r"no manifest\.json"):
         DockerArchive.open(tmp_path / "y.tar")
+
+
+class _SlowSharedFile:
+    """The archive's shared file object with a pause between calls, which makes any seek/read interleaving
+    between threads (the bug: parallel layer uploads reading through one handle) happen every time."""
+
+    def __init__(self, inner: object) -> None:
+        self.inner = inner
+
+    def seek(self, *args: object) -> object:
+        result = self.inner.seek(*args)  # type: ignore[attr-defined]
+        time.sleep(0.002)
+        return result
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.inner, name)
+
+
+@pytest.mark.parametrize("compressed_archive", [False, True])
+def test_layers_stream_correctly_from_parallel_threads(tmp_path: Path, compressed_archive: bool) -> None:
+    rng = random.Random(5)
+    layers = [layer_tar({f"f{i}.bin": rng.randbytes(3 << 20)}) for i in range(3)]
+    path = legacy_archive(tmp_path / "img.tar", layers)
+    if compressed_archive:  # `docker save | gzip`
+        gz = tmp_path / "img.tar.gz"
+        gz.write_bytes(gzip.compress(path.read_bytes(), compresslevel=1))
+        path = gz
+    with DockerArchive.open(path) as archive:
+        archive._tar.fileobj = _SlowSharedFile(archive._tar.fileobj)  # type: ignore[assignment]
+        names = archive.image().layers
+
+        def digest_of(name: str) -> str:
+            hasher = hashlib.sha256()
+            for chunk in archive.open_member(name):
+                hasher.update(chunk)
+            return hasher.hexdigest()
+
+        with ThreadPoolExecutor(max_workers=3) as pool:
+            for _ in range(2):
+                assert list(pool.map(digest_of, names)) == [sha(layer) for layer in layers]

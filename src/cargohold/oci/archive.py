@@ -162,9 +162,7 @@ class DockerArchive:
         member = self._member(name)
         if member.size > JSON_MAX:
             raise ArchiveError(f"{self.path}: {name!r} is implausibly large ({member.size} bytes)")
-        handle = self._tar.extractfile(member)
-        assert handle is not None
-        data = handle.read()
+        data = b"".join(self.open_member(name))
         expected = _digest_from_name(posixpath.normpath(name))
         if expected is not None and Digest.of(data, expected.algorithm) != expected:
             raise ArchiveError(f"{self.path}: {name!r} does not match the digest its name promises")
@@ -183,13 +181,39 @@ class DockerArchive:
         return images
 
     def open_member(self, name: str, offset: int = 0) -> Iterator[bytes]:
-        """Stream a member's bytes from ``offset`` (links inside the archive are followed)."""
-        handle = self._tar.extractfile(self._member(name))
-        assert handle is not None
-        with handle:
-            handle.seek(offset)
-            while chunk := handle.read(CHUNK_SIZE):
-                yield chunk
+        """Stream a member's bytes from ``offset`` (links inside the archive are followed).
+
+        Safe to call from several threads at once (a save uploads layers in parallel): every stream reads
+        through its own file handle. ``TarFile.extractfile`` handles all share the archive's one file
+        object, and a seek from one thread between another's seek and read hands that thread bytes from the
+        wrong layer (of the right length: only the registry's digest check noticed). An uncompressed
+        archive is read at the member's data offset; a compressed one (``docker save | gzip``) is opened
+        anew, since its decompressor cannot be shared either.
+        """
+        member = self._member(name)
+        if self._plain and not member.issparse():
+            with open(self.path, "rb") as handle:
+                handle.seek(member.offset_data + offset)
+                remaining = member.size - offset
+                while remaining > 0:
+                    chunk = handle.read(min(CHUNK_SIZE, remaining))
+                    if not chunk:
+                        raise ArchiveError(f"{self.path} ends inside {name!r}: the archive is truncated")
+                    remaining -= len(chunk)
+                    yield chunk
+            return
+        with tarfile.open(self.path, "r:*") as tar:
+            handle = tar.extractfile(member)
+            assert handle is not None
+            with handle:
+                handle.seek(offset)
+                while chunk := handle.read(CHUNK_SIZE):
+                    yield chunk
+
+    @property
+    def _plain(self) -> bool:
+        """Whether the archive is an uncompressed tar file (member offsets are file offsets)."""
+        return isinstance(self._tar.fileobj, io.BufferedReader)
 
     def config(self, image: ArchiveImage) -> tuple[bytes, Descriptor]:
         """The config bytes and their descriptor (digest checked against the file name when it has one)."""

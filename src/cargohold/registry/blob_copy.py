@@ -17,7 +17,7 @@ policy, an unknown blob, server push switched off) are ordinary error responses;
 streaming through itself on the ``SERVER_PUSH_*``, ``DESTINATION_NOT_ALLOWED`` and
 ``DESTINATION_UNREACHABLE`` codes (up front or in the final line). Then the answer is
 ``200`` with ``application/x-ndjson`` lines, streamed: ``{"bytes": n}`` (bytes confirmed so far, at most
-twice a second, which also keeps proxies from timing out a long copy), then one final line,
+twice a second and at least every ten, which keeps timeouts from ending a long copy), then one final line,
 ``{"result": "uploaded", "bytes": size}`` or ``{"error": {"code", "message", "status"}}``.
 
 Safety: every connection passes the egress policy at connect time (:mod:`cargohold.registry.egress`). The
@@ -59,6 +59,9 @@ from cargohold.storage.base import LocalFile
 log = logging.getLogger(__name__)
 
 PROGRESS_INTERVAL = 0.5
+HEARTBEAT_INTERVAL = 10.0
+"""A progress line goes out at least this often even while the destination stalls, so neither the
+client's read timeout nor a proxy's idle timeout ends a copy that is still alive."""
 MAX_AUTHORIZATION = 16 * 1024
 """Longest ``Authorization`` value accepted (registry JWTs run to a few KiB)."""
 
@@ -140,14 +143,14 @@ async def copy_blob(request: web.Request) -> web.StreamResponse:
     loop = asyncio.get_running_loop()
     started = time.monotonic()
     future = loop.run_in_executor(state.push_executor, _upload, state, job, location, progress)
-    reported = -1
+    reported, last_line = -1, time.monotonic()
     try:
         while True:
             done, _ = await asyncio.wait({future}, timeout=PROGRESS_INTERVAL)
             if done:
                 break
-            if progress.sent != reported:
-                reported = progress.sent
+            if progress.sent != reported or time.monotonic() - last_line >= HEARTBEAT_INTERVAL:
+                reported, last_line = progress.sent, time.monotonic()
                 await response.write(_line({"bytes": reported}))
         final = _outcome(future, job, location.size)
         await response.write(_line(final))
@@ -168,6 +171,9 @@ async def copy_blob(request: web.Request) -> web.StreamResponse:
     if "result" in final:
         log.info("pushed blob %s (%d bytes) from %s to %s in %.1f s", job.digest, location.size, job.repository,
                  job.where, time.monotonic() - started)
+    elif final["error"]["code"] != "UNKNOWN":  # an UNKNOWN failure was logged with its traceback already
+        log.warning("server-side push of blob %s from %s to %s failed: %s", job.digest, job.repository, job.where,
+                    final["error"]["message"])
     return response
 
 
