@@ -28,7 +28,7 @@ import pytest
 from cargohold.client.control import ControlClient
 from cargohold.client.registry import RegistryClient
 from cargohold.client.settings import Connection
-from cargohold.images import ImageError, push_image, save_image
+from cargohold.images import ImageError, SaveResult, push_image, save_image
 from cargohold.images.progress import Progress
 from cargohold.oci.digest import Digest
 from cargohold.registry.egress import EgressDenied, EgressPolicy, EgressTransport, parse_networks
@@ -64,6 +64,12 @@ def _connect(server: ServerProcess) -> Connection:
     return Connection(server.url, server.admin_token, "test", str(project["id"]))
 
 
+def _saved_build(server: ServerProcess, layout_dir: Path) -> tuple[Connection, SaveResult]:
+    """A new project on ``server`` with the sample image saved into it."""
+    conn = _connect(server)
+    return conn, save_image(conn, f"oci:{layout_dir}:v1")
+
+
 @pytest.fixture
 def no_client_downloads(monkeypatch: pytest.MonkeyPatch) -> None:
     """Fail the test if any blob is downloaded by the client: server-side pushes must not need it."""
@@ -87,9 +93,8 @@ def test_server_pushes_the_whole_index_and_the_client_downloads_nothing(
     no_client_downloads: None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
 ) -> None:
     monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "empty-docker-config"))
-    conn = _connect(source)
     layout_dir, sample = multiarch
-    saved = save_image(conn, f"oci:{layout_dir}:v1")
+    conn, saved = _saved_build(source, layout_dir)
     tag = f"{refregistry.host}/team/app:1.0"
     result = push_image(conn, saved.build_id, [tag], transfer="server")
     assert result.digests == {tag: str(sample.index.digest)}
@@ -118,9 +123,8 @@ def test_server_push_with_basic_credentials(
     source: ServerProcess, multiarch: tuple[Path, SampleIndex], refregistry_auth: RefRegistry,
     no_client_downloads: None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
 ) -> None:
-    conn = _connect(source)
     layout_dir, sample = multiarch
-    saved = save_image(conn, f"oci:{layout_dir}:v1")
+    conn, saved = _saved_build(source, layout_dir)
     tag = f"{refregistry_auth.host}/secure/app:1"
     monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "docker"))
     (tmp_path / "docker").mkdir()
@@ -152,15 +156,14 @@ def test_server_push_to_a_token_registry_hands_over_a_scoped_token_only(
         handed: list[str | None] = []
         original = RegistryClient.delegated_authorization
 
-        def spy(self: RegistryClient, repository: str, digest: Digest) -> str | None:
-            value = original(self, repository, digest)
+        def spy(self: RegistryClient, repository: str, digest: Digest, **kwargs: Any) -> str | None:
+            value = original(self, repository, digest, **kwargs)
             handed.append(value)
             return value
 
         monkeypatch.setattr(RegistryClient, "delegated_authorization", spy)
-        conn = _connect(source)
         layout_dir, sample = multiarch
-        saved = save_image(conn, f"oci:{layout_dir}:v1")
+        conn, saved = _saved_build(source, layout_dir)
         tag = f"{destination.host}/{target_project}:release"
         result = push_image(conn, saved.build_id, [tag], transfer="server")
         assert result.results[0].server_pushed == result.results[0].uploaded > 0
@@ -177,9 +180,8 @@ def test_loopback_is_refused_by_default_and_auto_falls_back_to_the_client(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
 ) -> None:
     monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "empty-docker-config"))
-    conn = _connect(server)
     layout_dir, sample = multiarch
-    saved = save_image(conn, f"oci:{layout_dir}:v1")
+    conn, saved = _saved_build(server, layout_dir)
     tag = f"{refregistry.host}/team/app:1"
     with pytest.raises(ImageError) as caught:
         push_image(conn, saved.build_id, [tag], transfer="server")
@@ -197,9 +199,8 @@ def test_disabled_server_push_falls_back(
     monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "empty-docker-config"))
     server = _start(tmp_path, "disabled", ["--no-server-push", *LOOPBACK])
     try:
-        conn = _connect(server)
         layout_dir, sample = multiarch
-        saved = save_image(conn, f"oci:{layout_dir}:v1")
+        conn, saved = _saved_build(server, layout_dir)
         tag = f"{refregistry.host}/team/app:2"
         with pytest.raises(ImageError, match="no-server-push"):
             push_image(conn, saved.build_id, [tag], transfer="server")
@@ -213,9 +214,8 @@ def test_unreachable_destination_fails_with_a_sentence(
     source: ServerProcess, multiarch: tuple[Path, SampleIndex], monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
 ) -> None:
     monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "empty-docker-config"))
-    conn = _connect(source)
     layout_dir, _ = multiarch
-    saved = save_image(conn, f"oci:{layout_dir}:v1")
+    conn, saved = _saved_build(source, layout_dir)
     with pytest.raises(ImageError) as caught:
         push_image(conn, saved.build_id, [f"127.0.0.1:{free_port()}/x/y:1"], transfer="server")
     message = str(caught.value)
@@ -231,9 +231,8 @@ def _body(repository: str, digest: str, url: str, **destination: Any) -> dict[st
 
 
 def test_api_refuses_bad_requests_with_reasons(source: ServerProcess, multiarch: tuple[Path, SampleIndex]) -> None:
-    conn = _connect(source)
     layout_dir, sample = multiarch
-    save_image(conn, f"oci:{layout_dir}:v1")
+    conn, _ = _saved_build(source, layout_dir)
     project = str(conn.project)
     digest = str(sample.images[0].layers[0].digest)
     ok_url = f"http://127.0.0.1:{free_port()}"
@@ -266,9 +265,8 @@ def test_api_refuses_bad_requests_with_reasons(source: ServerProcess, multiarch:
 def test_api_only_copies_blobs_the_caller_may_pull(
     source: ServerProcess, multiarch: tuple[Path, SampleIndex]
 ) -> None:
-    conn = _connect(source)
     layout_dir, sample = multiarch
-    save_image(conn, f"oci:{layout_dir}:v1")
+    conn, _ = _saved_build(source, layout_dir)
     with ControlClient(source.url, source.admin_token) as control:
         other = str(control.create_project("other")["id"])
         secret = control.create_token("pull", "other-pull", project_id=other)["token"]
@@ -391,9 +389,8 @@ def test_insecure_registry_pushes_over_plain_http(
         return real("127.0.0.1" if host == "registry.internal.test" else host, *args, **kwargs)
 
     monkeypatch.setattr(socket, "getaddrinfo", aliasing)
-    conn = _connect(source)
     layout_dir, sample = multiarch
-    saved = save_image(conn, f"oci:{layout_dir}:v1")
+    conn, saved = _saved_build(source, layout_dir)
     name = f"registry.internal.test:{refregistry.port}"
     with pytest.raises(ImageError) as caught:  # HTTPS to a plain-HTTP registry
         push_image(conn, saved.build_id, [f"{name}/team/app:1"], transfer="client")

@@ -300,5 +300,5 @@ def push_command(
         connection = connect(registry, project, token)
         result = push_image(connection, build_id, list(tag), platform=platform, jobs=jobs,
                             progress=_progress(progress, as_json), transfer=transfer,
-                            insecure_registries=[h for item in insecure_registry for h in item.split(",")] or None)
+                            insecure_registries=list(insecure_registry) or None)
         _print_push(result, as_json=as_json)

@@ -207,8 +207,11 @@ class RegistryClient:
         """The host as it appears in messages and in image references."""
         self.registry = normalize_registry(host)
         self.retry = retry or RetryPolicy()
-        netloc = httpx.URL(self.base_url).netloc.decode()
-        self.auth = RegistryAuth(credentials, authorization=None if authorization is None else (netloc, authorization))
+        self._netloc = httpx.URL(self.base_url).netloc.decode()
+        """The host as requests carry it (what the auth layer keys its state by)."""
+        self.auth = RegistryAuth(
+            credentials, authorization=None if authorization is None else (self._netloc, authorization)
+        )
         self._http = httpx.Client(
             base_url=self.base_url,
             auth=self.auth,
@@ -284,19 +287,22 @@ class RegistryClient:
         """:meth:`_send_once` under the retry policy. Only for requests whose body can be re-sent."""
         return self.retry.call(lambda: self._send_once(action, method, url, **kwargs))
 
-    def delegated_authorization(self, repository: str, digest: Digest) -> str | None:
+    def delegated_authorization(self, repository: str, digest: Digest, *, fresh: bool = False) -> str | None:
         """The ``Authorization`` value that lets someone else push ``digest`` to ``repository`` for us.
 
         For a server-side push: a Bearer token scoped to ``repository:<repo>:pull,push`` (short-lived,
         this one repository) where the registry uses tokens, the Basic credentials where it uses those,
         ``None`` where it wants none. A HEAD on the blob first, if no token is cached, to get one.
+        ``fresh``: drop the cached token first (the destination refused it).
         """
         scopes = self._push(repository)
+        if fresh:
+            self.auth.forget_token(self._netloc, scopes)
         try:
-            return self.auth.delegable_header(httpx.URL(self.base_url).netloc.decode(), scopes)
+            return self.auth.delegable_header(self._netloc, scopes)
         except LookupError:
             self.blob_exists(repository, digest, for_push=True)
-            return self.auth.delegable_header(httpx.URL(self.base_url).netloc.decode(), scopes)
+            return self.auth.delegable_header(self._netloc, scopes)
 
     @staticmethod
     def _pull(repository: str) -> tuple[str]:
@@ -705,9 +711,8 @@ class RegistryClient:
                 response.close()
             raise httpx.RemoteProtocolError(f"{self.host} ended the server-side push without a result")
 
-        scopes = self._push(destination_repository)
         for fresh_token in (False, True):
-            authorization = destination.delegated_authorization(destination_repository, digest)
+            authorization = destination.delegated_authorization(destination_repository, digest, fresh=fresh_token)
             final = self.retry.call(lambda authorization=authorization: attempt(authorization))
             error = final.get("error")
             if error is None:
@@ -715,7 +720,6 @@ class RegistryClient:
             error = error if isinstance(error, dict) else {}
             code = str(error.get("code") or "UNKNOWN")
             if code == "DESTINATION_UNAUTHORIZED" and authorization is not None and not fresh_token:
-                destination.auth.forget_token(httpx.URL(destination.base_url).netloc.decode(), scopes)
                 continue
             raise RegistryError(
                 action,

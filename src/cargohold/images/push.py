@@ -93,9 +93,9 @@ def push_image(
 
     ``transfer``: ``"auto"`` (the server uploads blobs itself when it can, else they stream through this
     process), ``"server"`` (the server must) or ``"client"`` (always stream through this process).
-    ``insecure_registries``: destination hosts (``host[:port]``) spoken to over plain HTTP, like Docker's
-    ``insecure-registries`` (default: ``CARGOHOLD_INSECURE_REGISTRIES``, comma-separated); loopback hosts
-    always are.
+    ``insecure_registries``: destination hosts (``host[:port]``; an item may list several, comma-separated)
+    spoken to over plain HTTP, like Docker's ``insecure-registries`` (default:
+    ``CARGOHOLD_INSECURE_REGISTRIES``); loopback hosts always are.
     """
     progress = progress or Progress()
     if transfer not in TRANSFERS:
@@ -104,8 +104,8 @@ def push_image(
         raise ImageError("no destination given; add -t REGISTRY/REPOSITORY:TAG (repeatable)")
     destinations = [(tag, parse_destination(tag)) for tag in tags]
     if insecure_registries is None:
-        insecure_registries = (environ if environ is not None else os.environ).get(INSECURE_ENV, "").split(",")
-    insecure = {normalize_registry(host.strip()) for host in insecure_registries if host.strip()}
+        insecure_registries = [(environ if environ is not None else os.environ).get(INSECURE_ENV, "")]
+    insecure = {normalize_registry(h.strip()) for item in insecure_registries for h in item.split(",") if h.strip()}
     groups: dict[tuple[str, str], list[tuple[str, ImageReference]]] = {}
     for tag, parsed in destinations:
         groups.setdefault((parsed.registry, parsed.repository), []).append((tag, parsed))
