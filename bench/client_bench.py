@@ -47,9 +47,7 @@ CPU: dict[str, tuple[float, float, float]] = {}
 talked to (filled in by :func:`timed`)."""
 
 
-def timed(
-    cmd: list[str], env: dict[str, str], what: str, servers: Sequence[Server] = ()
-) -> tuple[float, str]:
+def timed(cmd: list[str], env: dict[str, str], what: str, servers: Sequence[Server] = ()) -> tuple[float, str]:
     """Run ``cmd``; wall seconds and stdout. A failure aborts the run with the tool's output.
 
     Also records the CPU the tool used and the CPU ``servers`` used meanwhile: on a 2-core machine a
@@ -80,9 +78,15 @@ def _children_cpu() -> float:
 
 def cargohold_env(server: CargoholdServer, project: str, home: Path) -> dict[str, str]:
     home.mkdir(parents=True, exist_ok=True)
-    return {**os.environ, "CARGOHOLD_REGISTRY": server.url, "CARGOHOLD_TOKEN": server.token,
-            "CARGOHOLD_PROJECT_ID": project, "XDG_CONFIG_HOME": str(home), "DOCKER_CONFIG": str(home / "docker"),
-            "CI": "true"}
+    return {
+        **os.environ,
+        "CARGOHOLD_REGISTRY": server.url,
+        "CARGOHOLD_TOKEN": server.token,
+        "CARGOHOLD_PROJECT_ID": project,
+        "XDG_CONFIG_HOME": str(home),
+        "DOCKER_CONFIG": str(home / "docker"),
+        "CI": "true",
+    }
 
 
 def cli(*args: str) -> list[str]:
@@ -96,8 +100,12 @@ def run(args: argparse.Namespace, work: Path) -> int:
     skopeo = Skopeo(work)
     with contextlib.ExitStack() as stack:
         servers = []
-        for name, cls in (("cargohold-skopeo", CargoholdServer), ("cargohold", CargoholdServer),
-                          ("ref-cargohold", ReferenceRegistry), ("ref-skopeo", ReferenceRegistry)):
+        for name, cls in (
+            ("cargohold-skopeo", CargoholdServer),
+            ("cargohold", CargoholdServer),
+            ("ref-cargohold", ReferenceRegistry),
+            ("ref-skopeo", ReferenceRegistry),
+        ):
             server = cls(work / name)
             (work / name).mkdir(parents=True, exist_ok=True)
             server.start()
@@ -118,37 +126,65 @@ def run(args: argparse.Namespace, work: Path) -> int:
             return seconds
 
         log("save: cargohold save vs skopeo copy oci: -> cargohold")
-        results["skopeo save"] = sk("save", [*ch_skopeo.skopeo_dest_creds(), "--dest-tls-verify=false",
-                                              f"oci:{layout}", f"docker://{ch_skopeo.host}/{skopeo_project}:s1"],
-                                     [ch_skopeo])
+        results["skopeo save"] = sk(
+            "save",
+            [
+                *ch_skopeo.skopeo_dest_creds(),
+                "--dest-tls-verify=false",
+                f"oci:{layout}",
+                f"docker://{ch_skopeo.host}/{skopeo_project}:s1",
+            ],
+            [ch_skopeo],
+        )
         results["cargohold save"], out = timed(cli("save", f"oci:{layout}", "--json"), env, "cargohold save", [ch])
         saved = json.loads(out)
         build_id = saved["build_id"]
 
         log("pull: cargohold pull --output oci: vs skopeo copy -> oci:")
-        results["skopeo pull"] = sk("pull", [*ch.skopeo_src_creds(), "--src-tls-verify=false",
-                                              "--dest-oci-accept-uncompressed-layers",
-                                              f"docker://{ch.host}/{project}:{build_id}",
-                                              f"oci:{work / 'pull-skopeo'}:x"], [ch])
-        results["cargohold pull"], _ = timed(cli("pull", build_id, "--output", f"oci:{work / 'pull-cargohold'}"),
-                                             env, "cargohold pull", [ch])
+        results["skopeo pull"] = sk(
+            "pull",
+            [
+                *ch.skopeo_src_creds(),
+                "--src-tls-verify=false",
+                "--dest-oci-accept-uncompressed-layers",
+                f"docker://{ch.host}/{project}:{build_id}",
+                f"oci:{work / 'pull-skopeo'}:x",
+            ],
+            [ch],
+        )
+        results["cargohold pull"], _ = timed(
+            cli("pull", build_id, "--output", f"oci:{work / 'pull-cargohold'}"), env, "cargohold pull", [ch]
+        )
 
         log("push: cargohold push vs skopeo copy registry -> reference registry")
-        results["skopeo push"] = sk("push", [*ch.skopeo_src_creds(), "--src-tls-verify=false",
-                                              "--dest-tls-verify=false", f"docker://{ch.host}/{project}:{build_id}",
-                                              f"docker://{ref_skopeo.host}/bench/app:1"], [ch, ref_skopeo])
-        results["cargohold push"], out = timed(cli("push", build_id, "-t", f"{ref_ch.host}/bench/app:1", "--json"),
-                                               env, "cargohold push", [ch, ref_ch])
+        results["skopeo push"] = sk(
+            "push",
+            [
+                *ch.skopeo_src_creds(),
+                "--src-tls-verify=false",
+                "--dest-tls-verify=false",
+                f"docker://{ch.host}/{project}:{build_id}",
+                f"docker://{ref_skopeo.host}/bench/app:1",
+            ],
+            [ch, ref_skopeo],
+        )
+        results["cargohold push"], out = timed(
+            cli("push", build_id, "-t", f"{ref_ch.host}/bench/app:1", "--json"), env, "cargohold push", [ch, ref_ch]
+        )
         pushed = json.loads(out)["results"][0]
         log(f"cargohold push: {pushed['server_pushed']} of {pushed['uploaded']} blobs uploaded by the server")
         # Not a target: the same push with every byte through the client, for comparison.
         results["cargohold push --transfer client"], _ = timed(
-            cli("push", build_id, "-t", f"{ref_ch.host}/bench/app-client:1", "--transfer", "client"), env,
-            "cargohold push (client)", [ch, ref_ch])
+            cli("push", build_id, "-t", f"{ref_ch.host}/bench/app-client:1", "--transfer", "client"),
+            env,
+            "cargohold push (client)",
+            [ch, ref_ch],
+        )
 
         log("re-save of the unchanged image")
-        results["cargohold re-save"], out = timed(cli("save", f"oci:{layout}", "--json"), env, "cargohold re-save",
-                                                  [ch])
+        results["cargohold re-save"], out = timed(
+            cli("save", f"oci:{layout}", "--json"), env, "cargohold re-save", [ch]
+        )
         resaved = json.loads(out)
         if resaved["uploaded_size"] != 0:
             raise BenchError(f"the re-save uploaded {resaved['uploaded_size']} bytes; expected none")
@@ -164,8 +200,10 @@ def run(args: argparse.Namespace, work: Path) -> int:
         verdicts.append(ok)
         print(f"{phase:<10} {ours:>9.2f}s {theirs:>9.2f}s {ratio:>6.2f}x  >= {target:.1f}x {'PASS' if ok else 'MISS'}")
     through_client = results["cargohold push --transfer client"]
-    print(f"{'push*':<10} {through_client:>9.2f}s {results['skopeo push']:>9.2f}s "
-          f"{results['skopeo push'] / through_client:>6.2f}x  (*--transfer client: every byte through the CLI)")
+    print(
+        f"{'push*':<10} {through_client:>9.2f}s {results['skopeo push']:>9.2f}s "
+        f"{results['skopeo push'] / through_client:>6.2f}x  (*--transfer client: every byte through the CLI)"
+    )
     resave = results["cargohold re-save"]
     verdicts.append(resave < 1.0)
     print(f"{'re-save':<10} {resave:>9.2f}s {'':>10} {'':>7}  < 1.0s {'PASS' if resave < 1.0 else 'MISS'}")

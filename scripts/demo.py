@@ -254,8 +254,10 @@ def demo(work: Path) -> None:
             raise DemoFailure(f"the final registry holds {Digest.of(inspected.encode())}, not {index.index.digest}")
         detail(f"skopeo inspect {final}/team/app:1.0 -> {digest}: identical to what was built")
         by_server = pushed["results"][0]["server_pushed"]
-        detail(f"{by_server} of {pushed['results'][0]['uploaded']} blobs were uploaded by the Cargohold server "
-               "itself: no layer byte passed through this job")
+        detail(
+            f"{by_server} of {pushed['results'][0]['uploaded']} blobs were uploaded by the Cargohold server "
+            "itself: no layer byte passed through this job"
+        )
 
         step(7, "Saving the unchanged image again: nothing but manifests travels")
         again = json.loads(cargohold("save", f"oci:{work / 'built'}:latest", "--json", env=env))

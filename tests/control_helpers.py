@@ -60,8 +60,9 @@ def module_server_fixture(
     return _server
 
 
-def http(server: ServerProcess, token: str | None = None, *, bearer: bool = False, address: str | None = None
-         ) -> httpx.Client:
+def http(
+    server: ServerProcess, token: str | None = None, *, bearer: bool = False, address: str | None = None
+) -> httpx.Client:
     """An httpx client from its own loopback address; ``token`` as Basic x-token (or Bearer), none if None."""
     headers = {}
     if token is not None:
@@ -92,8 +93,15 @@ def new_project(server: ServerProcess, name: str, **settings: Any) -> dict[str, 
 
 
 def push_image(
-    server: ServerProcess, repository: str, tag: str, token: str, layout_dir: Path, *, seed: int = 1,
-    platform: tuple[str, ...] = ("linux", "amd64"), layers: int = 1,
+    server: ServerProcess,
+    repository: str,
+    tag: str,
+    token: str,
+    layout_dir: Path,
+    *,
+    seed: int = 1,
+    platform: tuple[str, ...] = ("linux", "amd64"),
+    layers: int = 1,
 ) -> SampleImage:
     """Write a small sample image and push it as ``repository:tag`` with ``token`` (Basic x-token)."""
     image = write_sample_image(layout_dir, layers=layers, layer_size=2048, seed=seed, platform=platform, ref="img")
@@ -105,8 +113,11 @@ def push_image(
 def jwt_parts(token: str) -> tuple[dict[str, Any], dict[str, Any], str]:
     """Header and payload of a JWT (unverified) and its signature segment."""
     head, body, signature = token.split(".")
-    return (json.loads(base64.urlsafe_b64decode(head + "==")), json.loads(base64.urlsafe_b64decode(body + "==")),
-            signature)
+    return (
+        json.loads(base64.urlsafe_b64decode(head + "==")),
+        json.loads(base64.urlsafe_b64decode(body + "==")),
+        signature,
+    )
 
 
 def b64url(data: bytes) -> str:

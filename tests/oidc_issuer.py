@@ -10,7 +10,8 @@ free 127.0.0.1 port and exposes:
 * :meth:`mint` for GitHub-shaped tokens with presets (push, tag, pull_request, pull_request_target,
   environment, reusable).
 
-Use the :func:`oidc_issuer` fixture (import it into a conftest), or ``with LoopbackOidcIssuer() as i:``.
+Use the ``oidc_issuer`` fixture (import :func:`oidc_issuer_fixture` into the test module), or
+``with LoopbackOidcIssuer() as i:``.
 """
 
 from __future__ import annotations
@@ -55,13 +56,26 @@ def _preset_claims(preset: str, owner: str, repo: str) -> dict[str, Any]:
         return base
     if preset == "tag":
         ref = "refs/tags/v1.2.3"
-        return {**base, "sub": f"repo:{repo}:ref:{ref}", "ref": ref, "ref_type": "tag",
-                "workflow_ref": f"{workflow_file}@{ref}", "job_workflow_ref": f"{workflow_file}@{ref}"}
+        return {
+            **base,
+            "sub": f"repo:{repo}:ref:{ref}",
+            "ref": ref,
+            "ref_type": "tag",
+            "workflow_ref": f"{workflow_file}@{ref}",
+            "job_workflow_ref": f"{workflow_file}@{ref}",
+        }
     if preset in ("pull_request", "pull_request_target"):
         ref = "refs/pull/7/merge" if preset == "pull_request" else "refs/heads/main"
-        return {**base, "sub": f"repo:{repo}:pull_request", "ref": ref, "event_name": preset,
-                "head_ref": "contributor-patch", "base_ref": "main",
-                "workflow_ref": f"{workflow_file}@{ref}", "job_workflow_ref": f"{workflow_file}@{ref}"}
+        return {
+            **base,
+            "sub": f"repo:{repo}:pull_request",
+            "ref": ref,
+            "event_name": preset,
+            "head_ref": "contributor-patch",
+            "base_ref": "main",
+            "workflow_ref": f"{workflow_file}@{ref}",
+            "job_workflow_ref": f"{workflow_file}@{ref}",
+        }
     if preset == "environment":
         return {**base, "sub": f"repo:{repo}:environment:production", "environment": "production"}
     if preset == "reusable":
@@ -120,8 +134,9 @@ class LoopbackOidcIssuer:
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
         self._url = f"http://127.0.0.1:{self._server.server_address[1]}"
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
-                                        name="oidc-issuer", daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name="oidc-issuer", daemon=True
+        )
         self._thread.start()
         return self
 
@@ -217,17 +232,24 @@ class LoopbackOidcIssuer:
         claims.update(overrides)
         return {k: v for k, v in claims.items() if v is not None}
 
-    def mint(self, preset: str = "push", *, kid: str | None = None, headers: dict[str, Any] | None = None,
-             **overrides: Any) -> str:
+    def mint(
+        self, preset: str = "push", *, kid: str | None = None, headers: dict[str, Any] | None = None, **overrides: Any
+    ) -> str:
         """A signed, GitHub-shaped ID token. ``kid`` picks the signing key (default: current)."""
         kid = kid or self.current_kid
-        return jwt.encode(self.claims(preset, **overrides), self._keys[kid].private, algorithm="RS256",
-                          headers={"kid": kid, "typ": "JWT", **(headers or {})})
+        return jwt.encode(
+            self.claims(preset, **overrides),
+            self._keys[kid].private,
+            algorithm="RS256",
+            headers={"kid": kid, "typ": "JWT", **(headers or {})},
+        )
 
     def actions_env(self) -> dict[str, str]:
         """``ACTIONS_ID_TOKEN_REQUEST_*`` pointing here (the URL already has a query, as GitHub's does)."""
-        return {"ACTIONS_ID_TOKEN_REQUEST_URL": f"{self.url}/actions-token?api-version=2.0",
-                "ACTIONS_ID_TOKEN_REQUEST_TOKEN": self.request_token}
+        return {
+            "ACTIONS_ID_TOKEN_REQUEST_URL": f"{self.url}/actions-token?api-version=2.0",
+            "ACTIONS_ID_TOKEN_REQUEST_TOKEN": self.request_token,
+        }
 
     # -- HTTP ----------------------------------------------------------------------------------------
 
@@ -236,16 +258,34 @@ class LoopbackOidcIssuer:
         with self._lock:
             self.requests[parts.path] += 1
         if parts.path == "/.well-known/openid-configuration":
-            self._send(request, 200, {
-                "issuer": self.advertised_issuer or self.url,
-                "jwks_uri": f"{self.url}/.well-known/jwks",
-                "response_types_supported": ["id_token"],
-                "subject_types_supported": ["public", "pairwise"],
-                "id_token_signing_alg_values_supported": ["RS256"],
-                "claims_supported": ["sub", "aud", "exp", "iat", "iss", "jti", "nbf", "ref", "repository",
-                                     "repository_id", "repository_owner", "repository_owner_id",
-                                     "job_workflow_ref", "event_name", "runner_environment"],
-            })
+            self._send(
+                request,
+                200,
+                {
+                    "issuer": self.advertised_issuer or self.url,
+                    "jwks_uri": f"{self.url}/.well-known/jwks",
+                    "response_types_supported": ["id_token"],
+                    "subject_types_supported": ["public", "pairwise"],
+                    "id_token_signing_alg_values_supported": ["RS256"],
+                    "claims_supported": [
+                        "sub",
+                        "aud",
+                        "exp",
+                        "iat",
+                        "iss",
+                        "jti",
+                        "nbf",
+                        "ref",
+                        "repository",
+                        "repository_id",
+                        "repository_owner",
+                        "repository_owner_id",
+                        "job_workflow_ref",
+                        "event_name",
+                        "runner_environment",
+                    ],
+                },
+            )
         elif parts.path == "/.well-known/jwks":
             self._send(request, 200, self.jwks())
         elif parts.path == "/actions-token":
@@ -270,8 +310,8 @@ class LoopbackOidcIssuer:
         request.wfile.write(data)
 
 
-@pytest.fixture
-def oidc_issuer() -> Iterator[LoopbackOidcIssuer]:
+@pytest.fixture(name="oidc_issuer")
+def oidc_issuer_fixture() -> Iterator[LoopbackOidcIssuer]:
     """A running loopback issuer, stopped after the test."""
     issuer = LoopbackOidcIssuer().start()
     try:

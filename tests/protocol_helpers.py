@@ -48,11 +48,24 @@ EMPTY_JSON_DIGEST = "sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c0
 
 ALGORITHMS = ("sha256", "sha512")
 
-OCI_ERROR_CODES = frozenset({
-    "BLOB_UNKNOWN", "BLOB_UPLOAD_INVALID", "BLOB_UPLOAD_UNKNOWN", "DIGEST_INVALID",
-    "MANIFEST_BLOB_UNKNOWN", "MANIFEST_INVALID", "MANIFEST_UNKNOWN", "NAME_INVALID", "NAME_UNKNOWN",
-    "SIZE_INVALID", "UNAUTHORIZED", "DENIED", "UNSUPPORTED", "TOOMANYREQUESTS",
-})
+OCI_ERROR_CODES = frozenset(
+    {
+        "BLOB_UNKNOWN",
+        "BLOB_UPLOAD_INVALID",
+        "BLOB_UPLOAD_UNKNOWN",
+        "DIGEST_INVALID",
+        "MANIFEST_BLOB_UNKNOWN",
+        "MANIFEST_INVALID",
+        "MANIFEST_UNKNOWN",
+        "NAME_INVALID",
+        "NAME_UNKNOWN",
+        "SIZE_INVALID",
+        "UNAUTHORIZED",
+        "DENIED",
+        "UNSUPPORTED",
+        "TOOMANYREQUESTS",
+    }
+)
 """The error codes the distribution spec (v1.1, "Error Codes") allows in ``errors[].code``."""
 
 MANIFEST_SIZE_LIMIT = 4 * 1024 * 1024
@@ -236,14 +249,16 @@ def start_upload(http: httpx.Client, repo: str) -> httpx.URL:
 
 def put_upload(http: httpx.Client, location: httpx.URL, digest: str, data: bytes = b"") -> httpx.Response:
     return http.put(
-        with_params(location, digest=digest), content=data,
+        with_params(location, digest=digest),
+        content=data,
         headers={"Content-Type": OCTET_STREAM},
     )
 
 
 def patch_chunk(http: httpx.Client, location: httpx.URL, chunk: bytes, start: int) -> httpx.Response:
     return http.patch(
-        location, content=chunk,
+        location,
+        content=chunk,
         headers={"Content-Type": OCTET_STREAM, "Content-Range": f"{start}-{start + len(chunk) - 1}"},
     )
 
@@ -262,24 +277,18 @@ def blob_exists(http: httpx.Client, repo: str, digest: str) -> bool:
     return resp.status_code == 200
 
 
-def put_manifest(
-    http: httpx.Client, repo: str, reference: str, body: bytes, media_type: str | None
-) -> httpx.Response:
+def put_manifest(http: httpx.Client, repo: str, reference: str, body: bytes, media_type: str | None) -> httpx.Response:
     headers = {"Content-Type": media_type} if media_type else {}
     return http.put(f"/v2/{repo}/manifests/{reference}", content=body, headers=headers)
 
 
-def push_manifest(
-    http: httpx.Client, repo: str, reference: str, body: bytes, media_type: str
-) -> httpx.Response:
+def push_manifest(http: httpx.Client, repo: str, reference: str, body: bytes, media_type: str) -> httpx.Response:
     resp = put_manifest(http, repo, reference, body, media_type)
     assert resp.status_code == 201, describe(resp)
     return resp
 
 
-def get_manifest(
-    http: httpx.Client, repo: str, reference: str, accept: str = ALL_MANIFEST_TYPES
-) -> httpx.Response:
+def get_manifest(http: httpx.Client, repo: str, reference: str, accept: str = ALL_MANIFEST_TYPES) -> httpx.Response:
     return http.get(f"/v2/{repo}/manifests/{reference}", headers={"Accept": accept})
 
 
@@ -315,8 +324,14 @@ def push_image(
     """Push config + layers, then the image manifest (by ``reference``, or by its digest when None)."""
     docker = media_type == DOCKER_MANIFEST
     if config_data is None:
-        config_data = to_bytes({"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers",
-                                "diff_ids": []}, "nonce": uuid.uuid4().hex})
+        config_data = to_bytes(
+            {
+                "architecture": "amd64",
+                "os": "linux",
+                "rootfs": {"type": "layers", "diff_ids": []},
+                "nonce": uuid.uuid4().hex,
+            }
+        )
     if config_media_type is None:
         config_media_type = DOCKER_CONFIG if docker else OCI_CONFIG
     blobs = {push_blob(http, repo, config_data, algorithm): config_data}
@@ -326,8 +341,12 @@ def push_image(
         blobs[push_blob(http, repo, data, algorithm)] = data
         layers.append(descriptor(DOCKER_LAYER_GZIP if docker else OCI_LAYER_GZIP, data, algorithm))
     manifest = image_manifest(
-        descriptor(config_media_type, config_data, algorithm), layers, media_type=media_type,
-        artifact_type=artifact_type, subject=subject, annotations=annotations,
+        descriptor(config_media_type, config_data, algorithm),
+        layers,
+        media_type=media_type,
+        artifact_type=artifact_type,
+        subject=subject,
+        annotations=annotations,
     )
     body = to_bytes(manifest)
     digest = digest_of(body, algorithm)
@@ -351,8 +370,9 @@ def push_index(
     pushed = [push_image(http, repo, media_type=child_type, layer_count=1) for _ in range(children)]
     platforms = [{"architecture": arch, "os": "linux"} for arch in ("amd64", "arm64", "s390x", "ppc64le")]
     entries = [child.descriptor(platform=platforms[i % len(platforms)]) for i, child in enumerate(pushed)]
-    index = index_manifest(entries, media_type=media_type, subject=subject, artifact_type=artifact_type,
-                           annotations=annotations)
+    index = index_manifest(
+        entries, media_type=media_type, subject=subject, artifact_type=artifact_type, annotations=annotations
+    )
     body = to_bytes(index)
     digest = digest_of(body)
     push_manifest(http, repo, reference or digest, body, media_type)
@@ -377,7 +397,9 @@ def push_artifact(
     manifest = image_manifest(
         descriptor(config_media_type, config_data),
         [descriptor("application/vnd.example.payload", payload)],
-        artifact_type=artifact_type, subject=subject, annotations=annotations,
+        artifact_type=artifact_type,
+        subject=subject,
+        annotations=annotations,
     )
     body = to_bytes(manifest)
     digest = digest_of(body)

@@ -126,7 +126,9 @@ class ActRun:
         return {
             e["name"]: e["arg"]
             for e in self.entries
-            if e.get("command") == "set-output" and e.get("jobID") == job and e.get("stepID") == [step]
+            if e.get("command") == "set-output"
+            and e.get("jobID") == job
+            and e.get("stepID") == [step]
             and (matrix is None or e.get("matrix", {}).get("name") == matrix)
         }
 
@@ -134,7 +136,9 @@ class ActRun:
         return [
             e["content"]
             for e in self.entries
-            if e.get("command") == "summary" and e.get("jobID") == job and e.get("stepID") == [step]
+            if e.get("command") == "summary"
+            and e.get("jobID") == job
+            and e.get("stepID") == [step]
             and (matrix is None or e.get("matrix", {}).get("name") == matrix)
         ]
 
@@ -159,7 +163,6 @@ class ActRun:
         return "\n".join(lines[-limit:])
 
 
-
 def run_act(act: str, tmp_path: Path, inputs: dict[str, str], env_vars: dict[str, str]) -> ActRun:
     """Run the workflow with act in host mode and wait for it; on timeout act's whole process group is killed.
 
@@ -171,11 +174,15 @@ def run_act(act: str, tmp_path: Path, inputs: dict[str, str], env_vars: dict[str
     cwd = tmp_path / "act-cwd"
     cwd.mkdir()
     command = [
-        act, "workflow_dispatch",
-        "-W", str(WORKFLOW),
-        "-P", "ubuntu-latest=-self-hosted",
+        act,
+        "workflow_dispatch",
+        "-W",
+        str(WORKFLOW),
+        "-P",
+        "ubuntu-latest=-self-hosted",
         "--action-offline-mode",
-        "--action-cache-path", str(tmp_path / "act-cache"),
+        "--action-cache-path",
+        str(tmp_path / "act-cache"),
         "--no-cache-server",
         "--strict",
         "--json",
@@ -187,8 +194,14 @@ def run_act(act: str, tmp_path: Path, inputs: dict[str, str], env_vars: dict[str
     log_path = tmp_path / "act.log"
     started = time.monotonic()
     with open(log_path, "wb") as log:
-        process = subprocess.Popen(command, cwd=cwd, stdout=log, stderr=subprocess.STDOUT,
-                                   env=act_environment(tmp_path), start_new_session=True)
+        process = subprocess.Popen(
+            command,
+            cwd=cwd,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=act_environment(tmp_path),
+            start_new_session=True,
+        )
         try:
             returncode: int | None = process.wait(timeout=ACT_TIMEOUT)
         except subprocess.TimeoutExpired:
@@ -224,8 +237,9 @@ def act() -> str:
     except OSError as exc:
         pytest.skip(f"act ({binary}) cannot be executed here: {exc}")
     if probe.returncode != 0:
-        pytest.skip(f"act ({binary}) cannot run here: `act --version` exited {probe.returncode}: "
-                    f"{probe.stderr.strip()}")
+        pytest.skip(
+            f"act ({binary}) cannot run here: `act --version` exited {probe.returncode}: {probe.stderr.strip()}"
+        )
     if shutil.which("skopeo") is None:
         pytest.skip("skopeo is not installed (scripts/bootstrap.sh installs it)")
     return binary
@@ -255,7 +269,9 @@ def skopeo_digest(reference: str) -> str:
     """The digest of the manifest the destination serves, computed from its raw bytes (not a header)."""
     raw = subprocess.run(
         ["skopeo", "inspect", "--raw", "--tls-verify=false", f"docker://{reference}"],
-        check=True, capture_output=True, timeout=60,
+        check=True,
+        capture_output=True,
+        timeout=60,
     ).stdout
     return "sha256:" + hashlib.sha256(raw).hexdigest()
 
@@ -268,12 +284,20 @@ def test_e2e_workflow_is_valid_local_only_and_oidc_only() -> None:
     runs with --action-offline-mode and CI has no route to github.com), no step hands an action a ``token``
     (so the OIDC path is the one exercised), and no expression is interpolated into a script.
     """
-    schema = subprocess.run([sys.executable, "-m", "check_jsonschema", "--builtin-schema", "vendor.github-workflows",
-                             str(WORKFLOW)], capture_output=True, text=True, timeout=120)
+    schema = subprocess.run(
+        [sys.executable, "-m", "check_jsonschema", "--builtin-schema", "vendor.github-workflows", str(WORKFLOW)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert schema.returncode == 0, schema.stdout + schema.stderr
     zizmor = shutil.which("zizmor") or str(Path(sys.executable).parent / "zizmor")
-    lint = subprocess.run([zizmor, "--offline", "--no-progress", "--config", str(ROOT / "examples" / "zizmor.yml"),
-                           str(WORKFLOW)], capture_output=True, text=True, timeout=300)
+    lint = subprocess.run(
+        [zizmor, "--offline", "--no-progress", "--config", str(ROOT / "examples" / "zizmor.yml"), str(WORKFLOW)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert lint.returncode == 0, lint.stdout + lint.stderr
     workflow = YAML(typ="safe").load(WORKFLOW.read_text())
     assert workflow.get("permissions") == {}
@@ -359,11 +383,17 @@ def test_build_pull_push_workflow_under_act(
     # log says so; no step passed a token (the workflow has no token input, and CARGOHOLD_TOKEN was scrubbed).
     runs = 2 + len(MATRIX)
     assert oidc_issuer_e2e.requests["/actions-token"] == runs
-    exchanges = [line for line in oidc_server.log().splitlines()
-                 if "method=POST path=/auth/oidc/github-actions status=200" in line]
+    exchanges = [
+        line
+        for line in oidc_server.log().splitlines()
+        if "method=POST path=/auth/oidc/github-actions status=200" in line
+    ]
     assert len(exchanges) == runs, oidc_server.log()[-5000:]
-    said_oidc = {(e.get("jobID"), e.get("matrix", {}).get("name")) for e in run.entries
-                 if e.get("raw_output") and "exchanged the job's OIDC token" in e.get("msg", "")}
+    said_oidc = {
+        (e.get("jobID"), e.get("matrix", {}).get("name"))
+        for e in run.entries
+        if e.get("raw_output") and "exchanged the job's OIDC token" in e.get("msg", "")
+    }
     assert said_oidc == {("build", None), *(("test", name) for name in MATRIX), ("push", None)}, said_oidc
     # The secrets the actions held were masked the moment they were held: the exchanged token, the ID token and
     # the runner's request token were each registered with ::add-mask:: in every action run, and none of them

@@ -20,7 +20,7 @@ from cargohold.actions import oidc
 from cargohold.actions.runtime import ActionError, ActionRuntime
 from conftest import ServerProcess, free_port
 from control_helpers import api
-from oidc_issuer import OWNER, REPO, LoopbackOidcIssuer, oidc_issuer  # noqa: F401
+from oidc_issuer import OWNER, REPO, LoopbackOidcIssuer, oidc_issuer_fixture  # noqa: F401 - fixtures
 
 NO_SLEEP = lambda _seconds: None  # noqa: E731  (retries must not slow the suite)
 
@@ -28,15 +28,20 @@ NO_SLEEP = lambda _seconds: None  # noqa: E731  (retries must not slow the suite
 def runtime(tmp_path: Path, env: dict[str, str]) -> tuple[ActionRuntime, io.StringIO]:
     (tmp_path / "summary").write_text("")
     (tmp_path / "output").write_text("")
-    environ = {"GITHUB_ACTIONS": "true", "GITHUB_OUTPUT": str(tmp_path / "output"),
-               "GITHUB_STEP_SUMMARY": str(tmp_path / "summary"), **env}
+    environ = {
+        "GITHUB_ACTIONS": "true",
+        "GITHUB_OUTPUT": str(tmp_path / "output"),
+        "GITHUB_STEP_SUMMARY": str(tmp_path / "summary"),
+        **env,
+    }
     stream = io.StringIO()
     return ActionRuntime(environ, stream), stream
 
 
 def masks(stream: io.StringIO) -> list[str]:
-    return [line.removeprefix("::add-mask::") for line in stream.getvalue().splitlines()
-            if line.startswith("::add-mask::")]
+    return [
+        line.removeprefix("::add-mask::") for line in stream.getvalue().splitlines() if line.startswith("::add-mask::")
+    ]
 
 
 class FakeRegistry:
@@ -56,8 +61,15 @@ class FakeRegistry:
             def do_GET(self) -> None:
                 fake.requests.append(("GET", self.path))
                 if self.path == "/api/v1/oidc":
-                    fake.send(self, 200, {"audience": fake.audience, "issuers": [fake.issuer.url],
-                                          "exchange_url": "https://elsewhere.invalid/steal"})
+                    fake.send(
+                        self,
+                        200,
+                        {
+                            "audience": fake.audience,
+                            "issuers": [fake.issuer.url],
+                            "exchange_url": "https://elsewhere.invalid/steal",
+                        },
+                    )
                 else:
                     fake.send(self, 404, {"error": "not found"})
 
@@ -75,8 +87,11 @@ class FakeRegistry:
                 keys = jwt.PyJWKSet.from_dict(fake.issuer.jwks())
                 key = keys[jwt.get_unverified_header(body["token"])["kid"]]
                 jwt.decode(body["token"], key, algorithms=["RS256"], audience=fake.audience, issuer=fake.issuer.url)
-                fake.send(self, 200, {"ok": True, "token": fake.issued, "expires_at": "2030-01-01T00:00:00Z",
-                                      "projects": ["p1"]})
+                fake.send(
+                    self,
+                    200,
+                    {"ok": True, "token": fake.issued, "expires_at": "2030-01-01T00:00:00Z", "projects": ["p1"]},
+                )
 
             def log_message(self, format: str, *args: object) -> None:
                 pass
@@ -96,7 +111,7 @@ class FakeRegistry:
 
 
 @pytest.fixture
-def fake_registry(oidc_issuer: LoopbackOidcIssuer) -> Iterator[FakeRegistry]:  # noqa: F811
+def fake_registry(oidc_issuer: LoopbackOidcIssuer) -> Iterator[FakeRegistry]:
     fake = FakeRegistry(oidc_issuer)
     fake.thread.start()
     try:
@@ -147,23 +162,40 @@ def test_missing_id_token_variables_say_how_to_fix_it(tmp_path: Path) -> None:
     rt, _ = runtime(tmp_path, {"INPUT_AUDIENCE": "aud"})
     with pytest.raises(ActionError) as caught:
         oidc.resolve_token(rt, "http://127.0.0.1:9")
-    assert "add `permissions: id-token: write` to the job, or this is a pull request from a fork " \
-           "(use a token for forks)" in caught.value.message
+    assert (
+        "add `permissions: id-token: write` to the job, or this is a pull request from a fork "
+        "(use a token for forks)" in caught.value.message
+    )
     assert caught.value.message.count(". ") == 0  # one sentence
 
 
 def test_missing_id_token_in_a_fork_pull_request_names_the_fork(tmp_path: Path) -> None:
     event = tmp_path / "event.json"
-    event.write_text(json.dumps({"pull_request": {"head": {"repo": {"full_name": "mallory/app"}},
-                                                  "base": {"repo": {"full_name": "octo-org/app"}}}}))
-    rt, _ = runtime(tmp_path, {"INPUT_AUDIENCE": "aud", "GITHUB_EVENT_NAME": "pull_request",
-                               "GITHUB_EVENT_PATH": str(event), "ACTIONS_ID_TOKEN_REQUEST_URL": "http://x/?a=1"})
+    event.write_text(
+        json.dumps(
+            {
+                "pull_request": {
+                    "head": {"repo": {"full_name": "mallory/app"}},
+                    "base": {"repo": {"full_name": "octo-org/app"}},
+                }
+            }
+        )
+    )
+    rt, _ = runtime(
+        tmp_path,
+        {
+            "INPUT_AUDIENCE": "aud",
+            "GITHUB_EVENT_NAME": "pull_request",
+            "GITHUB_EVENT_PATH": str(event),
+            "ACTIONS_ID_TOKEN_REQUEST_URL": "http://x/?a=1",
+        },
+    )
     with pytest.raises(ActionError, match=r"pull request from the fork mallory/app\): add `permissions"):
         oidc.resolve_token(rt, "http://127.0.0.1:9")
 
 
 def test_id_token_is_requested_with_the_bearer_request_token_and_audience(
-    tmp_path: Path, oidc_issuer: LoopbackOidcIssuer  # noqa: F811
+    tmp_path: Path, oidc_issuer: LoopbackOidcIssuer
 ) -> None:
     rt, stream = runtime(tmp_path, oidc_issuer.actions_env())
     with httpx.Client(timeout=10) as client:
@@ -174,7 +206,7 @@ def test_id_token_is_requested_with_the_bearer_request_token_and_audience(
     assert masks(stream) == [oidc_issuer.request_token, token]
 
 
-def test_wrong_request_token_is_a_clear_error(tmp_path: Path, oidc_issuer: LoopbackOidcIssuer) -> None:  # noqa: F811
+def test_wrong_request_token_is_a_clear_error(tmp_path: Path, oidc_issuer: LoopbackOidcIssuer) -> None:
     env = {**oidc_issuer.actions_env(), "ACTIONS_ID_TOKEN_REQUEST_TOKEN": "wrong"}
     rt, _ = runtime(tmp_path, env)
     with httpx.Client(timeout=10) as client, pytest.raises(ActionError, match="GitHub refused to issue an OIDC token"):
@@ -185,7 +217,7 @@ def test_wrong_request_token_is_a_clear_error(tmp_path: Path, oidc_issuer: Loopb
 
 
 def test_discovery_audience_exchange_and_masking(
-    tmp_path: Path, oidc_issuer: LoopbackOidcIssuer, fake_registry: FakeRegistry  # noqa: F811
+    tmp_path: Path, oidc_issuer: LoopbackOidcIssuer, fake_registry: FakeRegistry
 ) -> None:
     rt, stream = runtime(tmp_path, oidc_issuer.actions_env())
     token = oidc.resolve_token(rt, fake_registry.url, sleep=NO_SLEEP)
@@ -198,7 +230,7 @@ def test_discovery_audience_exchange_and_masking(
 
 
 def test_audience_input_skips_discovery(
-    tmp_path: Path, oidc_issuer: LoopbackOidcIssuer, fake_registry: FakeRegistry  # noqa: F811
+    tmp_path: Path, oidc_issuer: LoopbackOidcIssuer, fake_registry: FakeRegistry
 ) -> None:
     rt, _ = runtime(tmp_path, {**oidc_issuer.actions_env(), "INPUT_AUDIENCE": fake_registry.audience})
     oidc.resolve_token(rt, fake_registry.url, sleep=NO_SLEEP)
@@ -206,7 +238,7 @@ def test_audience_input_skips_discovery(
 
 
 def test_server_errors_are_retried(
-    tmp_path: Path, oidc_issuer: LoopbackOidcIssuer, fake_registry: FakeRegistry  # noqa: F811
+    tmp_path: Path, oidc_issuer: LoopbackOidcIssuer, fake_registry: FakeRegistry
 ) -> None:
     fake_registry.failures_before_success = 2
     rt, _ = runtime(tmp_path, oidc_issuer.actions_env())
@@ -215,7 +247,7 @@ def test_server_errors_are_retried(
 
 
 def test_persistent_server_errors_give_up_with_a_clear_error(
-    tmp_path: Path, oidc_issuer: LoopbackOidcIssuer, fake_registry: FakeRegistry  # noqa: F811
+    tmp_path: Path, oidc_issuer: LoopbackOidcIssuer, fake_registry: FakeRegistry
 ) -> None:
     fake_registry.failures_before_success = 100
     rt, _ = runtime(tmp_path, oidc_issuer.actions_env())
@@ -225,7 +257,7 @@ def test_persistent_server_errors_give_up_with_a_clear_error(
 
 
 def test_refusal_explains_and_puts_the_claims_in_the_summary(
-    tmp_path: Path, oidc_issuer: LoopbackOidcIssuer, fake_registry: FakeRegistry  # noqa: F811
+    tmp_path: Path, oidc_issuer: LoopbackOidcIssuer, fake_registry: FakeRegistry
 ) -> None:
     fake_registry.refuse = "no trust relationship for repository octo-org/app"
     rt, _ = runtime(tmp_path, oidc_issuer.actions_env())
@@ -242,9 +274,7 @@ def test_unreachable_registry_is_a_clear_error(tmp_path: Path) -> None:
         oidc.resolve_token(rt, f"http://127.0.0.1:{free_port()}", sleep=NO_SLEEP)
 
 
-def test_registry_without_oidc_support_says_to_use_a_token(
-    tmp_path: Path, fake_registry: FakeRegistry
-) -> None:
+def test_registry_without_oidc_support_says_to_use_a_token(tmp_path: Path, fake_registry: FakeRegistry) -> None:
     rt, _ = runtime(tmp_path, {})
     with pytest.raises(ActionError, match="does not support OIDC; pass a 'token' input"):
         oidc.resolve_token(rt, fake_registry.url + "/prefix", sleep=NO_SLEEP)
@@ -254,7 +284,7 @@ def test_registry_without_oidc_support_says_to_use_a_token(
 
 
 @pytest.fixture
-def oidc_server(tmp_path: Path, oidc_issuer: LoopbackOidcIssuer) -> Iterator[ServerProcess]:  # noqa: F811
+def oidc_server(tmp_path: Path, oidc_issuer: LoopbackOidcIssuer) -> Iterator[ServerProcess]:
     proc = ServerProcess(data_dir=tmp_path / "data")
     proc.extra_args = ["--oidc-issuer", oidc_issuer.url]
     proc.start()
@@ -265,7 +295,7 @@ def oidc_server(tmp_path: Path, oidc_issuer: LoopbackOidcIssuer) -> Iterator[Ser
 
 
 def test_real_server_exchanges_a_trusted_repositorys_token(
-    tmp_path: Path, oidc_issuer: LoopbackOidcIssuer, oidc_server: ServerProcess  # noqa: F811
+    tmp_path: Path, oidc_issuer: LoopbackOidcIssuer, oidc_server: ServerProcess
 ) -> None:
     with api(oidc_server) as admin:
         project = admin.create_project("actions oidc")["id"]
@@ -279,7 +309,7 @@ def test_real_server_exchanges_a_trusted_repositorys_token(
 
 
 def test_real_server_refuses_an_untrusted_repository(
-    tmp_path: Path, oidc_issuer: LoopbackOidcIssuer, oidc_server: ServerProcess  # noqa: F811
+    tmp_path: Path, oidc_issuer: LoopbackOidcIssuer, oidc_server: ServerProcess
 ) -> None:
     with api(oidc_server) as admin:
         project = admin.create_project("someone else")["id"]

@@ -20,8 +20,9 @@ from cargohold.actions.runtime import (
 )
 
 
-def make(tmp_path: Path, env: dict[str, str] | None = None, *, actions: bool = True,
-         **kwargs: object) -> tuple[ActionRuntime, io.StringIO, dict[str, str]]:
+def make(
+    tmp_path: Path, env: dict[str, str] | None = None, *, actions: bool = True, **kwargs: object
+) -> tuple[ActionRuntime, io.StringIO, dict[str, str]]:
     """A runtime as a runner step sees it: both runner files exist and are empty."""
     (tmp_path / "output").write_text("")
     (tmp_path / "summary").write_text("")
@@ -246,8 +247,10 @@ def test_required_input_missing_or_blank_is_an_error_naming_it(tmp_path: Path) -
         rt.get_list("tags", required=True)
 
 
-@pytest.mark.parametrize(("value", "expected"), [("true", True), ("True", True), ("TRUE", True), ("false", False),
-                                                 ("False", False), ("FALSE", False), ("", None)])
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [("true", True), ("True", True), ("TRUE", True), ("false", False), ("False", False), ("FALSE", False), ("", None)],
+)
 def test_booleans_accept_only_the_yaml_core_spellings(tmp_path: Path, value: str, expected: bool | None) -> None:
     rt, _, _ = make(tmp_path, {"INPUT_PUSH": value})
     assert rt.get_bool("push", default=True) is (True if expected is None else expected)

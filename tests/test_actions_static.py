@@ -30,8 +30,11 @@ from cargohold.actions import build, common
 from cargohold.actions.runtime import ActionError, ActionRuntime
 
 ROOT = Path(__file__).resolve().parent.parent
-ACTIONS = {"build": ROOT / "action-build" / "action.yml", "pull": ROOT / "action-pull" / "action.yml",
-           "push": ROOT / "action-push" / "action.yml"}
+ACTIONS = {
+    "build": ROOT / "action-build" / "action.yml",
+    "pull": ROOT / "action-pull" / "action.yml",
+    "push": ROOT / "action-push" / "action.yml",
+}
 CI_WORKFLOWS = sorted((ROOT / ".github" / "workflows").glob("*.yml"))
 EXAMPLE_WORKFLOWS = sorted((ROOT / "examples" / "workflows").glob("*.yml"))
 WORKFLOWS = CI_WORKFLOWS + EXAMPLE_WORKFLOWS
@@ -54,22 +57,47 @@ def tool(name: str) -> str:
 
 
 def test_action_files_match_the_github_actions_schema() -> None:
-    result = subprocess.run([sys.executable, "-m", "check_jsonschema", "--builtin-schema", "vendor.github-actions",
-                             *map(str, ACTIONS.values())], capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "check_jsonschema",
+            "--builtin-schema",
+            "vendor.github-actions",
+            *map(str, ACTIONS.values()),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_workflows_match_the_github_workflows_schema() -> None:
     assert any(p.parent.name == "workflows" and p.parent.parent.name == "examples" for p in WORKFLOWS)
-    result = subprocess.run([sys.executable, "-m", "check_jsonschema", "--builtin-schema", "vendor.github-workflows",
-                             *map(str, WORKFLOWS)], capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "check_jsonschema", "--builtin-schema", "vendor.github-workflows", *map(str, WORKFLOWS)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
 def zizmor(paths: list[Path]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([tool("zizmor"), "--offline", "--no-progress", "--config",
-                           str(ROOT / "examples" / "zizmor.yml"), *map(str, paths)],
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [
+            tool("zizmor"),
+            "--offline",
+            "--no-progress",
+            "--config",
+            str(ROOT / "examples" / "zizmor.yml"),
+            *map(str, paths),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def test_zizmor_finds_nothing_in_the_actions_and_examples() -> None:
@@ -128,13 +156,33 @@ def test_interfaces_match_the_issue() -> None:
     inputs = {name: set(load(path)["inputs"]) for name, path in ACTIONS.items()}
     outputs = {name: set(load(path)["outputs"]) for name, path in ACTIONS.items()}
     shared = {"registry", "project", "token", "audience"}
-    assert inputs["build"] == shared | {"context", "file", "tags", "labels", "build-args", "target", "platforms",
-                                        "secrets", "no-cache", "pull", "push", "load", "provenance", "sbom",
-                                        "builder", "save", "save-tags", "image"}
+    assert inputs["build"] == shared | {
+        "context",
+        "file",
+        "tags",
+        "labels",
+        "build-args",
+        "target",
+        "platforms",
+        "secrets",
+        "no-cache",
+        "pull",
+        "push",
+        "load",
+        "provenance",
+        "sbom",
+        "builder",
+        "save",
+        "save-tags",
+        "image",
+    }
     assert inputs["pull"] == shared | {"build-id", "platform", "tags", "output"}
     assert inputs["push"] == shared | {"build-id", "tags", "platform", "username", "password", "transfer"}
-    assert outputs == {"build": {"build-id", "project-id", "reference", "digest", "imageid", "metadata"},
-                       "pull": {"digest", "image"}, "push": {"digest", "tags"}}
+    assert outputs == {
+        "build": {"build-id", "project-id", "reference", "digest", "imageid", "metadata"},
+        "pull": {"digest", "image"},
+        "push": {"digest", "tags"},
+    }
     assert load(ACTIONS["build"])["inputs"]["save"]["default"] == "true"
 
 
@@ -175,8 +223,14 @@ def test_python_reads_only_declared_build_inputs() -> None:
 @pytest.mark.parametrize("name", ["pull", "push"])
 def test_python_reads_only_declared_inputs(name: str) -> None:
     module = importlib.import_module(f"cargohold.actions.{name}")
-    env = RecordingEnv({"INPUT_BUILD-ID": "abc", "INPUT_TAGS": "ghcr.io/o/app:1", "INPUT_REGISTRY": "http://127.0.0.1:9",
-                        "INPUT_AUDIENCE": "aud"})
+    env = RecordingEnv(
+        {
+            "INPUT_BUILD-ID": "abc",
+            "INPUT_TAGS": "ghcr.io/o/app:1",
+            "INPUT_REGISTRY": "http://127.0.0.1:9",
+            "INPUT_AUDIENCE": "aud",
+        }
+    )
     rt = ActionRuntime(env, io.StringIO())
     with pytest.raises(ActionError, match="OIDC token"):  # stops at authentication: no ID-token variables
         module.main(rt)
@@ -244,8 +298,9 @@ def test_venv_key_changes_with_sources_lock_and_interpreter(tmp_path: Path) -> N
     assert bootstrap.venv_key(root, sys.executable, "3.11.7") not in (key, changed)
 
 
-def test_bootstrap_reuses_a_complete_venv_and_reports_its_python(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+def test_bootstrap_reuses_a_complete_venv_and_reports_its_python(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     bootstrap = _bootstrap()
     root = _fake_checkout(tmp_path)
     monkeypatch.setattr(bootstrap, "__file__", str(root / "actions-common" / "bootstrap.py"))
@@ -263,11 +318,15 @@ def test_bootstrap_reuses_a_complete_venv_and_reports_its_python(tmp_path: Path,
     assert "Reusing the Cargohold virtualenv" in capsys.readouterr().out
 
 
-def test_bootstrap_refuses_an_old_python_with_the_fix(monkeypatch: pytest.MonkeyPatch,
-                                                      capsys: pytest.CaptureFixture[str]) -> None:
+def test_bootstrap_refuses_an_old_python_with_the_fix(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     bootstrap = _bootstrap()
     monkeypatch.setattr(bootstrap, "MIN_PYTHON", (99, 0))
     assert bootstrap.main() == 1
     out = capsys.readouterr().out
-    assert re.fullmatch(r"::error title=Python too old::Cargohold's actions need Python 99\.0 or newer but python3 "
-                        r"is [0-9.]+\S*; use a runner image with a newer python3 .*\n", out)
+    assert re.fullmatch(
+        r"::error title=Python too old::Cargohold's actions need Python 99\.0 or newer but python3 "
+        r"is [0-9.]+\S*; use a runner image with a newer python3 .*\n",
+        out,
+    )

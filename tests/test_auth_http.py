@@ -63,9 +63,19 @@ def world(server: ServerProcess, tmp_path_factory: pytest.TempPathFactory) -> Wo
             control.save_build(build)
         builds[key] = build
     return World(
-        a, b, token_a, token_b, builds["a"], builds["a2"], builds["b"],
-        str(images["a"].manifest.digest), str(images["a2"].manifest.digest), str(images["b"].manifest.digest),
-        str(images["a"].layers[0].digest), str(images["a2"].layers[0].digest), str(images["b"].layers[0].digest),
+        a,
+        b,
+        token_a,
+        token_b,
+        builds["a"],
+        builds["a2"],
+        builds["b"],
+        str(images["a"].manifest.digest),
+        str(images["a2"].manifest.digest),
+        str(images["b"].manifest.digest),
+        str(images["a"].layers[0].digest),
+        str(images["a2"].layers[0].digest),
+        str(images["b"].layers[0].digest),
     )
 
 
@@ -101,15 +111,21 @@ def test_other_projects_are_invisible_to_a_project_token(server: ServerProcess, 
         ghost = client.get("/v2/zzzznotaproject/tags/list")
         _assert_unknown(ghost, "zzzznotaproject")
 
-        for path in (f"/api/v1/projects/{b}", f"/api/v1/projects/{b}/builds", f"/api/v1/builds/{world.build_b}",
-                     f"/api/v1/pull-info?ref={world.build_b}", f"/api/v1/pull-info?ref={b}:latest"):
+        for path in (
+            f"/api/v1/projects/{b}",
+            f"/api/v1/projects/{b}/builds",
+            f"/api/v1/builds/{world.build_b}",
+            f"/api/v1/pull-info?ref={world.build_b}",
+            f"/api/v1/pull-info?ref={b}:latest",
+        ):
             response = client.get(path)
             assert response.status_code == 404, (path, response.text)
             code, message = error_of(response)
             assert code == "NOT_FOUND" and "does not exist" in message and "bravo" not in message
         assert error_of(client.get(f"/api/v1/projects/{b}")) == ("NOT_FOUND", f"project {b} does not exist")
         assert error_of(client.get("/api/v1/projects/nosuchproject")) == (
-            "NOT_FOUND", "project nosuchproject does not exist"
+            "NOT_FOUND",
+            "project nosuchproject does not exist",
         )
         created = client.post(f"/api/v1/projects/{b}/builds", json={})
         assert created.status_code == 404 and error_of(created)[0] == "NOT_FOUND"
@@ -151,8 +167,10 @@ def test_pull_token_cannot_push_or_delete(server: ServerProcess, world: World) -
             code, message = error_of(response)
             assert code == "DENIED"
             assert f"may not push in {world.a}" in message or f"may not delete in {world.a}" in message
-        assert client.get(f"/v2/{world.a}/manifests/{world.digest_a}",
-                          headers={"Accept": MANIFEST_ACCEPT}).status_code == 200
+        assert (
+            client.get(f"/v2/{world.a}/manifests/{world.digest_a}", headers={"Accept": MANIFEST_ACCEPT}).status_code
+            == 200
+        )
 
 
 def test_build_scoped_pull_token_sees_only_its_build(server: ServerProcess, world: World) -> None:
@@ -160,13 +178,21 @@ def test_build_scoped_pull_token_sees_only_its_build(server: ServerProcess, worl
         scoped = control.create_token("pull", "one build", project_id=world.a, build_id=world.build_a)
     assert scoped["permissions"] == [{"project": world.a, "actions": ["pull"], "build_id": world.build_a}]
     with http(server, scoped["token"]) as client:
-        assert client.get(f"/v2/{world.a}/manifests/{world.build_a}", headers={"Accept": MANIFEST_ACCEPT}
-                          ).status_code == 200
-        assert client.get(f"/v2/{world.a}/manifests/{world.digest_a}", headers={"Accept": MANIFEST_ACCEPT}
-                          ).status_code == 200
+        assert (
+            client.get(f"/v2/{world.a}/manifests/{world.build_a}", headers={"Accept": MANIFEST_ACCEPT}).status_code
+            == 200
+        )
+        assert (
+            client.get(f"/v2/{world.a}/manifests/{world.digest_a}", headers={"Accept": MANIFEST_ACCEPT}).status_code
+            == 200
+        )
         assert client.get(f"/v2/{world.a}/blobs/{world.blob_a}").status_code == 200
-        for path in (f"/v2/{world.a}/manifests/{world.build_a2}", f"/v2/{world.a}/manifests/{world.digest_a2}",
-                     f"/v2/{world.a}/blobs/{world.blob_a2}", f"/v2/{world.a}/tags/list"):
+        for path in (
+            f"/v2/{world.a}/manifests/{world.build_a2}",
+            f"/v2/{world.a}/manifests/{world.digest_a2}",
+            f"/v2/{world.a}/blobs/{world.blob_a2}",
+            f"/v2/{world.a}/tags/list",
+        ):
             response = client.get(path, headers={"Accept": MANIFEST_ACCEPT})
             assert response.status_code == 403, (path, response.text)
             assert error_of(response) == ("DENIED", f"this pull credential is limited to build {world.build_a}")
@@ -247,9 +273,7 @@ def test_token_endpoint_intersects_scopes(server: ServerProcess, world: World) -
     catalog = _registry_token(server, world.token_a, "registry:catalog:*")
     assert jwt_parts(catalog["token"])[1]["access"] == []
     admin_catalog = _registry_token(server, server.admin_token, "registry:catalog:*")
-    assert jwt_parts(admin_catalog["token"])[1]["access"] == [
-        {"type": "registry", "name": "catalog", "actions": ["*"]}
-    ]
+    assert jwt_parts(admin_catalog["token"])[1]["access"] == [{"type": "registry", "name": "catalog", "actions": ["*"]}]
 
     # The issued JWT works as Bearer for what it grants and nothing more.
     with http(server, narrowed["token"], bearer=True) as client:

@@ -141,9 +141,26 @@ def test_trust_add_list_remove(server: ServerProcess, config: Path) -> None:
     assert run("login", server.url, "--token", server.admin_token)[0] == 0
     pid = json.loads(run("projects", "create", "trusting", "--json")[1])["id"]
     code, out, err = run(
-        "trust", "add", "--project", pid, "--repository", "Octo-Org/App", "--workflow", "release.yml",
-        "--ref", "refs/tags/v*", "--environment", "production", "--runner-environment", "github-hosted",
-        "--allow-event", "pull_request_target", "--allow-event", "workflow_run", "--pull-only", "--json",
+        "trust",
+        "add",
+        "--project",
+        pid,
+        "--repository",
+        "Octo-Org/App",
+        "--workflow",
+        "release.yml",
+        "--ref",
+        "refs/tags/v*",
+        "--environment",
+        "production",
+        "--runner-environment",
+        "github-hosted",
+        "--allow-event",
+        "pull_request_target",
+        "--allow-event",
+        "workflow_run",
+        "--pull-only",
+        "--json",
     )
     assert code == 0, err
     rel = json.loads(out)
@@ -151,8 +168,9 @@ def test_trust_add_list_remove(server: ServerProcess, config: Path) -> None:
     assert rel["workflow"] == ".github/workflows/release.yml" and rel["ref_pattern"] == "refs/tags/v*"
     assert rel["allow_events"] == ["pull_request_target", "workflow_run"]
 
-    code, out, err = run("trust", "add", "--project", pid, "--repository", "octo-org/lib",
-                         "--repository-id", "42", "--owner-id", "7")
+    code, out, err = run(
+        "trust", "add", "--project", pid, "--repository", "octo-org/lib", "--repository-id", "42", "--owner-id", "7"
+    )
     assert code == 0, err
     code, out, _ = run("trust", "list", "--project", pid, "--json")
     listed = json.loads(out)

@@ -125,7 +125,11 @@ def test_list_show_pin_unpin_extend(server: ServerProcess, config: Path) -> None
 
     history = ok_json(server, "builds", "history", "--project", project, "--build", older)
     assert [(e["action"], e["rule"]) for e in history["events"]] == [  # type: ignore[index]
-        ("extend", "manual"), ("extend", "manual"), ("unpin", "manual"), ("pin", "manual"), ("pin", "manual"),
+        ("extend", "manual"),
+        ("extend", "manual"),
+        ("unpin", "manual"),
+        ("pin", "manual"),
+        ("pin", "manual"),
     ]
 
 

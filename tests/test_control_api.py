@@ -96,8 +96,9 @@ def test_build_push_save_list_pull_info_and_save_tags(server: ServerProcess, tmp
     assert saved1["save_tags"] == ["main"]
 
     second = _start_build(server, ci_token, pid)
-    image2 = push_image(server, pid, second["build_id"], second["token"], tmp_path / "two", seed=2,
-                        platform=("linux", "arm64", "v8"))
+    image2 = push_image(
+        server, pid, second["build_id"], second["token"], tmp_path / "two", seed=2, platform=("linux", "arm64", "v8")
+    )
     with api(server, second["token"]) as control:
         saved2 = control.save_build(second["build_id"], save_tags=["main", "release"])
         assert saved2["digest"] == str(image2.manifest.digest)
@@ -146,8 +147,9 @@ def test_build_push_save_list_pull_info_and_save_tags(server: ServerProcess, tmp
 
     # The pull-info token is scoped to its build: that build's manifest and blobs, nothing else.
     with http(server, by_id["token"]) as puller:
-        ok = puller.get(f"/v2/{pid}/manifests/{first['build_id']}",
-                        headers={"Accept": "application/vnd.oci.image.manifest.v1+json"})
+        ok = puller.get(
+            f"/v2/{pid}/manifests/{first['build_id']}", headers={"Accept": "application/vnd.oci.image.manifest.v1+json"}
+        )
         assert ok.status_code == 200
         assert puller.get(f"/v2/{pid}/blobs/{image1.layers[0].digest}").status_code == 200
         other = puller.get(f"/v2/{pid}/manifests/{second['build_id']}")
@@ -200,9 +202,18 @@ def test_docker_login_style_flow_with_skopeo(server: ServerProcess, tmp_path: Pa
     stored = skopeo("copy", "--dest-tls-verify=false", f"oci:{layout}:img", f"docker://{server.host}/{pid}:stored")
     assert stored.returncode == 0, stored.stderr
     explicit = subprocess.run(
-        ["skopeo", "copy", "--dest-tls-verify=false", "--dest-creds", f"x-token:{token}", f"oci:{layout}:img",
-         f"docker://{server.host}/{pid}:explicit"],
-        capture_output=True, text=True, timeout=120,
+        [
+            "skopeo",
+            "copy",
+            "--dest-tls-verify=false",
+            "--dest-creds",
+            f"x-token:{token}",
+            f"oci:{layout}:img",
+            f"docker://{server.host}/{pid}:explicit",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert explicit.returncode == 0, explicit.stderr
     # The same token cannot push outside its project.

@@ -33,15 +33,22 @@ from cargohold.registry.credentials import (
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 
 
-@pytest.mark.parametrize(("kind", "prefix"), [(CredentialKind.ADMIN, "cha_"), (CredentialKind.PROJECT, "chp_"),
-                                              (CredentialKind.PULL, "chl_"), (CredentialKind.OIDC, "cho_")])
+@pytest.mark.parametrize(
+    ("kind", "prefix"),
+    [
+        (CredentialKind.ADMIN, "cha_"),
+        (CredentialKind.PROJECT, "chp_"),
+        (CredentialKind.PULL, "chl_"),
+        (CredentialKind.OIDC, "cho_"),
+    ],
+)
 def test_generated_tokens_have_prefix_length_and_valid_checksum(kind: CredentialKind, prefix: str) -> None:
     token = generate_token(kind)
     assert token.startswith(prefix)
     assert len(token) == TOKEN_LENGTH == 40
     assert parse_token(token) is kind
     assert TOKEN_PATTERN.fullmatch(token)
-    random_part = token[4:4 + RANDOM_LENGTH]
+    random_part = token[4 : 4 + RANDOM_LENGTH]
     # The checksum is reproducible by an offline scanner from the documented recipe alone.
     value = zlib.crc32(random_part.encode())
     digits = ""
@@ -61,19 +68,22 @@ def test_checksum_catches_a_single_changed_character() -> None:
     token = generate_token(CredentialKind.PULL)
     body_index = 10
     replacement = "A" if token[body_index] != "A" else "B"
-    tampered = token[:body_index] + replacement + token[body_index + 1:]
+    tampered = token[:body_index] + replacement + token[body_index + 1 :]
     with pytest.raises(TokenFormatError, match="checksum does not match"):
         parse_token(tampered)
     assert not is_valid_token(tampered)
 
 
-@pytest.mark.parametrize(("value", "message"), [
-    ("", "no token was given"),
-    ("ghp_" + "a" * 36, "not a Cargohold token"),
-    ("eyJhbGciOiJFZERTQSJ9.e30.sig", "not a Cargohold token"),
-    ("chp_abc", "has 7 characters"),
-    ("chp_" + "!" * 36, "characters other than letters and digits"),
-])
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("", "no token was given"),
+        ("ghp_" + "a" * 36, "not a Cargohold token"),
+        ("eyJhbGciOiJFZERTQSJ9.e30.sig", "not a Cargohold token"),
+        ("chp_abc", "has 7 characters"),
+        ("chp_" + "!" * 36, "characters other than letters and digits"),
+    ],
+)
 def test_malformed_tokens_are_explained(value: str, message: str) -> None:
     with pytest.raises(TokenFormatError, match=message):
         parse_token(value)
@@ -102,8 +112,9 @@ def test_project_token_grants_push_and_pull_on_one_project() -> None:
 
 
 def test_pull_token_defaults_to_one_hour_and_can_be_narrowed_to_a_build() -> None:
-    token, row = new_credential(CredentialKind.PULL, credential_id="2", name="deploy", project="web",
-                                build_id="b123", now=NOW)
+    token, row = new_credential(
+        CredentialKind.PULL, credential_id="2", name="deploy", project="web", build_id="b123", now=NOW
+    )
     assert row.expires_at == NOW + timedelta(hours=1)
     assert row.permissions == (Permission("web", frozenset({"pull"}), "b123"),)
     row.authenticate(token, NOW + timedelta(minutes=59))
@@ -113,8 +124,9 @@ def test_pull_token_defaults_to_one_hour_and_can_be_narrowed_to_a_build() -> Non
 
 def test_revoked_token_is_refused_with_when() -> None:
     token, row = new_credential(CredentialKind.ADMIN, credential_id="3", name="root", now=NOW)
-    revoked = StoredCredential(**{**{f: getattr(row, f) for f in row.__dataclass_fields__},
-                                  "revoked_at": NOW + timedelta(minutes=5)})
+    revoked = StoredCredential(
+        **{**{f: getattr(row, f) for f in row.__dataclass_fields__}, "revoked_at": NOW + timedelta(minutes=5)}
+    )
     with pytest.raises(CredentialRevoked, match="was revoked at 2026-11-27T12:05:00Z"):
         revoked.authenticate(token, NOW + timedelta(minutes=6))
 
@@ -133,14 +145,17 @@ def test_kind_mismatch_between_prefix_and_row_is_refused() -> None:
         row.authenticate(as_project, NOW)
 
 
-@pytest.mark.parametrize("kwargs", [
-    {"kind": CredentialKind.ADMIN, "project": "x"},
-    {"kind": CredentialKind.PROJECT},
-    {"kind": CredentialKind.PROJECT, "project": "x", "build_id": "b"},
-    {"kind": CredentialKind.PULL},
-    {"kind": CredentialKind.OIDC, "project": "x"},
-    {"kind": CredentialKind.PROJECT, "project": "x", "ttl": timedelta(0)},
-])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"kind": CredentialKind.ADMIN, "project": "x"},
+        {"kind": CredentialKind.PROJECT},
+        {"kind": CredentialKind.PROJECT, "project": "x", "build_id": "b"},
+        {"kind": CredentialKind.PULL},
+        {"kind": CredentialKind.OIDC, "project": "x"},
+        {"kind": CredentialKind.PROJECT, "project": "x", "ttl": timedelta(0)},
+    ],
+)
 def test_out_of_policy_credentials_cannot_be_created(kwargs: dict[str, object]) -> None:
     kind = kwargs.pop("kind")
     with pytest.raises(ValueError):
@@ -149,8 +164,9 @@ def test_out_of_policy_credentials_cannot_be_created(kwargs: dict[str, object]) 
 
 def test_oidc_credential_carries_trust_permissions_and_round_trips_json() -> None:
     perms = (Permission("a", frozenset({"pull", "push"})), Permission("b", frozenset({"pull"})))
-    token, row = new_credential(CredentialKind.OIDC, credential_id="6", name="octo-org/app run 1",
-                                permissions=perms, now=NOW)
+    token, row = new_credential(
+        CredentialKind.OIDC, credential_id="6", name="octo-org/app run 1", permissions=perms, now=NOW
+    )
     assert token.startswith("cho_") and row.expires_at == NOW + timedelta(hours=1)
     assert permissions_from_json(permissions_to_json(row.permissions)) == perms
 

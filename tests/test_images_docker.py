@@ -42,10 +42,24 @@ def dockerd() -> Iterator[str]:
     log = root / "dockerd.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(
-            ["dockerd", "--data-root", str(root / "data"), "--exec-root", str(root / "exec"),
-             "--pidfile", str(root / "docker.pid"), "-H", host, "--storage-driver", "vfs",
-             "--iptables=false", "--ip6tables=false", "--bridge=none"],
-            stdout=out, stderr=subprocess.STDOUT,
+            [
+                "dockerd",
+                "--data-root",
+                str(root / "data"),
+                "--exec-root",
+                str(root / "exec"),
+                "--pidfile",
+                str(root / "docker.pid"),
+                "-H",
+                host,
+                "--storage-driver",
+                "vfs",
+                "--iptables=false",
+                "--ip6tables=false",
+                "--bridge=none",
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
         )
     try:
         deadline = time.monotonic() + 60
@@ -96,17 +110,18 @@ def test_docker_build_and_save(server: ServerProcess, conn: Connection, dockerd:
     context.mkdir()
     (context / "hello.txt").write_text("hello from cargohold\n")
     (context / "Dockerfile").write_text("FROM scratch\nARG GREETING\nLABEL greeting=$GREETING\nCOPY hello.txt /\n")
-    options = BuildOptions(context=str(context), tags=["cargohold-test/built:1"], build_args=["GREETING=hi"],
-                           labels=["org.example.test=1"])
-    result = build_and_save(conn, options, builder="docker", docker_host=dockerd,
-                            metadata_file=tmp_path / "meta.json")
+    options = BuildOptions(
+        context=str(context), tags=["cargohold-test/built:1"], build_args=["GREETING=hi"], labels=["org.example.test=1"]
+    )
+    result = build_and_save(conn, options, builder="docker", docker_host=dockerd, metadata_file=tmp_path / "meta.json")
     assert result.builder == "docker" and result.save is not None
     assert result.build_id == result.save.build_id
     with DockerEngine(dockerd) as engine:
         inspected = engine.inspect_image("cargohold-test/built:1")
     assert inspected is not None and inspected["Config"]["Labels"]["greeting"] == "hi"
-    assert skopeo_raw(f"docker://{result.reference}", creds=f"x-token:{server.admin_token}")[1].__str__() \
-        == result.digest
+    assert (
+        skopeo_raw(f"docker://{result.reference}", creds=f"x-token:{server.admin_token}")[1].__str__() == result.digest
+    )
 
 
 def _require_buildx() -> None:
@@ -128,8 +143,9 @@ def test_buildx_build_and_save(server: ServerProcess, conn: Connection, dockerd:
     (context / "Dockerfile").write_text("FROM scratch\nARG GREETING\nLABEL greeting=$GREETING\nCOPY hello.txt /\n")
     options = BuildOptions(context=str(context), tags=["cargohold-test/buildx:1"], build_args=["GREETING=bx"])
     # "default" is the buildx builder *instance* of the docker context (what build-push-action calls builder).
-    result = build_and_save(conn, options, builder="default", docker_host=dockerd, load=True,
-                            metadata_file=tmp_path / "meta.json")
+    result = build_and_save(
+        conn, options, builder="default", docker_host=dockerd, load=True, metadata_file=tmp_path / "meta.json"
+    )
     assert result.builder == "docker-buildx" and result.save is not None
     assert result.imageid and result.imageid.startswith("sha256:")
     assert result.loaded == [], "the image was built into the daemon; nothing to load"
@@ -157,13 +173,15 @@ def test_buildx_multi_platform_on_the_docker_driver_explains(
         build_and_save(conn, options, builder="nosuch", docker_host=dockerd)
 
 
-def test_buildah_build_and_save(server: ServerProcess, conn: Connection, tmp_path: Path,
-                                monkeypatch: pytest.MonkeyPatch) -> None:
+def test_buildah_build_and_save(
+    server: ServerProcess, conn: Connection, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     if shutil.which("buildah") is None:
         pytest.skip("buildah is not installed (apt-get install buildah)")
     storage = tmp_path / "containers-storage.conf"
-    storage.write_text(f'[storage]\ndriver = "vfs"\ngraphroot = "{tmp_path / "graph"}"\n'
-                       f'runroot = "{tmp_path / "run"}"\n')
+    storage.write_text(
+        f'[storage]\ndriver = "vfs"\ngraphroot = "{tmp_path / "graph"}"\nrunroot = "{tmp_path / "run"}"\n'
+    )
     monkeypatch.setenv("CONTAINERS_STORAGE_CONF", str(storage))
     monkeypatch.setenv("BUILDAH_ISOLATION", "chroot")
     monkeypatch.setenv("STORAGE_DRIVER", "vfs")

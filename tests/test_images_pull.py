@@ -41,16 +41,26 @@ def test_pull_outputs_and_platforms(
     one = pull_image(conn, f"{conn.project}:main", platform="linux/arm64", output=f"oci:{tmp_path / 'arm'}")
     assert one.digest == str(arm.manifest.digest) and one.platform == "linux/arm64"
     ref_name = one.image.rsplit(":", 1)[1]
-    stat = subprocess.run(["umoci", "stat", "--image", f"{tmp_path / 'arm'}:{ref_name}"], capture_output=True,
-                          text=True, timeout=60, check=False)
+    stat = subprocess.run(
+        ["umoci", "stat", "--image", f"{tmp_path / 'arm'}:{ref_name}"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert stat.returncode == 0, stat.stderr
 
     # oci-archive: and docker-archive: are readable by skopeo and keep the platform's content.
     pull_image(conn, saved.reference, platform="linux/arm64", output=f"oci-archive:{tmp_path / 'arm.tar'}")
     info = skopeo_inspect(f"oci-archive:{tmp_path / 'arm.tar'}")
     assert info["Architecture"] == "arm64" and info["Digest"] == str(arm.manifest.digest)
-    result: PullResult = pull_image(conn, saved.build_id, platform="linux/arm64", tags=["app:arm"],
-                                    output=f"docker-archive:{tmp_path / 'arm-docker.tar'}")
+    result: PullResult = pull_image(
+        conn,
+        saved.build_id,
+        platform="linux/arm64",
+        tags=["app:arm"],
+        output=f"docker-archive:{tmp_path / 'arm-docker.tar'}",
+    )
     info = skopeo_inspect(f"docker-archive:{tmp_path / 'arm-docker.tar'}")
     assert info["Architecture"] == "arm64"
     assert info["Layers"] == [str(d.digest) for d in arm.layers]
@@ -86,5 +96,7 @@ def test_pull_refuses_a_blob_that_does_not_match_its_digest(
         pull_image(conn, saved.build_id, platform="linux/amd64", output=f"oci:{tmp_path / 'bad'}")
     layout = OCILayout.open(tmp_path / "bad")
     assert not layout.has_blob(victim)
-    assert all(Digest.parse(m["digest"]) != amd.manifest.digest
-               for m in json.loads((tmp_path / "bad" / "index.json").read_text())["manifests"])
+    assert all(
+        Digest.parse(m["digest"]) != amd.manifest.digest
+        for m in json.loads((tmp_path / "bad" / "index.json").read_text())["manifests"]
+    )

@@ -25,8 +25,12 @@ __all__ = ["conn_fixture", "multiarch_fixture", "refregistry_auth_fixture", "ref
 
 
 def test_push_whole_index_to_reference_registry(
-    server: ServerProcess, conn: Connection, multiarch: tuple[Path, SampleIndex], refregistry: RefRegistry,
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+    server: ServerProcess,
+    conn: Connection,
+    multiarch: tuple[Path, SampleIndex],
+    refregistry: RefRegistry,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
 ) -> None:
     monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "empty-docker-config"))  # anonymous, whatever the host has
     layout_dir, sample = multiarch
@@ -57,8 +61,12 @@ def test_push_whole_index_to_reference_registry(
 
 
 def test_push_with_docker_config_credentials(
-    server: ServerProcess, conn: Connection, multiarch: tuple[Path, SampleIndex], refregistry_auth: RefRegistry,
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+    server: ServerProcess,
+    conn: Connection,
+    multiarch: tuple[Path, SampleIndex],
+    refregistry_auth: RefRegistry,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
 ) -> None:
     layout_dir, sample = multiarch
     saved = save_image(conn, f"oci:{layout_dir}:v1")
@@ -105,7 +113,10 @@ def garbage_registry() -> Iterator[str]:
 
 
 def test_push_to_garbage_destination_fails_clearly(
-    server: ServerProcess, conn: Connection, multiarch: tuple[Path, SampleIndex], garbage_registry: str,
+    server: ServerProcess,
+    conn: Connection,
+    multiarch: tuple[Path, SampleIndex],
+    garbage_registry: str,
 ) -> None:
     layout_dir, _ = multiarch
     saved = save_image(conn, f"oci:{layout_dir}:v1")
@@ -118,8 +129,12 @@ def test_push_to_garbage_destination_fails_clearly(
 
 
 def test_referrers_of_a_build_travel_with_it(
-    server: ServerProcess, conn: Connection, multiarch: tuple[Path, SampleIndex], refregistry: RefRegistry,
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+    server: ServerProcess,
+    conn: Connection,
+    multiarch: tuple[Path, SampleIndex],
+    refregistry: RefRegistry,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
 ) -> None:
     """A signature pushed with ``subject`` = the build's index is readable with the build's pull token and is
     copied by ``cargohold push`` (the reference registry has no referrers API: the tag fallback is used)."""

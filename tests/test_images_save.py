@@ -54,11 +54,15 @@ def test_save_multiarch_index_whole_and_resave_uploads_nothing(
     metadata = json.loads(metadata_file.read_text())
     assert metadata["containerimage.digest"] == first.digest
     assert metadata["containerimage.descriptor"] == {
-        "mediaType": sample.index.media_type, "digest": first.digest, "size": sample.index.size,
+        "mediaType": sample.index.media_type,
+        "digest": first.digest,
+        "size": sample.index.size,
     }
     assert metadata["image.name"] == first.reference == f"{server.host}/{conn.project}:{first.build_id}"
     assert metadata["cargohold.build"] == {
-        "buildID": first.build_id, "projectID": conn.project, "reference": first.reference,
+        "buildID": first.build_id,
+        "projectID": conn.project,
+        "reference": first.reference,
     }
 
     log_before = len(upload_requests(server.log()))
@@ -88,7 +92,10 @@ def test_save_docker_archive(server: ServerProcess, conn: Connection, tmp_path: 
     archive = tmp_path / "docker.tar"
     proc = subprocess.run(
         ["skopeo", "--insecure-policy", "copy", f"oci:{tmp_path / 'img'}:latest", f"docker-archive:{archive}:app:v1"],
-        capture_output=True, text=True, timeout=120, check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
     assert proc.returncode == 0, proc.stderr
     result = save_image(conn, f"docker-archive:{archive}", save_tags=["docker"])

@@ -44,8 +44,9 @@ def skopeo_raw(image: str, *, creds: str | None = None) -> tuple[bytes, Digest]:
 
 
 def skopeo_inspect(image: str) -> dict[str, object]:
-    proc = subprocess.run(["skopeo", "inspect", "--tls-verify=false", image], capture_output=True, text=True,
-                          timeout=60, check=False)
+    proc = subprocess.run(
+        ["skopeo", "inspect", "--tls-verify=false", image], capture_output=True, text=True, timeout=60, check=False
+    )
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout)  # type: ignore[no-any-return]
 

@@ -75,8 +75,12 @@ def _manifest(config: dict[str, Any], layer: dict[str, Any], build_id: str) -> b
 
 
 def _real_save(
-    control: ControlStore, metadata: MetadataStore, project_id: str, config: dict[str, Any],
-    layer: dict[str, Any], saved_at: datetime,
+    control: ControlStore,
+    metadata: MetadataStore,
+    project_id: str,
+    config: dict[str, Any],
+    layer: dict[str, Any],
+    saved_at: datetime,
 ) -> str:
     build = control.create_build(project_id)
     payload = _manifest(config, layer, build.id)
@@ -109,24 +113,48 @@ def fill_to_cap(data_dir: Path) -> tuple[str, str, str]:
             payload = _manifest(config, layer, build_id)
             manifest_id = next_manifest + index
             saved_at = base + timedelta(seconds=2, milliseconds=index)
-            manifests.append({"id": manifest_id, "repository_id": repository_id, "digest": _sha(payload),
-                              "media_type": OCI_MANIFEST, "size": len(payload), "payload": payload,
-                              "created_at": saved_at})
-            references += [{"manifest_id": manifest_id, "digest": config["digest"], "kind": "blob"},
-                           {"manifest_id": manifest_id, "digest": layer["digest"], "kind": "blob"}]
-            tags.append({"repository_id": repository_id, "name": build_id, "manifest_id": manifest_id,
-                         "updated_at": saved_at})
-            builds.append({"id": build_id, "project_id": project.id, "status": "saved", "created_at": saved_at,
-                           "saved_at": saved_at, "expires_at": None, "pinned": False,
-                           "manifest_digest": _sha(payload), "media_type": OCI_MANIFEST,
-                           "platforms": template.platforms, "total_size": template.total_size,
-                           "unique_size": len(payload), "created_by": "scale test"})
+            manifests.append(
+                {
+                    "id": manifest_id,
+                    "repository_id": repository_id,
+                    "digest": _sha(payload),
+                    "media_type": OCI_MANIFEST,
+                    "size": len(payload),
+                    "payload": payload,
+                    "created_at": saved_at,
+                }
+            )
+            references += [
+                {"manifest_id": manifest_id, "digest": config["digest"], "kind": "blob"},
+                {"manifest_id": manifest_id, "digest": layer["digest"], "kind": "blob"},
+            ]
+            tags.append(
+                {"repository_id": repository_id, "name": build_id, "manifest_id": manifest_id, "updated_at": saved_at}
+            )
+            builds.append(
+                {
+                    "id": build_id,
+                    "project_id": project.id,
+                    "status": "saved",
+                    "created_at": saved_at,
+                    "saved_at": saved_at,
+                    "expires_at": None,
+                    "pinned": False,
+                    "manifest_digest": _sha(payload),
+                    "media_type": OCI_MANIFEST,
+                    "platforms": template.platforms,
+                    "total_size": template.total_size,
+                    "unique_size": len(payload),
+                    "created_by": "scale test",
+                }
+            )
         for table, rows in ((Manifest, manifests), (ManifestReference, references), (Tag, tags), (Build, builds)):
             for start in range(0, len(rows), ROWS_PER_STATEMENT):
                 session.execute(insert(table), rows[start : start + ROWS_PER_STATEMENT])
     with db.read() as session:
-        saved = session.scalar(select(func.count()).select_from(Build).where(Build.project_id == project.id,
-                                                                            Build.status == "saved"))
+        saved = session.scalar(
+            select(func.count()).select_from(Build).where(Build.project_id == project.id, Build.status == "saved")
+        )
     assert saved == CAP
     db.dispose()
     return project.id, oldest, second

@@ -81,8 +81,14 @@ class Env:
             manifests.append({"mediaType": stored.media_type, "digest": child, "size": len(stored.payload)})
         return self.put_manifest(repository, {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": manifests}, tags)
 
-    def saved_build(self, project_id: str, *, layers: list[bytes] | None = None, save_tags: list[str] = (),
-                    now: datetime | None = None) -> str:  # type: ignore[assignment]
+    def saved_build(
+        self,
+        project_id: str,
+        *,
+        layers: list[bytes] | None = None,
+        save_tags: list[str] = (),
+        now: datetime | None = None,
+    ) -> str:  # type: ignore[assignment]
         build = self.control.create_build(project_id)
         self.image(project_id, layers if layers is not None else [b"base-layer"], [build.id])
         self.control.mark_saved(build.id, platforms=["linux/amd64"], save_tags=list(save_tags), now=now)
@@ -108,8 +114,9 @@ def push_blob(http: object, repository: str, data: bytes) -> dict[str, object]:
         started = http.post(f"/v2/{repository}/blobs/uploads/")
         assert started.status_code == 202, started.text
         location = started.headers["Location"]
-        finished = http.put(location, params={"digest": digest}, content=data,
-                            headers={"Content-Type": "application/octet-stream"})
+        finished = http.put(
+            location, params={"digest": digest}, content=data, headers={"Content-Type": "application/octet-stream"}
+        )
         assert finished.status_code == 201, finished.text
     return {"mediaType": OCI_LAYER, "digest": digest, "size": len(data)}
 
@@ -121,7 +128,12 @@ def push_image(http: object, repository: str, tag: str, layers: list[bytes], sal
     assert isinstance(http, httpx.Client)
     config = push_blob(http, repository, json.dumps({"salt": salt}).encode())
     config["mediaType"] = OCI_CONFIG
-    body = {"schemaVersion": 2, "mediaType": OCI_MANIFEST, "config": config,
-            "layers": [push_blob(http, repository, layer) for layer in layers]}
-    return http.put(f"/v2/{repository}/manifests/{tag}", content=json.dumps(body).encode(),
-                    headers={"Content-Type": OCI_MANIFEST})
+    body = {
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": config,
+        "layers": [push_blob(http, repository, layer) for layer in layers],
+    }
+    return http.put(
+        f"/v2/{repository}/manifests/{tag}", content=json.dumps(body).encode(), headers={"Content-Type": OCI_MANIFEST}
+    )

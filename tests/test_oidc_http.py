@@ -94,7 +94,8 @@ def unknown_kid(server: ServerProcess, rotating_issuer: LoopbackOidcIssuer) -> t
     refused_at = time.monotonic()
     assert refused.status_code == 401
     assert refused.json() == {
-        "ok": False, "error": f"the token's signing key {kid!r} is not published by {rotating_issuer.url}"
+        "ok": False,
+        "error": f"the token's signing key {kid!r} is not published by {rotating_issuer.url}",
     }
     return project, kid, refused_at
 
@@ -175,9 +176,18 @@ def test_raw_jwt_works_as_a_password_for_many_requests(
     layout = tmp_path / "layout"
     write_sample_image(layout, layers=1, layer_size=1024, seed=9, ref="img")
     copied = subprocess.run(
-        ["skopeo", "copy", "--dest-tls-verify=false", "--dest-creds", f"x-token:{jwt_text}",
-         f"oci:{layout}:img", f"docker://{server.host}/{project}:raw"],
-        capture_output=True, text=True, timeout=120,
+        [
+            "skopeo",
+            "copy",
+            "--dest-tls-verify=false",
+            "--dest-creds",
+            f"x-token:{jwt_text}",
+            f"oci:{layout}:img",
+            f"docker://{server.host}/{project}:raw",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert copied.returncode == 0, copied.stderr
     with http(server, jwt_text) as client:
@@ -189,8 +199,10 @@ def test_raw_jwt_works_as_a_password_for_many_requests(
 
 
 def _rsa_public_pem(issuer: LoopbackOidcIssuer) -> bytes:
-    return issuer.private_key().public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    return (
+        issuer.private_key()
+        .public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
     )
 
 
@@ -208,24 +220,35 @@ def test_bad_tokens_are_refused_with_precise_messages(server: ServerProcess, iss
     project, _ = trusted_project(server, "octo-org/strict")
     now = int(time.time())
     kid = issuer.current_kid
-    good_claims = issuer.claims("push", repository="octo-org/strict",
-                                job_workflow_ref="octo-org/strict/.github/workflows/ci.yml@refs/heads/main")
+    good_claims = issuer.claims(
+        "push",
+        repository="octo-org/strict",
+        job_workflow_ref="octo-org/strict/.github/workflows/ci.yml@refs/heads/main",
+    )
     stranger = LoopbackOidcIssuer()  # never started: its key signs, presented under the trusted issuer's kid
     cases = {
-        "audience": (mint(issuer, "octo-org/strict", aud="https://elsewhere.example"),
-                     f"the token's audience is 'https://elsewhere.example', this server expects '{server.url}'"),
+        "audience": (
+            mint(issuer, "octo-org/strict", aud="https://elsewhere.example"),
+            f"the token's audience is 'https://elsewhere.example', this server expects '{server.url}'",
+        ),
         "expired": (mint(issuer, "octo-org/strict", iat=now - 500, exp=now - 200), "the token expired at"),
         "future iat": (mint(issuer, "octo-org/strict", iat=now + 300, exp=now + 600), "s in the future"),
-        "alg none": (_unsigned({"alg": "none", "typ": "JWT", "kid": kid}, good_claims),
-                     "the token is unsigned (alg 'none'); only RS256-signed tokens are accepted"),
-        "HS256 with the public key": (_hs256({"alg": "HS256", "typ": "JWT", "kid": kid}, good_claims,
-                                             _rsa_public_pem(issuer)),
-                                      "the token is signed with 'HS256'; only RS256 is accepted"),
-        "wrong issuer": (mint(issuer, "octo-org/strict", iss="https://token.actions.evil.example"),
-                         "the token was issued by 'https://token.actions.evil.example', which this server does "
-                         "not trust"),
-        "forged signature": (jwt.encode(good_claims, stranger.private_key(), algorithm="RS256", headers={"kid": kid}),
-                             "the token's signature does not verify"),
+        "alg none": (
+            _unsigned({"alg": "none", "typ": "JWT", "kid": kid}, good_claims),
+            "the token is unsigned (alg 'none'); only RS256-signed tokens are accepted",
+        ),
+        "HS256 with the public key": (
+            _hs256({"alg": "HS256", "typ": "JWT", "kid": kid}, good_claims, _rsa_public_pem(issuer)),
+            "the token is signed with 'HS256'; only RS256 is accepted",
+        ),
+        "wrong issuer": (
+            mint(issuer, "octo-org/strict", iss="https://token.actions.evil.example"),
+            "the token was issued by 'https://token.actions.evil.example', which this server does not trust",
+        ),
+        "forged signature": (
+            jwt.encode(good_claims, stranger.private_key(), algorithm="RS256", headers={"kid": kid}),
+            "the token's signature does not verify",
+        ),
         "garbage": ("not-a-jwt", "the token is not a JWT"),
     }
     for what, (token, expected) in cases.items():
@@ -254,8 +277,10 @@ def test_resurrected_repository_is_refused_once_ids_are_known(
     assert "the repository 'octo-org/reborn' has id 6006 but the trust relationship was set up with id 5005" in error
     new_owner = exchange(server, mint(issuer, "octo-org/reborn", repository_id="5005", repository_owner_id="7777"))
     assert new_owner.status_code == 403
-    assert "the owner 'octo-org' has id 7777 but the trust relationship was set up with id 1001" in new_owner.json()[
-        "error"]
+    assert (
+        "the owner 'octo-org' has id 7777 but the trust relationship was set up with id 1001"
+        in new_owner.json()["error"]
+    )
     assert relationship["id"] in error and project in error
 
 
@@ -291,7 +316,11 @@ def test_mismatches_are_listed_without_leaking_other_projects(
         server, "octo-org/vaulted", workflow="secret-deploy.yml", environment="vault-prod"
     )
     project, relationship = trusted_project(
-        server, "octo-org/mine", workflow="release.yml", environment="production", ref_pattern="refs/tags/v*",
+        server,
+        "octo-org/mine",
+        workflow="release.yml",
+        environment="production",
+        ref_pattern="refs/tags/v*",
         runner_environment="self-hosted",
     )
     refused = exchange(server, mint(issuer, "octo-org/mine"))
@@ -299,8 +328,10 @@ def test_mismatches_are_listed_without_leaking_other_projects(
     error = refused.json()["error"]
     assert f"relationship {relationship['id']} (project {project})" in error
     assert "ref 'refs/heads/main' does not match 'refs/tags/v*'" in error
-    assert ("workflow is 'octo-org/mine/.github/workflows/ci.yml', the relationship requires "
-            "'octo-org/mine/.github/workflows/release.yml'") in error
+    assert (
+        "workflow is 'octo-org/mine/.github/workflows/ci.yml', the relationship requires "
+        "'octo-org/mine/.github/workflows/release.yml'"
+    ) in error
     assert "the job has no environment, the relationship requires 'production'" in error
     assert "runner_environment is 'github-hosted', the relationship requires 'self-hosted'" in error
     for secret in (secret_project, secret_rel["id"], "secret-deploy", "vault-prod", "vaulted"):
@@ -314,9 +345,18 @@ def test_mismatches_are_listed_without_leaking_other_projects(
     assert unknown.json()["error"] == "no trust relationship for repository octo-org/nobody"
 
     workflow_file = "octo-org/mine/.github/workflows/release.yml@refs/tags/v2.0.0"
-    accepted = exchange(server, mint(issuer, "octo-org/mine", "environment", environment="production",
-                                     ref="refs/tags/v2.0.0", job_workflow_ref=workflow_file,
-                                     runner_environment="self-hosted"))
+    accepted = exchange(
+        server,
+        mint(
+            issuer,
+            "octo-org/mine",
+            "environment",
+            environment="production",
+            ref="refs/tags/v2.0.0",
+            job_workflow_ref=workflow_file,
+            runner_environment="self-hosted",
+        ),
+    )
     assert accepted.status_code == 200, accepted.text
     assert accepted.json()["projects"] == [project]
 

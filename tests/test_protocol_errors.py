@@ -51,8 +51,7 @@ INVALID_NAMES = {
 @pytest.mark.parametrize("name", INVALID_NAMES.values(), ids=INVALID_NAMES.keys())
 @pytest.mark.parametrize(
     ("method", "suffix"),
-    [("GET", "/tags/list"), ("POST", "/blobs/uploads/"), ("GET", "/manifests/latest"),
-     ("PUT", "/manifests/latest")],
+    [("GET", "/tags/list"), ("POST", "/blobs/uploads/"), ("GET", "/manifests/latest"), ("PUT", "/manifests/latest")],
     ids=["tags", "upload", "get-manifest", "put-manifest"],
 )
 def test_invalid_repository_name_is_rejected_with_an_oci_error(
@@ -61,8 +60,13 @@ def test_invalid_repository_name_is_rejected_with_an_oci_error(
     body = b'{"schemaVersion":2}' if method == "PUT" else b""
     headers = {"Content-Type": OCI_MANIFEST} if method == "PUT" else {}
     status, resp_headers, resp_body = raw_request(server, method, f"/v2/{name}{suffix}", body, headers)
-    assert_raw_error(status, resp_headers, resp_body, {400, 404}, NAME_ERRORS | {"MANIFEST_INVALID"}
-                     if method == "PUT" else NAME_ERRORS)
+    assert_raw_error(
+        status,
+        resp_headers,
+        resp_body,
+        {400, 404},
+        NAME_ERRORS | {"MANIFEST_INVALID"} if method == "PUT" else NAME_ERRORS,
+    )
 
 
 @pytest.mark.parametrize("name", ["UPPER/case", "a" * 256, "a..b/c"], ids=["uppercase", "too-long", "dot-dot"])
@@ -94,8 +98,9 @@ def test_valid_edge_case_names_are_accepted(http: httpx.Client, name: str) -> No
 def test_invalid_tag_is_rejected_with_400(server: ServerProcess, http: httpx.Client, tag: str) -> None:
     repo = new_repo()
     pushed = push_image(http, repo, "v1")
-    status, headers, body = raw_request(server, "PUT", f"/v2/{repo}/manifests/{tag}", pushed.body,
-                                        {"Content-Type": OCI_MANIFEST})
+    status, headers, body = raw_request(
+        server, "PUT", f"/v2/{repo}/manifests/{tag}", pushed.body, {"Content-Type": OCI_MANIFEST}
+    )
     if tag == "a%2Fb" and status == 404:  # a decoded slash may leave the path unroutable
         assert_raw_error(status, headers, body, {404}, {"NAME_UNKNOWN", "MANIFEST_UNKNOWN"})
     else:
@@ -104,8 +109,9 @@ def test_invalid_tag_is_rejected_with_400(server: ServerProcess, http: httpx.Cli
     assert tags == ["v1"]
 
 
-@pytest.mark.parametrize("tag", ["a" * 128, "_under", "A.b-C_d", "0"], ids=["128-chars", "underscore",
-                                                                            "mixed-case", "digit"])
+@pytest.mark.parametrize(
+    "tag", ["a" * 128, "_under", "A.b-C_d", "0"], ids=["128-chars", "underscore", "mixed-case", "digit"]
+)
 def test_valid_edge_case_tags_are_accepted(http: httpx.Client, tag: str) -> None:
     repo = new_repo()
     pushed = push_image(http, repo)
@@ -115,9 +121,7 @@ def test_valid_edge_case_tags_are_accepted(http: httpx.Client, tag: str) -> None
 
 
 @pytest.mark.parametrize("reference", ["sha256:xyz", "sha256:" + "a" * 63, "md5:" + "a" * 32])
-def test_manifest_reference_with_malformed_digest_is_an_error_not_a_crash(
-    http: httpx.Client, reference: str
-) -> None:
+def test_manifest_reference_with_malformed_digest_is_an_error_not_a_crash(http: httpx.Client, reference: str) -> None:
     repo = new_repo()
     push_image(http, repo, "v1")
     resp = get_manifest(http, repo, reference)
@@ -145,8 +149,9 @@ def test_blob_reference_with_malformed_digest_is_an_error_not_a_crash(http: http
 )
 def test_malformed_content_range_on_patch_is_400_or_416(http: httpx.Client, content_range: str) -> None:
     location = start_upload(http, new_repo())
-    resp = http.patch(location, content=random_blob(100),
-                      headers={"Content-Type": OCTET_STREAM, "Content-Range": content_range})
+    resp = http.patch(
+        location, content=random_blob(100), headers={"Content-Type": OCTET_STREAM, "Content-Range": content_range}
+    )
     assert resp.status_code in (400, 416), describe(resp)
     if resp.status_code == 400:
         assert_error(resp, 400, {"BLOB_UPLOAD_INVALID", "SIZE_INVALID", "DIGEST_INVALID"})
@@ -175,8 +180,12 @@ def test_patch_to_an_unknown_session_is_blob_upload_unknown(http: httpx.Client) 
 def test_every_error_response_is_an_oci_json_error(http: httpx.Client, method: str, path: str) -> None:
     repo, other = new_repo(), new_repo()
     push_image(http, repo, "v1")
-    resp = http.request(method, path.format(repo=repo, other=other), content=b"{" if method == "PUT" else None,
-                        headers={"Content-Type": OCI_MANIFEST} if method == "PUT" else {})
+    resp = http.request(
+        method,
+        path.format(repo=repo, other=other),
+        content=b"{" if method == "PUT" else None,
+        headers={"Content-Type": OCI_MANIFEST} if method == "PUT" else {},
+    )
     assert 400 <= resp.status_code < 500, describe(resp)
     assert_error(resp, resp.status_code)
 

@@ -86,8 +86,9 @@ def test_put_manifest_by_tag_returns_201_location_and_digest(http: httpx.Client,
     config, layer = random_blob(300), random_blob(3000)
     push_blob(http, repo, config, algorithm)
     push_blob(http, repo, layer, algorithm)
-    body = to_bytes(image_manifest(descriptor(OCI_CONFIG, config, algorithm),
-                                   [descriptor(OCI_LAYER_GZIP, layer, algorithm)]))
+    body = to_bytes(
+        image_manifest(descriptor(OCI_CONFIG, config, algorithm), [descriptor(OCI_LAYER_GZIP, layer, algorithm)])
+    )
     resp = put_manifest(http, repo, "latest", body, OCI_MANIFEST)
     assert resp.status_code == 201, describe(resp)
     assert resp.headers.get("location"), describe(resp)
@@ -192,11 +193,24 @@ def test_index_referencing_a_missing_child_manifest_is_manifest_blob_unknown(htt
         json.dumps({"schemaVersion": 1, "mediaType": OCI_MANIFEST, "config": {}, "layers": []}).encode(),
         json.dumps({"schemaVersion": 2, "mediaType": OCI_MANIFEST, "layers": []}).encode(),
         json.dumps({"schemaVersion": 2, "mediaType": OCI_MANIFEST, "config": "nope", "layers": []}).encode(),
-        json.dumps({"schemaVersion": 2, "mediaType": OCI_MANIFEST,
-                    "config": {"mediaType": OCI_CONFIG, "digest": "sha256:zz", "size": 2}, "layers": []}).encode(),
+        json.dumps(
+            {
+                "schemaVersion": 2,
+                "mediaType": OCI_MANIFEST,
+                "config": {"mediaType": OCI_CONFIG, "digest": "sha256:zz", "size": 2},
+                "layers": [],
+            }
+        ).encode(),
     ],
-    ids=["truncated-json", "empty", "json-array", "schema-version-1", "no-config", "config-not-object",
-         "bad-descriptor-digest"],
+    ids=[
+        "truncated-json",
+        "empty",
+        "json-array",
+        "schema-version-1",
+        "no-config",
+        "config-not-object",
+        "bad-descriptor-digest",
+    ],
 )
 def test_malformed_manifest_is_manifest_invalid(http: httpx.Client, body: bytes) -> None:
     resp = put_manifest(http, new_repo(), "v1", body, OCI_MANIFEST)
@@ -208,11 +222,16 @@ def test_docker_schema1_manifest_is_rejected(http: httpx.Client, media_type: str
     repo = new_repo()
     layer = random_blob(100)
     push_blob(http, repo, layer)
-    body = to_bytes({
-        "schemaVersion": 1, "name": repo, "tag": "v1", "architecture": "amd64",
-        "fsLayers": [{"blobSum": digest_of(layer)}],
-        "history": [{"v1Compatibility": json.dumps({"id": "a" * 64})}],
-    })
+    body = to_bytes(
+        {
+            "schemaVersion": 1,
+            "name": repo,
+            "tag": "v1",
+            "architecture": "amd64",
+            "fsLayers": [{"blobSum": digest_of(layer)}],
+            "history": [{"v1Compatibility": json.dumps({"id": "a" * 64})}],
+        }
+    )
     resp = put_manifest(http, repo, "v1", body, media_type)
     assert_error(resp, (400, 415), {"MANIFEST_INVALID", "UNSUPPORTED"})
 
@@ -259,8 +278,9 @@ def test_artifact_with_empty_config_pushes_and_pulls(http: httpx.Client) -> None
 def test_artifact_without_layers_is_accepted(http: httpx.Client) -> None:
     repo = new_repo()
     push_blob(http, repo, EMPTY_JSON)
-    body = to_bytes(image_manifest(descriptor(OCI_EMPTY, EMPTY_JSON), [],
-                                   artifact_type="application/vnd.example.marker"))
+    body = to_bytes(
+        image_manifest(descriptor(OCI_EMPTY, EMPTY_JSON), [], artifact_type="application/vnd.example.marker")
+    )
     resp = put_manifest(http, repo, "marker", body, OCI_MANIFEST)
     assert resp.status_code == 201, describe(resp)
     assert get_manifest(http, repo, "marker").content == body
@@ -274,8 +294,11 @@ def test_manifest_with_subject_gets_oci_subject_header(http: httpx.Client, subje
     else:
         subject = descriptor(OCI_MANIFEST, random_blob(500))
     push_blob(http, repo, EMPTY_JSON)
-    body = to_bytes(image_manifest(descriptor(OCI_EMPTY, EMPTY_JSON), [], subject=subject,
-                                   artifact_type="application/vnd.example.sig"))
+    body = to_bytes(
+        image_manifest(
+            descriptor(OCI_EMPTY, EMPTY_JSON), [], subject=subject, artifact_type="application/vnd.example.sig"
+        )
+    )
     resp = put_manifest(http, repo, digest_of(body), body, OCI_MANIFEST)
     assert resp.status_code == 201, describe(resp)
     assert resp.headers.get("oci-subject") == subject["digest"], describe(resp)
@@ -345,8 +368,9 @@ def test_docker_manifest_with_docker_media_types_round_trips(http: httpx.Client)
     config, layer = random_blob(200), random_blob(1000)
     push_blob(http, repo, config)
     push_blob(http, repo, layer)
-    manifest = image_manifest(descriptor(DOCKER_CONFIG, config), [descriptor(DOCKER_LAYER_GZIP, layer)],
-                              media_type=DOCKER_MANIFEST)
+    manifest = image_manifest(
+        descriptor(DOCKER_CONFIG, config), [descriptor(DOCKER_LAYER_GZIP, layer)], media_type=DOCKER_MANIFEST
+    )
     body = to_bytes(manifest, pretty=False)
     resp = put_manifest(http, repo, "compact", body, DOCKER_MANIFEST)
     assert resp.status_code == 201, describe(resp)

@@ -58,8 +58,11 @@ def test_referrers_lists_descriptors_of_manifests_with_that_subject(http: httpx.
     entries = by_digest(listed(referrers(http, repo, image.digest)))
     assert set(entries) == {sbom.digest, sig.digest}
     assert entries[sbom.digest] == {
-        "mediaType": sbom.media_type, "digest": sbom.digest, "size": len(sbom.body),
-        "artifactType": SBOM, "annotations": {"org.example.kind": "sbom"},
+        "mediaType": sbom.media_type,
+        "digest": sbom.digest,
+        "size": len(sbom.body),
+        "artifactType": SBOM,
+        "annotations": {"org.example.kind": "sbom"},
     }
     assert entries[sig.digest]["artifactType"] == SIG
     assert entries[sig.digest]["size"] == len(sig.body)
@@ -71,8 +74,14 @@ def test_referrers_artifact_type_falls_back_to_config_media_type(http: httpx.Cli
     repo = new_repo()
     image = push_image(http, repo, "v1")
     config = b'{"kind": "custom config"}'
-    ref = push_artifact(http, repo, image.descriptor(), artifact_type=None,
-                        config_media_type="application/vnd.example.config.v1+json", config_data=config)
+    ref = push_artifact(
+        http,
+        repo,
+        image.descriptor(),
+        artifact_type=None,
+        config_media_type="application/vnd.example.config.v1+json",
+        config_data=config,
+    )
     entries = by_digest(listed(referrers(http, repo, image.digest)))
     assert entries[ref.digest]["artifactType"] == "application/vnd.example.config.v1+json"
 
@@ -123,8 +132,11 @@ def test_referrers_in_an_unknown_repository_is_an_empty_index(http: httpx.Client
 
 def test_referrers_are_listed_even_when_the_subject_is_missing(http: httpx.Client) -> None:
     repo = new_repo()
-    subject = {"mediaType": "application/vnd.oci.image.manifest.v1+json",
-               "digest": digest_of(random_blob(100)), "size": 100}
+    subject = {
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "digest": digest_of(random_blob(100)),
+        "size": 100,
+    }
     ref = push_artifact(http, repo, subject, SBOM)
     entries = listed(referrers(http, repo, subject["digest"]))
     assert [entry["digest"] for entry in entries] == [ref.digest]
@@ -165,8 +177,14 @@ def test_referrers_of_a_sha512_subject(http: httpx.Client) -> None:
 def test_referrer_config_media_type_is_not_used_when_artifact_type_is_set(http: httpx.Client) -> None:
     repo = new_repo()
     image = push_image(http, repo, "v1")
-    ref = push_artifact(http, repo, image.descriptor(), SBOM, config_media_type=OCI_CONFIG,
-                        config_data=b'{"architecture":"amd64","os":"linux"}')
+    ref = push_artifact(
+        http,
+        repo,
+        image.descriptor(),
+        SBOM,
+        config_media_type=OCI_CONFIG,
+        config_data=b'{"architecture":"amd64","os":"linux"}',
+    )
     entries = by_digest(listed(referrers(http, repo, image.digest)))
     assert entries[ref.digest]["artifactType"] == SBOM
 

@@ -86,9 +86,7 @@ def test_tags_list_with_last_starts_after_it(http: httpx.Client, tagged_repo: st
     assert resp.json()["tags"] == ["delta", "epsilon", "gamma"]
 
 
-def test_tags_list_with_last_that_is_not_a_tag_uses_lexical_position(
-    http: httpx.Client, tagged_repo: str
-) -> None:
+def test_tags_list_with_last_that_is_not_a_tag_uses_lexical_position(http: httpx.Client, tagged_repo: str) -> None:
     resp = http.get(f"/v2/{tagged_repo}/tags/list", params={"last": "c", "n": 2})
     assert resp.status_code == 200, describe(resp)
     assert resp.json()["tags"] == ["delta", "epsilon"]

@@ -61,8 +61,9 @@ def test_post_starts_a_session_with_location_and_chunk_min_length(http: httpx.Cl
 def test_monolithic_post_with_digest_creates_the_blob(http: httpx.Client, algorithm: str) -> None:
     repo, data = new_repo(), random_blob(40_000)
     digest = digest_of(data, algorithm)
-    resp = http.post(f"/v2/{repo}/blobs/uploads/", params={"digest": digest}, content=data,
-                     headers={"Content-Type": OCTET_STREAM})
+    resp = http.post(
+        f"/v2/{repo}/blobs/uploads/", params={"digest": digest}, content=data, headers={"Content-Type": OCTET_STREAM}
+    )
     assert_created(http, resp, repo, digest)
     assert_blob_served(http, repo, digest, data)
     follow = http.get(resolve(http, resp.headers["location"]))
@@ -72,8 +73,9 @@ def test_monolithic_post_with_digest_creates_the_blob(http: httpx.Client, algori
 def test_monolithic_post_with_wrong_digest_is_rejected_and_stores_nothing(http: httpx.Client) -> None:
     repo, data = new_repo(), random_blob(1000)
     wrong = digest_of(random_blob(1000))
-    resp = http.post(f"/v2/{repo}/blobs/uploads/", params={"digest": wrong}, content=data,
-                     headers={"Content-Type": OCTET_STREAM})
+    resp = http.post(
+        f"/v2/{repo}/blobs/uploads/", params={"digest": wrong}, content=data, headers={"Content-Type": OCTET_STREAM}
+    )
     assert_error(resp, 400, "DIGEST_INVALID")
     assert not blob_exists(http, repo, wrong)
     assert not blob_exists(http, repo, digest_of(data))
@@ -106,7 +108,7 @@ def test_streamed_patch_with_chunked_transfer_encoding_is_accepted(http: httpx.C
 
     def body() -> Iterator[bytes]:
         for start in range(0, len(data), 32_768):
-            yield data[start:start + 32_768]
+            yield data[start : start + 32_768]
 
     location = start_upload(http, repo)
     resp = http.patch(location, content=body(), headers={"Content-Type": OCTET_STREAM})
@@ -122,7 +124,7 @@ def test_chunked_patches_report_the_received_range_each_time(http: httpx.Client,
     repo, data = new_repo(), random_blob(90_000)
     location = start_upload(http, repo)
     for start in range(0, len(data), 30_000):
-        resp = patch_chunk(http, location, data[start:start + 30_000], start)
+        resp = patch_chunk(http, location, data[start : start + 30_000], start)
         assert resp.status_code == 202, describe(resp)
         assert upload_range_end(resp) == start + 30_000 - 1
         location = resolve(http, resp.headers.get("location"))
@@ -157,7 +159,7 @@ def test_out_of_order_chunk_returns_416_and_keeps_the_session(http: httpx.Client
     first = patch_chunk(http, location, data[:1000], 0)
     assert first.status_code == 202, describe(first)
     location = resolve(http, first.headers.get("location"))
-    bad = patch_chunk(http, location, data[bad_start:bad_start + 1000], bad_start)
+    bad = patch_chunk(http, location, data[bad_start : bad_start + 1000], bad_start)
     assert bad.status_code == 416, describe(bad)
     status = http.get(location)
     assert status.status_code == 204, describe(status)
@@ -177,7 +179,8 @@ def test_put_may_carry_the_final_chunk_with_content_range(http: httpx.Client) ->
     assert resp.status_code == 202, describe(resp)
     digest = digest_of(data)
     final = http.put(
-        with_params(resolve(http, resp.headers.get("location")), digest=digest), content=data[20_000:],
+        with_params(resolve(http, resp.headers.get("location")), digest=digest),
+        content=data[20_000:],
         headers={"Content-Type": OCTET_STREAM, "Content-Range": f"20000-{len(data) - 1}"},
     )
     assert_created(http, final, repo, digest)
@@ -224,8 +227,7 @@ def test_put_with_malformed_digest_returns_digest_invalid(http: httpx.Client, ba
 
 
 def test_put_without_digest_is_rejected_with_400(http: httpx.Client) -> None:
-    resp = http.put(start_upload(http, new_repo()), content=random_blob(500),
-                    headers={"Content-Type": OCTET_STREAM})
+    resp = http.put(start_upload(http, new_repo()), content=random_blob(500), headers={"Content-Type": OCTET_STREAM})
     assert_error(resp, 400, {"DIGEST_INVALID", "BLOB_UPLOAD_INVALID"})
 
 
@@ -269,8 +271,9 @@ def test_unknown_upload_id_returns_blob_upload_unknown(http: httpx.Client, metho
     url = httpx.URL(f"{http.base_url}/v2/{repo}/blobs/uploads/{uuid.uuid4()}")
     if method == "PUT":
         url = with_params(url, digest=digest_of(b"x"))
-    resp = http.request(method, url, content=b"x" if method in ("PATCH", "PUT") else None,
-                        headers={"Content-Type": OCTET_STREAM})
+    resp = http.request(
+        method, url, content=b"x" if method in ("PATCH", "PUT") else None, headers={"Content-Type": OCTET_STREAM}
+    )
     assert_error(resp, 404, "BLOB_UPLOAD_UNKNOWN")
 
 
@@ -359,8 +362,7 @@ def test_concurrent_uploads_of_the_same_blob_all_succeed(server: ServerProcess) 
                 patched = client.patch(location, content=data, headers={"Content-Type": OCTET_STREAM})
                 assert patched.status_code == 202, describe(patched)
                 barrier.wait(timeout=20)
-                status: int | str = put_upload(client, resolve(client, patched.headers["location"]),
-                                               digest).status_code
+                status: int | str = put_upload(client, resolve(client, patched.headers["location"]), digest).status_code
         except Exception as exc:  # reported through results
             status = repr(exc)
         with lock:

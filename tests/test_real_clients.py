@@ -41,9 +41,7 @@ def _tools() -> None:
     require_tools("skopeo", "umoci")
 
 
-def _push_pull_image(
-    registry: Registry, token: str, tmp_path: Path, repo: str, image: SampleImage, src: Path
-) -> Path:
+def _push_pull_image(registry: Registry, token: str, tmp_path: Path, repo: str, image: SampleImage, src: Path) -> Path:
     """Push ``src:latest`` to ``repo:build-1`` and pull it back into a new layout; return that layout."""
     skopeo_copy(f"oci:{src}:latest", f"docker://{registry.host}/{repo}:build-1", token)
     out = tmp_path / "pulled"

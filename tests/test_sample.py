@@ -147,7 +147,9 @@ def test_umoci_accepts_sample_image(tmp_path: Path) -> None:
     image = write_sample_image(tmp_path / "img", layers=2, layer_size=100 * KiB, seed=9)
     out = subprocess.run(
         ["umoci", "stat", "--json", "--image", f"{tmp_path / 'img'}:latest"],
-        capture_output=True, text=True, check=False,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert out.returncode == 0, out.stderr
     history = json.loads(out.stdout)["history"]
@@ -158,16 +160,16 @@ def test_umoci_accepts_sample_image(tmp_path: Path) -> None:
 def test_skopeo_reads_sample_index(tmp_path: Path) -> None:
     require_tools("skopeo")
     sample = write_sample_index(tmp_path, layers=1, layer_size=10 * KiB, attestations=True)
-    out = subprocess.run(
-        ["skopeo", "inspect", "--raw", f"oci:{tmp_path}:latest"], capture_output=True, check=False
-    )
+    out = subprocess.run(["skopeo", "inspect", "--raw", f"oci:{tmp_path}:latest"], capture_output=True, check=False)
     assert out.returncode == 0, out.stderr
     assert OCILayout.open(tmp_path).read_blob(sample.index.digest) == out.stdout
     for image in sample.images:
         os_, arch = image.platform
         out = subprocess.run(
             ["skopeo", "--override-os", os_, "--override-arch", arch, "inspect", f"oci:{tmp_path}:latest"],
-            capture_output=True, text=True, check=False,
+            capture_output=True,
+            text=True,
+            check=False,
         )
         assert out.returncode == 0, out.stderr
         # skopeo reports the index digest as "Digest"; the per-platform image shows in its layers.

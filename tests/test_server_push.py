@@ -89,8 +89,12 @@ class _Notes(Progress):
 
 
 def test_server_pushes_the_whole_index_and_the_client_downloads_nothing(
-    source: ServerProcess, multiarch: tuple[Path, SampleIndex], refregistry: RefRegistry,
-    no_client_downloads: None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+    source: ServerProcess,
+    multiarch: tuple[Path, SampleIndex],
+    refregistry: RefRegistry,
+    no_client_downloads: None,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
 ) -> None:
     monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "empty-docker-config"))
     layout_dir, sample = multiarch
@@ -106,22 +110,36 @@ def test_server_pushes_the_whole_index_and_the_client_downloads_nothing(
     assert listed == {str(i.manifest.digest) for i in sample.images} | {str(a.digest) for a in sample.attestations}
     for image in sample.images:  # every layer arrived intact (skopeo verifies digests while copying)
         proc = subprocess.run(
-            ["skopeo", "copy", "--src-tls-verify=false", f"docker://{refregistry.host}/team/app@{image.manifest.digest}",
-             f"oci:{tmp_path / ('check-' + image.platform[1])}:x"], capture_output=True, text=True, timeout=120,
-            check=False)
+            [
+                "skopeo",
+                "copy",
+                "--src-tls-verify=false",
+                f"docker://{refregistry.host}/team/app@{image.manifest.digest}",
+                f"oci:{tmp_path / ('check-' + image.platform[1])}:x",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
         assert proc.returncode == 0, proc.stderr
     with source.client() as admin:
         metrics = admin.get("/metrics").text
-    uploaded = [line for line in metrics.splitlines()
-                if line.startswith('cargohold_server_pushes_total{result="uploaded"}')]
+    uploaded = [
+        line for line in metrics.splitlines() if line.startswith('cargohold_server_pushes_total{result="uploaded"}')
+    ]
     assert uploaded and float(uploaded[0].split()[-1]) == pushed.uploaded
     pushed_bytes = [line for line in metrics.splitlines() if line.startswith("cargohold_server_push_bytes_total")]
     assert pushed_bytes and float(pushed_bytes[0].split()[-1]) == pushed.uploaded_size
 
 
 def test_server_push_with_basic_credentials(
-    source: ServerProcess, multiarch: tuple[Path, SampleIndex], refregistry_auth: RefRegistry,
-    no_client_downloads: None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+    source: ServerProcess,
+    multiarch: tuple[Path, SampleIndex],
+    refregistry_auth: RefRegistry,
+    no_client_downloads: None,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
 ) -> None:
     layout_dir, sample = multiarch
     conn, saved = _saved_build(source, layout_dir)
@@ -141,8 +159,11 @@ def test_server_push_with_basic_credentials(
 
 
 def test_server_push_to_a_token_registry_hands_over_a_scoped_token_only(
-    source: ServerProcess, multiarch: tuple[Path, SampleIndex], no_client_downloads: None,
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+    source: ServerProcess,
+    multiarch: tuple[Path, SampleIndex],
+    no_client_downloads: None,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
 ) -> None:
     """The destination is another Cargohold (Bearer token auth): the server gets a token scoped to the one
     destination repository, never the password the client logged in with."""
@@ -176,8 +197,11 @@ def test_server_push_to_a_token_registry_hands_over_a_scoped_token_only(
 
 
 def test_loopback_is_refused_by_default_and_auto_falls_back_to_the_client(
-    server: ServerProcess, multiarch: tuple[Path, SampleIndex], refregistry: RefRegistry,
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+    server: ServerProcess,
+    multiarch: tuple[Path, SampleIndex],
+    refregistry: RefRegistry,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
 ) -> None:
     monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "empty-docker-config"))
     layout_dir, sample = multiarch
@@ -194,7 +218,10 @@ def test_loopback_is_refused_by_default_and_auto_falls_back_to_the_client(
 
 
 def test_disabled_server_push_falls_back(
-    multiarch: tuple[Path, SampleIndex], refregistry: RefRegistry, monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+    multiarch: tuple[Path, SampleIndex],
+    refregistry: RefRegistry,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
 ) -> None:
     monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "empty-docker-config"))
     server = _start(tmp_path, "disabled", ["--no-server-push", *LOOPBACK])
@@ -211,7 +238,10 @@ def test_disabled_server_push_falls_back(
 
 
 def test_unreachable_destination_fails_with_a_sentence(
-    source: ServerProcess, multiarch: tuple[Path, SampleIndex], monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+    source: ServerProcess,
+    multiarch: tuple[Path, SampleIndex],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
 ) -> None:
     monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "empty-docker-config"))
     layout_dir, _ = multiarch
@@ -226,8 +256,11 @@ def test_unreachable_destination_fails_with_a_sentence(
 
 
 def _body(repository: str, digest: str, url: str, **destination: Any) -> dict[str, Any]:
-    return {"repository": repository, "digest": digest,
-            "destination": {"url": url, "repository": "x/y", "authorization": None, **destination}}
+    return {
+        "repository": repository,
+        "digest": digest,
+        "destination": {"url": url, "repository": "x/y", "authorization": None, **destination},
+    }
 
 
 def test_api_refuses_bad_requests_with_reasons(source: ServerProcess, multiarch: tuple[Path, SampleIndex]) -> None:
@@ -262,9 +295,7 @@ def test_api_refuses_bad_requests_with_reasons(source: ServerProcess, multiarch:
     assert (status, code) == (403, "DESTINATION_NOT_ALLOWED") and "link-local" in message
 
 
-def test_api_only_copies_blobs_the_caller_may_pull(
-    source: ServerProcess, multiarch: tuple[Path, SampleIndex]
-) -> None:
+def test_api_only_copies_blobs_the_caller_may_pull(source: ServerProcess, multiarch: tuple[Path, SampleIndex]) -> None:
     layout_dir, sample = multiarch
     conn, _ = _saved_build(source, layout_dir)
     with ControlClient(source.url, source.admin_token) as control:
@@ -283,8 +314,21 @@ def test_api_only_copies_blobs_the_caller_may_pull(
 def test_policy_allows_public_and_listed_networks_only() -> None:
     policy = EgressPolicy(parse_networks(["10.1.0.0/16", "192.0.2.7"]))
     allowed = ["8.8.8.8", "140.82.112.3", "2606:4700::1111", "10.1.2.3", "192.0.2.7"]
-    refused = ["127.0.0.1", "::1", "::ffff:127.0.0.1", "10.2.0.1", "192.168.1.1", "172.16.0.1", "169.254.169.254",
-               "100.64.0.1", "0.0.0.0", "fd00::1", "fe80::1", "224.0.0.1", "192.0.2.8"]
+    refused = [
+        "127.0.0.1",
+        "::1",
+        "::ffff:127.0.0.1",
+        "10.2.0.1",
+        "192.168.1.1",
+        "172.16.0.1",
+        "169.254.169.254",
+        "100.64.0.1",
+        "0.0.0.0",
+        "fd00::1",
+        "fe80::1",
+        "224.0.0.1",
+        "192.0.2.8",
+    ]
     for text in allowed:
         assert policy.allows(ipaddress.ip_address(text)), text
     for text in refused:
@@ -377,8 +421,11 @@ def test_a_client_that_goes_away_stops_the_server_upload(source: ServerProcess) 
 
 
 def test_insecure_registry_pushes_over_plain_http(
-    source: ServerProcess, multiarch: tuple[Path, SampleIndex], refregistry: RefRegistry,
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+    source: ServerProcess,
+    multiarch: tuple[Path, SampleIndex],
+    refregistry: RefRegistry,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
 ) -> None:
     """A destination by a name that is not loopback: HTTPS unless listed as insecure. The server cannot
     resolve the test-only name, so ``auto`` streams through the client after the server's refusal."""

@@ -156,8 +156,9 @@ def test_registry_token_expiry_and_tampering(tmp_path: Path) -> None:
 
 def test_registry_token_with_foreign_algorithm_is_refused(tmp_path: Path) -> None:
     signer = RegistryTokenSigner(load_or_create_keyring(tmp_path))
-    forged = jwt.encode({"sub": "x", "access": []}, "s" * 32, algorithm="HS256",
-                        headers={"kid": signer.keyring.current.kid})
+    forged = jwt.encode(
+        {"sub": "x", "access": []}, "s" * 32, algorithm="HS256", headers={"kid": signer.keyring.current.kid}
+    )
     with pytest.raises(RegistryTokenError, match="only accepts EdDSA"):
         signer.verify(forged)
 
@@ -166,15 +167,24 @@ def test_registry_token_with_foreign_algorithm_is_refused(tmp_path: Path) -> Non
 
 
 def test_parse_scope_forms() -> None:
-    assert parse_scope("repository:alpha/app:push,pull") == ResourceScope("repository", "alpha/app",
-                                                                         ("pull", "push"))
+    assert parse_scope("repository:alpha/app:push,pull") == ResourceScope("repository", "alpha/app", ("pull", "push"))
     assert parse_scope("repository:localhost:5000/alpha:pull").name == "localhost:5000/alpha"
     assert parse_scope("repository(plugin):alpha:pull").type == "repository"
     assert parse_scope("registry:catalog:*") == ResourceScope("registry", "catalog", ("*",))
 
 
-@pytest.mark.parametrize("bad", ["repository", "repository:alpha", "repository:alpha:", ":alpha:pull",
-                                 "repository::pull", "Repo!:alpha:pull", "repository:alpha:pu$h"])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "repository",
+        "repository:alpha",
+        "repository:alpha:",
+        ":alpha:pull",
+        "repository::pull",
+        "Repo!:alpha:pull",
+        "repository:alpha:pu$h",
+    ],
+)
 def test_malformed_scopes_are_explained(bad: str) -> None:
     with pytest.raises(ScopeError, match="scope"):
         parse_scope(bad)
@@ -182,8 +192,10 @@ def test_malformed_scopes_are_explained(bad: str) -> None:
 
 def test_multiple_scope_params_are_merged() -> None:
     scopes = parse_scopes(["repository:alpha/app:pull", "repository:alpha/app:push repository:beta:pull"])
-    assert scopes == [ResourceScope("repository", "alpha/app", ("pull", "push")),
-                      ResourceScope("repository", "beta", ("pull",))]
+    assert scopes == [
+        ResourceScope("repository", "alpha/app", ("pull", "push")),
+        ResourceScope("repository", "beta", ("pull",)),
+    ]
 
 
 def test_pull_token_asking_for_push_gets_only_pull() -> None:
@@ -196,8 +208,7 @@ def test_pull_token_asking_only_push_gets_nothing() -> None:
 
 
 def test_project_a_token_asking_for_repository_b_gets_nothing() -> None:
-    requested = parse_scopes(["repository:beta/app:pull,push", "repository:alphabet:pull",
-                              "repository:alpha/app:pull"])
+    requested = parse_scopes(["repository:beta/app:pull,push", "repository:alphabet:pull", "repository:alpha/app:pull"])
     assert granted_access(project_principal("alpha"), requested) == [
         ResourceScope("repository", "alpha/app", ("pull",))
     ]
@@ -205,14 +216,19 @@ def test_project_a_token_asking_for_repository_b_gets_nothing() -> None:
 
 def test_non_admins_never_get_catalog_delete_or_wildcards() -> None:
     requested = parse_scopes(["registry:catalog:*", "repository:alpha:*", "repository:alpha:delete"])
-    assert granted_access(project_principal(), requested) == [
-        ResourceScope("repository", "alpha", ("pull", "push"))
-    ]
+    assert granted_access(project_principal(), requested) == [ResourceScope("repository", "alpha", ("pull", "push"))]
 
 
 def test_admin_gets_everything_requested_that_exists() -> None:
-    requested = parse_scopes(["registry:catalog:*", "repository:anything/here:*", "repository:x:frobnicate",
-                              "repository:INVALID:pull", "unknown:thing:pull"])
+    requested = parse_scopes(
+        [
+            "registry:catalog:*",
+            "repository:anything/here:*",
+            "repository:x:frobnicate",
+            "repository:INVALID:pull",
+            "unknown:thing:pull",
+        ]
+    )
     assert granted_access(ADMIN, requested) == [
         ResourceScope("registry", "catalog", ("*",)),
         ResourceScope("repository", "anything/here", ("delete", "pull", "push")),
@@ -228,11 +244,19 @@ def test_build_scoped_pull_carries_the_build_into_the_token(tmp_path: Path) -> N
 
 
 def test_unrestricted_pull_beats_build_restriction_and_two_builds_cancel() -> None:
-    both = Principal(CredentialKind.OIDC, "3", "o", (Permission("alpha", frozenset({"pull"}), "b1"),
-                                                     Permission("alpha", frozenset({"pull", "push"}))))
+    both = Principal(
+        CredentialKind.OIDC,
+        "3",
+        "o",
+        (Permission("alpha", frozenset({"pull"}), "b1"), Permission("alpha", frozenset({"pull", "push"}))),
+    )
     assert granted_access(both, parse_scopes(["repository:alpha:pull"])) == [
         ResourceScope("repository", "alpha", ("pull",))
     ]
-    two = Principal(CredentialKind.OIDC, "4", "o", (Permission("alpha", frozenset({"pull"}), "b1"),
-                                                    Permission("alpha", frozenset({"pull"}), "b2")))
+    two = Principal(
+        CredentialKind.OIDC,
+        "4",
+        "o",
+        (Permission("alpha", frozenset({"pull"}), "b1"), Permission("alpha", frozenset({"pull"}), "b2")),
+    )
     assert granted_access(two, parse_scopes(["repository:alpha:pull"])) == []

@@ -11,10 +11,19 @@ from cargohold.registry.oidc import GitHubClaims
 from cargohold.registry.trust import LearnedIds, TrustConfigError, TrustRelationship, match
 
 BASE = GitHubClaims(
-    issuer="https://token.actions.githubusercontent.com", subject="repo:octo-org/app:ref:refs/heads/main",
-    audience="https://registry.test", jti="j1", issued_at=1, expires_at=301,
-    repository="octo-org/app", repository_id="2002", repository_owner="octo-org", repository_owner_id="1001",
-    event_name="push", ref="refs/heads/main", sha="a" * 40,
+    issuer="https://token.actions.githubusercontent.com",
+    subject="repo:octo-org/app:ref:refs/heads/main",
+    audience="https://registry.test",
+    jti="j1",
+    issued_at=1,
+    expires_at=301,
+    repository="octo-org/app",
+    repository_id="2002",
+    repository_owner="octo-org",
+    repository_owner_id="1001",
+    event_name="push",
+    ref="refs/heads/main",
+    sha="a" * 40,
     job_workflow_ref="octo-org/app/.github/workflows/ci.yml@refs/heads/main",
     runner_environment="github-hosted",
 )
@@ -25,9 +34,14 @@ def claims(**changes: object) -> GitHubClaims:
 
 
 def rel(**kwargs: object) -> TrustRelationship:
-    values: dict[str, object] = {"id": "r1", "project": "web", "repository_owner": "octo-org",
-                                 "repository_name": "app", "repository_owner_id": "1001",
-                                 "repository_id": "2002"}
+    values: dict[str, object] = {
+        "id": "r1",
+        "project": "web",
+        "repository_owner": "octo-org",
+        "repository_name": "app",
+        "repository_owner_id": "1001",
+        "repository_id": "2002",
+    }
     values.update(kwargs)
     return TrustRelationship(**values)  # type: ignore[arg-type]
 
@@ -55,8 +69,7 @@ def test_first_match_learns_ids_then_they_are_enforced() -> None:
 
 def test_same_names_with_different_ids_are_refused_as_resurrection() -> None:
     resurrected = claims(repository_owner_id="9999", repository_id="8888")
-    result = match([rel(), rel(id="r2", project="other", repository_owner_id=None, repository_id=None)],
-                   resurrected)
+    result = match([rel(), rel(id="r2", project="other", repository_owner_id=None, repository_id=None)], resurrected)
     assert not result.ok and result.learned == ()
     assert result.denial is not None
     assert "the owner 'octo-org' has id 9999 but the trust relationship was set up with id 1001" in result.denial
@@ -120,47 +133,62 @@ def test_environment_ref_and_runner_filters() -> None:
 def test_all_mismatching_fields_are_listed() -> None:
     result = match([rel(workflow="release.yml", environment="prod", ref_pattern="refs/tags/*")], BASE)
     assert result.denial is not None
-    assert result.denial.startswith("no trust relationship for repository octo-org/app matched this token: "
-                                    "relationship r1 (project web): ")
+    assert result.denial.startswith(
+        "no trust relationship for repository octo-org/app matched this token: relationship r1 (project web): "
+    )
     for fragment in ("workflow is", "no environment", "does not match 'refs/tags/*'"):
         assert fragment in result.denial
 
 
 def test_no_relationship_for_repository_is_stated_exactly_without_leaking_others() -> None:
-    others = [rel(id="secret-rel", project="secret-project", repository_name="other-app",
-                  workflow="secret.yml")]
+    others = [rel(id="secret-rel", project="secret-project", repository_name="other-app", workflow="secret.yml")]
     result = match(others, BASE)
     assert result.denial == "no trust relationship for repository octo-org/app"
 
 
 def test_denial_only_mentions_relationships_of_the_same_repository() -> None:
-    result = match([rel(ref_pattern="refs/tags/*"),
-                    rel(id="r-other", project="hidden", repository_name="different", ref_pattern="refs/x")],
-                   BASE)
+    result = match(
+        [
+            rel(ref_pattern="refs/tags/*"),
+            rel(id="r-other", project="hidden", repository_name="different", ref_pattern="refs/x"),
+        ],
+        BASE,
+    )
     assert result.denial is not None
     assert "hidden" not in result.denial and "r-other" not in result.denial and "refs/x" not in result.denial
 
 
 def test_multiple_projects_and_pull_only() -> None:
-    result = match([rel(id="r1", project="web"), rel(id="r2", project="docs", pull_only=True),
-                    rel(id="r3", project="web", pull_only=True), rel(id="r4", project="x", ref_pattern="refs/t")],
-                   BASE)
+    result = match(
+        [
+            rel(id="r1", project="web"),
+            rel(id="r2", project="docs", pull_only=True),
+            rel(id="r3", project="web", pull_only=True),
+            rel(id="r4", project="x", ref_pattern="refs/t"),
+        ],
+        BASE,
+    )
     assert {r.id for r in result.matched} == {"r1", "r2", "r3"}
-    assert set(result.permissions) == {Permission("web", frozenset({"pull", "push"})),
-                                       Permission("docs", frozenset({"pull"}))}
+    assert set(result.permissions) == {
+        Permission("web", frozenset({"pull", "push"})),
+        Permission("docs", frozenset({"pull"})),
+    }
 
 
-@pytest.mark.parametrize(("kwargs", "message"), [
-    ({"provider": "gitlab"}, "only 'github'"),
-    ({"repository_owner": "bad owner"}, "not a valid GitHub name"),
-    ({"repository_id": "12a"}, "decimal number"),
-    ({"workflow": "../../evil.yml"}, "workflow"),
-    ({"workflow": "ci.txt"}, ".yml/.yaml"),
-    ({"ref_pattern": "main"}, "must start with refs/"),
-    ({"runner_environment": "cloud"}, "runner_environment must be one of"),
-    ({"allow_events": frozenset({"push"})}, "need no opt-in"),
-    ({"environment": " "}, "environment must not be empty"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"provider": "gitlab"}, "only 'github'"),
+        ({"repository_owner": "bad owner"}, "not a valid GitHub name"),
+        ({"repository_id": "12a"}, "decimal number"),
+        ({"workflow": "../../evil.yml"}, "workflow"),
+        ({"workflow": "ci.txt"}, ".yml/.yaml"),
+        ({"ref_pattern": "main"}, "must start with refs/"),
+        ({"runner_environment": "cloud"}, "runner_environment must be one of"),
+        ({"allow_events": frozenset({"push"})}, "need no opt-in"),
+        ({"environment": " "}, "environment must not be empty"),
+    ],
+)
 def test_invalid_relationships_are_refused_with_the_field(kwargs: dict[str, object], message: str) -> None:
     with pytest.raises(TrustConfigError, match=message):
         rel(**kwargs)

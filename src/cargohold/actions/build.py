@@ -110,14 +110,17 @@ def read_inputs(rt: ActionRuntime) -> BuildInputs:
         image=image,
     )
     if inputs.push and not inputs.tags:
-        raise ActionError("'push: true' needs at least one entry in 'tags'; add tags or set push to false",
-                          title="Invalid input")
+        raise ActionError(
+            "'push: true' needs at least one entry in 'tags'; add tags or set push to false", title="Invalid input"
+        )
     if inputs.save_tags and not inputs.save:
-        raise ActionError("'save-tags' only apply when saving; remove them or set 'save: true'",
-                          title="Conflicting inputs")
+        raise ActionError(
+            "'save-tags' only apply when saving; remove them or set 'save: true'", title="Conflicting inputs"
+        )
     if inputs.image and not inputs.save:
-        raise ActionError("with 'image' the only job is saving it; set 'save: true' or remove 'image'",
-                          title="Conflicting inputs")
+        raise ActionError(
+            "with 'image' the only job is saving it; set 'save: true' or remove 'image'", title="Conflicting inputs"
+        )
     return inputs
 
 
@@ -190,10 +193,7 @@ def write_results(rt: ActionRuntime, inputs: BuildInputs, result: Any) -> None:
     heading = "### :package: Cargohold build saved" if inputs.save else "### :hammer: Cargohold build finished"
     pull_hint = ""
     if outputs["build-id"]:
-        pull_hint = (
-            "\nPull it in later jobs with `cargohold/action-pull` and "
-            f"`build-id: {outputs['build-id']}`.\n"
-        )
+        pull_hint = f"\nPull it in later jobs with `cargohold/action-pull` and `build-id: {outputs['build-id']}`.\n"
     rt.append_summary(f"{heading}\n\n" + markdown_table(["", ""], rows) + pull_hint)
 
 

@@ -87,7 +87,10 @@ def parse_build_ref(value: str, registry: Registry | None = None) -> BuildRef:
 
 
 def authenticate(
-    rt: ActionRuntime, registry: Registry, *, client: httpx.Client | None = None,
+    rt: ActionRuntime,
+    registry: Registry,
+    *,
+    client: httpx.Client | None = None,
     sleep: Callable[[float], None] | None = None,
 ) -> RegistryToken:
     """Resolve and mask the registry token, and say in the log where it came from (never what it is)."""
@@ -119,8 +122,16 @@ def images_errors(title: str) -> Iterator[None]:
 
     try:
         yield
-    except (ImageError, RegistryError, ControlError, CredentialsError, SettingsError, ArchiveError, LayoutError,
-            ImageReferenceError) as exc:
+    except (
+        ImageError,
+        RegistryError,
+        ControlError,
+        CredentialsError,
+        SettingsError,
+        ArchiveError,
+        LayoutError,
+        ImageReferenceError,
+    ) as exc:
         raise ActionError(str(exc).strip() or type(exc).__name__, title=title) from None
 
 

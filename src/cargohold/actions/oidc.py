@@ -207,9 +207,7 @@ def _fork_hint(environ: Mapping[str, str]) -> str | None:
     return head if isinstance(head, str) and head != base else None
 
 
-def request_id_token(
-    rt: ActionRuntime, client: httpx.Client, audience: str, *, sleep: Callable[[float], None]
-) -> str:
+def request_id_token(rt: ActionRuntime, client: httpx.Client, audience: str, *, sleep: Callable[[float], None]) -> str:
     """A fresh GitHub ID token for ``audience``, masked before it is returned."""
     url = rt.environ.get(REQUEST_URL_ENV, "")
     request_token = rt.environ.get(REQUEST_TOKEN_ENV, "")

@@ -32,15 +32,22 @@ def parse_tags(rt: ActionRuntime) -> list[str]:
         try:
             parsed = ImageReference.parse(tag)
         except ImageReferenceError as exc:
-            raise ActionError(f"'tags' entry {tag!r} is not an image reference ({exc}); write e.g. "
-                              "ghcr.io/owner/app:1.2.3", title="Invalid input") from None
+            raise ActionError(
+                f"'tags' entry {tag!r} is not an image reference ({exc}); write e.g. ghcr.io/owner/app:1.2.3",
+                title="Invalid input",
+            ) from None
         if parsed.digest is not None or parsed.tag is None:
-            raise ActionError(f"'tags' entry {tag!r} needs a tag and no digest; write e.g. ghcr.io/owner/app:1.2.3",
-                              title="Invalid input")
+            raise ActionError(
+                f"'tags' entry {tag!r} needs a tag and no digest; write e.g. ghcr.io/owner/app:1.2.3",
+                title="Invalid input",
+            )
         first, slash, _ = tag.partition("/")
         if not slash or not is_registry_host(first):
-            raise ActionError(f"'tags' entry {tag!r} names no registry, which means Docker Hub; write the registry "
-                              "out, e.g. docker.io/owner/app:1.2.3 or ghcr.io/owner/app:1.2.3", title="Invalid input")
+            raise ActionError(
+                f"'tags' entry {tag!r} names no registry, which means Docker Hub; write the registry "
+                "out, e.g. docker.io/owner/app:1.2.3 or ghcr.io/owner/app:1.2.3",
+                title="Invalid input",
+            )
     return tags
 
 
@@ -58,8 +65,11 @@ def main(rt: ActionRuntime) -> None:
     password = rt.get_input("password")
     rt.add_mask(password)
     if bool(username) != bool(password):
-        raise ActionError("set both 'username' and 'password' for the destination, or neither to use the Docker "
-                          "config that docker/login-action wrote", title="Invalid input")
+        raise ActionError(
+            "set both 'username' and 'password' for the destination, or neither to use the Docker "
+            "config that docker/login-action wrote",
+            title="Invalid input",
+        )
     token = authenticate(rt, registry)
 
     from cargohold import images  # deferred: the input checks above should not wait for heavy imports
@@ -85,8 +95,10 @@ def write_results(rt: ActionRuntime, tags: list[str], result: Any) -> None:
     digests: dict[str, str] = dict(result.digests)
     missing = [tag for tag in tags if not digests.get(tag)]
     if missing:
-        raise ActionError(f"the registry did not confirm {', '.join(missing)}; re-run the job to push them again",
-                          title="Push incomplete")
+        raise ActionError(
+            f"the registry did not confirm {', '.join(missing)}; re-run the job to push them again",
+            title="Push incomplete",
+        )
     rt.set_output("digest", digests[tags[0]])
     rt.set_output("tags", "\n".join(tags))
     rows = [(markdown_code(tag), markdown_code(digests[tag])) for tag in tags]

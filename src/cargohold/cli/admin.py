@@ -48,11 +48,22 @@ def tokens_app() -> None:
     """Create, list and revoke Cargohold tokens."""
 
 
-PROJECT_COLUMNS = [("id", "ID"), ("name", "Name"), ("retention", "Retention"), ("max_builds", "Max builds"),
-                   ("created_at", "Created")]
+PROJECT_COLUMNS = [
+    ("id", "ID"),
+    ("name", "Name"),
+    ("retention", "Retention"),
+    ("max_builds", "Max builds"),
+    ("created_at", "Created"),
+]
 TRUST_COLUMNS = [("id", "ID"), ("repository", "Repository"), ("conditions", "Conditions"), ("access", "Access")]
-TOKEN_COLUMNS = [("id", "ID"), ("kind", "Kind"), ("name", "Name"), ("scope", "Scope"), ("expires_at", "Expires"),
-                 ("status", "Status")]
+TOKEN_COLUMNS = [
+    ("id", "ID"),
+    ("kind", "Kind"),
+    ("name", "Name"),
+    ("scope", "Scope"),
+    ("expires_at", "Expires"),
+    ("status", "Status"),
+]
 
 
 # --- small helpers ----------------------------------------------------------------------------------------
@@ -102,8 +113,12 @@ def _trust_row(rel: dict[str, Any]) -> dict[str, Any]:
     if rel.get("repository_owner_id") or rel.get("repository_id"):
         ids = f"ids {rel.get('repository_owner_id') or '?'}/{rel.get('repository_id') or '?'}"
     conditions = [ids]
-    for key, label in (("workflow", "workflow"), ("environment", "environment"), ("ref_pattern", "ref"),
-                       ("runner_environment", "runner")):
+    for key, label in (
+        ("workflow", "workflow"),
+        ("environment", "environment"),
+        ("ref_pattern", "ref"),
+        ("runner_environment", "runner"),
+    ):
         if rel.get(key):
             conditions.append(f"{label} {rel[key]}")
     if rel.get("allow_events"):
@@ -172,8 +187,7 @@ def projects_list(registry: str | None, token: str | None, as_json: bool) -> Non
     control, _ = _control(registry, token)
     with control:
         projects = control.list_projects()
-    emit(projects, as_json=as_json, columns=PROJECT_COLUMNS, rows=[_project_row(p) for p in projects],
-         title="Projects")
+    emit(projects, as_json=as_json, columns=PROJECT_COLUMNS, rows=[_project_row(p) for p in projects], title="Projects")
 
 
 @projects_app.command("show")
@@ -246,8 +260,9 @@ def _need(project: str | None) -> str:
 @click.option("--environment", help="Required deployment environment.")
 @click.option("--ref", help="Required ref pattern, e.g. refs/heads/main or refs/tags/v*.")
 @click.option("--runner-environment", help="github-hosted or self-hosted.")
-@click.option("--allow-event", multiple=True,
-              help="Opt into a risky event (pull_request_target, workflow_run); repeatable.")
+@click.option(
+    "--allow-event", multiple=True, help="Opt into a risky event (pull_request_target, workflow_run); repeatable."
+)
 @click.option("--pull-only", is_flag=True, help="Grant pull but never push.")
 @project_option
 @registry_option
@@ -302,8 +317,13 @@ def trust_list(project: str | None, registry: str | None, token: str | None, as_
     project_id = require_project(connection)
     with connection.control() as control:
         rels = control.list_trust(project_id)
-    emit(rels, as_json=as_json, columns=TRUST_COLUMNS, rows=[_trust_row(r) for r in rels],
-         title=f"Trust relationships of {project_id}")
+    emit(
+        rels,
+        as_json=as_json,
+        columns=TRUST_COLUMNS,
+        rows=[_trust_row(r) for r in rels],
+        title=f"Trust relationships of {project_id}",
+    )
 
 
 @trust_app.command("remove")
@@ -510,6 +530,4 @@ def whoami(registry: str | None, token: str | None, as_json: bool) -> None:
     if as_json:
         emit({"registry": connection.registry, "token_source": connection.token_source, **who}, as_json=True)
         return
-    stdout.print(
-        f"{_describe(who)} at {connection.registry} (token from {connection.token_source})", markup=False
-    )
+    stdout.print(f"{_describe(who)} at {connection.registry} (token from {connection.token_source})", markup=False)

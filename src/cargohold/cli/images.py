@@ -38,19 +38,27 @@ DEFAULT_JOBS = 6
 here because importing the client library costs more than the rest of a ``--help``."""
 
 progress_option = click.option(
-    "--progress", default="auto", envvar="CARGOHOLD_PROGRESS", show_envvar=True,
+    "--progress",
+    default="auto",
+    envvar="CARGOHOLD_PROGRESS",
+    show_envvar=True,
     help="auto (bars on a terminal, plain lines in CI), tty, plain or quiet.",
 )
-jobs_option = click.option("--jobs", "-j", type=click.IntRange(1, 64), default=DEFAULT_JOBS,
-                           help="Blobs transferred in parallel.")
+jobs_option = click.option(
+    "--jobs", "-j", type=click.IntRange(1, 64), default=DEFAULT_JOBS, help="Blobs transferred in parallel."
+)
 metadata_option = click.option(
-    "--metadata-file", type=click.Path(), show_default=False,
+    "--metadata-file",
+    type=click.Path(),
+    show_default=False,
     help="Write buildx-style JSON metadata (digest, descriptor, build ID) here.",
 )
-save_tag_option = click.option("--save-tag", multiple=True, show_default=False,
-                               help="Also name the build PROJECT:TAG (repeatable).")
-platform_option = click.option("--platform", show_default=False,
-                               help="os/arch[/variant] to pick from a multi-platform image.")
+save_tag_option = click.option(
+    "--save-tag", multiple=True, show_default=False, help="Also name the build PROJECT:TAG (repeatable)."
+)
+platform_option = click.option(
+    "--platform", show_default=False, help="os/arch[/variant] to pick from a multi-platform image."
+)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -104,14 +112,17 @@ def _print_save(result: Any, as_json: bool) -> None:
         emit(data, as_json=True)
         return
     stdout.print(f"Saved build {save.build_id}", markup=False)
-    emit({
-        "reference": save.reference,
-        "digest": save.digest,
-        "platforms": save.platforms,
-        "size": f"{human_bytes(save.total_size)} total, {human_bytes(save.uploaded_size)} newly uploaded "
-                f"({save.uploaded_blobs} blobs uploaded, {save.skipped_blobs} already present)",
-        "save tags": save.save_tags,
-    }, as_json=False)
+    emit(
+        {
+            "reference": save.reference,
+            "digest": save.digest,
+            "platforms": save.platforms,
+            "size": f"{human_bytes(save.total_size)} total, {human_bytes(save.uploaded_size)} newly uploaded "
+            f"({save.uploaded_blobs} blobs uploaded, {save.skipped_blobs} already present)",
+            "save tags": save.save_tags,
+        },
+        as_json=False,
+    )
     stdout.print("Next:", markup=False)
     stdout.print(f"  pull:  {save.pull_command}", markup=False)
     stdout.print(f"  push:  {save.push_command}", markup=False)
@@ -138,20 +149,29 @@ def save(
 
     with _errors():
         connection = connect(registry, project, token, need_project=True)
-        result = save_image(connection, source, save_tags=list(save_tag), metadata_file=_path(metadata_file), jobs=jobs,
-                            progress=_progress(progress, as_json))
+        result = save_image(
+            connection,
+            source,
+            save_tags=list(save_tag),
+            metadata_file=_path(metadata_file),
+            jobs=jobs,
+            progress=_progress(progress, as_json),
+        )
         _print_save(result, as_json)
 
 
 @app.command()
 @argument("path", default=".", help="Build context directory.")
 @click.option("--file", "-f", help="Dockerfile path.", show_default=False)
-@click.option("--tag", "-t", multiple=True, help="Image name (repeatable); --push pushes to these.",
-              show_default=False)
+@click.option("--tag", "-t", multiple=True, help="Image name (repeatable); --push pushes to these.", show_default=False)
 @click.option("--build-arg", multiple=True, help="KEY=VALUE (repeatable).", show_default=False)
 @click.option("--target", help="Stage to build.", show_default=False)
-@click.option("--platform", multiple=True, help="os/arch (repeatable or comma-separated; several need buildx).",
-              show_default=False)
+@click.option(
+    "--platform",
+    multiple=True,
+    help="os/arch (repeatable or comma-separated; several need buildx).",
+    show_default=False,
+)
 @click.option("--label", multiple=True, help="KEY=VALUE (repeatable).", show_default=False)
 @click.option("--secret", multiple=True, help="id=ID,src=FILE or id=ID,env=VAR (repeatable).", show_default=False)
 @click.option("--no-cache", is_flag=True, help="Do not use the build cache.")
@@ -160,8 +180,11 @@ def save(
 @save_tag_option
 @click.option("--load", is_flag=True, help="Also leave the image in the local Docker daemon.")
 @click.option("--push", is_flag=True, help="Also push the saved build to the -t tags.")
-@click.option("--builder", show_default=False,
-              help="docker-buildx, docker, buildah, or a buildx builder name (default: the first available).")
+@click.option(
+    "--builder",
+    show_default=False,
+    help="docker-buildx, docker, buildah, or a buildx builder name (default: the first available).",
+)
 @metadata_option
 @transfer_options
 def build(
@@ -196,32 +219,57 @@ def build(
     with _errors():
         connection = connect(registry, project, token, context_dir=Path(path), need_project=True) if save else None
         options = BuildOptions(
-            context=path, file=file, tags=list(tag), build_args=list(build_arg), target=target,
+            context=path,
+            file=file,
+            tags=list(tag),
+            build_args=list(build_arg),
+            target=target,
             platforms=[p.strip() for item in platform for p in item.split(",") if p.strip()],
-            labels=list(label), secrets=list(secret), no_cache=no_cache, pull=pull,
+            labels=list(label),
+            secrets=list(secret),
+            no_cache=no_cache,
+            pull=pull,
         )
         result = build_and_save(
-            connection, options, builder=builder, save=save, save_tags=list(save_tag), load=load, push=push,
-            metadata_file=_path(metadata_file), jobs=jobs, progress=_progress(progress, as_json),
+            connection,
+            options,
+            builder=builder,
+            save=save,
+            save_tags=list(save_tag),
+            load=load,
+            push=push,
+            metadata_file=_path(metadata_file),
+            jobs=jobs,
+            progress=_progress(progress, as_json),
         )
         if result.save is not None:
             _print_save(result.save, as_json)
         elif as_json:
             emit({"builder": result.builder, "imageid": result.imageid, "loaded": result.loaded}, as_json=True)
         else:
-            stdout.print(f"Built with {result.builder}" + (f": {result.imageid}" if result.imageid else ""),
-                         markup=False)
+            stdout.print(
+                f"Built with {result.builder}" + (f": {result.imageid}" if result.imageid else ""), markup=False
+            )
         if result.push is not None and not as_json:
             _print_push(result.push, as_json=False)
 
 
 @app.command(name="pull")
 @argument("ref", help="BUILD_ID, PROJECT:TAG or REGISTRY/PROJECT:TAG.")
-@click.option("--tag", "-t", multiple=True, show_default=False,
-              help="Name in the local daemon (repeatable; default the build's reference).")
+@click.option(
+    "--tag",
+    "-t",
+    multiple=True,
+    show_default=False,
+    help="Name in the local daemon (repeatable; default the build's reference).",
+)
 @platform_option
-@click.option("--output", "-o", help="oci:DIR, oci-archive:FILE or docker-archive:FILE instead of the Docker daemon.",
-              show_default=False)
+@click.option(
+    "--output",
+    "-o",
+    help="oci:DIR, oci-archive:FILE or docker-archive:FILE instead of the Docker daemon.",
+    show_default=False,
+)
 @click.option("--all-platforms", is_flag=True, help="Keep every platform (OCI outputs).")
 @transfer_options
 def pull_command(
@@ -243,14 +291,29 @@ def pull_command(
 
     with _errors():
         connection = connect(registry, project, token)
-        result = pull_image(connection, ref, tags=list(tag), platform=platform, output=output,
-                            all_platforms=all_platforms, jobs=jobs, progress=_progress(progress, as_json))
+        result = pull_image(
+            connection,
+            ref,
+            tags=list(tag),
+            platform=platform,
+            output=output,
+            all_platforms=all_platforms,
+            jobs=jobs,
+            progress=_progress(progress, as_json),
+        )
         if as_json:
             emit(asdict(result), as_json=True)
             return
         stdout.print(f"Pulled build {result.build_id} to {result.output}", markup=False)
-        emit({"image": result.image, "digest": result.digest, "platform": result.platform or "all",
-              "size": human_bytes(result.size)}, as_json=False)
+        emit(
+            {
+                "image": result.image,
+                "digest": result.digest,
+                "platform": result.platform or "all",
+                "size": human_bytes(result.size),
+            },
+            as_json=False,
+        )
 
 
 def _print_push(result: Any, *, as_json: bool) -> None:
@@ -260,25 +323,48 @@ def _print_push(result: Any, *, as_json: bool) -> None:
         emit(asdict(result), as_json=True)
         return
     for item in result.results:
-        by_server = " by the Cargohold server" if item.server_pushed == item.uploaded and item.uploaded else (
-            f", {item.server_pushed} of them by the Cargohold server" if item.server_pushed else "")
-        stdout.print(f"pushed {item.tag}@{item.digest} ({item.uploaded} uploaded "
-                     f"{human_bytes(item.uploaded_size)}{by_server}, {item.mounted} mounted, "
-                     f"{item.skipped} already there)", markup=False)
+        by_server = (
+            " by the Cargohold server"
+            if item.server_pushed == item.uploaded and item.uploaded
+            else (f", {item.server_pushed} of them by the Cargohold server" if item.server_pushed else "")
+        )
+        stdout.print(
+            f"pushed {item.tag}@{item.digest} ({item.uploaded} uploaded "
+            f"{human_bytes(item.uploaded_size)}{by_server}, {item.mounted} mounted, "
+            f"{item.skipped} already there)",
+            markup=False,
+        )
 
 
 @app.command(name="push")
 @argument("build_id", help="BUILD_ID or PROJECT:TAG.")
-@click.option("--tag", "-t", multiple=True, required=True, help="REGISTRY/REPOSITORY:TAG destination (repeatable).",
-              show_default=False)
+@click.option(
+    "--tag",
+    "-t",
+    multiple=True,
+    required=True,
+    help="REGISTRY/REPOSITORY:TAG destination (repeatable).",
+    show_default=False,
+)
 @platform_option
-@click.option("--transfer", type=click.Choice(["auto", "server", "client"]), default="auto",
-              envvar="CARGOHOLD_PUSH_TRANSFER", show_envvar=True,
-              help="Who uploads the blobs: the Cargohold server (bytes skip this machine), this client, or auto "
-              "(the server when it can).")
-@click.option("--insecure-registry", multiple=True, envvar="CARGOHOLD_INSECURE_REGISTRIES", show_envvar=True,
-              help="Destination HOST[:PORT] to push to over plain HTTP (repeatable; env: comma-separated). "
-              "Loopback hosts always use HTTP.", show_default=False)
+@click.option(
+    "--transfer",
+    type=click.Choice(["auto", "server", "client"]),
+    default="auto",
+    envvar="CARGOHOLD_PUSH_TRANSFER",
+    show_envvar=True,
+    help="Who uploads the blobs: the Cargohold server (bytes skip this machine), this client, or auto "
+    "(the server when it can).",
+)
+@click.option(
+    "--insecure-registry",
+    multiple=True,
+    envvar="CARGOHOLD_INSECURE_REGISTRIES",
+    show_envvar=True,
+    help="Destination HOST[:PORT] to push to over plain HTTP (repeatable; env: comma-separated). "
+    "Loopback hosts always use HTTP.",
+    show_default=False,
+)
 @transfer_options
 def push_command(
     build_id: str,
@@ -298,7 +384,14 @@ def push_command(
 
     with _errors():
         connection = connect(registry, project, token)
-        result = push_image(connection, build_id, list(tag), platform=platform, jobs=jobs,
-                            progress=_progress(progress, as_json), transfer=transfer,
-                            insecure_registries=list(insecure_registry) or None)
+        result = push_image(
+            connection,
+            build_id,
+            list(tag),
+            platform=platform,
+            jobs=jobs,
+            progress=_progress(progress, as_json),
+            transfer=transfer,
+            insecure_registries=list(insecure_registry) or None,
+        )
         _print_push(result, as_json=as_json)

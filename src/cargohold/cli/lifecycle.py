@@ -39,10 +39,23 @@ def builds_app() -> None:
 
 
 build_argument = argument("build", help="Build ID (as printed by cargohold save).")
-BUILD_COLUMNS = [("id", "ID"), ("status", "Status"), ("saved_at", "Saved"), ("expires", "Expires"),
-                 ("pinned", "Pinned"), ("size", "Size"), ("save_tags", "Save tags")]
-HISTORY_COLUMNS = [("at", "When"), ("action", "Action"), ("rule", "Rule"), ("build_id", "Build"), ("actor", "Actor"),
-                   ("message", "What happened")]
+BUILD_COLUMNS = [
+    ("id", "ID"),
+    ("status", "Status"),
+    ("saved_at", "Saved"),
+    ("expires", "Expires"),
+    ("pinned", "Pinned"),
+    ("size", "Size"),
+    ("save_tags", "Save tags"),
+]
+HISTORY_COLUMNS = [
+    ("at", "When"),
+    ("action", "Action"),
+    ("rule", "Rule"),
+    ("build_id", "Build"),
+    ("actor", "Actor"),
+    ("message", "What happened"),
+]
 EVICTION_COLUMNS = [("build_id", "Build"), ("project_id", "Project"), ("rule", "Rule"), ("reason", "Why")]
 
 T = TypeVar("T")
@@ -52,8 +65,9 @@ T = TypeVar("T")
 
 
 @contextmanager
-def _client(registry: str | None, token: str | None, project: str | None = None, *,
-            need_project: bool = False) -> Iterator[tuple[ControlClient, str | None]]:
+def _client(
+    registry: str | None, token: str | None, project: str | None = None, *, need_project: bool = False
+) -> Iterator[tuple[ControlClient, str | None]]:
     connection = connect(registry, project, token, need_project=need_project)
     client = connection.control()
     try:
@@ -174,8 +188,13 @@ def builds_list(
     elif not builds:
         stdout.print(f"Project {project_id} has no builds{f' tagged {tag}' if tag else ''}.", markup=False)
     else:
-        emit(result, as_json=False, columns=BUILD_COLUMNS, rows=[_build_row(build) for build in builds],
-             title=f"Builds of {project_id}")
+        emit(
+            result,
+            as_json=False,
+            columns=BUILD_COLUMNS,
+            rows=[_build_row(build) for build in builds],
+            title=f"Builds of {project_id}",
+        )
         if result.get("next"):
             stdout.print(f"Showing the newest {len(builds)}; pass --limit to see more.", markup=False)
 
@@ -268,8 +287,9 @@ def builds_rm(build: str, dry_run: bool, registry: str | None, token: str | None
     if dry_run:
         stdout.print(f"Would delete build {build} and its tags {tags}; nothing was changed.", markup=False)
     else:
-        stdout.print(f"Deleted build {build} and its tags {tags}; garbage collection frees its blobs later.",
-                     markup=False)
+        stdout.print(
+            f"Deleted build {build} and its tags {tags}; garbage collection frees its blobs later.", markup=False
+        )
 
 
 @builds_app.command("history")

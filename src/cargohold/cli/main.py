@@ -105,40 +105,80 @@ def _env_option(*param_decls: str, **attrs: Any) -> Any:
     help="Where blobs and metadata live.",
     show_default=False,
 )
-@_env_option("--database-url", envvar="CARGOHOLD_DATABASE_URL",
-             help="SQLAlchemy URL (default: SQLite in the data dir).")
+@_env_option(
+    "--database-url", envvar="CARGOHOLD_DATABASE_URL", help="SQLAlchemy URL (default: SQLite in the data dir)."
+)
 @_env_option("--public-url", envvar="CARGOHOLD_PUBLIC_URL", help="URL clients use to reach this server.")
 @_env_option("--log-level", envvar="CARGOHOLD_LOG_LEVEL", default="info", help="debug, info, warning, error.")
-@_env_option("--access-log/--no-access-log", envvar="CARGOHOLD_ACCESS_LOG", default=True,
-             help="Log one line per request.")
-@_env_option("--upload-ttl", envvar="CARGOHOLD_UPLOAD_TTL", default="24h",
-             help="Purge upload sessions idle this long (e.g. 24h).")
-@_env_option("--max-blob-size", envvar="CARGOHOLD_MAX_BLOB_SIZE", default="64GiB",
-             help="Largest blob accepted (e.g. 64GiB).")
-@_env_option("--chunk-min-length", envvar="CARGOHOLD_CHUNK_MIN_LENGTH", default="1MiB",
-             help="Advertised OCI-Chunk-Min-Length (0: none).")
-@_env_option("--fsync/--no-fsync", envvar="CARGOHOLD_FSYNC", default=True,
-             help="fsync blobs before they become visible.")
-@_env_option("--oidc-issuer", envvar="CARGOHOLD_OIDC_ISSUERS", multiple=True,
-             help="Trusted OIDC issuer (repeatable; default GitHub Actions). Env: comma-separated.")
+@_env_option(
+    "--access-log/--no-access-log", envvar="CARGOHOLD_ACCESS_LOG", default=True, help="Log one line per request."
+)
+@_env_option(
+    "--upload-ttl",
+    envvar="CARGOHOLD_UPLOAD_TTL",
+    default="24h",
+    help="Purge upload sessions idle this long (e.g. 24h).",
+)
+@_env_option(
+    "--max-blob-size", envvar="CARGOHOLD_MAX_BLOB_SIZE", default="64GiB", help="Largest blob accepted (e.g. 64GiB)."
+)
+@_env_option(
+    "--chunk-min-length",
+    envvar="CARGOHOLD_CHUNK_MIN_LENGTH",
+    default="1MiB",
+    help="Advertised OCI-Chunk-Min-Length (0: none).",
+)
+@_env_option(
+    "--fsync/--no-fsync", envvar="CARGOHOLD_FSYNC", default=True, help="fsync blobs before they become visible."
+)
+@_env_option(
+    "--oidc-issuer",
+    envvar="CARGOHOLD_OIDC_ISSUERS",
+    multiple=True,
+    help="Trusted OIDC issuer (repeatable; default GitHub Actions). Env: comma-separated.",
+)
 @_env_option("--oidc-audience", envvar="CARGOHOLD_OIDC_AUDIENCE", help="Required audience (default: public URL).")
-@_env_option("--oidc-token-ttl", envvar="CARGOHOLD_OIDC_TOKEN_TTL", default="1h",
-             help="Lifetime of OIDC-exchanged credentials.")
-@_env_option("--gc-interval", envvar="CARGOHOLD_GC_INTERVAL", default="1h",
-             help="Collect garbage this often (0: only on demand).")
-@_env_option("--gc-grace", envvar="CARGOHOLD_GC_GRACE", default="1h",
-             help="Never collect blobs linked more recently than this.")
-@_env_option("--retention-interval", envvar="CARGOHOLD_RETENTION_INTERVAL", default="1m",
-             help="Evict expired builds this often.")
-@_env_option("--storage-price", envvar="CARGOHOLD_STORAGE_PRICE", type=float, default=0.20,
-             help="Price per GB-month for usage estimates (USD).")
-@_env_option("--free-gb-months", envvar="CARGOHOLD_FREE_GB_MONTHS", type=float, default=50.0,
-             help="Free GB-months per project per month.")
-@_env_option("--server-push/--no-server-push", envvar="CARGOHOLD_SERVER_PUSH", default=True,
-             help="Upload blobs to push destinations from this server, not through the client.")
-@_env_option("--push-allow-network", envvar="CARGOHOLD_PUSH_ALLOW_NETWORKS", multiple=True,
-             help="Network (CIDR) server-side pushes may reach besides public addresses (repeatable). "
-             "Env: comma-separated.")
+@_env_option(
+    "--oidc-token-ttl", envvar="CARGOHOLD_OIDC_TOKEN_TTL", default="1h", help="Lifetime of OIDC-exchanged credentials."
+)
+@_env_option(
+    "--gc-interval",
+    envvar="CARGOHOLD_GC_INTERVAL",
+    default="1h",
+    help="Collect garbage this often (0: only on demand).",
+)
+@_env_option(
+    "--gc-grace", envvar="CARGOHOLD_GC_GRACE", default="1h", help="Never collect blobs linked more recently than this."
+)
+@_env_option(
+    "--retention-interval", envvar="CARGOHOLD_RETENTION_INTERVAL", default="1m", help="Evict expired builds this often."
+)
+@_env_option(
+    "--storage-price",
+    envvar="CARGOHOLD_STORAGE_PRICE",
+    type=float,
+    default=0.20,
+    help="Price per GB-month for usage estimates (USD).",
+)
+@_env_option(
+    "--free-gb-months",
+    envvar="CARGOHOLD_FREE_GB_MONTHS",
+    type=float,
+    default=50.0,
+    help="Free GB-months per project per month.",
+)
+@_env_option(
+    "--server-push/--no-server-push",
+    envvar="CARGOHOLD_SERVER_PUSH",
+    default=True,
+    help="Upload blobs to push destinations from this server, not through the client.",
+)
+@_env_option(
+    "--push-allow-network",
+    envvar="CARGOHOLD_PUSH_ALLOW_NETWORKS",
+    multiple=True,
+    help="Network (CIDR) server-side pushes may reach besides public addresses (repeatable). Env: comma-separated.",
+)
 def serve(
     host: str,
     port: int,

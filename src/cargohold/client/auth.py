@@ -144,9 +144,7 @@ class RegistryAuth(httpx.Auth):
     different registries with different credentials.
     """
 
-    def __init__(
-        self, credentials: Credentials | None = None, *, authorization: tuple[str, str] | None = None
-    ) -> None:
+    def __init__(self, credentials: Credentials | None = None, *, authorization: tuple[str, str] | None = None) -> None:
         self.credentials = credentials
         self.authorization = authorization
         """``(host, value)``: a fixed ``Authorization`` value for one host, handed to us by whoever obtained it

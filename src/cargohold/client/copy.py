@@ -135,15 +135,17 @@ class ServerPush:
         """Blobs the server uploaded."""
         self._lock = threading.Lock()
 
-    def push(self, source: RegistryRepo, descriptor: Descriptor, target: RegistryRepo,
-             progress: ProgressCallback | None) -> bool:
+    def push(
+        self, source: RegistryRepo, descriptor: Descriptor, target: RegistryRepo, progress: ProgressCallback | None
+    ) -> bool:
         """Whether the server uploaded the blob; ``False``: stream it through the client instead."""
         if self.refusal is not None:
             return False
         if is_loopback(target.client.host) and not is_loopback(source.client.host):
             # "localhost" would mean the server's own machine, not ours.
-            return self._refused(f"{target.client.host} is this machine's own address, which the Cargohold "
-                                 "server cannot reach")
+            return self._refused(
+                f"{target.client.host} is this machine's own address, which the Cargohold server cannot reach"
+            )
         try:
             source.client.push_blob_from_server(
                 source.repository, descriptor.digest, target.client, target.repository, progress=progress

@@ -70,13 +70,27 @@ def save_build(
         source = image if image.startswith(SOURCE_PREFIXES) else f"docker-daemon:{image}"
         return save_image(connection, source, save_tags=save_tags, metadata_file=metadata_file, progress=progress)
     options = BuildOptions(
-        context=context, file=file, tags=list(tags), build_args=list(build_args), target=target,
-        platforms=list(platforms), labels=list(labels), secret_values=dict(secrets or {}), no_cache=no_cache,
+        context=context,
+        file=file,
+        tags=list(tags),
+        build_args=list(build_args),
+        target=target,
+        platforms=list(platforms),
+        labels=list(labels),
+        secret_values=dict(secrets or {}),
+        no_cache=no_cache,
         pull=pull,
     )
     result: BuildResult = build_and_save(
-        connection if save else None, options, builder=builder, save=save, save_tags=save_tags, load=load,
-        push=push, metadata_file=metadata_file, progress=progress,
+        connection if save else None,
+        options,
+        builder=builder,
+        save=save,
+        save_tags=save_tags,
+        load=load,
+        push=push,
+        metadata_file=metadata_file,
+        progress=progress,
     )
     return result
 
@@ -95,8 +109,14 @@ def pull_build(
 ) -> PullResult:
     """action-pull: ``output`` is ``docker``, ``oci`` or ``docker-archive`` with ``output_path``."""
     spec = None if output in ("", "docker") else f"{output}:{output_path}"
-    return pull_image(_connection(registry, token, project), _ref(build_id, project, save_tag), tags=tags,
-                      platform=platform, output=spec, progress=PlainProgress())
+    return pull_image(
+        _connection(registry, token, project),
+        _ref(build_id, project, save_tag),
+        tags=tags,
+        platform=platform,
+        output=spec,
+        progress=PlainProgress(),
+    )
 
 
 def push_build(
@@ -113,6 +133,13 @@ def push_build(
     transfer: str = "auto",
 ) -> PushResult:
     """action-push: copy the build to ``tags`` with explicit credentials or the Docker config."""
-    return push_image(_connection(registry, token, project), _ref(build_id, project, save_tag), tags,
-                      platform=platform, username=username, password=password, progress=PlainProgress(),
-                      transfer=transfer)
+    return push_image(
+        _connection(registry, token, project),
+        _ref(build_id, project, save_tag),
+        tags,
+        platform=platform,
+        username=username,
+        password=password,
+        progress=PlainProgress(),
+        transfer=transfer,
+    )

@@ -110,7 +110,11 @@ def _buildx_driver(env: Mapping[str, str], instance: str | None = None) -> str |
     try:
         probe = subprocess.run(
             ["docker", "buildx", "inspect", *([instance] if instance else [])],
-            capture_output=True, text=True, env=dict(env), timeout=60, check=False,
+            capture_output=True,
+            text=True,
+            env=dict(env),
+            timeout=60,
+            check=False,
         )
     except (OSError, subprocess.TimeoutExpired):
         return None
@@ -157,8 +161,12 @@ def _run(argv: list[str], what: str, progress: Progress, env: Mapping[str, str] 
     tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
     try:
         proc = subprocess.Popen(
-            argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=dict(env) if env is not None else None,
-            text=True, errors="replace",
+            argv,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            env=dict(env) if env is not None else None,
+            text=True,
+            errors="replace",
         )
     except OSError as exc:
         raise ImageError(f"cannot run {argv[0]}: {exc}") from None
@@ -249,8 +257,10 @@ def build_image(
         _run([*argv, "--output", f"type=oci,dest={archive}", options.context], "docker buildx build", progress, env)
         return BuiltImage(chosen, SourceSpec("oci-archive", str(archive)))
     if len(options.platforms) > 1:
-        raise ImageError(f"{chosen} builds one platform at a time; install the docker-buildx plugin to build "
-                         f"{', '.join(options.platforms)} together, or pass one --platform")
+        raise ImageError(
+            f"{chosen} builds one platform at a time; install the docker-buildx plugin to build "
+            f"{', '.join(options.platforms)} together, or pass one --platform"
+        )
     if chosen == "docker":
         argv = ["docker", "build", "--iidfile", str(iidfile), *_common_flags(options, env, legacy=True)]
         for tag in options.tags:
@@ -275,8 +285,9 @@ def build_image(
     return BuiltImage(chosen, SourceSpec("oci-archive", str(archive)), image_id)
 
 
-def load_into_docker(opened: OpenedSource, tags: Sequence[str], *, platform: str | None = None,
-                     docker_host: str | None = None) -> list[str]:
+def load_into_docker(
+    opened: OpenedSource, tags: Sequence[str], *, platform: str | None = None, docker_host: str | None = None
+) -> list[str]:
     """``--load`` for builders that do not write to the daemon: stream a docker-archive into it."""
     from cargohold.client.copy import select_platform
 
@@ -322,19 +333,29 @@ def build_and_save(
         with open_source(built.source, workdir / "source", docker_host=docker_host) as opened:
             if save:
                 assert connection is not None
-                result.save = save_opened(connection, opened, save_tags=save_tags, metadata_file=metadata_file,
-                                          jobs=jobs, progress=progress, provenance=provenance)
+                result.save = save_opened(
+                    connection,
+                    opened,
+                    save_tags=save_tags,
+                    metadata_file=metadata_file,
+                    jobs=jobs,
+                    progress=progress,
+                    provenance=provenance,
+                )
             if load and built.source.kind != "docker-daemon":  # built into the daemon: it is there already
-                result.loaded = load_into_docker(opened, options.tags or [_default_tag(result)],
-                                                 platform=options.platforms[0] if options.platforms else None,
-                                                 docker_host=docker_host)
+                result.loaded = load_into_docker(
+                    opened,
+                    options.tags or [_default_tag(result)],
+                    platform=options.platforms[0] if options.platforms else None,
+                    docker_host=docker_host,
+                )
     if push:
         assert connection is not None and result.save is not None
-        result.push = push_image(connection, result.save.build_id, options.tags, jobs=jobs, progress=progress,
-                                 environ=environ)
+        result.push = push_image(
+            connection, result.save.build_id, options.tags, jobs=jobs, progress=progress, environ=environ
+        )
     return result
 
 
 def _default_tag(result: BuildResult) -> str:
     return result.save.reference if result.save is not None else "cargohold-build:latest"
-

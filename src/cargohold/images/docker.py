@@ -26,8 +26,18 @@ DEFAULT_SOCKET = "/var/run/docker.sock"
 API_VERSION = "v1.41"
 """Docker 20.10's API version: every daemon from 2020 on speaks it, and it has everything we use."""
 CHUNK = 1 << 20
-_ARCH = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64", "armv7l": "arm",
-         "ppc64le": "ppc64le", "s390x": "s390x", "riscv64": "riscv64", "i386": "386", "i686": "386"}
+_ARCH = {
+    "x86_64": "amd64",
+    "amd64": "amd64",
+    "aarch64": "arm64",
+    "arm64": "arm64",
+    "armv7l": "arm",
+    "ppc64le": "ppc64le",
+    "s390x": "s390x",
+    "riscv64": "riscv64",
+    "i386": "386",
+    "i686": "386",
+}
 
 
 class DockerError(ImageError):
@@ -57,10 +67,14 @@ class DockerEngine:
             base = f"http://{parts.netloc}/{API_VERSION}"
             self.where = parts.netloc
         else:
-            raise DockerError(f"DOCKER_HOST={self.host} is not supported; use unix:///path/docker.sock or tcp://host:port")
+            raise DockerError(
+                f"DOCKER_HOST={self.host} is not supported; use unix:///path/docker.sock or tcp://host:port"
+            )
         # Loading a multi-gigabyte archive can keep the daemon busy for minutes before it answers.
         self._http = httpx.Client(
-            base_url=base, transport=transport, timeout=httpx.Timeout(timeout, connect=10.0),
+            base_url=base,
+            transport=transport,
+            timeout=httpx.Timeout(timeout, connect=10.0),
             headers={"User-Agent": "cargohold-cli"},
         )
 
@@ -137,7 +151,10 @@ class DockerEngine:
         loaded: list[str] = []
         try:
             with self._http.stream(
-                "POST", "/images/load", params={"quiet": "1"}, content=body,
+                "POST",
+                "/images/load",
+                params={"quiet": "1"},
+                content=body,
                 headers={"Content-Type": "application/x-tar"},
             ) as response:
                 self._check(response, "load the image")
@@ -162,8 +179,10 @@ class DockerEngine:
         if "/" in tag or not repo:
             repo, tag = repo_tag, "latest"
         try:
-            self._check(self._http.post(f"/images/{quote(image, safe='')}/tag", params={"repo": repo, "tag": tag}),
-                        f"tag {image} as {repo_tag}")
+            self._check(
+                self._http.post(f"/images/{quote(image, safe='')}/tag", params={"repo": repo, "tag": tag}),
+                f"tag {image} as {repo_tag}",
+            )
         except httpx.TransportError as exc:
             raise self._unreachable(exc) from None
 

@@ -112,8 +112,10 @@ class PlainProgress(Progress):
         if self._label is None:
             return
         elapsed = max(time.monotonic() - self._started, 1e-6)
-        self._line(f"{self._label}: done, {human_bytes(self._moved)} in {elapsed:.1f}s "
-                   f"({human_bytes(self._moved / elapsed)}/s)")
+        self._line(
+            f"{self._label}: done, {human_bytes(self._moved)} in {elapsed:.1f}s "
+            f"({human_bytes(self._moved / elapsed)}/s)"
+        )
         self._label = None
 
 

@@ -201,8 +201,8 @@ def pull_image(
         top = repo.get_manifest(Digest.parse(str(info["digest"])))
         host_default = None if all_platforms else host_platform_string()
         chosen = choose_manifest(repo, top, platform, default=host_default)
-        chosen_platform = None if chosen.is_index else (
-            platform or (host_default if top.is_index else _image_platform(repo, chosen))
+        chosen_platform = (
+            None if chosen.is_index else (platform or (host_default if top.is_index else _image_platform(repo, chosen)))
         )
         summary = summarize(repo, chosen.digest, top=chosen)
         counter = progress.transfer(f"pulling {build_id}", summary.total_size)
@@ -261,16 +261,26 @@ def _to_daemon(
 
 
 def _to_layout(
-    repo: RegistryRepo, manifest: Manifest, directory: Path, ref_name: str, jobs: int,
-    counter: Callable[[int], object], progress: Progress,
+    repo: RegistryRepo,
+    manifest: Manifest,
+    directory: Path,
+    ref_name: str,
+    jobs: int,
+    counter: Callable[[int], object],
+    progress: Progress,
 ) -> None:
     target = LayoutStore(OCILayout.create(directory))
     copy_image(repo, manifest.digest, target, [ref_name], jobs=jobs, progress=counter, on_blob=progress.blob)
 
 
 def _to_oci_archive(
-    repo: RegistryRepo, manifest: Manifest, path: Path, ref_name: str, jobs: int,
-    counter: Callable[[int], object], progress: Progress,
+    repo: RegistryRepo,
+    manifest: Manifest,
+    path: Path,
+    ref_name: str,
+    jobs: int,
+    counter: Callable[[int], object],
+    progress: Progress,
 ) -> None:
     """Pull into a layout next to ``path``, then tar it; the archive appears only when complete."""
     staging = path.with_name(f".{path.name}.layout")
@@ -291,5 +301,8 @@ def _to_oci_archive(
 
 def platforms_of(index: dict[str, Any]) -> list[str]:
     """Platform labels of an index's real images (attestation ``unknown/unknown`` entries excluded)."""
-    return [platform_label(m.get("platform")) for m in index.get("manifests", [])
-            if (m.get("platform") or {}).get("os") not in (None, "unknown")]
+    return [
+        platform_label(m.get("platform"))
+        for m in index.get("manifests", [])
+        if (m.get("platform") or {}).get("os") not in (None, "unknown")
+    ]

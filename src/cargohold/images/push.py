@@ -130,8 +130,10 @@ def push_image(
             credentials = resolve_credentials(
                 registry, username=username, password=password, env_prefix=PUSH_ENV_PREFIX, environ=environ
             )
-            progress.step(f"pushing {chosen.digest} to {where}"
-                          + (f" as {credentials.username}" if credentials and credentials.username else ""))
+            progress.step(
+                f"pushing {chosen.digest} to {where}"
+                + (f" as {credentials.username}" if credentials and credentials.username else "")
+            )
             sizes: dict[str, list[int]] = {"uploaded": [], "mounted": [], "skipped": []}
 
             def on_blob(descriptor: object, how: str, sizes: dict[str, list[int]] = sizes) -> None:
@@ -144,8 +146,9 @@ def push_image(
                 target = NamingTarget(RegistryRepo(client, repository))
                 counter = progress.transfer(f"pushing to {members[0][1].repository_path}", summary.total_size)
                 try:
-                    copied = copy_image(source, chosen.digest, target, names, jobs=jobs, progress=counter,
-                                        on_blob=on_blob)
+                    copied = copy_image(
+                        source, chosen.digest, target, names, jobs=jobs, progress=counter, on_blob=on_blob
+                    )
                 except ImageError as exc:
                     raise ImageError(f"pushing to {where} failed: {exc}{_tls_hint(exc, registry)}") from exc
                 finally:
@@ -153,8 +156,17 @@ def push_image(
             by_server = (server_push.pushed if server_push else 0) - pushed_before
             for tag, _ in members:
                 result.digests[tag] = str(copied.digest)
-                result.results.append(TagPush(tag, str(copied.digest), len(sizes["uploaded"]), len(sizes["mounted"]),
-                                              len(sizes["skipped"]), sum(sizes["uploaded"]), by_server))
+                result.results.append(
+                    TagPush(
+                        tag,
+                        str(copied.digest),
+                        len(sizes["uploaded"]),
+                        len(sizes["mounted"]),
+                        len(sizes["skipped"]),
+                        sum(sizes["uploaded"]),
+                        by_server,
+                    )
+                )
         result.digest = str(chosen.digest)
     return result
 
@@ -163,8 +175,10 @@ def _tls_hint(exc: BaseException, registry: str) -> str:
     """What to do about a TLS mismatch with the destination, as a clause to append (else nothing)."""
     problem = tls_problem(exc)
     if problem == "plain-http":
-        return (f"; {registry} answers in plain HTTP, not HTTPS: if that is intended, add --insecure-registry "
-                f"{registry} (or CARGOHOLD_INSECURE_REGISTRIES)")
+        return (
+            f"; {registry} answers in plain HTTP, not HTTPS: if that is intended, add --insecure-registry "
+            f"{registry} (or CARGOHOLD_INSECURE_REGISTRIES)"
+        )
     if problem == "untrusted":
         return f"; {registry}'s certificate is not trusted here: point SSL_CERT_FILE at the CA bundle that signed it"
     return ""

@@ -106,8 +106,13 @@ def save_image(
             opened_cm = open_source(source, Path(tmp), docker_host=docker_host)
             with opened_cm as opened:
                 return save_opened(
-                    connection, opened, save_tags=save_tags, metadata_file=metadata_file, jobs=jobs,
-                    progress=progress, provenance=provenance,
+                    connection,
+                    opened,
+                    save_tags=save_tags,
+                    metadata_file=metadata_file,
+                    jobs=jobs,
+                    progress=progress,
+                    provenance=provenance,
                 )
         except (ArchiveError, LayoutError) as exc:
             raise ImageError(f"cannot read {source}: {describe(exc)}") from None
@@ -175,8 +180,13 @@ def _upload_and_record(
         counter = progress.transfer(f"saving {build_id}", summary.total_size)
         try:
             result = copy_image(
-                opened.source, summary.manifest.digest, target, [build_id],
-                jobs=jobs, progress=counter, on_blob=on_blob,
+                opened.source,
+                summary.manifest.digest,
+                target,
+                [build_id],
+                jobs=jobs,
+                progress=counter,
+                on_blob=on_blob,
             )
         finally:
             progress.done()

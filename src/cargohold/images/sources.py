@@ -83,8 +83,10 @@ def extract_oci_archive(archive: Path, destination: Path) -> OCILayout:
                     raise ArchiveError(f"{archive}: member {name!r} is a link, which an OCI layout never has")
                 tar.extract(member, destination, filter="data")
     except (tarfile.TarError, OSError) as exc:
-        raise SourceError(f"{archive} is not a readable OCI archive ({exc}); create it with skopeo copy or "
-                          "docker buildx --output type=oci") from None
+        raise SourceError(
+            f"{archive} is not a readable OCI archive ({exc}); create it with skopeo copy or "
+            "docker buildx --output type=oci"
+        ) from None
     try:
         return OCILayout.open(destination)
     except LayoutError as exc:

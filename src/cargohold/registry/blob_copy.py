@@ -111,8 +111,10 @@ def parse_request(body: dict[str, Any]) -> CopyRequest:
         or not authorization.isascii()
         or not authorization.isprintable()
     ):
-        raise invalid(f"destination.authorization must be one printable ASCII header value up to {MAX_AUTHORIZATION} "
-                      "characters, or null")
+        raise invalid(
+            f"destination.authorization must be one printable ASCII header value up to {MAX_AUTHORIZATION} "
+            "characters, or null"
+        )
     return CopyRequest(repository, digest, url.copy_with(path="/"), target, authorization)
 
 
@@ -121,14 +123,20 @@ async def copy_blob(request: web.Request) -> web.StreamResponse:
     job = parse_request(await read_json_body(request))
     await state.access.authorize(request, job.repository, frozenset({"pull"}), Target("blob", str(job.digest)))
     if not state.settings.server_push or state.push_executor is None:
-        raise api_error(403, "SERVER_PUSH_DISABLED",
-                        "this Cargohold server does not push to other registries itself (--no-server-push); "
-                        "the client can stream the blob instead")
+        raise api_error(
+            403,
+            "SERVER_PUSH_DISABLED",
+            "this Cargohold server does not push to other registries itself (--no-server-push); "
+            "the client can stream the blob instead",
+        )
     stale_before = datetime.now(UTC) - state.settings.gc_grace / TOUCH_FRACTION
     location = await state.run(readable_blob, state, job.repository, job.digest, stale_before)
     if not isinstance(location, LocalFile):
-        raise api_error(501, "SERVER_PUSH_UNSUPPORTED",
-                        "this server's blob store cannot be read for server-side pushes; the client streams instead")
+        raise api_error(
+            501,
+            "SERVER_PUSH_UNSUPPORTED",
+            "this server's blob store cannot be read for server-side pushes; the client streams instead",
+        )
     port = job.url.port or (443 if job.url.scheme == "https" else 80)
     try:
         await state.run(state.egress.resolve, job.url.host, port)
@@ -169,11 +177,22 @@ async def copy_blob(request: web.Request) -> web.StreamResponse:
         lifecycle.metrics.server_pushes.labels("uploaded" if "result" in final else final["error"]["code"]).inc()
         lifecycle.metrics.server_push_bytes.inc(progress.sent)
     if "result" in final:
-        log.info("pushed blob %s (%d bytes) from %s to %s in %.1f s", job.digest, location.size, job.repository,
-                 job.where, time.monotonic() - started)
+        log.info(
+            "pushed blob %s (%d bytes) from %s to %s in %.1f s",
+            job.digest,
+            location.size,
+            job.repository,
+            job.where,
+            time.monotonic() - started,
+        )
     elif final["error"]["code"] != "UNKNOWN":  # an UNKNOWN failure was logged with its traceback already
-        log.warning("server-side push of blob %s from %s to %s failed: %s", job.digest, job.repository, job.where,
-                    final["error"]["message"])
+        log.warning(
+            "server-side push of blob %s from %s to %s failed: %s",
+            job.digest,
+            job.repository,
+            job.where,
+            final["error"]["message"],
+        )
     return response
 
 
@@ -225,8 +244,9 @@ def _outcome(future: asyncio.Future[None], job: CopyRequest, size: int) -> dict[
         return _error("DESTINATION_UNREACHABLE", f"pushing blob {job.digest} to {job.where} failed: {exc}", None)
     except Exception:
         log.exception("server-side push of blob %s to %s failed", job.digest, job.where)
-        return _error("UNKNOWN", f"pushing blob {job.digest} to {job.where} failed; the server log has the details",
-                      None)
+        return _error(
+            "UNKNOWN", f"pushing blob {job.digest} to {job.where} failed; the server log has the details", None
+        )
     return {"result": "uploaded", "bytes": size}
 
 
@@ -240,4 +260,3 @@ def _line(data: dict[str, Any]) -> bytes:
 
 def add_routes(app: web.Application) -> None:
     app.router.add_post("/api/v1/blob-copies", copy_blob)
-

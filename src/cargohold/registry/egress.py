@@ -87,9 +87,12 @@ def _describe(addresses: Sequence[str]) -> str:
     for text in addresses:
         address = ipaddress.ip_address(text)
         kind = (
-            "loopback" if address.is_loopback
-            else "link-local" if address.is_link_local
-            else "private" if address.is_private
+            "loopback"
+            if address.is_loopback
+            else "link-local"
+            if address.is_link_local
+            else "private"
+            if address.is_private
             else "non-public"
         )
         kinds.append(f"{kind} addresses")

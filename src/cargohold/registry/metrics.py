@@ -72,7 +72,9 @@ class Metrics:
             registry=r,
         )
         self.server_pushes = Counter(
-            "cargohold_server_pushes", "Blobs this server pushed to other registries, by result.", ["result"],
+            "cargohold_server_pushes",
+            "Blobs this server pushed to other registries, by result.",
+            ["result"],
             registry=r,
         )
         self.server_push_bytes = Counter(
