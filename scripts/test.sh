@@ -9,9 +9,10 @@ source "$(dirname "${BASH_SOURCE[0]}")/bootstrap.sh" || exit 1
 # must fail here instead: a silent skip in CI would hide exactly the interop we claim.
 export CARGOHOLD_REQUIRE_TOOLS=1
 
-echo "== ruff check ."
-ruff check .
-lint_rc=$?
+echo "== ruff check . && ruff format --check ."
+lint_rc=0
+ruff check . || lint_rc=$?
+ruff format --check . || lint_rc=$?
 
 echo "== pytest"
 python -m pytest -p no:cacheprovider -ra --durations=10 "$@"
