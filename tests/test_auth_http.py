@@ -207,7 +207,7 @@ def test_revoked_token_is_refused_within_the_cache_window(server: ServerProcess,
     with http(server, created["token"]) as client:
         assert client.get(f"/v2/{world.a}/tags/list").status_code == 200  # now cached by the server
         with api(server) as admin:
-            assert admin.revoke_token(created["id"]) == {"id": created["id"], "revoked": True}
+            assert admin.revoke_token(created["id"]) == {"id": created["id"], "revoked": True, "descendants_revoked": 0}
         deadline = time.monotonic() + 5.5
         while True:
             response = client.get(f"/v2/{world.a}/tags/list")
@@ -345,3 +345,89 @@ def test_bootstrap_admin_token_is_printed_once(tmp_path: Path) -> None:
             assert client.get("/api/v1/whoami").status_code == 200
     finally:
         proc.stop()
+
+
+def test_build_scoped_token_reads_only_its_builds_history_and_no_usage(server: ServerProcess, world: World) -> None:
+    """Issue 11, finding 7: a pull token for one build read the whole project's audit history and usage."""
+    with api(server, world.token_a) as control:
+        scoped = control.create_token("pull", "one build", project_id=world.a, build_id=world.build_a)["token"]
+        for build in (world.build_a, world.build_a2):
+            control.pin_build(build)
+            control.unpin_build(build)
+    history = f"/api/v1/projects/{world.a}/history"
+    with http(server, world.token_a) as member:
+        assert {e["build_id"] for e in member.get(history).json()["events"]} >= {world.build_a, world.build_a2}
+        assert member.get(f"/api/v1/projects/{world.a}/usage").status_code == 200
+    with http(server, scoped) as client:
+        events = client.get(history).json()["events"]
+        assert events and {e["build_id"] for e in events} == {world.build_a}
+        assert {e["build_id"] for e in client.get(history, params={"build": world.build_a}).json()["events"]} == {
+            world.build_a
+        }
+        other = client.get(history, params={"build": world.build_a2})
+        assert other.status_code == 404 and error_of(other) == ("NOT_FOUND", f"build {world.build_a2} does not exist")
+        usage = client.get(f"/api/v1/projects/{world.a}/usage")
+        assert usage.status_code == 403 and error_of(usage)[0] == "DENIED"
+        assert f"limited to build {world.build_a}" in error_of(usage)[1]
+
+
+@pytest.mark.parametrize("value", ["-1", "0", "abc", "1e3", "2.5", " 5", "²", "9" * 5000])
+def test_limit_parameters_are_validated(server: ServerProcess, world: World, value: str) -> None:
+    """``limit=-1`` (or anything but a positive whole number) is a 400 with one sentence, never "no limit"."""
+    with http(server, world.token_a) as client:
+        for path, maximum in (
+            (f"/api/v1/projects/{world.a}/history", 1000),
+            (f"/api/v1/projects/{world.a}/builds", 500),
+        ):
+            response = client.get(path, params={"limit": value})
+            assert response.status_code == 400, (path, value, response.text)
+            code, message = error_of(response)
+            assert code == "INVALID" and message.startswith(f"limit must be a whole number from 1 to {maximum}")
+        if value != "0":  # n=0 is a valid (empty) page in the distribution API
+            listed = client.get(f"/v2/{world.a}/tags/list", params={"n": value})
+            assert listed.status_code == 400 and "n must be a whole number" in error_of(listed)[1]
+
+
+def test_huge_limits_are_clamped(server: ServerProcess, world: World) -> None:
+    with http(server, world.token_a) as client:
+        for path in (f"/api/v1/projects/{world.a}/history", f"/api/v1/projects/{world.a}/builds"):
+            assert client.get(path, params={"limit": "1" + "0" * 25}).status_code == 200, path
+        assert client.get(f"/v2/{world.a}/tags/list", params={"n": "9" * 20}).status_code == 200
+
+
+def test_another_projects_evicted_build_is_a_plain_not_found(
+    server: ServerProcess, world: World, tmp_path: Path
+) -> None:
+    """Only credentials that may see a project learn who deleted its builds, and when."""
+    gone = {}
+    for key, project, token in (("b", world.b, world.token_b), ("a", world.a, world.token_a)):
+        with api(server, token) as control:
+            build = control.create_build(project)["build_id"]
+            push_image(server, project, build, token, tmp_path / key, seed=40)
+            control.save_build(build)
+        with api(server) as admin:
+            admin.delete_build(build)
+        gone[key] = build
+    with api(server, world.token_a) as control:
+        scoped = control.create_token("pull", "one build", project_id=world.a, build_id=world.build_a)["token"]
+
+    def answers(token: str, build: str) -> list[str]:
+        with http(server, token) as client:
+            responses = [
+                client.get(f"/api/v1/builds/{build}"),
+                client.get("/api/v1/pull-info", params={"ref": build}),
+                client.post(f"/api/v1/builds/{build}/pin"),
+            ]
+        assert all(r.status_code == 404 and error_of(r)[0] == "NOT_FOUND" for r in responses), [
+            r.text for r in responses
+        ]
+        return [error_of(r)[1] for r in responses]
+
+    explained = f"build {gone['b']} was deleted on "
+    assert all(message.startswith(explained) for message in answers(world.token_b, gone["b"]))
+    assert answers(world.token_a, gone["b"]) == [f"build {gone['b']} does not exist"] * 3
+    # Within its own project, a credential limited to another build learns nothing about this one either.
+    assert all(
+        message.startswith(f"build {gone['a']} was deleted on ") for message in answers(world.token_a, gone["a"])
+    )
+    assert answers(scoped, gone["a"]) == [f"build {gone['a']} does not exist"] * 3

@@ -207,3 +207,53 @@ def test_errors_are_one_sentence(server: ServerProcess, config: Path) -> None:
         pull = admin.create_token("pull", "reader", project_id=pid)["token"]
     code, out, err = run("projects", "create", "nope", "--token", pull)
     assert_one_sentence_error(code, out, err, "only an admin token may do this")
+
+
+def test_tokens_and_trust_with_permissions(server: ServerProcess, config: Path) -> None:
+    assert run("login", server.url, "--token", server.admin_token)[0] == 0
+    pid = json.loads(run("projects", "create", "permissions", "--json")[1])["id"]
+    code, out, err = run("tokens", "create", "--project", pid, "--permissions", "pull,push,delete", "--json")
+    assert code == 0, err
+    janitor = json.loads(out)
+    assert janitor["permissions"] == [{"project": pid, "actions": ["delete", "pull", "push"], "build_id": None}]
+    code, out, _ = run("tokens", "list", "--project", pid)
+    assert code == 0 and "delete,pull,push" in out
+    code, out, err = run("tokens", "create", "--project", pid, "--permissions", "push")
+    assert_one_sentence_error(code, out, err, "always includes pull")
+    code, out, err = run("tokens", "create", "--kind", "admin", "--permissions", "metrics", "--json")
+    assert code == 0, err
+    assert json.loads(out)["admin_permissions"] == ["metrics"]
+
+    # A pull token minted with a short-lived token dies with it, and the CLI says so.
+    with api(server) as admin:
+        brief = admin.create_token("project", "brief", project_id=pid, expires_in=600)
+    code, out, err = run("pull-token", "--token", brief["token"], "--project", pid, "--expires", "30d", "--json")
+    assert code == 0, err
+    assert json.loads(out)["expires_at"] == brief["expires_at"] and json.loads(out)["parent_id"] == brief["id"]
+    code, out, _ = run("tokens", "revoke", brief["id"])
+    assert code == 0 and "and 1 token(s) minted from it" in out
+
+    code, out, err = run(
+        "trust",
+        "add",
+        "--project",
+        pid,
+        "--repository",
+        "octo-org/cleaner",
+        "--permissions",
+        "pull,push,delete",
+        "--json",
+    )
+    assert code == 0, err
+    rel = json.loads(out)
+    assert rel["permissions"] == ["delete", "pull", "push"] and rel["pull_only"] is False
+    code, out, _ = run("trust", "list", "--project", pid)
+    assert code == 0 and "delete, pull, push" in out
+    code, out, err = run(
+        "trust", "add", "--project", pid, "--repository", "octo-org/x", "--pull-only", "--permissions", "pull"
+    )
+    assert_one_sentence_error(code, out, err, "either --pull-only or --permissions")
+    code, out, err = run("trust", "add", "--project", pid, "--repository", "octo-org/x", "--permissions", "push")
+    assert_one_sentence_error(code, out, err, "must include pull")
+    code, out, _ = run("trust", "remove", "--project", pid, rel["id"])
+    assert code == 0 and "revoked 0 token(s)" in out

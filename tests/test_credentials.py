@@ -18,6 +18,8 @@ from cargohold.registry.credentials import (
     CredentialKind,
     CredentialRevoked,
     Permission,
+    PermissionNotHeld,
+    PermissionSetError,
     StoredCredential,
     TokenFormatError,
     checksum,
@@ -26,6 +28,7 @@ from cargohold.registry.credentials import (
     is_valid_token,
     new_credential,
     parse_token,
+    permission_set,
     permissions_from_json,
     permissions_to_json,
 )
@@ -175,3 +178,120 @@ def test_permission_covers_project_repositories_only() -> None:
     perm = Permission("web", frozenset({"pull"}))
     assert perm.covers("web") and perm.covers("web/api")
     assert not perm.covers("webapp") and not perm.covers("other/web")
+
+
+def test_child_expiry_is_capped_at_its_parents() -> None:
+    _, oidc = new_credential(
+        CredentialKind.OIDC,
+        credential_id="o",
+        name="job",
+        permissions=(Permission("web", frozenset({"pull", "push"})),),
+        now=NOW,
+    )
+    _, pull = new_credential(
+        CredentialKind.PULL,
+        credential_id="c",
+        name="year",
+        project="web",
+        ttl=timedelta(days=365),
+        now=NOW,
+        parent=oidc.principal(),
+    )
+    assert oidc.expires_at == NOW + timedelta(hours=1)
+    assert pull.expires_at == oidc.expires_at and pull.parent_id == "o"
+    _, forever = new_credential(
+        CredentialKind.PROJECT,
+        credential_id="f",
+        name="no expiry asked",
+        project="web",
+        now=NOW,
+        parent=oidc.principal(),
+    )
+    assert forever.expires_at == oidc.expires_at
+    with pytest.raises(CredentialExpired):
+        new_credential(
+            CredentialKind.PULL,
+            credential_id="x",
+            name="late",
+            project="web",
+            now=NOW + timedelta(hours=2),
+            parent=oidc.principal(),
+        )
+
+
+def test_child_never_holds_what_its_parent_lacks() -> None:
+    _, project = new_credential(CredentialKind.PROJECT, credential_id="p", name="ci", project="web", now=NOW)
+    parent = project.principal()
+    with pytest.raises(PermissionNotHeld, match="may not delete in web"):
+        new_credential(
+            CredentialKind.PROJECT,
+            credential_id="c",
+            name="x",
+            project="web",
+            actions=["pull", "delete"],
+            now=NOW,
+            parent=parent,
+        )
+    with pytest.raises(PermissionNotHeld, match="may not pull in other"):
+        new_credential(CredentialKind.PULL, credential_id="c", name="x", project="other", now=NOW, parent=parent)
+    _, scoped = new_credential(
+        CredentialKind.PULL, credential_id="s", name="one build", project="web", build_id="b1", now=NOW, parent=parent
+    )
+    # A build-scoped credential only ever mints for its own build.
+    new_credential(
+        CredentialKind.PULL,
+        credential_id="s2",
+        name="again",
+        project="web",
+        build_id="b1",
+        now=NOW,
+        parent=scoped.principal(),
+    )
+    for build_id in ("b2", None):
+        with pytest.raises(PermissionNotHeld, match="limited to build b1"):
+            new_credential(
+                CredentialKind.PULL,
+                credential_id="s3",
+                name="wider",
+                project="web",
+                build_id=build_id,
+                now=NOW,
+                parent=scoped.principal(),
+            )
+    with pytest.raises(PermissionNotHeld, match="only an admin"):
+        new_credential(CredentialKind.ADMIN, credential_id="a", name="root", now=NOW, parent=parent)
+
+
+def test_admin_tokens_are_roots_and_hold_a_small_explicit_set() -> None:
+    _, admin = new_credential(CredentialKind.ADMIN, credential_id="a", name="root", now=NOW, ttl=timedelta(hours=1))
+    assert admin.admin_permissions == {"admin"} and admin.principal().is_admin
+    _, successor = new_credential(
+        CredentialKind.ADMIN, credential_id="b", name="next", now=NOW, parent=admin.principal()
+    )
+    assert successor.parent_id is None and successor.expires_at is None  # rotating an admin token must work
+    _, scraper = new_credential(CredentialKind.ADMIN, credential_id="m", name="prom", now=NOW, actions=["metrics"])
+    assert not scraper.principal().is_admin and scraper.principal().may_read_metrics
+    with pytest.raises(PermissionSetError, match="drawn from admin, metrics"):
+        new_credential(CredentialKind.ADMIN, credential_id="x", name="x", now=NOW, actions=["pull"])
+
+
+@pytest.mark.parametrize(
+    ("kind", "requested", "expected"),
+    [
+        (CredentialKind.PROJECT, None, {"pull", "push"}),
+        (CredentialKind.PROJECT, ["pull", "push", "delete"], {"pull", "push", "delete"}),
+        (CredentialKind.PROJECT, ["pull"], {"pull"}),
+        (CredentialKind.PULL, None, {"pull"}),
+        (CredentialKind.ADMIN, None, {"admin"}),
+        (CredentialKind.PROJECT, ["push"], "always includes pull"),
+        (CredentialKind.PROJECT, [], "give at least one"),
+        (CredentialKind.PULL, ["pull", "push"], "push is not one of them"),
+        (CredentialKind.OIDC, ["pull"], "from trust relationships"),
+    ],
+)
+def test_permission_sets_per_kind(kind: CredentialKind, requested: list[str] | None, expected: object) -> None:
+    if isinstance(expected, str):
+        with pytest.raises(PermissionSetError, match=expected):
+            permission_set(kind, requested)
+    else:
+        assert permission_set(kind, requested) == expected

@@ -29,6 +29,10 @@ class ServerSettings:
     access_log: bool = True
     upload_ttl: timedelta = timedelta(hours=24)
     """Upload sessions idle for longer are purged with their staged bytes."""
+    max_uploads_per_credential: int = 256
+    """Open upload sessions one credential may hold (0: no cap). Generous on purpose: one project token shared
+    by a CI matrix pushes many images at once, each with 3-6 parallel layer uploads (docker 5, skopeo 6,
+    crane 4); 256 covers ~40 such pushes while still bounding what a leaked credential can pin down."""
     max_blob_size: int = 64 * 1024**3
     """Largest blob accepted; protects the disk from an endless upload."""
     chunk_min_length: int = 1024**2

@@ -127,7 +127,7 @@ def _trust_row(rel: dict[str, Any]) -> dict[str, Any]:
         **rel,
         "repository": f"{rel['owner']}/{rel['repository']}",
         "conditions": "; ".join(conditions),
-        "access": "pull" if rel.get("pull_only") else "push, pull",
+        "access": ", ".join(rel.get("permissions") or (["pull"] if rel.get("pull_only") else ["pull", "push"])),
     }
 
 
@@ -139,9 +139,12 @@ def _token_row(token: dict[str, Any]) -> dict[str, Any]:
             text += f" (build {permission['build_id']})"
         scopes.append(text)
     status = "revoked" if token.get("revoked_at") else "active"
+    admin = token.get("admin_permissions") or []
+    if token.get("kind") == "admin":
+        scopes.append("everything" if "admin" in admin or not admin else ", ".join(admin))
     return {
         **token,
-        "scope": "; ".join(scopes) or ("everything" if token.get("kind") == "admin" else "-"),
+        "scope": "; ".join(scopes) or "-",
         "expires_at": token.get("expires_at") or "never",
         "status": status,
     }
@@ -243,6 +246,16 @@ def projects_update(
     emit(data if as_json else _project_row(data), as_json=as_json)
 
 
+def _permission_list(text: str | None) -> list[str] | None:
+    """``--permissions pull,push,delete`` as the list the API takes (the server says what is allowed)."""
+    if text is None:
+        return None
+    names = [part.strip() for part in text.split(",") if part.strip()]
+    if not names:
+        raise CliError("--permissions needs at least one name, e.g. --permissions pull,push,delete")
+    return names
+
+
 def _need(project: str | None) -> str:
     if not project:
         raise CliError("no project given: pass the project ID, --project ID, or set CARGOHOLD_PROJECT_ID")
@@ -263,7 +276,13 @@ def _need(project: str | None) -> str:
 @click.option(
     "--allow-event", multiple=True, help="Opt into a risky event (pull_request_target, workflow_run); repeatable."
 )
-@click.option("--pull-only", is_flag=True, help="Grant pull but never push.")
+@click.option("--pull-only", is_flag=True, help="Grant pull but never push (same as --permissions pull).")
+@click.option(
+    "--permissions",
+    help="What exchanged tokens may do in the project: pull,push (default), pull, or pull,push,delete "
+    "(delete lets the workflow delete images and builds).",
+    show_default=False,
+)
 @project_option
 @registry_option
 @token_option
@@ -279,14 +298,21 @@ def trust_add(
     runner_environment: str | None,
     allow_event: tuple[str, ...],
     pull_only: bool,
+    permissions: str | None,
     project: str | None,
     registry: str | None,
     token: str | None,
     as_json: bool,
 ) -> None:
-    """Let a GitHub repository's workflows exchange their OIDC tokens for access to a project."""
+    """Let a GitHub repository's workflows exchange their OIDC tokens for access to a project.
+
+    Exchanged tokens live --oidc-token-ttl (1 hour by default) and are revoked, with every token minted from
+    them, when the relationship is removed.
+    """
     if repository.count("/") != 1:
         raise CliError(f"--repository {repository!r} must be owner/name, e.g. octo-org/app")
+    if pull_only and permissions is not None:
+        raise CliError("pass either --pull-only or --permissions, not both")
     connection = connect(registry, project, token)
     project_id = require_project(connection)
     with connection.control() as control:
@@ -301,6 +327,7 @@ def trust_add(
             runner_environment=runner_environment,
             allow_events=list(allow_event or []) or None,
             pull_only=pull_only or None,
+            permissions=_permission_list(permissions),
         )
     emit(rel, as_json=as_json, columns=TRUST_COLUMNS, rows=[_trust_row(rel)])
 
@@ -334,12 +361,17 @@ def trust_list(project: str | None, registry: str | None, token: str | None, as_
 @json_option
 @guarded
 def trust_remove(trust_id: str, project: str | None, registry: str | None, token: str | None, as_json: bool) -> None:
-    """Delete a trust relationship; tokens already exchanged stay valid until they expire."""
+    """Delete a trust relationship and revoke the tokens exchanged through it (and every token minted from them)."""
     connection = connect(registry, project, token)
     project_id = require_project(connection)
     with connection.control() as control:
         result = control.remove_trust(project_id, trust_id)
-    emit(result, as_json=as_json, text=f"Removed trust relationship {trust_id} from project {project_id}.")
+    revoked = result.get("credentials_revoked", 0)
+    emit(
+        result,
+        as_json=as_json,
+        text=f"Removed trust relationship {trust_id} from project {project_id}; revoked {revoked} token(s).",
+    )
 
 
 # --- tokens -----------------------------------------------------------------------------------------------
@@ -349,7 +381,16 @@ def trust_remove(trust_id: str, project: str | None, registry: str | None, token
 @click.option("--kind", default="project", help="project (push+pull), pull, or admin.")
 @click.option("--build", help="Limit a pull token to one build.", show_default=False)
 @click.option("--name", help="What the token is for.", show_default=False)
-@click.option("--expires", help="Lifetime, e.g. 30d (default: never; pull tokens 1h).")
+@click.option(
+    "--expires",
+    help="Lifetime, e.g. 30d (default: never; pull tokens 1h). Never beyond the expiry of the token creating it.",
+)
+@click.option(
+    "--permissions",
+    help="Comma-separated: for project tokens pull,push (default) and delete (e.g. pull,push,delete), pull "
+    "tokens pull, admin tokens admin (default) or metrics (scrape /metrics only).",
+    show_default=False,
+)
 @project_option
 @registry_option
 @token_option
@@ -360,12 +401,17 @@ def tokens_create(
     build: str | None,
     name: str | None,
     expires: str | None,
+    permissions: str | None,
     project: str | None,
     registry: str | None,
     token: str | None,
     as_json: bool,
 ) -> None:
-    """Create a token; its secret is shown once (store it in a secret manager)."""
+    """Create a token; its secret is shown once (store it in a secret manager).
+
+    The new token is a child of the token creating it: it can do no more than its creator, expires no later,
+    and is revoked with it (admin tokens are the exception: each is independent).
+    """
     if kind not in ("project", "pull", "admin"):
         raise CliError(f"--kind {kind!r} is not one of project, pull, admin")
     ttl = _seconds(expires, "--expires") if expires else None
@@ -379,12 +425,15 @@ def tokens_create(
             project_id=connection.project if kind != "admin" else None,
             build_id=build,
             expires_in=ttl,
+            permissions=_permission_list(permissions),
         )
     if as_json:
         emit(created, as_json=True)
         return
     emit(_token_row(created), as_json=False, columns=TOKEN_COLUMNS, rows=[_token_row(created)])
     stdout.print(created["token"], markup=False)
+    if created.get("expiry_capped"):
+        stderr.print(f"It expires at {created['expires_at']}, with the token that created it.", markup=False)
     stderr.print("This is the only time the token is shown.")
 
 
@@ -412,18 +461,22 @@ def tokens_list(
 @json_option
 @guarded
 def tokens_revoke(token_id: str, registry: str | None, token: str | None, as_json: bool) -> None:
-    """Revoke a token; registries refuse it within a few seconds."""
+    """Revoke a token and every token minted from it; registries refuse them within a few seconds."""
     if token_id.startswith(("cha_", "chp_", "chl_", "cho_")):
         raise CliError("that looks like a token secret; pass the token ID shown by cargohold tokens list")
     control, _ = _control(registry, token)
     with control:
         result = control.revoke_token(token_id)
-    emit(result, as_json=as_json, text=f"Revoked token {token_id}.")
+    descendants = result.get("descendants_revoked", 0)
+    text = f"Revoked token {token_id}" + (f" and {descendants} token(s) minted from it." if descendants else ".")
+    emit(result, as_json=as_json, text=text)
 
 
 @app.command("pull-token")
 @argument("build_id", required=False, help="Limit the token to this build (default: the whole project).")
-@click.option("--expires", default="1h", help="Lifetime of the token.")
+@click.option(
+    "--expires", default="1h", help="Lifetime of the token (never beyond the expiry of the token creating it)."
+)
 @click.option("--name", help="What the token is for.", show_default=False)
 @project_option
 @registry_option
@@ -464,7 +517,8 @@ def pull_token(
 def _describe(who: dict[str, Any]) -> str:
     kind, name = who.get("kind"), who.get("name")
     if kind == "admin":
-        return f"admin token {name!r} (everything)"
+        admin = who.get("admin_permissions") or ["admin"]
+        return f"admin token {name!r} ({'everything' if 'admin' in admin else ', '.join(admin) + ' only'})"
     scopes = [
         f"{p['project']} ({','.join(p['actions'])}{', build ' + p['build_id'] if p.get('build_id') else ''})"
         for p in who.get("permissions") or []

@@ -276,7 +276,7 @@ def builds_extend(
 @json_option
 @guarded
 def builds_rm(build: str, dry_run: bool, registry: str | None, token: str | None, as_json: bool) -> None:
-    """Delete a build now (pinned ones too), with its tags and the manifests only it used."""
+    """Delete a build now (pinned ones too), with its tags and the manifests only it used (needs delete)."""
     with _client(registry, token) as (client, _):
         result = _on_build(client, build, lambda: client.delete_build(build, dry_run=dry_run))
     if as_json:

@@ -120,6 +120,13 @@ def _env_option(*param_decls: str, **attrs: Any) -> Any:
     help="Purge upload sessions idle this long (e.g. 24h).",
 )
 @_env_option(
+    "--max-uploads-per-credential",
+    envvar="CARGOHOLD_MAX_UPLOADS_PER_CREDENTIAL",
+    type=click.IntRange(min=0),
+    default=256,
+    help="Open upload sessions one credential may hold; more get 429 TOOMANYREQUESTS until some finish (0: no cap).",
+)
+@_env_option(
     "--max-blob-size", envvar="CARGOHOLD_MAX_BLOB_SIZE", default="64GiB", help="Largest blob accepted (e.g. 64GiB)."
 )
 @_env_option(
@@ -188,6 +195,7 @@ def serve(
     log_level: str,
     access_log: bool,
     upload_ttl: str,
+    max_uploads_per_credential: int,
     max_blob_size: str,
     chunk_min_length: str,
     fsync: bool,
@@ -232,6 +240,7 @@ def serve(
         log_level=log_level,
         access_log=access_log,
         upload_ttl=ttl,
+        max_uploads_per_credential=max_uploads_per_credential,
         max_blob_size=max_size,
         chunk_min_length=min_chunk,
         fsync=fsync,

@@ -185,6 +185,22 @@ class Retention:
         self._notify(evicted)
         return evicted[0]
 
+    def evict_in(
+        self, session: Session, build_ids: list[str], actor: str, *, detail: dict[str, Any] | None = None
+    ) -> list[Eviction]:
+        """Evict ``build_ids`` (rule ``manual``) inside the caller's write transaction; :meth:`notify` after commit.
+
+        For deletions that must be atomic with another change, such as a build's manifest deleted through
+        ``/v2/`` (see :mod:`cargohold.lifecycle.registry_delete`).
+        """
+        rows = [_BuildRow(*row) for row in session.execute(select(*_BUILD_COLUMNS).where(Build.id.in_(build_ids)))]
+        candidates = [_Candidate(build, "manual", {"status": build.status, **(detail or {})}) for build in rows]
+        return self._evict(session, candidates, actor, self.clock()) if candidates else []
+
+    def notify(self, evicted: list[Eviction]) -> None:
+        """Log and tell the listeners (metrics) about evictions made with :meth:`evict_in`, once committed."""
+        self._notify(evicted)
+
     def pin(self, build_id: str, actor: str) -> Build:
         """Keep a saved build until unpinned (neither expiry nor the cap removes it)."""
         return self._change(build_id, actor, "pin", lambda build, now: _set(build, pinned=True))

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, func, or_, select, update
+from sqlalchemy import ColumnElement, Select, delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -23,6 +23,7 @@ from cargohold.metadata.models import (
     Blob,
     Build,
     Credential,
+    CredentialTrust,
     Manifest,
     ManifestReference,
     OidcTokenUse,
@@ -57,6 +58,10 @@ class NotFound(LookupError):
 
 class Conflict(RuntimeError):
     """The request contradicts the current state (e.g. marking a build saved twice)."""
+
+
+class ParentInactive(RuntimeError):
+    """A credential's parent (or the trust relationship behind it) was revoked, expired or removed meanwhile."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -394,9 +399,46 @@ class ControlStore:
 
     # --- credentials --------------------------------------------------------------------------------------
 
-    def add_credential(self, row: Credential) -> None:
+    def add_credential(self, row: Credential, trust_ids: Iterable[str] = ()) -> Credential:
+        """Store a new credential, enforcing its lineage in the same write transaction; returns the row stored.
+
+        The parent must still exist, be unrevoked and unexpired, and the child's expiry is capped at the
+        parent's; every trust relationship the credential came from must still exist. Because revocation
+        (:meth:`revoke_credential`) and trust removal (:meth:`remove_trust`) cascade in write transactions
+        too, the two serialise: either the cascade sees the new child, or the child sees the revoked parent
+        and is refused with :class:`ParentInactive`. Nothing needs checking at authentication time.
+        """
+        trust_ids = sorted(set(trust_ids))
+        now = utcnow()
         with self.db.write() as session:
+            if row.parent_id is not None:
+                parent = session.execute(
+                    select(Credential.revoked_at, Credential.expires_at)
+                    .where(Credential.id == row.parent_id)
+                    .with_for_update()
+                ).first()
+                if parent is None or parent.revoked_at is not None:
+                    raise ParentInactive("the credential minting this token has been revoked")
+                if parent.expires_at is not None:
+                    if parent.expires_at <= now:
+                        raise ParentInactive("the credential minting this token has expired")
+                    if row.expires_at is None or row.expires_at > parent.expires_at:
+                        row.expires_at = parent.expires_at
+            if trust_ids:
+                found = set(
+                    session.scalars(
+                        select(TrustRelationship.id).where(TrustRelationship.id.in_(trust_ids)).with_for_update()
+                    )
+                )
+                if found != set(trust_ids):
+                    raise ParentInactive("the trust relationship that matched this token was removed meanwhile")
             session.add(row)
+            session.flush()
+            for trust_id in trust_ids:
+                session.add(CredentialTrust(credential_id=row.id, trust_id=trust_id))
+            session.flush()
+            session.expunge(row)
+            return row
 
     def credential_by_hash(self, token_hash: str) -> Credential | None:
         with self.db.read() as session:
@@ -439,18 +481,24 @@ class ControlStore:
                 session.expunge(row)
             return row
 
-    def revoke_credential(self, credential_id: str) -> bool:
+    def revoke_credential(self, credential_id: str) -> int:
+        """Revoke a credential and, in the same transaction, every credential minted from it (transitively).
+
+        Returns how many credentials this revoked (0: it was unknown or already revoked, as were its
+        descendants).
+        """
         with self.db.write() as session:
-            result = session.execute(
-                update(Credential)
-                .where(Credential.id == credential_id, Credential.revoked_at.is_(None))
-                .values(revoked_at=utcnow())
-            )
-            return bool(result.rowcount)  # type: ignore[attr-defined]
+            return _revoke_lineage(session, select(Credential.id).where(Credential.id == credential_id), utcnow())
 
     def count_admin_credentials(self) -> int:
+        """Admin credentials with full control (a metrics-only token does not count: it cannot manage)."""
         with self.db.read() as session:
-            return session.scalar(select(func.count()).select_from(Credential).where(Credential.kind == "admin")) or 0
+            query = (
+                select(func.count())
+                .select_from(Credential)
+                .where(Credential.kind == "admin", Credential.admin_permissions.like('%"admin"%'))
+            )
+            return session.scalar(query) or 0
 
     # --- trust relationships ------------------------------------------------------------------------------
 
@@ -489,14 +537,29 @@ class ControlStore:
                 session.expunge(row)
             return rows
 
-    def remove_trust(self, project_id: str, trust_id: str) -> bool:
+    def remove_trust(self, project_id: str, trust_id: str) -> int | None:
+        """Delete a trust relationship and revoke every credential exchanged through it (and their children).
+
+        Returns how many credentials were revoked, or None if the relationship did not exist. One write
+        transaction, so an exchange running at the same time either stores its credential before (and it is
+        revoked here) or finds the relationship gone (:meth:`add_credential` refuses it).
+        """
         with self.db.write() as session:
             result = session.execute(
                 delete(TrustRelationship).where(
                     TrustRelationship.id == trust_id, TrustRelationship.project_id == project_id
                 )
             )
-            return bool(result.rowcount)  # type: ignore[attr-defined]
+            if not result.rowcount:  # type: ignore[attr-defined]
+                return None
+            now = utcnow()
+            # Credentials exchanged long ago have expired: nothing to revoke there, however long the history.
+            exchanged = (
+                select(CredentialTrust.credential_id)
+                .join(Credential, Credential.id == CredentialTrust.credential_id)
+                .where(CredentialTrust.trust_id == trust_id, _live(now))
+            )
+            return _revoke_lineage(session, exchanged, now)
 
     def learn_trust_ids(self, trust_id: str, owner_id: str, repository_id: str) -> None:
         """Pin the immutable GitHub IDs on first use; never overwrite IDs already pinned."""
@@ -524,6 +587,39 @@ class ControlStore:
             return True
         except IntegrityError:
             return False
+
+
+def _revoke_lineage(session: Session, seed: Select[tuple[str]], now: datetime) -> int:
+    """Revoke the credentials ``seed`` selects and all their live descendants; returns how many were revoked.
+
+    One recursive query finds the tree (each step an ``ix_credentials_parent_id`` search), then chunked
+    UPDATEs revoke it: a handful of statements in the caller's write transaction, whatever its depth. The
+    walk skips credentials already revoked or expired: their descendants were revoked with them or expired
+    no later (a child's expiry is capped at its parent's), so the tree stays as small as what is still live.
+    """
+    roots = select(Credential.id).where(Credential.id.in_(seed), Credential.revoked_at.is_(None))
+    tree = roots.cte("lineage", recursive=True)
+    tree = tree.union(select(Credential.id).join(tree, Credential.parent_id == tree.c.id).where(_live(now)))
+    ids = list(session.scalars(select(tree.c.id)))
+    revoked = 0
+    for start in range(0, len(ids), _CHUNK):
+        result = session.execute(
+            update(Credential)
+            .where(Credential.id.in_(ids[start : start + _CHUNK]), Credential.revoked_at.is_(None))
+            .values(revoked_at=now)
+            .execution_options(synchronize_session=False)
+        )
+        revoked += int(result.rowcount or 0)  # type: ignore[attr-defined]
+    return revoked
+
+
+def _live(now: datetime) -> ColumnElement[bool]:
+    """Credentials neither revoked nor expired at ``now``."""
+    return Credential.revoked_at.is_(None) & (Credential.expires_at.is_(None) | (Credential.expires_at > now))
+
+
+_CHUNK = 500
+"""IDs per ``IN (…)`` list, far below SQLite's variable limit."""
 
 
 def _sizes(session: Session, manifest_id: int) -> tuple[int, int]:

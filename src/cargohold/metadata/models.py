@@ -145,6 +145,11 @@ class UploadSession(Base):
     repository_id: Mapped[int] = mapped_column(ForeignKey("repositories.id", ondelete="CASCADE"))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    credential_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    """The credential that opened the session (None without authentication): it may always cancel it, and
+    its open sessions count against ``--max-uploads-per-credential``."""
+
+    __table_args__ = (Index("ix_upload_sessions_credential_updated", "credential_id", "updated_at"),)
 
 
 # --- control plane: projects, builds, credentials, trust ------------------------------------------------------
@@ -221,6 +226,26 @@ class Credential(Base):
     last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     project_id: Mapped[str | None] = mapped_column(String(32), nullable=True, index=True)
     """The project a project/pull token belongs to (for listing); OIDC tokens may span several."""
+    parent_id: Mapped[str | None] = mapped_column(String(32), nullable=True, index=True)
+    """The credential that minted this one; revoking it revokes this one too. NULL: a root (admin tokens,
+    OIDC-exchanged ones, and everything created before lineage was recorded)."""
+    admin_permissions: Mapped[str | None] = mapped_column(Text, nullable=True)
+    """JSON list of server-wide permissions (``admin``, ``metrics``) of an admin credential."""
+
+
+class CredentialTrust(Base):
+    """Which trust relationships produced an OIDC-exchanged credential: deleting one revokes the credential.
+
+    No foreign key to the relationship: the link must outlive its deletion long enough to find what to revoke,
+    and a relationship id is never reused.
+    """
+
+    __tablename__ = "credential_trusts"
+
+    credential_id: Mapped[str] = mapped_column(ForeignKey("credentials.id", ondelete="CASCADE"), primary_key=True)
+    trust_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+
+    __table_args__ = (Index("ix_credential_trusts_trust_id", "trust_id"),)
 
 
 class TrustRelationship(Base):
@@ -244,7 +269,10 @@ class TrustRelationship(Base):
     allowed_events: Mapped[str | None] = mapped_column(Text, nullable=True)
     """JSON list of otherwise-refused events (pull_request_target, workflow_run) this relationship allows."""
     pull_only: Mapped[bool] = mapped_column(default=False)
+    """Kept equal to ``permissions == ["pull"]`` for older readers; ``permissions`` is what counts."""
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    permissions: Mapped[str] = mapped_column(Text)
+    """JSON list of what exchanged credentials get in the project: ``pull``, ``push``, ``delete``."""
 
     __table_args__ = (Index("ix_trust_owner_repository", "owner", "repository"),)
 

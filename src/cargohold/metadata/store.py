@@ -61,6 +61,14 @@ class BlobInUse(RuntimeError):
     """A blob cannot be unlinked while a manifest in the repository references it."""
 
 
+class TooManyUploads(RuntimeError):
+    """The credential already holds as many open upload sessions as the server allows."""
+
+    def __init__(self, open_sessions: int) -> None:
+        super().__init__(f"{open_sessions} upload sessions open")
+        self.open_sessions = open_sessions
+
+
 @dataclass(frozen=True, slots=True)
 class StoredManifest:
     digest: str
@@ -74,6 +82,7 @@ class UploadRecord:
     id: str
     repository: str
     created_at: datetime
+    credential_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,20 +233,52 @@ class MetadataStore:
 
     # --- upload sessions ----------------------------------------------------------------------------------
 
-    def create_upload(self, repository: str, upload_id: str) -> None:
-        now = utcnow()
+    def create_upload(
+        self,
+        repository: str,
+        upload_id: str,
+        *,
+        credential_id: str | None = None,
+        max_open: int = 0,
+        active_since: datetime | None = None,
+        now: datetime | None = None,
+    ) -> None:
+        """Record a new session opened by ``credential_id``.
+
+        With ``max_open`` > 0, refuse with :class:`TooManyUploads` when the credential already has that many
+        sessions touched at or after ``active_since`` (older ones have expired, even if the purge has not run
+        yet). Counting and inserting share the write transaction, so parallel requests cannot overshoot.
+        """
+        now = now or utcnow()
         with self.db.write() as session:
+            if credential_id is not None and max_open > 0:
+                query = (
+                    select(func.count()).select_from(UploadSession).where(UploadSession.credential_id == credential_id)
+                )
+                if active_since is not None:
+                    query = query.where(UploadSession.updated_at >= active_since)
+                open_sessions = session.scalar(query) or 0
+                if open_sessions >= max_open:
+                    raise TooManyUploads(open_sessions)
             repository_id = self._ensure_repository(session, repository)
-            session.add(UploadSession(id=upload_id, repository_id=repository_id, created_at=now, updated_at=now))
+            session.add(
+                UploadSession(
+                    id=upload_id,
+                    repository_id=repository_id,
+                    created_at=now,
+                    updated_at=now,
+                    credential_id=credential_id,
+                )
+            )
 
     def get_upload(self, upload_id: str) -> UploadRecord | None:
         with self.db.read() as session:
             row = session.execute(
-                select(UploadSession.id, Repository.name, UploadSession.created_at)
+                select(UploadSession.id, Repository.name, UploadSession.created_at, UploadSession.credential_id)
                 .join(Repository, Repository.id == UploadSession.repository_id)
                 .where(UploadSession.id == upload_id)
             ).first()
-            return UploadRecord(row[0], row[1], row[2]) if row else None
+            return UploadRecord(row[0], row[1], row[2], row[3]) if row else None
 
     def touch_upload(self, upload_id: str) -> None:
         with self.db.write() as session:
@@ -357,27 +398,32 @@ class MetadataStore:
             repository_id = self._repository_id(session, repository)
             if repository_id is None:
                 return False
-            manifest_id = session.scalar(
-                select(Manifest.id).where(Manifest.repository_id == repository_id, Manifest.digest == digest)
+            return self.delete_manifest_in(session, repository_id, digest)
+
+    @staticmethod
+    def delete_manifest_in(session: Session, repository_id: int, digest: str) -> bool:
+        """:meth:`delete_manifest` inside the caller's write transaction (raises :class:`ManifestInUse`)."""
+        manifest_id = session.scalar(
+            select(Manifest.id).where(Manifest.repository_id == repository_id, Manifest.digest == digest)
+        )
+        if manifest_id is None:
+            return False
+        parent = session.scalar(
+            select(Manifest.digest)
+            .join(ManifestReference, ManifestReference.manifest_id == Manifest.id)
+            .where(
+                Manifest.repository_id == repository_id,
+                ManifestReference.digest == digest,
+                ManifestReference.kind == "manifest",
             )
-            if manifest_id is None:
-                return False
-            parent = session.scalar(
-                select(Manifest.digest)
-                .join(ManifestReference, ManifestReference.manifest_id == Manifest.id)
-                .where(
-                    Manifest.repository_id == repository_id,
-                    ManifestReference.digest == digest,
-                    ManifestReference.kind == "manifest",
-                )
-                .limit(1)
-            )
-            if parent is not None:
-                raise ManifestInUse(parent)
-            session.execute(delete(Tag).where(Tag.manifest_id == manifest_id))
-            session.execute(delete(ManifestReference).where(ManifestReference.manifest_id == manifest_id))
-            session.execute(delete(Manifest).where(Manifest.id == manifest_id))
-            return True
+            .limit(1)
+        )
+        if parent is not None:
+            raise ManifestInUse(parent)
+        session.execute(delete(Tag).where(Tag.manifest_id == manifest_id))
+        session.execute(delete(ManifestReference).where(ManifestReference.manifest_id == manifest_id))
+        session.execute(delete(Manifest).where(Manifest.id == manifest_id))
+        return True
 
     def delete_tag(self, repository: str, tag: str) -> bool:
         with self.db.write() as session:

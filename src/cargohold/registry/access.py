@@ -15,13 +15,18 @@ from aiohttp import web
 
 @dataclass(frozen=True, slots=True)
 class Principal:
-    """Who is calling; ``name`` appears in logs."""
+    """Who is calling; ``name`` appears in logs. ``credential_id`` is the credential behind the request (None
+    without authentication): upload sessions remember it, so their opener may cancel them and the
+    per-credential cap can count them."""
 
     name: str
     details: dict[str, str] = field(default_factory=dict)
+    credential_id: str | None = None
 
 
 ANONYMOUS = Principal("anonymous")
+PRINCIPAL_KEY = "cargohold_access_principal"
+"""Request key where the ``/v2/`` dispatcher leaves the authorised :class:`Principal` for the handlers."""
 
 
 @dataclass(frozen=True, slots=True)

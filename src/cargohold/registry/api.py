@@ -8,6 +8,10 @@ need one error parser. Every route authenticates with the same credentials as th
 * a credential with push on a project creates and finishes that project's builds and mints pull tokens;
 * a credential with pull on a project reads its builds and asks for pull-info (a pull token of its own
   is never widened: pull-info for a build-scoped caller stays scoped to that build).
+
+Every credential minted here (tokens, build tokens, pull-info tokens) is a child of the caller's: it holds
+nothing the caller lacks, expires no later than the caller's, and is revoked with it (see
+:func:`cargohold.registry.credentials.new_credential` and ``docs/api.md``, "Token lineage").
 """
 
 from __future__ import annotations
@@ -23,26 +27,47 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 
-from cargohold.lifecycle import audit
-from cargohold.metadata.control import BuildRecord, Conflict, ControlStore, NotFound, ProjectRecord, new_id
+from cargohold.metadata.control import (
+    BuildRecord,
+    Conflict,
+    ControlStore,
+    NotFound,
+    ParentInactive,
+    ProjectRecord,
+    new_id,
+)
 from cargohold.metadata.models import Credential
 from cargohold.metadata.models import TrustRelationship as TrustRow
 from cargohold.oci import mediatypes as mt
 from cargohold.oci.digest import Digest
 from cargohold.oci.reference import is_valid_tag
 from cargohold.registry.api_common import api_error, authenticated, check_project_access, read_json_body
-from cargohold.registry.auth import Identity, stored_to_row
-from cargohold.registry.credentials import CredentialKind, new_credential
+from cargohold.registry.auth import Identity, admin_permissions_of, stored_to_row
+from cargohold.registry.credentials import (
+    ACTIONS_PULL,
+    ACTIONS_PUSH,
+    DEFAULT_PULL_TOKEN_TTL,
+    CredentialExpired,
+    CredentialKind,
+    PermissionNotHeld,
+    PermissionSetError,
+    new_credential,
+)
 from cargohold.registry.errors import RegistryError
 from cargohold.registry.oidc import GITHUB_ISSUER
+from cargohold.registry.query_limits import LimitError, page_size
 from cargohold.registry.state import RegistryState
 from cargohold.registry.trust import RISKY_EVENTS, TrustConfigError
 from cargohold.registry.trust import TrustRelationship as TrustSpec
+from cargohold.registry.visibility import explain_missing_build, explain_missing_tag
 
 log = logging.getLogger(__name__)
 
 BUILD_TOKEN_TTL = timedelta(hours=6)
-"""Lifetime of the push credential handed out with a new build: long enough for a slow multi-platform build."""
+"""Lifetime of the push credential handed out with a new build: long enough for a slow multi-platform build
+(never longer than the credential that created the build: lineage caps it)."""
+BUILD_TOKEN_PERMISSIONS = frozenset({ACTIONS_PULL, ACTIONS_PUSH})
+"""A build token pushes its image; it never carries delete, even when its creator does."""
 PULL_TOKEN_TTL = timedelta(hours=1)
 MAX_TOKEN_TTL = timedelta(days=366)
 PROJECT_NAME_RE = re.compile(r"^[\w .@/:+-]{1,200}$")
@@ -87,8 +112,9 @@ async def _build_for(
 ) -> BuildRecord:
     build = await state.run(control.get_build, build_id)
     if build is None or not identity.can_project(build.project_id, "pull"):
-        # An evicted or expired build is gone from the builds table; the audit log can still say why.
-        explained = await _explain(state, None, build_id) if build is None else None
+        # An evicted or expired build is gone from the builds table; the audit log can still say why, but only
+        # to a caller that may see its project (to anyone else it is as unknown as a build never created).
+        explained = await explain_missing_build(state, identity, build_id) if build is None else None
         raise _not_found(explained or f"build {build_id} does not exist")
     restricted = identity.build_restriction(build.project_id)
     if restricted is not None and restricted != build_id:
@@ -126,21 +152,42 @@ def _duration(value: Any, field: str, *, allow_none: bool = False) -> timedelta 
 async def _mint(
     state: RegistryState,
     control: ControlStore,
+    identity: Identity,
     kind: CredentialKind,
     name: str,
     *,
     project: str | None = None,
     build_id: str | None = None,
+    actions: frozenset[str] | list[str] | None = None,
     ttl: timedelta | None = None,
     metadata: dict[str, str] | None = None,
 ) -> tuple[str, Credential]:
+    """Mint a credential as a child of the caller's (see the module docstring); returns its secret and row."""
     now = datetime.now(UTC)
-    token, stored = new_credential(
-        kind, credential_id=new_id(), name=name, now=now, project=project, build_id=build_id, ttl=ttl
-    )
+    try:
+        token, stored = new_credential(
+            kind,
+            credential_id=new_id(),
+            name=name,
+            now=now,
+            project=project,
+            build_id=build_id,
+            actions=actions,
+            ttl=ttl,
+            parent=identity.minting_parent,
+        )
+    except PermissionNotHeld as exc:
+        raise api_error(403, "DENIED", str(exc)) from None
+    except PermissionSetError as exc:
+        raise _invalid(str(exc)) from None
+    except CredentialExpired as exc:
+        raise api_error(401, "UNAUTHORIZED", str(exc)) from None
     row = stored_to_row(replace(stored, metadata=metadata or {}), project_id=project)
-    await state.run(control.add_credential, row)
-    return token, row
+    try:
+        stored_row = await state.run(control.add_credential, row)
+    except ParentInactive as exc:
+        raise api_error(401, "UNAUTHORIZED", f"{exc}; nothing was created") from None
+    return token, stored_row
 
 
 def _credential_json(row: Credential) -> dict[str, Any]:
@@ -150,6 +197,8 @@ def _credential_json(row: Credential) -> dict[str, Any]:
         "name": row.name,
         "project_id": row.project_id,
         "permissions": json.loads(row.permissions),
+        "admin_permissions": sorted(admin_permissions_of(row)),
+        "parent_id": row.parent_id,
         "created_at": _iso(row.created_at),
         "expires_at": _iso(row.expires_at),
         "revoked_at": _iso(row.revoked_at),
@@ -232,7 +281,14 @@ async def create_build(request: web.Request) -> web.Response:
         lambda: control.create_build(project.id, provenance=provenance or None, created_by=identity.name)
     )
     token, row = await _mint(
-        state, control, CredentialKind.PROJECT, f"build {build.id}", project=project.id, ttl=BUILD_TOKEN_TTL
+        state,
+        control,
+        identity,
+        CredentialKind.PROJECT,
+        f"build {build.id}",
+        project=project.id,
+        actions=BUILD_TOKEN_PERMISSIONS,
+        ttl=BUILD_TOKEN_TTL,
     )
     log.info("%s started build %s in project %s", identity.name, build.id, project.id)
     return web.json_response(
@@ -253,18 +309,22 @@ async def list_builds(request: web.Request) -> web.Response:
     state, control, identity = await authenticated(request)
     project = await _project_for(state, control, identity, request.match_info["project"], "pull")
     try:
-        limit = min(max(int(request.query.get("limit", "50")), 1), 500)
-    except ValueError:
-        raise _invalid("limit must be an integer") from None
+        limit = page_size(request.query.get("limit"), name="limit", default=50, maximum=500)
+    except LimitError as exc:
+        raise _invalid(str(exc)) from None
     before = request.query.get("before")
     tag = request.query.get("tag")
-    try:
-        builds = await state.run(lambda: control.list_builds(project.id, limit=limit, before=before, tag=tag))
-    except NotFound as exc:
-        raise _invalid(str(exc)) from None
     restricted = identity.build_restriction(project.id)
     if restricted is not None:
-        builds = [build for build in builds if build.id == restricted]
+        # A credential limited to one build lists that build alone (if it matches), never a page of others.
+        own = await state.run(control.get_build, restricted)
+        matches = own is not None and own.project_id == project.id and before is None
+        builds = [own] if own is not None and matches and (tag is None or tag in own.save_tags) else []
+    else:
+        try:
+            builds = await state.run(lambda: control.list_builds(project.id, limit=limit, before=before, tag=tag))
+        except NotFound as exc:
+            raise _invalid(str(exc)) from None
     body: dict[str, Any] = {"builds": [_build_json(state, build) for build in builds]}
     if len(builds) == limit:
         body["next"] = builds[-1].id
@@ -398,15 +458,18 @@ async def pull_info(request: web.Request) -> web.Response:
             raise _not_found(f"{ref} does not exist")
         build = await state.run(control.find_build_by_tag, project_id, tag)
         if build is None:
-            raise _not_found(await _explain(state, project_id, tag) or f"{ref} does not exist")
+            raise _not_found(await explain_missing_tag(state, identity, project_id, tag) or f"{ref} does not exist")
         build = await _build_for(state, control, identity, build.id, "pull")
     else:
         build = await _build_for(state, control, identity, ref, "pull")
     if build.status != "saved":
         raise api_error(409, "CONFLICT", f"build {build.id} is {build.status}, not saved; nothing to pull")
+    # A child of the caller's credential: a build-scoped chl_ asking again gets a token that dies with it, so
+    # repeated pull-info never extends a credential's life.
     token, row = await _mint(
         state,
         control,
+        identity,
         CredentialKind.PULL,
         f"pull-info {build.id} for {identity.principal.name}",
         project=build.project_id,
@@ -436,18 +499,29 @@ AFTER_SAVE_KEY = web.AppKey("cargohold_after_save", AfterSave)  # type: ignore[a
 """The hook the lifecycle module installs: enforce the project's build cap and re-measure its storage."""
 
 
-async def _explain(state: RegistryState, project_id: str | None, ref: str) -> str | None:
-    """Why a build or ``project:tag`` is gone (expired, evicted, deleted), from the lifecycle audit log."""
-    return await state.run(audit.explain_missing, state.metadata.db, project_id, ref)
-
-
 # --- tokens -----------------------------------------------------------------------------------------------
 
 
+def _requested_permissions(value: Any) -> list[str] | None:
+    """The ``permissions`` field: a list of names, or one comma-separated string (as the CLI takes it)."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = [part.strip() for part in value.split(",") if part.strip()]
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise _invalid('permissions must be a list of names, e.g. ["pull", "push", "delete"]')
+    return value
+
+
 async def create_token(request: web.Request) -> web.Response:
-    """Admins mint any kind; a credential with push on a project may mint pull tokens for it."""
+    """Admins mint any kind; a credential with push on a project may mint pull tokens for it.
+
+    The new token is a child of the caller's credential (capped expiry, revoked with it); admin tokens are
+    roots. ``permissions`` chooses the token's set within what its kind allows (and its parent holds).
+    """
     state, control, identity = await authenticated(request)
     body = await read_json_body(request)
+    requested = _requested_permissions(body.get("permissions"))
     try:
         kind = CredentialKind(body.get("kind", "project"))
     except ValueError:
@@ -479,19 +553,26 @@ async def create_token(request: web.Request) -> web.Response:
             _require_admin(identity)
         if kind is CredentialKind.PROJECT and build_id:
             raise _invalid("a project token covers the whole project; use kind pull for one build")
+    lifetime = ttl or (DEFAULT_PULL_TOKEN_TTL if kind is CredentialKind.PULL else None)
+    asked_until = None if lifetime is None else datetime.now(UTC) + lifetime
     token, row = await _mint(
         state,
         control,
+        identity,
         kind,
         name,
         project=project_id if kind is not CredentialKind.ADMIN else None,
         build_id=build_id,
+        actions=requested,
         ttl=ttl,
         metadata={"created_by": identity.name},
     )
     log.info("%s created %s token %s (%s)", identity.name, kind.value, row.id, name)
     data = _credential_json(row)
     data["token"] = token
+    # True when the token expires earlier than asked (or at all, when asked for none): its parent does.
+    capped = row.expires_at is not None and (asked_until is None or row.expires_at < asked_until - timedelta(seconds=1))
+    data["expiry_capped"] = capped and row.parent_id is not None
     return web.json_response(data, status=201)
 
 
@@ -515,11 +596,12 @@ async def revoke_token(request: web.Request) -> web.Response:
         row.project_id and row.kind == "pull" and identity.can_project(row.project_id, "push")
     ):
         raise api_error(403, "DENIED", "revoking this token needs an admin token")
-    await state.run(control.revoke_credential, token_id)
+    revoked = await state.run(control.revoke_credential, token_id)
     assert state.auth is not None
     state.auth.authenticator.forget()
-    log.info("%s revoked token %s (%s)", identity.name, row.id, row.name)
-    return web.json_response({"id": token_id, "revoked": True})
+    descendants = max(revoked - (1 if row.revoked_at is None else 0), 0)
+    log.info("%s revoked token %s (%s) and %d token(s) minted from it", identity.name, row.id, row.name, descendants)
+    return web.json_response({"id": token_id, "revoked": True, "descendants_revoked": descendants})
 
 
 # --- trust relationships ----------------------------------------------------------------------------------
@@ -541,6 +623,7 @@ def _trust_json(row: TrustRow) -> dict[str, Any]:
         "runner_environment": row.runner_environment,
         "allow_events": json.loads(row.allowed_events) if row.allowed_events else [],
         "pull_only": row.pull_only,
+        "permissions": sorted(json.loads(row.permissions)),
         "created_at": _iso(row.created_at),
     }
 
@@ -578,6 +661,7 @@ async def add_trust(request: web.Request) -> web.Response:
     if not isinstance(events, list) or not all(isinstance(event, str) for event in events):
         raise _invalid(f"allow_events must be a list drawn from {sorted(RISKY_EVENTS)}")
     issuer = _trust_issuer(state, body.get("issuer"))
+    permissions = _requested_permissions(body.get("permissions"))
     trust_id = new_id()
     try:
         spec = TrustSpec(
@@ -594,9 +678,11 @@ async def add_trust(request: web.Request) -> web.Response:
             runner_environment=_optional_text(body, "runner_environment"),
             allow_events=frozenset(events),
             pull_only=bool(body.get("pull_only", False)),
+            permissions=None if permissions is None else frozenset(permissions),
         )
     except TrustConfigError as exc:
         raise _invalid(str(exc)) from None
+    assert spec.permissions is not None
     row = TrustRow(
         id=trust_id,
         project_id=project.id,
@@ -612,6 +698,7 @@ async def add_trust(request: web.Request) -> web.Response:
         runner_environment=spec.runner_environment,
         allowed_events=json.dumps(sorted(spec.allow_events)) if spec.allow_events else None,
         pull_only=spec.pull_only,
+        permissions=json.dumps(sorted(spec.permissions)),
         created_at=datetime.now(UTC),
     )
     stored = await state.run(control.add_trust, row)
@@ -631,9 +718,15 @@ async def remove_trust(request: web.Request) -> web.Response:
     state, control, identity = await authenticated(request)
     _require_admin(identity)
     project_id, trust_id = request.match_info["project"], request.match_info["trust"]
-    if not await state.run(control.remove_trust, project_id, trust_id):
+    revoked = await state.run(control.remove_trust, project_id, trust_id)
+    if revoked is None:
         raise _not_found(f"trust relationship {trust_id} does not exist in project {project_id}")
-    return web.json_response({"id": trust_id, "removed": True})
+    assert state.auth is not None
+    state.auth.authenticator.forget()
+    log.info(
+        "%s removed trust %s of project %s, revoking %d credential(s)", identity.name, trust_id, project_id, revoked
+    )
+    return web.json_response({"id": trust_id, "removed": True, "credentials_revoked": revoked})
 
 
 async def whoami(request: web.Request) -> web.Response:
@@ -645,6 +738,8 @@ async def whoami(request: web.Request) -> web.Response:
             "name": principal.name,
             "credential_id": principal.credential_id,
             "permissions": [permission.to_json() for permission in principal.permissions],
+            "admin_permissions": sorted(principal.admin_permissions or ()),
+            "expires_at": _iso(principal.expires_at),
         }
     )
 

@@ -11,11 +11,14 @@ Routes (JSON; errors in the registry's ``{"errors": [...]}`` shape):
 * ``POST /api/v1/builds/{build}/pin`` | ``/unpin`` | ``/extend`` ``{"by": seconds}`` or ``{"until": iso}``
   — push permission on the build's project.
 * ``DELETE /api/v1/builds/{build}`` (``?dry_run=1``) — delete permission; evicts the build now.
-* ``GET /api/v1/projects/{project}/history?limit=&build=`` — pull permission; newest first.
-* ``GET /api/v1/projects/{project}/usage?month=YYYY-MM`` — pull permission.
+* ``GET /api/v1/projects/{project}/history?limit=&build=`` — pull permission; newest first. A credential
+  limited to one build sees only that build's events; ``limit`` is 1..1000.
+* ``GET /api/v1/projects/{project}/usage?month=YYYY-MM`` — pull permission on the whole project (a
+  credential limited to one build gets 403: usage is about every build).
 * ``POST /api/v1/expire`` ``{"dry_run": bool, "project": id?}`` — admin (or push on the given project).
 * ``POST /api/v1/gc`` ``{"dry_run": bool}`` — admin.
-* ``GET /metrics`` — admin credential when the server authenticates (scrapers send a bearer token).
+* ``GET /metrics`` — an admin credential, or one holding only ``metrics``, when the server authenticates
+  (scrapers send a bearer token).
 """
 
 from __future__ import annotations
@@ -30,12 +33,13 @@ from typing import Any
 
 from aiohttp import web
 
-from cargohold.lifecycle import audit
+from cargohold.lifecycle import audit, registry_delete
 from cargohold.lifecycle.clock import parse_iso, system_clock
 from cargohold.lifecycle.gc import GarbageCollector, GcReport
 from cargohold.lifecycle.metering import Metering
 from cargohold.lifecycle.retention import BuildNotFound, Eviction, LifecycleError, Retention, build_json
 from cargohold.metadata.control import BuildRecord
+from cargohold.registry.access import PRINCIPAL_KEY
 from cargohold.registry.api_common import (
     api_error,
     authenticated,
@@ -46,7 +50,9 @@ from cargohold.registry.api_common import (
 from cargohold.registry.auth import Identity
 from cargohold.registry.errors import RegistryError, manifest_unknown
 from cargohold.registry.metrics import CONTENT_TYPE, Metrics
+from cargohold.registry.query_limits import LimitError, page_size
 from cargohold.registry.state import STATE_KEY, RegistryState, state_of
+from cargohold.registry.visibility import explain_missing_build
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +127,35 @@ async def missing_manifest(request: web.Request, repository: str, reference: str
     return RegistryError("MANIFEST_UNKNOWN", explained, detail={"reference": reference, "reason": explained})
 
 
+async def delete_manifest_reference(request: web.Request, repository: str, reference: str, *, by_digest: bool) -> bool:
+    """``DELETE /v2/<name>/manifests/<reference>``, evicting the saved builds whose image it is (see
+    :mod:`cargohold.lifecycle.registry_delete`); False when nothing by that reference exists. Raises
+    ``ManifestInUse`` for a manifest an index still lists."""
+    state = state_of(request)
+    if LIFECYCLE_KEY not in request.app:
+        if by_digest:
+            return await state.run(state.metadata.delete_manifest, repository, reference)
+        return await state.run(state.metadata.delete_tag, repository, reference)
+    lifecycle = lifecycle_of(request.app)
+    principal = request.get(PRINCIPAL_KEY)
+    actor = principal.name if principal is not None else "anonymous"
+    deletion = await state.run(
+        lambda: registry_delete.delete_reference(
+            state.metadata.db, lifecycle.retention, repository, reference, by_digest=by_digest, actor=actor
+        )
+    )
+    if deletion.evicted:
+        await state.run(lifecycle.metering.refresh, [repository])
+        log.info(
+            "%s deleted %s@%s through /v2/, evicting build(s) %s",
+            actor,
+            repository,
+            reference,
+            ", ".join(e.build_id for e in deletion.evicted),
+        )
+    return deletion.removed
+
+
 # --- request helpers --------------------------------------------------------------------------------------
 
 
@@ -133,7 +168,7 @@ async def _build_project(state: RegistryState, identity: Identity, build_id: str
     assert state.control is not None
     build = await state.run(state.control.get_build, build_id)
     if build is None or not identity.can_project(build.project_id, "pull"):
-        explained = await state.run(audit.explain_missing, state.metadata.db, None, build_id)
+        explained = await explain_missing_build(state, identity, build_id) if build is None else None
         raise api_error(404, "NOT_FOUND", explained or f"build {build_id} does not exist")
     restricted = identity.build_restriction(build.project_id)
     if restricted is not None and restricted != build_id:
@@ -217,10 +252,16 @@ async def project_history(request: web.Request) -> web.Response:
     project_id = request.match_info["project"]
     check_project_access(identity, project_id, "pull")
     try:
-        limit = int(request.query.get("limit", "100"))
-    except ValueError:
-        raise api_error(400, "INVALID", "limit must be a whole number") from None
+        limit = page_size(request.query.get("limit"), name="limit", default=100, maximum=audit.MAX_HISTORY)
+    except LimitError as exc:
+        raise api_error(400, "INVALID", str(exc)) from None
     build = request.query.get("build")
+    restricted = identity.build_restriction(project_id)
+    if restricted is not None:
+        # A credential limited to one build reads that build's story only.
+        if build is not None and build != restricted:
+            raise api_error(404, "NOT_FOUND", f"build {build} does not exist")
+        build = restricted
     events = await state.run(lambda: audit.history(state.metadata.db, project_id, limit=limit, build_id=build))
     return web.json_response({"project_id": project_id, "events": [event.to_json() for event in events]})
 
@@ -229,6 +270,14 @@ async def project_usage(request: web.Request) -> web.Response:
     state, lifecycle, identity = await _identity(request)
     project_id = request.match_info["project"]
     check_project_access(identity, project_id, "pull")
+    restricted = identity.build_restriction(project_id)
+    if restricted is not None:
+        raise api_error(
+            403,
+            "DENIED",
+            f"this credential is limited to build {restricted}; project usage needs a credential for all of "
+            f"{project_id}",
+        )
     month = request.query.get("month") or None
     try:
         usage = await state.run(lifecycle.metering.usage, project_id, month)
@@ -276,8 +325,8 @@ async def metrics_endpoint(request: web.Request) -> web.Response:
         identity = await identity_or_challenge(
             state.auth, request, "metrics need an admin token (Authorization: Bearer <token>)"
         )
-        if not identity.is_admin:
-            raise api_error(403, "DENIED", "only an admin token may read metrics")
+        if not identity.principal.may_read_metrics:
+            raise api_error(403, "DENIED", "only an admin token (or one with the metrics permission) may read metrics")
     body = await state.run(lifecycle_of(request.app).metrics.render)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 

@@ -36,6 +36,7 @@ from cargohold.metadata.models import Credential
 from cargohold.registry.access import Principal as AccessPrincipal
 from cargohold.registry.access import Target
 from cargohold.registry.credentials import (
+    ADMIN_ALL,
     CredentialError,
     CredentialKind,
     Permission,
@@ -82,6 +83,12 @@ class Identity:
     @property
     def is_admin(self) -> bool:
         return self.principal.is_admin
+
+    @property
+    def minting_parent(self) -> Principal | None:
+        """The parent of any credential this caller mints: itself, unless it is stored nowhere (the env
+        admin token, whose children are therefore roots)."""
+        return None if self.principal.credential_id == ENV_ADMIN_ID else self.principal
 
     def could(self, repository: str, action: str) -> bool:
         """Whether the underlying credential may ``action`` on ``repository``."""
@@ -134,6 +141,35 @@ def _row_to_stored(row: Credential) -> StoredCredential:
         expires_at=row.expires_at,
         revoked_at=row.revoked_at,
         metadata=json.loads(row.metadata_json) if row.metadata_json else {},
+        admin_permissions=admin_permissions_of(row),
+        parent_id=row.parent_id,
+    )
+
+
+def admin_permissions_of(row: Credential) -> frozenset[str]:
+    """The server-wide permissions stored on an admin credential's row (nothing for other kinds)."""
+    if row.kind != CredentialKind.ADMIN.value or not row.admin_permissions:
+        return frozenset()
+    return frozenset(str(item) for item in json.loads(row.admin_permissions))
+
+
+def principal_of(row: Credential) -> Principal:
+    """The caller a stored credential row stands for (no checks: the caller has checked it is live)."""
+    kind = CredentialKind(row.kind)
+    return Principal(
+        kind,
+        row.id,
+        row.name,
+        permissions_from_json(row.permissions),
+        admin_permissions_of(row) if kind is CredentialKind.ADMIN else None,
+        row.expires_at,
+    )
+
+
+def env_admin_principal() -> Principal:
+    """The bootstrap ``CARGOHOLD_ADMIN_TOKEN``: full control, never expires, stored nowhere (so a root)."""
+    return Principal(
+        CredentialKind.ADMIN, ENV_ADMIN_ID, "CARGOHOLD_ADMIN_TOKEN", admin_permissions=frozenset({ADMIN_ALL})
     )
 
 
@@ -149,6 +185,8 @@ def stored_to_row(stored: StoredCredential, *, project_id: str | None = None) ->
         created_at=stored.created_at,
         expires_at=stored.expires_at,
         project_id=project_id,
+        parent_id=stored.parent_id,
+        admin_permissions=json.dumps(sorted(stored.admin_permissions)) if stored.admin_permissions else None,
     )
 
 
@@ -206,7 +244,7 @@ class TokenAuthenticator:
     async def from_secret(self, secret: str) -> Identity:
         """A token or raw OIDC JWT given as a password or bearer value."""
         if self._admin_hash is not None and hmac.compare_digest(hash_token(secret), self._admin_hash):
-            return Identity(Principal(CredentialKind.ADMIN, ENV_ADMIN_ID, "CARGOHOLD_ADMIN_TOKEN"))
+            return Identity(env_admin_principal())
         if is_valid_token(secret):
             row = await self._credential_by_hash(hash_token(secret))
             if row is None:
@@ -233,14 +271,13 @@ class TokenAuthenticator:
     async def identity_for_id(self, credential_id: str) -> Identity | None:
         """The live credential with this ID, or None if it is unknown, revoked or expired."""
         if credential_id == ENV_ADMIN_ID and self._admin_hash is not None:
-            return Identity(Principal(CredentialKind.ADMIN, ENV_ADMIN_ID, "CARGOHOLD_ADMIN_TOKEN"))
+            return Identity(env_admin_principal())
         row = await self._cached(self._by_id, credential_id, self.control.get_credential)
         if row is None or row.revoked_at is not None:
             return None
         if row.expires_at is not None and row.expires_at <= datetime.now(UTC):
             return None
-        principal = Principal(CredentialKind(row.kind), row.id, row.name, permissions_from_json(row.permissions))
-        return Identity(principal, claims=_claims(row))
+        return Identity(principal_of(row), claims=_claims(row))
 
     async def _credential_by_hash(self, token_hash: str) -> Credential | None:
         return await self._cached(self._by_hash, token_hash, self.control.credential_by_hash)
@@ -340,9 +377,10 @@ class TokenAccess:
                 "authentication required: log in with user x-token and a Cargohold token",
                 headers=self.challenge(scope),
             )
+        principal = AccessPrincipal(identity.name, credential_id=identity.credential_id)
         if repository is None:
             if "catalog" in actions or not actions:
-                return AccessPrincipal(identity.name)
+                return principal
         else:
             for action in sorted(actions):
                 if identity.may(repository, action):
@@ -366,7 +404,7 @@ class TokenAccess:
             build_id = identity.build_restriction(repository)
             if build_id is not None:
                 await self._check_build_target(repository, build_id, target)
-        return AccessPrincipal(identity.name)
+        return principal
 
     async def _check_build_target(self, repository: str, build_id: str, target: Target | None) -> None:
         denied = RegistryError("DENIED", f"this pull credential is limited to build {build_id}")

@@ -22,6 +22,7 @@ import json
 import re
 import secrets
 import zlib
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -35,6 +36,15 @@ TOKEN_LENGTH = 4 + RANDOM_LENGTH + CHECKSUM_LENGTH
 
 ACTIONS_PULL = "pull"
 ACTIONS_PUSH = "push"
+ACTION_DELETE = "delete"
+REPOSITORY_ACTIONS = frozenset({ACTIONS_PULL, ACTIONS_PUSH, ACTION_DELETE})
+"""What a credential may do in a project's repositories (and the matching control-API routes)."""
+ADMIN_ALL = "admin"
+"""Server-wide: every project, every action, projects, trust relationships, tokens, GC, metrics."""
+ADMIN_METRICS = "metrics"
+"""Server-wide, read-only: scrape ``/metrics`` (a Prometheus scraper needs nothing else)."""
+ADMIN_PERMISSIONS = frozenset({ADMIN_ALL, ADMIN_METRICS})
+"""The whole admin permission set, deliberately small: full control, or metrics only."""
 
 DEFAULT_PULL_TOKEN_TTL = timedelta(hours=1)
 """Pull tokens are handed to CI jobs on other machines; they should die with the job."""
@@ -82,6 +92,56 @@ class CredentialRevoked(CredentialError):
 
 class CredentialExpired(CredentialError):
     """The credential existed but its expiry has passed."""
+
+
+class PermissionSetError(ValueError):
+    """A requested permission set is not allowed for the credential kind; the message says what is."""
+
+
+class PermissionNotHeld(PermissionSetError):
+    """The minting credential lacks a permission the new one would get: a child never exceeds its parent."""
+
+
+_DEFAULT_PERMISSIONS: dict[CredentialKind, frozenset[str]] = {
+    CredentialKind.ADMIN: frozenset({ADMIN_ALL}),
+    CredentialKind.PROJECT: frozenset({ACTIONS_PULL, ACTIONS_PUSH}),
+    CredentialKind.PULL: frozenset({ACTIONS_PULL}),
+}
+_ALLOWED_PERMISSIONS: dict[CredentialKind, frozenset[str]] = {
+    CredentialKind.ADMIN: ADMIN_PERMISSIONS,
+    CredentialKind.PROJECT: REPOSITORY_ACTIONS,
+    CredentialKind.PULL: frozenset({ACTIONS_PULL}),
+}
+
+
+def default_permissions(kind: CredentialKind) -> frozenset[str]:
+    """The permission set a credential of ``kind`` gets when none is asked for (today's behaviour)."""
+    return _DEFAULT_PERMISSIONS.get(kind, frozenset())
+
+
+def permission_set(kind: CredentialKind, requested: Iterable[str] | None) -> frozenset[str]:
+    """Validate a requested permission set for ``kind``; None means the kind's default.
+
+    Project credentials hold any of ``pull``, ``push``, ``delete`` but always ``pull`` (a writer reads
+    too: every push starts with existence checks); pull tokens hold ``pull`` only; admin tokens hold
+    ``admin`` (everything) or ``metrics`` (scraping only). OIDC credentials get theirs from trust
+    relationships, never from a request.
+    """
+    if requested is None:
+        return default_permissions(kind)
+    wanted = frozenset(str(item).strip() for item in requested)
+    allowed = _ALLOWED_PERMISSIONS.get(kind)
+    if allowed is None:
+        raise PermissionSetError(f"{kind.value} credentials get their permissions from trust relationships")
+    unknown = sorted(wanted - allowed)
+    if unknown or not wanted:
+        raise PermissionSetError(
+            f"a {kind.value} token's permissions are drawn from {', '.join(sorted(allowed))}"
+            + (f"; {', '.join(unknown)} is not one of them" if unknown else "; give at least one")
+        )
+    if kind is CredentialKind.PROJECT and ACTIONS_PULL not in wanted:
+        raise PermissionSetError("a project token always includes pull (pushing starts by reading); add pull")
+    return wanted
 
 
 def _base62(value: int, width: int) -> str:
@@ -197,16 +257,45 @@ def permissions_from_json(text: str) -> tuple[Permission, ...]:
 
 @dataclass(frozen=True, slots=True)
 class Principal:
-    """Who is calling, after a credential checked out; what :mod:`.signing` intersects scopes with."""
+    """Who is calling, after a credential checked out; what :mod:`.signing` intersects scopes with.
+
+    ``admin_permissions`` is the server-wide set of an admin credential (None: the kind's default, so
+    ``{"admin"}`` for admin credentials and nothing for the others). ``expires_at`` is the credential's own
+    expiry: what any credential it mints is capped at.
+    """
 
     kind: CredentialKind
     credential_id: str
     name: str
     permissions: tuple[Permission, ...] = ()
+    admin_permissions: frozenset[str] | None = None
+    expires_at: datetime | None = None
+
+    def __post_init__(self) -> None:
+        if self.admin_permissions is None:
+            defaults = default_permissions(self.kind) if self.kind is CredentialKind.ADMIN else frozenset()
+            object.__setattr__(self, "admin_permissions", defaults)
+        elif self.kind is not CredentialKind.ADMIN and self.admin_permissions:
+            raise ValueError("only admin credentials hold server-wide permissions")
 
     @property
     def is_admin(self) -> bool:
-        return self.kind is CredentialKind.ADMIN
+        """Full control: every project and every administrative route."""
+        return ADMIN_ALL in (self.admin_permissions or ())
+
+    @property
+    def may_read_metrics(self) -> bool:
+        return self.is_admin or ADMIN_METRICS in (self.admin_permissions or ())
+
+    def actions_on(self, project: str) -> frozenset[str]:
+        """Everything this credential may do in ``project`` (build-narrowed grants included)."""
+        if self.is_admin:
+            return REPOSITORY_ACTIONS
+        found: set[str] = set()
+        for permission in self.permissions:
+            if permission.project == project:
+                found |= permission.actions
+        return frozenset(found)
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,6 +314,11 @@ class StoredCredential:
     expires_at: datetime | None = None
     revoked_at: datetime | None = None
     metadata: dict[str, str] = field(default_factory=dict)
+    admin_permissions: frozenset[str] = frozenset()
+    parent_id: str | None = None
+    """The credential that minted this one (see :func:`new_credential`); None for a root."""
+    trust_ids: tuple[str, ...] = ()
+    """The trust relationships an OIDC exchange matched to produce this credential."""
 
     def authenticate(self, token: str, now: datetime) -> Principal:
         """Check ``token`` against this row and return the caller's :class:`Principal`.
@@ -240,7 +334,17 @@ class StoredCredential:
             raise CredentialRevoked(f"the {self.kind.value} token {self.name!r} was revoked at {_iso(self.revoked_at)}")
         if self.expires_at is not None and now >= self.expires_at:
             raise CredentialExpired(f"the {self.kind.value} token {self.name!r} expired at {_iso(self.expires_at)}")
-        return Principal(self.kind, self.id, self.name, self.permissions)
+        return self.principal()
+
+    def principal(self) -> Principal:
+        return Principal(
+            self.kind,
+            self.id,
+            self.name,
+            self.permissions,
+            self.admin_permissions if self.kind is CredentialKind.ADMIN else None,
+            self.expires_at,
+        )
 
 
 def _iso(moment: datetime) -> str:
@@ -256,17 +360,28 @@ def new_credential(
     project: str | None = None,
     build_id: str | None = None,
     permissions: tuple[Permission, ...] | None = None,
+    actions: Iterable[str] | None = None,
     ttl: timedelta | None = None,
+    parent: Principal | None = None,
+    trust_ids: tuple[str, ...] = (),
 ) -> tuple[str, StoredCredential]:
     """Create a credential of ``kind``; returns ``(plaintext token, row to store)``.
 
     Enforces the issue's rules so the HTTP layer cannot mint something out of policy:
 
-    * admin: no project, never expires unless ``ttl`` is given;
-    * project: push+pull on exactly ``project``; expiry optional;
+    * admin: no project; ``actions`` from :data:`ADMIN_PERMISSIONS` (default ``admin``); never expires
+      unless ``ttl`` is given; always a root (see below);
+    * project: ``actions`` on exactly ``project`` (default pull+push, ``delete`` on request); expiry optional;
     * pull: pull on ``project`` (optionally narrowed to ``build_id``); expires after 1 hour by default;
-    * oidc: ``permissions`` from a trust match (possibly several projects); expires after 1 hour by
-      default.
+    * oidc: ``permissions`` from a trust match (possibly several projects, ``trust_ids`` say which
+      relationships); expires after 1 hour by default.
+
+    Lineage: ``parent`` is the credential minting this one. The child records it, may hold nothing the
+    parent lacks (a build-narrowed parent only mints children narrowed to the same build), and its expiry
+    is capped at the parent's, so no chain of mints outlives where it started. Admin tokens are roots: an
+    admin may do everything anyway, and an admin token must stay valid when the one that minted it is
+    rotated away. The database re-checks, in the transaction that stores the child, that the parent is
+    still live (:meth:`cargohold.metadata.control.ControlStore.add_credential`).
     """
     if not name.strip():
         raise ValueError("a credential needs a non-empty name")
@@ -274,24 +389,37 @@ def new_credential(
         raise ValueError("a credential's lifetime must be positive")
     if now.tzinfo is None:
         raise ValueError("now must be timezone-aware")
+    admin_granted: frozenset[str] = frozenset()
     if kind is CredentialKind.ADMIN:
         if project or build_id or permissions:
             raise ValueError("an admin token is not tied to a project")
+        if parent is not None and not parent.is_admin:
+            raise PermissionNotHeld("only an admin may mint an admin token")
+        admin_granted = permission_set(kind, actions)
         granted: tuple[Permission, ...] = ()
+        parent = None
     elif kind is CredentialKind.PROJECT:
         if not project or build_id or permissions:
             raise ValueError("a project token needs exactly one project and no build or permissions")
-        granted = (Permission(project, frozenset({ACTIONS_PULL, ACTIONS_PUSH})),)
+        granted = (Permission(project, permission_set(kind, actions)),)
     elif kind is CredentialKind.PULL:
         if not project or permissions:
             raise ValueError("a pull token needs a project (and optionally a build id)")
-        granted = (Permission(project, frozenset({ACTIONS_PULL}), build_id),)
+        granted = (Permission(project, permission_set(kind, actions), build_id),)
         ttl = ttl or DEFAULT_PULL_TOKEN_TTL
     else:
-        if not permissions or project or build_id:
+        if not permissions or project or build_id or actions is not None:
             raise ValueError("an OIDC-exchanged token needs the permissions of a trust match")
         granted = permissions
         ttl = ttl or DEFAULT_OIDC_TOKEN_TTL
+    expires_at = None if ttl is None else now + ttl
+    if parent is not None:
+        for permission in granted:
+            _check_inherited(parent, permission)
+        if parent.expires_at is not None:
+            if parent.expires_at <= now:
+                raise CredentialExpired(f"the credential minting this token expired at {_iso(parent.expires_at)}")
+            expires_at = parent.expires_at if expires_at is None else min(expires_at, parent.expires_at)
     token = generate_token(kind)
     row = StoredCredential(
         id=credential_id,
@@ -300,6 +428,29 @@ def new_credential(
         token_hash=hash_token(token),
         created_at=now,
         permissions=granted,
-        expires_at=None if ttl is None else now + ttl,
+        expires_at=expires_at,
+        admin_permissions=admin_granted,
+        parent_id=None if parent is None else parent.credential_id,
+        trust_ids=tuple(trust_ids),
     )
     return token, row
+
+
+def _check_inherited(parent: Principal, child: Permission) -> None:
+    """Refuse a child permission its parent does not hold (with the same or no build narrowing)."""
+    if parent.is_admin:
+        return
+    grants = [granted for granted in parent.permissions if granted.project == child.project]
+    for action in sorted(child.actions):
+        if not any(action in granted.actions and granted.build_id in (None, child.build_id) for granted in grants):
+            narrowed = next((g.build_id for g in grants if g.build_id and action in g.actions), None)
+            where = f"build {narrowed} of {child.project}" if narrowed else child.project
+            if narrowed and child.build_id != narrowed:
+                raise PermissionNotHeld(
+                    f"the {parent.kind.value} credential {parent.name!r} is limited to {where}; "
+                    "it can only mint tokens for that build"
+                )
+            raise PermissionNotHeld(
+                f"the {parent.kind.value} credential {parent.name!r} may not {action} in {child.project}, "
+                "so it cannot mint a token that may"
+            )

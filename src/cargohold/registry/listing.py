@@ -10,6 +10,7 @@ from aiohttp import web
 from cargohold.oci import mediatypes as mt
 from cargohold.registry.blobs import parse_digest
 from cargohold.registry.errors import RegistryError, name_unknown
+from cargohold.registry.query_limits import LimitError, page_size
 from cargohold.registry.state import state_of
 
 MAX_PAGE = 10_000
@@ -20,9 +21,10 @@ def _page_size(request: web.Request) -> int | None:
     value = request.query.get("n")
     if value is None:
         return None
-    if not value.isdigit():
-        raise RegistryError("UNSUPPORTED", f"n={value!r} must be a non-negative integer", status=400)
-    return min(int(value), MAX_PAGE)
+    try:
+        return page_size(value, name="n", default=MAX_PAGE, maximum=MAX_PAGE, minimum=0)
+    except LimitError as exc:
+        raise RegistryError("UNSUPPORTED", str(exc), status=400) from None
 
 
 def _paginate(items: list[str], limit: int | None) -> tuple[list[str], bool]:

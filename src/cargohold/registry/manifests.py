@@ -13,7 +13,7 @@ from cargohold.metadata.store import ManifestInUse, MissingReferences, SizeMisma
 from cargohold.oci.digest import Digest, is_digest
 from cargohold.oci.manifest import MAX_MANIFEST_SIZE, ManifestInvalid, parse_manifest
 from cargohold.oci.reference import is_valid_tag
-from cargohold.registry.api_lifecycle import missing_manifest
+from cargohold.registry.api_lifecycle import delete_manifest_reference, missing_manifest
 from cargohold.registry.blobs import parse_digest
 from cargohold.registry.errors import RegistryError, manifest_unknown
 from cargohold.registry.state import state_of
@@ -136,20 +136,17 @@ async def put_manifest(request: web.Request, name: str, reference: str) -> web.R
 
 
 async def delete_manifest(request: web.Request, name: str, reference: str) -> web.Response:
-    state = state_of(request)
+    """A saved build whose image this is gets evicted with it (see cargohold.lifecycle.registry_delete)."""
     canonical, by_digest = _parse_reference(reference)
-    if by_digest:
-        try:
-            removed = await state.run(state.metadata.delete_manifest, name, canonical)
-        except ManifestInUse as exc:
-            raise RegistryError(
-                "UNSUPPORTED",
-                f"manifest {canonical} is part of index {exc.parent} in {name}; delete the index first",
-                status=409,
-                detail={"reference": canonical, "index": exc.parent},
-            ) from None
-    else:
-        removed = await state.run(state.metadata.delete_tag, name, canonical)
+    try:
+        removed = await delete_manifest_reference(request, name, canonical, by_digest=by_digest)
+    except ManifestInUse as exc:
+        raise RegistryError(
+            "UNSUPPORTED",
+            f"manifest {canonical} is part of index {exc.parent} in {name}; delete the index first",
+            status=409,
+            detail={"reference": canonical, "index": exc.parent},
+        ) from None
     if not removed:
         raise manifest_unknown(canonical)
     return web.Response(status=202)

@@ -9,18 +9,12 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from cargohold.metadata.control import ControlStore, new_id
+from cargohold.metadata.control import ControlStore, ParentInactive, new_id
 from cargohold.metadata.models import Credential
 from cargohold.metadata.models import TrustRelationship as TrustRow
 from cargohold.registry import trust
-from cargohold.registry.auth import AuthError, Identity, TokenAuthenticator, stored_to_row
-from cargohold.registry.credentials import (
-    CredentialKind,
-    Principal,
-    hash_token,
-    new_credential,
-    permissions_from_json,
-)
+from cargohold.registry.auth import AuthError, Identity, TokenAuthenticator, principal_of, stored_to_row
+from cargohold.registry.credentials import CredentialKind, hash_token, new_credential
 from cargohold.registry.oidc import OidcError, OidcVerifier, ReplayedTokenError
 
 Run = Callable[..., Awaitable[Any]]
@@ -60,6 +54,7 @@ def relationship_from_row(row: TrustRow) -> trust.TrustRelationship:
         runner_environment=row.runner_environment,
         allow_events=frozenset(json.loads(row.allowed_events) if row.allowed_events else ()),
         pull_only=row.pull_only,
+        permissions=frozenset(json.loads(row.permissions)),
     )
 
 
@@ -105,6 +100,7 @@ class OidcExchange:
             now=now,
             permissions=result.permissions,
             ttl=self.token_ttl,
+            trust_ids=tuple(rel.id for rel in result.matched),
         )
         if remember_raw:
             plaintext, stored = jwt_text, replace(stored, token_hash=hash_token(jwt_text))
@@ -113,10 +109,13 @@ class OidcExchange:
             audit["workflow"] = claims.workflow
         projects = sorted({permission.project for permission in result.permissions})
         row = stored_to_row(replace(stored, metadata=audit), project_id=projects[0] if len(projects) == 1 else None)
-        await self.run(self.control.add_credential, row)
+        try:
+            # Linked to the relationships that matched: deleting one of them revokes this credential.
+            await self.run(self.control.add_credential, row, stored.trust_ids)
+        except ParentInactive as exc:
+            raise ExchangeDenied(str(exc)) from None
         assert stored.expires_at is not None
-        principal = Principal(CredentialKind.OIDC, stored.id, stored.name, stored.permissions)
-        return Exchanged(plaintext, stored.expires_at, projects, Identity(principal, claims=audit))
+        return Exchanged(plaintext, stored.expires_at, projects, Identity(stored.principal(), claims=audit))
 
     def raw_jwt_exchanger(self, authenticator: TokenAuthenticator) -> Callable[[str], Awaitable[Identity]]:
         """For :class:`TokenAuthenticator`: accept a raw OIDC JWT as a credential, exchanging it once.
@@ -159,5 +158,4 @@ def identity_from_oidc_row(row: Credential) -> Identity:
         raise AuthError(f"the OIDC credential {row.name!r} was revoked")
     if row.expires_at is not None and row.expires_at <= now:
         raise AuthError(f"the OIDC credential {row.name!r} has expired; request a fresh ID token")
-    principal = Principal(CredentialKind.OIDC, row.id, row.name, permissions_from_json(row.permissions))
-    return Identity(principal, claims=json.loads(row.metadata_json) if row.metadata_json else None)
+    return Identity(principal_of(row), claims=json.loads(row.metadata_json) if row.metadata_json else None)

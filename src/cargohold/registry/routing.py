@@ -15,13 +15,16 @@ from aiohttp import web
 
 from cargohold.oci.reference import NAME_MAX_LENGTH, is_valid_name
 from cargohold.registry import blobs, listing, manifests, uploads
-from cargohold.registry.access import Target
+from cargohold.registry.access import PRINCIPAL_KEY, Target
 from cargohold.registry.errors import RegistryError
 from cargohold.registry.state import state_of
 
 Handler = Callable[..., Awaitable[web.StreamResponse]]
 
 ACTION_FOR_METHOD = {"GET": "pull", "HEAD": "pull", "POST": "push", "PATCH": "push", "PUT": "push", "DELETE": "delete"}
+ACTION_OVERRIDES = {("upload", "DELETE"): "push"}
+"""Cancelling an upload session is part of pushing, not deleting content: any push credential may cancel the
+sessions it opened (the handler checks whose session it is; ``delete`` cancels anyone's)."""
 
 
 @dataclass(frozen=True)
@@ -102,7 +105,8 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
         raise _method_not_allowed(request.method, f"/v2/<name>/{route.name}")
     reference = next(iter(params.values()), "")
     target = Target(route.name, reference)
-    await state.access.authorize(request, name, frozenset({ACTION_FOR_METHOD[request.method]}), target)
+    action = ACTION_OVERRIDES.get((route.name, request.method), ACTION_FOR_METHOD[request.method])
+    request[PRINCIPAL_KEY] = await state.access.authorize(request, name, frozenset({action}), target)
     return await handler(request, name, *params.values())
 
 

@@ -32,7 +32,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from cargohold.oci.reference import is_valid_name
-from cargohold.registry.credentials import ACTIONS_PULL, ACTIONS_PUSH, Principal
+from cargohold.registry.credentials import ACTIONS_PULL, REPOSITORY_ACTIONS, Principal
 
 SERVICE = "cargohold"
 """Default ``service``/``aud`` of registry tokens (the Docker ``service`` parameter)."""
@@ -40,7 +40,6 @@ DEFAULT_ISSUER = "cargohold-token-service"
 DEFAULT_REGISTRY_TOKEN_TTL = 300
 """Seconds. Clients re-fetch on 401, so a short life costs little and limits a leaked JWT's use."""
 ALGORITHM = "EdDSA"
-ACTION_DELETE = "delete"
 KEYS_DIRNAME = "keys"
 _KID_RE = re.compile(r"^[A-Za-z0-9_-]{43}$")
 
@@ -355,8 +354,9 @@ def granted_access(principal: Principal, requested: Iterable[ResourceScope]) -> 
 
     * admin: every repository action (``pull``, ``push``, ``delete``; ``*`` means all three) and
       ``registry:catalog:*``;
-    * everyone else: only ``pull``/``push`` on repositories their permissions cover; a build-scoped pull
-      grant carries ``build_id``; never the catalog;
+    * everyone else: the actions (``pull``, ``push``, ``delete``) their permissions hold on the repositories
+      those cover, so ``delete`` (and ``*``, which means all three) is granted only to a credential that
+      holds delete there; a build-scoped pull grant carries ``build_id``; never the catalog;
     * unknown resource types, unknown actions and invalid repository names grant nothing.
     """
     granted: list[ResourceScope] = []
@@ -369,9 +369,9 @@ def granted_access(principal: Principal, requested: Iterable[ResourceScope]) -> 
             continue
         wanted = set(scope.actions)
         if "*" in wanted:
-            wanted = {ACTIONS_PULL, ACTIONS_PUSH, ACTION_DELETE}
+            wanted = set(REPOSITORY_ACTIONS)
         if principal.is_admin:
-            actions = wanted & {ACTIONS_PULL, ACTIONS_PUSH, ACTION_DELETE}
+            actions = wanted & REPOSITORY_ACTIONS
             if actions:
                 granted.append(ResourceScope("repository", scope.name, tuple(sorted(actions))))
             continue
@@ -379,7 +379,7 @@ def granted_access(principal: Principal, requested: Iterable[ResourceScope]) -> 
         build_ids: set[str | None] = set()
         for permission in principal.permissions:
             if permission.covers(scope.name):
-                got = wanted & permission.actions & {ACTIONS_PULL, ACTIONS_PUSH}
+                got = wanted & permission.actions & REPOSITORY_ACTIONS
                 allowed |= got
                 if ACTIONS_PULL in got:
                     build_ids.add(permission.build_id)

@@ -24,7 +24,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 
-from cargohold.registry.credentials import ACTIONS_PULL, ACTIONS_PUSH, Permission
+from cargohold.registry.credentials import ACTIONS_PULL, ACTIONS_PUSH, REPOSITORY_ACTIONS, Permission
 from cargohold.registry.oidc import GitHubClaims
 
 PROVIDER_GITHUB = "github"
@@ -67,7 +67,9 @@ class TrustRelationship:
     name or ``.github/workflows/...`` path means a workflow in this same repository, an
     ``owner/repo/.github/workflows/...`` value trusts a reusable workflow from another repository.
     ``ref_pattern`` is fnmatch-style and case-sensitive (``*`` also matches ``/``). ``allow_events``
-    opts into ``pull_request_target``/``workflow_run``, which are refused otherwise.
+    opts into ``pull_request_target``/``workflow_run``, which are refused otherwise. ``permissions`` is what
+    exchanged credentials get in the project (default pull+push, or pull alone when ``pull_only``; ``delete``
+    only when asked for).
     """
 
     id: str
@@ -83,8 +85,10 @@ class TrustRelationship:
     runner_environment: str | None = None
     allow_events: frozenset[str] = field(default_factory=frozenset)
     pull_only: bool = False
+    permissions: frozenset[str] | None = None
 
     def __post_init__(self) -> None:
+        self._check_permissions()
         if self.provider != PROVIDER_GITHUB:
             raise TrustConfigError(f"provider {self.provider!r} is not supported (only 'github')")
         if not self.project:
@@ -113,6 +117,25 @@ class TrustRelationship:
                 f"allow_events may only contain {sorted(RISKY_EVENTS)}; {sorted(unknown)} need no opt-in"
             )
 
+    def _check_permissions(self) -> None:
+        if self.permissions is None:
+            derived = {ACTIONS_PULL} if self.pull_only else {ACTIONS_PULL, ACTIONS_PUSH}
+            object.__setattr__(self, "permissions", frozenset(derived))
+            return
+        permissions = frozenset(self.permissions)
+        unknown = sorted(permissions - REPOSITORY_ACTIONS)
+        if unknown or not permissions:
+            raise TrustConfigError(
+                f"permissions are drawn from {', '.join(sorted(REPOSITORY_ACTIONS))}"
+                + (f"; {', '.join(unknown)} is not one of them" if unknown else "; give at least one")
+            )
+        if ACTIONS_PULL not in permissions:
+            raise TrustConfigError("permissions must include pull (pushing starts by reading)")
+        if self.pull_only and permissions != {ACTIONS_PULL}:
+            raise TrustConfigError(f"pull_only contradicts permissions {','.join(sorted(permissions))}; give one")
+        object.__setattr__(self, "permissions", permissions)
+        object.__setattr__(self, "pull_only", permissions == {ACTIONS_PULL})
+
     @property
     def full_name(self) -> str:
         return f"{self.repository_owner}/{self.repository_name}"
@@ -126,7 +149,8 @@ class TrustRelationship:
 
     @property
     def actions(self) -> frozenset[str]:
-        return frozenset({ACTIONS_PULL}) if self.pull_only else frozenset({ACTIONS_PULL, ACTIONS_PUSH})
+        assert self.permissions is not None  # set by __post_init__
+        return self.permissions
 
 
 @dataclass(frozen=True, slots=True)

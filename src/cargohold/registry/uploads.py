@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import re
 import uuid
+from datetime import UTC, datetime
 
 from aiohttp import web
 
+from cargohold.metadata.store import TooManyUploads, UploadRecord
 from cargohold.oci.digest import ALGORITHMS, Digest, DigestError, new_hasher
 from cargohold.oci.reference import is_valid_name
+from cargohold.registry.access import PRINCIPAL_KEY, Principal
 from cargohold.registry.blobs import parse_digest
 from cargohold.registry.errors import RegistryError, upload_unknown
 from cargohold.registry.state import RegistryState, state_of
@@ -26,6 +29,8 @@ STREAM_BATCH = 1 << 20
 
 _CONTENT_RANGE_RE = re.compile(r"^(?:bytes[ =])?(\d+)-(\d+)$")
 _UPLOAD_ID_RE = re.compile(r"^[0-9a-f]{32}$")
+CAP_RETRY_AFTER_SECONDS = 5
+"""What a client over the per-credential session cap is told to wait: slots free as its other uploads end."""
 
 
 def _upload_url(name: str, upload_id: str) -> str:
@@ -117,13 +122,23 @@ async def _progress(state: RegistryState, upload_id: str) -> UploadProgress:
 
 
 async def _session(request: web.Request, name: str, upload_id: str) -> RegistryState:
+    return (await _session_record(request, name, upload_id))[0]
+
+
+async def _session_record(request: web.Request, name: str, upload_id: str) -> tuple[RegistryState, UploadRecord]:
     state = state_of(request)
     if not _UPLOAD_ID_RE.match(upload_id):
         raise upload_unknown(upload_id)
     record = await state.run(state.metadata.get_upload, upload_id)
     if record is None or record.repository != name:
         raise upload_unknown(upload_id)
-    return state
+    return state, record
+
+
+def _caller(request: web.Request) -> str | None:
+    """The credential behind this request, as the access policy authorised it (None: no authentication)."""
+    principal: Principal | None = request.get(PRINCIPAL_KEY)
+    return None if principal is None else principal.credential_id
 
 
 def _check_content_range(request: web.Request, name: str, upload_id: str, offset: int) -> int | None:
@@ -214,8 +229,7 @@ async def start_upload(request: web.Request, name: str) -> web.Response:
         algorithm = _algorithm(query["digest-algorithm"])
 
     upload_id = uuid.uuid4().hex
-    await state.run(state.blobs.create_upload, upload_id)
-    await state.run(state.metadata.create_upload, name, upload_id)
+    await _open_session(request, state, name, upload_id)
     progress = state.uploads.start(upload_id, algorithm)
 
     if digest is not None:
@@ -231,6 +245,37 @@ async def start_upload(request: web.Request, name: str) -> web.Response:
     if state.settings.chunk_min_length > 0:
         headers["OCI-Chunk-Min-Length"] = str(state.settings.chunk_min_length)
     return web.Response(status=202, headers=headers)
+
+
+async def _open_session(request: web.Request, state: RegistryState, name: str, upload_id: str) -> None:
+    """Record the session (counted against its credential's cap), then create its staging file."""
+    credential_id = _caller(request)
+    cap = state.settings.max_uploads_per_credential if credential_id is not None else 0
+    now = datetime.now(UTC)
+    try:
+        await state.run(
+            lambda: state.metadata.create_upload(
+                name,
+                upload_id,
+                credential_id=credential_id,
+                max_open=cap,
+                active_since=now - state.settings.upload_ttl,
+                now=now,
+            )
+        )
+    except TooManyUploads:
+        raise RegistryError(
+            "TOOMANYREQUESTS",
+            f"this credential already has {cap} upload sessions open, the most this registry allows; finish or "
+            "cancel some (DELETE their Location) and retry",
+            detail={"limit": cap},
+            headers={"Retry-After": str(CAP_RETRY_AFTER_SECONDS)},
+        ) from None
+    try:
+        await state.run(state.blobs.create_upload, upload_id)
+    except BaseException:
+        await state.run(state.metadata.delete_upload, upload_id)
+        raise
 
 
 def _mount_digest(value: str) -> Digest | None:
@@ -290,6 +335,13 @@ async def upload_status(request: web.Request, name: str, upload_id: str) -> web.
 
 
 async def cancel_upload(request: web.Request, name: str, upload_id: str) -> web.Response:
-    state = await _session(request, name, upload_id)
+    """DELETE: the routing asked for push; cancelling someone else's session also needs delete."""
+    state, record = await _session_record(request, name, upload_id)
+    caller = _caller(request)
+    others = record.credential_id is not None and record.credential_id != caller
+    if others and not await state.access.can(request, name, "delete"):
+        raise RegistryError(
+            "DENIED", f"upload {upload_id} was opened by another credential; only it (or delete) may cancel it"
+        )
     await _discard(state, upload_id)
     return web.Response(status=204)
