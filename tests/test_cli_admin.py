@@ -230,8 +230,11 @@ def test_tokens_and_trust_with_permissions(server: ServerProcess, config: Path) 
     code, out, err = run("pull-token", "--token", brief["token"], "--project", pid, "--expires", "30d", "--json")
     assert code == 0, err
     assert json.loads(out)["expires_at"] == brief["expires_at"] and json.loads(out)["parent_id"] == brief["id"]
+    code, out, err = run("pull-token", "--token", brief["token"], "--project", pid, "--expires", "30d")
+    assert code == 0 and out.strip().startswith("chl_") and len(out.strip()) == 40
+    assert f"It expires at {brief['expires_at']}, with the token that created it." in " ".join(err.split())
     code, out, _ = run("tokens", "revoke", brief["id"])
-    assert code == 0 and "and 1 token(s) minted from it" in out
+    assert code == 0 and "and 2 token(s) minted from it" in out
 
     code, out, err = run(
         "trust",

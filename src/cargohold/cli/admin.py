@@ -509,6 +509,8 @@ def pull_token(
         emit(created, as_json=True)
     else:
         stdout.print(created["token"], markup=False)
+        if created.get("expiry_capped"):
+            stderr.print(f"It expires at {created['expires_at']}, with the token that created it.", markup=False)
 
 
 # --- login ------------------------------------------------------------------------------------------------
