@@ -22,6 +22,7 @@ from cargohold.metadata.store import MetadataStore, TooManyUploads
 from cargohold.sample import write_sample_image
 from conftest import ServerProcess
 from control_helpers import api, error_of, http, jwt_parts, module_server_fixture, push_image
+from fixtures_images import require_tools
 from protocol_helpers import digest_of, random_blob
 
 server = module_server_fixture()
@@ -123,6 +124,7 @@ def _statuses(server: ServerProcess, since: int, method: str, project: str) -> l
 
 
 def test_skopeo_delete_is_denied_without_delete_and_accepted_with_it(server: ServerProcess, tmp_path: Path) -> None:
+    require_tools("skopeo")
     project, plain, deleter = _project_with_tokens(server, "perm skopeo")
     layout = tmp_path / "layout"
     write_sample_image(layout, layers=1, layer_size=1024, seed=8, ref="img")
