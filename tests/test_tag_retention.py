@@ -95,15 +95,16 @@ def test_pushed_tag_expires_then_gc_frees_its_blobs_and_usage_drops(env: Env, cl
     tags = TagRetention(env.db, clock=clock)
 
     clock.now = pushed_at + timedelta(days=7) - US
-    assert tags.expire() == []
+    assert tags.expire()[0] == []
     clock.now = pushed_at + timedelta(days=7)
-    evicted = tags.expire(actor="test")
+    evicted, collected = tags.expire(actor="test")
     assert sorted((e.repository, e.tag, e.rule) for e in evicted) == [
         (pid, "nightly", "expired"),
         (f"{pid}/web", "1.0", "expired"),
     ]
     assert env.metadata.get_manifest(f"{pid}/web", "1.0", by_digest=False) is None
     # The manifests only those tags kept went in the same transaction; the build is untouched.
+    assert sorted((c.repository, c.digests) for c in collected) == [(pid, [nightly]), (f"{pid}/web", [web])]
     assert web not in _digests(env, f"{pid}/web") and nightly not in _digests(env, pid)
     assert env.metadata.get_manifest(pid, build, by_digest=False) is not None
 
@@ -136,7 +137,7 @@ def test_repush_even_of_the_same_digest_refreshes_and_never_shortens(env: Env, c
     assert env.put_manifest(f"{pid}/app", body, ["stable"]) == digest  # same bytes, same digest
     assert _tag(env, f"{pid}/app", "stable").expires_at == clock.now + timedelta(days=7)  # type: ignore[union-attr]
     clock.now = first + timedelta(days=7)
-    assert tags.expire() == []
+    assert tags.expire()[0] == []
     assert tags.collect_untagged() == []
 
     until = first + timedelta(days=30)
@@ -145,9 +146,9 @@ def test_repush_even_of_the_same_digest_refreshes_and_never_shortens(env: Env, c
     env.put_manifest(f"{pid}/app", body, ["stable"])  # a push does not shorten an extension
     assert _tag(env, f"{pid}/app", "stable").expires_at == until  # type: ignore[union-attr]
     clock.now = until - US
-    assert tags.expire() == []
+    assert tags.expire()[0] == []
     clock.now = until
-    assert [e.tag for e in tags.expire()] == ["stable"]
+    assert [e.tag for e in tags.expire()[0]] == ["stable"]
     assert digest not in _digests(env, f"{pid}/app")
 
 
@@ -158,10 +159,10 @@ def test_pin_unpin_extend_and_their_refusals(env: Env, clock: FakeClock) -> None
     pinned = tags.pin(f"{pid}/tool", "v1", "user:alice")
     assert pinned.pinned is True and pinned.digest == digest and pinned.size > len(b"tool")
     clock.advance(timedelta(days=400))
-    assert tags.expire() == [] and tags.collect_untagged() == []
+    assert tags.expire()[0] == [] and tags.collect_untagged() == []
     assert digest in _digests(env, f"{pid}/tool")
     tags.unpin(f"{pid}/tool", "v1", "user:alice")
-    assert [e.tag for e in tags.expire()] == ["v1"]
+    assert [e.tag for e in tags.expire()[0]] == ["v1"]
     actions = [(e.action, e.detail.get("tag")) for e in audit.history(env.db, pid) if e.action != "collect"]
     assert actions == [("evict", "v1"), ("unpin", "v1"), ("pin", "v1")]
     assert audit.history(env.db, pid)[-1].to_json()["message"].startswith(f"tag {pid}/tool:v1 was pinned on ")
@@ -260,7 +261,7 @@ def test_untagged_manifests_go_unless_something_keeps_them(env: Env, clock: Fake
 
     tags.unpin(repo, "1.0", "u")  # the image goes, and with it the referrers it kept
     clock.advance(DAY)
-    assert {e.tag for e in tags.expire()} == {"1.0"}
+    assert {e.tag for e in tags.expire()[0]} == {"1.0"}
     assert _digests(env, repo) & {image, image_sig, sbom_of_sig} == set()
 
 
@@ -285,7 +286,7 @@ def test_build_tags_are_left_to_builds_and_listing_shows_the_rest(env: Env, cloc
     assert [t.tag for t in tags.list_tags(pid, repository=f"{pid}/sub")] == [build.id]
 
     clock.advance(timedelta(days=2))
-    assert sorted(e.tag for e in tags.expire()) == [build.id, "release", "zzzzzzzzzz-x"]
+    assert sorted(e.tag for e in tags.expire()[0]) == sorted([build.id, "release", "zzzzzzzzzz-x"])
     remaining = {t for t in (build.id, f"{build.id}-web", "main") if _tag(env, pid, t) is not None}
     assert remaining == {build.id, f"{build.id}-web", "main"}  # build retention will take these with the build
     assert [e.build_id for e in Retention(env.db, clock=clock).expire()] == [build.id]
@@ -301,11 +302,11 @@ def test_referrer_tags_stay_while_their_subject_exists(env: Env, clock: FakeCloc
     tags = TagRetention(env.db, clock=clock)
     tags.pin(repo, "1.0", "u")
     clock.advance(timedelta(days=3))
-    assert [e.tag for e in tags.expire()] == [f"sha256-{'1' * 64}.att"]
-    assert tags.expire() == []  # the signature tag is kept by its image, sweep after sweep
+    assert [e.tag for e in tags.expire()[0]] == [f"sha256-{'1' * 64}.att"]
+    assert tags.expire()[0] == []  # the signature tag is kept by its image, sweep after sweep
     tags.unpin(repo, "1.0", "u")
-    assert [e.tag for e in tags.expire()] == ["1.0"]
-    assert [e.tag for e in tags.expire()] == [f"sha256-{hex_digest}.sig"]  # its image is gone now
+    assert [e.tag for e in tags.expire()[0]] == ["1.0"]
+    assert [e.tag for e in tags.expire()[0]] == [f"sha256-{hex_digest}.sig"]  # its image is gone now
 
 
 def test_dry_run_and_manual_eviction(env: Env, clock: FakeClock) -> None:
@@ -313,7 +314,7 @@ def test_dry_run_and_manual_eviction(env: Env, clock: FakeClock) -> None:
     digest = env.image(f"{pid}/x", [b"x"], ["a"])
     tags = TagRetention(env.db, clock=clock)
     clock.advance(timedelta(days=2))
-    planned = tags.expire(dry_run=True)
+    planned = tags.expire(dry_run=True)[0]
     assert [(e.tag, e.rule) for e in planned] == [("a", "expired")] and "retention 1 day" in planned[0].reason
     assert _tag(env, f"{pid}/x", "a") is not None and audit.history(env.db, pid) == []
 

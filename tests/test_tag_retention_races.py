@@ -98,6 +98,6 @@ def test_push_between_the_sweeps_read_and_its_write_keeps_the_tag(tmp_path: Path
         return chosen(keys, actor, dry_run=dry_run)
 
     tags._expire_batch = push_first  # type: ignore[method-assign]
-    assert [e.tag for e in tags.expire()] == ["cold"]
+    assert [e.tag for e in tags.expire()[0]] == ["cold"]
     stored = env.metadata.get_manifest(repo, "hot", by_digest=False)
     assert stored is not None and stored.digest == pushed[0]

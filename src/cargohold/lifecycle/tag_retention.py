@@ -276,7 +276,7 @@ class TagRetention:
     def _row(session: Session, repository: str, tag: str) -> _TagRow:
         found = session.execute(_select_tags().where(Repository.name == repository, Tag.name == tag)).first()
         if found is None:
-            raise TagNotFound(f"tag {tag} does not exist in {repository}")
+            raise TagNotFound(f"tag {repository}:{tag} does not exist")
         return _TagRow(*found)
 
     @staticmethod
@@ -390,9 +390,13 @@ class TagRetention:
 
     def expire(
         self, actor: str = "system", *, dry_run: bool = False, project_id: str | None = None
-    ) -> list[TagEviction]:
-        """Remove every unpinned non-build tag whose expiry has come (with the manifests only it kept)."""
+    ) -> tuple[list[TagEviction], list[ManifestCollection]]:
+        """Remove every unpinned non-build tag whose expiry has come, and the manifests only they kept.
+
+        A dry run lists the tags only: the manifests they alone keep are found once the tags are gone.
+        """
         evicted: list[TagEviction] = []
+        collected: list[ManifestCollection] = []
         after: tuple[int, str] | None = None
         while True:
             now = self.clock()
@@ -406,19 +410,23 @@ class TagRetention:
                 query = query.order_by(Tag.repository_id, Tag.name).limit(self.batch_size)
                 keys = [(repository_id, name) for repository_id, name in session.execute(query)]
             if not keys:
-                return evicted
+                return evicted, collected
             after = keys[-1]
-            evicted.extend(self._expire_batch(keys, actor, dry_run=dry_run))
+            tags, manifests = self._expire_batch(keys, actor, dry_run=dry_run)
+            evicted += tags
+            collected += manifests
 
-    def _expire_batch(self, keys: list[tuple[int, str]], actor: str, *, dry_run: bool) -> list[TagEviction]:
+    def _expire_batch(
+        self, keys: list[tuple[int, str]], actor: str, *, dry_run: bool
+    ) -> tuple[list[TagEviction], list[ManifestCollection]]:
         now = self.clock()
         with self.db.read() if dry_run else self.db.write() as session:
             candidates = self._expired(session, _load(session, keys), now)
             if dry_run:
-                return [_planned(candidate, "expired", actor, now) for candidate in candidates]
+                return [_planned(candidate, "expired", actor, now) for candidate in candidates], []
             evicted, collected = self._evict(session, candidates, "expired", actor, now) if candidates else ([], [])
         self._notify(evicted, collected)
-        return evicted
+        return evicted, collected
 
     @staticmethod
     def _expired(session: Session, rows: list[_TagRow], now: datetime) -> list[_Candidate]:
