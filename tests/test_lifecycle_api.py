@@ -100,6 +100,7 @@ def test_tag_routes_check_access_and_input(server: ServerProcess) -> None:
             (f"/api/v1/projects/{pid}/tags/pin", {"tag": build}, 409, f"cargohold builds pin {build}"),
             (f"/api/v1/projects/{pid}/tags/extend", {**body, "by": "soon"}, 400, "seconds"),
             (f"/api/v1/projects/{pid}/tags/extend", {**body, "by": -5}, 409, "positive"),
+            (f"/api/v1/projects/{pid}/tags/extend", {**body, "by": 1e20}, 400, "at most"),
         ]:
             answer = http.post(path, json=payload)
             assert answer.status_code == status, (payload, answer.text)

@@ -142,7 +142,6 @@ def test_repush_even_of_the_same_digest_refreshes_and_never_shortens(env: Env, c
 
     until = first + timedelta(days=30)
     tags.extend(f"{pid}/app", "stable", "user:alice", until=until)
-    clock.now = first + timedelta(days=6)
     env.put_manifest(f"{pid}/app", body, ["stable"])  # a push does not shorten an extension
     assert _tag(env, f"{pid}/app", "stable").expires_at == until  # type: ignore[union-attr]
     clock.now = until - US
@@ -150,6 +149,20 @@ def test_repush_even_of_the_same_digest_refreshes_and_never_shortens(env: Env, c
     clock.now = until
     assert [e.tag for e in tags.expire()[0]] == ["stable"]
     assert digest not in _digests(env, f"{pid}/app")
+
+
+def test_repush_by_digest_refreshes_an_untagged_manifest(env: Env, clock: FakeClock) -> None:
+    pid = env.control.create_project("p", retention=DAY).id
+    body = _image_body(env, f"{pid}/app", [b"by digest"], "digest")
+    first = clock.now
+    digest = env.put_manifest(f"{pid}/app", body, [])
+    tags = TagRetention(env.db, clock=clock)
+    clock.now = first + timedelta(hours=20)
+    assert env.put_manifest(f"{pid}/app", body, []) == digest  # pushed by digest again
+    clock.now = first + DAY
+    assert tags.collect_untagged() == []
+    clock.now = first + timedelta(hours=20) + DAY
+    assert [c.digests for c in tags.collect_untagged()] == [[digest]]
 
 
 def test_pin_unpin_extend_and_their_refusals(env: Env, clock: FakeClock) -> None:

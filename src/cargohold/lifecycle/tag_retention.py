@@ -256,14 +256,25 @@ class TagRetention:
         after: tuple[str, str] | None = None,
         limit: int = 50,
     ) -> list[TagRecord]:
-        """The project's non-build tags ordered by repository and tag; ``after`` is the last ``(repo, tag)`` seen."""
+        """The project's non-build tags ordered by repository and tag; ``after`` is the last ``(repo, tag)`` seen.
+
+        One statement per repository, each a range of the tags primary key (a single join over the project's
+        repositories made SQLite scan every tag of every project).
+        """
         with self.db.read() as session:
-            query = _select_tags().where(_in_project(project_id), ~_build_tag(project_id))
+            query = select(Repository.id, Repository.name).where(_in_project(project_id))
             if repository is not None:
                 query = query.where(Repository.name == repository)
             if after is not None:
-                query = query.where(tuple_(Repository.name, Tag.name) > tuple_(*after))
-            rows = [_TagRow(*row) for row in session.execute(query.order_by(Repository.name, Tag.name).limit(limit))]
+                query = query.where(Repository.name >= after[0])
+            rows: list[_TagRow] = []
+            for repository_id, name in session.execute(query.order_by(Repository.name)).all():
+                tags = _select_tags().where(Tag.repository_id == repository_id, ~_build_tag(project_id))
+                if after is not None and name == after[0]:
+                    tags = tags.where(Tag.name > after[1])
+                rows += [_TagRow(*row) for row in session.execute(tags.order_by(Tag.name).limit(limit - len(rows)))]
+                if len(rows) >= limit:
+                    break
             sizes = _total_sizes(session, {row.manifest_id for row in rows})
         return [_record(row, sizes[row.manifest_id]) for row in rows]
 

@@ -111,6 +111,8 @@ class Manifest(Base):
     __table_args__ = (
         UniqueConstraint("repository_id", "digest", name="uq_manifests_repository_digest"),
         Index("ix_manifests_repository_subject", "repository_id", "subject_digest"),
+        # The untagged-manifest sweep reads "this repository's manifests last pushed before the cutoff".
+        Index("ix_manifests_repository_pushed", "repository_id", "pushed_at"),
     )
 
 

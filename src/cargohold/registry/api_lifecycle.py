@@ -165,11 +165,19 @@ async def _build_project(state: RegistryState, identity: Identity, build_id: str
     return build.project_id
 
 
+MAX_EXTENSION = timedelta(days=100 * 365)
+"""Longest ``by`` accepted: far beyond any retention, and far from the datetime range's end."""
+
+
 def _extension(body: dict[str, Any]) -> tuple[timedelta | None, datetime | None]:
     """``{"by": seconds}`` or ``{"until": iso}`` of an extend request (the service checks exactly one came)."""
     by, until = body.get("by"), body.get("until")
     if by is not None and (isinstance(by, bool) or not isinstance(by, int | float)):
         raise api_error(400, "INVALID", '"by" must be a number of seconds')
+    if by is not None and not -MAX_EXTENSION.total_seconds() <= by <= MAX_EXTENSION.total_seconds():
+        raise api_error(
+            400, "INVALID", f'"by" must be at most {int(MAX_EXTENSION.total_seconds())} seconds (100 years)'
+        )
     try:
         until_at = parse_iso(str(until)) if until is not None else None
     except ValueError:

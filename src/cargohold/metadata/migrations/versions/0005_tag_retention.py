@@ -46,6 +46,7 @@ def upgrade() -> None:
     op.create_index("ix_tags_pinned_expires", "tags", ["pinned", "expires_at"], unique=False)
     pushed_default = sa.text(f"'{now.strftime('%Y-%m-%d %H:%M:%S.%f')}'")
     op.add_column("manifests", sa.Column("pushed_at", sa.DateTime(), server_default=pushed_default, nullable=False))
+    op.create_index("ix_manifests_repository_pushed", "manifests", ["repository_id", "pushed_at"], unique=False)
     _expire_existing_tags(op.get_bind(), now)
 
 
@@ -81,6 +82,7 @@ def _expire_existing_tags(connection: sa.Connection, now: datetime) -> None:
 
 def downgrade() -> None:
     # Plain ALTER TABLE … DROP COLUMN (SQLite >= 3.35, PostgreSQL), for the reason given in upgrade().
+    op.drop_index("ix_manifests_repository_pushed", table_name="manifests")
     op.drop_index("ix_tags_pinned_expires", table_name="tags")
     op.execute("ALTER TABLE manifests DROP COLUMN pushed_at")
     op.execute("ALTER TABLE tags DROP COLUMN pinned")
