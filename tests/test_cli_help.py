@@ -43,6 +43,8 @@ def test_every_documented_command_exists() -> None:
         "trust add",
         "tokens create",
         "pull-token",
+        "tags list",
+        "tags pin",
     ):
         assert expected in names, f"cargohold {expected} is missing"
 
@@ -51,7 +53,7 @@ def test_root_lists_commands_before_groups_in_registration_order() -> None:
     cli_main._register_command_modules()
     names = cli_main.app.list_commands(click.Context(cli_main.app))
     assert names[:5] == ["serve", "pull-token", "login", "logout", "whoami"]
-    assert names[-4:] == ["projects", "trust", "tokens", "builds"]
+    assert names[-5:] == ["projects", "trust", "tokens", "builds", "tags"]
 
 
 def test_jobs_default_matches_the_client() -> None:

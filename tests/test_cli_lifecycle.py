@@ -221,3 +221,95 @@ def test_errors_are_one_sentence_with_the_fix(server: ServerProcess, config: Pat
     assert_one_sentence_error(code, out, err, "June")
     code, out, err = run(server, "builds", "history")
     assert_one_sentence_error(code, out, err, "no project given", "--project")
+
+
+# --- tags pushed outside builds -------------------------------------------------------------------------------
+
+
+def push_tag(server: ServerProcess, repository: str, tag: str, salt: str) -> str:
+    """Push a tiny image as ``repository:tag`` the way docker push would (no build); returns its digest."""
+    with server.client() as http:
+        pushed = push_image(http, repository, tag, [salt.encode()], salt)
+        assert pushed.status_code == 201, pushed.text  # type: ignore[attr-defined]
+        return str(pushed.headers["Docker-Content-Digest"])  # type: ignore[attr-defined]
+
+
+def test_tags_list_pin_unpin_extend(server: ServerProcess, config: Path) -> None:
+    project = new_project(server, retention_seconds=7 * 86400)
+    build = save_build(server, project, "a build", ["main"])
+    app = push_tag(server, f"{project}/app", "1.0", "app")
+    push_tag(server, project, "edge", "edge")
+
+    listed = ok_json(server, "tags", "list", "--project", project)
+    assert [(t["repository"], t["tag"]) for t in listed["tags"]] == [(project, "edge"), (f"{project}/app", "1.0")]  # type: ignore[index]
+    first = listed["tags"][1]  # type: ignore[index]
+    assert first["digest"] == app and first["pinned"] is False and first["expires_at"] and first["pushed_at"]
+    table = ok(server, "tags", "list", "--project", project)
+    assert f"Tags of {project} pushed outside builds" in table and f"{project}:edge" in table
+    assert app.split(":")[1][:12] in table and "Expires" in table and build not in table
+    only = ok_json(server, "tags", "list", "--project", project, "--repository", "app", "--limit", "1")
+    assert [t["tag"] for t in only["tags"]] == ["1.0"] and only["next"] == f"{project}/app:1.0"  # type: ignore[index]
+
+    assert ok_json(server, "tags", "pin", f"{project}/app:1.0")["pinned"] is True
+    assert "pinned" in ok(server, "tags", "list", "--project", project, "--repository", "app")
+    out = ok(server, "tags", "unpin", f"{project}/app:1.0")
+    assert out.strip() == f"Unpinned {project}/app:1.0; it expires at {first['expires_at']}."
+    before = datetime.fromisoformat(str(first["expires_at"]).replace("Z", "+00:00"))
+    extended = ok_json(server, "tags", "extend", f"{project}/app:1.0", "--by", "3d")
+    assert datetime.fromisoformat(str(extended["expires_at"]).replace("Z", "+00:00")) - before == timedelta(days=3)
+    out = ok(server, "tags", "extend", f"{project}/app:1.0", "--until", "2099-12-31T00:00:00Z")
+    assert out.strip() == f"{project}/app:1.0 now expires at 2099-12-31T00:00:00Z."
+    history = ok_json(server, "builds", "history", "--project", project)["events"]
+    assert [(e["action"], e["detail"]["tag"]) for e in history] == [  # type: ignore[index]
+        ("extend", "1.0"),
+        ("extend", "1.0"),
+        ("unpin", "1.0"),
+        ("pin", "1.0"),
+    ]
+
+    code, out, err = run(server, "tags", "pin", "no-tag-here")
+    assert_one_sentence_error(code, out, err, "is not <repository>:<tag>", "cargohold tags list")
+    code, out, err = run(server, "tags", "pin", f"{project}/app:nope")
+    assert_one_sentence_error(code, out, err, f"{project}/app:nope does not exist", "cargohold tags list")
+    code, out, err = run(server, "tags", "pin", f"{project}:main")
+    assert_one_sentence_error(code, out, err, f"tag of build {build}", f"cargohold builds pin {build}")
+    code, out, err = run(server, "tags", "extend", f"{project}/app:1.0")
+    assert_one_sentence_error(code, out, err, "give exactly one of --by")
+    code, out, err = run(server, "tags", "list")
+    assert_one_sentence_error(code, out, err, "no project given", "--project")
+
+
+def test_expire_removes_expired_tags_and_untagged_manifests(server: ServerProcess, config: Path) -> None:
+    project = new_project(server, retention_seconds=1)
+    tagged = push_tag(server, f"{project}/tool", "v1", "tool")
+    by_digest = push_tag(server, f"{project}/tool", "v2", "by digest")
+    with server.client() as http:  # untag it: a manifest pushed by digest and never tagged
+        assert http.delete(f"/v2/{project}/tool/manifests/v2").status_code == 202
+    time.sleep(1.2)
+
+    planned = ok_json(server, "expire", "--project", project, "--dry-run")
+    assert [(t["tag"], t["rule"]) for t in planned["tags"]] == [("v1", "expired")]  # type: ignore[union-attr]
+    assert [m["digests"] for m in planned["manifests"]] == [[by_digest]]  # type: ignore[union-attr]
+    table = ok(server, "expire", "--project", project, "--dry-run")
+    assert "Would evict 1 tag pushed outside builds:" in table and "Would remove 1 untagged manifest:" in table
+    assert [t["tag"] for t in ok_json(server, "tags", "list", "--project", project)["tags"]] == ["v1"]  # type: ignore[union-attr]
+
+    out = ok(server, "expire", "--project", project)
+    assert "Evicted 1 tag pushed outside builds:" in out and "Removed 2 untagged manifests:" in out
+    assert ok(server, "expire", "--project", project).strip() == f"Nothing to expire in project {project}."
+    code, out, err = run(server, "tags", "pin", f"{project}/tool:v1")  # explained, not a bare "does not exist"
+    assert_one_sentence_error(code, out, err, f"tag {project}/tool:v1 expired on ", "push it again")
+    assert (
+        ok(server, "tags", "list", "--project", project).strip()
+        == f"No tags pushed outside builds in project {project}."
+    )
+    with server.client() as http:
+        for digest in (tagged, by_digest):
+            assert http.get(f"/v2/{project}/tool/manifests/{digest}").status_code == 404
+        message = http.get(f"/v2/{project}/tool/manifests/v1").json()["errors"][0]["message"]
+        assert message.startswith(f"tag {project}/tool:v1 expired on ") and "push it again" in message
+        metrics = http.get("/metrics").text
+    counters = dict(line.rsplit(" ", 1) for line in metrics.splitlines() if line.startswith("cargohold_"))
+    # The module's server is shared (its background sweeps may count other tests' work too): at least ours.
+    assert float(counters['cargohold_tags_evicted_total{rule="expired"}']) >= 1
+    assert float(counters["cargohold_manifests_collected_total"]) >= 2

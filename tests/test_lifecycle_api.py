@@ -75,3 +75,48 @@ def test_pin_delete_explain_history_usage_gc_metrics(server: ServerProcess) -> N
     with server.anonymous() as anonymous:
         assert anonymous.get("/metrics").status_code == 401
         assert anonymous.post("/api/v1/gc", json={}).status_code == 401
+
+
+def test_tag_routes_check_access_and_input(server: ServerProcess) -> None:
+    with server.client() as http:
+        pid = http.post("/api/v1/projects", json={"name": "tags"}).json()["id"]
+        other = http.post("/api/v1/projects", json={"name": "other"}).json()["id"]
+        build = _save(http, pid, [b"built"], "b")
+        assert push_image(http, f"{pid}/web", "1.0", [b"web"], "w").status_code == 201  # type: ignore[attr-defined]
+        tokens = {
+            kind: http.post("/api/v1/tokens", json={"kind": "pull", "name": kind, **scope}).json()["token"]
+            for kind, scope in (("pull", {"project_id": pid}), ("build", {"build_id": build}))
+        }
+        foreign = http.post("/api/v1/tokens", json={"kind": "project", "name": "f", "project_id": other}).json()
+        tokens["foreign"] = foreign["token"]
+
+        listed = http.get(f"/api/v1/projects/{pid}/tags")
+        assert listed.status_code == 200 and [t["tag"] for t in listed.json()["tags"]] == ["1.0"]
+        body = {"repository": f"{pid}/web", "tag": "1.0"}
+        for path, payload, status, fragment in [
+            (f"/api/v1/projects/{pid}/tags/pin", {"repository": f"{other}/web", "tag": "1.0"}, 400, "not in project"),
+            (f"/api/v1/projects/{pid}/tags/pin", {"repository": f"{pid}/web", "tag": ".bad"}, 400, '"tag"'),
+            (f"/api/v1/projects/{pid}/tags/pin", {"repository": f"{pid}/web", "tag": "nope"}, 404, "does not exist"),
+            (f"/api/v1/projects/{pid}/tags/pin", {"tag": build}, 409, f"cargohold builds pin {build}"),
+            (f"/api/v1/projects/{pid}/tags/extend", {**body, "by": "soon"}, 400, "seconds"),
+            (f"/api/v1/projects/{pid}/tags/extend", {**body, "by": -5}, 409, "positive"),
+            (f"/api/v1/projects/{pid}/tags/extend", {**body, "by": 1e20}, 400, "at most"),
+        ]:
+            answer = http.post(path, json=payload)
+            assert answer.status_code == status, (payload, answer.text)
+            assert fragment in answer.json()["errors"][0]["message"], answer.text
+        assert http.get(f"/api/v1/projects/{pid}/tags", params={"after": "no-colon"}).status_code == 400
+        assert http.get(f"/api/v1/projects/{pid}/tags", params={"limit": "many"}).status_code == 400
+        assert http.get("/api/v1/projects/zzzzzzzzzz/tags").status_code == 404
+
+    with server.client(tokens["pull"]) as reader:
+        assert [t["tag"] for t in reader.get(f"/api/v1/projects/{pid}/tags").json()["tags"]] == ["1.0"]
+        assert reader.post(f"/api/v1/projects/{pid}/tags/pin", json=body).status_code == 403
+    with server.client(tokens["build"]) as scoped:
+        refused = scoped.get(f"/api/v1/projects/{pid}/tags")
+        assert refused.status_code == 403 and f"limited to build {build}" in refused.text
+    with server.client(tokens["foreign"]) as stranger:
+        assert stranger.get(f"/api/v1/projects/{pid}/tags").status_code == 404
+        assert stranger.post(f"/api/v1/projects/{pid}/tags/pin", json=body).status_code == 404
+    with server.anonymous() as anonymous:
+        assert anonymous.get(f"/api/v1/projects/{pid}/tags").status_code == 401

@@ -95,10 +95,12 @@ class Env:
         return build.id
 
 
-def make_env(tmp_path: Path) -> Env:
+def make_env(tmp_path: Path, clock: FakeClock | None = None) -> Env:
+    """A migrated database and blob store; with ``clock``, manifest PUTs happen at the clock's time."""
     db = Database(f"sqlite:///{tmp_path / 'metadata.db'}")
     db.migrate()
-    return Env(db, MetadataStore(db), ControlStore(db), FilesystemBlobStore(tmp_path / "data", fsync=False))
+    metadata = MetadataStore(db, clock=clock) if clock is not None else MetadataStore(db)
+    return Env(db, metadata, ControlStore(db), FilesystemBlobStore(tmp_path / "data", fsync=False))
 
 
 # --- over HTTP, against a real server -----------------------------------------------------------------------

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -119,8 +120,16 @@ def _skopeo(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
 
 
 def _statuses(server: ServerProcess, since: int, method: str, project: str) -> list[str]:
+    """Statuses of the access-log lines for ``method`` on the project's manifests since ``since``.
+
+    The server writes an access line after the response is sent, so the client may exit first: wait
+    (briefly) for the line instead of reading the log once.
+    """
     pattern = re.compile(rf"method={method} path=/v2/{project}/manifests/\S+ status=(\d+)")
-    return pattern.findall(server.log()[since:])
+    deadline = time.monotonic() + 5
+    while not (found := pattern.findall(server.log()[since:])) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return found
 
 
 def test_skopeo_delete_is_denied_without_delete_and_accepted_with_it(server: ServerProcess, tmp_path: Path) -> None:

@@ -55,7 +55,7 @@ class ServerSettings:
     gc_grace: timedelta = timedelta(hours=1)
     """Blobs linked or uploaded more recently are never collected: the window a push has to finish in."""
     retention_interval: timedelta = timedelta(minutes=1)
-    """How often expired builds are evicted and stored bytes re-measured."""
+    """How often expired builds and tags are evicted, untagged manifests collected and stored bytes re-measured."""
     storage_price_per_gb_month: float = 0.20
     free_gb_months: float = 50.0
     """Free storage allowance per project per calendar month, in GB-months (10^9 bytes for a month)."""

@@ -1,5 +1,5 @@
-"""Lifecycle commands: ``cargohold builds …`` (list, show, pin, unpin, extend, rm, history), ``gc``, ``expire``
-and ``usage``.
+"""Lifecycle commands: ``cargohold builds …`` (list, show, pin, unpin, extend, rm, history), ``cargohold tags …``
+(list, pin, unpin, extend: tags pushed outside builds), ``gc``, ``expire`` and ``usage``.
 
 Like the admin commands these are a thin layer over the control API (:mod:`cargohold.client.control`): the
 server decides who may pin, delete or collect, and explains a missing build from its audit log, so the CLI
@@ -57,6 +57,15 @@ HISTORY_COLUMNS = [
     ("message", "What happened"),
 ]
 EVICTION_COLUMNS = [("build_id", "Build"), ("project_id", "Project"), ("rule", "Rule"), ("reason", "Why")]
+TAG_COLUMNS = [
+    ("reference", "Repository:tag"),
+    ("short_digest", "Digest"),
+    ("size", "Size"),
+    ("pushed", "Last pushed"),
+    ("expires", "Expires"),
+]
+TAG_EVICTION_COLUMNS = [("repository", "Repository"), ("tag", "Tag"), ("rule", "Rule"), ("reason", "Why")]
+COLLECTION_COLUMNS = [("repository", "Repository"), ("count", "Manifests"), ("reason", "Why")]
 
 T = TypeVar("T")
 
@@ -152,16 +161,28 @@ def _seconds(text: str, option: str) -> float:
 
 def _evictions(result: dict[str, Any], *, as_json: bool, dry_run: bool, empty: str) -> None:
     evicted = result.get("evicted") or []
+    tags = result.get("tags") or []
+    manifests = result.get("manifests") or []
     if as_json:
         emit(result, as_json=True)
         return
-    if not evicted:
+    if not evicted and not tags and not manifests:
         stdout.print(empty, markup=False)
         return
-    count = len(evicted)
-    noun = "build" if count == 1 else "builds"
-    stdout.print(f"{'Would evict' if dry_run else 'Evicted'} {count} {noun}:", markup=False)
-    emit(evicted, as_json=False, columns=EVICTION_COLUMNS, rows=evicted)
+    verb = "Would evict" if dry_run else "Evicted"
+    if evicted:
+        count = len(evicted)
+        stdout.print(f"{verb} {count} {'build' if count == 1 else 'builds'}:", markup=False)
+        emit(evicted, as_json=False, columns=EVICTION_COLUMNS, rows=evicted)
+    if tags:
+        count = len(tags)
+        stdout.print(f"{verb} {count} {'tag' if count == 1 else 'tags'} pushed outside builds:", markup=False)
+        emit(tags, as_json=False, columns=TAG_EVICTION_COLUMNS, rows=tags)
+    if manifests:
+        count = sum(int(collection.get("count", 0)) for collection in manifests)
+        noun = "manifest" if count == 1 else "manifests"
+        stdout.print(f"{'Would remove' if dry_run else 'Removed'} {count} untagged {noun}:", markup=False)
+        emit(manifests, as_json=False, columns=COLLECTION_COLUMNS, rows=manifests)
 
 
 # --- builds -------------------------------------------------------------------------------------------------
@@ -352,7 +373,8 @@ def gc(dry_run: bool, registry: str | None, token: str | None, as_json: bool) ->
 @json_option
 @guarded
 def expire(dry_run: bool, registry: str | None, project: str | None, token: str | None, as_json: bool) -> None:
-    """Evict expired builds (and builds never saved for 24 hours) now; without --project, every project."""
+    """Evict expired builds (and builds never saved for 24 hours), expired tags pushed outside builds and the
+    untagged manifests nothing keeps, now; without --project, every project."""
     with _client(registry, token, project) as (client, project_id):
         result = client.run_expiry(project_id=project_id, dry_run=dry_run)
     scope = f"in project {project_id}" if project_id else "in any project"
@@ -389,3 +411,158 @@ def usage(month: str | None, registry: str | None, project: str | None, token: s
         },
         as_json=False,
     )
+
+
+# --- tags pushed outside builds ------------------------------------------------------------------------------
+
+
+@app.group("tags", no_args_is_help=True)
+def tags_app() -> None:
+    """Tags pushed outside builds (docker push, skopeo copy): list them, pin or extend one before it expires."""
+
+
+tag_argument = argument(
+    "reference", help="<repository>:<tag> as `cargohold tags list` shows it (e.g. p4f2abc9de/web:1.0)."
+)
+
+
+def _tag_reference(reference: str) -> tuple[str, str]:
+    """``[host/]repository:tag`` -> ``(repository, tag)``, with a one-sentence error for anything else."""
+    from cargohold.oci.imageref import is_registry_host
+    from cargohold.oci.reference import is_valid_name, is_valid_tag
+
+    text = reference.strip()
+    first, slash, rest = text.partition("/")
+    if slash and is_registry_host(first):
+        text = rest
+    repository, colon, tag = text.rpartition(":")
+    if not colon or not is_valid_name(repository) or not is_valid_tag(tag):
+        raise CliError(
+            f"{reference!r} is not <repository>:<tag>; give it as `cargohold tags list` shows it, "
+            "e.g. p4f2abc9de/web:1.0"
+        )
+    return repository, tag
+
+
+def _tag_row(tag: dict[str, Any]) -> dict[str, Any]:
+    """One table row: ``repository:tag`` in one column and minutes-precision times, so it fits 80 columns
+    (``--json`` has every field in full)."""
+    expires = "pinned" if tag.get("pinned") else _minutes(tag.get("expires_at")) or "never"
+    digest = str(tag.get("digest") or "")
+    size = tag.get("size")
+    return {
+        "reference": f"{tag.get('repository')}:{tag.get('tag')}",
+        "short_digest": digest.split(":", 1)[-1][:12] if digest else None,
+        "size": human_bytes(size) if isinstance(size, int) else None,
+        "pushed": _minutes(tag.get("pushed_at")),
+        "expires": expires,
+    }
+
+
+def _minutes(moment: Any) -> str | None:
+    """``2026-05-01T12:34:56Z`` -> ``2026-05-01 12:34`` (UTC, as every time the CLI prints)."""
+    return str(moment)[:16].replace("T", " ") if moment else None
+
+
+def _on_tag(client: ControlClient, reference: str, call: Callable[[], T]) -> T:
+    """Run a call about one tag; a bare "does not exist" gets a hint (an expired tag is explained by the server)."""
+    from cargohold.client.control import ControlError
+
+    try:
+        return call()
+    except ControlError as exc:
+        if exc.status != 404 or not str(exc).strip().rstrip(".").endswith("does not exist"):
+            raise
+    raise CliError(f"{reference} does not exist; check it with `cargohold tags list --project <id>`")
+
+
+@tags_app.command("list")
+@click.option("--repository", help="Only this repository (<project>/web, or just web).", show_default=False)
+@click.option("--limit", type=click.IntRange(1, 500), default=100, help="Tags to show.")
+@registry_option
+@project_option
+@token_option
+@json_option
+@guarded
+def tags_list(
+    repository: str | None, limit: int, registry: str | None, project: str | None, token: str | None, as_json: bool
+) -> None:
+    """List a project's tags pushed outside builds: digest, size, last push, expiry, pin."""
+    with _client(registry, token, project, need_project=True) as (client, project_id):
+        assert project_id is not None
+        if repository and repository != project_id and not repository.startswith(f"{project_id}/"):
+            repository = f"{project_id}/{repository}"
+        result = client.list_tags(project_id, repository=repository, limit=limit)
+    tags = result.get("tags") or []
+    if as_json:
+        emit(result, as_json=True)
+    elif not tags:
+        where = f"repository {repository}" if repository else f"project {project_id}"
+        stdout.print(f"No tags pushed outside builds in {where}.", markup=False)
+    else:
+        title = f"Tags of {repository or project_id} pushed outside builds"
+        emit(result, as_json=False, columns=TAG_COLUMNS, rows=[_tag_row(tag) for tag in tags], title=title)
+        if result.get("next"):
+            stdout.print(f"Showing the first {len(tags)}; pass --limit to see more.", markup=False)
+
+
+@tags_app.command("pin")
+@tag_argument
+@registry_option
+@token_option
+@json_option
+@guarded
+def tags_pin(reference: str, registry: str | None, token: str | None, as_json: bool) -> None:
+    """Keep a tag (and the image it names) until unpinned."""
+    repository, tag = _tag_reference(reference)
+    with _client(registry, token) as (client, _):
+        data = _on_tag(client, reference, lambda: client.pin_tag(repository, tag))
+    text = f"Pinned {repository}:{tag}; it stays until you run `cargohold tags unpin {repository}:{tag}`."
+    emit(data, as_json=as_json, text=text)
+
+
+@tags_app.command("unpin")
+@tag_argument
+@registry_option
+@token_option
+@json_option
+@guarded
+def tags_unpin(reference: str, registry: str | None, token: str | None, as_json: bool) -> None:
+    """Let a pinned tag expire again (at once, if its expiry already passed)."""
+    repository, tag = _tag_reference(reference)
+    with _client(registry, token) as (client, _):
+        data = _on_tag(client, reference, lambda: client.unpin_tag(repository, tag))
+    expires = data.get("expires_at")
+    when = f"it expires at {expires}" if expires else "its project keeps images without a time limit"
+    emit(data, as_json=as_json, text=f"Unpinned {repository}:{tag}; {when}.")
+
+
+@tags_app.command("extend")
+@tag_argument
+@click.option("--by", help="Add this to the expiry (e.g. 12h, 3d).", show_default=False)
+@click.option("--until", help="New expiry, ISO 8601 (e.g. 2026-12-31T00:00:00Z).", show_default=False)
+@registry_option
+@token_option
+@json_option
+@guarded
+def tags_extend(
+    reference: str, by: str | None, until: str | None, registry: str | None, token: str | None, as_json: bool
+) -> None:
+    """Move a tag's expiry later (a later push never moves it earlier)."""
+    from cargohold.lifecycle.clock import iso, parse_iso
+
+    repository, tag = _tag_reference(reference)
+    if (by is None) == (until is None):
+        raise CliError("give exactly one of --by (e.g. --by 3d) or --until (e.g. --until 2026-12-31T00:00:00Z)")
+    by_seconds = _seconds(by, "--by") if by is not None else None
+    until_iso = None
+    if until is not None:
+        try:
+            until_iso = iso(parse_iso(until))
+        except ValueError:
+            raise CliError(f"--until {until!r} is not an ISO 8601 time; use e.g. 2026-12-31T00:00:00Z") from None
+    with _client(registry, token) as (client, _):
+        data = _on_tag(
+            client, reference, lambda: client.extend_tag(repository, tag, by_seconds=by_seconds, until=until_iso)
+        )
+    emit(data, as_json=as_json, text=f"{repository}:{tag} now expires at {data.get('expires_at')}.")

@@ -158,7 +158,10 @@ def _env_option(*param_decls: str, **attrs: Any) -> Any:
     "--gc-grace", envvar="CARGOHOLD_GC_GRACE", default="1h", help="Never collect blobs linked more recently than this."
 )
 @_env_option(
-    "--retention-interval", envvar="CARGOHOLD_RETENTION_INTERVAL", default="1m", help="Evict expired builds this often."
+    "--retention-interval",
+    envvar="CARGOHOLD_RETENTION_INTERVAL",
+    default="1m",
+    help="Evict expired builds and tags, and collect untagged manifests, this often.",
 )
 @_env_option(
     "--storage-price",

@@ -219,6 +219,43 @@ class ControlClient:
         params = {"dry_run": "1"} if dry_run else None
         return self.request("DELETE", f"/api/v1/builds/{build_id}", params=params)  # type: ignore[no-any-return]
 
+    # --- tags pushed outside builds (tag retention) ---------------------------------------------------------
+
+    def list_tags(
+        self, project_id: str, *, repository: str | None = None, limit: int = 50, after: str | None = None
+    ) -> dict[str, Any]:
+        """A page of the project's non-build tags (``{"tags": [...], "next": "<repository>:<tag>"}``)."""
+        params: dict[str, Any] = {"limit": limit}
+        if repository:
+            params["repository"] = repository
+        if after:
+            params["after"] = after
+        return self.request("GET", f"/api/v1/projects/{project_id}/tags", params=params)  # type: ignore[no-any-return]
+
+    def pin_tag(self, repository: str, tag: str) -> dict[str, Any]:
+        """Keep a tag pushed outside builds until unpinned (``repository`` is ``<project>[/…]``)."""
+        return self._tag_call(repository, tag, "pin", {})
+
+    def unpin_tag(self, repository: str, tag: str) -> dict[str, Any]:
+        return self._tag_call(repository, tag, "unpin", {})
+
+    def extend_tag(
+        self, repository: str, tag: str, *, by_seconds: float | None = None, until: str | None = None
+    ) -> dict[str, Any]:
+        """Move a tag's expiry: ``by_seconds`` past its current expiry, or to ``until`` (ISO 8601)."""
+        body: dict[str, Any] = {}
+        if by_seconds is not None:
+            body["by"] = by_seconds
+        if until is not None:
+            body["until"] = until
+        return self._tag_call(repository, tag, "extend", body)
+
+    def _tag_call(self, repository: str, tag: str, action: str, body: dict[str, Any]) -> dict[str, Any]:
+        project_id = repository.split("/", 1)[0]
+        return self.request(  # type: ignore[no-any-return]
+            "POST", f"/api/v1/projects/{project_id}/tags/{action}", json={"repository": repository, "tag": tag, **body}
+        )
+
     def project_history(
         self, project_id: str, *, limit: int = 100, build_id: str | None = None
     ) -> list[dict[str, Any]]:

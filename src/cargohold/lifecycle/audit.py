@@ -1,9 +1,13 @@
-"""The lifecycle audit log: every deletion and retention change, and the reasons behind missing builds.
+"""The lifecycle audit log: every deletion and retention change, and the reasons behind missing builds and tags.
 
 Rows are written inside the same transaction as the change they describe, so the log can never claim an
 eviction that was rolled back, nor miss one that happened. Reading it answers two questions: "what
 happened to my project" (:func:`history`) and "why does this pull fail" (:func:`explain_missing`), which
-turns a bare 404 into "build X expired on … (retention 7 days)".
+turns a bare 404 into "build X expired on … (retention 7 days)" or "tag p/web:1.0 expired on …".
+
+Events about tags pushed outside builds (:mod:`cargohold.lifecycle.tag_retention`) have no ``build_id``; their
+``detail`` names the ``repository`` and ``tag``. Collections of untagged manifests (action ``collect``) name the
+repository and the digests.
 """
 
 from __future__ import annotations
@@ -66,6 +70,8 @@ class Entry:
     build_id: str | None = None
     detail: dict[str, Any] | None = None
     removed_tags: Sequence[str] = ()
+    repository: str | None = None
+    """Where ``removed_tags`` were (default: the project's own repository, where builds live)."""
 
 
 def record(
@@ -79,9 +85,10 @@ def record(
     build_id: str | None = None,
     detail: dict[str, Any] | None = None,
     removed_tags: Iterable[str] = (),
+    repository: str | None = None,
 ) -> int:
     """Add one event (and remember the tags it removed) in the caller's transaction; returns its id."""
-    entry = Entry(action, rule, actor, at, project_id, build_id, detail, tuple(removed_tags))
+    entry = Entry(action, rule, actor, at, project_id, build_id, detail, tuple(removed_tags), repository)
     return record_many(session, [entry])[0]
 
 
@@ -111,10 +118,11 @@ def record_many(session: Session, entries: Sequence[Entry]) -> list[int]:
     ids = [int(event_id) for event_id in result.scalars()]
     removed: dict[tuple[str, str], int] = {}
     for entry, event_id in zip(entries, ids, strict=True):
-        if entry.project_id is None:
+        repository = entry.repository or entry.project_id
+        if repository is None:
             continue
         for tag in entry.removed_tags:
-            removed[(entry.project_id, tag)] = event_id  # a later event wins, as with one upsert per event
+            removed[(repository, tag)] = event_id  # a later event wins, as with one upsert per event
     if removed:
         # executemany of one cached statement: a multi-row VALUES upsert is recompiled for every new length.
         statement = upsert(session, RemovedTag)
@@ -148,9 +156,15 @@ def prune(db: Database, older_than: datetime) -> int:
 def describe(event: Event) -> str:
     """One sentence a person can act on."""
     when = iso(event.at)
-    subject = f"build {event.build_id}" if event.build_id else "the project"
     detail = event.detail
+    subject = f"build {event.build_id}" if event.build_id else "the project"
+    if event.build_id is None and detail.get("tag"):
+        subject = f"tag {detail.get('repository')}:{detail['tag']}"
     if event.action == "evict":
+        if event.rule == "expired" and event.build_id is None:
+            retention = detail.get("retention_seconds")
+            why = f"retention {format_duration(retention)} since its last push" if retention else "its expiry passed"
+            return f"{subject} expired on {detail.get('expires_at') or when} ({why}); push it again to get it back"
         if event.rule == "expired":
             retention = detail.get("retention_seconds")
             expired_at = detail.get("expires_at") or when
@@ -173,6 +187,14 @@ def describe(event: Event) -> str:
         return f"{subject} was unpinned on {when} by {event.actor}"
     if event.action == "extend":
         return f"{subject} expiry was moved to {detail.get('expires_at')} on {when} by {event.actor}"
+    if event.action == "collect":
+        count = int(detail.get("count", 0))
+        retention = detail.get("retention_seconds")
+        age = f", last pushed more than {format_duration(retention)} before" if retention else ""
+        return (
+            f"{count} untagged manifest{'s' if count != 1 else ''} in {detail.get('repository')} that nothing "
+            f"referenced {'were' if count != 1 else 'was'} removed on {when}{age}"
+        )
     if event.action == "gc":
         return (
             f"garbage collection on {when} freed {detail.get('blobs_deleted', 0)} blobs "
@@ -205,6 +227,8 @@ def explain_missing(db: Database, repository: str | None, reference: str) -> str
             return None
         event = _event(row)
     message = describe(event)
+    if event.build_id is None:
+        return message  # the tag's own event (tags pushed outside builds)
     tag_of_build = reference != event.build_id and not reference.startswith(f"{event.build_id}-")
     if tag_of_build:
         return f"tag {reference} followed {message}"

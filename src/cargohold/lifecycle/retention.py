@@ -599,17 +599,25 @@ def _planned(candidate: _Candidate, actor: str) -> Eviction:
 
 
 def _delete_unneeded_manifests(session: Session, repository_id: int, roots: set[int]) -> int:
-    """Delete the manifests reachable from ``roots`` that nothing remaining needs; returns how many.
+    """Delete the manifests reachable from ``roots`` that nothing remaining needs; returns how many."""
+    doomed = unkept_manifests(session, repository_id, reachable_manifests(session, repository_id, roots))
+    delete_manifests(session, doomed)
+    return len(doomed)
+
+
+ManifestInfo = dict[int, tuple[str, str | None]]
+"""``manifest id -> (digest, subject digest)`` of manifests being considered for deletion."""
+
+
+def reachable_manifests(session: Session, repository_id: int, roots: set[int]) -> ManifestInfo:
+    """``roots`` and every manifest of the repository they reach: index children and referrers, recursively.
 
     Every query here is chunked and index-driven (``EXPLAIN QUERY PLAN`` shows a search, never a scan):
-    children by ``uq_manifests_repository_digest``, referrers by ``ix_manifests_repository_subject``,
-    remaining tags by ``ix_tags_manifest_id`` and remaining parents by ``ix_manifest_references_digest``.
+    children by ``uq_manifests_repository_digest``, referrers by ``ix_manifests_repository_subject``.
     The child and referrer look-ups are separate statements because an ``OR`` of the two made SQLite scan
     the repository's manifests once per frontier.
     """
-    if not roots:
-        return 0
-    info: dict[int, tuple[str, str | None]] = {}
+    info: ManifestInfo = {}
     frontier = set(roots)
     while frontier:
         ids = sorted(frontier)
@@ -641,6 +649,20 @@ def _delete_unneeded_manifests(session: Session, repository_id: int, roots: set[
                 )
             )
         frontier = {manifest_id for manifest_id in reached if manifest_id not in info}
+    return info
+
+
+def unkept_manifests(session: Session, repository_id: int, candidates: ManifestInfo) -> set[int]:
+    """The ``candidates`` that nothing outside the deletion set keeps; the caller deletes them together.
+
+    A candidate stays if it has a tag, if a manifest of the repository that stays lists it as a child, or if
+    it is a referrer whose subject stays (a manifest outside the candidates that exists, or a candidate that
+    stays); whatever stays keeps its own children and referrers in turn. Deleting what is left in one
+    transaction therefore never leaves a remaining index pointing at a deleted child, nor deletes the
+    signature of a remaining image. Lookups: remaining tags by ``ix_tags_manifest_id``, remaining parents by
+    ``ix_manifest_references_digest``.
+    """
+    info = candidates
     deleting = set(info)
     while deleting:
         ids = sorted(deleting)
@@ -684,9 +706,12 @@ def _delete_unneeded_manifests(session: Session, repository_id: int, roots: set[
         if not keep:
             break
         deleting -= keep
-    if not deleting:
-        return 0
-    ids = sorted(deleting)
+    return deleting
+
+
+def delete_manifests(session: Session, manifest_ids: Iterable[int]) -> None:
+    """Delete manifests with their references and any tags on them (chunked, no ORM bookkeeping)."""
+    ids = sorted(manifest_ids)
     for start in range(0, len(ids), CHUNK):
         chunk = ids[start : start + CHUNK]
         for table in (Tag, ManifestReference):
@@ -694,7 +719,6 @@ def _delete_unneeded_manifests(session: Session, repository_id: int, roots: set[
                 delete(table).where(table.manifest_id.in_(chunk)).execution_options(synchronize_session=False)
             )
         session.execute(delete(Manifest).where(Manifest.id.in_(chunk)).execution_options(synchronize_session=False))
-    return len(ids)
 
 
 def build_json(build: Build) -> dict[str, Any]:
@@ -710,4 +734,14 @@ def build_json(build: Build) -> dict[str, Any]:
     }
 
 
-__all__ = ["BuildNotFound", "Eviction", "LifecycleError", "Retention", "build_json"]
+__all__ = [
+    "BuildNotFound",
+    "Eviction",
+    "LifecycleError",
+    "ManifestInfo",
+    "Retention",
+    "build_json",
+    "delete_manifests",
+    "reachable_manifests",
+    "unkept_manifests",
+]

@@ -348,11 +348,13 @@ class ControlStore:
                     index_elements=["project_id", "tag"], set_={"build_id": build.id, "updated_at": now}
                 )
             )
+            # A save-tag is a build tag: its build's retention decides, so it has no expiry of its own.
             session.execute(
                 upsert(session, Tag)
-                .values(repository_id=repository_id, name=tag, manifest_id=manifest_id, updated_at=now)
+                .values(repository_id=repository_id, name=tag, manifest_id=manifest_id, updated_at=now, expires_at=None)
                 .on_conflict_do_update(
-                    index_elements=["repository_id", "name"], set_={"manifest_id": manifest_id, "updated_at": now}
+                    index_elements=["repository_id", "name"],
+                    set_={"manifest_id": manifest_id, "updated_at": now, "expires_at": None},
                 )
             )
 

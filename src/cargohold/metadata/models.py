@@ -24,6 +24,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -100,6 +101,8 @@ class Manifest(Base):
     size: Mapped[int] = mapped_column(BigInteger)
     payload: Mapped[bytes] = mapped_column(LargeBinary)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    pushed_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    """The last PUT of these bytes (by tag or by digest): an untagged manifest is kept a retention period from it."""
 
     references: Mapped[list[ManifestReference]] = relationship(
         back_populates="manifest", cascade="all, delete-orphan", passive_deletes=True
@@ -108,6 +111,8 @@ class Manifest(Base):
     __table_args__ = (
         UniqueConstraint("repository_id", "digest", name="uq_manifests_repository_digest"),
         Index("ix_manifests_repository_subject", "repository_id", "subject_digest"),
+        # The untagged-manifest sweep reads "this repository's manifests last pushed before the cutoff".
+        Index("ix_manifests_repository_pushed", "repository_id", "pushed_at"),
     )
 
 
@@ -126,14 +131,23 @@ class ManifestReference(Base):
 
 
 class Tag(Base):
+    """A tag; ``updated_at`` is its last push. Build retention governs build tags, tag retention the rest."""
+
     __tablename__ = "tags"
 
     repository_id: Mapped[int] = mapped_column(ForeignKey("repositories.id", ondelete="CASCADE"), primary_key=True)
     name: Mapped[str] = mapped_column(String(128), primary_key=True)
     manifest_id: Mapped[int] = mapped_column(ForeignKey("manifests.id", ondelete="CASCADE"))
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    """When a tag pushed outside builds expires (see :mod:`cargohold.lifecycle.tag_retention`); NULL for build
+    tags (their build decides) and in projects that keep images without a time limit."""
+    pinned: Mapped[bool] = mapped_column(default=False, server_default=false())
 
-    __table_args__ = (Index("ix_tags_manifest_id", "manifest_id"),)
+    __table_args__ = (
+        Index("ix_tags_manifest_id", "manifest_id"),
+        Index("ix_tags_pinned_expires", "pinned", "expires_at"),
+    )
 
 
 class UploadSession(Base):
@@ -164,7 +178,8 @@ class Project(Base):
     name: Mapped[str] = mapped_column(String(200))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     retention_seconds: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
-    """Maximum age of a saved build; NULL means keep until evicted by the cap."""
+    """Maximum age of a saved build, and of a tag pushed outside builds since its last push; NULL means no time
+    limit (builds then leave only by the cap)."""
     max_builds: Mapped[int] = mapped_column(Integer)
 
 

@@ -12,29 +12,79 @@ transaction so nothing can slip between check and commit:
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
-from sqlalchemy import delete, exists, func, select, update
+from sqlalchemy import case, delete, exists, func, literal, select, update
 from sqlalchemy.orm import Session
 
 from cargohold.metadata.db import Database, upsert
 from cargohold.metadata.models import (
     Blob,
+    Build,
     Manifest,
     ManifestReference,
+    Project,
     Repository,
     RepositoryBlob,
+    SaveTag,
     Tag,
     UploadSession,
+    UTCDateTime,
 )
 from cargohold.oci.digest import Digest
 from cargohold.oci.manifest import Descriptor, ParsedManifest
 
+IN_CHUNK = 500
+"""Values per ``IN (…)`` list: far below SQLite's variable limit."""
+
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+def project_of(repository: str) -> str:
+    """The project a repository belongs to: ``<project>`` and ``<project>/…`` are the project's."""
+    return repository.split("/", 1)[0]
+
+
+def build_tags(session: Session, project_id: str, names: Collection[str]) -> set[str]:
+    """Which of ``names``, tags in the project's own repository, build retention governs.
+
+    A build tag is a build's ID, ``<build>-<anything>`` for a build of the project (bake targets), or a
+    save-tag: evicting the build removes exactly these (:mod:`cargohold.lifecycle.retention`). Every other tag,
+    and every tag of a ``<project>/…`` repository, is governed by tag retention instead.
+    """
+    names = sorted(set(names))
+    owners = sorted({name.split("-", 1)[0] for name in names})
+    found: set[str] = set()
+    held: set[str] = set()
+    for start in range(0, len(owners), IN_CHUNK):
+        chunk = owners[start : start + IN_CHUNK]
+        found.update(session.scalars(select(Build.id).where(Build.project_id == project_id, Build.id.in_(chunk))))
+    for start in range(0, len(names), IN_CHUNK):
+        chunk = names[start : start + IN_CHUNK]
+        held.update(
+            session.scalars(select(SaveTag.tag).where(SaveTag.project_id == project_id, SaveTag.tag.in_(chunk)))
+        )
+    return {name for name in names if name.split("-", 1)[0] in found or name in held}
+
+
+def tag_expiry(session: Session, repository: str, tags: Collection[str], now: datetime) -> dict[str, datetime | None]:
+    """When each of ``tags``, pushed into ``repository`` at ``now``, expires (None: no expiry of its own).
+
+    A tag pushed outside builds expires the project's retention period after this push; build tags and
+    projects without a time limit (and repositories outside any project) get None.
+    """
+    project_id = project_of(repository)
+    seconds = session.scalar(select(Project.retention_seconds).where(Project.id == project_id)) if tags else None
+    if seconds is None:
+        return dict.fromkeys(tags)
+    owned = build_tags(session, project_id, tags) if repository == project_id else set()
+    expires_at = now + timedelta(seconds=seconds)
+    return {tag: None if tag in owned else expires_at for tag in tags}
 
 
 class MissingReferences(LookupError):
@@ -92,8 +142,10 @@ class PutResult:
 
 
 class MetadataStore:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, *, clock: Callable[[], datetime] = utcnow) -> None:
         self.db = db
+        # The time of a manifest PUT, which retention counts from; injectable so tests can stand on boundaries.
+        self.clock = clock
 
     # --- repositories -------------------------------------------------------------------------------------
 
@@ -308,7 +360,8 @@ class MetadataStore:
         tags: Iterable[str] = (),
     ) -> PutResult:
         """Store a manifest (and point ``tags`` at it) after checking every reference, atomically."""
-        now = utcnow()
+        now = self.clock()
+        tags = list(tags)
         with self.db.write() as session:
             repository_id = self._ensure_repository(session, repository)
             self._check_references(session, repository_id, parsed)
@@ -316,7 +369,10 @@ class MetadataStore:
                 select(Manifest.id).where(Manifest.repository_id == repository_id, Manifest.digest == digest)
             )
             created = manifest_id is None
-            if manifest_id is None:
+            if manifest_id is not None:
+                # A push refreshes the manifest even when its bytes were already here (retention counts from it).
+                session.execute(update(Manifest).where(Manifest.id == manifest_id).values(pushed_at=now))
+            else:
                 manifest = Manifest(
                     repository_id=repository_id,
                     digest=digest,
@@ -327,6 +383,7 @@ class MetadataStore:
                     size=len(payload),
                     payload=payload,
                     created_at=now,
+                    pushed_at=now,
                 )
                 manifest.references = [
                     *(ManifestReference(digest=str(d.digest), kind="blob") for d in _unique(parsed.blobs)),
@@ -335,14 +392,18 @@ class MetadataStore:
                 session.add(manifest)
                 session.flush()
                 manifest_id = manifest.id
-            for tag in tags:
+            for tag, expires_at in tag_expiry(session, repository, tags, now).items():
                 statement = upsert(session, Tag).values(
-                    repository_id=repository_id, name=tag, manifest_id=manifest_id, updated_at=now
+                    repository_id=repository_id,
+                    name=tag,
+                    manifest_id=manifest_id,
+                    updated_at=now,
+                    expires_at=expires_at,
                 )
                 session.execute(
                     statement.on_conflict_do_update(
                         index_elements=["repository_id", "name"],
-                        set_={"manifest_id": manifest_id, "updated_at": now},
+                        set_={"manifest_id": manifest_id, "updated_at": now, "expires_at": _no_earlier(expires_at)},
                     )
                 )
             return PutResult(created=created)
@@ -537,6 +598,15 @@ class MetadataStore:
                 )
                 or 0
             )
+
+
+def _no_earlier(expires_at: datetime | None) -> Any:
+    """SQL for a re-pushed tag's expiry: ``expires_at``, or the current one if that is later (an extension
+    survives a push; None, for build tags and unlimited retention, always wins)."""
+    if expires_at is None:
+        return None
+    pushed = literal(expires_at, UTCDateTime())
+    return case((Tag.expires_at > pushed, Tag.expires_at), else_=pushed)
 
 
 def _unique(descriptors: list[Descriptor]) -> list[Descriptor]:

@@ -3,14 +3,19 @@
 :func:`install` is the one call ``create_app`` makes. It builds the lifecycle services on the app
 (:data:`LIFECYCLE_KEY`), adds the routes below, installs the control API's hooks (after a save: enforce
 the project's build cap and re-measure its storage; for a missing build: explain what happened to it),
-adds the metrics middleware, and starts the background schedule: expiry sweeps and metering every
-``retention_interval``, garbage collection every ``gc_interval``.
+adds the metrics middleware, and starts the background schedule: expiry sweeps (builds, then tags pushed
+outside builds, then untagged manifests) and metering every ``retention_interval``, garbage collection
+every ``gc_interval``.
 
 Routes (JSON; errors in the registry's ``{"errors": [...]}`` shape):
 
 * ``POST /api/v1/builds/{build}/pin`` | ``/unpin`` | ``/extend`` ``{"by": seconds}`` or ``{"until": iso}``
   — push permission on the build's project.
 * ``DELETE /api/v1/builds/{build}`` (``?dry_run=1``) — delete permission; evicts the build now.
+* ``GET /api/v1/projects/{project}/tags?repository=&limit=&after=`` — pull permission on the whole project;
+  the project's tags pushed outside builds (:mod:`cargohold.lifecycle.tag_retention`).
+* ``POST /api/v1/projects/{project}/tags/pin`` | ``/unpin`` | ``/extend`` ``{"repository", "tag", …}`` —
+  push permission; like the build routes, for one of those tags.
 * ``GET /api/v1/projects/{project}/history?limit=&build=`` — pull permission; newest first. A credential
   limited to one build sees only that build's events; ``limit`` is 1..1000.
 * ``GET /api/v1/projects/{project}/usage?month=YYYY-MM`` — pull permission on the whole project (a
@@ -28,7 +33,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from aiohttp import web
@@ -38,8 +43,11 @@ from cargohold.lifecycle.clock import parse_iso, system_clock
 from cargohold.lifecycle.gc import GarbageCollector, GcReport
 from cargohold.lifecycle.metering import Metering
 from cargohold.lifecycle.retention import BuildNotFound, Eviction, LifecycleError, Retention, build_json
+from cargohold.lifecycle.tag_retention import ManifestCollection, TagEviction, TagNotFound, TagRecord, TagRetention
 from cargohold.metadata.control import BuildRecord
+from cargohold.oci.reference import is_valid_name, is_valid_tag
 from cargohold.registry.access import PRINCIPAL_KEY
+from cargohold.registry.api import registry_host
 from cargohold.registry.api_common import (
     api_error,
     authenticated,
@@ -64,6 +72,7 @@ class Lifecycle:
     """The lifecycle services of one server process."""
 
     retention: Retention
+    tags: TagRetention
     gc: GarbageCollector
     metering: Metering
     metrics: Metrics
@@ -71,6 +80,20 @@ class Lifecycle:
     def on_evicted(self, evicted: list[Eviction]) -> None:
         for eviction in evicted:
             self.metrics.builds_evicted.labels(eviction.rule).inc()
+
+    def on_tags_removed(self, evicted: list[TagEviction], collected: list[ManifestCollection]) -> None:
+        for eviction in evicted:
+            self.metrics.tags_evicted.labels(eviction.rule).inc()
+        self.metrics.manifests_collected.inc(sum(len(collection.digests) for collection in collected))
+
+    def expire(
+        self, actor: str = "system", *, dry_run: bool = False, project_id: str | None = None
+    ) -> tuple[list[Eviction], list[TagEviction], list[ManifestCollection]]:
+        """One expiry sweep: builds, then tags pushed outside builds, then the untagged manifests left over."""
+        builds = self.retention.expire(actor, dry_run=dry_run, project_id=project_id)
+        tags, manifests = self.tags.expire(actor, dry_run=dry_run, project_id=project_id)
+        manifests += self.tags.collect_untagged(actor, dry_run=dry_run, project_id=project_id)
+        return builds, tags, manifests
 
     def record_gc(self, report: GcReport) -> None:
         result = "skipped" if report.skipped else ("ok" if report.completed else "stopped")
@@ -177,6 +200,26 @@ async def _build_project(state: RegistryState, identity: Identity, build_id: str
     return build.project_id
 
 
+MAX_EXTENSION = timedelta(days=100 * 365)
+"""Longest ``by`` accepted: far beyond any retention, and far from the datetime range's end."""
+
+
+def _extension(body: dict[str, Any]) -> tuple[timedelta | None, datetime | None]:
+    """``{"by": seconds}`` or ``{"until": iso}`` of an extend request (the service checks exactly one came)."""
+    by, until = body.get("by"), body.get("until")
+    if by is not None and (isinstance(by, bool) or not isinstance(by, int | float)):
+        raise api_error(400, "INVALID", '"by" must be a number of seconds')
+    if by is not None and not -MAX_EXTENSION.total_seconds() <= by <= MAX_EXTENSION.total_seconds():
+        raise api_error(
+            400, "INVALID", f'"by" must be at most {int(MAX_EXTENSION.total_seconds())} seconds (100 years)'
+        )
+    try:
+        until_at = parse_iso(str(until)) if until is not None else None
+    except ValueError:
+        raise api_error(400, "INVALID", f'"until" must be an ISO 8601 time, not {until!r}') from None
+    return (timedelta(seconds=by) if by is not None else None), until_at
+
+
 def _flag(value: Any, field: str) -> bool:
     if isinstance(value, bool):
         return value
@@ -213,15 +256,7 @@ async def _change(request: web.Request, action: str) -> web.Response:
         elif action == "unpin":
             build = await state.run(retention.unpin, build_id, identity.name)
         else:
-            body = await read_json_body(request, MAX_BODY)
-            by, until = body.get("by"), body.get("until")
-            if by is not None and (isinstance(by, bool) or not isinstance(by, int | float)):
-                raise api_error(400, "INVALID", '"by" must be a number of seconds')
-            try:
-                until_at = parse_iso(str(until)) if until is not None else None
-            except ValueError:
-                raise api_error(400, "INVALID", f'"until" must be an ISO 8601 time, not {until!r}') from None
-            by_delta = timedelta(seconds=by) if by is not None else None
+            by_delta, until_at = _extension(await read_json_body(request, MAX_BODY))
             build = await state.run(lambda: retention.extend(build_id, identity.name, by=by_delta, until=until_at))
     except LifecycleError as exc:
         raise api_error(409, "CONFLICT", str(exc)) from None
@@ -245,6 +280,105 @@ async def delete_build(request: web.Request) -> web.Response:
     if not dry_run:
         await state.run(lifecycle.metering.refresh, [eviction.project_id])
     return web.json_response({"dry_run": dry_run, "evicted": [eviction.to_json()]})
+
+
+# --- tags pushed outside builds -----------------------------------------------------------------------------
+
+MAX_TAGS_PAGE = 500
+
+
+def _tag_json(state: RegistryState, record: TagRecord) -> dict[str, Any]:
+    return {**record.to_json(), "reference": f"{registry_host(state)}/{record.repository}:{record.tag}"}
+
+
+def _visible_tags(identity: Identity, project_id: str) -> None:
+    """A build-scoped pull credential sees its build only: none of the project's other tags."""
+    restricted = identity.build_restriction(project_id)
+    if restricted is not None:
+        raise api_error(403, "DENIED", f"this pull credential is limited to build {restricted}")
+
+
+async def list_tags(request: web.Request) -> web.Response:
+    """``tags list``: the project's non-build tags by repository and tag, a page at a time."""
+    state, lifecycle, identity = await _identity(request)
+    project_id = request.match_info["project"]
+    check_project_access(identity, project_id, "pull")
+    _visible_tags(identity, project_id)
+    assert state.control is not None
+    if await state.run(state.control.get_project, project_id) is None:
+        raise api_error(404, "NOT_FOUND", f"project {project_id} does not exist")
+    try:
+        limit = min(max(int(request.query.get("limit", "50")), 1), MAX_TAGS_PAGE)
+    except ValueError:
+        raise api_error(400, "INVALID", "limit must be a whole number") from None
+    repository = request.query.get("repository") or None
+    if repository is not None:
+        _check_repository(project_id, repository)
+    after = None
+    if request.query.get("after"):
+        cursor = request.query["after"]
+        after_repository, _, after_tag = cursor.rpartition(":")
+        if not after_repository or not after_tag:
+            raise api_error(400, "INVALID", f'"after" must be <repository>:<tag> as in "next", not {cursor!r}')
+        after = (after_repository, after_tag)
+    records = await state.run(
+        lambda: lifecycle.tags.list_tags(project_id, repository=repository, after=after, limit=limit)
+    )
+    body: dict[str, Any] = {"project_id": project_id, "tags": [_tag_json(state, record) for record in records]}
+    if len(records) == limit:
+        body["next"] = f"{records[-1].repository}:{records[-1].tag}"
+    return web.json_response(body)
+
+
+def _check_repository(project_id: str, repository: str) -> None:
+    if not is_valid_name(repository):
+        raise api_error(400, "INVALID", f"{repository!r} is not a valid repository name")
+    if repository != project_id and not repository.startswith(f"{project_id}/"):
+        raise api_error(
+            400, "INVALID", f"repository {repository} is not in project {project_id} (it must be {project_id}[/…])"
+        )
+
+
+async def pin_tag(request: web.Request) -> web.Response:
+    return await _change_tag(request, "pin")
+
+
+async def unpin_tag(request: web.Request) -> web.Response:
+    return await _change_tag(request, "unpin")
+
+
+async def extend_tag(request: web.Request) -> web.Response:
+    return await _change_tag(request, "extend")
+
+
+async def _change_tag(request: web.Request, action: str) -> web.Response:
+    """Body ``{"repository": "<project>/web", "tag": "1.0"}`` (``repository`` defaults to the project's own),
+    plus ``by``/``until`` for extend."""
+    state, lifecycle, identity = await _identity(request)
+    project_id = request.match_info["project"]
+    check_project_access(identity, project_id, "push")
+    body = await read_json_body(request, MAX_BODY)
+    repository, tag = body.get("repository", project_id), body.get("tag")
+    if not isinstance(repository, str):
+        raise api_error(400, "INVALID", '"repository" must be a repository name such as "<project>/web"')
+    _check_repository(project_id, repository)
+    if not isinstance(tag, str) or not is_valid_tag(tag):
+        raise api_error(400, "INVALID", '"tag" must be a tag: up to 128 letters, digits, "_", ".", "-"')
+    tags = lifecycle.tags
+    try:
+        if action == "pin":
+            record = await state.run(tags.pin, repository, tag, identity.name)
+        elif action == "unpin":
+            record = await state.run(tags.unpin, repository, tag, identity.name)
+        else:
+            by, until = _extension(body)
+            record = await state.run(lambda: tags.extend(repository, tag, identity.name, by=by, until=until))
+    except LifecycleError as exc:
+        raise api_error(409, "CONFLICT", str(exc)) from None
+    except TagNotFound as exc:
+        explained = await state.run(audit.explain_missing, state.metadata.db, repository, tag)
+        raise api_error(404, "NOT_FOUND", explained or str(exc)) from None
+    return web.json_response(_tag_json(state, record))
 
 
 async def project_history(request: web.Request) -> web.Response:
@@ -298,14 +432,22 @@ async def run_expiry(request: web.Request) -> web.Response:
             raise api_error(403, "DENIED", 'only an admin token may sweep every project; pass {"project": "<id>"}')
     else:
         check_project_access(identity, str(project_id), "push")
-    evicted: list[Eviction] = await state.run(
-        lambda: lifecycle.retention.expire(identity.name, dry_run=dry_run, project_id=project_id)
+    evicted, tags, manifests = await state.run(
+        lambda: lifecycle.expire(identity.name, dry_run=dry_run, project_id=project_id)
     )
     if project_id is not None:
         evicted += await state.run(lambda: lifecycle.retention.enforce_cap(str(project_id), dry_run=dry_run))
-    if not dry_run and evicted:
-        await state.run(lifecycle.metering.refresh, sorted({e.project_id for e in evicted}))
-    return web.json_response({"dry_run": dry_run, "evicted": [e.to_json() for e in evicted]})
+    changed = {e.project_id for e in evicted} | {e.project_id for e in tags} | {c.project_id for c in manifests}
+    if not dry_run and changed:
+        await state.run(lifecycle.metering.refresh, sorted(changed))
+    return web.json_response(
+        {
+            "dry_run": dry_run,
+            "evicted": [e.to_json() for e in evicted],
+            "tags": [e.to_json() for e in tags],
+            "manifests": [c.to_json() for c in manifests],
+        }
+    )
 
 
 async def run_gc(request: web.Request) -> web.Response:
@@ -340,7 +482,7 @@ async def _schedule(app: web.Application) -> AsyncIterator[None]:
     settings = state.settings
 
     def sweep() -> None:
-        lifecycle.retention.expire()
+        lifecycle.expire()
         lifecycle.metering.refresh()
         audit.prune(state.metadata.db, system_clock() - settings.history_retention)
 
@@ -377,11 +519,13 @@ def install(app: web.Application) -> None:
     metrics = Metrics(metering.stored_bytes)
     lifecycle = Lifecycle(
         retention=Retention(db),
+        tags=TagRetention(db),
         gc=GarbageCollector(db, state.blobs, grace=settings.gc_grace),
         metering=metering,
         metrics=metrics,
     )
     lifecycle.retention.listeners.append(lifecycle.on_evicted)
+    lifecycle.tags.listeners.append(lifecycle.on_tags_removed)
     app[LIFECYCLE_KEY] = lifecycle
     app[api.AFTER_SAVE_KEY] = _after_save(lifecycle)
     app.middlewares.insert(0, metrics.middleware())
@@ -392,6 +536,10 @@ def install(app: web.Application) -> None:
     router.add_post("/api/v1/builds/{build}/extend", extend_build)
     if not _has_route(app, "DELETE", "/api/v1/builds/{build}"):
         router.add_delete("/api/v1/builds/{build}", delete_build)
+    router.add_get("/api/v1/projects/{project}/tags", list_tags)
+    router.add_post("/api/v1/projects/{project}/tags/pin", pin_tag)
+    router.add_post("/api/v1/projects/{project}/tags/unpin", unpin_tag)
+    router.add_post("/api/v1/projects/{project}/tags/extend", extend_tag)
     router.add_get("/api/v1/projects/{project}/history", project_history)
     router.add_get("/api/v1/projects/{project}/usage", project_usage)
     router.add_post("/api/v1/expire", run_expiry)

@@ -1,4 +1,5 @@
-"""Prometheus metrics at ``/metrics``: requests, bytes served, builds saved/evicted, GC, stored bytes.
+"""Prometheus metrics at ``/metrics``: requests, bytes served, builds saved/evicted, tags and manifests retention
+removed, GC, stored bytes.
 
 Each application gets its own :class:`~prometheus_client.CollectorRegistry` (never the process-global
 one), so several apps in one test process do not collide. Request metrics are labelled by the *route
@@ -59,6 +60,15 @@ class Metrics:
         )
         self.builds_saved = Counter("cargohold_builds_saved", "Builds marked saved.", registry=r)
         self.builds_evicted = Counter("cargohold_builds_evicted", "Builds evicted, by rule.", ["rule"], registry=r)
+        self.tags_evicted = Counter(
+            "cargohold_tags_evicted",
+            "Tags pushed outside builds that retention removed, by rule.",
+            ["rule"],
+            registry=r,
+        )
+        self.manifests_collected = Counter(
+            "cargohold_manifests_collected", "Untagged manifests nothing kept, removed by retention.", registry=r
+        )
         self.gc_runs = Counter("cargohold_gc_runs", "Garbage-collection passes, by result.", ["result"], registry=r)
         self.gc_freed_bytes = Counter("cargohold_gc_freed_bytes", "Bytes deleted from storage by GC.", registry=r)
         self.gc_freed_blobs = Counter("cargohold_gc_freed_blobs", "Blobs (and orphan files) deleted by GC.", registry=r)
