@@ -255,7 +255,11 @@ def _configure_logging(level: str) -> None:
     numeric = logging.getLevelName(level.upper())
     if not isinstance(numeric, int):
         raise click.BadParameter(f"log level {level!r} is not one of debug, info, warning, error")
-    logging.basicConfig(level=numeric, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from cargohold.logformat import EscapingFormatter
+
+    handler = logging.StreamHandler()
+    handler.setFormatter(EscapingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=numeric, handlers=[handler])
     # Migration chatter is noise at start-up unless someone is debugging.
     logging.getLogger("alembic").setLevel(max(numeric, logging.WARNING))
     # httpx logs every request of a server-side push at INFO, upload URLs and all; blob_copy logs one line
