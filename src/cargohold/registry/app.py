@@ -25,6 +25,7 @@ from cargohold.registry.errors import RegistryError
 from cargohold.registry.security import build_security
 from cargohold.registry.state import STATE_KEY, RegistryState, state_of
 from cargohold.storage.filesystem import FilesystemBlobStore
+from cargohold.storage.private import secure_data_dir
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +129,7 @@ def create_app(settings: ServerSettings, access: AccessPolicy | None = None) -> 
     Without ``access``, every route requires a credential (see :mod:`cargohold.registry.auth`); passing
     :class:`OpenAccess` is for embedding the bare registry core behind another gate, and for tests.
     """
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    secure_data_dir(settings.data_dir, settings.resolved_database_url())
     database = Database(settings.resolved_database_url())
     database.migrate()
     executor = ThreadPoolExecutor(max_workers=settings.io_threads, thread_name_prefix="cargohold-io")
