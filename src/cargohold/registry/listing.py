@@ -20,9 +20,9 @@ def _page_size(request: web.Request) -> int | None:
     value = request.query.get("n")
     if value is None:
         return None
-    if not value.isdigit():
-        raise RegistryError("UNSUPPORTED", f"n={value!r} must be a non-negative integer", status=400)
-    return min(int(value), MAX_PAGE)
+    if not value.isascii() or not value.isdigit():
+        raise RegistryError("UNSUPPORTED", f"n={value[:50]!r} must be a non-negative integer", status=400)
+    return MAX_PAGE if len(value) > 9 else min(int(value), MAX_PAGE)
 
 
 def _paginate(items: list[str], limit: int | None) -> tuple[list[str], bool]:

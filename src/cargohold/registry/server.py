@@ -27,4 +27,5 @@ def run(settings: ServerSettings) -> None:
         access_log_class=AccessLogger,
         print=None,
         shutdown_timeout=10,
+        keepalive_timeout=settings.header_timeout.total_seconds(),  # the request-head deadline too
     )
