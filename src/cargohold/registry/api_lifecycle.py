@@ -51,6 +51,8 @@ from cargohold.registry.state import STATE_KEY, RegistryState, state_of
 log = logging.getLogger(__name__)
 
 MAX_BODY = 64 * 1024
+MAX_EXTENSION_SECONDS = 100 * 365 * 86400
+"""Longest single extension (about 100 years): beyond it expiry dates leave what a datetime can hold."""
 
 
 @dataclass
@@ -180,8 +182,12 @@ async def _change(request: web.Request, action: str) -> web.Response:
         else:
             body = await read_json_body(request, MAX_BODY)
             by, until = body.get("by"), body.get("until")
-            if by is not None and (isinstance(by, bool) or not isinstance(by, int | float)):
-                raise api_error(400, "INVALID", '"by" must be a number of seconds')
+            if by is not None and (
+                isinstance(by, bool) or not isinstance(by, int | float) or not 0 < by <= MAX_EXTENSION_SECONDS
+            ):
+                raise api_error(
+                    400, "INVALID", f'"by" must be a positive number of seconds, at most {MAX_EXTENSION_SECONDS}'
+                )
             try:
                 until_at = parse_iso(str(until)) if until is not None else None
             except ValueError:
@@ -244,6 +250,8 @@ async def run_expiry(request: web.Request) -> web.Response:
     body = await read_json_body(request, MAX_BODY)
     dry_run = _flag(body.get("dry_run"), "dry_run")
     project_id = body.get("project")
+    if project_id is not None and not isinstance(project_id, str):
+        raise api_error(400, "INVALID", '"project" must be a project ID')
     if project_id is None:
         if not identity.is_admin:
             raise api_error(403, "DENIED", 'only an admin token may sweep every project; pass {"project": "<id>"}')
