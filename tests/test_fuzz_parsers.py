@@ -30,7 +30,9 @@ from cargohold.registry.errors import RegistryError
 from cargohold.registry.oidc import InMemoryJtiStore, OidcError, OidcSettings, OidcVerifier
 from oidc_issuer import DEFAULT_AUDIENCE, LoopbackOidcIssuer
 
-FUZZ = settings(max_examples=250, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+FUZZ = settings(
+    max_examples=200, deadline=None, derandomize=True, database=None, suppress_health_check=[HealthCheck.too_slow]
+)
 
 MEDIA_TYPES = [
     "application/vnd.oci.image.manifest.v1+json",
