@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable
 
 from cargohold.logformat import EscapingFormatter, escape_control
 from conftest import ServerProcess
@@ -24,15 +26,27 @@ def test_a_token_name_with_a_newline_is_logged_on_one_line(server: ServerProcess
     created = [line for line in lines if f"token {token_id}" in line]
     assert len(created) == 1, lines[-20:]
     assert f"(ci\\n{FORGED}\\r\\x1b[2J\\u2028end)" in created[0]
-    # The access log names the caller too (user=admin:<name>): quoted, escaped, one line.
-    access = [line for line in lines if "cargohold.access" in line and "/api/v1/whoami" in line]
+    # The access log names the caller too (user=admin:<name>): quoted, escaped, one line. aiohttp writes it
+    # after the response has gone out, so wait for it.
+    access = _wait_for_lines(server, lambda line: "cargohold.access" in line and "/api/v1/whoami" in line)
+    lines = server.log().splitlines()
     assert len(access) == 1, lines[-20:]
     assert f'user="admin:ci\\n{FORGED}\\r\\x1b[2J\\u2028end"' in access[0]
+
+
+def _wait_for_lines(server: ServerProcess, wanted: Callable[[str], bool], timeout: float = 10.0) -> list[str]:
+    deadline = time.monotonic() + timeout
+    while True:
+        found = [line for line in server.log().splitlines() if wanted(line)]
+        if found or time.monotonic() > deadline:
+            return found
+        time.sleep(0.02)
 
 
 def test_a_malformed_request_is_one_log_line_without_a_traceback(server: ServerProcess) -> None:
     status, _headers, _body = raw_request(server, "GET", "/v2/", headers={"User-Agent": "evil\x1b[2J\x07agent"})
     assert status == 400
+    _wait_for_lines(server, lambda line: "method=UNKNOWN" in line)
     log = server.log()
     assert "Traceback" not in log, log[-3000:]
     refused = [line for line in log.splitlines() if "Error handling request" in line]
