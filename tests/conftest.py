@@ -26,6 +26,8 @@ class ServerProcess(ManagedProcess):
     admin_token: str = field(default_factory=lambda: secrets.token_urlsafe(24))
     env: dict[str, str] = field(default_factory=dict)
     extra_args: list[str] = field(default_factory=list)
+    umask: int = -1
+    """The child's umask (-1: inherit this process's)."""
     process: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
 
@@ -58,6 +60,7 @@ class ServerProcess(ManagedProcess):
             health_url=f"{self.url}/healthz",
             env={"CARGOHOLD_ADMIN_TOKEN": self.admin_token, **self.env},
             timeout=timeout,
+            umask=self.umask,
         )
         return self
 

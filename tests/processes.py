@@ -40,12 +40,14 @@ class ManagedProcess:
         healthy: Container[int] = (200,),
         env: dict[str, str] | None = None,
         timeout: float = 20.0,
+        umask: int = -1,
     ) -> None:
-        """Start ``command`` and return once ``health_url`` answers with a status in ``healthy``."""
+        """Start ``command`` (with ``umask`` unless -1) and return once ``health_url`` answers with a status in
+        ``healthy``."""
         self.log_path = log_path
         with open(log_path, "ab") as log:
             self.process = subprocess.Popen(
-                list(command), stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}
+                list(command), stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}, umask=umask
             )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -371,7 +371,7 @@ def test_build_scoped_token_reads_only_its_builds_history_and_no_usage(server: S
         assert f"limited to build {world.build_a}" in error_of(usage)[1]
 
 
-@pytest.mark.parametrize("value", ["-1", "0", "abc", "1e3", "2.5", " 5", "²", "9" * 5000])
+@pytest.mark.parametrize("value", ["-1", "0", "abc", "1e3", "2.5", " 5", "²"])
 def test_limit_parameters_are_validated(server: ServerProcess, world: World, value: str) -> None:
     """``limit=-1`` (or anything but a positive whole number) is a 400 with one sentence, never "no limit"."""
     with http(server, world.token_a) as client:
@@ -389,10 +389,13 @@ def test_limit_parameters_are_validated(server: ServerProcess, world: World, val
 
 
 def test_huge_limits_are_clamped(server: ServerProcess, world: World) -> None:
+    """Any number of digits means "the largest page" (the reference registry answers ``n`` of 5,000 digits so)."""
     with http(server, world.token_a) as client:
         for path in (f"/api/v1/projects/{world.a}/history", f"/api/v1/projects/{world.a}/builds"):
             assert client.get(path, params={"limit": "1" + "0" * 25}).status_code == 200, path
+            assert client.get(path, params={"limit": "9" * 5000}).status_code == 200, path
         assert client.get(f"/v2/{world.a}/tags/list", params={"n": "9" * 20}).status_code == 200
+        assert client.get(f"/v2/{world.a}/tags/list", params={"n": "9" * 5000}).status_code == 200
 
 
 def test_another_projects_evicted_build_is_a_plain_not_found(

@@ -69,6 +69,13 @@ class ServerSettings:
     """Server-side blob pushes running at once; more wait their turn."""
     history_retention: timedelta = timedelta(days=90)
     """How long the lifecycle audit log (and the reasons given for missing builds) is kept."""
+    header_timeout: timedelta = timedelta(seconds=75)
+    """A connection must send a complete request head this soon after it opens or after its previous
+    response (aiohttp's keep-alive timeout: also how long an idle keep-alive connection stays open)."""
+    body_idle_timeout: timedelta = timedelta(seconds=60)
+    """Longest pause inside any request body, uploads included (see cargohold.registry.bodies)."""
+    body_timeout: timedelta = timedelta(seconds=120)
+    """Longest time a whole JSON, form or manifest body may take; blob uploads have only the idle limit."""
 
     def resolved_database_url(self) -> str:
         return self.database_url or f"sqlite:///{self.data_dir / 'metadata.db'}"

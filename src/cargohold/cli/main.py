@@ -8,6 +8,7 @@ images packages, SQLAlchemy and aiohttp are imported inside the commands that ne
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 from typing import Any
 
 import click
@@ -189,6 +190,27 @@ def _env_option(*param_decls: str, **attrs: Any) -> Any:
     multiple=True,
     help="Network (CIDR) server-side pushes may reach besides public addresses (repeatable). Env: comma-separated.",
 )
+@_env_option(
+    "--header-timeout",
+    envvar="CARGOHOLD_HEADER_TIMEOUT",
+    default="75s",
+    help="Close a connection that sends no complete request head this long after it opens or after its last "
+    "response (also the keep-alive idle time).",
+)
+@_env_option(
+    "--body-idle-timeout",
+    envvar="CARGOHOLD_BODY_IDLE_TIMEOUT",
+    default="60s",
+    help="Refuse a request (408, connection closed) whose body pauses this long; uploads included, and a "
+    "stalled upload keeps the bytes received so far.",
+)
+@_env_option(
+    "--body-timeout",
+    envvar="CARGOHOLD_BODY_TIMEOUT",
+    default="120s",
+    help="Longest time a whole JSON, form or manifest body may take to arrive (blob uploads have only the "
+    "idle limit, so a slow upload that keeps progressing is never cut off).",
+)
 def serve(
     host: str,
     port: int,
@@ -212,6 +234,9 @@ def serve(
     free_gb_months: float,
     server_push: bool,
     push_allow_network: tuple[str, ...],
+    header_timeout: str,
+    body_idle_timeout: str,
+    body_timeout: str,
 ) -> None:
     """Run the registry server."""
     from pathlib import Path
@@ -231,6 +256,11 @@ def serve(
             "gc_interval": parse_duration(gc_interval),
             "gc_grace": parse_duration(gc_grace),
             "retention_interval": parse_duration(retention_interval),
+        }
+        deadlines = {
+            "header_timeout": _positive(parse_duration(header_timeout), "--header-timeout"),
+            "body_idle_timeout": _positive(parse_duration(body_idle_timeout), "--body-idle-timeout"),
+            "body_timeout": _positive(parse_duration(body_timeout), "--body-timeout"),
         }
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
@@ -255,10 +285,17 @@ def serve(
         server_push=server_push,
         push_allow_networks=push_allow_network,
         **lifecycle_times,
+        **deadlines,
     )
     if oidc_issuer:
         settings.oidc_issuers = tuple(i.strip() for item in oidc_issuer for i in item.split(",") if i.strip())
     run(settings)
+
+
+def _positive(value: timedelta, flag: str) -> timedelta:
+    if value.total_seconds() <= 0:
+        raise ValueError(f"{flag} must be longer than zero (e.g. 30s)")
+    return value
 
 
 def _configure_logging(level: str) -> None:
@@ -267,7 +304,11 @@ def _configure_logging(level: str) -> None:
     numeric = logging.getLevelName(level.upper())
     if not isinstance(numeric, int):
         raise click.BadParameter(f"log level {level!r} is not one of debug, info, warning, error")
-    logging.basicConfig(level=numeric, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from cargohold.logformat import EscapingFormatter
+
+    handler = logging.StreamHandler()
+    handler.setFormatter(EscapingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=numeric, handlers=[handler])
     # Migration chatter is noise at start-up unless someone is debugging.
     logging.getLogger("alembic").setLevel(max(numeric, logging.WARNING))
     # httpx logs every request of a server-side push at INFO, upload URLs and all; blob_copy logs one line

@@ -35,9 +35,11 @@ class Digest:
     hex: str
 
     @classmethod
-    def parse(cls, value: str) -> Digest:
+    def parse(cls, value: object) -> Digest:
         """Parse and validate ``value``; raises :class:`DigestError` with a reason."""
-        match = _DIGEST_RE.match(value or "")
+        if not isinstance(value, str):
+            raise DigestError(f"{value!r} is not a digest string of the form algorithm:hex")
+        match = _DIGEST_RE.match(value)
         if not match:
             raise DigestError(f"{value!r} is not a digest of the form algorithm:hex")
         algorithm, encoded = match.groups()

@@ -8,16 +8,19 @@ the artifact type.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Any
 
 from cargohold.oci import mediatypes as mt
+from cargohold.oci import strictjson
 from cargohold.oci.digest import Digest, DigestError
 
 MAX_MANIFEST_SIZE = 4 * 1024 * 1024
 """Largest manifest accepted (the OCI distribution spec's recommended minimum a registry must take)."""
 
+
+MAX_SIZE = 2**63 - 1
+"""Largest descriptor size: what a signed 64-bit integer (Go's int64, SQLite's INTEGER) holds."""
 
 SCHEMA1_REFUSED = "Docker schema 1 manifests are deprecated and not accepted; push schema 2 or OCI"
 
@@ -74,8 +77,8 @@ def _descriptor(value: Any, where: str) -> Descriptor:
     size = value.get("size")
     if not isinstance(media_type, str) or not media_type:
         raise ManifestInvalid(f"{where} has no mediaType")
-    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-        raise ManifestInvalid(f"{where} has no valid size (a non-negative integer)")
+    if not isinstance(size, int) or isinstance(size, bool) or not 0 <= size <= MAX_SIZE:
+        raise ManifestInvalid(f"{where} has no valid size (an integer from 0 to {MAX_SIZE})")
     try:
         digest = Digest.parse(value.get("digest", ""))
     except DigestError as exc:
@@ -89,16 +92,33 @@ def _descriptor(value: Any, where: str) -> Descriptor:
     if not isinstance(urls, list) or not all(isinstance(u, str) for u in urls):
         raise ManifestInvalid(f"{where} has urls that are not a list of strings")
     artifact_type = value.get("artifactType")
+    if artifact_type is not None and not isinstance(artifact_type, str):
+        raise ManifestInvalid(f"{where} has an artifactType that is not a string")
     platform = value.get("platform")
+    if platform is not None:
+        _check_platform(platform, where)
     return Descriptor(
         media_type=media_type,
         digest=digest,
         size=size,
-        artifact_type=artifact_type if isinstance(artifact_type, str) else None,
+        artifact_type=artifact_type,
         annotations=annotations,
-        platform=platform if isinstance(platform, dict) else None,
+        platform=platform,
         urls=tuple(urls),
     )
+
+
+def _check_platform(platform: Any, where: str) -> None:
+    """The OCI image index's platform object: string fields, and string lists for the feature lists."""
+    if not isinstance(platform, dict):
+        raise ManifestInvalid(f"{where} has a platform that is not a JSON object")
+    for key in ("architecture", "os", "os.version", "variant"):
+        if key in platform and not isinstance(platform[key], str):
+            raise ManifestInvalid(f"{where}: platform {key} must be a string")
+    for key in ("os.features", "features"):
+        values = platform.get(key)
+        if values is not None and not (isinstance(values, list) and all(isinstance(v, str) for v in values)):
+            raise ManifestInvalid(f"{where}: platform {key} must be a list of strings")
 
 
 def _resolve_media_type(body: dict[str, Any], content_type: str | None) -> str:
@@ -126,8 +146,8 @@ def parse_manifest(payload: bytes, content_type: str | None) -> ParsedManifest:
     if len(payload) > MAX_MANIFEST_SIZE:
         raise ManifestInvalid(f"manifest is {len(payload)} bytes; the limit is {MAX_MANIFEST_SIZE}")
     try:
-        body = json.loads(payload)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        body = strictjson.loads(payload)
+    except strictjson.JsonInvalid as exc:
         raise ManifestInvalid(f"manifest is not valid JSON: {exc}") from None
     if not isinstance(body, dict):
         raise ManifestInvalid("manifest must be a JSON object")
@@ -141,7 +161,9 @@ def parse_manifest(payload: bytes, content_type: str | None) -> ParsedManifest:
 
     subject = _descriptor(body["subject"], "subject") if body.get("subject") is not None else None
     annotations = body.get("annotations")
-    if annotations is not None and not isinstance(annotations, dict):
+    if annotations is not None and not (
+        isinstance(annotations, dict) and all(isinstance(v, str) for v in annotations.values())
+    ):
         raise ManifestInvalid("annotations must be a string map")
     artifact_type = body.get("artifactType")
     if artifact_type is not None and not isinstance(artifact_type, str):

@@ -5,15 +5,19 @@ from __future__ import annotations
 import logging
 
 from aiohttp.abc import AbstractAccessLogger
+from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web import BaseRequest, StreamResponse
+
+from cargohold.logformat import escape_control, has_control
 
 access_log = logging.getLogger("cargohold.access")
 
 
 def _quote(value: str) -> str:
-    if value and not any(c in value for c in ' "=\\'):
+    """A logfmt value: bare when safe, else quoted with backslash escapes (control characters included)."""
+    if value and not any(c in value for c in ' "=\\') and not has_control(value):
         return value
-    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return '"' + escape_control(value.replace("\\", "\\\\").replace('"', '\\"')) + '"'
 
 
 class AccessLogger(AbstractAccessLogger):
@@ -34,3 +38,26 @@ class AccessLogger(AbstractAccessLogger):
     @property
     def enabled(self) -> bool:
         return self.logger.isEnabledFor(logging.INFO)
+
+
+class MalformedRequestsInOneLine(logging.Filter):
+    """aiohttp logs every request it cannot parse (bad header bytes, broken chunking) with a full traceback
+    at ERROR level. Those are the client's mistakes, and anyone can send them as fast as they like: keep one
+    INFO line that says what was wrong, without the traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, HttpProcessingError):
+            reason = " ".join(str(error.message).split())
+            record.msg = f"{record.getMessage()}: {error.code} {reason}"
+            record.args = ()
+            record.exc_info = record.exc_text = None
+            record.levelno, record.levelname = logging.INFO, logging.getLevelName(logging.INFO)
+        return True
+
+
+def install_log_filters() -> None:
+    """Attach :class:`MalformedRequestsInOneLine` to aiohttp's server logger (idempotent)."""
+    server_log = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, MalformedRequestsInOneLine) for f in server_log.filters):
+        server_log.addFilter(MalformedRequestsInOneLine())

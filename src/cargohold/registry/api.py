@@ -39,7 +39,8 @@ from cargohold.metadata.control import (
 from cargohold.metadata.models import Credential
 from cargohold.metadata.models import TrustRelationship as TrustRow
 from cargohold.oci import mediatypes as mt
-from cargohold.oci.digest import Digest
+from cargohold.oci import strictjson
+from cargohold.oci.digest import Digest, DigestError
 from cargohold.oci.reference import is_valid_tag
 from cargohold.registry.api_common import api_error, authenticated, check_project_access, read_json_body
 from cargohold.registry.auth import Identity, admin_permissions_of, stored_to_row
@@ -71,6 +72,8 @@ BUILD_TOKEN_PERMISSIONS = frozenset({ACTIONS_PULL, ACTIONS_PUSH})
 PULL_TOKEN_TTL = timedelta(hours=1)
 MAX_TOKEN_TTL = timedelta(days=366)
 PROJECT_NAME_RE = re.compile(r"^[\w .@/:+-]{1,200}$")
+MAX_CONFIG_READ = 4 * 1024**2
+"""Largest image config read to find a build's platform."""
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -141,11 +144,18 @@ def _build_json(state: RegistryState, build: BuildRecord) -> dict[str, Any]:
     return data
 
 
+MAX_DURATION_SECONDS = 100 * 365 * 86400
+"""No duration in a request may exceed about 100 years (timedelta and datetime arithmetic overflow)."""
+
+
 def _duration(value: Any, field: str, *, allow_none: bool = False) -> timedelta | None:
     if value is None and allow_none:
         return None
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise _invalid(f"{field} must be a positive number of seconds{' or null' if allow_none else ''}")
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= MAX_DURATION_SECONDS:
+        raise _invalid(
+            f"{field} must be a positive number of seconds up to {MAX_DURATION_SECONDS}"
+            f"{' or null' if allow_none else ''}"
+        )
     return timedelta(seconds=value)
 
 
@@ -338,25 +348,44 @@ async def show_build(request: web.Request) -> web.Response:
 
 
 def _platforms_of(state: RegistryState, payload: bytes, media_type: str) -> list[str]:
-    """Platforms of a saved image, read from the stored manifest (never from what the client claims)."""
-    body = json.loads(payload)
+    """Platforms of a saved image, read from the stored manifest (never from what the client claims).
+
+    The registry accepts any config blob and (before manifest validation checked it) any ``platform``
+    value, so whatever cannot be read as a platform is skipped: the build is saved with fewer platforms
+    (none, for an image whose config is not a JSON object) rather than failing.
+    """
+    try:
+        body = strictjson.loads(payload)
+    except strictjson.JsonInvalid:
+        return []
+    if not isinstance(body, dict):
+        return []
     if media_type in mt.INDEXES:
         found: list[str] = []
-        for entry in body.get("manifests", []):
-            platform = entry.get("platform") or {}
-            text = _platform_text(platform)
+        entries = body.get("manifests")
+        for entry in entries if isinstance(entries, list) else []:
+            text = _platform_text(entry.get("platform")) if isinstance(entry, dict) else None
             if text and text != "unknown/unknown" and text not in found:
                 found.append(text)
         return found
-    config = body.get("config") or {}
-    if config.get("mediaType") not in (mt.OCI_CONFIG, mt.DOCKER_CONFIG) or config.get("size", 0) > 4 * 1024**2:
+    config = body.get("config")
+    if not isinstance(config, dict) or config.get("mediaType") not in (mt.OCI_CONFIG, mt.DOCKER_CONFIG):
         return []
-    chunks = b"".join(state.blobs.open_blob(Digest.parse(config["digest"])))
-    text = _platform_text(json.loads(chunks))
+    size = config.get("size")
+    if not isinstance(size, int) or size > MAX_CONFIG_READ:
+        return []
+    try:
+        digest = Digest.parse(config.get("digest"))
+        image_config = strictjson.loads(b"".join(state.blobs.open_blob(digest)))
+    except (DigestError, strictjson.JsonInvalid, FileNotFoundError):
+        return []
+    text = _platform_text(image_config)
     return [text] if text else []
 
 
-def _platform_text(platform: dict[str, Any]) -> str | None:
+def _platform_text(platform: Any) -> str | None:
+    if not isinstance(platform, dict):
+        return None
     os_name, arch = platform.get("os"), platform.get("architecture")
     if not isinstance(os_name, str) or not isinstance(arch, str):
         return None

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from aiohttp import web
 
 from cargohold.metadata.control import ControlStore
+from cargohold.oci import strictjson
 from cargohold.registry.auth import Identity, TokenAccess
+from cargohold.registry.bodies import BodyStalled, BodyTooLarge, read_body
 from cargohold.registry.errors import RegistryError
 from cargohold.registry.state import RegistryState, state_of
 
@@ -22,17 +23,19 @@ def api_error(status: int, code: str, message: str) -> RegistryError:
 
 
 async def read_json_body(request: web.Request, limit: int = MAX_BODY) -> dict[str, Any]:
-    """The request's JSON object (``{}`` for an empty body), refusing oversized or malformed bodies."""
-    if request.content_length is not None and request.content_length > limit:
-        raise api_error(413, "SIZE_INVALID", f"request body is larger than {limit} bytes")
-    raw = await request.content.read(limit + 1)
-    if len(raw) > limit:
-        raise api_error(413, "SIZE_INVALID", f"request body is larger than {limit} bytes")
+    """The request's JSON object (``{}`` for an empty body), read completely; oversized (413), stalled (408)
+    or malformed (400) bodies are refused."""
+    try:
+        raw = await read_body(request, limit)
+    except BodyTooLarge as exc:
+        raise api_error(413, "SIZE_INVALID", str(exc)) from None
+    except BodyStalled as exc:
+        raise RegistryError("TIMEOUT", str(exc), status=408, close=True) from None
     if not raw.strip():
         return {}
     try:
-        body = json.loads(raw)
-    except ValueError as exc:
+        body = strictjson.loads(raw)
+    except strictjson.JsonInvalid as exc:
         raise api_error(400, "INVALID", f"request body is not valid JSON: {exc}") from None
     if not isinstance(body, dict):
         raise api_error(400, "INVALID", "request body must be a JSON object")

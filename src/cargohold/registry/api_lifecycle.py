@@ -65,6 +65,8 @@ from cargohold.registry.visibility import explain_missing_build
 log = logging.getLogger(__name__)
 
 MAX_BODY = 64 * 1024
+MAX_EXTENSION_SECONDS = 100 * 365 * 86400
+"""Longest single extension (about 100 years): beyond it expiry dates leave what a datetime can hold."""
 
 
 @dataclass
@@ -427,6 +429,8 @@ async def run_expiry(request: web.Request) -> web.Response:
     body = await read_json_body(request, MAX_BODY)
     dry_run = _flag(body.get("dry_run"), "dry_run")
     project_id = body.get("project")
+    if project_id is not None and not isinstance(project_id, str):
+        raise api_error(400, "INVALID", '"project" must be a project ID')
     if project_id is None:
         if not identity.is_admin:
             raise api_error(403, "DENIED", 'only an admin token may sweep every project; pass {"project": "<id>"}')

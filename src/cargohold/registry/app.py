@@ -20,11 +20,13 @@ from cargohold.metadata.db import Database
 from cargohold.metadata.store import MetadataStore
 from cargohold.registry import api, api_lifecycle, auth_routes, blob_copy, routing
 from cargohold.registry.access import AccessPolicy, OpenAccess
+from cargohold.registry.bodies import BodyStalled, BodyTooLarge, respond_and_close
 from cargohold.registry.egress import EgressPolicy, parse_networks
 from cargohold.registry.errors import RegistryError
 from cargohold.registry.security import build_security
 from cargohold.registry.state import STATE_KEY, RegistryState, state_of
 from cargohold.storage.filesystem import FilesystemBlobStore
+from cargohold.storage.private import secure_data_dir
 
 log = logging.getLogger(__name__)
 
@@ -38,10 +40,18 @@ async def oci_errors(
     """Turn every failure into the OCI JSON error format; never leak a traceback to the client."""
     is_registry = request.path.startswith("/v2")
     head = request.method == "HEAD"
+    close = False
     try:
         response = await handler(request)
     except RegistryError as exc:
         response = exc.response(head=head)
+        close = exc.close
+    except BodyTooLarge as exc:
+        response = RegistryError("SIZE_INVALID", str(exc), status=413, detail={"limit": exc.limit}).response(head=head)
+    except BodyStalled as exc:
+        code = "BLOB_UPLOAD_INVALID" if is_registry else "TIMEOUT"
+        response = RegistryError(code, str(exc), status=408).response(head=head)
+        close = True
     except web.HTTPException as exc:
         if not is_registry or exc.status < 400:
             raise
@@ -58,6 +68,8 @@ async def oci_errors(
         response = RegistryError("UNKNOWN", "internal server error; the server log has the details").response(head=head)
     if is_registry:
         response.headers.update(API_VERSION_HEADER)
+    if close:
+        return await respond_and_close(request, response)
     return response
 
 
@@ -128,7 +140,7 @@ def create_app(settings: ServerSettings, access: AccessPolicy | None = None) -> 
     Without ``access``, every route requires a credential (see :mod:`cargohold.registry.auth`); passing
     :class:`OpenAccess` is for embedding the bare registry core behind another gate, and for tests.
     """
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    secure_data_dir(settings.data_dir, settings.resolved_database_url())
     database = Database(settings.resolved_database_url())
     database.migrate()
     executor = ThreadPoolExecutor(max_workers=settings.io_threads, thread_name_prefix="cargohold-io")

@@ -33,6 +33,7 @@ from aiohttp import web
 
 from cargohold.metadata.control import ControlStore
 from cargohold.metadata.models import Credential
+from cargohold.oci import strictjson
 from cargohold.registry.access import Principal as AccessPrincipal
 from cargohold.registry.access import Target
 from cargohold.registry.credentials import (
@@ -305,8 +306,8 @@ def _looks_like_registry_jwt(value: str) -> bool:
     if value.count(".") != 2:
         return False
     try:
-        header = json.loads(base64.urlsafe_b64decode(value.split(".")[0] + "=="))
-    except (ValueError, binascii.Error):
+        header = strictjson.loads(base64.urlsafe_b64decode(value.split(".")[0] + "=="))
+    except (ValueError, binascii.Error):  # JsonInvalid is a ValueError
         return False
     return isinstance(header, dict) and header.get("alg") == "EdDSA"
 

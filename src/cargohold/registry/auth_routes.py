@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import logging
+from urllib.parse import parse_qsl
 
 from aiohttp import web
 
+from cargohold.oci import strictjson
 from cargohold.registry.auth import AuthError, Identity
+from cargohold.registry.bodies import BodyStalled, BodyTooLarge, read_body, respond_and_close
 from cargohold.registry.oidc import OidcError
 from cargohold.registry.oidc_exchange import ExchangeDenied
 from cargohold.registry.ratelimit import retry_after_header
@@ -17,6 +19,10 @@ from cargohold.registry.state import state_of
 log = logging.getLogger(__name__)
 
 MAX_OIDC_BODY = 64 * 1024
+MAX_FORM_BODY = 64 * 1024
+"""Largest ``POST /token`` form: a token, a service and a few scopes."""
+MAX_FORM_FIELDS = 100
+OIDC_BODY_HINT = 'send a JSON body {"token": "<the job\'s OIDC ID token>"}'
 
 
 def _token_error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> web.Response:
@@ -24,7 +30,24 @@ def _token_error(status: int, code: str, message: str, headers: dict[str, str] |
     return web.json_response(body, status=status, headers=headers)
 
 
-async def token(request: web.Request) -> web.Response:
+async def _read_form(request: web.Request) -> dict[str, str]:
+    """The OAuth2 password-grant form (``application/x-www-form-urlencoded``), read completely; the first
+    value of each field. ``ValueError`` says what is wrong with it."""
+    content_type = request.content_type
+    if request.headers.get("Content-Type") and content_type != "application/x-www-form-urlencoded":
+        raise ValueError(f"send the token request as application/x-www-form-urlencoded, not {content_type}")
+    raw = await read_body(request, MAX_FORM_BODY)
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ValueError("the token request form is not UTF-8") from None
+    fields: dict[str, str] = {}
+    for key, value in parse_qsl(text, keep_blank_values=True, max_num_fields=MAX_FORM_FIELDS):
+        fields.setdefault(key, value)
+    return fields
+
+
+async def token(request: web.Request) -> web.StreamResponse:
     """``GET /token`` (and the OAuth2 password-grant ``POST``): Docker token authentication."""
     state = state_of(request)
     assert state.auth is not None
@@ -38,7 +61,14 @@ async def token(request: web.Request) -> web.Response:
             {"Retry-After": retry_after_header(wait)},
         )
     if request.method == "POST":
-        form = await request.post()
+        try:
+            form = await _read_form(request)
+        except BodyTooLarge as exc:
+            return _token_error(413, "SIZE_INVALID", str(exc))
+        except BodyStalled as exc:
+            return await respond_and_close(request, _token_error(408, "TIMEOUT", str(exc)))
+        except ValueError as exc:
+            return _token_error(400, "UNSUPPORTED", str(exc))
         if form.get("grant_type") != "password":
             return _token_error(400, "UNSUPPORTED", "only grant_type=password is supported; send x-token and a token")
         secret = str(form.get("password", ""))
@@ -77,7 +107,7 @@ async def token(request: web.Request) -> web.Response:
     return web.json_response(issued.response_body())
 
 
-async def oidc_exchange(request: web.Request) -> web.Response:
+async def oidc_exchange(request: web.Request) -> web.StreamResponse:
     """``POST /auth/oidc/github-actions`` with ``{"token": "<GitHub OIDC JWT>"}``."""
     state = state_of(request)
     assert state.auth is not None and state.oidc is not None
@@ -89,17 +119,19 @@ async def oidc_exchange(request: web.Request) -> web.Response:
             status=429,
             headers={"Retry-After": retry_after_header(wait)},
         )
-    if request.content_length is not None and request.content_length > MAX_OIDC_BODY:
-        return web.json_response({"ok": False, "error": "request body too large"}, status=413)
     try:
-        body = json.loads(await request.content.read(MAX_OIDC_BODY + 1))
-        jwt_text = body["token"]
-        if not isinstance(jwt_text, str) or not jwt_text:
-            raise TypeError
-    except (ValueError, KeyError, TypeError):
+        body = strictjson.loads(await read_body(request, MAX_OIDC_BODY))
+    except BodyTooLarge as exc:
+        return web.json_response({"ok": False, "error": str(exc)}, status=413)
+    except BodyStalled as exc:
+        return await respond_and_close(request, web.json_response({"ok": False, "error": str(exc)}, status=408))
+    except strictjson.JsonInvalid as exc:
         return web.json_response(
-            {"ok": False, "error": 'send a JSON body {"token": "<the job\'s OIDC ID token>"}'}, status=400
+            {"ok": False, "error": f"the body is not valid JSON: {exc}; {OIDC_BODY_HINT}"}, status=400
         )
+    jwt_text = body.get("token") if isinstance(body, dict) else None
+    if not isinstance(jwt_text, str) or not jwt_text:
+        return web.json_response({"ok": False, "error": OIDC_BODY_HINT}, status=400)
     try:
         exchanged = await state.oidc.exchange(jwt_text)
     except (OidcError, ExchangeDenied) as exc:

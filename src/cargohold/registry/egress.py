@@ -12,6 +12,10 @@ drops every address the policy refuses, and connects to an allowed address itsel
 verifies the certificate against the original host name. A DNS answer that changes between a first check
 and the connection (DNS rebinding) therefore cannot slip through, and neither can a redirect, because
 every connection of the transport goes through the same backend.
+
+IPv6 addresses that carry an IPv4 address inside them are judged by that IPv4 address (see
+:func:`embedded_ipv4`): on a host with NAT64 or a 6to4/Teredo/ISATAP path, ``64:ff9b::a00:5`` *is*
+10.0.0.5, although ``ipaddress`` calls it global.
 """
 
 from __future__ import annotations
@@ -59,10 +63,16 @@ class EgressPolicy:
     allow_public: bool = True
 
     def allows(self, address: IPAddress) -> bool:
-        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-            address = address.ipv4_mapped  # ::ffff:127.0.0.1 is 127.0.0.1
         if any(address in network for network in self.allowed_networks):
-            return True
+            return True  # an admin listed this very network (even a NAT64 prefix): their call
+        if isinstance(address, ipaddress.IPv6Address):
+            embedded = embedded_ipv4(address)
+            if embedded is not None:
+                # The packets end up at (or pass through) these IPv4 hosts: each must be allowed itself.
+                if not all(self.allows(inner) for inner in embedded):
+                    return False
+                if not is_isatap(address):
+                    return True  # a translation prefix: the IPv4 address is the destination
         return self.allow_public and address.is_global and not address.is_multicast
 
     def resolve(self, host: str, port: int) -> list[str]:
@@ -82,10 +92,76 @@ class EgressPolicy:
         return allowed
 
 
+IPV4_COMPATIBLE = ipaddress.IPv6Network("::/96")
+"""RFC 4291 (deprecated) ``::a.b.c.d``; ``::`` and ``::1`` are in it too, and are judged as what they are."""
+IPV4_TRANSLATED = ipaddress.IPv6Network("::ffff:0:0:0/96")
+"""RFC 2765 SIIT ``::ffff:0:a.b.c.d``."""
+NAT64_WELL_KNOWN = ipaddress.IPv6Network("64:ff9b::/96")
+"""RFC 6052 well-known NAT64 prefix: the last 32 bits are the IPv4 destination."""
+NAT64_LOCAL_USE = ipaddress.IPv6Network("64:ff9b:1::/48")
+"""RFC 8215 local-use NAT64 prefix; the operator picks a prefix length from /48 to /96 inside it."""
+NAT64_PREFIX_LENGTHS = (48, 56, 64, 96)
+"""RFC 6052 prefix lengths that fit inside the local-use /48 (32 and 40 are shorter than it)."""
+ISATAP_MARKER = 0x00005EFE
+"""RFC 5214 interface identifier ``0000:5efe:a.b.c.d`` (``0200:5efe`` with the universal bit set)."""
+
+
+def embedded_ipv4(address: ipaddress.IPv6Address) -> tuple[ipaddress.IPv4Address, ...] | None:
+    """The IPv4 addresses an IPv6 address hands its packets to, or ``None`` when it embeds none.
+
+    Covers IPv4-mapped, IPv4-compatible and IPv4-translated addresses, NAT64 (well-known and local-use
+    prefixes, RFC 6052), 6to4 (RFC 3056), Teredo (RFC 4380: the server and the de-obfuscated client) and
+    ISATAP interface identifiers (RFC 5214). The local-use NAT64 prefix does not say its length, so every
+    length it may have yields a candidate; the caller allows the address only if it allows them all.
+    """
+    value = int(address)
+    found: list[ipaddress.IPv4Address] = []
+    if address.ipv4_mapped is not None:
+        found.append(address.ipv4_mapped)
+    elif (address in IPV4_COMPATIBLE and value > 1) or address in IPV4_TRANSLATED or address in NAT64_WELL_KNOWN:
+        found.append(ipaddress.IPv4Address(value & 0xFFFFFFFF))
+    elif address in NAT64_LOCAL_USE:
+        found.extend(_rfc6052_ipv4(value, length) for length in NAT64_PREFIX_LENGTHS)
+    elif address.sixtofour is not None:
+        found.append(address.sixtofour)
+    elif address.teredo is not None:
+        found.extend(address.teredo)
+    if is_isatap(address):
+        found.append(ipaddress.IPv4Address(value & 0xFFFFFFFF))
+    return tuple(dict.fromkeys(found)) or None
+
+
+def is_isatap(address: ipaddress.IPv6Address) -> bool:
+    """An ISATAP interface identifier (the u and g bits of its first octet may be set) behind any prefix.
+
+    The prefix in front of it is ordinary IPv6, routed as usual to an ISATAP router, so both the prefix
+    and the embedded IPv4 address must pass the policy.
+    """
+    return (int(address) >> 32) & 0xFCFFFFFF == ISATAP_MARKER
+
+
+def _rfc6052_ipv4(value: int, prefix_length: int) -> ipaddress.IPv4Address:
+    """The IPv4 address RFC 6052 (section 2.2) places after a ``prefix_length``-bit prefix.
+
+    Bits 64-71 (the "u" octet) never carry address bits, so an address that would straddle them is split
+    around that octet.
+    """
+    octets = int.to_bytes(value, 16, "big")
+    start = prefix_length // 8
+    if prefix_length == 96:
+        return ipaddress.IPv4Address(octets[12:16])
+    carried = [octet for index, octet in enumerate(octets[start:], start) if index != 8]
+    return ipaddress.IPv4Address(bytes(carried[:4]))
+
+
 def _describe(addresses: Sequence[str]) -> str:
     kinds = []
     for text in addresses:
         address = ipaddress.ip_address(text)
+        inner = embedded_ipv4(address) if isinstance(address, ipaddress.IPv6Address) else None
+        if inner:
+            kinds.append(f"IPv6 addresses embedding IPv4 {', '.join(map(str, inner))}")
+            continue
         kind = (
             "loopback"
             if address.is_loopback

@@ -38,6 +38,7 @@ class RegistryError(Exception):
         status: int | None = None,
         detail: Any = None,
         headers: dict[str, str] | None = None,
+        close: bool = False,
     ) -> None:
         super().__init__(message)
         self.code = code
@@ -45,6 +46,9 @@ class RegistryError(Exception):
         self.status = status or ERROR_STATUS[code]
         self.detail = detail
         self.headers = headers or {}
+        self.close = close
+        """Close the connection after the response (the rest of a stalled body is never read); the
+        error middleware does it."""
 
     def response(self, *, head: bool = False) -> web.Response:
         error: dict[str, Any] = {"code": self.code, "message": self.message}
@@ -52,10 +56,8 @@ class RegistryError(Exception):
             error["detail"] = self.detail
         body = json.dumps({"errors": [error]}).encode()
         headers = {"Content-Type": "application/json", **self.headers}
-        if head:
-            # HEAD responses carry no body; the status and headers are what clients read.
-            return web.Response(status=self.status, headers=headers)
-        return web.Response(status=self.status, body=body, headers=headers)
+        # HEAD responses carry no body; the status and headers are what clients read.
+        return web.Response(status=self.status, headers=headers, body=None if head else body)
 
 
 def blob_unknown(digest: str) -> RegistryError:

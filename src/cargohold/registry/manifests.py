@@ -10,28 +10,43 @@ from __future__ import annotations
 from aiohttp import web
 
 from cargohold.metadata.store import ManifestInUse, MissingReferences, SizeMismatch, StoredManifest
-from cargohold.oci.digest import Digest, is_digest
+from cargohold.oci.digest import Digest, DigestError, is_digest
 from cargohold.oci.manifest import MAX_MANIFEST_SIZE, ManifestInvalid, parse_manifest
 from cargohold.oci.reference import is_valid_tag
 from cargohold.registry.api_lifecycle import delete_manifest_reference, missing_manifest
-from cargohold.registry.blobs import parse_digest
+from cargohold.registry.bodies import BodyStalled, BodyTooLarge, read_body
 from cargohold.registry.errors import RegistryError, manifest_unknown
 from cargohold.registry.state import state_of
 
-READ_CHUNK = 64 * 1024
+TAG_RULE = "up to 128 letters, digits, '_', '.', '-', not starting with '.' or '-'"
 
 
-def _parse_reference(reference: str) -> tuple[str, bool]:
-    """``(canonical reference, is_digest)``; raises for malformed tags and digests."""
+def _parse_reference(reference: str, method: str) -> tuple[str, bool]:
+    """``(canonical reference, is_digest)``, or the error distribution gives for a reference that cannot exist.
+
+    Aligned with the reference registry (tests/test_status_alignment.py compares the two): an invalid tag
+    matches no manifest route there, so every method gets 404 (here with MANIFEST_UNKNOWN and the reason).
+    A malformed digest is 400 DIGEST_INVALID for DELETE and PUT, as there; for GET and HEAD, where that
+    registry fails with a 500, it is 404 MANIFEST_UNKNOWN: no manifest can have that digest.
+    """
     if is_digest(reference):
-        return str(parse_digest(reference)), True
+        try:
+            return str(Digest.parse(reference)), True
+        except DigestError as exc:
+            if method in ("GET", "HEAD"):
+                raise _cannot_exist(reference, str(exc)) from None
+            raise RegistryError("DIGEST_INVALID", str(exc), detail={"digest": reference}) from None
     if not is_valid_tag(reference):
-        raise RegistryError(
-            "MANIFEST_INVALID",
-            f"tag {reference!r} is invalid: up to 128 letters, digits, '_', '.', '-', not starting with '.' or '-'",
-            detail={"tag": reference},
-        )
+        raise _cannot_exist(reference, f"tag {reference[:200]!r} is invalid: {TAG_RULE}")
     return reference, False
+
+
+def _cannot_exist(reference: str, reason: str) -> RegistryError:
+    return RegistryError(
+        "MANIFEST_UNKNOWN",
+        f"{reason}; no manifest in this registry can have that reference",
+        detail={"reference": reference[:300]},
+    )
 
 
 def _accepts(accept_header: str, media_type: str) -> bool:
@@ -49,7 +64,7 @@ def _manifest_headers(manifest: StoredManifest) -> dict[str, str]:
 
 async def get_manifest(request: web.Request, name: str, reference: str) -> web.Response:
     state = state_of(request)
-    canonical, by_digest = _parse_reference(reference)
+    canonical, by_digest = _parse_reference(reference, request.method)
     manifest = await state.run(state.metadata.get_manifest, name, canonical, by_digest=by_digest)
     if manifest is None:
         # A tag that retention removed gets its reason ("build X expired on …"), not a bare 404.
@@ -67,16 +82,12 @@ async def get_manifest(request: web.Request, name: str, reference: str) -> web.R
 
 
 async def _read_manifest_body(request: web.Request) -> bytes:
-    if request.content_length is not None and request.content_length > MAX_MANIFEST_SIZE:
-        raise _manifest_too_large()
-    parts: list[bytes] = []
-    total = 0
-    while chunk := await request.content.read(READ_CHUNK):
-        total += len(chunk)
-        if total > MAX_MANIFEST_SIZE:
-            raise _manifest_too_large()
-        parts.append(chunk)
-    return b"".join(parts)
+    try:
+        return await read_body(request, MAX_MANIFEST_SIZE)
+    except BodyTooLarge:
+        raise _manifest_too_large() from None
+    except BodyStalled as exc:
+        raise RegistryError("MANIFEST_INVALID", f"incomplete manifest: {exc}", status=408, close=True) from None
 
 
 def _manifest_too_large() -> RegistryError:
@@ -90,7 +101,7 @@ def _manifest_too_large() -> RegistryError:
 
 async def put_manifest(request: web.Request, name: str, reference: str) -> web.Response:
     state = state_of(request)
-    canonical, by_digest = _parse_reference(reference)
+    canonical, by_digest = _parse_reference(reference, request.method)
     payload = await _read_manifest_body(request)
     try:
         parsed = parse_manifest(payload, request.headers.get("Content-Type"))
@@ -107,8 +118,13 @@ async def put_manifest(request: web.Request, name: str, reference: str) -> web.R
                 detail={"expected": str(expected), "actual": str(digest)},
             )
         tags = request.query.getall("tag", [])
-        for tag in tags:
-            _parse_reference(tag)
+        bad = [tag for tag in tags if not is_valid_tag(tag)]
+        if bad:
+            raise RegistryError(
+                "MANIFEST_INVALID",
+                f"tag {bad[0][:200]!r} in ?tag= is invalid: {TAG_RULE}",
+                detail={"tag": bad[0][:300]},
+            )
     else:
         digest = Digest.of(payload)
         tags = [canonical]
@@ -137,7 +153,7 @@ async def put_manifest(request: web.Request, name: str, reference: str) -> web.R
 
 async def delete_manifest(request: web.Request, name: str, reference: str) -> web.Response:
     """A saved build whose image this is gets evicted with it (see cargohold.lifecycle.registry_delete)."""
-    canonical, by_digest = _parse_reference(reference)
+    canonical, by_digest = _parse_reference(reference, request.method)
     try:
         removed = await delete_manifest_reference(request, name, canonical, by_digest=by_digest)
     except ManifestInUse as exc:

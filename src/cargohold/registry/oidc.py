@@ -283,11 +283,15 @@ def _id_claim(payload: Mapping[str, Any], name: str, required: bool) -> str | No
     raise InvalidClaimError(f"the token's {name!r} claim must be a decimal number, got {value!r}")
 
 
+MAX_TIMESTAMP = 253402300800
+"""Seconds from 1970 to the year 10000: larger times (and infinity, NaN) are no time a datetime can show."""
+
+
 def _numeric(payload: Mapping[str, Any], name: str) -> int:
     value = payload.get(name)
     if value is None:
         raise MissingClaimError(f"the token has no {name!r} claim, which Cargohold requires")
-    if isinstance(value, bool) or not isinstance(value, int | float):
+    if isinstance(value, bool) or not isinstance(value, int | float) or not abs(value) < MAX_TIMESTAMP:
         raise InvalidClaimError(f"the token's {name!r} claim must be a number of seconds, got {value!r}")
     return int(value)
 

@@ -19,6 +19,7 @@ from cargohold.oci.digest import ALGORITHMS, Digest, DigestError, new_hasher
 from cargohold.oci.reference import is_valid_name
 from cargohold.registry.access import PRINCIPAL_KEY, Principal
 from cargohold.registry.blobs import parse_digest
+from cargohold.registry.bodies import BodyStalled, iter_body
 from cargohold.registry.errors import RegistryError, upload_unknown
 from cargohold.registry.state import RegistryState, state_of
 from cargohold.registry.upload_progress import UploadProgress
@@ -27,7 +28,7 @@ from cargohold.storage.base import BlobStore, UploadWriter
 STREAM_BATCH = 1 << 20
 """Bytes gathered from the socket before one write+hash step in the thread pool."""
 
-_CONTENT_RANGE_RE = re.compile(r"^(?:bytes[ =])?(\d+)-(\d+)$")
+_CONTENT_RANGE_RE = re.compile(r"^(?:bytes[ =])?([0-9]{1,19})-([0-9]{1,19})$")
 _UPLOAD_ID_RE = re.compile(r"^[0-9a-f]{32}$")
 CAP_RETRY_AFTER_SECONDS = 5
 """What a client over the per-credential session cap is told to wait: slots free as its other uploads end."""
@@ -87,7 +88,7 @@ async def _receive(request: web.Request, state: RegistryState, upload_id: str, p
     pending: list[bytes] = []
     pending_size = 0
     try:
-        async for chunk in request.content.iter_any():
+        async for chunk in iter_body(request):
             received += len(chunk)
             if progress.offset + pending_size + len(chunk) > limit:
                 raise _too_large(limit)
@@ -98,9 +99,24 @@ async def _receive(request: web.Request, state: RegistryState, upload_id: str, p
                 pending, pending_size = [], 0
         if pending:
             await state.run(_write_and_hash, writer, progress, b"".join(pending))
+    except BodyStalled:
+        # Keep what arrived: the session stays resumable from the Range the 408 reports.
+        if pending:
+            await state.run(_write_and_hash, writer, progress, b"".join(pending))
+        raise
     finally:
         await state.run(writer.close)
     return received
+
+
+def _stalled(name: str, upload_id: str, offset: int, exc: BodyStalled) -> RegistryError:
+    return RegistryError(
+        "BLOB_UPLOAD_INVALID",
+        f"{exc}; the upload keeps its first {offset} bytes: send the rest from byte {offset}",
+        status=408,
+        headers=_session_headers(name, upload_id, offset),
+        close=True,
+    )
 
 
 def _too_large(limit: int) -> RegistryError:
@@ -296,7 +312,11 @@ async def patch_upload(request: web.Request, name: str, upload_id: str) -> web.R
     async with state.uploads.lock(upload_id):
         progress = await _progress(state, upload_id)
         announced = _check_content_range(request, name, upload_id, progress.offset)
-        received = await _receive(request, state, upload_id, progress)
+        try:
+            received = await _receive(request, state, upload_id, progress)
+        except BodyStalled as exc:
+            await state.run(state.metadata.touch_upload, upload_id)
+            raise _stalled(name, upload_id, progress.offset, exc) from None
         await state.run(state.metadata.touch_upload, upload_id)
         if announced is not None and received != announced:
             raise RegistryError(
@@ -318,7 +338,11 @@ async def finish_upload(request: web.Request, name: str, upload_id: str) -> web.
     async with state.uploads.lock(upload_id):
         progress = await _progress(state, upload_id)
         announced = _check_content_range(request, name, upload_id, progress.offset)
-        received = await _receive(request, state, upload_id, progress)
+        try:
+            received = await _receive(request, state, upload_id, progress)
+        except BodyStalled as exc:
+            await state.run(state.metadata.touch_upload, upload_id)
+            raise _stalled(name, upload_id, progress.offset, exc) from None
         if announced is not None and received != announced:
             raise RegistryError(
                 "BLOB_UPLOAD_INVALID", f"Content-Range announced {announced} bytes but {received} arrived", status=400

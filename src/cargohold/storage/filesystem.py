@@ -16,6 +16,7 @@ from pathlib import Path
 
 from cargohold.oci.digest import ALGORITHMS, Digest
 from cargohold.storage.base import BlobStore, LocalFile, UploadWriter
+from cargohold.storage.private import create_private_file, make_private_dir
 
 READ_CHUNK = 1 << 20
 _UPLOAD_ID_RE = re.compile(r"^[0-9a-f]{32}$")
@@ -66,8 +67,8 @@ class FilesystemBlobStore(BlobStore):
         self._blobs_root = str(self.blobs_dir)
         self.uploads_dir = root / "uploads"
         self.fsync = fsync
-        for directory in (self.blobs_dir, self.uploads_dir):
-            directory.mkdir(parents=True, exist_ok=True)
+        for directory in (self.uploads_dir, *(self.blobs_dir / algorithm for algorithm in ALGORITHMS)):
+            make_private_dir(directory)
 
     def blob_path(self, digest: Digest) -> Path:
         return Path(self._blob_name(digest))
@@ -119,7 +120,7 @@ class FilesystemBlobStore(BlobStore):
         return self.uploads_dir / _check_upload_id(upload_id)
 
     def create_upload(self, upload_id: str) -> None:
-        self._upload_path(upload_id).touch(exist_ok=False)
+        create_private_file(self._upload_path(upload_id))  # 0600: committing renames it, mode and all
 
     def upload_size(self, upload_id: str) -> int | None:
         try:
@@ -148,7 +149,8 @@ class FilesystemBlobStore(BlobStore):
     def commit_upload(self, upload_id: str, digest: Digest) -> None:
         staged = self._upload_path(upload_id)
         target = self.blob_path(digest)
-        target.parent.mkdir(parents=True, exist_ok=True)
+        if not target.parent.is_dir():
+            make_private_dir(target.parent)
         # rename(2) is atomic and replaces an identical blob committed concurrently by another upload.
         os.replace(staged, target)
         if self.fsync:
