@@ -15,6 +15,7 @@ Routes (JSON; errors in the registry's ``{"errors": [...]}`` shape):
 * ``GET /api/v1/projects/{project}/usage?month=YYYY-MM`` — pull permission.
 * ``POST /api/v1/expire`` ``{"dry_run": bool, "project": id?}`` — admin (or push on the given project).
 * ``POST /api/v1/gc`` ``{"dry_run": bool}`` — admin.
+* ``GET /api/v1/storage`` — admin: free space, the minimum, degraded or not (see cargohold.registry.space).
 * ``GET /metrics`` — admin credential when the server authenticates (scrapers send a bearer token).
 """
 
@@ -47,6 +48,7 @@ from cargohold.registry.auth import Identity
 from cargohold.registry.errors import RegistryError, manifest_unknown
 from cargohold.registry.metrics import CONTENT_TYPE, Metrics
 from cargohold.registry.state import STATE_KEY, RegistryState, state_of
+from cargohold.storage.faults import classify
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +107,15 @@ def _after_save(lifecycle: Lifecycle) -> Callable[..., Awaitable[None]]:
     """The control API's after-save hook (``api.AFTER_SAVE_KEY``): enforce the cap, re-measure storage."""
 
     async def after_save(state: RegistryState, build: BuildRecord) -> None:
-        await state.run(lifecycle.after_save, build.project_id)
+        try:
+            await state.run(lifecycle.after_save, build.project_id)
+        except Exception as exc:
+            # The build is saved already; on a full disk the cap and the metering catch up at the next sweep.
+            if (fault := classify(exc)) is None:
+                raise
+            if state.space is not None:
+                state.space.on_fault(fault)
+            log.warning("after saving build %s: enforcing the cap failed: %s", build.id, fault.describe())
 
     return after_save
 
@@ -150,6 +160,15 @@ def _flag(value: Any, field: str) -> bool:
     if value in ("1", "true", "yes"):
         return True
     raise api_error(400, "INVALID", f'"{field}" must be true or false')
+
+
+async def _room_to_clean_up(state: RegistryState) -> None:
+    """Before work that frees space (GC, eviction): on a nearly full disk, give the database the reserve.
+
+    Deleting rows needs room in SQLite's write-ahead log; the reserve file is there for exactly this.
+    """
+    if state.space is not None:
+        await state.run(state.space.room_for_cleanup)
 
 
 # --- routes -----------------------------------------------------------------------------------------------
@@ -201,6 +220,7 @@ async def delete_build(request: web.Request) -> web.Response:
     build_id = request.match_info["build"]
     await _build_project(state, identity, build_id, "delete")
     dry_run = _flag(request.query.get("dry_run"), "dry_run")
+    await _room_to_clean_up(state)
     try:
         eviction = await state.run(
             lambda: lifecycle.retention.evict_build(build_id, "manual", identity.name, dry_run=dry_run)
@@ -236,7 +256,34 @@ async def project_usage(request: web.Request) -> web.Response:
         raise api_error(400, "INVALID", str(exc)) from None
     except LookupError as exc:
         raise api_error(404, "NOT_FOUND", str(exc)) from None
-    return web.json_response(usage.to_json())
+    body = usage.to_json()
+    if identity.is_admin and state.space is not None and state.space.guard.watching:
+        body["server_storage"] = await state.run(server_storage, state)
+    return web.json_response(body)
+
+
+def server_storage(state: RegistryState) -> dict[str, Any]:
+    """The server's free space, for admins (``cargohold usage``): each filesystem, the minimum, the reserve."""
+    assert state.space is not None
+    status = state.space.status()
+    reserve = state.space.reserve
+    return {
+        "status": "degraded" if status.low else "ok",
+        "reason": status.reason(),
+        "filesystems": [fs.to_json() for fs in status.filesystems],
+        "reserve_bytes": reserve.held() if reserve is not None else 0,
+        "evict_for_space": state.space.evict_for_space,
+    }
+
+
+async def storage_status(request: web.Request) -> web.Response:
+    """``GET /api/v1/storage`` (admin): the server's free space, its minimum and whether it is degraded."""
+    state, _lifecycle, identity = await _identity(request)
+    if not identity.is_admin:
+        raise api_error(403, "DENIED", "only an admin token may read the server's storage status")
+    if state.space is None or not state.space.guard.watching:
+        raise api_error(404, "NOT_FOUND", "this server's storage has no filesystem to measure")
+    return web.json_response(await state.run(server_storage, state))
 
 
 async def run_expiry(request: web.Request) -> web.Response:
@@ -249,6 +296,7 @@ async def run_expiry(request: web.Request) -> web.Response:
             raise api_error(403, "DENIED", 'only an admin token may sweep every project; pass {"project": "<id>"}')
     else:
         check_project_access(identity, str(project_id), "push")
+    await _room_to_clean_up(state)
     evicted: list[Eviction] = await state.run(
         lambda: lifecycle.retention.expire(identity.name, dry_run=dry_run, project_id=project_id)
     )
@@ -264,6 +312,7 @@ async def run_gc(request: web.Request) -> web.Response:
     if not identity.is_admin:
         raise api_error(403, "DENIED", "only an admin token may run garbage collection")
     dry_run = _flag((await read_json_body(request, MAX_BODY)).get("dry_run"), "dry_run")
+    await _room_to_clean_up(state)
     report = await state.run(lambda: lifecycle.collect_garbage(dry_run=dry_run))
     if report.skipped:
         raise api_error(409, "CONFLICT", f"{report.skipped}; try again when it finishes")
@@ -301,8 +350,13 @@ async def _schedule(app: web.Application) -> AsyncIterator[None]:
             await asyncio.sleep(seconds)
             try:
                 await state.run(job)
-            except Exception:
-                log.exception("%s failed; will retry in %.0f s", what, seconds)
+            except Exception as exc:
+                if (fault := classify(exc)) is None:
+                    log.exception("%s failed; will retry in %.0f s", what, seconds)
+                else:  # a full or failing disk is not a bug: one line, no traceback
+                    if state.space is not None:
+                        state.space.on_fault(fault)
+                    log.warning("%s failed: %s; will retry in %.0f s", what, fault.describe(), seconds)
 
     tasks = [asyncio.create_task(every(settings.retention_interval, sweep, "retention sweep"))]
     if settings.gc_interval > timedelta(0):
@@ -347,6 +401,7 @@ def install(app: web.Application) -> None:
     router.add_get("/api/v1/projects/{project}/usage", project_usage)
     router.add_post("/api/v1/expire", run_expiry)
     router.add_post("/api/v1/gc", run_gc)
+    router.add_get("/api/v1/storage", storage_status)
     router.add_get("/metrics", metrics_endpoint)
     app.cleanup_ctx.append(_schedule)
 

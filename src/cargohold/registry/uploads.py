@@ -8,8 +8,11 @@ PATCHes from interleaving bytes and keeps the staged size and the running hash i
 
 from __future__ import annotations
 
+import logging
 import re
 import uuid
+from collections.abc import Awaitable
+from typing import TypeVar
 
 from aiohttp import web
 
@@ -17,9 +20,15 @@ from cargohold.oci.digest import ALGORITHMS, Digest, DigestError, new_hasher
 from cargohold.oci.reference import is_valid_name
 from cargohold.registry.blobs import parse_digest
 from cargohold.registry.errors import RegistryError, upload_unknown
+from cargohold.registry.space import admit_upload, refused_for_space, storage_fault_error
 from cargohold.registry.state import RegistryState, state_of
 from cargohold.registry.upload_progress import UploadProgress
 from cargohold.storage.base import BlobStore, UploadWriter
+from cargohold.storage.faults import classify
+from cargohold.storage.filesystem import UnknownUpload
+from cargohold.storage.space import Claim, StorageFull
+
+log = logging.getLogger(__name__)
 
 STREAM_BATCH = 1 << 20
 """Bytes gathered from the socket before one write+hash step in the thread pool."""
@@ -52,10 +61,11 @@ def _blob_created(name: str, digest: Digest) -> web.Response:
     )
 
 
-def _write_and_hash(writer: UploadWriter, progress: UploadProgress, data: bytes) -> None:
+def _write_and_hash(writer: UploadWriter, progress: UploadProgress, data: bytes, claim: Claim) -> None:
     writer.write(data)
     progress.hasher.update(data)
     progress.offset += len(data)
+    claim.wrote(len(data))  # re-measures free space every few MiB; raises StorageFull below the minimum
 
 
 def _rehash(blobs: BlobStore, upload_id: str, progress: UploadProgress) -> None:
@@ -77,25 +87,60 @@ async def _receive(request: web.Request, state: RegistryState, upload_id: str, p
     declared = request.content_length
     if declared is not None and progress.offset + declared > limit:
         raise _too_large(limit)
-    writer = await state.run(state.blobs.open_upload, upload_id)
-    received = 0
-    pending: list[bytes] = []
-    pending_size = 0
+    # Admission before a byte is staged: with the announced length up front, else at the first chunk (an
+    # empty body, such as the final PUT of a chunked upload, needs no space and is never refused).
+    claim = await admit_upload(state, declared) if declared else None
     try:
-        async for chunk in request.content.iter_any():
-            received += len(chunk)
-            if progress.offset + pending_size + len(chunk) > limit:
-                raise _too_large(limit)
-            pending.append(chunk)
-            pending_size += len(chunk)
-            if pending_size >= STREAM_BATCH:
-                await state.run(_write_and_hash, writer, progress, b"".join(pending))
-                pending, pending_size = [], 0
-        if pending:
-            await state.run(_write_and_hash, writer, progress, b"".join(pending))
+        writer = await state.run(state.blobs.open_upload, upload_id)
+        received = 0
+        pending: list[bytes] = []
+        pending_size = 0
+        try:
+            async for chunk in request.content.iter_any():
+                if claim is None:
+                    claim = await admit_upload(state, 0)
+                received += len(chunk)
+                if progress.offset + pending_size + len(chunk) > limit:
+                    raise _too_large(limit)
+                pending.append(chunk)
+                pending_size += len(chunk)
+                if pending_size >= STREAM_BATCH:
+                    await state.run(_write_and_hash, writer, progress, b"".join(pending), claim)
+                    pending, pending_size = [], 0
+            if pending and claim is not None:
+                await state.run(_write_and_hash, writer, progress, b"".join(pending), claim)
+        finally:
+            await state.run(writer.close)
     finally:
-        await state.run(writer.close)
+        if claim is not None:
+            claim.release()
     return received
+
+
+T = TypeVar("T")
+
+
+async def _or_discard(state: RegistryState, name: str, upload_id: str, step: Awaitable[T]) -> T:
+    """Run one step of an upload; if the storage fails under it, the session and its staged bytes go at once.
+
+    A full disk (ENOSPC, EDQUOT, the free-space minimum), an I/O error (EIO) or a staging file that vanished
+    leaves nothing worth resuming, and staged bytes left behind would keep the disk full until the upload
+    TTL passes. One log line names the upload and the error (no traceback: nothing here is a bug).
+    """
+    try:
+        return await step
+    except UnknownUpload:
+        log.warning("upload %s to %s failed: its staging file vanished; the session was removed", upload_id, name)
+        await _discard(state, upload_id)
+        raise upload_unknown(upload_id) from None
+    except RegistryError:
+        raise
+    except Exception as exc:
+        error = storage_fault_error(state, exc, f"upload {upload_id} to {name}")
+        if error is None:
+            raise
+        await _discard(state, upload_id)
+        raise error from None
 
 
 def _too_large(limit: int) -> RegistryError:
@@ -107,8 +152,8 @@ def _too_large(limit: int) -> RegistryError:
 async def _progress(state: RegistryState, upload_id: str) -> UploadProgress:
     """The session's running hash, rebuilt from the staged bytes if this process does not have it."""
     size = await state.run(state.blobs.upload_size, upload_id)
-    if size is None:
-        raise upload_unknown(upload_id)
+    if size is None:  # the session exists (checked by _session) but its staging file is gone
+        raise UnknownUpload(upload_id)
     progress = state.uploads.get(upload_id, size)
     if progress is None:
         progress = state.uploads.start(upload_id, state.uploads.algorithm(upload_id))
@@ -182,9 +227,21 @@ async def _finish(
 
 
 async def _discard(state: RegistryState, upload_id: str) -> None:
-    await state.run(state.blobs.remove_upload, upload_id)
-    await state.run(state.metadata.delete_upload, upload_id)
-    state.uploads.forget(upload_id)
+    """Remove a session: its staged bytes first (that is what frees space), then its row.
+
+    On a failing disk either step may fail too; the file is then purged with its row once the upload TTL
+    passes, so a failure here is logged in one line rather than hiding the error being answered.
+    """
+    try:
+        await state.run(state.blobs.remove_upload, upload_id)
+        await state.run(state.metadata.delete_upload, upload_id)
+    except Exception as exc:
+        fault = classify(exc)
+        if fault is None:
+            raise
+        log.warning("could not remove upload session %s: %s", upload_id, fault.describe())
+    finally:
+        state.uploads.forget(upload_id)
 
 
 async def start_upload(request: web.Request, name: str) -> web.Response:
@@ -213,24 +270,33 @@ async def start_upload(request: web.Request, name: str) -> web.Response:
     elif "digest-algorithm" in query:
         algorithm = _algorithm(query["digest-algorithm"])
 
+    # Refused up front when storage is low, before a session exists or a byte is staged.
+    try:
+        (await admit_upload(state, request.content_length or 0)).release()
+    except StorageFull as exc:
+        raise refused_for_space(state, exc, f"a new upload to {name}") from None
     upload_id = uuid.uuid4().hex
-    await state.run(state.blobs.create_upload, upload_id)
-    await state.run(state.metadata.create_upload, name, upload_id)
+    await _or_discard(state, name, upload_id, _create(state, name, upload_id))
     progress = state.uploads.start(upload_id, algorithm)
 
     if digest is not None:
         async with state.uploads.lock(upload_id):
             try:
-                await _receive(request, state, upload_id, progress)
+                await _or_discard(state, name, upload_id, _receive(request, state, upload_id, progress))
             except BaseException:
                 await _discard(state, upload_id)
                 raise
-            return await _finish(state, name, upload_id, progress, digest)
+            return await _or_discard(state, name, upload_id, _finish(state, name, upload_id, progress, digest))
 
     headers = _session_headers(name, upload_id, 0)
     if state.settings.chunk_min_length > 0:
         headers["OCI-Chunk-Min-Length"] = str(state.settings.chunk_min_length)
     return web.Response(status=202, headers=headers)
+
+
+async def _create(state: RegistryState, name: str, upload_id: str) -> None:
+    await state.run(state.blobs.create_upload, upload_id)
+    await state.run(state.metadata.create_upload, name, upload_id)
 
 
 def _mount_digest(value: str) -> Digest | None:
@@ -249,10 +315,10 @@ def _algorithm(value: str) -> str:
 async def patch_upload(request: web.Request, name: str, upload_id: str) -> web.Response:
     state = await _session(request, name, upload_id)
     async with state.uploads.lock(upload_id):
-        progress = await _progress(state, upload_id)
+        progress = await _or_discard(state, name, upload_id, _progress(state, upload_id))
         announced = _check_content_range(request, name, upload_id, progress.offset)
-        received = await _receive(request, state, upload_id, progress)
-        await state.run(state.metadata.touch_upload, upload_id)
+        received = await _or_discard(state, name, upload_id, _receive(request, state, upload_id, progress))
+        await _or_discard(state, name, upload_id, state.run(state.metadata.touch_upload, upload_id))
         if announced is not None and received != announced:
             raise RegistryError(
                 "BLOB_UPLOAD_INVALID",
@@ -271,14 +337,14 @@ async def finish_upload(request: web.Request, name: str, upload_id: str) -> web.
         raise RegistryError("DIGEST_INVALID", "finishing an upload needs the ?digest= query parameter")
     digest = parse_digest(request.query["digest"])
     async with state.uploads.lock(upload_id):
-        progress = await _progress(state, upload_id)
+        progress = await _or_discard(state, name, upload_id, _progress(state, upload_id))
         announced = _check_content_range(request, name, upload_id, progress.offset)
-        received = await _receive(request, state, upload_id, progress)
+        received = await _or_discard(state, name, upload_id, _receive(request, state, upload_id, progress))
         if announced is not None and received != announced:
             raise RegistryError(
                 "BLOB_UPLOAD_INVALID", f"Content-Range announced {announced} bytes but {received} arrived", status=400
             )
-        return await _finish(state, name, upload_id, progress, digest)
+        return await _or_discard(state, name, upload_id, _finish(state, name, upload_id, progress, digest))
 
 
 async def upload_status(request: web.Request, name: str, upload_id: str) -> web.Response:

@@ -69,6 +69,9 @@ class FilesystemBlobStore(BlobStore):
         for directory in (self.blobs_dir, self.uploads_dir):
             directory.mkdir(parents=True, exist_ok=True)
 
+    def filesystem_path(self) -> Path:
+        return self.root
+
     def blob_path(self, digest: Digest) -> Path:
         return Path(self._blob_name(digest))
 
