@@ -62,10 +62,10 @@ def _blob_created(name: str, digest: Digest) -> web.Response:
 
 
 def _write_and_hash(writer: UploadWriter, progress: UploadProgress, data: bytes, claim: Claim) -> None:
+    claim.writing(len(data))  # re-measures free space every few MiB; raises StorageFull before crossing it
     writer.write(data)
     progress.hasher.update(data)
     progress.offset += len(data)
-    claim.wrote(len(data))  # re-measures free space every few MiB; raises StorageFull below the minimum
 
 
 def _rehash(blobs: BlobStore, upload_id: str, progress: UploadProgress) -> None:
@@ -136,10 +136,11 @@ async def _or_discard(state: RegistryState, name: str, upload_id: str, step: Awa
     except RegistryError:
         raise
     except Exception as exc:
-        error = storage_fault_error(state, exc, f"upload {upload_id} to {name}")
-        if error is None:
+        if not isinstance(exc, StorageFull) and classify(exc) is None:
             raise
-        await _discard(state, upload_id)
+        await _discard(state, upload_id)  # first: the answer wakes the space monitor, which must see the room
+        error = storage_fault_error(state, exc, f"upload {upload_id} to {name}")
+        assert error is not None
         raise error from None
 
 

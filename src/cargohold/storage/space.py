@@ -19,7 +19,8 @@ could also use the blocks ext4 reserves for root, so for it the measure is conse
 made once per upload request (admission: free space minus the bytes the request announces, minus the bytes
 other requests in this process announced and have not written yet, must stay above the minimum) and then
 once every :meth:`SpaceGuard.check_every` bytes while a body streams in (a quarter of the minimum, between
-1 MiB and 16 MiB), so a stream without ``Content-Length`` overshoots by at most that much.
+1 MiB and 16 MiB). A stream without ``Content-Length`` claims that many bytes ahead each time, so it is
+refused before it would cross the minimum, not after.
 
 **The reserve** (:class:`SpaceReserve`) is a file of real blocks the server keeps next to its SQLite
 database. If something else fills the disk anyway (another process on the same filesystem), deleting it
@@ -181,10 +182,15 @@ class StorageFull(Exception):
     def __init__(self, filesystem: FilesystemSpace, incoming: int) -> None:
         self.filesystem = filesystem
         self.incoming = incoming
-        needs = f" and this upload needs {format_bytes(incoming)} more" if incoming else ""
+        free, minimum = format_bytes(filesystem.free), format_bytes(filesystem.minimum)
+        if incoming:
+            why = f"this upload needs {format_bytes(incoming)} more, but the server keeps at least {minimum} free"
+        elif filesystem.low:
+            why = f"below the {minimum} the server keeps free"
+        else:
+            why = f"and this upload would take it below the {minimum} the server keeps free"
         super().__init__(
-            f"Cargohold's storage is full: {format_bytes(filesystem.free)} free on the {filesystem.role} "
-            f"filesystem{needs}, but the server keeps at least {format_bytes(filesystem.minimum)} free "
+            f"Cargohold's storage is full: {free} free on the {filesystem.role} filesystem, {why} "
             "(--min-free-space); uploads are refused until builds expire or an admin frees space"
         )
 
@@ -252,23 +258,34 @@ class SpaceGuard:
         return max(MIN_CHECK_EVERY, min(MAX_CHECK_EVERY, minimum // 4))
 
     def admit(self, incoming: int) -> Claim:
-        """Admit an upload request announcing ``incoming`` bytes (0 if unknown), or raise :class:`StorageFull`."""
-        if not self.enabled:
-            return Claim(self, 0, checks=False)
-        with self._lock:
-            self._check(self.measure(), incoming)
-            self._claimed += incoming
-        return Claim(self, incoming, checks=True)
+        """Admit an upload request announcing ``incoming`` bytes (0: unknown), or raise :class:`StorageFull`.
 
-    def _check(self, status: SpaceStatus, incoming: int) -> None:
+        A request of unknown length claims :meth:`check_every` bytes ahead and claims more as it writes,
+        so it can never take free space below the minimum between two measurements either.
+        """
+        if not self.enabled:
+            return Claim.unchecked()
+        streamed = incoming <= 0
+        amount = self.check_every() if streamed else incoming
+        with self._lock:
+            self._check(self.measure(), amount, announced=incoming)
+            self._claimed += amount
+        return Claim(self, amount, streamed=streamed)
+
+    def _check(self, status: SpaceStatus, extra: int, *, announced: int) -> None:
         for fs in status.filesystems:
-            pending = self._claimed + incoming if fs.holds_blobs else 0
+            pending = self._claimed + extra if fs.holds_blobs else 0
             if fs.free - pending < fs.minimum:
-                raise StorageFull(fs, incoming)
+                raise StorageFull(fs, announced)
+
+    def _extend(self, extra: int) -> None:
+        with self._lock:
+            self._check(self.measure(), extra, announced=0)
+            self._claimed += extra
 
     def _recheck(self) -> None:
         with self._lock:
-            self._check(self.measure(), 0)
+            self._check(self.measure(), 0, announced=0)
 
     def _release(self, amount: int) -> None:
         if amount:
@@ -277,37 +294,44 @@ class SpaceGuard:
 
 
 class Claim:
-    """One admitted upload request: the bytes it announced and has not written yet count against free space."""
+    """One admitted upload request: bytes it may still write count against free space until they land."""
 
-    def __init__(self, guard: SpaceGuard | None, amount: int, *, checks: bool) -> None:
+    def __init__(self, guard: SpaceGuard | None, amount: int, *, streamed: bool = False) -> None:
         self._guard = guard
         self._remaining = amount
-        self._checks = checks and guard is not None
-        self._every = guard.check_every() if guard is not None and checks else 0
+        self._streamed = streamed
+        self._every = guard.check_every() if guard is not None else 0
         self._since_check = 0
 
     @classmethod
     def unchecked(cls) -> Claim:
         """For servers without a minimum: never measures, never refuses."""
-        return cls(None, 0, checks=False)
+        return cls(None, 0)
 
-    def wrote(self, count: int) -> None:
-        """``count`` more bytes landed; re-measures every :meth:`SpaceGuard.check_every` bytes.
+    def writing(self, count: int) -> None:
+        """Call before writing ``count`` bytes; raises :class:`StorageFull` if they may not be written.
 
-        Raises :class:`StorageFull` when free space (minus what other uploads announced) is below the minimum.
+        A stream of unknown length claims the next :meth:`SpaceGuard.check_every` bytes (measuring again) once
+        its claim is used up. An announced upload re-measures every as many bytes, in case something else is
+        filling the disk meanwhile.
         """
-        if not self._checks or self._guard is None:
+        guard = self._guard
+        if guard is None:
             return
+        if self._streamed and count > self._remaining:
+            extra = max(self._every, count) - self._remaining
+            guard._extend(extra)
+            self._remaining += extra
         settled = min(count, self._remaining)
         self._remaining -= settled
-        self._guard._release(settled)
+        guard._release(settled)
         self._since_check += count
-        if self._since_check >= self._every:
+        if not self._streamed and self._since_check >= self._every:
             self._since_check = 0
-            self._guard._recheck()
+            guard._recheck()
 
     def release(self) -> None:
-        """The request is over: whatever it announced and did not write no longer counts."""
+        """The request is over: what it claimed and did not write no longer counts."""
         remaining, self._remaining = self._remaining, 0
         if self._guard is not None:
             self._guard._release(remaining)
