@@ -232,3 +232,12 @@ def test_the_actions_title_a_full_registry_as_such() -> None:
     with pytest.raises(ActionError) as other, images_errors("Save failed"):
         raise RegistryError.from_response("pushing blob", _response(500, "boom"))
     assert other.value.title == "Save failed"
+
+
+def test_a_full_database_reads_as_one_sentence_with_the_hint_once() -> None:
+    server = (
+        "Cargohold's storage is full: GET /api/v1/pull-info failed with database or disk is full (SQLITE_FULL); "
+        "ask a Cargohold admin to free space"
+    )
+    message = str(RegistryError.from_response("resolving build b1", _response(507, server)))
+    assert message.count("admin") == 1 and message.endswith("(cargohold usage shows its free space)")

@@ -33,6 +33,7 @@ def storage_full_sentence(message: str) -> str:
     message = message.strip().rstrip(".")
     if ADMIN_SPACE_HINT in message:
         return message
+    message = message.removesuffix("; ask a Cargohold admin to free space")  # the server's short form
     if not message.startswith(STORAGE_FULL):
         message = f"{STORAGE_FULL}: {message}" if message else STORAGE_FULL
     return f"{message}; {ADMIN_SPACE_HINT}"
