@@ -32,6 +32,7 @@ from cargohold.images import pull_image
 from cargohold.sample import write_sample_image
 from cargohold.storage.space import MinFreeSpace, SpaceGuard, StorageFull
 from conftest import ServerProcess
+from oidc_issuer import REPO, LoopbackOidcIssuer
 from space_helpers import LogWindow, layout_blob_hashes
 
 MiB = 1 << 20
@@ -106,12 +107,24 @@ def disk(tmp_path: Path) -> Iterator[Path]:
 
 
 @pytest.fixture
-def server(disk: Path) -> Iterator[ServerProcess]:
-    """``cargohold serve`` with its data directory on the small filesystem (log file outside it)."""
+def issuer() -> Iterator[LoopbackOidcIssuer]:
+    with LoopbackOidcIssuer() as running:
+        yield running
+
+
+@pytest.fixture
+def server(disk: Path, issuer: LoopbackOidcIssuer) -> Iterator[ServerProcess]:
+    """``cargohold serve`` with its data directory on the small filesystem (log file outside it).
+
+    Free space is measured in the background only every 30 s: what happens at once must be triggered by the
+    requests themselves (a refusal, a full disk met by a read, healthz seeing the state change).
+    """
     proc = ServerProcess(
         data_dir=disk / "data",
-        extra_args=["--min-free-space", MIN_FREE, "--gc-grace", "0s", "--space-check-interval", "0.2s"],
+        extra_args=["--min-free-space", MIN_FREE, "--gc-grace", "0s", "--space-check-interval", "30s"],
     )
+    proc.extra_args += ["--oidc-issuer", issuer.url]
+    issuer.audience = proc.url
     _start(proc, disk.parent / "server.log")
     try:
         yield proc
@@ -237,7 +250,7 @@ def test_an_oversize_save_is_refused_before_the_disk_fills(
 
 
 def test_a_full_disk_keeps_serving_and_makes_room_by_itself(
-    server: ServerProcess, conn: Connection, disk: Path, tmp_path: Path
+    server: ServerProcess, conn: Connection, disk: Path, tmp_path: Path, issuer: LoopbackOidcIssuer
 ) -> None:
     assert server.log_path is not None
     window = LogWindow(server.log_path)
@@ -249,12 +262,14 @@ def test_a_full_disk_keeps_serving_and_makes_room_by_itself(
     ids = {name: save(conn, tmp_path, layout) for name, layout in layouts.items()}
     with ControlClient(server.url, server.admin_token) as control:
         control.pin_build(ids["pinned"])
+        control.add_trust(str(conn.project), repository=REPO)
 
     # Something else on the machine fills the disk to the last byte.
     filler = fill(disk)
     assert free_bytes(disk) < MiB
-    # Reads keep working: pull-info mints a token (a database write) and blobs are served.
+    # Reads keep working: pull-info mints a token (a database write, given the reserve) and blobs are served.
     assert_pulls_identical(conn, ids["pinned"], layouts["pinned"], tmp_path / "out")
+    assert window.lines("GET /api/v1/pull-info hit a full disk", "answering it again with the reserved space")
 
     # The server makes room: the oldest unpinned build goes (not the pinned one, not the project's newest).
     wait_for(lambda: ids["old"] not in build_ids(conn), "the space eviction")
@@ -267,7 +282,7 @@ def test_a_full_disk_keeps_serving_and_makes_room_by_itself(
 
     # Fill again: now nothing more may go. Uploads are refused, healthz says why, reads and GC still work.
     fill(disk, "filler-2")
-    wait_for(lambda: health(server)["status"] == "degraded", "healthz to report degraded")
+    assert health(server)["status"] == "degraded"
     assert "below the minimum" in str(health(server)["reasons"])
     refused = cli(conn, tmp_path, "save", f"oci:{layouts['old']}:v1", "--progress", "quiet")
     assert refused.returncode == 1 and "Cargohold's storage is full" in refused.stderr
@@ -284,20 +299,30 @@ def test_a_full_disk_keeps_serving_and_makes_room_by_itself(
     # Room again: healthz recovers, the reserve is held again, saves work.
     filler.unlink()
     (disk / "filler-2").unlink()
-    wait_for(lambda: health(server)["status"] == "ok", "healthz to recover")
+    assert health(server)["status"] == "ok"
     wait_for(lambda: (server.data_dir / "cargohold-reserved-space").exists(), "the reserve to be re-created")
     again = save(conn, tmp_path, layouts["old"])
     assert_pulls_identical(conn, again, layouts["old"], tmp_path / "out")
 
-    # A restart on a completely full disk: SQLite needs room to open; the reserve gives it.
+    # A restart on a completely full disk: SQLite needs room to open its WAL; the reserve gives it.
     server.stop()
-    fill(disk)
+    filler = fill(disk)
     _start(server, server.log_path)
     assert health(server)["status"] == "degraded"
     assert_pulls_identical(conn, ids["pinned"], layouts["pinned"], tmp_path / "out")
     # ... and makes room again: the older unpinned build goes, the project's newest (``again``) stays.
     wait_for(lambda: ids["newest"] not in build_ids(conn), "the space eviction after the restart")
     assert build_ids(conn) == {ids["pinned"], again}
+
+    # A CI job logging in with its OIDC token on a full disk (the exchange records the token's jti).
+    filler.unlink()
+    wait_for(lambda: health(server)["status"] == "ok", "healthz to recover")
+    wait_for(lambda: (server.data_dir / "cargohold-reserved-space").exists(), "the reserve to be re-created")
+    fill(disk)
+    with ControlClient(server.url) as anonymous:
+        exchanged = anonymous.exchange_oidc(issuer.mint("push"))
+    job = Connection(server.url, str(exchanged["token"]), "oidc", str(conn.project))
+    assert_pulls_identical(job, ids["pinned"], layouts["pinned"], tmp_path / "out")
     assert "Traceback" not in window.text()
 
 

@@ -168,7 +168,7 @@ async def _room_to_clean_up(state: RegistryState) -> None:
     Deleting rows needs room in SQLite's write-ahead log; the reserve file is there for exactly this.
     """
     if state.space is not None:
-        await state.run(state.space.room_for_cleanup)
+        await state.run(state.space.make_room_for_database)
 
 
 # --- routes -----------------------------------------------------------------------------------------------

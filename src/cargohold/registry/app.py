@@ -153,7 +153,7 @@ def create_app(settings: ServerSettings, access: AccessPolicy | None = None) -> 
         interval=settings.space_check_interval,
     )
     # Restarting on a full disk: SQLite needs room for its WAL and shared-memory files just to open.
-    monitor.room_for_cleanup()
+    monitor.make_room_for_database()
     database = Database(settings.resolved_database_url())
     database.migrate()
     executor = ThreadPoolExecutor(max_workers=settings.io_threads, thread_name_prefix="cargohold-io")

@@ -46,10 +46,10 @@ from cargohold.storage.space import (
 
 log = logging.getLogger(__name__)
 
-HEALTH_MAX_AGE = 1.0
+LOGINS = frozenset({("POST", "/auth/oidc/github-actions"), ("POST", "/token")})
+"""Writes a pull needs before it can start (an OIDC exchange records its jti and a credential)."""
 RECLAIM_RETRY = 60.0
 """Seconds before reclaiming again after a pass that could neither evict nor free anything."""
-"""Seconds a free-space measurement is reused by ``/healthz`` and ``/metrics`` (statvfs is cheap, not free)."""
 
 
 class SpaceMonitor:
@@ -79,15 +79,16 @@ class SpaceMonitor:
     # --- called from request handlers (any thread) ---------------------------------------------------------
 
     def status(self) -> SpaceStatus:
-        return self.guard.recent(HEALTH_MAX_AGE)
+        """Measured now: one ``statvfs`` per filesystem, a few microseconds (healthz and metrics are rare)."""
+        return self.guard.measure()
 
     def degraded_reason(self) -> str | None:
         """Why ``/healthz`` says degraded (blocking: may measure); None when storage is fine."""
         if not self.guard.enabled:
             return None
         reason = self.status().reason()
-        if reason is not None:
-            self.wake()
+        if (reason is not None) != self._was_low:
+            self.wake()  # storage just ran low, or recovered: the monitor reclaims, or re-creates the reserve
         return reason
 
     def refused(self) -> None:
@@ -104,12 +105,17 @@ class SpaceMonitor:
         return released
 
     def release_reserve(self) -> bool:
-        return self.reserve is not None and self.reserve.release()
+        """Delete the reserve now (the disk is full); True if that freed space. Wakes the monitor."""
+        released = self.reserve is not None and self.reserve.release()
+        if released:
+            self.wake()
+        return released
 
-    def room_for_cleanup(self) -> None:
-        """Release the reserve if the disk is nearly full, so that deleting (GC, eviction) can commit."""
-        if self.guard.watching:
-            self._manage_reserve(self.guard.measure(), create=False)
+    def make_room_for_database(self) -> None:
+        """Release the reserve if the disk is nearly full, before database writes that must not fail there
+        (garbage collection, eviction, an OIDC exchange, opening the database at start-up)."""
+        if self.guard.watching and self._manage_reserve(self.guard.measure(), create=False):
+            self.wake()
 
     def wake(self) -> None:
         """Check (and reclaim) now rather than at the next interval; safe from any thread."""
@@ -147,18 +153,20 @@ class SpaceMonitor:
     def _may_reclaim(self) -> bool:
         return time.monotonic() >= self._next_reclaim
 
-    def _manage_reserve(self, status: SpaceStatus, *, create: bool = True) -> None:
+    def _manage_reserve(self, status: SpaceStatus, *, create: bool = True) -> bool:
+        """Release the reserve on a nearly full disk, re-create it once there is room; True if released."""
         reserve = self.reserve
         home = _reserve_home(status)
         if reserve is None or home is None:
-            return
+            return False
         held = reserve.held()
         wanted = reserve.wanted(home.minimum) if self.guard.enabled else 0
         if held and (home.free < held or wanted == 0):
             # Less room left than we held back: something else is filling the disk. Give the database room.
-            reserve.release()
-        elif create and wanted > held and home.free >= home.minimum + wanted:
+            return reserve.release()
+        if create and wanted > held and home.free >= home.minimum + wanted:
             reserve.ensure(wanted)
+        return False
 
     async def run(self, state: RegistryState) -> None:
         self._loop = asyncio.get_running_loop()
@@ -238,7 +246,15 @@ def fault_error(fault: StorageFault, what: str) -> RegistryError:
 async def storage_faults(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
 ) -> web.StreamResponse:
-    """Answer storage faults from any route in one sentence; give reads the reserve when the disk is full."""
+    """Answer storage faults from any route in one sentence; give reads the reserve when the disk is full.
+
+    A GET or HEAD that fails for lack of space is answered again once the reserve is released (its write, a
+    pull token or a blob-link refresh, rolled back). The logins a pull starts with are POSTs whose bodies
+    cannot be read twice, so for them the reserve is released beforehand when the disk is nearly full.
+    """
+    state = state_of(request)
+    if state.space is not None and (request.method, request.path) in LOGINS:
+        await state.run(state.space.make_room_for_database)
     try:
         return await handler(request)
     except (RegistryError, web.HTTPException):
@@ -247,7 +263,6 @@ async def storage_faults(
         fault = classify(exc)
         if fault is None:
             raise
-        state = state_of(request)
         what = f"{request.method} {request.path}"
         reads = request.method in ("GET", "HEAD")
         if fault.full and reads and state.space is not None and state.space.release_reserve():
@@ -291,7 +306,7 @@ class _SpaceCollector(Collector):
         reserve = GaugeMetricFamily(
             "cargohold_storage_reserve_bytes", "Bytes of reserved space the server holds for its database now."
         )
-        status = monitor.guard.recent(HEALTH_MAX_AGE) if monitor.guard.watching else None
+        status = monitor.status() if monitor.guard.watching else None
         for fs in status.filesystems if status is not None else ():
             label = fs.role.replace(" ", "_")
             free.add_metric([label], fs.free)

@@ -41,7 +41,6 @@ import logging
 import os
 import re
 import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -211,7 +210,6 @@ class SpaceGuard:
         self._lock = threading.Lock()
         self._claimed = 0
         self._last: SpaceStatus | None = None
-        self._last_at = 0.0
 
     @property
     def watching(self) -> bool:
@@ -240,15 +238,8 @@ class SpaceGuard:
                 )
             )
         status = SpaceStatus(tuple(filesystems))
-        self._last, self._last_at = status, time.monotonic()
+        self._last = status
         return status
-
-    def recent(self, max_age: float) -> SpaceStatus:
-        """The last measurement if younger than ``max_age`` seconds, else a fresh one."""
-        last = self._last
-        if last is not None and time.monotonic() - self._last_at < max_age:
-            return last
-        return self.measure()
 
     def check_every(self) -> int:
         """Bytes an upload may write between two checks: a quarter of the blob store's minimum, clamped."""
