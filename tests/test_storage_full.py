@@ -280,6 +280,9 @@ def test_a_full_disk_keeps_serving_and_makes_room_by_itself(
     for name in ("pinned", "newest"):
         assert_pulls_identical(conn, ids[name], layouts[name], tmp_path / "out")
 
+    # The reserve is taken back as soon as there is room for it (below the minimum too), for the next time.
+    wait_for(lambda: (server.data_dir / "cargohold-reserved-space").exists(), "the reserve to be taken back")
+
     # Fill again: now nothing more may go. Uploads are refused, healthz says why, reads and GC still work.
     fill(disk, "filler-2")
     assert health(server)["status"] == "degraded"

@@ -164,7 +164,9 @@ class SpaceMonitor:
         if held and (home.free < held or wanted == 0):
             # Less room left than we held back: something else is filling the disk. Give the database room.
             return reserve.release()
-        if create and wanted > held and home.free >= home.minimum + wanted:
+        if create and wanted > held and home.free >= 2 * wanted:
+            # Taken back as soon as there is room for it twice over, below the minimum too: uploads are refused
+            # there anyway, and the next time the disk fills the database needs it again.
             reserve.ensure(wanted)
         return False
 

@@ -25,8 +25,8 @@ refused before it would cross the minimum, not after.
 **The reserve** (:class:`SpaceReserve`) is a file of real blocks the server keeps next to its SQLite
 database. If something else fills the disk anyway (another process on the same filesystem), deleting it
 gives the database room to keep answering pulls and to run eviction and garbage collection, which is what
-frees space. It is re-created once free space is back above the minimum plus its size. With the minimum
-set to zero there is no reserve either.
+frees space. It is taken back as soon as twice its size is free again (below the minimum too, where
+uploads are refused anyway), ready for the next time. With the minimum set to zero there is no reserve.
 
 **Object storage** (not implemented yet) has no ``statvfs``: :meth:`BlobStore.filesystem_path` is None there,
 so only the database's filesystem is watched; the bucket's quota errors are mapped like ENOSPC instead
