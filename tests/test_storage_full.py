@@ -16,11 +16,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sqlite3
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from contextlib import closing, contextmanager, suppress
 from pathlib import Path
 
 import httpx
@@ -93,6 +94,14 @@ def fill(directory: Path, name: str = "filler") -> Path:
     finally:
         os.close(fd)
     return path
+
+
+def truncate_wal(data_dir: Path) -> None:
+    """Checkpoint the server's SQLite WAL and truncate it to nothing, as after a restart or a quiet spell: its
+    next write then needs new blocks, so a full disk really stops it (a WAL with spare room would hide that)."""
+    with closing(sqlite3.connect(data_dir / "metadata.db", timeout=30)) as database:
+        busy, _, _ = database.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+    assert busy == 0 and (data_dir / "metadata.db-wal").stat().st_size == 0
 
 
 def free_bytes(path: Path) -> int:
@@ -265,6 +274,7 @@ def test_a_full_disk_keeps_serving_and_makes_room_by_itself(
         control.add_trust(str(conn.project), repository=REPO)
 
     # Something else on the machine fills the disk to the last byte.
+    truncate_wal(server.data_dir)
     filler = fill(disk)
     assert free_bytes(disk) < MiB
     # Reads keep working: pull-info mints a token (a database write, given the reserve) and blobs are served.
@@ -284,6 +294,7 @@ def test_a_full_disk_keeps_serving_and_makes_room_by_itself(
     wait_for(lambda: (server.data_dir / "cargohold-reserved-space").exists(), "the reserve to be taken back")
 
     # Fill again: now nothing more may go. Uploads are refused, healthz says why, reads and GC still work.
+    truncate_wal(server.data_dir)
     fill(disk, "filler-2")
     assert health(server)["status"] == "degraded"
     assert "below the minimum" in str(health(server)["reasons"])
@@ -321,6 +332,7 @@ def test_a_full_disk_keeps_serving_and_makes_room_by_itself(
     filler.unlink()
     wait_for(lambda: health(server)["status"] == "ok", "healthz to recover")
     wait_for(lambda: (server.data_dir / "cargohold-reserved-space").exists(), "the reserve to be re-created")
+    truncate_wal(server.data_dir)
     fill(disk)
     with ControlClient(server.url) as anonymous:
         exchanged = anonymous.exchange_oidc(issuer.mint("push"))
