@@ -12,8 +12,8 @@ The plan file holds one fault at a time, ``{"op": ..., "errno": 28, "after": 0, 
   it stores part of its data and fails), ``persist`` (fsync of a finished upload), ``commit`` (the rename
   into the content store fails) or ``commit-after`` (the rename happens, then an error: the database rolls
   back over a file already in place), ``delete`` (GC unlinking content), ``locate`` (stat of a blob to
-  serve), ``read`` (server-side reads of a blob, after its first chunk), ``sendfile`` (the kernel copy of
-  a blob GET, after part of it was sent);
+  serve), ``read`` (the server reading a stored blob itself, such as an image config when a build is
+  saved), ``sendfile`` (the kernel copy of a blob GET, after part of it was sent);
 * ``match``: only for blobs whose digest contains it (``delete``, ``locate``, ``read``, ``sendfile``);
 * ``times``: how many operations fail; the server counts the ones that did in ``"fired"``, so a test can
   tell that its fault really happened.
@@ -117,10 +117,9 @@ class FaultyBlobStore(FilesystemBlobStore):
         return super().locate(digest)
 
     def open_blob(self, digest: Digest) -> Iterator[bytes]:
-        for index, chunk in enumerate(super().open_blob(digest)):
-            if index and (code := _fire("read", str(digest))) is not None:
-                raise _error(code, str(self.blob_path(digest)))
-            yield chunk
+        if (code := _fire("read", str(digest))) is not None:
+            raise _error(code, str(self.blob_path(digest)))
+        yield from super().open_blob(digest)
 
 
 _real_sendfile = os.sendfile

@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from cargohold.client.control import ControlClient
+from cargohold.client.control import ControlClient, ControlError
 from cargohold.client.credentials import Credentials
 from cargohold.client.errors import RegistryError as ClientRegistryError
 from cargohold.client.registry import RegistryClient, bytes_source
@@ -305,4 +305,37 @@ def test_a_vanished_staging_file_ends_the_session(faulty: FaultyServer, conn: Co
         assert response.status_code == 404 and _error(response)["code"] == "BLOB_UPLOAD_UNKNOWN"
         assert http.get(location).status_code == 404
     assert len(window.lines(upload_id, "vanished")) == 1
+    _check_consistent(conn, tmp_path, window)
+
+
+def test_eio_reading_a_config_while_saving(faulty: FaultyServer, conn: Connection, tmp_path: Path) -> None:
+    """The server reads the image config to record the build's platforms. A transient I/O error there is
+    answered 500 and retried by the client; a lasting one fails the save with the storage error."""
+    window = LogWindow(faulty.log_path)
+    layout = tmp_path / "image"
+    image = write_sample_image(layout, layers=1, layer_size=64 * 1024, seed=55, ref="v1")
+    faulty.inject("read", errno.EIO, match=image.config.digest.hex)
+    saved = save_image(conn, f"oci:{layout}:v1")
+    assert faulty.fired() == 1 and saved.platforms == ["linux/amd64"]
+
+    # A lasting one: the same image tagged for a new build, saved with a client that does not wait to retry.
+    repo = str(conn.project)
+    with ControlClient(faulty.url, faulty.admin_token, retry=RetryPolicy(sleep=lambda _: None)) as control:
+        build = str(control.create_build(repo)["build_id"])
+        with _client(faulty) as http:
+            manifest = http.get(f"/v2/{repo}/manifests/{saved.build_id}", headers={"Accept": image.manifest.media_type})
+            put = http.put(
+                f"/v2/{repo}/manifests/{build}",
+                content=manifest.content,
+                headers={"Content-Type": image.manifest.media_type},
+            )
+            assert put.status_code == 201
+        faulty.inject("read", errno.EIO, match=image.config.digest.hex, times=100)
+        with pytest.raises(ControlError) as raised:
+            control.save_build(build)
+        assert raised.value.status == 500
+        assert "storage I/O error (Input/output error (EIO))" in str(raised.value)
+        assert control.get_build(build)["status"] == "pending"
+    lines = window.lines("/save failed: storage I/O error", "EIO")
+    assert len(lines) == 1 + faulty.fired(), lines  # one line per answered request, no traceback
     _check_consistent(conn, tmp_path, window)
