@@ -21,8 +21,9 @@ from cargohold.lifecycle import audit
 from cargohold.lifecycle.gc import GarbageCollector
 from cargohold.lifecycle.retention import Retention
 from cargohold.lifecycle.space import SpaceReclaimer
+from cargohold.registry.space import SpaceMonitor
 from cargohold.storage.faults import classify
-from cargohold.storage.space import FilesystemSpace, GiB, MiB, MinFreeSpace, SpaceStatus
+from cargohold.storage.space import FilesystemSpace, GiB, MiB, MinFreeSpace, SpaceGuard, SpaceReserve, SpaceStatus
 from test_lifecycle_support import Env, FakeClock, make_env
 
 # --- the minimum ----------------------------------------------------------------------------------------
@@ -241,3 +242,23 @@ def test_a_full_database_reads_as_one_sentence_with_the_hint_once() -> None:
     )
     message = str(RegistryError.from_response("resolving build b1", _response(507, server)))
     assert message.count("admin") == 1 and message.endswith("(cargohold usage shows its free space)")
+
+
+@pytest.mark.parametrize("evict", [True, False])
+def test_the_monitor_evicts_for_space_only_when_allowed(tmp_path: Path, evict: bool) -> None:
+    """``--no-evict-for-space``: storage stays low (uploads refused, healthz degraded) and no build goes."""
+    env = make_env(tmp_path)
+    clock = FakeClock(datetime.now(UTC))
+    project = env.control.create_project("p")
+    builds = [env.saved_build(project.id, layers=[_layer(f"m{index}")], now=clock.now) for index in range(3)]
+    # A minimum no filesystem here can meet: the real statvfs of tmp_path always reads as low.
+    guard = SpaceGuard(MinFreeSpace(size=1 << 60), blobs=env.blobs.root, database=tmp_path)
+    monitor = SpaceMonitor(guard, SpaceReserve(tmp_path / "metadata.db"), evict_for_space=evict, interval=timedelta(1))
+    gc = GarbageCollector(env.db, env.blobs, grace=timedelta(0), clock=clock, delete_workers=1)
+    monitor.reclaimer = SpaceReclaimer(Retention(env.db, clock=clock), gc.run, guard.measure)
+
+    assert monitor.degraded_reason() is not None
+    monitor.check()
+    remaining = {build.id for build in env.control.list_builds(project.id, limit=50)}
+    assert remaining == ({builds[-1]} if evict else set(builds))
+    assert (monitor.last_reclaim is not None) == evict
