@@ -7,9 +7,11 @@
   request become one 507 answer, EIO and friends one 500 ``UNKNOWN`` answer, each with one log line and no
   traceback (see :mod:`cargohold.storage.faults`).
 * **Reads on a full disk**: the reads themselves need no space, but some write a little bookkeeping (a pull
-  token minted by ``pull-info``, an OIDC exchange behind ``/token``, the blob-link refresh behind blob GET,
-  which is best-effort in :mod:`cargohold.registry.blobs`). When a GET or HEAD fails because the disk is
-  full, the server deletes its reserve file and answers the request once more with that room.
+  token minted by ``pull-info``, the credential and ``jti`` of an OIDC exchange, whether at
+  ``/auth/oidc/github-actions`` or behind ``/token``, the blob-link refresh behind blob GET, which is
+  best-effort in :mod:`cargohold.registry.blobs`). When a GET or HEAD fails because the disk is full, the
+  server deletes its reserve file and answers the request once more with that room; the login POSTs, whose
+  bodies cannot be read twice, get the reserve beforehand when the disk is nearly full.
 * **Monitoring** (:class:`SpaceMonitor`): every ``--space-check-interval``, and at once after a refusal or a
   fault, it measures free space, releases or re-creates the reserve, and — under the minimum, with
   ``--evict-for-space`` — runs :class:`~cargohold.lifecycle.space.SpaceReclaimer`. ``/healthz`` says

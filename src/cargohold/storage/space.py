@@ -333,7 +333,7 @@ def _group_by_device(blobs: Path | None, database: Path | None) -> tuple[_Watche
     watched: list[_Watched] = []
     devices: dict[int, int] = {}
     for role, path in (("blob store", blobs), ("database", database)):
-        if path is None:
+        if path is None or not path.is_dir():  # a database directory that does not exist yet: SQLite says so
             continue
         device = os.stat(path).st_dev
         if device in devices:
