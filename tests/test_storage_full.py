@@ -171,15 +171,16 @@ def conn(server: ServerProcess) -> Connection:
     return Connection(server.url, server.admin_token, "test", str(project["id"]))
 
 
-def cli(conn: Connection, tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+def cli(conn: Connection, tmp_path: Path, *args: str, project: bool = True) -> subprocess.CompletedProcess[str]:
     env = {
         **os.environ,
         "CARGOHOLD_REGISTRY": conn.registry,
         "CARGOHOLD_TOKEN": str(conn.token),
-        "CARGOHOLD_PROJECT_ID": str(conn.project),
         "XDG_CONFIG_HOME": str(tmp_path / "xdg"),
         "CI": "true",
     }
+    if project:
+        env["CARGOHOLD_PROJECT_ID"] = str(conn.project)
     return subprocess.run(
         [sys.executable, "-m", "cargohold", *args], capture_output=True, text=True, env=env, timeout=120, check=False
     )
@@ -254,6 +255,10 @@ def test_an_oversize_save_is_refused_before_the_disk_fills(
     small_id = save(conn, tmp_path, small)
     assert_pulls_identical(conn, small_id, small, tmp_path / "out")
     assert build_ids(conn) == {first_id, second_id, small_id}
+    # An admin sees the server's free space without naming a project.
+    usage = cli(conn, tmp_path, "usage", project=False)
+    assert usage.returncode == 0, usage.stderr
+    assert "server free space (blob store and database)" in usage.stdout and "minimum 8.4 MB" in usage.stdout
     assert "Traceback" not in window.text()
     assert window.lines("refused upload", "Cargohold's storage is full")
 
