@@ -19,8 +19,9 @@ _ch_missing_packages() {
     local -a missing=()
     local cmd pkg
     # dockerd/buildah: the build and docker-daemon paths are tested against real ones, started privately.
+    # mkfs.ext4: the full-disk tests mount a small real filesystem (tests/test_storage_full.py).
     for pair in skopeo:skopeo umoci:umoci docker-registry:docker-registry nginx:nginx-light curl:curl \
-                python3:python3 dockerd:docker.io buildah:buildah; do
+                python3:python3 dockerd:docker.io buildah:buildah mkfs.ext4:e2fsprogs; do
         cmd="${pair%%:*}"; pkg="${pair#*:}"
         if ! command -v "$cmd" >/dev/null 2>&1 && ! [ -x "/usr/sbin/$cmd" ]; then
             missing+=("$pkg")

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 
+from cargohold.storage.space import MinFreeSpace
+
 
 def default_data_dir() -> Path:
     """``$CARGOHOLD_DATA_DIR``, else ``$XDG_DATA_HOME/cargohold``, else ``~/.local/share/cargohold``."""
@@ -76,9 +78,25 @@ class ServerSettings:
     """Longest pause inside any request body, uploads included (see cargohold.registry.bodies)."""
     body_timeout: timedelta = timedelta(seconds=120)
     """Longest time a whole JSON, form or manifest body may take; blob uploads have only the idle limit."""
+    min_free_space: MinFreeSpace = field(default_factory=MinFreeSpace.default)
+    """Free space kept on the blob store's and the database's filesystems; uploads are refused below it
+    (see cargohold.storage.space). Default: 5% of the filesystem, at most 2 GiB."""
+    evict_for_space: bool = True
+    """Under the minimum, evict the oldest unpinned builds and collect garbage (see cargohold.lifecycle.space)."""
+    space_check_interval: timedelta = timedelta(seconds=10)
+    """How often free space is measured in the background (refusals and faults trigger a check at once)."""
 
     def resolved_database_url(self) -> str:
         return self.database_url or f"sqlite:///{self.data_dir / 'metadata.db'}"
+
+    def database_file(self) -> Path | None:
+        """The SQLite database file (whose filesystem needs free space too), or None for a database server."""
+        from sqlalchemy.engine import make_url  # imported here: only the server needs it
+
+        url = make_url(self.resolved_database_url())
+        if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
+            return None
+        return Path(url.database).absolute()
 
     def resolved_oidc_audience(self) -> str:
         return self.oidc_audience or self.resolved_public_url()

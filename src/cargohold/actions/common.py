@@ -113,7 +113,7 @@ def images_errors(title: str) -> Iterator[None]:
     """
     from cargohold.client.control import ControlError
     from cargohold.client.credentials import CredentialsError
-    from cargohold.client.errors import RegistryError
+    from cargohold.client.errors import RegistryError, is_storage_full
     from cargohold.client.settings import SettingsError
     from cargohold.images import ImageError
     from cargohold.oci.archive import ArchiveError
@@ -132,6 +132,8 @@ def images_errors(title: str) -> Iterator[None]:
         LayoutError,
         ImageReferenceError,
     ) as exc:
+        if is_storage_full(exc):
+            title = "Cargohold's storage is full"
         raise ActionError(str(exc).strip() or type(exc).__name__, title=title) from None
 
 

@@ -389,28 +389,59 @@ def expire(dry_run: bool, registry: str | None, project: str | None, token: str 
 @json_option
 @guarded
 def usage(month: str | None, registry: str | None, project: str | None, token: str | None, as_json: bool) -> None:
-    """Storage a project used in a month: GB-months, the free allowance and the cost estimate."""
-    with _client(registry, token, project, need_project=True) as (client, project_id):
-        assert project_id is not None
+    """Storage a project used in a month: GB-months, the free allowance and the cost estimate.
+
+    With an admin token it also shows the server's free space; without a project, only that.
+    """
+    from cargohold.client.control import ControlError
+
+    with _client(registry, token, project) as (client, project_id):
+        if project_id is None:
+            try:
+                storage = client.server_storage()
+            except ControlError as exc:
+                if exc.status != 403:
+                    raise
+                raise CliError("no project given: pass --project ID or set CARGOHOLD_PROJECT_ID") from None
+            if as_json:
+                emit({"server_storage": storage}, as_json=True)
+            else:
+                emit(_storage_rows(storage), as_json=False)
+            return
         data = client.project_usage(project_id, month=month)
     if as_json:
         emit(data, as_json=True)
         return
     currency = data.get("currency", "USD")
-    emit(
-        {
-            "project": data.get("project_id"),
-            "month": data.get("month"),
-            "stored now": human_bytes(int(data.get("stored_bytes") or 0)),
-            "GB-months": f"{float(data.get('gb_months') or 0):.4f}",
-            "free allowance": f"{float(data.get('free_gb_months') or 0):g} GB-months",
-            "billable": f"{float(data.get('billable_gb_months') or 0):.4f} GB-months",
-            "price": f"{float(data.get('price_per_gb_month') or 0):g} {currency} per GB-month",
-            "estimated cost": f"{float(data.get('estimated_cost') or 0):.2f} {currency}",
-            "as of": data.get("as_of"),
-        },
-        as_json=False,
-    )
+    rows = {
+        "project": data.get("project_id"),
+        "month": data.get("month"),
+        "stored now": human_bytes(int(data.get("stored_bytes") or 0)),
+        "GB-months": f"{float(data.get('gb_months') or 0):.4f}",
+        "free allowance": f"{float(data.get('free_gb_months') or 0):g} GB-months",
+        "billable": f"{float(data.get('billable_gb_months') or 0):.4f} GB-months",
+        "price": f"{float(data.get('price_per_gb_month') or 0):g} {currency} per GB-month",
+        "estimated cost": f"{float(data.get('estimated_cost') or 0):.2f} {currency}",
+        "as of": data.get("as_of"),
+    }
+    storage = data.get("server_storage")
+    if isinstance(storage, dict):
+        rows.update(_storage_rows(storage))
+    emit(rows, as_json=False)
+
+
+def _storage_rows(storage: dict[str, Any]) -> dict[str, Any]:
+    """The server's free space as ``key: value`` lines (admins): one per filesystem, then the status."""
+    rows: dict[str, Any] = {}
+    for fs in storage.get("filesystems") or []:
+        if not isinstance(fs, dict):
+            continue
+        rows[f"server free space ({fs.get('role')})"] = (
+            f"{human_bytes(int(fs.get('free_bytes') or 0))} of {human_bytes(int(fs.get('total_bytes') or 0))}, "
+            f"minimum {human_bytes(int(fs.get('min_free_bytes') or 0))} ({fs.get('path')})"
+        )
+    rows["server storage"] = storage.get("reason") or storage.get("status") or "-"
+    return rows
 
 
 # --- tags pushed outside builds ------------------------------------------------------------------------------

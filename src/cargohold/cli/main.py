@@ -211,6 +211,26 @@ def _env_option(*param_decls: str, **attrs: Any) -> Any:
     help="Longest time a whole JSON, form or manifest body may take to arrive (blob uploads have only the "
     "idle limit, so a slow upload that keeps progressing is never cut off).",
 )
+@_env_option(
+    "--min-free-space",
+    envvar="CARGOHOLD_MIN_FREE_SPACE",
+    help="Free space to keep on the data (and database) filesystem: a size (2GiB) or a percentage (5%). Uploads "
+    "are refused with HTTP 507 below it; 0 turns the check off. Default: 5% of the filesystem, at most 2GiB.",
+    show_default=False,
+)
+@_env_option(
+    "--evict-for-space/--no-evict-for-space",
+    envvar="CARGOHOLD_EVICT_FOR_SPACE",
+    default=True,
+    help="Below --min-free-space, evict the oldest unpinned builds (never pinned ones, never a project's newest) "
+    "and collect garbage until there is room again.",
+)
+@_env_option(
+    "--space-check-interval",
+    envvar="CARGOHOLD_SPACE_CHECK_INTERVAL",
+    default="10s",
+    help="Measure free space this often (a refused upload or a full disk triggers a check at once).",
+)
 def serve(
     host: str,
     port: int,
@@ -237,6 +257,9 @@ def serve(
     header_timeout: str,
     body_idle_timeout: str,
     body_timeout: str,
+    min_free_space: str | None,
+    evict_for_space: bool,
+    space_check_interval: str,
 ) -> None:
     """Run the registry server."""
     from pathlib import Path
@@ -244,6 +267,7 @@ def serve(
     from cargohold.config import ServerSettings, default_data_dir
     from cargohold.registry.egress import parse_networks
     from cargohold.registry.server import run
+    from cargohold.storage.space import MinFreeSpace
 
     _configure_logging(log_level)
     try:
@@ -256,12 +280,14 @@ def serve(
             "gc_interval": parse_duration(gc_interval),
             "gc_grace": parse_duration(gc_grace),
             "retention_interval": parse_duration(retention_interval),
+            "space_check_interval": parse_duration(space_check_interval),
         }
         deadlines = {
             "header_timeout": _positive(parse_duration(header_timeout), "--header-timeout"),
             "body_idle_timeout": _positive(parse_duration(body_idle_timeout), "--body-idle-timeout"),
             "body_timeout": _positive(parse_duration(body_timeout), "--body-timeout"),
         }
+        minimum = MinFreeSpace.parse(min_free_space) if min_free_space else MinFreeSpace.default()
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
     settings = ServerSettings(
@@ -284,6 +310,8 @@ def serve(
         free_gb_months=free_gb_months,
         server_push=server_push,
         push_allow_networks=push_allow_network,
+        min_free_space=minimum,
+        evict_for_space=evict_for_space,
         **lifecycle_times,
         **deadlines,
     )

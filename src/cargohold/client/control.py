@@ -11,7 +11,13 @@ from typing import Any
 
 import httpx
 
-from cargohold.client.errors import RETRYABLE_STATUSES, RegistryError
+from cargohold.client.errors import (
+    INSUFFICIENT_STORAGE,
+    RETRYABLE_STATUSES,
+    STORAGE_FULL,
+    RegistryError,
+    storage_full_sentence,
+)
 from cargohold.client.retry import RetryPolicy
 from cargohold.client.tls import verify_option
 
@@ -98,6 +104,8 @@ class ControlClient:
             raise ControlError(f"cannot reach Cargohold at {self.base_url}: {exc}") from None
         if response.status_code >= 400:
             message, code = _message(response)
+            if response.status_code == INSUFFICIENT_STORAGE and message.startswith(STORAGE_FULL):
+                message = storage_full_sentence(message)
             raise ControlError(
                 message or f"{method} {path} failed with {response.status_code}", status=response.status_code, code=code
             )
@@ -269,6 +277,10 @@ class ControlClient:
         """Storage used in a month (``YYYY-MM``, default the current one): GB-months and the cost estimate."""
         params = {"month": month} if month else None
         return self.request("GET", f"/api/v1/projects/{project_id}/usage", params=params)  # type: ignore[no-any-return]
+
+    def server_storage(self) -> dict[str, Any]:
+        """The server's free space per filesystem, its minimum and whether uploads are refused (admin)."""
+        return self.request("GET", "/api/v1/storage")  # type: ignore[no-any-return]
 
     def run_expiry(self, *, project_id: str | None = None, dry_run: bool = False) -> dict[str, Any]:
         """Evict expired and stale builds now (one project, or every project with an admin token)."""

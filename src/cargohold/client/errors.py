@@ -17,6 +17,52 @@ import httpx
 RETRYABLE_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 """Statuses that say "try again later" rather than "you asked for something wrong"."""
 
+INSUFFICIENT_STORAGE = 507
+"""HTTP 507: the registry's storage is full. Not retried: nothing changes until space is freed."""
+STORAGE_FULL = "Cargohold's storage is full"
+"""How a Cargohold server's 507 messages begin (other registries' 507s are worded differently)."""
+ADMIN_SPACE_HINT = (
+    "a Cargohold admin can free space by removing or unpinning old builds (cargohold builds rm, "
+    "cargohold builds unpin), running cargohold gc, or giving the server more disk (cargohold usage shows "
+    "its free space)"
+)
+
+
+def storage_full_sentence(message: str) -> str:
+    """A Cargohold 507 message with what an admin can do about it appended (once)."""
+    message = message.strip().rstrip(".")
+    if ADMIN_SPACE_HINT in message:
+        return message
+    message = message.removesuffix("; ask a Cargohold admin to free space")  # the server's short form
+    if not message.startswith(STORAGE_FULL):
+        message = f"{STORAGE_FULL}: {message}" if message else STORAGE_FULL
+    return f"{message}; {ADMIN_SPACE_HINT}"
+
+
+def is_storage_full(exc: BaseException | None) -> bool:
+    """Whether ``exc`` (or what caused it) is a Cargohold server saying its storage is full."""
+    return storage_full_reason(exc) is not None
+
+
+def storage_full_reason(exc: BaseException | None) -> str | None:
+    """The server's explanation, with what an admin can do, when ``exc`` (or its cause) is a Cargohold 507.
+
+    Without the leading "Cargohold's storage is full", so callers can phrase the sentence around it.
+    """
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        text: str | None = None
+        if isinstance(exc, RegistryError):
+            if exc.storage_full:
+                text = "; ".join(e.message for e in exc.errors if e.message)
+        elif getattr(exc, "status", None) == INSUFFICIENT_STORAGE and str(exc).startswith(STORAGE_FULL):
+            text = str(exc)
+        if text is not None:
+            return storage_full_sentence(text)[len(STORAGE_FULL) :].lstrip(":; ")
+        exc = exc.__cause__ or exc.__context__
+    return None
+
 
 @dataclass(frozen=True, slots=True)
 class OCIErrorDetail:
@@ -72,13 +118,20 @@ class RegistryError(Exception):
         """Whether repeating the same request could succeed (throttling, server trouble, network)."""
         return self.status is None or self.status in RETRYABLE_STATUSES
 
+    @property
+    def storage_full(self) -> bool:
+        """A Cargohold server refused for lack of space (HTTP 507 with its "storage is full" message)."""
+        return self.status == INSUFFICIENT_STORAGE and any(e.message.startswith(STORAGE_FULL) for e in self.errors)
+
     def __str__(self) -> str:
+        details = "; ".join(e.message for e in self.errors if e.message) or self.reason
+        if self.storage_full and details:
+            return f"{self.action} failed: {storage_full_sentence(details)}"
         parts: list[str] = []
         if self.status is not None:
             parts.append(str(self.status))
         if self.codes:
             parts.append(" ".join(self.codes))
-        details = "; ".join(e.message for e in self.errors if e.message) or self.reason
         head = f"{self.action} failed: " + (" ".join(parts) if parts else "error")
         if details:
             head += f" ({details})"

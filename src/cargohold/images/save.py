@@ -25,7 +25,7 @@ from typing import Any
 
 from cargohold.client.control import ControlClient, ControlError
 from cargohold.client.copy import DEFAULT_JOBS, RegistryRepo, copy_image
-from cargohold.client.errors import DigestMismatchError, RegistryError
+from cargohold.client.errors import DigestMismatchError, RegistryError, storage_full_reason
 from cargohold.client.settings import Connection
 from cargohold.images.common import ImageError, NamingTarget, StepError, cargohold_client, describe
 from cargohold.images.progress import Progress
@@ -150,6 +150,10 @@ def save_opened(
             # The original error matters more than a failed fail_build; the build then expires on its own.
             with contextlib.suppress(ControlError):
                 control.fail_build(build_id, reason[:1000])
+            if (full := storage_full_reason(exc)) is not None:
+                raise ImageError(
+                    f"Cargohold's storage is full, so build {build_id} was not saved (it is marked failed): {full}"
+                ) from exc
             if isinstance(exc, _REPORTABLE):
                 raise ImageError(f"saving build {build_id} failed: {reason}; the build is marked failed") from exc
             raise

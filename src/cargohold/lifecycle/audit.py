@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session
 from cargohold.lifecycle.clock import format_duration, iso
 from cargohold.metadata.db import Database, upsert
 from cargohold.metadata.models import LifecycleEvent, RemovedTag
+from cargohold.storage.space import format_bytes
 
 MAX_HISTORY = 1000
 
@@ -174,6 +175,12 @@ def describe(event: Event) -> str:
             return (
                 f"{subject} was evicted on {when}: project {event.project_id} keeps at most "
                 f"{detail.get('max_builds')} saved builds and the oldest unpinned ones go first"
+            )
+        if event.rule == "space":
+            return (
+                f"{subject} was evicted on {when} to free storage space: the registry had "
+                f"{format_bytes(detail.get('free_bytes', 0))} free, below its minimum of "
+                f"{format_bytes(detail.get('min_free_bytes', 0))}, and the oldest unpinned builds go first"
             )
         if event.rule == "stale":
             return (

@@ -22,6 +22,7 @@ Routes (JSON; errors in the registry's ``{"errors": [...]}`` shape):
   credential limited to one build gets 403: usage is about every build).
 * ``POST /api/v1/expire`` ``{"dry_run": bool, "project": id?}`` — admin (or push on the given project).
 * ``POST /api/v1/gc`` ``{"dry_run": bool}`` — admin.
+* ``GET /api/v1/storage`` — admin: free space, the minimum, degraded or not (see cargohold.registry.space).
 * ``GET /metrics`` — an admin credential, or one holding only ``metrics``, when the server authenticates
   (scrapers send a bearer token).
 """
@@ -61,6 +62,7 @@ from cargohold.registry.metrics import CONTENT_TYPE, Metrics
 from cargohold.registry.query_limits import LimitError, page_size
 from cargohold.registry.state import STATE_KEY, RegistryState, state_of
 from cargohold.registry.visibility import explain_missing_build
+from cargohold.storage.faults import classify
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +138,15 @@ def _after_save(lifecycle: Lifecycle) -> Callable[..., Awaitable[None]]:
     """The control API's after-save hook (``api.AFTER_SAVE_KEY``): enforce the cap, re-measure storage."""
 
     async def after_save(state: RegistryState, build: BuildRecord) -> None:
-        await state.run(lifecycle.after_save, build.project_id)
+        try:
+            await state.run(lifecycle.after_save, build.project_id)
+        except Exception as exc:
+            # The build is saved already; on a full disk the cap and the metering catch up at the next sweep.
+            if (fault := classify(exc)) is None:
+                raise
+            if state.space is not None:
+                state.space.on_fault(fault)
+            log.warning("after saving build %s: enforcing the cap failed: %s", build.id, fault.describe())
 
     return after_save
 
@@ -232,6 +242,15 @@ def _flag(value: Any, field: str) -> bool:
     raise api_error(400, "INVALID", f'"{field}" must be true or false')
 
 
+async def _room_to_clean_up(state: RegistryState) -> None:
+    """Before work that frees space (GC, eviction): on a nearly full disk, give the database the reserve.
+
+    Deleting rows needs room in SQLite's write-ahead log; the reserve file is there for exactly this.
+    """
+    if state.space is not None:
+        await state.run(state.space.make_room_for_database)
+
+
 # --- routes -----------------------------------------------------------------------------------------------
 
 
@@ -273,6 +292,7 @@ async def delete_build(request: web.Request) -> web.Response:
     build_id = request.match_info["build"]
     await _build_project(state, identity, build_id, "delete")
     dry_run = _flag(request.query.get("dry_run"), "dry_run")
+    await _room_to_clean_up(state)
     try:
         eviction = await state.run(
             lambda: lifecycle.retention.evict_build(build_id, "manual", identity.name, dry_run=dry_run)
@@ -421,7 +441,34 @@ async def project_usage(request: web.Request) -> web.Response:
         raise api_error(400, "INVALID", str(exc)) from None
     except LookupError as exc:
         raise api_error(404, "NOT_FOUND", str(exc)) from None
-    return web.json_response(usage.to_json())
+    body = usage.to_json()
+    if identity.is_admin and state.space is not None and state.space.guard.watching:
+        body["server_storage"] = await state.run(server_storage, state)
+    return web.json_response(body)
+
+
+def server_storage(state: RegistryState) -> dict[str, Any]:
+    """The server's free space, for admins (``cargohold usage``): each filesystem, the minimum, the reserve."""
+    assert state.space is not None
+    status = state.space.status()
+    reserve = state.space.reserve
+    return {
+        "status": "degraded" if status.low else "ok",
+        "reason": status.reason(),
+        "filesystems": [fs.to_json() for fs in status.filesystems],
+        "reserve_bytes": reserve.held() if reserve is not None else 0,
+        "evict_for_space": state.space.evict_for_space,
+    }
+
+
+async def storage_status(request: web.Request) -> web.Response:
+    """``GET /api/v1/storage`` (admin): the server's free space, its minimum and whether it is degraded."""
+    state, _lifecycle, identity = await _identity(request)
+    if not identity.is_admin:
+        raise api_error(403, "DENIED", "only an admin token may read the server's storage status")
+    if state.space is None or not state.space.guard.watching:
+        raise api_error(404, "NOT_FOUND", "this server's storage has no filesystem to measure")
+    return web.json_response(await state.run(server_storage, state))
 
 
 async def run_expiry(request: web.Request) -> web.Response:
@@ -436,6 +483,7 @@ async def run_expiry(request: web.Request) -> web.Response:
             raise api_error(403, "DENIED", 'only an admin token may sweep every project; pass {"project": "<id>"}')
     else:
         check_project_access(identity, str(project_id), "push")
+    await _room_to_clean_up(state)
     evicted, tags, manifests = await state.run(
         lambda: lifecycle.expire(identity.name, dry_run=dry_run, project_id=project_id)
     )
@@ -459,6 +507,7 @@ async def run_gc(request: web.Request) -> web.Response:
     if not identity.is_admin:
         raise api_error(403, "DENIED", "only an admin token may run garbage collection")
     dry_run = _flag((await read_json_body(request, MAX_BODY)).get("dry_run"), "dry_run")
+    await _room_to_clean_up(state)
     report = await state.run(lambda: lifecycle.collect_garbage(dry_run=dry_run))
     if report.skipped:
         raise api_error(409, "CONFLICT", f"{report.skipped}; try again when it finishes")
@@ -496,8 +545,13 @@ async def _schedule(app: web.Application) -> AsyncIterator[None]:
             await asyncio.sleep(seconds)
             try:
                 await state.run(job)
-            except Exception:
-                log.exception("%s failed; will retry in %.0f s", what, seconds)
+            except Exception as exc:
+                if (fault := classify(exc)) is None:
+                    log.exception("%s failed; will retry in %.0f s", what, seconds)
+                else:  # a full or failing disk is not a bug: one line, no traceback
+                    if state.space is not None:
+                        state.space.on_fault(fault)
+                    log.warning("%s failed: %s; will retry in %.0f s", what, fault.describe(), seconds)
 
     tasks = [asyncio.create_task(every(settings.retention_interval, sweep, "retention sweep"))]
     if settings.gc_interval > timedelta(0):
@@ -548,6 +602,7 @@ def install(app: web.Application) -> None:
     router.add_get("/api/v1/projects/{project}/usage", project_usage)
     router.add_post("/api/v1/expire", run_expiry)
     router.add_post("/api/v1/gc", run_gc)
+    router.add_get("/api/v1/storage", storage_status)
     router.add_get("/metrics", metrics_endpoint)
     app.cleanup_ctx.append(_schedule)
 

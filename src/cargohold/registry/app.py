@@ -18,15 +18,17 @@ from cargohold.config import ServerSettings
 from cargohold.metadata.control import ControlStore
 from cargohold.metadata.db import Database
 from cargohold.metadata.store import MetadataStore
-from cargohold.registry import api, api_lifecycle, auth_routes, blob_copy, routing
+from cargohold.registry import api, api_lifecycle, auth_routes, blob_copy, routing, space
 from cargohold.registry.access import AccessPolicy, OpenAccess
 from cargohold.registry.bodies import BodyStalled, BodyTooLarge, respond_and_close
 from cargohold.registry.egress import EgressPolicy, parse_networks
 from cargohold.registry.errors import RegistryError
 from cargohold.registry.security import build_security
 from cargohold.registry.state import STATE_KEY, RegistryState, state_of
+from cargohold.storage.faults import classify
 from cargohold.storage.filesystem import FilesystemBlobStore
 from cargohold.storage.private import secure_data_dir
+from cargohold.storage.space import SpaceGuard, SpaceReserve
 
 log = logging.getLogger(__name__)
 
@@ -80,9 +82,14 @@ async def api_root(request: web.Request) -> web.Response:
 
 
 async def healthz(request: web.Request) -> web.Response:
+    """``{"status": "ok"}``, or ``"degraded"`` with ``reasons`` while storage is low: still HTTP 200, since
+    pulls keep working and a load balancer should keep sending them (uploads get 507 meanwhile)."""
     state = state_of(request)
     await state.run(state.metadata.repository_exists, "healthz-probe")
-    return web.json_response({"status": "ok", "version": __version__})
+    body: dict[str, object] = {"status": "ok", "version": __version__}
+    if state.space is not None and (reason := await state.run(state.space.degraded_reason)) is not None:
+        body.update(status="degraded", reasons=[reason])
+    return web.json_response(body)
 
 
 def purge_stale_uploads(state: RegistryState, now: datetime | None = None) -> int:
@@ -112,8 +119,11 @@ async def _housekeeping(app: web.Application) -> AsyncIterator[None]:
         while True:
             try:
                 await state.run(purge_stale_uploads, state)
-            except Exception:
-                log.exception("purging stale uploads failed; will retry in %.0f s", interval)
+            except Exception as exc:
+                if (fault := classify(exc)) is None:
+                    log.exception("purging stale uploads failed; will retry in %.0f s", interval)
+                else:
+                    log.warning("purging stale uploads failed: %s; will retry in %.0f s", fault.describe(), interval)
             await asyncio.sleep(interval)
 
     task = asyncio.create_task(loop())
@@ -141,6 +151,21 @@ def create_app(settings: ServerSettings, access: AccessPolicy | None = None) -> 
     :class:`OpenAccess` is for embedding the bare registry core behind another gate, and for tests.
     """
     secure_data_dir(settings.data_dir, settings.resolved_database_url())
+    blobs = FilesystemBlobStore(settings.data_dir, fsync=settings.fsync)
+    database_file = settings.database_file()
+    guard = SpaceGuard(
+        settings.min_free_space,
+        blobs=blobs.filesystem_path(),
+        database=database_file.parent if database_file is not None else None,
+    )
+    monitor = space.SpaceMonitor(
+        guard,
+        SpaceReserve(database_file) if database_file is not None else None,
+        evict_for_space=settings.evict_for_space,
+        interval=settings.space_check_interval,
+    )
+    # Restarting on a full disk: SQLite needs room for its WAL and shared-memory files just to open.
+    monitor.make_room_for_database()
     database = Database(settings.resolved_database_url())
     database.migrate()
     executor = ThreadPoolExecutor(max_workers=settings.io_threads, thread_name_prefix="cargohold-io")
@@ -149,10 +174,11 @@ def create_app(settings: ServerSettings, access: AccessPolicy | None = None) -> 
     state = RegistryState(
         settings=settings,
         metadata=metadata,
-        blobs=FilesystemBlobStore(settings.data_dir, fsync=settings.fsync),
+        blobs=blobs,
         access=access or OpenAccess(),
         executor=executor,
         control=control,
+        space=monitor,
     )
     if settings.server_push:
         state.egress = EgressPolicy(parse_networks(settings.push_allow_networks))
@@ -162,7 +188,7 @@ def create_app(settings: ServerSettings, access: AccessPolicy | None = None) -> 
         security = build_security(state)
         state.auth, state.oidc = security.access, security.oidc
         state.access = security.access
-    app = web.Application(middlewares=[oci_errors], client_max_size=1024**2)
+    app = web.Application(middlewares=[oci_errors, space.storage_faults], client_max_size=1024**2)
     app[STATE_KEY] = state
     app.router.add_get("/healthz", healthz)
     app.router.add_route("*", "/token", auth_routes.token)
@@ -177,4 +203,5 @@ def create_app(settings: ServerSettings, access: AccessPolicy | None = None) -> 
     app.cleanup_ctx.append(_shutdown)
     app.cleanup_ctx.append(_housekeeping)
     api_lifecycle.install(app)  # after the control API's routes: lifecycle routes, hooks, /metrics, schedule
+    space.install(app)  # after lifecycle: reclaiming uses its retention, GC and metrics
     return app

@@ -55,6 +55,7 @@ from cargohold.registry.blobs import readable_blob
 from cargohold.registry.egress import EgressDenied, EgressTransport
 from cargohold.registry.state import RegistryState, state_of
 from cargohold.storage.base import LocalFile
+from cargohold.storage.faults import classify
 
 log = logging.getLogger(__name__)
 
@@ -242,7 +243,12 @@ def _outcome(future: asyncio.Future[None], job: CopyRequest, size: int) -> dict[
         if isinstance(exc.__cause__, EgressDenied):  # the name resolved differently at connect time
             return _error("DESTINATION_NOT_ALLOWED", str(exc.__cause__), None)
         return _error("DESTINATION_UNREACHABLE", f"pushing blob {job.digest} to {job.where} failed: {exc}", None)
-    except Exception:
+    except Exception as exc:
+        if (fault := classify(exc)) is not None:  # reading our own copy failed: one line, no traceback
+            log.error("server-side push of blob %s: reading it failed: storage error: %s", job.digest, fault.describe())
+            return _error(
+                "UNKNOWN", f"reading blob {job.digest} on the Cargohold server failed: {fault.describe()}", None
+            )
         log.exception("server-side push of blob %s to %s failed", job.digest, job.where)
         return _error(
             "UNKNOWN", f"pushing blob {job.digest} to {job.where} failed; the server log has the details", None

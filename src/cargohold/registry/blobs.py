@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 from aiohttp.abc import AbstractStreamWriter
@@ -20,8 +23,13 @@ from cargohold.oci.digest import Digest, DigestError
 from cargohold.registry.errors import RegistryError, blob_unknown
 from cargohold.registry.state import RegistryState, state_of
 from cargohold.storage.base import BlobLocation, LocalFile, Redirect
+from cargohold.storage.faults import classify
 
 log = logging.getLogger(__name__)
+
+TOUCH_WARNING_INTERVAL = 60.0
+"""Seconds between two log lines about link refreshes failing on a full disk (pulls go on regardless)."""
+_last_touch_warning = 0.0
 
 _RANGE_RE = re.compile(r"^bytes=([0-9]{0,19})-([0-9]{0,19})$")
 """One byte range; offsets past 19 digits (beyond any file) are not understood, so the whole blob is sent."""
@@ -82,13 +90,47 @@ def readable_blob(state: RegistryState, name: str, digest: Digest, stale_before:
     linked = state.metadata.linked_blob(name, str(digest))
     if linked is None:
         raise blob_unknown(str(digest))
-    if linked[1] < stale_before and not state.metadata.touch_link(name, str(digest), stale_before):
+    if linked[1] < stale_before and not _refresh_link(state, name, digest, stale_before):
         raise blob_unknown(str(digest))
-    location = state.blobs.locate(digest)
+    try:
+        location = state.blobs.locate(digest)
+    except OSError as exc:
+        if (fault := classify(exc)) is None:
+            raise
+        log.error("reading blob %s in %s failed: storage I/O error: %s", digest, name, fault.describe())
+        raise RegistryError(
+            "UNKNOWN",
+            f"blob {digest} cannot be read: a storage I/O error ({fault.describe()}); an admin should check the "
+            "server's disk",
+            status=500,
+            detail={"digest": str(digest)},
+        ) from None
     if location is None:
         log.error("blob %s is linked in %s but its content is missing from the store", digest, name)
         raise blob_unknown(str(digest))
     return location
+
+
+def _refresh_link(state: RegistryState, name: str, digest: Digest, stale_before: datetime) -> bool:
+    """:meth:`MetadataStore.touch_link`, best-effort: on a full or failing disk the pull goes on without it.
+
+    The link was there a moment ago (we just read it); what a failed refresh costs is only that garbage
+    collection's grace window restarts from the older time, which matters to a push skipping an existing
+    blob, never to this pull.
+    """
+    global _last_touch_warning
+    try:
+        return state.metadata.touch_link(name, str(digest), stale_before)
+    except Exception as exc:
+        if (fault := classify(exc)) is None:
+            raise
+        if state.space is not None:
+            state.space.on_fault(fault)
+        now = time.monotonic()
+        if now - _last_touch_warning >= TOUCH_WARNING_INTERVAL:
+            _last_touch_warning = now
+            log.warning("could not refresh blob links (%s); pulls are served without it", fault.describe())
+        return True
 
 
 async def get_blob(request: web.Request, name: str, digest_text: str) -> web.StreamResponse:
@@ -109,11 +151,35 @@ async def get_blob(request: web.Request, name: str, digest_text: str) -> web.Str
         headers["Accept-Ranges"] = "bytes"
         return web.Response(status=200, headers=headers)
     if "Range" in request.headers and not _usable_range(request.headers["Range"], location.size):
-        return _WholeFileResponse(location.path, headers=headers)
-    return web.FileResponse(location.path, headers=headers)
+        return _WholeFileResponse(location.path, digest, headers=headers)
+    return _BlobFileResponse(location.path, digest, headers=headers)
 
 
-class _WholeFileResponse(web.FileResponse):
+class _BlobFileResponse(web.FileResponse):
+    """aiohttp's sendfile response, plus what to do when the disk fails half-way through a blob.
+
+    By then the status line and ``Content-Length`` are sent, so no error body can follow: the server logs one
+    line naming the blob and closes the connection, and the client sees a short read (and retries or fails)
+    instead of a complete-looking corrupt blob. Other requests are not affected.
+    """
+
+    def __init__(self, path: Path, digest: Digest, **kwargs: Any) -> None:
+        super().__init__(path, **kwargs)
+        self.digest = digest
+
+    async def prepare(self, request: web.BaseRequest) -> AbstractStreamWriter | None:
+        try:
+            return await super().prepare(request)
+        except ConnectionError:
+            raise
+        except OSError as exc:
+            fault = classify(exc)
+            what = fault.describe() if fault is not None else str(exc)
+            log.error("reading blob %s failed after the response started: %s; closed the connection", self.digest, what)
+            raise ConnectionResetError(f"reading blob {self.digest} failed") from None
+
+
+class _WholeFileResponse(_BlobFileResponse):
     """Sends the whole file whatever the request's ``Range`` says (aiohttp would answer 416 to one it cannot
     parse, where RFC 9110 says to ignore it)."""
 

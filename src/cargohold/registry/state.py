@@ -21,6 +21,7 @@ from cargohold.storage.base import BlobStore
 if TYPE_CHECKING:
     from cargohold.registry.auth import TokenAccess
     from cargohold.registry.oidc_exchange import OidcExchange
+    from cargohold.registry.space import SpaceMonitor
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -41,6 +42,8 @@ class RegistryState:
     """Where server-side pushes may connect (see cargohold.registry.egress)."""
     push_executor: ThreadPoolExecutor | None = None
     """Threads for server-side pushes, apart from ``executor`` so long uploads never starve requests."""
+    space: SpaceMonitor | None = None
+    """Free space, upload admission and the reserve file (see cargohold.registry.space)."""
 
     async def run(self, func: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """Run blocking work (database, file system, hashing) off the event loop."""

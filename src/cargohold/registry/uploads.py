@@ -8,9 +8,12 @@ PATCHes from interleaving bytes and keeps the staged size and the running hash i
 
 from __future__ import annotations
 
+import logging
 import re
 import uuid
+from collections.abc import Awaitable
 from datetime import UTC, datetime
+from typing import TypeVar
 
 from aiohttp import web
 
@@ -21,9 +24,15 @@ from cargohold.registry.access import PRINCIPAL_KEY, Principal
 from cargohold.registry.blobs import parse_digest
 from cargohold.registry.bodies import BodyStalled, iter_body
 from cargohold.registry.errors import RegistryError, upload_unknown
+from cargohold.registry.space import admit_upload, refused_for_space, storage_fault_error
 from cargohold.registry.state import RegistryState, state_of
 from cargohold.registry.upload_progress import UploadProgress
 from cargohold.storage.base import BlobStore, UploadWriter
+from cargohold.storage.faults import classify
+from cargohold.storage.filesystem import UnknownUpload
+from cargohold.storage.space import Claim, StorageFull
+
+log = logging.getLogger(__name__)
 
 STREAM_BATCH = 1 << 20
 """Bytes gathered from the socket before one write+hash step in the thread pool."""
@@ -58,7 +67,8 @@ def _blob_created(name: str, digest: Digest) -> web.Response:
     )
 
 
-def _write_and_hash(writer: UploadWriter, progress: UploadProgress, data: bytes) -> None:
+def _write_and_hash(writer: UploadWriter, progress: UploadProgress, data: bytes, claim: Claim) -> None:
+    claim.writing(len(data))  # re-measures free space every few MiB; raises StorageFull before crossing it
     writer.write(data)
     progress.hasher.update(data)
     progress.offset += len(data)
@@ -83,29 +93,38 @@ async def _receive(request: web.Request, state: RegistryState, upload_id: str, p
     declared = request.content_length
     if declared is not None and progress.offset + declared > limit:
         raise _too_large(limit)
-    writer = await state.run(state.blobs.open_upload, upload_id)
-    received = 0
-    pending: list[bytes] = []
-    pending_size = 0
+    # Admission before a byte is staged: with the announced length up front, else at the first chunk (an
+    # empty body, such as the final PUT of a chunked upload, needs no space and is never refused).
+    claim = await admit_upload(state, declared) if declared else None
     try:
-        async for chunk in iter_body(request):
-            received += len(chunk)
-            if progress.offset + pending_size + len(chunk) > limit:
-                raise _too_large(limit)
-            pending.append(chunk)
-            pending_size += len(chunk)
-            if pending_size >= STREAM_BATCH:
-                await state.run(_write_and_hash, writer, progress, b"".join(pending))
-                pending, pending_size = [], 0
-        if pending:
-            await state.run(_write_and_hash, writer, progress, b"".join(pending))
-    except BodyStalled:
-        # Keep what arrived: the session stays resumable from the Range the 408 reports.
-        if pending:
-            await state.run(_write_and_hash, writer, progress, b"".join(pending))
-        raise
+        writer = await state.run(state.blobs.open_upload, upload_id)
+        received = 0
+        pending: list[bytes] = []
+        pending_size = 0
+        try:
+            async for chunk in iter_body(request):
+                if claim is None:
+                    claim = await admit_upload(state, 0)
+                received += len(chunk)
+                if progress.offset + pending_size + len(chunk) > limit:
+                    raise _too_large(limit)
+                pending.append(chunk)
+                pending_size += len(chunk)
+                if pending_size >= STREAM_BATCH:
+                    await state.run(_write_and_hash, writer, progress, b"".join(pending), claim)
+                    pending, pending_size = [], 0
+            if pending and claim is not None:
+                await state.run(_write_and_hash, writer, progress, b"".join(pending), claim)
+        except BodyStalled:
+            # Keep what arrived: the session stays resumable from the Range the 408 reports.
+            if pending and claim is not None:
+                await state.run(_write_and_hash, writer, progress, b"".join(pending), claim)
+            raise
+        finally:
+            await state.run(writer.close)
     finally:
-        await state.run(writer.close)
+        if claim is not None:
+            claim.release()
     return received
 
 
@@ -119,6 +138,33 @@ def _stalled(name: str, upload_id: str, offset: int, exc: BodyStalled) -> Regist
     )
 
 
+T = TypeVar("T")
+
+
+async def _or_discard(state: RegistryState, name: str, upload_id: str, step: Awaitable[T]) -> T:
+    """Run one step of an upload; if the storage fails under it, the session and its staged bytes go at once.
+
+    A full disk (ENOSPC, EDQUOT, the free-space minimum), an I/O error (EIO) or a staging file that vanished
+    leaves nothing worth resuming, and staged bytes left behind would keep the disk full until the upload
+    TTL passes. One log line names the upload and the error (no traceback: nothing here is a bug).
+    """
+    try:
+        return await step
+    except UnknownUpload:
+        log.warning("upload %s to %s failed: its staging file vanished; the session was removed", upload_id, name)
+        await _discard(state, upload_id)
+        raise upload_unknown(upload_id) from None
+    except RegistryError:
+        raise
+    except Exception as exc:
+        if not isinstance(exc, StorageFull) and classify(exc) is None:
+            raise
+        await _discard(state, upload_id)  # first: the answer wakes the space monitor, which must see the room
+        error = storage_fault_error(state, exc, f"upload {upload_id} to {name}")
+        assert error is not None
+        raise error from None
+
+
 def _too_large(limit: int) -> RegistryError:
     return RegistryError(
         "SIZE_INVALID", f"blob exceeds this registry's limit of {limit} bytes", status=413, detail={"limit": limit}
@@ -128,8 +174,8 @@ def _too_large(limit: int) -> RegistryError:
 async def _progress(state: RegistryState, upload_id: str) -> UploadProgress:
     """The session's running hash, rebuilt from the staged bytes if this process does not have it."""
     size = await state.run(state.blobs.upload_size, upload_id)
-    if size is None:
-        raise upload_unknown(upload_id)
+    if size is None:  # the session exists (checked by _session) but its staging file is gone
+        raise UnknownUpload(upload_id)
     progress = state.uploads.get(upload_id, size)
     if progress is None:
         progress = state.uploads.start(upload_id, state.uploads.algorithm(upload_id))
@@ -213,9 +259,21 @@ async def _finish(
 
 
 async def _discard(state: RegistryState, upload_id: str) -> None:
-    await state.run(state.blobs.remove_upload, upload_id)
-    await state.run(state.metadata.delete_upload, upload_id)
-    state.uploads.forget(upload_id)
+    """Remove a session: its staged bytes first (that is what frees space), then its row.
+
+    On a failing disk either step may fail too; the file is then purged with its row once the upload TTL
+    passes, so a failure here is logged in one line rather than hiding the error being answered.
+    """
+    try:
+        await state.run(state.blobs.remove_upload, upload_id)
+        await state.run(state.metadata.delete_upload, upload_id)
+    except Exception as exc:
+        fault = classify(exc)
+        if fault is None:
+            raise
+        log.warning("could not remove upload session %s: %s", upload_id, fault.describe())
+    finally:
+        state.uploads.forget(upload_id)
 
 
 async def start_upload(request: web.Request, name: str) -> web.Response:
@@ -244,18 +302,23 @@ async def start_upload(request: web.Request, name: str) -> web.Response:
     elif "digest-algorithm" in query:
         algorithm = _algorithm(query["digest-algorithm"])
 
+    # Refused up front when storage is low, before a session exists or a byte is staged.
+    try:
+        (await admit_upload(state, request.content_length or 0)).release()
+    except StorageFull as exc:
+        raise refused_for_space(state, exc, f"a new upload to {name}") from None
     upload_id = uuid.uuid4().hex
-    await _open_session(request, state, name, upload_id)
+    await _or_discard(state, name, upload_id, _open_session(request, state, name, upload_id))
     progress = state.uploads.start(upload_id, algorithm)
 
     if digest is not None:
         async with state.uploads.lock(upload_id):
             try:
-                await _receive(request, state, upload_id, progress)
+                await _or_discard(state, name, upload_id, _receive(request, state, upload_id, progress))
             except BaseException:
                 await _discard(state, upload_id)
                 raise
-            return await _finish(state, name, upload_id, progress, digest)
+            return await _or_discard(state, name, upload_id, _finish(state, name, upload_id, progress, digest))
 
     headers = _session_headers(name, upload_id, 0)
     if state.settings.chunk_min_length > 0:
@@ -310,14 +373,14 @@ def _algorithm(value: str) -> str:
 async def patch_upload(request: web.Request, name: str, upload_id: str) -> web.Response:
     state = await _session(request, name, upload_id)
     async with state.uploads.lock(upload_id):
-        progress = await _progress(state, upload_id)
+        progress = await _or_discard(state, name, upload_id, _progress(state, upload_id))
         announced = _check_content_range(request, name, upload_id, progress.offset)
         try:
-            received = await _receive(request, state, upload_id, progress)
+            received = await _or_discard(state, name, upload_id, _receive(request, state, upload_id, progress))
         except BodyStalled as exc:
             await state.run(state.metadata.touch_upload, upload_id)
             raise _stalled(name, upload_id, progress.offset, exc) from None
-        await state.run(state.metadata.touch_upload, upload_id)
+        await _or_discard(state, name, upload_id, state.run(state.metadata.touch_upload, upload_id))
         if announced is not None and received != announced:
             raise RegistryError(
                 "BLOB_UPLOAD_INVALID",
@@ -336,10 +399,10 @@ async def finish_upload(request: web.Request, name: str, upload_id: str) -> web.
         raise RegistryError("DIGEST_INVALID", "finishing an upload needs the ?digest= query parameter")
     digest = parse_digest(request.query["digest"])
     async with state.uploads.lock(upload_id):
-        progress = await _progress(state, upload_id)
+        progress = await _or_discard(state, name, upload_id, _progress(state, upload_id))
         announced = _check_content_range(request, name, upload_id, progress.offset)
         try:
-            received = await _receive(request, state, upload_id, progress)
+            received = await _or_discard(state, name, upload_id, _receive(request, state, upload_id, progress))
         except BodyStalled as exc:
             await state.run(state.metadata.touch_upload, upload_id)
             raise _stalled(name, upload_id, progress.offset, exc) from None
@@ -347,7 +410,7 @@ async def finish_upload(request: web.Request, name: str, upload_id: str) -> web.
             raise RegistryError(
                 "BLOB_UPLOAD_INVALID", f"Content-Range announced {announced} bytes but {received} arrived", status=400
             )
-        return await _finish(state, name, upload_id, progress, digest)
+        return await _or_discard(state, name, upload_id, _finish(state, name, upload_id, progress, digest))
 
 
 async def upload_status(request: web.Request, name: str, upload_id: str) -> web.Response:

@@ -107,3 +107,11 @@ class BlobStore(ABC):
     @abstractmethod
     def iter_uploads(self) -> Iterator[tuple[str, datetime]]:
         """``(upload_id, last_modified)`` for every staged upload (for purging stale sessions)."""
+
+    def filesystem_path(self) -> Path | None:
+        """A directory on the local filesystem holding the content, whose free space the server watches.
+
+        None for stores without one (object storage): there, quota errors answer like a full disk instead
+        (see cargohold.storage.faults).
+        """
+        return None

@@ -70,6 +70,9 @@ class FilesystemBlobStore(BlobStore):
         for directory in (self.uploads_dir, *(self.blobs_dir / algorithm for algorithm in ALGORITHMS)):
             make_private_dir(directory)
 
+    def filesystem_path(self) -> Path:
+        return self.root
+
     def blob_path(self, digest: Digest) -> Path:
         return Path(self._blob_name(digest))
 
