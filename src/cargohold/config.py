@@ -65,6 +65,9 @@ class ServerSettings:
     """Server-side blob pushes running at once; more wait their turn."""
     history_retention: timedelta = timedelta(days=90)
     """How long the lifecycle audit log (and the reasons given for missing builds) is kept."""
+    shutdown_timeout: float = 30.0
+    """Seconds from SIGTERM/SIGINT to exit: requests already received finish within it, uploads are cut at
+    a resumable point at once, and a watchdog ends the process at the deadline (see registry.drain)."""
 
     def resolved_database_url(self) -> str:
         return self.database_url or f"sqlite:///{self.data_dir / 'metadata.db'}"

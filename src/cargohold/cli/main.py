@@ -13,6 +13,7 @@ from typing import Any
 import click
 
 from cargohold import __version__
+from cargohold.cli.context import retry_for_option
 from cargohold.cli.durations import parse_duration, parse_size
 
 
@@ -86,6 +87,7 @@ def _version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
 @click.option(
     "--version", is_flag=True, expose_value=False, is_eager=True, callback=_version, help="Print the version and exit."
 )
+@retry_for_option
 def app() -> None:
     """Cargohold command-line interface."""
 
@@ -179,6 +181,12 @@ def _env_option(*param_decls: str, **attrs: Any) -> Any:
     multiple=True,
     help="Network (CIDR) server-side pushes may reach besides public addresses (repeatable). Env: comma-separated.",
 )
+@_env_option(
+    "--shutdown-timeout",
+    envvar="CARGOHOLD_SHUTDOWN_TIMEOUT",
+    default="30s",
+    help="On SIGTERM/SIGINT: stop accepting, finish requests already received, exit within this long.",
+)
 def serve(
     host: str,
     port: int,
@@ -201,6 +209,7 @@ def serve(
     free_gb_months: float,
     server_push: bool,
     push_allow_network: tuple[str, ...],
+    shutdown_timeout: str,
 ) -> None:
     """Run the registry server."""
     from pathlib import Path
@@ -216,6 +225,7 @@ def serve(
         min_chunk = parse_size(chunk_min_length)
         oidc_ttl = parse_duration(oidc_token_ttl)
         parse_networks(push_allow_network)
+        drain_seconds = parse_duration(shutdown_timeout).total_seconds()
         lifecycle_times = {
             "gc_interval": parse_duration(gc_interval),
             "gc_grace": parse_duration(gc_grace),
@@ -242,6 +252,7 @@ def serve(
         free_gb_months=free_gb_months,
         server_push=server_push,
         push_allow_networks=push_allow_network,
+        shutdown_timeout=drain_seconds,
         **lifecycle_times,
     )
     if oidc_issuer:

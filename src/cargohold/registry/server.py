@@ -1,7 +1,8 @@
-"""Running the registry: one aiohttp server process."""
+"""Running the registry: one aiohttp server process, drained gracefully on SIGTERM/SIGINT."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from aiohttp import web
@@ -9,6 +10,7 @@ from aiohttp import web
 from cargohold.config import ServerSettings
 from cargohold.registry.accesslog import AccessLogger, access_log
 from cargohold.registry.app import create_app
+from cargohold.registry.drain import serve
 
 log = logging.getLogger(__name__)
 
@@ -18,12 +20,22 @@ def run(settings: ServerSettings) -> None:
     log.info(
         "cargohold registry listening on http://%s:%d (data dir %s)", settings.host, settings.port, settings.data_dir
     )
-    web.run_app(
+    asyncio.run(
+        serve(make_runner(app, settings), lambda runner: make_sites(runner, settings), settings.shutdown_timeout)
+    )
+
+
+def make_runner(app: web.Application, settings: ServerSettings) -> web.AppRunner:
+    """The aiohttp runner; signals are ours (:func:`cargohold.registry.drain.serve`), not aiohttp's."""
+    return web.AppRunner(
         app,
-        host=settings.host,
-        port=settings.port,
+        handle_signals=False,
         access_log=access_log if settings.access_log else None,
         access_log_class=AccessLogger,
-        print=None,
-        shutdown_timeout=10,
+        # What aiohttp waits for handlers in its own last shutdown step; the drain has waited before.
+        shutdown_timeout=min(1.0, settings.shutdown_timeout / 10),
     )
+
+
+def make_sites(runner: web.AppRunner, settings: ServerSettings) -> list[web.BaseSite]:
+    return [web.TCPSite(runner, settings.host, settings.port)]

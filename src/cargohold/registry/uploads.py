@@ -2,7 +2,9 @@
 
 Bytes stream from the socket to the staging file in batches, each batch written and hashed together off
 the event loop, so memory stays flat whatever the blob size and the digest is known the moment the last
-byte lands. Every upload request for one session holds that session's lock, which keeps concurrent
+byte lands. The staged file only ever grows by whole writes, so its size is always a consistent offset to
+resume from: after a dropped connection, a server shutdown (which cuts bodies being received) or a crash.
+Every upload request for one session holds that session's lock, which keeps concurrent
 PATCHes from interleaving bytes and keeps the staged size and the running hash in step.
 """
 
@@ -11,11 +13,12 @@ from __future__ import annotations
 import re
 import uuid
 
-from aiohttp import web
+from aiohttp import ClientConnectionResetError, web
 
 from cargohold.oci.digest import ALGORITHMS, Digest, DigestError, new_hasher
 from cargohold.oci.reference import is_valid_name
 from cargohold.registry.blobs import parse_digest
+from cargohold.registry.drain import receiving
 from cargohold.registry.errors import RegistryError, upload_unknown
 from cargohold.registry.state import RegistryState, state_of
 from cargohold.registry.upload_progress import UploadProgress
@@ -82,15 +85,25 @@ async def _receive(request: web.Request, state: RegistryState, upload_id: str, p
     pending: list[bytes] = []
     pending_size = 0
     try:
-        async for chunk in request.content.iter_any():
-            received += len(chunk)
-            if progress.offset + pending_size + len(chunk) > limit:
-                raise _too_large(limit)
-            pending.append(chunk)
-            pending_size += len(chunk)
-            if pending_size >= STREAM_BATCH:
-                await state.run(_write_and_hash, writer, progress, b"".join(pending))
-                pending, pending_size = [], 0
+        # A server shutting down cuts this read (drain.receiving): what was written so far stays staged and
+        # is the offset the session reports, from which the client resumes.
+        with receiving(request):
+            try:
+                async for chunk in request.content.iter_any():
+                    received += len(chunk)
+                    if progress.offset + pending_size + len(chunk) > limit:
+                        raise _too_large(limit)
+                    pending.append(chunk)
+                    pending_size += len(chunk)
+                    if pending_size >= STREAM_BATCH:
+                        await state.run(_write_and_hash, writer, progress, b"".join(pending))
+                        pending, pending_size = [], 0
+            except (ConnectionResetError, ClientConnectionResetError):
+                # Cut off (the client went away, or the server is draining): keep every byte that did
+                # arrive, so a resume sends only what is missing.
+                if pending:
+                    await state.run(_write_and_hash, writer, progress, b"".join(pending))
+                raise
         if pending:
             await state.run(_write_and_hash, writer, progress, b"".join(pending))
     finally:
