@@ -185,10 +185,15 @@ class _Outage:
 
 
 class Outages:
-    """Per-host outage clocks shared by every operation of one policy (thread-safe)."""
+    """Per-host outage clocks shared by every operation of one policy (thread-safe).
+
+    Waits end early when the outage does: when one of six parallel transfers gets through to a restarted
+    server, the other five try again at once instead of sleeping out their backoff.
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
+        self._ended = threading.Condition(self._lock)
         self._by_host: dict[str, _Outage] = {}
 
     def begin(self, host: str, now: float) -> tuple[float, bool]:
@@ -200,10 +205,23 @@ class Outages:
             first, outage.announced = not outage.announced, True
             return outage.started, first
 
-    def end(self, host: str) -> None:
+    def end(self, host: str, tried_at: float) -> None:
+        """A try to ``host`` that began at ``tried_at`` succeeded: the outage is over if it began before the
+        try. A request that was already under way when the outage began (and finished, a server draining
+        answers those) says nothing about whether the server is back."""
         if self._by_host:  # the common case, no outage: no lock
             with self._lock:
-                self._by_host.pop(host, None)
+                outage = self._by_host.get(host)
+                if outage is not None and outage.started <= tried_at:
+                    del self._by_host[host]
+                    self._ended.notify_all()
+
+    def wait(self, host: str, seconds: float) -> None:
+        """Sleep up to ``seconds``, less if the outage of ``host`` ends meanwhile."""
+        with self._lock:
+            outage = self._by_host.get(host)
+            if outage is not None:
+                self._ended.wait_for(lambda: self._by_host.get(host) is not outage, timeout=seconds)
 
 
 @dataclass(frozen=True)
@@ -221,7 +239,8 @@ class RetryPolicy:
     """Optional cap on tries per request, the first included (``1`` disables retries), on top of the budget."""
     transient_attempts: int = 3
     """Tries for a 408 or 500, the first included."""
-    sleep: Callable[[float], None] = time.sleep
+    sleep: Callable[[float], None] | None = None
+    """How to wait between tries; default: real time, cut short when the host's outage ends."""
     clock: Callable[[], float] = time.monotonic
     notify: Callable[[str], object] | None = None
     """Called with one line when an outage begins (the CLI prints it; the actions log it); default: log."""
@@ -289,6 +308,8 @@ class Attempts:
         self.idempotent = idempotent
         self.final = final
         self.tries = 0
+        self.tried_at = policy.clock()
+        """When the current try began: the start, or the end of the last wait."""
 
     def failed(self, exc: Exception) -> None:
         policy = self.policy
@@ -321,11 +342,16 @@ class Attempts:
         if first:
             policy.announce(f"{self.host} is unavailable ({cause}); retrying for up to {human_seconds(remaining)}")
         wait = min(retry_after, policy.max_retry_after) if retry_after is not None else policy.backoff(self.tries)
-        policy.sleep(min(wait, remaining))
+        if policy.sleep is not None:
+            policy.sleep(min(wait, remaining))
+        else:
+            policy.outages.wait(self.host, min(wait, remaining))
+        self.tried_at = policy.clock()
 
     def succeeded(self) -> None:
         self.tries = 0
-        self.policy.outages.end(self.host)
+        self.policy.outages.end(self.host, self.tried_at)
+        self.tried_at = self.policy.clock()
 
     progressed = succeeded
 

@@ -50,7 +50,6 @@ import httpx
 from aiohttp import ClientConnectionResetError, web
 
 from cargohold.client.errors import RegistryError as ClientRegistryError
-from cargohold.client.registry import RegistryClient, file_source
 from cargohold.client.retry import DEFAULT_BUDGET, RetryPolicy
 from cargohold.lifecycle.gc import TOUCH_FRACTION
 from cargohold.oci.digest import Digest, DigestError
@@ -230,6 +229,9 @@ class _ClientGone(Exception):
 
 def _upload(state: RegistryState, job: CopyRequest, location: LocalFile, progress: _Progress) -> None:
     """The copy itself, on a push thread: the existing client's upload (resume, retries) fed from disk."""
+    # Imported here, not at the top: most servers never push, and the registry client is not small to import.
+    from cargohold.client.registry import RegistryClient, file_source
+
     read = file_source(location.path)
 
     def source(offset: int) -> Iterator[bytes]:

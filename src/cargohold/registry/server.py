@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import sys
+from typing import NoReturn
 
 from aiohttp import web
 
@@ -15,7 +18,13 @@ from cargohold.registry.drain import serve
 log = logging.getLogger(__name__)
 
 
-def run(settings: ServerSettings) -> None:
+def run(settings: ServerSettings) -> NoReturn:
+    """Serve until SIGTERM/SIGINT, drain (cargohold.registry.drain), and end the process.
+
+    The process ends with ``os._exit`` once the drain has closed everything itself (connections, thread
+    pools, the database) and the logs are flushed: the interpreter's own teardown of some 900 modules takes
+    half a second, and a restarting server is unavailable for all of it.
+    """
     app = create_app(settings)
     log.info(
         "cargohold registry listening on http://%s:%d (data dir %s)", settings.host, settings.port, settings.data_dir
@@ -23,6 +32,10 @@ def run(settings: ServerSettings) -> None:
     asyncio.run(
         serve(make_runner(app, settings), lambda runner: make_sites(runner, settings), settings.shutdown_timeout)
     )
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def make_runner(app: web.Application, settings: ServerSettings) -> web.AppRunner:
