@@ -219,6 +219,11 @@ class _Progress:
     def note(self, message: str) -> None:
         self.notice = message
 
+    def wait(self, seconds: float) -> None:
+        """The retry policy's wait between tries, ended by a client going away or a server shutting down."""
+        if self.cancelled.wait(seconds):
+            raise _ClientGone
+
     def add(self, delta: int) -> None:
         self.sent += delta  # one writer thread; the event loop only reads
 
@@ -244,7 +249,7 @@ def _upload(state: RegistryState, job: CopyRequest, location: LocalFile, progres
         str(job.url).rstrip("/"),
         authorization=job.authorization,
         transport=EgressTransport(state.egress),
-        retry=RetryPolicy(budget=job.retry_for, notify=progress.note),
+        retry=RetryPolicy(budget=job.retry_for, notify=progress.note, sleep=progress.wait),
         max_connections=4,
     ) as client:
         if client.blob_exists(job.destination, job.digest, for_push=True) == location.size:
