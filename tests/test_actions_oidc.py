@@ -72,6 +72,8 @@ class FakeRegistry:
         self.refuse: str | None = None
         self.requests: list[tuple[str, str]] = []
         self.received_jwts: list[str] = []
+        self.rejected_jwts: list[str] = []
+        """ID tokens answered with a 503 (a registry restarting)."""
         self.issued = "cho_" + "x" * 40
         fake = self
 
@@ -96,6 +98,7 @@ class FakeRegistry:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 if fake.failures_before_success > 0:
                     fake.failures_before_success -= 1
+                    fake.rejected_jwts.append(body["token"])
                     fake.send(self, 503, {"ok": False, "error": "restarting"})
                     return
                 fake.received_jwts.append(body["token"])

@@ -21,9 +21,14 @@ from cargohold.actions.runtime import ActionError, ActionRuntime
 from cargohold.client.control import ControlClient, ControlError
 from cargohold.client.errors import DigestMismatchError, RegistryError
 from cargohold.client.retry import RetryPolicy, ServerUnavailable
+from cargohold.client.settings import exchange_github_oidc
 from conftest import ServerProcess
 from control_helpers import module_server_fixture
+from oidc_issuer import LoopbackOidcIssuer, oidc_issuer_fixture
+from test_actions_oidc import FakeRegistry, fake_registry
 from test_client_faults import Fault, FaultProxy
+
+__all__ = ["fake_registry", "oidc_issuer_fixture"]
 
 server = module_server_fixture()
 
@@ -310,3 +315,20 @@ def test_a_lost_answer_to_create_token_is_not_repeated(server: ServerProcess, pr
     ):
         client.create_token("admin", "maybe created once")
     assert len([seen for seen in proxy.seen if seen.method == "POST"]) == 1
+
+
+# --- the CLI's OIDC exchange (inside GitHub Actions, without a token) -------------------------------------------
+
+
+def test_the_cli_repeats_an_oidc_exchange_with_a_fresh_id_token(
+    oidc_issuer: LoopbackOidcIssuer, fake_registry: FakeRegistry
+) -> None:
+    fake_registry.failures_before_success = 2  # a registry restarting: 503, 503, then the exchange works
+    policy, _clock, notices = virtual_policy()
+    token = exchange_github_oidc(fake_registry.url, oidc_issuer.actions_env(), retry=policy)
+    assert token == fake_registry.issued
+    assert fake_registry.requests.count(("POST", "/auth/oidc/github-actions")) == 3
+    assert len(notices) == 1
+    [accepted] = fake_registry.received_jwts
+    assert accepted not in fake_registry.rejected_jwts, "each try sent an ID token of its own"
+    assert len(set(fake_registry.rejected_jwts)) == 2
