@@ -323,6 +323,34 @@ def test_a_server_down_for_longer_than_the_budget_fails_after_about_the_budget(t
     assert len(notices(err)) == 1, err
 
 
+def test_a_save_whose_server_stays_down_fails_after_about_the_budget(registry: ServerProcess, tmp_path: Path) -> None:
+    write_sample_image(tmp_path / "image", layers=2, layer_size=12 * MiB, seed=1955, ref="v1")
+    conn = new_project(registry, "save-outlasting-the-budget")
+    earlier_sessions = upload_sessions(registry)
+    command = cargohold(
+        tmp_path,
+        registry,
+        "save",
+        f"oci:{tmp_path / 'image'}:v1",
+        env={"CARGOHOLD_PROJECT_ID": str(conn.project), "CARGOHOLD_RETRY_FOR": "3s"},
+    )
+    command.wait_for(lambda: staged_bytes(registry, earlier_sessions))
+    registry.stop(kill=True)
+    stopped = time.monotonic()
+    try:
+        code, _out, err = command.finish()
+        elapsed = time.monotonic() - stopped
+    finally:
+        registry.start()
+    assert code == 1
+    assert 2.9 <= elapsed < 3.0 + 8, f"gave up {elapsed:.1f} s after the server went away, with a 3 s budget"
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, err
+    assert "stayed unavailable for the whole retry budget of 3 s" in errors[0]
+    assert "the build stays pending until it expires" in errors[0], "marking it failed was not possible either"
+    assert len(notices(err)) == 1, err
+
+
 def test_a_refusal_fails_at_once_whatever_the_budget(registry: ServerProcess, tmp_path: Path) -> None:
     write_sample_image(tmp_path / "image", layers=1, layer_size=1024, seed=1960, ref="v1")
     started = time.monotonic()
