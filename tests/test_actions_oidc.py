@@ -18,11 +18,29 @@ import pytest
 
 from cargohold.actions import oidc
 from cargohold.actions.runtime import ActionError, ActionRuntime
+from cargohold.client.retry import RetryPolicy
 from conftest import ServerProcess, free_port
 from control_helpers import api
 from oidc_issuer import OWNER, REPO, LoopbackOidcIssuer, oidc_issuer_fixture  # noqa: F401 - fixtures
 
-NO_SLEEP = lambda _seconds: None  # noqa: E731  (retries must not slow the suite)
+
+class VirtualTime:
+    """A clock that only sleeping moves: retries run through a whole budget instantly."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+    def clock(self) -> float:
+        return self.now
+
+
+def instant_retries(budget: float = 60.0) -> RetryPolicy:
+    """The retry policy with its waits taken in virtual time (retries must not slow the suite)."""
+    time = VirtualTime()
+    return RetryPolicy(budget=budget, sleep=time.sleep, clock=time.clock, notify=lambda _message: None)
 
 
 def runtime(tmp_path: Path, env: dict[str, str]) -> tuple[ActionRuntime, io.StringIO]:
@@ -54,6 +72,8 @@ class FakeRegistry:
         self.refuse: str | None = None
         self.requests: list[tuple[str, str]] = []
         self.received_jwts: list[str] = []
+        self.rejected_jwts: list[str] = []
+        """ID tokens answered with a 503 (a registry restarting)."""
         self.issued = "cho_" + "x" * 40
         fake = self
 
@@ -78,6 +98,7 @@ class FakeRegistry:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 if fake.failures_before_success > 0:
                     fake.failures_before_success -= 1
+                    fake.rejected_jwts.append(body["token"])
                     fake.send(self, 503, {"ok": False, "error": "restarting"})
                     return
                 fake.received_jwts.append(body["token"])
@@ -199,7 +220,7 @@ def test_id_token_is_requested_with_the_bearer_request_token_and_audience(
 ) -> None:
     rt, stream = runtime(tmp_path, oidc_issuer.actions_env())
     with httpx.Client(timeout=10) as client:
-        token = oidc.request_id_token(rt, client, "https://cargohold.test/a", sleep=NO_SLEEP)
+        token = oidc.request_id_token(rt, client, "https://cargohold.test/a", retry=instant_retries())
     claims = jwt.decode(token, options={"verify_signature": False})
     assert claims["aud"] == "https://cargohold.test/a"
     assert claims["iss"] == oidc_issuer.url
@@ -210,7 +231,7 @@ def test_wrong_request_token_is_a_clear_error(tmp_path: Path, oidc_issuer: Loopb
     env = {**oidc_issuer.actions_env(), "ACTIONS_ID_TOKEN_REQUEST_TOKEN": "wrong"}
     rt, _ = runtime(tmp_path, env)
     with httpx.Client(timeout=10) as client, pytest.raises(ActionError, match="GitHub refused to issue an OIDC token"):
-        oidc.request_id_token(rt, client, "aud", sleep=NO_SLEEP)
+        oidc.request_id_token(rt, client, "aud", retry=instant_retries())
 
 
 # --- the exchange (fake registry) --------------------------------------------------------------------------------
@@ -220,7 +241,7 @@ def test_discovery_audience_exchange_and_masking(
     tmp_path: Path, oidc_issuer: LoopbackOidcIssuer, fake_registry: FakeRegistry
 ) -> None:
     rt, stream = runtime(tmp_path, oidc_issuer.actions_env())
-    token = oidc.resolve_token(rt, fake_registry.url, sleep=NO_SLEEP)
+    token = oidc.resolve_token(rt, fake_registry.url, retry=instant_retries())
     assert (token.token, token.source, token.projects) == (fake_registry.issued, "oidc", ("p1",))
     assert token.expires_at == "2030-01-01T00:00:00Z"
     # The exchange goes to the registry the user named, never to the discovery document's exchange_url.
@@ -233,7 +254,7 @@ def test_audience_input_skips_discovery(
     tmp_path: Path, oidc_issuer: LoopbackOidcIssuer, fake_registry: FakeRegistry
 ) -> None:
     rt, _ = runtime(tmp_path, {**oidc_issuer.actions_env(), "INPUT_AUDIENCE": fake_registry.audience})
-    oidc.resolve_token(rt, fake_registry.url, sleep=NO_SLEEP)
+    oidc.resolve_token(rt, fake_registry.url, retry=instant_retries())
     assert fake_registry.requests == [("POST", "/auth/oidc/github-actions")]
 
 
@@ -242,7 +263,7 @@ def test_server_errors_are_retried(
 ) -> None:
     fake_registry.failures_before_success = 2
     rt, _ = runtime(tmp_path, oidc_issuer.actions_env())
-    assert oidc.resolve_token(rt, fake_registry.url, sleep=NO_SLEEP).token == fake_registry.issued
+    assert oidc.resolve_token(rt, fake_registry.url, retry=instant_retries()).token == fake_registry.issued
     assert fake_registry.requests.count(("POST", "/auth/oidc/github-actions")) == 3
 
 
@@ -251,9 +272,21 @@ def test_persistent_server_errors_give_up_with_a_clear_error(
 ) -> None:
     fake_registry.failures_before_success = 100
     rt, _ = runtime(tmp_path, oidc_issuer.actions_env())
-    with pytest.raises(ActionError, match=rf"failed with HTTP 503 after {oidc.ATTEMPTS} attempts"):
-        oidc.resolve_token(rt, fake_registry.url, sleep=NO_SLEEP)
-    assert fake_registry.requests.count(("POST", "/auth/oidc/github-actions")) == oidc.ATTEMPTS
+    with pytest.raises(ActionError, match=r"stayed unavailable for the whole retry budget of 1 min \(503\)"):
+        oidc.resolve_token(rt, fake_registry.url, retry=instant_retries())
+    # Retried until the budget was spent (in virtual time), each try with a freshly minted ID token.
+    posts = fake_registry.requests.count(("POST", "/auth/oidc/github-actions"))
+    assert posts > 10
+
+
+def test_no_retry_budget_fails_at_the_first_error(
+    tmp_path: Path, oidc_issuer: LoopbackOidcIssuer, fake_registry: FakeRegistry
+) -> None:
+    fake_registry.failures_before_success = 1
+    rt, _ = runtime(tmp_path, oidc_issuer.actions_env())
+    with pytest.raises(ActionError, match=r"unavailable \(503\) and retries are off"):
+        oidc.resolve_token(rt, fake_registry.url, retry=instant_retries(budget=0))
+    assert fake_registry.requests.count(("POST", "/auth/oidc/github-actions")) == 1
 
 
 def test_refusal_explains_and_puts_the_claims_in_the_summary(
@@ -262,7 +295,7 @@ def test_refusal_explains_and_puts_the_claims_in_the_summary(
     fake_registry.refuse = "no trust relationship for repository octo-org/app"
     rt, _ = runtime(tmp_path, oidc_issuer.actions_env())
     with pytest.raises(ActionError, match=r"refused the OIDC token \(no trust relationship .*\); add or fix"):
-        oidc.resolve_token(rt, fake_registry.url, sleep=NO_SLEEP)
+        oidc.resolve_token(rt, fake_registry.url, retry=instant_retries())
     summary = (tmp_path / "summary").read_text()
     assert "repository_owner_id" in summary and f"`{REPO}`" in summary
     assert fake_registry.received_jwts[0] not in summary
@@ -270,14 +303,16 @@ def test_refusal_explains_and_puts_the_claims_in_the_summary(
 
 def test_unreachable_registry_is_a_clear_error(tmp_path: Path) -> None:
     rt, _ = runtime(tmp_path, {})
-    with pytest.raises(ActionError, match="could not connect"):
-        oidc.resolve_token(rt, f"http://127.0.0.1:{free_port()}", sleep=NO_SLEEP)
+    with pytest.raises(
+        ActionError, match=r"stayed unavailable for the whole retry budget of 1 min \(connection refused\)"
+    ):
+        oidc.resolve_token(rt, f"http://127.0.0.1:{free_port()}", retry=instant_retries())
 
 
 def test_registry_without_oidc_support_says_to_use_a_token(tmp_path: Path, fake_registry: FakeRegistry) -> None:
     rt, _ = runtime(tmp_path, {})
     with pytest.raises(ActionError, match="does not support OIDC; pass a 'token' input"):
-        oidc.resolve_token(rt, fake_registry.url + "/prefix", sleep=NO_SLEEP)
+        oidc.resolve_token(rt, fake_registry.url + "/prefix", retry=instant_retries())
 
 
 # --- the exchange (real server) ----------------------------------------------------------------------------------
@@ -301,7 +336,7 @@ def test_real_server_exchanges_a_trusted_repositorys_token(
         project = admin.create_project("actions oidc")["id"]
         admin.add_trust(project, repository=REPO)
     rt, stream = runtime(tmp_path, oidc_issuer.actions_env())
-    token = oidc.resolve_token(rt, oidc_server.url, sleep=NO_SLEEP)
+    token = oidc.resolve_token(rt, oidc_server.url, retry=instant_retries())
     assert token.source == "oidc" and token.projects == (project,)
     assert token.token in masks(stream)
     with api(oidc_server, token.token) as client:
@@ -316,4 +351,4 @@ def test_real_server_refuses_an_untrusted_repository(
         admin.add_trust(project, repository=f"{OWNER}/other")
     rt, _ = runtime(tmp_path, oidc_issuer.actions_env())
     with pytest.raises(ActionError, match="the registry refused the OIDC token"):
-        oidc.resolve_token(rt, oidc_server.url, sleep=NO_SLEEP)
+        oidc.resolve_token(rt, oidc_server.url, retry=instant_retries())

@@ -367,6 +367,11 @@ class _SlowDestination(BaseHTTPRequestHandler):
     received: list[int]
     closed_at: list[float]
 
+    def do_HEAD(self) -> None:  # the blob is not there yet
+        self.send_response(404)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
     def do_POST(self) -> None:
         self.send_response(202)
         self.send_header("Location", "/v2/x/y/blobs/uploads/session")

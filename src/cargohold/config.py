@@ -85,6 +85,9 @@ class ServerSettings:
     """Under the minimum, evict the oldest unpinned builds and collect garbage (see cargohold.lifecycle.space)."""
     space_check_interval: timedelta = timedelta(seconds=10)
     """How often free space is measured in the background (refusals and faults trigger a check at once)."""
+    shutdown_timeout: float = 30.0
+    """Seconds from SIGTERM/SIGINT to exit: requests already received finish within it, uploads are cut at
+    a resumable point at once, and a watchdog ends the process at the deadline (see registry.drain)."""
 
     def resolved_database_url(self) -> str:
         return self.database_url or f"sqlite:///{self.data_dir / 'metadata.db'}"

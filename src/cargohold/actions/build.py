@@ -17,7 +17,14 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
-from cargohold.actions.common import authenticate, human_size, images_errors, project_input, registry_input
+from cargohold.actions.common import (
+    authenticate,
+    human_size,
+    images_errors,
+    project_input,
+    registry_input,
+    retry_policy,
+)
 from cargohold.actions.runtime import (
     ActionError,
     ActionRuntime,
@@ -130,7 +137,8 @@ def main(rt: ActionRuntime) -> None:
     # load and test in one job.
     registry = registry_input(rt) if inputs.save else None
     project = project_input(rt) if inputs.save else None
-    token = authenticate(rt, registry) if registry is not None else None
+    retry = retry_policy(rt)
+    token = authenticate(rt, registry, retry=retry) if registry is not None else None
 
     # Imported here so the input checks above fail fast even on a partial install.
     from cargohold import images
@@ -160,6 +168,7 @@ def main(rt: ActionRuntime) -> None:
             builder=inputs.builder,
             save=inputs.save,
             save_tags=inputs.save_tags,
+            retry=retry,
         )
     write_results(rt, inputs, result)
 

@@ -7,7 +7,7 @@ while this one knows Cargohold's concepts.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -16,9 +16,11 @@ import httpx
 
 from cargohold.actions.oidc import RegistryToken, registry_base, resolve_token
 from cargohold.actions.runtime import ActionError, ActionRuntime
+from cargohold.client.retry import RetryPolicy
 
 REGISTRY_ENV = "CARGOHOLD_REGISTRY"
 PROJECT_ENV = "CARGOHOLD_PROJECT_ID"
+RETRY_FOR_ENV = "CARGOHOLD_RETRY_FOR"
 _ID_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,127}$")
 _TAG_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$")
 
@@ -86,16 +88,34 @@ def parse_build_ref(value: str, registry: Registry | None = None) -> BuildRef:
     )
 
 
+def retry_policy(rt: ActionRuntime) -> RetryPolicy:
+    """The ``retry-for`` input (else ``$CARGOHOLD_RETRY_FOR``, else the default): how long every request of
+    the step keeps retrying an unavailable registry. Each outage is logged once, as a warning."""
+    from cargohold.cli.durations import parse_duration
+
+    value = rt.get_input("retry-for") or rt.environ.get(RETRY_FOR_ENV, "").strip()
+    policy = RetryPolicy(notify=lambda message: rt.warning(message, title="Registry unavailable"))
+    if not value:
+        return policy
+    try:
+        seconds = parse_duration(value).total_seconds()
+    except ValueError:
+        raise ActionError(
+            f"'retry-for' is {value!r}; use a duration such as 60s or 2m (0 turns retries off)", title="Invalid input"
+        ) from None
+    return policy.with_budget(seconds)
+
+
 def authenticate(
     rt: ActionRuntime,
     registry: Registry,
     *,
     client: httpx.Client | None = None,
-    sleep: Callable[[float], None] | None = None,
+    retry: RetryPolicy | None = None,
 ) -> RegistryToken:
     """Resolve and mask the registry token, and say in the log where it came from (never what it is)."""
     with rt.group("Authenticating to Cargohold"):
-        token = resolve_token(rt, registry.url, client=client, sleep=sleep)
+        token = resolve_token(rt, registry.url, client=client, retry=retry)
         if token.source == "oidc":
             projects = ", ".join(token.projects) or "none"
             rt.info(f"exchanged the job's OIDC token; projects: {projects}; expires {token.expires_at or 'unknown'}")

@@ -10,8 +10,12 @@ Order (first hit wins), so an explicit choice always beats the ambient one:
    trust relationships.
 
 Why mint per exchange: GitHub's ID tokens live five minutes and the registry accepts each ``jti`` once, so
-a cached token would fail a retried or later step. Why exchange instead of sending the JWT with every
+a cached token would fail a retried or later step; for the same reason every retry of the exchange (the
+registry restarting, say) mints a fresh ID token. Why exchange instead of sending the JWT with every
 request: the exchanged token is what docker-style clients and the registry's token service understand.
+
+Retries follow the step's retry policy (:mod:`cargohold.client.retry`, the ``retry-for`` input): connection
+failures, 429 and 5xx answers are retried until the budget is spent, anything else fails at once.
 
 The JWT and the exchanged token are masked the moment we hold them, and are never written to outputs or
 ``$GITHUB_ENV``. The exchange is always sent to the registry the user named, never to a URL a discovery
@@ -21,19 +25,21 @@ document suggests, so a compromised or confused discovery response cannot redire
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import httpx
 import jwt
-import tenacity
 
 from cargohold import __version__
 from cargohold.actions.runtime import ActionError, ActionRuntime, markdown_code, markdown_escape, markdown_table
+from cargohold.client.errors import RegistryError
+from cargohold.client.retry import RetryPolicy, ServerUnavailable
+
+T = TypeVar("T")
 
 TOKEN_ENV = "CARGOHOLD_TOKEN"  # noqa: S105 (a variable name, not a secret)
 REQUEST_URL_ENV = "ACTIONS_ID_TOKEN_REQUEST_URL"
@@ -41,8 +47,6 @@ REQUEST_TOKEN_ENV = "ACTIONS_ID_TOKEN_REQUEST_TOKEN"  # noqa: S105 (a variable n
 DISCOVERY_PATH = "/api/v1/oidc"
 EXCHANGE_PATH = "/auth/oidc/github-actions"
 TIMEOUT = httpx.Timeout(30.0, connect=10.0)
-ATTEMPTS = 4
-"""Tries per HTTP call, the first included: enough to ride out a registry restart, short enough for CI."""
 
 MISSING_PERMISSION = (
     "add `permissions: id-token: write` to the job, or this is a pull request from a fork (use a token for forks)"
@@ -82,14 +86,6 @@ class OidcDiscovery:
     exchange_url: str | None
 
 
-class _Retryable(Exception):
-    """A 5xx answer: worth another try, unlike a 4xx which says the request itself is wrong."""
-
-    def __init__(self, response: httpx.Response) -> None:
-        super().__init__(f"HTTP {response.status_code}")
-        self.response = response
-
-
 def registry_base(registry: str) -> str:
     """The registry's base URL, by the same rules as the CLI (``https`` unless the host is loopback)."""
     from cargohold.client.settings import SettingsError, normalize_registry_url
@@ -114,33 +110,22 @@ def audience_url(request_url: str, audience: str) -> str:
     return urlunsplit((parts.scheme, parts.netloc, parts.path, urlencode(query), parts.fragment))
 
 
-def _retrying(sleep: Callable[[float], None]) -> tenacity.Retrying:
-    return tenacity.Retrying(
-        stop=tenacity.stop_after_attempt(ATTEMPTS),
-        wait=tenacity.wait_random_exponential(multiplier=0.5, max=8),
-        retry=tenacity.retry_if_exception_type((httpx.TransportError, _Retryable)),
-        sleep=sleep,
-        reraise=True,
-    )
+def _checked(response: httpx.Response, what: str) -> httpx.Response:
+    """The response, or a :class:`RegistryError` for answers worth retrying (429, 5xx)."""
+    if response.status_code == 429 or response.status_code >= 500:
+        raise RegistryError.from_response(what, response)
+    return response
 
 
-def _send(
-    client: httpx.Client, method: str, url: str, *, what: str, sleep: Callable[[float], None], **kwargs: Any
-) -> httpx.Response:
-    """One request with retries on connection errors and 5xx; the final failure becomes an ActionError."""
-
-    def attempt() -> httpx.Response:
-        response = client.request(method, url, **kwargs)
-        if response.status_code >= 500:
-            raise _Retryable(response)
-        return response
-
+def _retried(fn: Callable[[], T], *, what: str, url: str, retry: RetryPolicy) -> T:
+    """``fn`` under the retry policy; the final failure becomes an ActionError with the fix."""
     try:
-        return _retrying(sleep)(attempt)
-    except _Retryable as exc:
+        return retry.call(fn, host=urlsplit(url).netloc)
+    except ServerUnavailable as exc:
+        raise ActionError(f"{what} failed: {exc}", title="Authentication failed") from None
+    except RegistryError as exc:
         raise ActionError(
-            f"{what} failed with HTTP {exc.response.status_code} after {ATTEMPTS} attempts; "
-            "check that the service is healthy and re-run the job",
+            f"{what} failed with HTTP {exc.status}; check that the service is healthy and re-run the job",
             title="Authentication failed",
         ) from None
     except httpx.TransportError as exc:
@@ -148,6 +133,13 @@ def _send(
             f"{what} could not connect ({type(exc).__name__}: {exc}); check the URL and that the runner can reach it",
             title="Authentication failed",
         ) from None
+
+
+def _send(
+    client: httpx.Client, method: str, url: str, *, what: str, retry: RetryPolicy, **kwargs: Any
+) -> httpx.Response:
+    """One request with retries on connection errors, 429 and 5xx; the final failure becomes an ActionError."""
+    return _retried(lambda: _checked(client.request(method, url, **kwargs), what), what=what, url=url, retry=retry)
 
 
 def _json_object(response: httpx.Response, what: str) -> dict[str, Any]:
@@ -164,10 +156,10 @@ def _json_object(response: httpx.Response, what: str) -> dict[str, Any]:
     return body
 
 
-def discover(client: httpx.Client, registry: str, *, sleep: Callable[[float], None]) -> OidcDiscovery:
+def discover(client: httpx.Client, registry: str, *, retry: RetryPolicy) -> OidcDiscovery:
     """The registry's OIDC settings: which audience to request and which issuers it trusts."""
     url = registry_base(registry) + DISCOVERY_PATH
-    response = _send(client, "GET", url, what=f"OIDC discovery at {url}", sleep=sleep)
+    response = _send(client, "GET", url, what=f"OIDC discovery at {url}", retry=retry)
     if response.status_code == 404:
         raise ActionError(
             f"{url} does not exist, so this registry does not support OIDC; pass a 'token' input instead or "
@@ -207,7 +199,7 @@ def _fork_hint(environ: Mapping[str, str]) -> str | None:
     return head if isinstance(head, str) and head != base else None
 
 
-def request_id_token(rt: ActionRuntime, client: httpx.Client, audience: str, *, sleep: Callable[[float], None]) -> str:
+def request_id_token(rt: ActionRuntime, client: httpx.Client, audience: str, *, retry: RetryPolicy) -> str:
     """A fresh GitHub ID token for ``audience``, masked before it is returned."""
     url = rt.environ.get(REQUEST_URL_ENV, "")
     request_token = rt.environ.get(REQUEST_TOKEN_ENV, "")
@@ -224,7 +216,7 @@ def request_id_token(rt: ActionRuntime, client: httpx.Client, audience: str, *, 
         "GET",
         audience_url(url, audience),
         what="requesting the job's OIDC token from GitHub",
-        sleep=sleep,
+        retry=retry,
         headers={"Authorization": f"bearer {request_token}", "Accept": "application/json"},
     )
     body = _json_object(response, "GitHub's OIDC token service")
@@ -250,11 +242,29 @@ def unverified_claims(id_token: str) -> dict[str, Any]:
 
 
 def exchange(
-    rt: ActionRuntime, client: httpx.Client, registry: str, id_token: str, *, sleep: Callable[[float], None]
+    rt: ActionRuntime,
+    client: httpx.Client,
+    registry: str,
+    id_token: str | Callable[[], str],
+    *,
+    retry: RetryPolicy,
 ) -> RegistryToken:
-    """Trade the ID token for a Cargohold token; a refusal says which claims to compare with the trust setup."""
+    """Trade an ID token for a Cargohold token; a refusal says which claims to compare with the trust setup.
+
+    ``id_token`` may be a function minting ID tokens: each try then sends a fresh one (the registry accepts
+    an ID token once, and a try whose answer was lost may have spent it).
+    """
     url = registry_base(registry) + EXCHANGE_PATH
-    response = _send(client, "POST", url, what=f"the OIDC exchange at {url}", sleep=sleep, json={"token": id_token})
+    what = f"the OIDC exchange at {url}"
+    sent: list[str] = []
+
+    def attempt() -> httpx.Response:
+        token = id_token() if callable(id_token) else id_token
+        sent.append(token)
+        return _checked(client.post(url, json={"token": token}), what)
+
+    response = _retried(attempt, what=what, url=url, retry=retry)
+    id_token = sent[-1]
     body = _json_object(response, f"the OIDC exchange at {url}")
     token = body.get("token")
     if response.status_code == 200 and body.get("ok") is True and isinstance(token, str) and token:
@@ -288,7 +298,7 @@ def resolve_token(
     registry: str,
     *,
     client: httpx.Client | None = None,
-    sleep: Callable[[float], None] | None = None,
+    retry: RetryPolicy | None = None,
 ) -> RegistryToken:
     """The registry token for this step: ``token`` input, else ``CARGOHOLD_TOKEN``, else OIDC (see module doc)."""
     explicit = rt.get_input("token")
@@ -299,13 +309,12 @@ def resolve_token(
     if ambient:
         rt.add_mask(ambient)
         return RegistryToken(token=ambient, source="env")
-    wait = sleep or time.sleep
+    policy = retry or RetryPolicy()
     own_client = client is None
     http = client or httpx.Client(timeout=TIMEOUT, follow_redirects=False, headers={"User-Agent": _user_agent()})
     try:
-        audience = rt.get_input("audience") or discover(http, registry, sleep=wait).audience
-        id_token = request_id_token(rt, http, audience, sleep=wait)
-        return exchange(rt, http, registry, id_token, sleep=wait)
+        audience = rt.get_input("audience") or discover(http, registry, retry=policy).audience
+        return exchange(rt, http, registry, lambda: request_id_token(rt, http, audience, retry=policy), retry=policy)
     finally:
         if own_client:
             http.close()

@@ -21,6 +21,7 @@ from cargohold.actions.common import (
     parse_build_ref,
     project_input,
     registry_input,
+    retry_policy,
 )
 from cargohold.actions.runtime import ActionError, ActionRuntime, markdown_code, markdown_table, run_action
 
@@ -69,7 +70,8 @@ def main(rt: ActionRuntime) -> None:
     output = parse_output(rt.get_input("output"))
     if tags and output.kind == "oci" and len(tags) > 1:
         rt.warning("an OCI layout records one reference per tag; all tags point at the same manifest")
-    token = authenticate(rt, registry)
+    retry = retry_policy(rt)
+    token = authenticate(rt, registry, retry=retry)
 
     from cargohold import images  # deferred: the input checks above should not wait for heavy imports
 
@@ -84,6 +86,7 @@ def main(rt: ActionRuntime) -> None:
             tags=tags,
             output=output.kind,
             output_path=output.path,
+            retry=retry,
         )
     write_results(rt, ref, output, tags, result)
 

@@ -18,7 +18,14 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from cargohold.actions.common import authenticate, images_errors, parse_build_ref, project_input, registry_input
+from cargohold.actions.common import (
+    authenticate,
+    images_errors,
+    parse_build_ref,
+    project_input,
+    registry_input,
+    retry_policy,
+)
 from cargohold.actions.runtime import ActionError, ActionRuntime, markdown_code, markdown_table, run_action
 from cargohold.oci.imageref import ImageReference, ImageReferenceError, is_registry_host
 
@@ -70,7 +77,8 @@ def main(rt: ActionRuntime) -> None:
             "config that docker/login-action wrote",
             title="Invalid input",
         )
-    token = authenticate(rt, registry)
+    retry = retry_policy(rt)
+    token = authenticate(rt, registry, retry=retry)
 
     from cargohold import images  # deferred: the input checks above should not wait for heavy imports
 
@@ -86,6 +94,7 @@ def main(rt: ActionRuntime) -> None:
             username=username,
             password=password or None,
             transfer=transfer,
+            retry=retry,
         )
     write_results(rt, tags, result)
 

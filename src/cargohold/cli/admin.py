@@ -22,6 +22,8 @@ from cargohold.cli.context import (
     read_secret_stdin,
     registry_option,
     require_project,
+    retry_for_option,
+    retry_policy,
     stderr,
     stdout,
     token_option,
@@ -531,6 +533,7 @@ def _describe(who: dict[str, Any]) -> str:
 @app.command("login")
 @argument("url", help="Cargohold URL, e.g. https://cargohold.example.com or host:port.")
 @click.option("--token", help="The token (prefer --password-stdin).")
+@retry_for_option
 @click.option("--password-stdin", is_flag=True, help="Read the token from standard input.")
 @json_option
 @guarded
@@ -546,7 +549,7 @@ def login(url: str, token: str | None, password_stdin: bool, as_json: bool) -> N
     if not token:
         raise CliError("no token given: pass --token TOKEN or pipe it in with --password-stdin")
     registry = normalize_registry_url(url)
-    with ControlClient(registry, token) as control:
+    with ControlClient(registry, token, retry=retry_policy()) as control:
         try:
             who = control.whoami()
         except ControlError as exc:

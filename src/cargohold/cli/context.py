@@ -24,9 +24,59 @@ if TYPE_CHECKING:
 
     from rich.console import Console
 
+    from cargohold.client.retry import RetryPolicy
     from cargohold.client.settings import Connection
 
-registry_option = click.option("--registry", help="Cargohold URL (env CARGOHOLD_REGISTRY).", show_default=False)
+RETRY_FOR_META = "cargohold.retry_for"
+"""Where ``--retry-for`` keeps its value (seconds) in the click context, for :func:`retry_policy`."""
+
+
+def _remember_retry_for(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
+    if value is None or ctx.resilient_parsing:
+        return
+    from cargohold.cli.durations import parse_duration
+
+    try:
+        ctx.meta[RETRY_FOR_META] = parse_duration(value).total_seconds()
+    except ValueError as exc:
+        raise click.BadParameter(f"{exc}; 0 turns retries off", param_hint="--retry-for") from None
+
+
+retry_for_option = click.option(
+    "--retry-for",
+    envvar="CARGOHOLD_RETRY_FOR",
+    show_envvar=True,
+    expose_value=False,
+    callback=_remember_retry_for,
+    show_default="60s",
+    help="How long to keep retrying a server that is unavailable (restarting, overloaded), e.g. 60s or 2m; "
+    "0 turns retries off.",
+)
+
+
+def registry_option(command: Any) -> Any:
+    """``--registry``, and ``--retry-for``: every command that talks to a server takes both."""
+    command = click.option("--registry", help="Cargohold URL (env CARGOHOLD_REGISTRY).", show_default=False)(command)
+    return retry_for_option(command)
+
+
+def retry_policy() -> RetryPolicy:
+    """The retry policy for this command: ``--retry-for`` (after the command or before it) or its
+    environment variable, else the default budget; outage notices go to stderr, one line per outage."""
+    from cargohold.client.retry import RetryPolicy
+
+    ctx = click.get_current_context(silent=True)
+    budget = ctx.meta.get(RETRY_FOR_META) if ctx is not None else None
+    policy = RetryPolicy(notify=_notice)
+    return policy if budget is None else policy.with_budget(budget)
+
+
+def _notice(message: str) -> None:
+    from rich.markup import escape
+
+    stderr.print(f"[yellow]note:[/] {escape(message)}")
+
+
 project_option = click.option("--project", help="Project ID (env CARGOHOLD_PROJECT_ID).", show_default=False)
 token_option = click.option("--token", help="Cargohold token (env CARGOHOLD_TOKEN).", show_default=False)
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
@@ -65,7 +115,7 @@ def connect(
 ) -> Connection:
     from cargohold.client.settings import resolve
 
-    connection = resolve(registry=registry, project=project, token=token, context_dir=context_dir)
+    connection = resolve(registry=registry, project=project, token=token, context_dir=context_dir, retry=retry_policy())
     if need_project and not connection.project:
         raise CliError(
             "no project given: pass --project ID, set CARGOHOLD_PROJECT_ID, or add a cargohold.json "

@@ -14,6 +14,7 @@ from typing import Any
 import click
 
 from cargohold import __version__
+from cargohold.cli.context import retry_for_option
 from cargohold.cli.durations import parse_duration, parse_size
 
 
@@ -87,6 +88,7 @@ def _version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
 @click.option(
     "--version", is_flag=True, expose_value=False, is_eager=True, callback=_version, help="Print the version and exit."
 )
+@retry_for_option
 def app() -> None:
     """Cargohold command-line interface."""
 
@@ -231,6 +233,12 @@ def _env_option(*param_decls: str, **attrs: Any) -> Any:
     default="10s",
     help="Measure free space this often (a refused upload or a full disk triggers a check at once).",
 )
+@_env_option(
+    "--shutdown-timeout",
+    envvar="CARGOHOLD_SHUTDOWN_TIMEOUT",
+    default="30s",
+    help="On SIGTERM/SIGINT: stop accepting, finish requests already received, exit within this long.",
+)
 def serve(
     host: str,
     port: int,
@@ -260,6 +268,7 @@ def serve(
     min_free_space: str | None,
     evict_for_space: bool,
     space_check_interval: str,
+    shutdown_timeout: str,
 ) -> None:
     """Run the registry server."""
     from pathlib import Path
@@ -276,6 +285,7 @@ def serve(
         min_chunk = parse_size(chunk_min_length)
         oidc_ttl = parse_duration(oidc_token_ttl)
         parse_networks(push_allow_network)
+        drain_seconds = parse_duration(shutdown_timeout).total_seconds()
         lifecycle_times = {
             "gc_interval": parse_duration(gc_interval),
             "gc_grace": parse_duration(gc_grace),
@@ -312,6 +322,7 @@ def serve(
         push_allow_networks=push_allow_network,
         min_free_space=minimum,
         evict_for_space=evict_for_space,
+        shutdown_timeout=drain_seconds,
         **lifecycle_times,
         **deadlines,
     )

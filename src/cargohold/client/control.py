@@ -1,12 +1,20 @@
 """A small client for Cargohold's control API (``/api/v1``) and its OIDC exchange.
 
-Shares the registry client's retry policy (connection errors, 429, 5xx) so every call the CLI and the
-GitHub Actions make is retried the same way. Errors carry the server's one-sentence message.
+Shares the registry client's retry policy (:mod:`cargohold.client.retry`: an outage is waited out for the
+retry budget) so every call the CLI and the GitHub Actions make rides out a server restart the same way.
+Errors carry the server's one-sentence message.
+
+Which calls may be repeated after a connection broke off mid-request: reads, and writes whose repetition
+changes nothing (marking a build saved or failed, pinning, save-tags, ``PUT``/``DELETE``). Creating a build
+carries an ``Idempotency-Key``, so the server answers a repeated request with the build it already created.
+Every other ``POST``/``PATCH`` (a token, a project, a trust relationship, extending an expiry) is repeated
+only when the server certainly did not process it (see ``idempotent`` in :mod:`cargohold.client.retry`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import uuid
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import httpx
@@ -20,6 +28,8 @@ from cargohold.client.errors import (
 )
 from cargohold.client.retry import RetryPolicy
 from cargohold.client.tls import verify_option
+
+IDEMPOTENCY_HEADER = "Idempotency-Key"
 
 
 class ControlError(Exception):
@@ -62,6 +72,7 @@ class ControlClient:
         self.token = token
         # A 429 here usually means "too many failed logins": wait briefly, not the minute a registry may ask.
         self.retry = retry or RetryPolicy(max_retry_after=10.0)
+        self.host = httpx.URL(self.base_url).netloc.decode()
         headers = {"User-Agent": "cargohold-cli"}
         if token:
             headers["Authorization"] = f"Bearer {token}"
@@ -83,21 +94,32 @@ class ControlClient:
         method: str,
         path: str,
         *,
-        json: Mapping[str, Any] | None = None,
+        json: Mapping[str, Any] | Callable[[], Mapping[str, Any]] | None = None,
         params: Mapping[str, Any] | None = None,
         authenticated: bool = True,
+        idempotent: bool | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> Any:
-        """One API call with retries; returns the decoded JSON body or raises :class:`ControlError`."""
-        headers = None if authenticated else {"Authorization": ""}
+        """One API call with retries; returns the decoded JSON body or raises :class:`ControlError`.
+
+        ``idempotent``: may the request be repeated after a connection broke off mid-request? Default: yes
+        for every method but ``POST`` and ``PATCH``. ``json`` may be a function: each try sends what it
+        returns (a fresh single-use credential, say).
+        """
+        sent_headers = dict(headers or {})
+        if not authenticated:
+            sent_headers["Authorization"] = ""
+        repeatable = method not in ("POST", "PATCH") if idempotent is None else idempotent
 
         def send() -> httpx.Response:
-            response = self._http.request(method, path, json=json, params=params, headers=headers)
+            body = json() if callable(json) else json
+            response = self._http.request(method, path, json=body, params=params, headers=sent_headers or None)
             if response.status_code in RETRYABLE_STATUSES:
                 raise RegistryError.from_response(f"{method} {path}", response)
             return response
 
         try:
-            response = self.retry.call(send)
+            response = self.retry.call(send, host=self.host, idempotent=repeatable)
         except RegistryError as exc:
             raise ControlError(str(exc), status=exc.status) from None
         except httpx.TransportError as exc:
@@ -116,8 +138,21 @@ class ControlClient:
     def oidc_discovery(self) -> dict[str, Any]:
         return self.request("GET", "/api/v1/oidc", authenticated=False)  # type: ignore[no-any-return]
 
-    def exchange_oidc(self, id_token: str) -> dict[str, Any]:
-        """Trade a CI job's OIDC ID token for a short-lived Cargohold token (``{"token", "expires_at", ...}``)."""
+    def exchange_oidc(self, id_token: str | Callable[[], str]) -> dict[str, Any]:
+        """Trade a CI job's OIDC ID token for a short-lived Cargohold token (``{"token", "expires_at", ...}``).
+
+        The server accepts each ID token once. Given a function that mints ID tokens, every try sends a fresh
+        one, so the exchange is repeated after any failure; given one token, only when it was not processed.
+        """
+        if callable(id_token):
+            mint = id_token
+            return self.request(  # type: ignore[no-any-return]
+                "POST",
+                "/auth/oidc/github-actions",
+                json=lambda: {"token": mint()},
+                authenticated=False,
+                idempotent=True,
+            )
         return self.request(  # type: ignore[no-any-return]
             "POST", "/auth/oidc/github-actions", json={"token": id_token}, authenticated=False
         )
@@ -142,17 +177,24 @@ class ControlClient:
     # --- builds -------------------------------------------------------------------------------------------
 
     def create_build(self, project_id: str, provenance: Mapping[str, str] | None = None) -> dict[str, Any]:
+        """A new build; a retried request (the first answer was lost) gets the same build, not a second one."""
         body = {"provenance": dict(provenance)} if provenance else {}
-        return self.request("POST", f"/api/v1/projects/{project_id}/builds", json=body)  # type: ignore[no-any-return]
+        return self.request(  # type: ignore[no-any-return]
+            "POST",
+            f"/api/v1/projects/{project_id}/builds",
+            json=body,
+            idempotent=True,
+            headers={IDEMPOTENCY_HEADER: uuid.uuid4().hex},
+        )
 
     def save_build(
         self, build_id: str, *, save_tags: list[str] | None = None, targets: list[str] | None = None
     ) -> dict[str, Any]:
         body = {"save_tags": save_tags or [], "targets": targets or []}
-        return self.request("POST", f"/api/v1/builds/{build_id}/save", json=body)  # type: ignore[no-any-return]
+        return self.request("POST", f"/api/v1/builds/{build_id}/save", json=body, idempotent=True)  # type: ignore[no-any-return]
 
     def fail_build(self, build_id: str, reason: str) -> dict[str, Any]:
-        return self.request("POST", f"/api/v1/builds/{build_id}/fail", json={"reason": reason})  # type: ignore[no-any-return]
+        return self.request("POST", f"/api/v1/builds/{build_id}/fail", json={"reason": reason}, idempotent=True)  # type: ignore[no-any-return]
 
     def get_build(self, build_id: str) -> dict[str, Any]:
         return self.request("GET", f"/api/v1/builds/{build_id}")  # type: ignore[no-any-return]
@@ -168,7 +210,7 @@ class ControlClient:
         return self.request("GET", f"/api/v1/projects/{project_id}/builds", params=params)  # type: ignore[no-any-return]
 
     def add_save_tags(self, build_id: str, tags: list[str]) -> dict[str, Any]:
-        return self.request("POST", f"/api/v1/builds/{build_id}/tags", json={"tags": tags})  # type: ignore[no-any-return]
+        return self.request("POST", f"/api/v1/builds/{build_id}/tags", json={"tags": tags}, idempotent=True)  # type: ignore[no-any-return]
 
     def remove_save_tag(self, build_id: str, tag: str) -> dict[str, Any]:
         return self.request("DELETE", f"/api/v1/builds/{build_id}/tags/{tag}")  # type: ignore[no-any-return]
@@ -206,10 +248,10 @@ class ControlClient:
 
     def pin_build(self, build_id: str) -> dict[str, Any]:
         """Keep a saved build until unpinned (neither expiry nor the build cap removes it)."""
-        return self.request("POST", f"/api/v1/builds/{build_id}/pin")  # type: ignore[no-any-return]
+        return self.request("POST", f"/api/v1/builds/{build_id}/pin", idempotent=True)  # type: ignore[no-any-return]
 
     def unpin_build(self, build_id: str) -> dict[str, Any]:
-        return self.request("POST", f"/api/v1/builds/{build_id}/unpin")  # type: ignore[no-any-return]
+        return self.request("POST", f"/api/v1/builds/{build_id}/unpin", idempotent=True)  # type: ignore[no-any-return]
 
     def extend_build(
         self, build_id: str, *, by_seconds: float | None = None, until: str | None = None

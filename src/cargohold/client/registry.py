@@ -32,7 +32,7 @@ import httpx
 from cargohold.client.auth import SCOPES_EXTENSION, RegistryAuth, repository_scope
 from cargohold.client.credentials import Credentials
 from cargohold.client.errors import DigestMismatchError, OCIErrorDetail, RegistryError
-from cargohold.client.retry import RetryPolicy, is_retryable
+from cargohold.client.retry import RetryPolicy
 from cargohold.client.tls import verify_option
 from cargohold.oci import mediatypes
 from cargohold.oci.digest import Digest, DigestError, Hasher
@@ -62,6 +62,8 @@ def _read_bigger_socket_chunks() -> None:
 _read_bigger_socket_chunks()
 MONOLITHIC_MAX = 1 << 20
 """Blobs up to this size go up in a single PUT (POST + PUT): two round trips instead of three."""
+MAX_SERVER_RETRY_FOR = 600.0
+"""The longest retry budget a Cargohold server accepts for a server-side push (``retry_for``)."""
 MANIFEST_MAX = 8 << 20
 """Largest manifest we accept when pulling (registries commonly cap pushes at 4 MiB)."""
 MANIFEST_ACCEPT = ", ".join(
@@ -285,7 +287,7 @@ class RegistryClient:
 
     def _send(self, action: str, method: str, url: str | httpx.URL, **kwargs: Any) -> httpx.Response:
         """:meth:`_send_once` under the retry policy. Only for requests whose body can be re-sent."""
-        return self.retry.call(lambda: self._send_once(action, method, url, **kwargs))
+        return self.retry.call(lambda: self._send_once(action, method, url, **kwargs), host=self.host)
 
     def delegated_authorization(self, repository: str, digest: Digest, *, fresh: bool = False) -> str | None:
         """The ``Authorization`` value that lets someone else push ``digest`` to ``repository`` for us.
@@ -369,8 +371,9 @@ class RegistryClient:
     ) -> int:
         """Stream a blob into ``write`` and verify it; returns its size.
 
-        A connection dropped mid-body is resumed with ``Range: bytes=<received>-``; the hash carries on
-        across resumes, so every byte is fetched and hashed once. If the server ignores ``Range`` the bytes
+        A connection dropped mid-body is resumed with ``Range: bytes=<received>-`` (through an outage, for as
+        long as the retry budget allows); the hash carries on across resumes, so every byte is fetched and
+        hashed once. If the server ignores ``Range`` the bytes
         we already have are skipped in the new response rather than written twice. A digest or size
         mismatch raises :class:`DigestMismatchError` after the last byte (callers must then discard what
         ``write`` received; :meth:`download_blob_to_file` does).
@@ -378,31 +381,20 @@ class RegistryClient:
         parsed = digest if isinstance(digest, Digest) else Digest.parse(digest)
         hasher: Hasher = parsed.hasher()
         received = 0
-        failures = 0
-        last_failure_at = -1
-        while True:
-            try:
-                for chunk in self._blob_body_from(repository, parsed, received):
-                    hasher.update(chunk)
-                    write(chunk)
-                    received += len(chunk)
-                    if size is not None and received > size:
-                        raise DigestMismatchError(
-                            f"blob {parsed} from {self.where(repository)} is larger than its {size} bytes"
-                        )
-                    if progress is not None:
-                        progress(len(chunk))
-                if size is not None and received < size:
-                    raise httpx.RemoteProtocolError(f"blob body ended after {received} of {size} bytes")
-                break
-            except httpx.TransportError:
-                # Count only failures that made no progress: a long transfer over a flaky link may be
-                # interrupted many times, but each resume must move forward or we give up.
-                failures = 1 if received > last_failure_at else failures + 1
-                last_failure_at = received
-                if failures >= self.retry.attempts:
-                    raise
-                self.retry.sleep(self.retry.backoff(failures))
+        for chunk in self._blob_body_resuming(repository, parsed, 0):
+            hasher.update(chunk)
+            write(chunk)
+            received += len(chunk)
+            if size is not None and received > size:
+                raise DigestMismatchError(
+                    f"blob {parsed} from {self.where(repository)} is larger than its {size} bytes"
+                )
+            if progress is not None:
+                progress(len(chunk))
+        if size is not None and received < size:
+            raise DigestMismatchError(
+                f"blob {parsed} from {self.where(repository)} ended after {received} of {size} bytes"
+            )
         if hasher.hexdigest() != parsed.hex:
             raise DigestMismatchError(
                 f"blob {parsed} from {self.where(repository)} is corrupt: "
@@ -431,7 +423,8 @@ class RegistryClient:
             partial.unlink(missing_ok=True)
 
     def blob_source(self, repository: str, digest: Digest | str) -> BlobSource:
-        """A :data:`BlobSource` over a blob in this registry: each open is a (ranged) GET.
+        """A :data:`BlobSource` over a blob in this registry: each open is a (ranged) GET, resumed where it
+        broke off when the connection drops (a pull into Docker or a client-side push rides out a restart).
 
         This is what lets :mod:`~cargohold.client.copy` pipe a source GET straight into a destination
         upload, and resume both ends at the byte the destination confirmed.
@@ -439,9 +432,30 @@ class RegistryClient:
         parsed = digest if isinstance(digest, Digest) else Digest.parse(digest)
 
         def open_at(offset: int) -> Iterator[bytes]:
-            return self._blob_body_from(repository, parsed, offset)
+            return self._blob_body_resuming(repository, parsed, offset)
 
         return open_at
+
+    def _blob_body_resuming(self, repository: str, digest: Digest, offset: int) -> Iterator[bytes]:
+        """The blob's bytes from ``offset`` on, across dropped connections and server restarts.
+
+        A body that breaks off is reopened with ``Range`` at the first byte not yet yielded, under the retry
+        policy; every resume that moved bytes restarts the count. The caller hashes what it gets: a server
+        that ignores ``Range`` is handled by :meth:`_blob_body_from`.
+        """
+        attempts = self.retry.attempt(self.host)
+        position = offset
+        while True:
+            started_at = position
+            try:
+                for chunk in self._blob_body_from(repository, digest, position):
+                    position += len(chunk)
+                    yield chunk
+                return
+            except httpx.TransportError as exc:
+                if position > started_at:
+                    attempts.progressed()
+                attempts.failed(exc)
 
     def _blob_body_from(self, repository: str, digest: Digest, offset: int) -> Iterator[bytes]:
         """The blob's bytes from ``offset`` on; bytes before it are dropped if the server ignored ``Range``."""
@@ -550,10 +564,16 @@ class RegistryClient:
         """Upload a small blob in one PUT (configs, the empty JSON); returns its octet-stream descriptor."""
         digest = digest or Digest.of(data)
 
+        retried = False
+
         def attempt() -> None:
+            nonlocal retried
+            if retried and self.blob_exists(repository, digest, for_push=True) == len(data):
+                return
+            retried = True
             self._finish_upload(repository, self.start_upload(repository), digest, data)
 
-        self.retry.call(attempt)
+        self.retry.call(attempt, host=self.host)
         return Descriptor(media_type="application/octet-stream", digest=digest, size=len(data))
 
     def upload_blob(
@@ -569,10 +589,13 @@ class RegistryClient:
         """Upload a blob from ``source``; returns how it got there: ``"mounted"`` or ``"uploaded"``.
 
         ``mount_from`` tries a cross-repository mount first (same registry only). Otherwise the whole blob
-        is streamed in one PATCH and committed with ``PUT ?digest=``. If the connection drops, we ask the
-        session how many bytes it holds (``GET``, ``Range``) and send only the rest with a
-        ``Content-Range`` PATCH; if the registry lost the session we start a fresh one from byte 0.
-        Small blobs (``<= MONOLITHIC_MAX``) use a single PUT, retried as a whole.
+        is streamed in one PATCH and committed with ``PUT ?digest=``. If the connection drops (a network
+        fault, a registry restart), we wait for the registry under the retry policy, ask the session how
+        many bytes it holds (``GET``, ``Range``) and send only the rest with a ``Content-Range`` PATCH. If
+        the registry no longer knows the session, a ``HEAD`` first: the commit may have landed before the
+        connection broke, and a blob that is there is never uploaded again; else a fresh session from
+        byte 0. Small blobs (``<= MONOLITHIC_MAX``) use a single PUT, retried as a whole, with the same
+        ``HEAD`` before each retry.
         """
         parsed = digest if isinstance(digest, Digest) else Digest.parse(digest)
         action = f"pushing blob {_short(parsed)} to {self.where(repository)}"
@@ -589,13 +612,17 @@ class RegistryClient:
             data = b"".join(source(0))
             if len(data) != size:
                 raise DigestMismatchError(f"blob {parsed} has {len(data)} bytes, expected {size}")
+            retried = False
 
             def monolithic() -> None:
-                nonlocal location
+                nonlocal location, retried
+                if retried and self.blob_exists(repository, parsed, for_push=True) == size:
+                    return
+                retried = True
                 loc, location = location or self.start_upload(repository), None
                 self._finish_upload(repository, loc, parsed, data)
 
-            self.retry.call(monolithic)
+            self.retry.call(monolithic, host=self.host)
             if progress is not None:
                 progress(size)
             return "uploaded"
@@ -603,8 +630,8 @@ class RegistryClient:
         location = location or self.start_upload(repository)
         confirmed = 0  # bytes the registry has acknowledged holding
         reported = 0  # bytes passed to progress so far
-        failures = 0
-        last_failure_at = -1
+        attempts = self.retry.attempt(self.host)
+        out_of_step = 0  # 416 answers in a row: the session and we disagree about the offset
         while True:
             counter = _Counter(source(confirmed) if confirmed < size else iter(()), progress)
             try:
@@ -623,22 +650,28 @@ class RegistryClient:
                     )
                     location = self._location(response) if response.headers.get("Location") else location
                 self._finish_upload(repository, location, parsed)
+                attempts.succeeded()
                 return "uploaded"
             except (httpx.TransportError, RegistryError) as exc:
                 reported += counter.sent
-                if not is_retryable(exc) and not (isinstance(exc, RegistryError) and exc.status == 416):
-                    raise
-                failures = 1 if confirmed > last_failure_at else failures + 1  # progress resets the count
-                last_failure_at = confirmed
-                if failures >= self.retry.attempts:
-                    raise
-                wait = exc.retry_after if isinstance(exc, RegistryError) and exc.retry_after else None
-                self.retry.sleep(min(wait, self.retry.max_retry_after) if wait else self.retry.backoff(failures))
+                if _session_lost_step(exc) and out_of_step < 3:
+                    out_of_step += 1  # ask the session where it is (or whether it is gone), right away
+                else:
+                    attempts.failed(exc)  # waits out an outage, or raises
+                before = confirmed
                 status = self.upload_status(repository, location)
                 if status is None or status[1] > size:
+                    if self.blob_exists(repository, parsed, for_push=True) == size:
+                        if progress is not None and reported != size:
+                            progress(size - reported)
+                        attempts.succeeded()
+                        return "uploaded"
                     location, confirmed = self.start_upload(repository), 0
                 else:
                     location, confirmed = status
+                if confirmed > before:
+                    attempts.progressed()  # bytes moved: a long upload over a flaky link may break many times
+                    out_of_step = 0
                 if progress is not None and reported != confirmed:
                     progress(confirmed - reported)
                 reported = confirmed
@@ -681,6 +714,7 @@ class RegistryClient:
                     "repository": destination_repository,
                     "authorization": authorization,
                 },
+                "retry_for": min(destination.retry.budget, MAX_SERVER_RETRY_FOR),
             }
             response = self._send_once(
                 action,
@@ -700,6 +734,9 @@ class RegistryClient:
                     except ValueError:
                         reason = f"{self.host} sent an unreadable line: {line[:100]!r}"
                         raise RegistryError(action, reason=reason) from None
+                    notice = event.get("retrying") if isinstance(event, dict) else None
+                    if isinstance(notice, str) and notice:
+                        destination.retry.announce(f"{notice[:300]} (the Cargohold server {self.host} is retrying)")
                     sent = event.get("bytes") if isinstance(event, dict) else None
                     if isinstance(sent, int) and sent > reported:
                         if progress is not None:
@@ -713,7 +750,9 @@ class RegistryClient:
 
         for fresh_token in (False, True):
             authorization = destination.delegated_authorization(destination_repository, digest, fresh=fresh_token)
-            final = self.retry.call(lambda authorization=authorization: attempt(authorization))
+            final = self.retry.call(
+                lambda authorization=authorization: attempt(authorization), host=self.host, final=_server_push_answer
+            )
             error = final.get("error")
             if error is None:
                 return
@@ -761,7 +800,7 @@ class RegistryClient:
             media_type = response.headers.get("Content-Type", "").split(";")[0].strip()
             return self._verified_manifest(repository, ref, data, media_type, response.headers)
 
-        return self.retry.call(attempt)
+        return self.retry.call(attempt, host=self.host)
 
     def _verified_manifest(
         self, repository: str, ref: str, data: bytes, media_type: str, headers: httpx.Headers
@@ -901,6 +940,21 @@ class RegistryClient:
             if exc.status == 404:
                 return None
             raise
+
+
+def _server_push_answer(exc: Exception) -> bool:
+    """A refusal of a server-side push that names its reason (``502 DESTINATION_UNREACHABLE``): an answer to
+    act on (stream through the client instead), not the Cargohold server being unavailable."""
+    return isinstance(exc, RegistryError) and any(
+        code.startswith(("DESTINATION_", "SERVER_PUSH_")) for code in exc.codes
+    )
+
+
+def _session_lost_step(exc: Exception) -> bool:
+    """The registry says the upload is not where we think: 416 (another offset) or the session is unknown."""
+    return isinstance(exc, RegistryError) and (
+        exc.status == 416 or (exc.status == 404 and "BLOB_UPLOAD_UNKNOWN" in exc.codes)
+    )
 
 
 def referrers_tag(digest: Digest) -> str:

@@ -15,13 +15,14 @@ import json
 import os
 import tempfile
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx
 
 from cargohold.client.control import ControlClient, ControlError
+from cargohold.client.retry import RetryPolicy
 
 PROJECT_FILE = "cargohold.json"
 
@@ -127,13 +128,15 @@ class Connection:
     token: str | None
     token_source: str
     project: str | None
+    retry: RetryPolicy = field(default_factory=RetryPolicy, compare=False)
+    """The retry policy (budget, outage notices) every client of this connection shares."""
 
     @property
     def host(self) -> str:
         return registry_host(self.registry)
 
     def control(self) -> ControlClient:
-        return ControlClient(self.registry, self.token)
+        return ControlClient(self.registry, self.token, retry=self.retry)
 
 
 def request_github_id_token(audience: str, env: Mapping[str, str], *, timeout: float = 15.0) -> str:
@@ -161,13 +164,18 @@ def request_github_id_token(audience: str, env: Mapping[str, str], *, timeout: f
     return value
 
 
-def exchange_github_oidc(registry: str, env: Mapping[str, str], audience: str | None = None) -> str:
-    """A short-lived Cargohold token for this GitHub Actions job, through the server's trust relationships."""
-    with ControlClient(registry) as control:
+def exchange_github_oidc(
+    registry: str, env: Mapping[str, str], audience: str | None = None, *, retry: RetryPolicy | None = None
+) -> str:
+    """A short-lived Cargohold token for this GitHub Actions job, through the server's trust relationships.
+
+    The registry accepts each ID token once, so an exchange whose answer was lost cannot be repeated with
+    the same one: each try asks GitHub for a fresh ID token.
+    """
+    with ControlClient(registry, retry=retry or RetryPolicy()) as control:
         try:
             audience = audience or str(control.oidc_discovery()["audience"])
-            id_token = request_github_id_token(audience, env)
-            return str(control.exchange_oidc(id_token)["token"])
+            return str(control.exchange_oidc(lambda: request_github_id_token(audience, env))["token"])
         except ControlError as exc:
             raise SettingsError(f"exchanging the GitHub OIDC token at {registry} failed: {exc}") from None
 
@@ -180,6 +188,7 @@ def resolve(
     context_dir: Path | None = None,
     env: Mapping[str, str] | None = None,
     need_token: bool = True,
+    retry: RetryPolicy | None = None,
 ) -> Connection:
     env = os.environ if env is None else env
     project_file = read_project_file(context_dir)
@@ -193,18 +202,19 @@ def resolve(
         )
     url = normalize_registry_url(raw_registry)
     project_id = project or env.get("CARGOHOLD_PROJECT_ID") or project_file.get("id")
+    policy = retry or RetryPolicy()
 
     if token:
-        return Connection(url, token, "--token", project_id)
+        return Connection(url, token, "--token", project_id, policy)
     if env_token := env.get("CARGOHOLD_TOKEN"):
-        return Connection(url, env_token, "CARGOHOLD_TOKEN", project_id)
+        return Connection(url, env_token, "CARGOHOLD_TOKEN", project_id, policy)
     if login is not None and normalize_registry_url(login.registry) == url:
-        return Connection(url, login.token, "stored login", project_id)
+        return Connection(url, login.token, "stored login", project_id, policy)
     if env.get("GITHUB_ACTIONS") == "true" and env.get("ACTIONS_ID_TOKEN_REQUEST_URL"):
-        return Connection(url, exchange_github_oidc(url, env), "GitHub Actions OIDC", project_id)
+        return Connection(url, exchange_github_oidc(url, env, retry=policy), "GitHub Actions OIDC", project_id, policy)
     if need_token:
         raise SettingsError(
             f"no token for {url}: pass --token, set CARGOHOLD_TOKEN, run cargohold login {url}, or in GitHub "
             "Actions grant `permissions: id-token: write`"
         )
-    return Connection(url, None, "none", project_id)
+    return Connection(url, None, "none", project_id, policy)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from cargohold.client.retry import RetryPolicy
 from cargohold.client.settings import Connection, normalize_registry_url
 from cargohold.images.build import BuildOptions, BuildResult, build_and_save
 from cargohold.images.common import ImageError
@@ -21,8 +22,8 @@ from cargohold.images.save import save_image
 SOURCE_PREFIXES = ("oci:", "oci-archive:", "docker-archive:", "docker-daemon:")
 
 
-def _connection(registry: str, token: str | None, project: str | None) -> Connection:
-    return Connection(normalize_registry_url(registry), token, "GitHub Actions", project)
+def _connection(registry: str, token: str | None, project: str | None, retry: RetryPolicy | None) -> Connection:
+    return Connection(normalize_registry_url(registry), token, "GitHub Actions", project, retry or RetryPolicy())
 
 
 def _ref(build_id: str | None, project: str | None, save_tag: str | None) -> str:
@@ -57,13 +58,14 @@ def save_build(
     save: bool = True,
     save_tags: Sequence[str] = (),
     metadata_file: str | None = None,
+    retry: RetryPolicy | None = None,
 ) -> Any:
     """action-build: save ``image`` (a source string such as ``docker-daemon:app:ci``) or build ``context``.
 
     ``provenance``/``sbom`` are accepted for input compatibility; attestations the builder produces are
     saved whole either way.
     """
-    connection = _connection(registry, token, project)
+    connection = _connection(registry, token, project, retry)
     progress = PlainProgress()
     if image:
         # A bare image name (app:ci) means an image an earlier step left in the local daemon.
@@ -106,11 +108,12 @@ def pull_build(
     tags: Sequence[str] = (),
     output: str = "docker",
     output_path: str | None = None,
+    retry: RetryPolicy | None = None,
 ) -> PullResult:
     """action-pull: ``output`` is ``docker``, ``oci`` or ``docker-archive`` with ``output_path``."""
     spec = None if output in ("", "docker") else f"{output}:{output_path}"
     return pull_image(
-        _connection(registry, token, project),
+        _connection(registry, token, project, retry),
         _ref(build_id, project, save_tag),
         tags=tags,
         platform=platform,
@@ -131,10 +134,11 @@ def push_build(
     username: str | None = None,
     password: str | None = None,
     transfer: str = "auto",
+    retry: RetryPolicy | None = None,
 ) -> PushResult:
     """action-push: copy the build to ``tags`` with explicit credentials or the Docker config."""
     return push_image(
-        _connection(registry, token, project),
+        _connection(registry, token, project, retry),
         _ref(build_id, project, save_tag),
         tags,
         platform=platform,

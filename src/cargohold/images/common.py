@@ -26,7 +26,11 @@ def cargohold_client(connection: Connection, host: str, token: str) -> RegistryC
     or path-prefixed Cargohold URL keeps working; otherwise the client's loopback rule picks the scheme.
     """
     address = connection.registry if host == connection.host else host
-    return RegistryClient(address, credentials=Credentials(CARGOHOLD_USER, token, source="Cargohold build token"))
+    return RegistryClient(
+        address,
+        credentials=Credentials(CARGOHOLD_USER, token, source="Cargohold build token"),
+        retry=connection.retry,
+    )
 
 
 class NamingTarget:

@@ -142,7 +142,9 @@ def push_image(
 
             pushed_before = server_push.pushed if server_push else 0
             plain_http = True if normalize_registry(registry) in insecure else None
-            with RegistryClient(members[0][1].api_host, credentials=credentials, insecure=plain_http) as client:
+            with RegistryClient(
+                members[0][1].api_host, credentials=credentials, insecure=plain_http, retry=connection.retry
+            ) as client:
                 target = NamingTarget(RegistryRepo(client, repository))
                 counter = progress.transfer(f"pushing to {members[0][1].repository_path}", summary.total_size)
                 try:

@@ -15,7 +15,6 @@ build list explains itself instead of showing a build stuck in "building".
 
 from __future__ import annotations
 
-import contextlib
 import json
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -148,14 +147,17 @@ def save_opened(
             progress.done()
             reason = describe(exc) if not isinstance(exc, KeyboardInterrupt) else "interrupted"
             # The original error matters more than a failed fail_build; the build then expires on its own.
-            with contextlib.suppress(ControlError):
+            outcome = "the build is marked failed"
+            try:
                 control.fail_build(build_id, reason[:1000])
+            except ControlError:  # the server is unreachable too (an outage outlasting the retry budget)
+                outcome = "the build stays pending until it expires"
             if (full := storage_full_reason(exc)) is not None:
                 raise ImageError(
-                    f"Cargohold's storage is full, so build {build_id} was not saved (it is marked failed): {full}"
+                    f"Cargohold's storage is full, so build {build_id} was not saved ({outcome}): {full}"
                 ) from exc
             if isinstance(exc, _REPORTABLE):
-                raise ImageError(f"saving build {build_id} failed: {reason}; the build is marked failed") from exc
+                raise ImageError(f"saving build {build_id} failed: {reason}; {outcome}") from exc
             raise
 
 

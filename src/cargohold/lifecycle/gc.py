@@ -50,8 +50,10 @@ the write lock is a millisecond uploads and manifest PUTs wait:
   commits; a background thread does, overlapping the next batch (see :class:`_BatchWriter`).
 
 Only one GC runs at a time across processes (the ``gc`` database lease, renewed between batches once a
-half of its TTL has passed); a pass that loses its lease stops. ``dry_run`` reports what a pass would free
-without changing anything.
+half of its TTL has passed); a pass that loses its lease stops. So does a pass whose :attr:`stop` event is
+set (the server is shutting down): after the batch in progress, which is one transaction, so nothing is
+left half-done, and with the lease released for the next process. ``dry_run`` reports what a pass would
+free without changing anything.
 
 Test hook: ``CARGOHOLD_GC_TEST_DELAY`` (seconds) sleeps inside every content-deletion transaction after
 its files are deleted, so a test can ``kill -9`` the server in the worst possible place.
@@ -61,6 +63,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
@@ -137,6 +140,10 @@ def _unreferenced_in_repository() -> Any:
     )
 
 
+class _Stopped(Exception):
+    """The :attr:`GarbageCollector.stop` event was set: end the pass between two batches."""
+
+
 class GarbageCollector:
     def __init__(
         self,
@@ -162,6 +169,8 @@ class GarbageCollector:
         # well under the time of a content batch (~0.1-0.3 s for 4,000 links in the benchmark).
         self.link_batch_size = link_batch_size or batch_size * LINK_BATCH_FACTOR
         self.test_delay = float(os.environ.get(TEST_DELAY_ENV) or 0)
+        self.stop = threading.Event()
+        """Set to end a running pass after its current batch (and to skip passes from then on)."""
 
     def run(self, *, dry_run: bool = False) -> GcReport:
         """One full pass; returns its report (``skipped`` set if another process is collecting)."""
@@ -169,6 +178,9 @@ class GarbageCollector:
         report = GcReport(dry_run=dry_run, started_at=self.clock())
         lease = Lease(self.db, "gc", ttl=self.lease_ttl, clock=self.clock)
         lost = False
+        if self.stop.is_set():
+            report.skipped = "the server is shutting down"
+            return report
         if not lease.acquire():
             report.skipped = "another garbage collection is running"
             return report
@@ -183,6 +195,9 @@ class GarbageCollector:
             lost = True
             report.error = str(exc)
             log.warning("garbage collection stopped: %s", exc)
+        except _Stopped:
+            report.error = "stopped between two batches: the server is shutting down"
+            log.info("garbage collection %s", report.error)
         finally:
             report.duration_seconds = time.monotonic() - started
             if not lost:
@@ -198,6 +213,12 @@ class GarbageCollector:
             report.duration_seconds,
         )
         return report
+
+    def _between_batches(self, lease: Lease) -> None:
+        """After each batch's commit: stop if asked to, else keep the lease."""
+        if self.stop.is_set():
+            raise _Stopped
+        lease.renew()
 
     # --- 1: links no manifest needs -----------------------------------------------------------------------
 
@@ -239,7 +260,7 @@ class GarbageCollector:
                     for repository_id, digests in by_repository.items():
                         result = connection.execute(unlink, {"repository_id": repository_id, "digests": digests})
                         report.links_removed += int(result.rowcount or 0)
-                lease.renew()
+                self._between_batches(lease)
 
     # --- 2: content no repository links -------------------------------------------------------------------
 
@@ -296,7 +317,7 @@ class GarbageCollector:
                             time.sleep(self.test_delay)
                 report.blobs_deleted += len(doomed)
                 report.bytes_freed += sum(size for _, size in doomed)
-                lease.renew()
+                self._between_batches(lease)
 
     @contextmanager
     def _deleting_files(self, pool: ThreadPoolExecutor | None, names: list[str]) -> Iterator[None]:
@@ -355,7 +376,7 @@ class GarbageCollector:
                     if self.blobs.delete(digest):
                         report.orphan_files += 1
                         report.bytes_freed += size
-            lease.renew()
+            self._between_batches(lease)
 
     def _old(self, digest: Digest, cutoff: datetime) -> bool:
         location = self.blobs.locate(digest)

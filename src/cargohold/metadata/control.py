@@ -10,7 +10,7 @@ import json
 import secrets
 import string
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -101,6 +101,8 @@ class BuildRecord:
     failure: str | None
     created_by: str | None
     save_tags: list[str]
+    replayed: bool = False
+    """Returned for a repeated create request (same ``Idempotency-Key``), not created by it."""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -192,12 +194,28 @@ class ControlStore:
     # --- builds -------------------------------------------------------------------------------------------
 
     def create_build(
-        self, project_id: str, *, provenance: dict[str, Any] | None = None, created_by: str | None = None
+        self,
+        project_id: str,
+        *,
+        provenance: dict[str, Any] | None = None,
+        created_by: str | None = None,
+        request_key: str | None = None,
     ) -> BuildRecord:
+        """A new pending build; with ``request_key``, the build an earlier request with that key created, if
+        any (:attr:`BuildRecord.replayed` is then true). The look-up and the insert share one write
+        transaction, and the key is unique per project, so two requests with one key make one build."""
         now = utcnow()
         with self.db.write() as session:
             if session.get(Project, project_id) is None:
                 raise NotFound(f"project {project_id} does not exist")
+            if request_key is not None:
+                earlier = session.scalar(
+                    select(Build).where(Build.project_id == project_id, Build.request_key == request_key)
+                )
+                if earlier is not None:
+                    if earlier.created_by != created_by:
+                        raise Conflict("this Idempotency-Key was used by another caller; send a new random key")
+                    return replace(self._build_record(session, earlier), replayed=True)
             build = Build(
                 id=new_id(),
                 project_id=project_id,
@@ -205,6 +223,7 @@ class ControlStore:
                 created_at=now,
                 provenance=json.dumps(provenance) if provenance else None,
                 created_by=created_by,
+                request_key=request_key,
             )
             session.add(build)
             session.flush()

@@ -8,16 +8,56 @@ separate engine with plain deferred transactions.
 
 from __future__ import annotations
 
+import ast
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+
+def script_heads(directory: Path = MIGRATIONS_DIR / "versions") -> set[str] | None:
+    """The head revisions of the migration scripts, read from their ``revision``/``down_revision`` lines
+    with :mod:`ast` (no Alembic import); ``None`` when a script does not spell them as plain constants, so
+    that Alembic decides."""
+    revisions: set[str] = set()
+    parents: set[str] = set()
+    for path in sorted(directory.glob("*.py")):
+        values: dict[str, object] = {}
+        try:
+            tree = ast.parse(path.read_text(encoding="utf-8"))
+        except (OSError, SyntaxError, ValueError):
+            return None
+        for node in tree.body:
+            if isinstance(node, ast.AnnAssign) and node.value is not None:
+                target, value = node.target, node.value
+            elif isinstance(node, ast.Assign) and len(node.targets) == 1:
+                target, value = node.targets[0], node.value
+            else:
+                continue
+            if isinstance(target, ast.Name) and target.id in ("revision", "down_revision"):
+                try:
+                    values[target.id] = ast.literal_eval(value)
+                except ValueError:
+                    return None
+        revision, down = values.get("revision"), values.get("down_revision")
+        if not isinstance(revision, str) or "down_revision" not in values:
+            return None
+        revisions.add(revision)
+        if isinstance(down, str):
+            parents.add(down)
+        elif isinstance(down, tuple | list) and all(isinstance(item, str) for item in down):
+            parents.update(down)
+        elif down is not None:
+            return None
+    heads = revisions - parents
+    return heads or None
 
 
 def sqlite_url(path: Path) -> str:
@@ -85,7 +125,13 @@ class Database:
             yield session
 
     def migrate(self) -> None:
-        """Bring the schema up to the newest Alembic revision (idempotent)."""
+        """Bring the schema up to the newest Alembic revision (idempotent).
+
+        A database already at the newest revision (every restart of a server) is recognised without
+        importing Alembic, a tenth of a second of start-up; anything else goes through Alembic.
+        """
+        if self.at_head():
+            return
         from alembic import command  # imported here: alembic is only needed at start-up
         from alembic.config import Config
 
@@ -95,6 +141,18 @@ class Database:
             config.attributes["connection"] = connection
             command.upgrade(config, "head")
             connection.commit()
+
+    def at_head(self) -> bool:
+        """Whether the database's Alembic revisions are exactly the migration scripts' heads."""
+        heads = script_heads()
+        if heads is None:
+            return False
+        try:
+            with self.write_engine.connect() as connection:
+                current = set(connection.exec_driver_sql("SELECT version_num FROM alembic_version").scalars())
+        except DBAPIError:  # no alembic_version table yet: a new database
+            return False
+        return current == heads
 
     def dispose(self) -> None:
         self.write_engine.dispose()

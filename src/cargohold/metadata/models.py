@@ -207,8 +207,14 @@ class Build(Base):
     """JSON: repository, sha, workflow, run_id, run_attempt, actor (from the OIDC claims that created it)."""
     failure: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_by: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    request_key: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    """The ``Idempotency-Key`` of the request that created the build: a repeated request (its first answer
+    was lost) gets this build back instead of a second one."""
 
-    __table_args__ = (Index("ix_builds_project_created", "project_id", "created_at"),)
+    __table_args__ = (
+        Index("ix_builds_project_created", "project_id", "created_at"),
+        Index("ux_builds_project_request_key", "project_id", "request_key", unique=True),
+    )
 
 
 class SaveTag(Base):

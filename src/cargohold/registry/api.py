@@ -287,9 +287,16 @@ async def create_build(request: web.Request) -> web.Response:
     if isinstance(reported, dict) and not provenance:
         provenance = {str(k): str(v)[:500] for k, v in list(reported.items())[:20]}
         provenance["reported_by_client"] = "true"
-    build = await state.run(
-        lambda: control.create_build(project.id, provenance=provenance or None, created_by=identity.name)
-    )
+    request_key = _idempotency_key(request)
+    try:
+        build = await state.run(
+            lambda: control.create_build(
+                project.id, provenance=provenance or None, created_by=identity.name, request_key=request_key
+            )
+        )
+    except Conflict as exc:
+        raise api_error(409, "CONFLICT", str(exc)) from None
+    # A repeated request gets its build with a new token: the first answer, and its token, were lost.
     token, row = await _mint(
         state,
         control,
@@ -300,7 +307,10 @@ async def create_build(request: web.Request) -> web.Response:
         actions=BUILD_TOKEN_PERMISSIONS,
         ttl=BUILD_TOKEN_TTL,
     )
-    log.info("%s started build %s in project %s", identity.name, build.id, project.id)
+    if build.replayed:
+        log.info("%s repeated the request that started build %s in project %s", identity.name, build.id, project.id)
+    else:
+        log.info("%s started build %s in project %s", identity.name, build.id, project.id)
     return web.json_response(
         {
             "build_id": build.id,
@@ -311,8 +321,21 @@ async def create_build(request: web.Request) -> web.Response:
             "token": token,
             "token_expires_at": _iso(row.expires_at),
         },
-        status=201,
+        status=200 if build.replayed else 201,
     )
+
+
+IDEMPOTENCY_KEY_RE = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
+
+
+def _idempotency_key(request: web.Request) -> str | None:
+    """The ``Idempotency-Key`` header (16-64 letters, digits, ``-`` or ``_``), if any."""
+    value = request.headers.get("Idempotency-Key")
+    if value is None:
+        return None
+    if not IDEMPOTENCY_KEY_RE.match(value):
+        raise _invalid("Idempotency-Key must be 16 to 64 letters, digits, '-' or '_' (e.g. a random UUID's hex)")
+    return value
 
 
 async def list_builds(request: web.Request) -> web.Response:

@@ -57,6 +57,7 @@ from cargohold.registry.api_common import (
     read_json_body,
 )
 from cargohold.registry.auth import Identity
+from cargohold.registry.drain import DRAIN_KEY
 from cargohold.registry.errors import RegistryError, manifest_unknown
 from cargohold.registry.metrics import CONTENT_TYPE, Metrics
 from cargohold.registry.query_limits import LimitError, page_size
@@ -556,6 +557,15 @@ async def _schedule(app: web.Application) -> AsyncIterator[None]:
     tasks = [asyncio.create_task(every(settings.retention_interval, sweep, "retention sweep"))]
     if settings.gc_interval > timedelta(0):
         tasks.append(asyncio.create_task(every(settings.gc_interval, lifecycle.collect_garbage, "garbage collection")))
+
+    def stop_for_drain() -> None:
+        """No new pass starts; a running GC pass stops after its batch (a sweep in progress finishes: each
+        eviction is its own transaction and a sweep is short)."""
+        lifecycle.gc.stop.set()
+        for task in tasks:
+            task.cancel()
+
+    app[DRAIN_KEY].on_drain(stop_for_drain)
     yield
     for task in tasks:
         task.cancel()

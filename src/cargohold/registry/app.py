@@ -21,6 +21,7 @@ from cargohold.metadata.store import MetadataStore
 from cargohold.registry import api, api_lifecycle, auth_routes, blob_copy, routing, space
 from cargohold.registry.access import AccessPolicy, OpenAccess
 from cargohold.registry.bodies import BodyStalled, BodyTooLarge, respond_and_close
+from cargohold.registry.drain import DRAIN_KEY, Drain
 from cargohold.registry.egress import EgressPolicy, parse_networks
 from cargohold.registry.errors import RegistryError
 from cargohold.registry.security import build_security
@@ -127,6 +128,7 @@ async def _housekeeping(app: web.Application) -> AsyncIterator[None]:
             await asyncio.sleep(interval)
 
     task = asyncio.create_task(loop())
+    app[DRAIN_KEY].on_drain(task.cancel)  # a purge in progress finishes; no new one starts
     yield
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
@@ -188,8 +190,10 @@ def create_app(settings: ServerSettings, access: AccessPolicy | None = None) -> 
         security = build_security(state)
         state.auth, state.oidc = security.access, security.oidc
         state.access = security.access
-    app = web.Application(middlewares=[oci_errors, space.storage_faults], client_max_size=1024**2)
+    drain = Drain()
+    app = web.Application(middlewares=[drain.middleware(), oci_errors, space.storage_faults], client_max_size=1024**2)
     app[STATE_KEY] = state
+    app[DRAIN_KEY] = drain
     app.router.add_get("/healthz", healthz)
     app.router.add_route("*", "/token", auth_routes.token)
     app.router.add_post("/auth/oidc/github-actions", auth_routes.oidc_exchange)

@@ -9,7 +9,12 @@ client (Depot's ``depot push`` works the same way), and the server reads them fr
 Request body::
 
     {"repository": "<source repository>", "digest": "sha256:…",
-     "destination": {"url": "https://ghcr.io", "repository": "org/app", "authorization": "Bearer …" | null}}
+     "destination": {"url": "https://ghcr.io", "repository": "org/app", "authorization": "Bearer …" | null},
+     "retry_for": 60}
+
+``retry_for`` (optional, seconds, at most :data:`MAX_RETRY_FOR`; default the client's default budget) is
+how long the server waits out an unavailable destination (a registry restarting, say) before giving up:
+the client's own retry budget, so a push waits as long whoever moves the bytes.
 
 The caller needs ``pull`` on the source repository: exactly what a blob GET needs, so a build-scoped pull
 token works and can copy only its own build's blobs. Problems found before any work (a bad body, the egress
@@ -17,8 +22,10 @@ policy, an unknown blob, server push switched off) are ordinary error responses;
 streaming through itself on the ``SERVER_PUSH_*``, ``DESTINATION_NOT_ALLOWED`` and
 ``DESTINATION_UNREACHABLE`` codes (up front or in the final line). Then the answer is
 ``200`` with ``application/x-ndjson`` lines, streamed: ``{"bytes": n}`` (bytes confirmed so far, at most
-twice a second and at least every ten, which keeps timeouts from ending a long copy), then one final line,
-``{"result": "uploaded", "bytes": size}`` or ``{"error": {"code", "message", "status"}}``.
+twice a second and at least every ten, which keeps timeouts from ending a long copy; with a ``"retrying"``
+sentence when the destination became unavailable and the server is waiting for it), then one final line,
+``{"result": "uploaded", "bytes": size}`` or ``{"error": {"code", "message", "status"}}``. A blob the
+destination already has (a retried copy whose first attempt finished) is not uploaded again.
 
 Safety: every connection passes the egress policy at connect time (:mod:`cargohold.registry.egress`). The
 ``authorization`` value is sent only to the destination host, for this one copy; it is never stored or
@@ -43,8 +50,7 @@ import httpx
 from aiohttp import ClientConnectionResetError, web
 
 from cargohold.client.errors import RegistryError as ClientRegistryError
-from cargohold.client.registry import RegistryClient, file_source
-from cargohold.client.retry import RetryPolicy
+from cargohold.client.retry import DEFAULT_BUDGET, RetryPolicy
 from cargohold.lifecycle.gc import TOUCH_FRACTION
 from cargohold.oci.digest import Digest, DigestError
 from cargohold.oci.reference import is_valid_name
@@ -65,6 +71,8 @@ HEARTBEAT_INTERVAL = 10.0
 client's read timeout nor a proxy's idle timeout ends a copy that is still alive."""
 MAX_AUTHORIZATION = 16 * 1024
 """Longest ``Authorization`` value accepted (registry JWTs run to a few KiB)."""
+MAX_RETRY_FOR = 600.0
+"""Longest a copy waits for an unavailable destination: a push thread is a scarce resource."""
 
 
 @dataclass(frozen=True)
@@ -74,6 +82,7 @@ class CopyRequest:
     url: httpx.URL
     destination: str
     authorization: str | None
+    retry_for: float = DEFAULT_BUDGET
 
     @property
     def where(self) -> str:
@@ -116,7 +125,10 @@ def parse_request(body: dict[str, Any]) -> CopyRequest:
             f"destination.authorization must be one printable ASCII header value up to {MAX_AUTHORIZATION} "
             "characters, or null"
         )
-    return CopyRequest(repository, digest, url.copy_with(path="/"), target, authorization)
+    retry_for = body.get("retry_for", DEFAULT_BUDGET)
+    if isinstance(retry_for, bool) or not isinstance(retry_for, int | float) or not 0 <= retry_for <= MAX_RETRY_FOR:
+        raise invalid(f"retry_for must be a number of seconds from 0 to {MAX_RETRY_FOR:.0f}")
+    return CopyRequest(repository, digest, url.copy_with(path="/"), target, authorization, float(retry_for))
 
 
 async def copy_blob(request: web.Request) -> web.StreamResponse:
@@ -158,9 +170,10 @@ async def copy_blob(request: web.Request) -> web.StreamResponse:
             done, _ = await asyncio.wait({future}, timeout=PROGRESS_INTERVAL)
             if done:
                 break
-            if progress.sent != reported or time.monotonic() - last_line >= HEARTBEAT_INTERVAL:
+            notice, progress.notice = progress.notice, None
+            if notice or progress.sent != reported or time.monotonic() - last_line >= HEARTBEAT_INTERVAL:
                 reported, last_line = progress.sent, time.monotonic()
-                await response.write(_line({"bytes": reported}))
+                await response.write(_line({"bytes": reported, "retrying": notice} if notice else {"bytes": reported}))
         final = _outcome(future, job, location.size)
         await response.write(_line(final))
         await response.write_eof()
@@ -201,6 +214,16 @@ class _Progress:
     def __init__(self) -> None:
         self.sent = 0
         self.cancelled = threading.Event()
+        self.notice: str | None = None
+        """The retry layer's "destination unavailable" sentence, until the event loop forwards it."""
+
+    def note(self, message: str) -> None:
+        self.notice = message
+
+    def wait(self, seconds: float) -> None:
+        """The retry policy's wait between tries, ended by a client going away or a server shutting down."""
+        if self.cancelled.wait(seconds):
+            raise _ClientGone
 
     def add(self, delta: int) -> None:
         self.sent += delta  # one writer thread; the event loop only reads
@@ -212,6 +235,9 @@ class _ClientGone(Exception):
 
 def _upload(state: RegistryState, job: CopyRequest, location: LocalFile, progress: _Progress) -> None:
     """The copy itself, on a push thread: the existing client's upload (resume, retries) fed from disk."""
+    # Imported here, not at the top: most servers never push, and the registry client is not small to import.
+    from cargohold.client.registry import RegistryClient, file_source
+
     read = file_source(location.path)
 
     def source(offset: int) -> Iterator[bytes]:
@@ -224,9 +250,12 @@ def _upload(state: RegistryState, job: CopyRequest, location: LocalFile, progres
         str(job.url).rstrip("/"),
         authorization=job.authorization,
         transport=EgressTransport(state.egress),
-        retry=RetryPolicy(attempts=3),
+        retry=RetryPolicy(budget=job.retry_for, notify=progress.note, sleep=progress.wait),
         max_connections=4,
     ) as client:
+        if client.blob_exists(job.destination, job.digest, for_push=True) == location.size:
+            progress.add(location.size)  # a retried copy whose first attempt finished: nothing to send
+            return
         client.upload_blob(job.destination, job.digest, location.size, source, progress=progress.add)
 
 

@@ -28,15 +28,16 @@ from dataclasses import dataclass
 import httpcore
 import httpx
 
+from cargohold.client.retry import NotRetryable
 from cargohold.client.tls import verify_option
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
-class EgressDenied(httpcore.ConnectError):
-    """No address of the host is allowed. A ``ConnectError`` so httpx surfaces it as one (never retried
-    into success: the policy gives the same answer every time)."""
+class EgressDenied(httpcore.ConnectError, NotRetryable):
+    """No address of the host is allowed. A ``ConnectError`` so httpx surfaces it as one; never retried (the
+    policy gives the same answer every time)."""
 
 
 def parse_networks(values: Iterable[str]) -> tuple[IPNetwork, ...]:

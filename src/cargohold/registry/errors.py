@@ -24,6 +24,7 @@ ERROR_STATUS: dict[str, int] = {
     "UNSUPPORTED": 405,
     "TOOMANYREQUESTS": 429,
     "UNKNOWN": 500,
+    "UNAVAILABLE": 503,
 }
 
 

@@ -1,5 +1,5 @@
-"""Prometheus metrics at ``/metrics``: requests, bytes served, builds saved/evicted, tags and manifests retention
-removed, GC, stored bytes.
+"""Prometheus metrics at ``/metrics``: requests, bytes served and received, builds saved/evicted, tags and
+manifests retention removed, GC, stored bytes.
 
 Each application gets its own :class:`~prometheus_client.CollectorRegistry` (never the process-global
 one), so several apps in one test process do not collide. Request metrics are labelled by the *route
@@ -21,6 +21,7 @@ from prometheus_client.registry import Collector
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+UPLOAD_ROUTES = frozenset({"upload", "uploads"})
 
 
 class _StoredBytes(Collector):
@@ -57,6 +58,11 @@ class Metrics:
         )
         self.bytes_served = Counter(
             "cargohold_blob_bytes_served", "Blob bytes sent to clients (as announced in Content-Length).", registry=r
+        )
+        self.bytes_received = Counter(
+            "cargohold_blob_bytes_received",
+            "Blob upload bytes received from clients (what arrived, whether or not the upload completed).",
+            registry=r,
         )
         self.builds_saved = Counter("cargohold_builds_saved", "Builds marked saved.", registry=r)
         self.builds_evicted = Counter("cargohold_builds_evicted", "Builds evicted, by rule.", ["rule"], registry=r)
@@ -116,6 +122,8 @@ class Metrics:
             finally:
                 route = route_name(request)
                 metrics.requests.labels(route, request.method, str(status)).inc()
+                if route in UPLOAD_ROUTES and request.method in ("POST", "PATCH", "PUT"):
+                    metrics.bytes_received.inc(request.content.total_bytes)
                 metrics.latency.labels(route, request.method).observe(time.perf_counter() - started)
 
         return observe

@@ -2,7 +2,9 @@
 
 Bytes stream from the socket to the staging file in batches, each batch written and hashed together off
 the event loop, so memory stays flat whatever the blob size and the digest is known the moment the last
-byte lands. Every upload request for one session holds that session's lock, which keeps concurrent
+byte lands. The staged file only ever grows by whole writes, so its size is always a consistent offset to
+resume from: after a dropped connection, a server shutdown (which cuts bodies being received) or a crash.
+Every upload request for one session holds that session's lock, which keeps concurrent
 PATCHes from interleaving bytes and keeps the staged size and the running hash in step.
 """
 
@@ -15,7 +17,7 @@ from collections.abc import Awaitable
 from datetime import UTC, datetime
 from typing import TypeVar
 
-from aiohttp import web
+from aiohttp import ClientConnectionResetError, web
 
 from cargohold.metadata.store import TooManyUploads, UploadRecord
 from cargohold.oci.digest import ALGORITHMS, Digest, DigestError, new_hasher
@@ -23,6 +25,7 @@ from cargohold.oci.reference import is_valid_name
 from cargohold.registry.access import PRINCIPAL_KEY, Principal
 from cargohold.registry.blobs import parse_digest
 from cargohold.registry.bodies import BodyStalled, iter_body
+from cargohold.registry.drain import receiving
 from cargohold.registry.errors import RegistryError, upload_unknown
 from cargohold.registry.space import admit_upload, refused_for_space, storage_fault_error
 from cargohold.registry.state import RegistryState, state_of
@@ -102,21 +105,25 @@ async def _receive(request: web.Request, state: RegistryState, upload_id: str, p
         pending: list[bytes] = []
         pending_size = 0
         try:
-            async for chunk in iter_body(request):
-                if claim is None:
-                    claim = await admit_upload(state, 0)
-                received += len(chunk)
-                if progress.offset + pending_size + len(chunk) > limit:
-                    raise _too_large(limit)
-                pending.append(chunk)
-                pending_size += len(chunk)
-                if pending_size >= STREAM_BATCH:
-                    await state.run(_write_and_hash, writer, progress, b"".join(pending), claim)
-                    pending, pending_size = [], 0
+            # A server shutting down cuts this read (drain.receiving): what was written so far stays staged and
+            # is the offset the session reports, from which the client resumes.
+            with receiving(request):
+                async for chunk in iter_body(request):
+                    if claim is None:
+                        claim = await admit_upload(state, 0)
+                    received += len(chunk)
+                    if progress.offset + pending_size + len(chunk) > limit:
+                        raise _too_large(limit)
+                    pending.append(chunk)
+                    pending_size += len(chunk)
+                    if pending_size >= STREAM_BATCH:
+                        await state.run(_write_and_hash, writer, progress, b"".join(pending), claim)
+                        pending, pending_size = [], 0
             if pending and claim is not None:
                 await state.run(_write_and_hash, writer, progress, b"".join(pending), claim)
-        except BodyStalled:
-            # Keep what arrived: the session stays resumable from the Range the 408 reports.
+        except (BodyStalled, ConnectionResetError, ClientConnectionResetError):
+            # Stalled or cut off (the client went away, or the server is draining): keep every byte that did
+            # arrive, so the session stays resumable from the Range it reports and a resume sends only the rest.
             if pending and claim is not None:
                 await state.run(_write_and_hash, writer, progress, b"".join(pending), claim)
             raise

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -42,7 +43,12 @@ def _fsync_dir(path: Path) -> None:
 
 
 class _FileUploadWriter(UploadWriter):
+    """Appends to a staged upload. Writes and close are serialised: a request cancelled while its write runs
+    in a thread (a server shutting down) closes the file only after that write, never under it (a closed
+    descriptor's number can be reused by another file at once)."""
+
     def __init__(self, path: Path) -> None:
+        self._lock = threading.Lock()
         try:
             self._fd = os.open(path, os.O_WRONLY | os.O_APPEND)
         except FileNotFoundError:
@@ -50,14 +56,18 @@ class _FileUploadWriter(UploadWriter):
 
     def write(self, data: bytes | memoryview) -> None:
         view = memoryview(data)
-        while view:
-            written = os.write(self._fd, view)
-            view = view[written:]
+        with self._lock:
+            if self._fd < 0:
+                raise ValueError("write to a closed upload")
+            while view:
+                written = os.write(self._fd, view)
+                view = view[written:]
 
     def close(self) -> None:
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
+        with self._lock:
+            if self._fd >= 0:
+                os.close(self._fd)
+                self._fd = -1
 
 
 class FilesystemBlobStore(BlobStore):
