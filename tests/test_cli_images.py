@@ -140,3 +140,52 @@ def test_errors_are_one_sentence(server: ServerProcess, conn: Connection, tmp_pa
     nobuilder = cli(conn, tmp_path, "build", str(tmp_path), "--builder", "no such")
     assert nobuilder.returncode == 1
     assert "is neither docker-buildx, docker, buildah nor a buildx builder name" in nobuilder.stderr
+
+
+def test_json_errors_are_json_on_stdout_with_the_same_exit_code(
+    server: ServerProcess, conn: Connection, tmp_path: Path
+) -> None:
+    """``--json`` readers get ``{"error": {"code", "message"}}`` on stdout; people still get one sentence."""
+    unknown = cli(conn, tmp_path, "pull", "doesnotexist0", "--output", f"oci:{tmp_path / 'o'}", "--json")
+    assert unknown.returncode == 1 and unknown.stderr == "", unknown.stderr
+    error = json.loads(unknown.stdout)["error"]
+    assert error["code"] == "NOT_FOUND" and "doesnotexist0" in error["message"], error
+    missing = cli(conn, tmp_path, "save", f"docker-archive:{tmp_path / 'nope.tar'}", "--json")
+    assert missing.returncode == 1
+    assert json.loads(missing.stdout) == {
+        "error": {
+            "code": "IMAGE_ERROR",
+            "message": f"{tmp_path / 'nope.tar'} does not exist; check the path after docker-archive:.",
+        }
+    }
+    listing = cli(conn, tmp_path, "builds", "list", "--json", env={"CARGOHOLD_TOKEN": "chp_wrong"})
+    assert listing.returncode == 1 and set(json.loads(listing.stdout)["error"]) == {"code", "message"}
+
+
+def test_plain_progress_says_what_moved_and_never_done_before_an_error(
+    server: ServerProcess, conn: Connection, multiarch: tuple[Path, SampleIndex], tmp_path: Path
+) -> None:
+    layout_dir, _ = multiarch
+    first = cli(conn, tmp_path, "save", f"oci:{layout_dir}:v1", "--progress", "plain", "--json")
+    assert first.returncode == 0, first.stderr
+    build_id = json.loads(first.stdout)["build_id"]
+    # Saved again: every blob is already there, so nothing is counted as transferred.
+    again = cli(conn, tmp_path, "save", f"oci:{layout_dir}:v1", "--progress", "plain")
+    assert again.returncode == 0, again.stderr
+    totals = [line for line in again.stderr.splitlines() if line.startswith("saving ") and ": done, " in line]
+    assert len(totals) == 1 and ": done, 0 B in " in totals[0] and "already there" in totals[0], again.stderr
+
+    pulled = cli(conn, tmp_path, "pull", build_id, "--output", f"oci:{tmp_path / 'layout'}", "--progress", "plain")
+    assert pulled.returncode == 0, pulled.stderr
+    blob_lines = [line.split()[0] for line in pulled.stderr.splitlines() if line.startswith("  ")]
+    assert blob_lines and set(blob_lines) == {"downloaded"}, pulled.stderr
+
+    # A pull that fails mid-transfer (the server's layer files are corrupted behind its back) never claims "done".
+    layers = [p for p in (server.data_dir / "blobs").rglob("*") if p.is_file() and p.stat().st_size >= 256 << 10]
+    assert layers
+    for path in layers:
+        with open(path, "r+b") as handle:
+            handle.write(b"corrupted")
+    failed = cli(conn, tmp_path, "pull", build_id, "--output", f"oci:{tmp_path / 'bad'}", "--progress", "plain")
+    assert failed.returncode == 1
+    assert "done," not in failed.stderr and failed.stderr.strip().splitlines()[-1].startswith("error:"), failed.stderr

@@ -17,7 +17,14 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
-from cargohold.actions.common import authenticate, human_size, images_errors, project_input, registry_input
+from cargohold.actions.common import (
+    authenticate,
+    human_size,
+    images_errors,
+    project_for_saving,
+    project_input,
+    registry_input,
+)
 from cargohold.actions.runtime import (
     ActionError,
     ActionRuntime,
@@ -131,6 +138,8 @@ def main(rt: ActionRuntime) -> None:
     registry = registry_input(rt) if inputs.save else None
     project = project_input(rt) if inputs.save else None
     token = authenticate(rt, registry) if registry is not None else None
+    if registry is not None and token is not None:
+        project = project_for_saving(registry, token, project)
 
     # Imported here so the input checks above fail fast even on a partial install.
     from cargohold import images

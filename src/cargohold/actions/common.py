@@ -62,7 +62,7 @@ def project_input(rt: ActionRuntime) -> str | None:
     value = rt.get_input("project") or rt.environ.get(PROJECT_ENV, "").strip()
     if value and not _ID_RE.match(value):
         raise ActionError(
-            f"the project {value!r} is not a project id; copy the id from 'cargohold project list' "
+            f"the project {value!r} is not a project id; copy the id from 'cargohold projects list' "
             "(lower-case letters and digits)",
             title="Invalid input",
         )
@@ -102,6 +102,40 @@ def authenticate(
         else:
             rt.info("using the token from the 'token' input" if token.source == "input" else "using $CARGOHOLD_TOKEN")
     return token
+
+
+def project_for_saving(registry: Registry, token: RegistryToken, project: str | None) -> str:
+    """The project a build is saved into: the input, else the only project the credential reaches.
+
+    An OIDC exchange already says which projects the token covers; any other token is asked through the
+    control API. Inside an action the fix is always the ``project`` input, never a CLI flag.
+    """
+    if project:
+        return project
+    reachable = list(token.projects)
+    if not reachable:
+        from cargohold.client.control import ControlClient, ControlError
+
+        try:
+            with ControlClient(registry.url, token.token) as control:
+                reachable = [str(p["id"]) for p in control.list_projects()]
+        except ControlError as exc:
+            raise ActionError(
+                f"could not list the projects this token reaches ({exc}); set the 'project' input",
+                title="Missing input",
+            ) from None
+    if len(reachable) == 1:
+        return reachable[0]
+    if not reachable:
+        raise ActionError(
+            "this token reaches no project; set the 'project' input and make sure the project trusts this "
+            "repository (cargohold trust add) or the token belongs to it",
+            title="Missing input",
+        )
+    raise ActionError(
+        f"this token reaches several projects ({', '.join(sorted(reachable))}); set the 'project' input to one of them",
+        title="Missing input",
+    )
 
 
 @contextmanager

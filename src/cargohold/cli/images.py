@@ -83,7 +83,8 @@ def _errors() -> Iterator[None]:
         try:
             yield
         except (ImageError, ArchiveError, LayoutError, ImageReferenceError) as exc:
-            raise CliError(str(exc)) from None
+            codes = {"DockerError": "DOCKER_ERROR", "ImageReferenceError": "INVALID_REFERENCE"}
+            raise CliError(str(exc), code=codes.get(type(exc).__name__, "IMAGE_ERROR")) from None
 
 
 def _path(value: str | None) -> Path | None:

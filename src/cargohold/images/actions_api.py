@@ -25,6 +25,11 @@ def _connection(registry: str, token: str | None, project: str | None) -> Connec
     return Connection(normalize_registry_url(registry), token, "GitHub Actions", project)
 
 
+def _optional_connection(registry: str | None, token: str | None, project: str | None) -> Connection | None:
+    """No connection without a registry: ``save: false`` (a fork pull request) never talks to Cargohold."""
+    return _connection(registry, token, project) if registry else None
+
+
 def _ref(build_id: str | None, project: str | None, save_tag: str | None) -> str:
     if build_id:
         return build_id
@@ -35,7 +40,7 @@ def _ref(build_id: str | None, project: str | None, save_tag: str | None) -> str
 
 def save_build(
     *,
-    registry: str,
+    registry: str | None,
     token: str | None,
     project: str | None,
     image: str | None = None,
@@ -63,9 +68,11 @@ def save_build(
     ``provenance``/``sbom`` are accepted for input compatibility; attestations the builder produces are
     saved whole either way.
     """
-    connection = _connection(registry, token, project)
+    connection = _optional_connection(registry, token, project) if save else None
     progress = PlainProgress()
     if image:
+        if connection is None:
+            raise ImageError("saving an existing image needs a Cargohold registry; set the 'registry' input")
         # A bare image name (app:ci) means an image an earlier step left in the local daemon.
         source = image if image.startswith(SOURCE_PREFIXES) else f"docker-daemon:{image}"
         return save_image(connection, source, save_tags=save_tags, metadata_file=metadata_file, progress=progress)
@@ -82,7 +89,7 @@ def save_build(
         pull=pull,
     )
     result: BuildResult = build_and_save(
-        connection if save else None,
+        connection,
         options,
         builder=builder,
         save=save,

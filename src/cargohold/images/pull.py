@@ -1,10 +1,16 @@
 """``cargohold pull``: fetch a saved build into the local Docker daemon or onto disk, verifying every blob.
 
-Into Docker, nothing touches the disk: the image is written as a docker-archive into one end of a pipe
-while the other end is the body of ``POST /images/load``. This works whatever Cargohold's scheme (the
-daemon never talks to Cargohold, so no ``insecure-registries`` entry is needed for a plain-HTTP server)
-and needs no ``docker login``. Every blob is hashed as it streams and the load is aborted on a mismatch;
-every manifest is checked against its digest by the registry client.
+Into Docker, the daemon pulls the build itself (``POST /images/create`` with ``X-Registry-Auth`` built from
+the build-scoped pull token that ``GET /api/v1/pull-info`` hands out), exactly as ``docker pull`` would:
+layers download in parallel, are extracted as they arrive, and layers the daemon already has are skipped.
+No ``docker login`` is involved and nothing touches the disk on our side. The daemon verifies every blob
+against its digest; we check afterwards that the image it holds has the build's manifest and config.
+
+Only when the daemon cannot reach Cargohold (plain HTTP that is not one of its insecure registries, a
+registry under a path prefix, or a pull that fails on the network: a daemon in another network namespace,
+a CA it does not trust) do we stream the image to it instead, and say so once: a docker-archive written
+into one end of a pipe while the other end is the body of ``POST /images/load``, every blob hashed as it
+streams and the load aborted on a mismatch.
 
 On disk: ``oci:DIR[:REF]`` (blobs land atomically, verified), ``oci-archive:FILE`` (an OCI layout tar) and
 ``docker-archive:FILE`` (``docker load``-able).
@@ -25,8 +31,16 @@ from cargohold.client.copy import DEFAULT_JOBS, LayoutStore, RegistryRepo, copy_
 from cargohold.client.errors import PlatformNotFoundError
 from cargohold.client.registry import BlobSource, Manifest
 from cargohold.client.settings import Connection
-from cargohold.images.common import ImageError, cargohold_client
-from cargohold.images.docker import DockerEngine, host_platform_string, load_from_writer
+from cargohold.images.common import CARGOHOLD_USER, ImageError, cargohold_client
+from cargohold.images.docker import (
+    DaemonPullError,
+    DockerEngine,
+    DockerError,
+    host_platform_string,
+    load_from_writer,
+    registry_reach,
+    unreachable_reason,
+)
 from cargohold.images.progress import Progress
 from cargohold.images.sources import summarize
 from cargohold.oci.archive import write_docker_archive
@@ -81,6 +95,8 @@ class PullResult:
     build_digest: str
     """The saved build's top manifest (an index for multi-platform builds)."""
     loaded: list[str] = field(default_factory=list)
+    via: str | None = None
+    """Into Docker: ``daemon-pull`` (the daemon pulled from Cargohold) or ``load`` (we streamed it in)."""
 
 
 def pull_info(control: ControlClient, ref: str) -> dict[str, Any]:
@@ -205,26 +221,22 @@ def pull_image(
             None if chosen.is_index else (platform or (host_default if top.is_index else _image_platform(repo, chosen)))
         )
         summary = summarize(repo, chosen.digest, top=chosen)
-        counter = progress.transfer(f"pulling {build_id}", summary.total_size)
-        try:
-            loaded: list[str] = []
-            if spec.kind is None:
-                loaded = _to_daemon(repo, chosen, tag_list, counter, docker_host)
-                image = tag_list[0]
-            elif spec.kind == "docker-archive":
-                assert spec.path is not None
-                write_docker_archive(CountingSource(repo, counter), chosen.digest, spec.path, repo_tags=tag_list)
-                image = f"docker-archive:{spec.path}"
-            else:
-                assert spec.path is not None
-                ref_name = spec.ref or _tag_part(tag_list[0]) or build_id
-                if spec.kind == "oci":
-                    _to_layout(repo, chosen, Path(spec.path), ref_name, jobs, counter, progress)
-                else:
-                    _to_oci_archive(repo, chosen, Path(spec.path), ref_name, jobs, counter, progress)
-                image = f"{spec}" if spec.ref else f"{spec}:{ref_name}"
-        finally:
-            progress.done()
+        loaded: list[str] = []
+        via: str | None = None
+        if spec.kind is None:
+            target = DaemonTarget(
+                address=connection.registry if str(info["registry"]) == connection.host else str(info["registry"]),
+                host=str(info["registry"]),
+                repository=str(info["repository"]),
+                token=str(info["token"]),
+                platform=platform,
+            )
+            loaded, via = _to_daemon(
+                repo, chosen, tag_list, target, build_id, summary.total_size, progress, docker_host
+            )
+            image = tag_list[0]
+        else:
+            image = _to_files(repo, chosen, spec, tag_list, build_id, jobs, summary.total_size, progress)
     progress.step(f"pulled {chosen.digest} as {', '.join(tag_list) if spec.kind is None else image}")
     return PullResult(
         digest=str(chosen.digest),
@@ -238,7 +250,39 @@ def pull_image(
         size=summary.total_size,
         build_digest=str(top.digest),
         loaded=loaded,
+        via=via,
     )
+
+
+def _to_files(
+    repo: RegistryRepo,
+    chosen: Manifest,
+    spec: OutputSpec,
+    tags: list[str],
+    build_id: str,
+    jobs: int,
+    total: int,
+    progress: Progress,
+) -> str:
+    """Write the image to ``spec`` (a layout, an OCI archive or a docker-archive); returns what to call it."""
+    assert spec.path is not None
+    counter = progress.transfer(f"pulling {build_id}", total)
+    try:
+        if spec.kind == "docker-archive":
+            write_docker_archive(CountingSource(repo, counter), chosen.digest, spec.path, repo_tags=tags)
+            image = f"docker-archive:{spec.path}"
+        else:
+            ref_name = spec.ref or _tag_part(tags[0]) or build_id
+            if spec.kind == "oci":
+                _to_layout(repo, chosen, Path(spec.path), ref_name, jobs, counter, progress)
+            else:
+                _to_oci_archive(repo, chosen, Path(spec.path), ref_name, jobs, counter, progress)
+            image = f"{spec}" if spec.ref else f"{spec}:{ref_name}"
+    except BaseException:
+        progress.abort()
+        raise
+    progress.done()
+    return image
 
 
 def _tag_part(name: str) -> str | None:
@@ -248,16 +292,140 @@ def _tag_part(name: str) -> str | None:
         return None
 
 
+@dataclass(frozen=True)
+class DaemonTarget:
+    """What the Docker daemon needs to pull a build itself: where, which repository, and as whom."""
+
+    address: str
+    """Cargohold's base URL as this client reaches it (decides HTTP vs HTTPS for the reachability check)."""
+    host: str
+    """``host[:port]`` as it appears in the build's image reference."""
+    repository: str
+    token: str = field(repr=False)
+    platform: str | None
+
+
 def _to_daemon(
-    repo: RegistryRepo, manifest: Manifest, tags: list[str], counter: Callable[[int], object], docker_host: str | None
-) -> list[str]:
+    repo: RegistryRepo,
+    manifest: Manifest,
+    tags: list[str],
+    target: DaemonTarget,
+    build_id: str,
+    total: int,
+    progress: Progress,
+    docker_host: str | None,
+) -> tuple[list[str], str]:
+    """Have the daemon pull the build; stream a load only when it cannot reach Cargohold. Returns
+    (what the daemon reported, ``daemon-pull`` or ``load``)."""
     engine = DockerEngine(docker_host) if docker_host else DockerEngine.from_env()
     with engine:
-        engine.version()  # fail with "cannot reach the Docker daemon" before any blob moves
-        source = CountingSource(repo, counter)
-        return load_from_writer(
-            engine, lambda sink: write_docker_archive(source, manifest.digest, sink, repo_tags=tags)
+        # Fails with "cannot reach the Docker daemon" before any blob moves.
+        reason = registry_reach(target.address, engine.info().get("RegistryConfig"))
+        if reason is None:
+            try:
+                return _daemon_pull(engine, manifest, tags, target, build_id, progress), "daemon-pull"
+            except DaemonPullError as exc:
+                reason = unreachable_reason(exc)
+                if reason is None:
+                    raise DockerError(f"the Docker daemon could not pull build {build_id}: {exc}") from None
+        progress.step(f"the Docker daemon cannot pull from Cargohold ({reason}); streaming the image into it instead")
+        counter = progress.transfer(f"loading {build_id}", total)
+        try:
+            source = CountingSource(repo, counter)
+            loaded = load_from_writer(
+                engine, lambda sink: write_docker_archive(source, manifest.digest, sink, repo_tags=tags)
+            )
+        except BaseException:
+            progress.abort()
+            raise
+        progress.done()
+        return loaded, "load"
+
+
+def _daemon_pull(
+    engine: DockerEngine, manifest: Manifest, tags: list[str], target: DaemonTarget, build_id: str, progress: Progress
+) -> list[str]:
+    """``POST /images/create`` by digest, progress from the daemon's stream, then verify and tag."""
+    name = f"{target.host}/{target.repository}"
+    body = manifest.json()
+    layers = [Descriptor.from_dict(entry) for entry in body.get("layers") or []]
+    config_digest = str((body.get("config") or {}).get("digest") or "")
+    tracker = DaemonProgress(layers, progress)
+    counter = progress.transfer(f"pulling {build_id}", sum(layer.size for layer in layers))
+    tracker.counter = counter
+    auth = {"username": CARGOHOLD_USER, "password": target.token, "serveraddress": target.host}
+    try:
+        for event in engine.pull(name, str(manifest.digest), auth=auth, platform=target.platform):
+            tracker.event(event)
+    except BaseException:
+        progress.abort()
+        raise
+    progress.done()
+    pinned = f"{name}@{manifest.digest}"
+    inspected = engine.inspect_image(pinned)
+    if inspected is None:
+        raise DockerError(f"the Docker daemon reported pulling {pinned} but does not have it; pull again")
+    # The daemon verified every blob against the digests it asked for; check it asked for ours. With the
+    # classic image store the image ID is the config digest, with the containerd store the manifest's.
+    repo_digests = [str(d) for d in inspected.get("RepoDigests") or []]
+    if pinned not in repo_digests or str(inspected.get("Id")) not in (config_digest, str(manifest.digest)):
+        raise DockerError(
+            f"the image the Docker daemon pulled ({inspected.get('Id')}, {', '.join(repo_digests) or 'no digest'}) "
+            f"is not build {build_id} ({manifest.digest}); pull again"
         )
+    for tag in tags:
+        engine.tag_image(pinned, tag)
+    return [pinned]
+
+
+class DaemonProgress:
+    """Turns the daemon's per-layer JSON events into our byte counter and per-blob lines.
+
+    The daemon names layers by the first 12 hex digits of their digest and reports ``Downloading`` with a
+    running ``current`` per layer; small layers may only ever say ``Download complete``. Bytes are counted
+    once per layer (the largest ``current`` seen, then the full size when complete); ``Already exists``
+    is a blob that did not move.
+    """
+
+    DONE = ("Download complete", "Verifying Checksum", "Extracting", "Pull complete")
+
+    def __init__(self, layers: Sequence[Descriptor], progress: Progress) -> None:
+        self.layers = {layer.digest.hex[:12]: layer for layer in layers}
+        self.progress = progress
+        self.counter: Callable[[int], object] = lambda _delta: None
+        self.seen: dict[str, int] = {}
+        self.reported: set[str] = set()
+
+    def event(self, event: dict[str, Any]) -> None:
+        layer = self.layers.get(str(event.get("id") or ""))
+        if layer is None:
+            return
+        key = layer.digest.hex[:12]
+        status = str(event.get("status") or "")
+        if status == "Already exists":
+            self._report(key, layer, "skipped")
+            return
+        current = self.seen.get(key, 0)
+        if status == "Downloading":
+            detail = event.get("progressDetail") or {}
+            value = detail.get("current") if isinstance(detail, dict) else None
+            if isinstance(value, int) and value > current:
+                self._advance(key, min(value, layer.size))
+        elif status in self.DONE:
+            self._advance(key, layer.size)
+            if status == "Pull complete":
+                self._report(key, layer, "downloaded")
+
+    def _advance(self, key: str, value: int) -> None:
+        before = self.seen.get(key, 0)
+        if value > before:
+            self.seen[key] = value
+            self.counter(value - before)
+
+    def _report(self, key: str, layer: Descriptor, how: str) -> None:
+        if key not in self.reported:
+            self.reported.add(key)
+            self.progress.blob(layer, how)
 
 
 def _to_layout(
@@ -270,7 +438,12 @@ def _to_layout(
     progress: Progress,
 ) -> None:
     target = LayoutStore(OCILayout.create(directory))
-    copy_image(repo, manifest.digest, target, [ref_name], jobs=jobs, progress=counter, on_blob=progress.blob)
+
+    def on_blob(descriptor: Descriptor, how: str) -> None:
+        # The copy names it from the target's side ("uploaded" into the layout); for a pull it came down.
+        progress.blob(descriptor, "downloaded" if how == "uploaded" else how)
+
+    copy_image(repo, manifest.digest, target, [ref_name], jobs=jobs, progress=counter, on_blob=on_blob)
 
 
 def _to_oci_archive(

@@ -150,9 +150,12 @@ def push_image(
                         source, chosen.digest, target, names, jobs=jobs, progress=counter, on_blob=on_blob
                     )
                 except ImageError as exc:
+                    progress.abort()
                     raise ImageError(f"pushing to {where} failed: {exc}{_tls_hint(exc, registry)}") from exc
-                finally:
-                    progress.done()
+                except BaseException:
+                    progress.abort()
+                    raise
+                progress.done()
             by_server = (server_push.pushed if server_push else 0) - pushed_before
             for tag, _ in members:
                 result.digests[tag] = str(copied.digest)

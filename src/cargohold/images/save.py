@@ -145,7 +145,7 @@ def save_opened(
                 connection, control, build, opened, summary, save_tags, metadata_file, jobs, progress
             )
         except BaseException as exc:
-            progress.done()
+            progress.abort()
             reason = describe(exc) if not isinstance(exc, KeyboardInterrupt) else "interrupted"
             # The original error matters more than a failed fail_build; the build then expires on its own.
             with contextlib.suppress(ControlError):
@@ -188,8 +188,10 @@ def _upload_and_record(
                 progress=counter,
                 on_blob=on_blob,
             )
-        finally:
-            progress.done()
+        except BaseException:
+            progress.abort()
+            raise
+        progress.done()
     try:
         saved = control.save_build(build_id, save_tags=list(save_tags))
     except ControlError as exc:
