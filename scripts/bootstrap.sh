@@ -124,9 +124,9 @@ _ch_python() {
     want="$(sha256sum "$_ch_root/pyproject.toml" | cut -d' ' -f1)"
     if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ] \
         || ! "$venv/bin/python" -c 'import cargohold, pytest' >/dev/null 2>&1; then
-        _ch_say "installing cargohold (editable) with test extras into $venv"
+        _ch_say "installing cargohold (editable) with the server and test extras into $venv"
         "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip
-        "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -e "$_ch_root[test]"
+        "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -e "$_ch_root[server,test]"
         echo "$want" > "$stamp"
     fi
     export VIRTUAL_ENV="$venv"

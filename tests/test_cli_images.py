@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from cargohold.client.settings import Connection
-from cargohold.sample import SampleIndex
+from cargohold.sample import SampleIndex, write_sample_image
 from conftest import ServerProcess
 from refregistry import RefRegistry, refregistry_auth_fixture
 from test_images_support import conn_fixture, multiarch_fixture, skopeo_raw
@@ -189,3 +189,66 @@ def test_plain_progress_says_what_moved_and_never_done_before_an_error(
     failed = cli(conn, tmp_path, "pull", build_id, "--output", f"oci:{tmp_path / 'bad'}", "--progress", "plain")
     assert failed.returncode == 1
     assert "done," not in failed.stderr and failed.stderr.strip().splitlines()[-1].startswith("error:"), failed.stderr
+
+
+def test_bare_save_tags_resolve_in_the_configured_project_and_targets_are_pulled_and_pushed(
+    server: ServerProcess, conn: Connection, refregistry_auth: RefRegistry, tmp_path: Path
+) -> None:
+    """``cargohold pull main`` with a project configured; a build-ID-shaped save-tag is tried as a build first
+    and then as the save-tag (documented order); bake targets saved in one build are pulled and pushed by name."""
+    main = write_sample_image(tmp_path / "main", layers=1, layer_size=8192, seed=31, ref="v1")
+    app = write_sample_image(tmp_path / "app", layers=1, layer_size=8192, seed=32, ref="v1")
+    tests = write_sample_image(tmp_path / "tests", layers=1, layer_size=8192, seed=33, ref="v1")
+    saved = cli(
+        conn,
+        tmp_path,
+        "save",
+        f"oci:{tmp_path / 'main'}:v1",
+        "--save-tag",
+        "main",
+        "--save-tag",
+        "nightlybld",  # shaped like a build ID
+        "--target",
+        f"app=oci:{tmp_path / 'app'}:v1",
+        "--target",
+        f"tests=oci:{tmp_path / 'tests'}:v1",
+        "--json",
+    )
+    assert saved.returncode == 0, saved.stderr
+    data = json.loads(saved.stdout)
+    assert data["metadata"]["cargohold.build"]["targets"] == ["app", "tests"]
+
+    for word in ("main", "nightlybld", data["build_id"]):
+        pulled = cli(conn, tmp_path, "pull", word, "--output", f"oci:{tmp_path / ('by-' + word)}", "--json")
+        assert pulled.returncode == 0, (word, pulled.stderr)
+        assert json.loads(pulled.stdout)["digest"] == str(main.manifest.digest), word
+        assert json.loads(pulled.stdout)["build_id"] == data["build_id"], word
+
+    unconfigured = cli(
+        conn, tmp_path, "pull", "main", "--output", f"oci:{tmp_path / 'x'}", env={"CARGOHOLD_PROJECT_ID": ""}
+    )
+    assert unconfigured.returncode == 1
+    assert "'main' is not a build ID; to pull the save-tag main, configure the project" in unconfigured.stderr
+
+    target = cli(conn, tmp_path, "pull", "main", "--target", "app", "--output", f"oci:{tmp_path / 'app-out'}", "--json")
+    assert target.returncode == 0, target.stderr
+    result = json.loads(target.stdout)
+    assert result["digest"] == str(app.manifest.digest) and result["target"] == "app"
+    assert result["reference"] == f"{server.host}/{conn.project}:{data['build_id']}-app"
+    unknown = cli(conn, tmp_path, "pull", "main", "--target", "nope", "--output", f"oci:{tmp_path / 'n'}")
+    assert unknown.returncode == 1 and "has no target 'nope'; its targets: app, tests" in unknown.stderr
+
+    tag = f"{refregistry_auth.host}/final/tests:1.0"
+    pushed = cli(
+        conn,
+        tmp_path,
+        "push",
+        "main",
+        "--target",
+        "tests",
+        "-t",
+        tag,
+        env={"CARGOHOLD_PUSH_REGISTRY_USERNAME": "ci", "CARGOHOLD_PUSH_REGISTRY_PASSWORD": "s3cret-pass"},
+    )
+    assert pushed.returncode == 0, pushed.stderr
+    assert skopeo_raw(f"docker://{tag}", creds="ci:s3cret-pass")[1] == tests.manifest.digest

@@ -19,6 +19,7 @@ On disk: ``oci:DIR[:REF]`` (blobs land atomically, verified), ``oci-archive:FILE
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tarfile
 from collections.abc import Callable, Iterator, Sequence
@@ -97,17 +98,28 @@ class PullResult:
     loaded: list[str] = field(default_factory=list)
     via: str | None = None
     """Into Docker: ``daemon-pull`` (the daemon pulled from Cargohold) or ``load`` (we streamed it in)."""
+    target: str | None = None
 
 
-def pull_info(control: ControlClient, ref: str) -> dict[str, Any]:
-    """Resolve ``BUILD_ID``, ``PROJECT:TAG`` or ``HOST/PROJECT:TAG`` to where the build lives.
+BUILD_ID_PATTERN = re.compile(r"[a-z][a-z0-9]{9}")
+"""The shape of every build ID the server hands out (10 lower-case letters and digits, a letter first; see
+``cargohold.metadata.control.new_id``). Only such a word can name a build; any other bare word is a save-tag."""
 
-    A full reference's tag can be a save-tag or the build ID itself (``<host>/<project>:<build>`` is the
-    reference ``cargohold save`` prints), so a miss on the save-tag lookup retries with the tag as a build.
+
+def pull_info(control: ControlClient, ref: str, project: str | None = None) -> dict[str, Any]:
+    """Resolve ``BUILD_ID``, ``SAVE_TAG`` (with ``project``), ``PROJECT:TAG`` or ``HOST/PROJECT:TAG``.
+
+    A bare word is resolved deterministically: shaped like a build ID, it is looked up as a build first and,
+    when there is no such build and a project is configured, as that project's save-tag; any other word is a
+    save-tag of the configured project (``cargohold pull main``). A full reference's tag can be a save-tag or
+    the build ID itself (``<host>/<project>:<build>`` is the reference ``cargohold save`` prints), which the
+    server's ``PROJECT:TAG`` lookup already tries in that order.
     """
     text = ref.strip()
     if "@" in text:
         raise ImageError(f"{ref} pins a digest; pull by build ID or PROJECT:TAG instead")
+    if ":" not in text and "/" not in text:
+        return _bare_word(control, text, project)
     try:
         return control.pull_info(text)
     except ControlError as exc:
@@ -122,6 +134,32 @@ def pull_info(control: ControlClient, ref: str) -> dict[str, Any]:
                 except ControlError:
                     pass
         raise
+
+
+def _bare_word(control: ControlClient, word: str, project: str | None) -> dict[str, Any]:
+    if BUILD_ID_PATTERN.fullmatch(word):
+        try:
+            return control.pull_info(word)
+        except ControlError as exc:
+            if exc.status != 404 or not project:
+                raise
+    if not project:
+        raise ImageError(
+            f"{word!r} is not a build ID; to pull the save-tag {word}, configure the project (--project or "
+            f"CARGOHOLD_PROJECT_ID; the 'project' input in an action) or write PROJECT:{word}"
+        )
+    return control.pull_info(f"{project}:{word}")
+
+
+def target_digest(info: dict[str, Any], target: str | None) -> str:
+    """The manifest to fetch: the build's own, or a bake target's (saved as ``<build>-<target>``)."""
+    if target is None:
+        return str(info["digest"])
+    targets = info.get("targets") or {}
+    if target not in targets:
+        available = ", ".join(sorted(targets)) or "none (it was saved as one image)"
+        raise ImageError(f"build {info['build_id']} has no target {target!r}; its targets: {available}")
+    return str(targets[target])
 
 
 class CountingSource:
@@ -194,8 +232,12 @@ def pull_image(
     jobs: int = DEFAULT_JOBS,
     progress: Progress | None = None,
     docker_host: str | None = None,
+    target: str | None = None,
 ) -> PullResult:
-    """Pull build ``ref`` to ``output`` (default: the local Docker daemon, tagged ``tags`` or its reference)."""
+    """Pull build ``ref`` to ``output`` (default: the local Docker daemon, tagged ``tags`` or its reference).
+
+    ``target``: one bake target of a build saved with several (its default name is ``<reference>-<target>``).
+    """
     progress = progress or Progress()
     spec = output if isinstance(output, OutputSpec) else parse_output(output)
     if all_platforms and spec.kind not in ("oci", "oci-archive"):
@@ -203,18 +245,22 @@ def pull_image(
     if all_platforms and platform:
         raise ImageError("give either --platform or --all-platforms, not both")
     with connection.control() as control:
-        info = pull_info(control, ref)
+        info = pull_info(control, ref, connection.project)
     build_id, reference = str(info["build_id"]), str(info["reference"])
+    digest = target_digest(info, target)
+    if target is not None:
+        reference = f"{reference}-{target}"
     tag_list = list(tags) or [reference]
     for tag in tag_list:
         try:
             ImageReference.parse(tag)
         except ImageReferenceError as exc:
             raise ImageError(f"-t {tag!r} is not an image name ({exc}); write e.g. myapp:ci") from None
-    progress.step(f"pulling build {build_id} ({info.get('digest')}) to {spec}")
+    what = f"build {build_id}" + (f" target {target}" if target else "")
+    progress.step(f"pulling {what} ({digest}) to {spec}")
     with cargohold_client(connection, str(info["registry"]), str(info["token"])) as client:
         repo = RegistryRepo(client, str(info["repository"]))
-        top = repo.get_manifest(Digest.parse(str(info["digest"])))
+        top = repo.get_manifest(Digest.parse(digest))
         host_default = None if all_platforms else host_platform_string()
         chosen = choose_manifest(repo, top, platform, default=host_default)
         chosen_platform = (
@@ -251,6 +297,7 @@ def pull_image(
         build_digest=str(top.digest),
         loaded=loaded,
         via=via,
+        target=target,
     )
 
 
