@@ -20,7 +20,7 @@ _ch_missing_packages() {
     local cmd pkg
     # dockerd/buildah: the build and docker-daemon paths are tested against real ones, started privately.
     for pair in skopeo:skopeo umoci:umoci docker-registry:docker-registry nginx:nginx-light curl:curl \
-                python3:python3 dockerd:docker.io buildah:buildah; do
+                python3:python3 dockerd:docker.io buildah:buildah busybox:busybox-static; do
         cmd="${pair%%:*}"; pkg="${pair#*:}"
         if ! command -v "$cmd" >/dev/null 2>&1 && ! [ -x "/usr/sbin/$cmd" ]; then
             missing+=("$pkg")

@@ -193,9 +193,33 @@ def test_interfaces_match_the_issue() -> None:
         "save",
         "save-tags",
         "image",
+        # Depot's build-push-action inputs: passed to the builder ...
+        "save-tag",
+        "secret-files",
+        "build-contexts",
+        "ssh",
+        "cache-from",
+        "cache-to",
+        "outputs",
+        "annotations",
+        "attests",
+        "add-hosts",
+        "allow",
+        "no-cache-filters",
+        "network",
+        "shm-size",
+        "ulimit",
+        "cgroup-parent",
+        # ... or declared so that setting them fails with the reason instead of being dropped.
+        "build-platform",
+        "buildx-fallback",
+        "lint",
+        "lint-fail-on",
+        "sbom-dir",
+        "github-token",
     }
-    assert inputs["pull"] == shared | {"build-id", "platform", "tags", "output"}
-    assert inputs["push"] == shared | {"build-id", "tags", "platform", "username", "password", "transfer"}
+    assert inputs["pull"] == shared | {"build-id", "platform", "tags", "output", "targets"}
+    assert inputs["push"] == shared | {"build-id", "tags", "platform", "username", "password", "transfer", "targets"}
     assert outputs == {
         "build": {"build-id", "project-id", "reference", "digest", "imageid", "metadata"},
         "pull": {"digest", "image"},

@@ -33,7 +33,7 @@ class Registry:
 
 @dataclass(frozen=True, slots=True)
 class BuildRef:
-    """What ``build-id`` named: a build id, or a save-tag in a project (``project:tag``)."""
+    """What ``build-id`` named: a build id or a bare save-tag (``build_id``), or ``project:tag``."""
 
     build_id: str | None
     project: str | None
@@ -78,10 +78,13 @@ def parse_build_ref(value: str, registry: Registry | None = None) -> BuildRef:
         project, _, tag = text.rpartition(":")
         if _ID_RE.match(project) and _TAG_RE.match(tag):
             return BuildRef(build_id=None, project=project, tag=tag)
-    elif _ID_RE.match(text):
+    elif _ID_RE.match(text) or _TAG_RE.match(text):
+        # A build ID or a bare save-tag of the 'project' input: the images layer tells them apart (build IDs
+        # have one known shape, cargohold.images.pull.BUILD_ID_PATTERN).
         return BuildRef(build_id=text, project=None, tag=None)
     raise ActionError(
-        f"'build-id' is {value!r}; use the build-id output of cargohold/action-build, or <project>:<save-tag>",
+        f"'build-id' is {value!r}; use the build-id output of cargohold/action-build, a save-tag of the "
+        "'project' input, or <project>:<save-tag>",
         title="Invalid input",
     )
 

@@ -62,11 +62,13 @@ def save_build(
     save: bool = True,
     save_tags: Sequence[str] = (),
     metadata_file: str | None = None,
+    secret_specs: Sequence[str] = (),
+    pass_through: Mapping[str, Any] | None = None,
 ) -> Any:
     """action-build: save ``image`` (a source string such as ``docker-daemon:app:ci``) or build ``context``.
 
-    ``provenance``/``sbom`` are accepted for input compatibility; attestations the builder produces are
-    saved whole either way.
+    ``pass_through`` holds the further build flags by :class:`BuildOptions` field name (``cache_from``,
+    ``ssh``, ...; see :data:`cargohold.images.build.PASS_THROUGH`); a builder that cannot apply one fails.
     """
     connection = _optional_connection(registry, token, project) if save else None
     progress = PlainProgress()
@@ -85,8 +87,12 @@ def save_build(
         platforms=list(platforms),
         labels=list(labels),
         secret_values=dict(secrets or {}),
+        secrets=list(secret_specs),
         no_cache=no_cache,
         pull=pull,
+        provenance=provenance,
+        sbom=sbom,
+        **dict(pass_through or {}),
     )
     result: BuildResult = build_and_save(
         connection,
@@ -113,8 +119,10 @@ def pull_build(
     tags: Sequence[str] = (),
     output: str = "docker",
     output_path: str | None = None,
+    target: str | None = None,
 ) -> PullResult:
-    """action-pull: ``output`` is ``docker``, ``oci`` or ``docker-archive`` with ``output_path``."""
+    """action-pull: ``output`` is ``docker``, ``oci`` or ``docker-archive`` with ``output_path``; ``build_id``
+    may also be a bare save-tag of ``project``."""
     spec = None if output in ("", "docker") else f"{output}:{output_path}"
     return pull_image(
         _connection(registry, token, project),
@@ -123,6 +131,7 @@ def pull_build(
         platform=platform,
         output=spec,
         progress=PlainProgress(),
+        target=target,
     )
 
 
@@ -138,6 +147,7 @@ def push_build(
     username: str | None = None,
     password: str | None = None,
     transfer: str = "auto",
+    target: str | None = None,
 ) -> PushResult:
     """action-push: copy the build to ``tags`` with explicit credentials or the Docker config."""
     return push_image(
@@ -149,4 +159,5 @@ def push_build(
         password=password,
         progress=PlainProgress(),
         transfer=transfer,
+        target=target,
     )

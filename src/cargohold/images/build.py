@@ -59,6 +59,85 @@ class BuildOptions:
     """``{id: value}``, passed to the builder through environment variables, never argv."""
     no_cache: bool = False
     pull: bool = False
+    build_contexts: list[str] = field(default_factory=list)
+    ssh: list[str] = field(default_factory=list)
+    cache_from: list[str] = field(default_factory=list)
+    cache_to: list[str] = field(default_factory=list)
+    outputs: list[str] = field(default_factory=list)
+    """Extra buildx exports, next to the one Cargohold reads the result from."""
+    annotations: list[str] = field(default_factory=list)
+    attests: list[str] = field(default_factory=list)
+    add_hosts: list[str] = field(default_factory=list)
+    allow: list[str] = field(default_factory=list)
+    no_cache_filters: list[str] = field(default_factory=list)
+    network: str | None = None
+    shm_size: str | None = None
+    ulimits: list[str] = field(default_factory=list)
+    cgroup_parent: str | None = None
+    provenance: str | None = None
+    sbom: str | None = None
+
+
+@dataclass(frozen=True)
+class BuilderFlag:
+    """One pass-through build flag: the :class:`BuildOptions` field, the flag the builders take, the
+    docker/build-push-action input it comes from, and the builders that understand it."""
+
+    field: str
+    flag: str
+    input: str
+    builders: frozenset[str]
+
+
+_ALL = frozenset(BUILDERS)
+_BUILDX = frozenset({"docker-buildx"})
+_BUILDX_BUILDAH = frozenset({"docker-buildx", "buildah"})
+PASS_THROUGH: tuple[BuilderFlag, ...] = (
+    BuilderFlag("build_contexts", "--build-context", "build-contexts", _BUILDX_BUILDAH),
+    BuilderFlag("ssh", "--ssh", "ssh", _BUILDX_BUILDAH),
+    BuilderFlag("cache_from", "--cache-from", "cache-from", _ALL),
+    BuilderFlag("cache_to", "--cache-to", "cache-to", _BUILDX_BUILDAH),
+    BuilderFlag("outputs", "--output", "outputs", _BUILDX),
+    BuilderFlag("annotations", "--annotation", "annotations", _BUILDX_BUILDAH),
+    BuilderFlag("attests", "--attest", "attests", _BUILDX),
+    BuilderFlag("add_hosts", "--add-host", "add-hosts", _ALL),
+    BuilderFlag("allow", "--allow", "allow", _BUILDX),
+    BuilderFlag("no_cache_filters", "--no-cache-filter", "no-cache-filters", _BUILDX),
+    BuilderFlag("network", "--network", "network", _ALL),
+    BuilderFlag("shm_size", "--shm-size", "shm-size", _ALL),
+    BuilderFlag("ulimits", "--ulimit", "ulimit", _ALL),
+    BuilderFlag("cgroup_parent", "--cgroup-parent", "cgroup-parent", _ALL),
+    BuilderFlag("provenance", "--provenance", "provenance", _BUILDX),
+    BuilderFlag("sbom", "--sbom", "sbom", _BUILDX),
+)
+"""What each builder accepts, checked against ``docker buildx build``, buildah 1.28 and the classic ``docker
+build`` (the latter only when buildx is absent: with the plugin installed Cargohold uses buildx). A flag a
+builder cannot apply is an error naming it, never silently dropped: a cache, secret or attestation that
+quietly did not happen is worse than a failed build."""
+
+
+def pass_through_flags(options: BuildOptions, builder: str) -> list[str]:
+    """The pass-through flags for ``builder``; one that it cannot apply raises :class:`ImageError`."""
+    flags: list[str] = []
+    refused: list[BuilderFlag] = []
+    for spec in PASS_THROUGH:
+        value = getattr(options, spec.field)
+        values = value if isinstance(value, list) else ([value] if value else [])
+        if not values:
+            continue
+        if builder not in spec.builders:
+            refused.append(spec)
+            continue
+        for item in values:
+            flags += [spec.flag, item]
+    if refused:
+        names = ", ".join(f"{spec.flag} (input '{spec.input}')" for spec in refused)
+        able = sorted({b for spec in refused for b in spec.builders} - {builder})
+        raise ImageError(
+            f"the {builder} builder cannot apply {names}; use --builder {' or '.join(able)} "
+            "(the action's 'builder' input), or remove it"
+        )
+    return flags
 
 
 @dataclass
@@ -244,6 +323,7 @@ def build_image(
             )
         argv = ["docker", "buildx", "build", *(["--builder", instance] if instance else [])]
         argv += _common_flags(options, env)
+        argv += pass_through_flags(options, chosen)
         for tag in options.tags:
             argv += ["--tag", tag]
         if options.platforms:
@@ -263,6 +343,7 @@ def build_image(
         )
     if chosen == "docker":
         argv = ["docker", "build", "--iidfile", str(iidfile), *_common_flags(options, env, legacy=True)]
+        argv += pass_through_flags(options, chosen)
         for tag in options.tags:
             argv += ["--tag", tag]
         if options.platforms:
@@ -271,6 +352,7 @@ def build_image(
         image_id = iidfile.read_text().strip()
         return BuiltImage(chosen, SourceSpec("docker-daemon", image_id), image_id)
     argv = ["buildah", "bud", "--format", "oci", "--iidfile", str(iidfile), *_common_flags(options, env)]
+    argv += pass_through_flags(options, chosen)
     for tag in options.tags:
         argv += ["--tag", tag]
     if options.platforms:
