@@ -31,7 +31,7 @@ from cargohold.client.control import ControlClient, ControlError
 from cargohold.client.copy import DEFAULT_JOBS, LayoutStore, RegistryRepo, copy_image, platform_label, select_platform
 from cargohold.client.errors import PlatformNotFoundError
 from cargohold.client.registry import BlobSource, Manifest
-from cargohold.client.settings import Connection
+from cargohold.client.settings import Connection, normalize_registry_url
 from cargohold.images.common import CARGOHOLD_USER, ImageError, cargohold_client
 from cargohold.images.docker import (
     DaemonPullError,
@@ -271,7 +271,12 @@ def pull_image(
         via: str | None = None
         if spec.kind is None:
             target = DaemonTarget(
-                address=connection.registry if str(info["registry"]) == connection.host else str(info["registry"]),
+                # As cargohold_client reaches it: the URL we were given, else the scheme the host implies.
+                address=(
+                    connection.registry
+                    if str(info["registry"]) == connection.host
+                    else normalize_registry_url(str(info["registry"]))
+                ),
                 host=str(info["registry"]),
                 repository=str(info["repository"]),
                 token=str(info["token"]),
