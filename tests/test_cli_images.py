@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 from cargohold.client.settings import Connection
 from cargohold.sample import SampleIndex, write_sample_image
@@ -252,3 +255,16 @@ def test_bare_save_tags_resolve_in_the_configured_project_and_targets_are_pulled
     )
     assert pushed.returncode == 0, pushed.stderr
     assert skopeo_raw(f"docker://{tag}", creds="ci:s3cret-pass")[1] == tests.manifest.digest
+
+
+def test_build_refuses_a_flag_the_builder_cannot_apply_before_building(
+    server: ServerProcess, conn: Connection, tmp_path: Path
+) -> None:
+    if shutil.which("buildah") is None:
+        pytest.skip("buildah is not installed (scripts/bootstrap.sh installs it)")
+    (tmp_path / "Dockerfile").write_text("FROM scratch\n")
+    refused = cli(conn, tmp_path, "build", str(tmp_path), "--builder", "buildah", "--attest", "type=sbom", "--json")
+    assert refused.returncode == 1, refused.stderr
+    error = json.loads(refused.stdout)["error"]
+    assert error["code"] == "IMAGE_ERROR"
+    assert error["message"].startswith("the buildah builder cannot apply --attest (input 'attests'); use --builder")

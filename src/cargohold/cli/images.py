@@ -63,6 +63,24 @@ platform_option = click.option(
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+def pass_through_options(command: F) -> F:
+    """One option per flag of :data:`cargohold.images.build_flags.PASS_THROUGH` (``--cache-from``, ``--ssh``, ...),
+    passed to the builder as given; a builder that lacks one fails naming it."""
+    from cargohold.images.build_flags import BUILDERS, PASS_THROUGH
+
+    names = {"docker-buildx": "buildx", "buildah": "buildah", "docker": "docker build"}
+    for spec in reversed(PASS_THROUGH):
+        builders = ", ".join(names[b] for b in BUILDERS if b in spec.builders)
+        command = click.option(
+            spec.flag,
+            spec.field,
+            multiple=spec.repeatable,
+            show_default=False,
+            help=f"Passed to the builder{' (repeatable)' if spec.repeatable else ''}: {builders}.",
+        )(command)
+    return command
+
+
 def transfer_options(command: F) -> F:
     """The options every image command ends with, in this order: --jobs, --progress, --registry, --project,
     --token, --json."""
@@ -203,6 +221,7 @@ def save(
     show_default=False,
     help="docker-buildx, docker, buildah, or a buildx builder name (default: the first available).",
 )
+@pass_through_options
 @metadata_option
 @transfer_options
 def build(
@@ -228,6 +247,7 @@ def build(
     project: str | None,
     token: str | None,
     as_json: bool,
+    **pass_through: Any,
 ) -> None:
     """Build an image with docker buildx, docker or buildah, and (--save) save it as a new build."""
     from pathlib import Path
@@ -247,6 +267,7 @@ def build(
             secrets=list(secret),
             no_cache=no_cache,
             pull=pull,
+            **{name: list(value) if isinstance(value, tuple) else value for name, value in pass_through.items()},
         )
         result = build_and_save(
             connection,

@@ -30,6 +30,7 @@ from typing import Any
 
 from cargohold.client.copy import DEFAULT_JOBS
 from cargohold.client.settings import Connection
+from cargohold.images.build_flags import BUILDERS, PASS_THROUGH, BuilderFlag
 from cargohold.images.common import ImageError
 from cargohold.images.docker import DockerEngine, host_platform_string, load_from_writer
 from cargohold.images.progress import Progress
@@ -38,7 +39,6 @@ from cargohold.images.save import SaveResult, save_opened
 from cargohold.images.sources import OpenedSource, SourceSpec, open_source
 from cargohold.oci.archive import write_docker_archive
 
-BUILDERS = ("docker-buildx", "docker", "buildah")
 TAIL_LINES = 20
 
 
@@ -76,44 +76,6 @@ class BuildOptions:
     cgroup_parent: str | None = None
     provenance: str | None = None
     sbom: str | None = None
-
-
-@dataclass(frozen=True)
-class BuilderFlag:
-    """One pass-through build flag: the :class:`BuildOptions` field, the flag the builders take, the
-    docker/build-push-action input it comes from, and the builders that understand it."""
-
-    field: str
-    flag: str
-    input: str
-    builders: frozenset[str]
-
-
-_ALL = frozenset(BUILDERS)
-_BUILDX = frozenset({"docker-buildx"})
-_BUILDX_BUILDAH = frozenset({"docker-buildx", "buildah"})
-PASS_THROUGH: tuple[BuilderFlag, ...] = (
-    BuilderFlag("build_contexts", "--build-context", "build-contexts", _BUILDX_BUILDAH),
-    BuilderFlag("ssh", "--ssh", "ssh", _BUILDX_BUILDAH),
-    BuilderFlag("cache_from", "--cache-from", "cache-from", _ALL),
-    BuilderFlag("cache_to", "--cache-to", "cache-to", _BUILDX_BUILDAH),
-    BuilderFlag("outputs", "--output", "outputs", _BUILDX),
-    BuilderFlag("annotations", "--annotation", "annotations", _BUILDX_BUILDAH),
-    BuilderFlag("attests", "--attest", "attests", _BUILDX),
-    BuilderFlag("add_hosts", "--add-host", "add-hosts", _ALL),
-    BuilderFlag("allow", "--allow", "allow", _BUILDX),
-    BuilderFlag("no_cache_filters", "--no-cache-filter", "no-cache-filters", _BUILDX),
-    BuilderFlag("network", "--network", "network", _ALL),
-    BuilderFlag("shm_size", "--shm-size", "shm-size", _ALL),
-    BuilderFlag("ulimits", "--ulimit", "ulimit", _ALL),
-    BuilderFlag("cgroup_parent", "--cgroup-parent", "cgroup-parent", _ALL),
-    BuilderFlag("provenance", "--provenance", "provenance", _BUILDX),
-    BuilderFlag("sbom", "--sbom", "sbom", _BUILDX),
-)
-"""What each builder accepts, checked against ``docker buildx build``, buildah 1.28 and the classic ``docker
-build`` (the latter only when buildx is absent: with the plugin installed Cargohold uses buildx). A flag a
-builder cannot apply is an error naming it, never silently dropped: a cache, secret or attestation that
-quietly did not happen is worse than a failed build."""
 
 
 def pass_through_flags(options: BuildOptions, builder: str) -> list[str]:
