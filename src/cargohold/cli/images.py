@@ -64,9 +64,9 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def pass_through_options(command: F) -> F:
-    """One option per flag of :data:`cargohold.images.build_flags.PASS_THROUGH` (``--cache-from``, ``--ssh``, ...),
+    """One option per flag of :data:`cargohold.build_flags.PASS_THROUGH` (``--cache-from``, ``--ssh``, ...),
     passed to the builder as given; a builder that lacks one fails naming it."""
-    from cargohold.images.build_flags import BUILDERS, PASS_THROUGH
+    from cargohold.build_flags import BUILDERS, PASS_THROUGH
 
     names = {"docker-buildx": "buildx", "buildah": "buildah", "docker": "docker build"}
     for spec in reversed(PASS_THROUGH):

@@ -28,9 +28,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cargohold.build_flags import BUILDERS, PASS_THROUGH, BuilderFlag
 from cargohold.client.copy import DEFAULT_JOBS
 from cargohold.client.settings import Connection
-from cargohold.images.build_flags import BUILDERS, PASS_THROUGH, BuilderFlag
 from cargohold.images.common import ImageError
 from cargohold.images.docker import DockerEngine, host_platform_string, load_from_writer
 from cargohold.images.progress import Progress

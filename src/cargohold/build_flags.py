@@ -1,7 +1,8 @@
 """The build flags Cargohold passes through to the builders, and which builder takes which.
 
-Kept apart from :mod:`cargohold.images.build` (and free of imports) so that the CLI can declare one option
-per flag without importing the build machinery at start-up.
+Kept apart from :mod:`cargohold.images.build` (and free of imports, outside the images package) so that the
+CLI can declare one option per flag without importing the build machinery at start-up
+(tests/test_cli_startup.py).
 """
 
 from __future__ import annotations
