@@ -15,8 +15,9 @@ touches the caller's environment; ``actions/cache`` carries it to the next job a
 
 Why it is fast: the actions only run Cargohold's client, so ``requirements.lock`` holds the client set
 (httpx, click, rich, tenacity, PyJWT and their dependencies: pure-Python wheels), not the server's aiohttp,
-SQLAlchemy or cryptography. ``uv`` installs it when the runner has one (GitHub's images do); pip otherwise,
-driven from the runner's own pip into a venv created without pip (seeding pip into every venv costs seconds).
+SQLAlchemy or cryptography. ``uv`` installs it when the runner has one on PATH (after ``astral-sh/setup-uv``,
+or on a self-hosted runner); pip otherwise, driven from the runner's own pip into a venv created without pip
+(seeding pip into every venv costs seconds).
 Cargohold itself is not installed but put on the venv's path with a ``.pth`` file (what an editable install
 does), so no build backend runs at action time.
 
