@@ -5,18 +5,23 @@ run as processes on this machine, no Docker) against a ``cargohold serve`` that 
 and the CNCF reference registry as the push destination. Nothing is mocked between the workflow and the
 services: each action bootstraps its own virtualenv, asks the "runner" for an ID token
 (``ACTIONS_ID_TOKEN_REQUEST_URL``/``_TOKEN`` point at the loopback issuer), exchanges it, and moves a real
-image. The build job saves a sample OCI image, three matrix jobs pull it (by build id and by save-tag, as an
-OCI layout and as a docker-archive), and the last job pushes it; the test then checks act's structured log,
-the server's access log and, with skopeo, the destination itself.
+image. The build job saves a sample OCI image (with Depot's ``save-tag`` spelling), four matrix jobs pull it (by
+build id, by ``<project>:<save-tag>`` and by the bare save-tag with ``project``, as an OCI layout and as a
+docker-archive), a fork job builds with ``save: false`` and neither token nor ID token, and the last job pushes
+it; the test then checks act's structured log, the server's access log and, with skopeo, the destination itself.
 
 Why a snapshot of the repository in a fixed directory (``$CARGOHOLD_E2E_CACHE``, default
 ``~/.cache/cargohold-e2e``): act gives every job a fresh random workspace, and the actions' bootstrap keeps
 its virtualenv next to the action (``<checkout>/.cargohold-venv/<key>``). The workflow links the snapshot's
-action directories into each workspace, so all five jobs, and every later run whose sources are unchanged,
-reuse one virtualenv; a cold bootstrap (pip from the hash-checked lock) takes about a minute on two cores,
-a warm one under a second. A snapshot rather than the working tree itself, so that edits made while the
-test runs cannot change the venv key between jobs, and the bootstrap's clean-up of stale venvs never
-touches a developer's own ``.cargohold-venv``. CI can keep the directory in its cache between runs.
+action directories into each workspace, so all jobs share one virtualenv. A snapshot rather than the working
+tree itself, so that edits made while the test runs cannot change the venv key between jobs, and the
+bootstrap's clean-up of stale venvs never touches a developer's own ``.cargohold-venv``.
+
+The venv's life is what a real run's would be: the snapshot starts without one, the build job installs it
+(a few seconds: the client set from the hash-checked lock) and saves it with ``actions/cache/save``, the matrix
+reuses it, and the push job deletes it and gets it back from ``actions/cache/restore``. act cannot reach
+github.com, so ``--local-repository`` maps the pinned ``actions/cache`` to ``tests/e2e/actions-cache``, two
+small composite actions keeping the cache in a directory (as the loopback issuer stands in for GitHub's OIDC).
 """
 
 from __future__ import annotations
@@ -53,7 +58,7 @@ SNAPSHOT_ITEMS = ("pyproject.toml", "README.md", "src", "actions-common", "actio
 """What the actions' bootstrap needs to install Cargohold (pyproject, readme, sources) and the actions."""
 SNAPSHOT_IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info", ".cargohold-venv")
 ACT_TIMEOUT = 420.0
-"""Measured here: a cold bootstrap ~65-80 s on two busy cores, the rest of the workflow ~12 s. Generous, but bounded."""
+"""Measured here: the whole workflow ~18 s, its cold bootstrap a few seconds. Generous for a busy machine."""
 DESTINATION_REPOSITORY = "e2e/app:1.0"
 MATRIX = ("oci-by-build-id", "oci-by-save-tag", "archive-by-build-id", "archive-by-bare-save-tag")
 CACHE_ACTION = "actions/cache@27d5ce7f107fe9357f9df03efb73ab90386fccae"
