@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Regenerate actions-common/requirements.lock: the hash-pinned runtime dependencies the three GitHub Actions
-# install into their private virtualenv (see actions-common/setup.sh and docs/github-actions.md).
+# install into their private virtualenv (see actions-common/bootstrap.py and docs/github-actions.md). Only the
+# client set, [project].dependencies: the actions never run the server, so its extra is not locked.
 #
 # Why a script: the lock must be reproducible by anyone and must only ever come from the public PyPI index
 # (not a developer's local mirror or find-links), and it must be proven to install on every runner we
@@ -24,11 +25,11 @@ trap 'rm -rf "$tmp"' EXIT
 export PIP_CONFIG_FILE=/dev/null PIP_FIND_LINKS="" PIP_EXTRA_INDEX_URL="" PIP_INDEX_URL="$index"
 
 cd "$root"
-echo "[lock] resolving pyproject.toml + actions-common/build-requirements.in against $index" >&2
+echo "[lock] resolving pyproject.toml (client dependencies, no extras) against $index" >&2
 "$python" -m piptools compile --quiet --generate-hashes --allow-unsafe --strip-extras \
     --no-emit-index-url --no-emit-find-links --index-url "$index" \
     --output-file "$tmp/requirements.lock" \
-    pyproject.toml actions-common/build-requirements.in
+    pyproject.toml
 # Keep the command line in the header relative and stable, whatever the temporary path was.
 sed -e "s#$tmp/requirements.lock#actions-common/requirements.lock#" "$tmp/requirements.lock" > "$tmp/lock.out"
 

@@ -21,7 +21,7 @@ _ch_missing_packages() {
     # dockerd/buildah: the build and docker-daemon paths are tested against real ones, started privately.
     # mkfs.ext4: the full-disk tests mount a small real filesystem (tests/test_storage_full.py).
     for pair in skopeo:skopeo umoci:umoci docker-registry:docker-registry nginx:nginx-light curl:curl \
-                python3:python3 dockerd:docker.io buildah:buildah mkfs.ext4:e2fsprogs; do
+                python3:python3 dockerd:docker.io buildah:buildah mkfs.ext4:e2fsprogs busybox:busybox-static; do
         cmd="${pair%%:*}"; pkg="${pair#*:}"
         if ! command -v "$cmd" >/dev/null 2>&1 && ! [ -x "/usr/sbin/$cmd" ]; then
             missing+=("$pkg")
@@ -125,9 +125,9 @@ _ch_python() {
     want="$(sha256sum "$_ch_root/pyproject.toml" | cut -d' ' -f1)"
     if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ] \
         || ! "$venv/bin/python" -c 'import cargohold, pytest' >/dev/null 2>&1; then
-        _ch_say "installing cargohold (editable) with test extras into $venv"
+        _ch_say "installing cargohold (editable) with the server and test extras into $venv"
         "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip
-        "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -e "$_ch_root[test]"
+        "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -e "$_ch_root[server,test]"
         echo "$want" > "$stamp"
     fi
     export VIRTUAL_ENV="$venv"

@@ -5,18 +5,23 @@ run as processes on this machine, no Docker) against a ``cargohold serve`` that 
 and the CNCF reference registry as the push destination. Nothing is mocked between the workflow and the
 services: each action bootstraps its own virtualenv, asks the "runner" for an ID token
 (``ACTIONS_ID_TOKEN_REQUEST_URL``/``_TOKEN`` point at the loopback issuer), exchanges it, and moves a real
-image. The build job saves a sample OCI image, three matrix jobs pull it (by build id and by save-tag, as an
-OCI layout and as a docker-archive), and the last job pushes it; the test then checks act's structured log,
-the server's access log and, with skopeo, the destination itself.
+image. The build job saves a sample OCI image (with Depot's ``save-tag`` spelling), four matrix jobs pull it (by
+build id, by ``<project>:<save-tag>`` and by the bare save-tag with ``project``, as an OCI layout and as a
+docker-archive), a fork job builds with ``save: false`` and neither token nor ID token, and the last job pushes
+it; the test then checks act's structured log, the server's access log and, with skopeo, the destination itself.
 
 Why a snapshot of the repository in a fixed directory (``$CARGOHOLD_E2E_CACHE``, default
 ``~/.cache/cargohold-e2e``): act gives every job a fresh random workspace, and the actions' bootstrap keeps
 its virtualenv next to the action (``<checkout>/.cargohold-venv/<key>``). The workflow links the snapshot's
-action directories into each workspace, so all five jobs, and every later run whose sources are unchanged,
-reuse one virtualenv; a cold bootstrap (pip from the hash-checked lock) takes about a minute on two cores,
-a warm one under a second. A snapshot rather than the working tree itself, so that edits made while the
-test runs cannot change the venv key between jobs, and the bootstrap's clean-up of stale venvs never
-touches a developer's own ``.cargohold-venv``. CI can keep the directory in its cache between runs.
+action directories into each workspace, so all jobs share one virtualenv. A snapshot rather than the working
+tree itself, so that edits made while the test runs cannot change the venv key between jobs, and the
+bootstrap's clean-up of stale venvs never touches a developer's own ``.cargohold-venv``.
+
+The venv's life is what a real run's would be: the snapshot starts without one, the build job installs it
+(a few seconds: the client set from the hash-checked lock) and saves it with ``actions/cache/save``, the matrix
+reuses it, and the push job deletes it and gets it back from ``actions/cache/restore``. act cannot reach
+github.com, so ``--local-repository`` maps the pinned ``actions/cache`` to ``tests/e2e/actions-cache``, two
+small composite actions keeping the cache in a directory (as the loopback issuer stands in for GitHub's OIDC).
 """
 
 from __future__ import annotations
@@ -53,9 +58,12 @@ SNAPSHOT_ITEMS = ("pyproject.toml", "README.md", "src", "actions-common", "actio
 """What the actions' bootstrap needs to install Cargohold (pyproject, readme, sources) and the actions."""
 SNAPSHOT_IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info", ".cargohold-venv")
 ACT_TIMEOUT = 420.0
-"""Measured here: a cold bootstrap ~65-80 s on two busy cores, the rest of the workflow ~12 s. Generous, but bounded."""
+"""Measured here: the whole workflow ~18 s, its cold bootstrap a few seconds. Generous for a busy machine."""
 DESTINATION_REPOSITORY = "e2e/app:1.0"
-MATRIX = ("oci-by-build-id", "oci-by-save-tag", "archive-by-build-id")
+MATRIX = ("oci-by-build-id", "oci-by-save-tag", "archive-by-build-id", "archive-by-bare-save-tag")
+CACHE_ACTION = "actions/cache@27d5ce7f107fe9357f9df03efb73ab90386fccae"
+"""The actions/cache the action.yml files pin; act maps it to the stand-in in tests/e2e/actions-cache."""
+CACHE_STAND_IN = ROOT / "tests" / "e2e" / "actions-cache"
 SCRUBBED_PREFIXES = ("CARGOHOLD_", "GITHUB_", "ACTIONS_", "INPUT_", "RUNNER_")
 """Variables of the caller's environment that would change what the actions do: a CARGOHOLD_TOKEN would
 skip OIDC, and when pytest itself runs under GitHub Actions its runner files must not leak into act's jobs."""
@@ -87,6 +95,9 @@ def snapshot() -> Iterator[Path]:
         fcntl.flock(lock, fcntl.LOCK_EX)
         source = base / "source"
         source.mkdir(exist_ok=True)
+        # Every run starts cold, like a runner whose cache missed: the build job creates the venv and saves it to
+        # the (stand-in) cache, and the push job, after deleting it, restores it (a cached bootstrap).
+        shutil.rmtree(source / ".cargohold-venv", ignore_errors=True)
         for name in SNAPSHOT_ITEMS:
             target = source / name
             if target.is_dir():
@@ -186,6 +197,10 @@ def run_act(act: str, tmp_path: Path, inputs: dict[str, str], env_vars: dict[str
         "--no-cache-server",
         "--strict",
         "--json",
+        "--local-repository",
+        f"{CACHE_ACTION}={CACHE_STAND_IN}",
+        "--env",
+        f"CARGOHOLD_E2E_CACHE_STORE={tmp_path / 'actions-cache-store'}",
     ]
     for key, value in inputs.items():
         command += ["--input", f"{key}={value}"]
@@ -240,8 +255,9 @@ def act() -> str:
         pytest.skip(
             f"act ({binary}) cannot run here: `act --version` exited {probe.returncode}: {probe.stderr.strip()}"
         )
-    if shutil.which("skopeo") is None:
-        pytest.skip("skopeo is not installed (scripts/bootstrap.sh installs it)")
+    for tool in ("skopeo", "buildah"):
+        if shutil.which(tool) is None:
+            pytest.skip(f"{tool} is not installed (scripts/bootstrap.sh installs it)")
     return binary
 
 
@@ -303,14 +319,29 @@ def test_e2e_workflow_is_valid_local_only_and_oidc_only() -> None:
     assert workflow.get("permissions") == {}
     used = []
     for name, job in workflow["jobs"].items():
-        assert job["permissions"] == {"id-token": "write", "contents": "read"}, name
+        if name == "fork":  # a fork's pull request gets no ID token: it builds with save: false, without Cargohold
+            assert job["permissions"] == {"contents": "read"}
+            assert [step["with"]["save"] for step in job["steps"] if "uses" in step] == [False]
+        else:
+            assert job["permissions"] == {"id-token": "write", "contents": "read"}, name
         for step in job["steps"]:
             if "uses" in step:
                 used.append(step["uses"])
                 assert "token" not in step.get("with", {}), f"{name}: a token input would bypass OIDC"
             else:
                 assert "${{" not in step["run"], f"{name}: move the expression into env: ({step['run']!r})"
-    assert sorted(used) == ["./action-build", "./action-pull", "./action-push"]
+    assert sorted(used) == ["./action-build", "./action-build", "./action-pull", "./action-push"]
+    stand_ins = {
+        path.parent.name: YAML(typ="safe").load(path.read_text()) for path in CACHE_STAND_IN.glob("*/action.yml")
+    }
+    assert set(stand_ins) == {"restore", "save"}
+    for kind, action in stand_ins.items():  # the stand-in takes what the real actions/cache takes from us
+        assert {"path", "key"} <= set(action["inputs"]), kind
+    for action_file in ROOT.glob("action-*/action.yml"):
+        pinned = {
+            step["uses"] for step in YAML(typ="safe").load(action_file.read_text())["runs"]["steps"] if "uses" in step
+        }
+        assert pinned == {f"{CACHE_ACTION.replace('@', '/restore@')}", f"{CACHE_ACTION.replace('@', '/save@')}"}
 
 
 @pytest.mark.slow
@@ -346,7 +377,7 @@ def test_build_pull_push_workflow_under_act(
     print(f"act finished in {run.duration:.1f}s with exit code {run.returncode}")
     assert run.returncode == 0, f"act failed:\n{run.readable()}\n--- server log ---\n{oidc_server.log()[-5000:]}"
     results = run.job_results()
-    assert len(results) == 2 + len(MATRIX) and set(results.values()) == {"success"}, results
+    assert len(results) == 3 + len(MATRIX) and set(results.values()) == {"success"}, results
 
     # The build job: outputs of the action (as the step and as job outputs) and the image it saved.
     build = run.outputs("build", "build")
@@ -370,7 +401,7 @@ def test_build_pull_push_workflow_under_act(
             assert image.startswith("docker-archive:") and image.endswith("/pulled.tar"), (name, image)
         # The build job's outputs reached the matrix through needs.build.outputs: the summary names what was pulled.
         summary = "".join(run.summaries("test", "pull", matrix=name))
-        named = f"{project}:e2e" if name.endswith("save-tag") else build["build-id"]
+        named = {"oci-by-save-tag": f"{project}:e2e", "archive-by-bare-save-tag": "e2e"}.get(name, build["build-id"])
         assert "Cargohold pull" in summary and expected in summary and f"`{named}`" in summary, (name, summary)
 
     # The push: outputs, and the destination really holds that manifest under the tag.
@@ -378,6 +409,18 @@ def test_build_pull_push_workflow_under_act(
     pushed = run.outputs("push", "push")
     assert pushed == {"digest": expected, "tags": destination}, pushed
     assert skopeo_digest(destination) == expected
+
+    # The fork job built without Cargohold: no outputs, and it is not among the OIDC runs counted below.
+    assert run.outputs("fork", "build").get("build-id") == "", run.outputs("fork", "build")
+
+    # The venv: created cold and saved to the cache by the build job, reused by the matrix, and restored from
+    # the cache by the push job (which deleted it first) instead of being installed again.
+    said = {
+        job: " ".join(str(e.get("msg", "")) for e in run.entries if e.get("jobID") == job) for job in ("build", "push")
+    }
+    assert "Installing Cargohold's client" in said["build"] and "Cache saved with key: cargohold-venv-" in said["build"]
+    assert "Cache restored from key: cargohold-venv-" in said["push"], said["push"][-3000:]
+    assert "Reusing the Cargohold virtualenv" in said["push"] and "Installing Cargohold" not in said["push"]
 
     # Every action authenticated through OIDC: one ID-token request and one exchange per action run, and the
     # log says so; no step passed a token (the workflow has no token input, and CARGOHOLD_TOKEN was scrubbed).

@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import io
+import os
 import re
 import shutil
 import subprocess
@@ -136,6 +137,23 @@ def test_example_workflows_keep_expressions_out_of_run_scripts() -> None:
             assert "${{" not in script, f"{path.name}: move the expression into env: ({script!r})"
 
 
+CACHE_PIN = "27d5ce7f107fe9357f9df03efb73ab90386fccae"  # actions/cache v5.0.5
+
+
+@pytest.mark.parametrize("name", sorted(ACTIONS))
+def test_the_venv_is_restored_and_saved_with_actions_cache_pinned_by_sha(name: str) -> None:
+    steps = load(ACTIONS[name])["runs"]["steps"]
+    assert [step.get("id") for step in steps] == ["plan", "restore", "setup", "save", "run"]
+    plan, restore, setup, save = steps[:4]
+    assert plan["run"] == 'python3 -I "$GITHUB_ACTION_PATH/../actions-common/bootstrap.py" plan'
+    assert setup["run"] == 'python3 -I "$GITHUB_ACTION_PATH/../actions-common/bootstrap.py"'
+    assert restore["uses"] == f"actions/cache/restore@{CACHE_PIN}" and save["uses"] == f"actions/cache/save@{CACHE_PIN}"
+    assert restore["if"] == "steps.plan.outputs.ready != 'true'"
+    assert save["if"] == "steps.setup.outputs.created == 'true'"
+    for step in (restore, save):
+        assert step["with"] == {"path": "${{ steps.plan.outputs.path }}", "key": "${{ steps.plan.outputs.key }}"}
+
+
 @pytest.mark.parametrize("name", sorted(ACTIONS))
 def test_every_input_reaches_python_under_its_input_name(name: str) -> None:
     action = load(ACTIONS[name])
@@ -175,9 +193,33 @@ def test_interfaces_match_the_issue() -> None:
         "save",
         "save-tags",
         "image",
+        # Depot's build-push-action inputs: passed to the builder ...
+        "save-tag",
+        "secret-files",
+        "build-contexts",
+        "ssh",
+        "cache-from",
+        "cache-to",
+        "outputs",
+        "annotations",
+        "attests",
+        "add-hosts",
+        "allow",
+        "no-cache-filters",
+        "network",
+        "shm-size",
+        "ulimit",
+        "cgroup-parent",
+        # ... or declared so that setting them fails with the reason instead of being dropped.
+        "build-platform",
+        "buildx-fallback",
+        "lint",
+        "lint-fail-on",
+        "sbom-dir",
+        "github-token",
     }
-    assert inputs["pull"] == shared | {"build-id", "platform", "tags", "output"}
-    assert inputs["push"] == shared | {"build-id", "tags", "platform", "username", "password", "transfer"}
+    assert inputs["pull"] == shared | {"build-id", "platform", "tags", "output", "targets"}
+    assert inputs["push"] == shared | {"build-id", "tags", "platform", "username", "password", "transfer", "targets"}
     assert outputs == {
         "build": {"build-id", "project-id", "reference", "digest", "imageid", "metadata"},
         "pull": {"digest", "image"},
@@ -259,7 +301,10 @@ def test_lock_pins_every_runtime_dependency_with_hashes() -> None:
         assert requirement.specifier.contains(locked[name], prereleases=True), (
             f"{name}=={locked[name]} does not satisfy {text!r}; run: bash actions-common/lock.sh"
         )
-    assert "setuptools" in locked  # the build backend for the --no-build-isolation install of cargohold
+    # The actions run the client only: none of the server extra (nor a build backend: cargohold is put on the
+    # venv's path, not built) belongs in their virtualenv.
+    server = {canonicalize_name(Requirement(text).name) for text in project["optional-dependencies"]["server"]}
+    assert server and not (server | {"setuptools", "mako", "sqlalchemy"}) & set(locked), sorted(locked)
     entries = re.split(r"\n(?=[A-Za-z0-9])", LOCK.read_text().split("\n\n")[-1].strip())
     for entry in (e for e in entries if "==" in e):
         assert "--hash=sha256:" in entry, f"unhashed lock entry: {entry.splitlines()[0]}"
@@ -279,6 +324,7 @@ def _fake_checkout(tmp_path: Path) -> Path:
     (root / "src" / "cargohold").mkdir(parents=True)
     (root / "pyproject.toml").write_text("[project]\nname='x'\n")
     (root / "actions-common" / "requirements.lock").write_text("x==1 --hash=sha256:00\n")
+    (root / "actions-common" / "bootstrap.py").write_text("# bootstrap\n")
     (root / "src" / "cargohold" / "__init__.py").write_text("")
     return root
 
@@ -297,6 +343,55 @@ def test_venv_key_changes_with_sources_lock_and_interpreter(tmp_path: Path) -> N
     assert changed != key
     (root / "actions-common" / "requirements.lock").write_text("x==2 --hash=sha256:11\n")
     assert bootstrap.venv_key(root, sys.executable, "3.11.7") not in (key, changed)
+    moved = tmp_path / "elsewhere"
+    shutil.copytree(root, moved)
+    assert bootstrap.venv_key(moved, sys.executable, "3.11.7") != bootstrap.venv_key(root, sys.executable, "3.11.7")
+
+
+def test_cache_key_names_os_arch_python_and_the_venv_key() -> None:
+    bootstrap = _bootstrap()
+    key = bootstrap.cache_key("ab" * 32, {"RUNNER_OS": "Linux", "RUNNER_ARCH": "X64"})
+    python = "py{}.{}.{}".format(*sys.version_info[:3])
+    assert key == f"cargohold-venv-linux-x64-{python}-{'ab' * 16}"
+
+
+def test_plan_reports_path_key_and_readiness(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bootstrap = _bootstrap()
+    root = _fake_checkout(tmp_path)
+    monkeypatch.setattr(bootstrap, "__file__", str(root / "actions-common" / "bootstrap.py"))
+    output = tmp_path / "github_output"
+    output.write_text("")
+    monkeypatch.setenv("GITHUB_OUTPUT", str(output))
+    monkeypatch.setattr(bootstrap, "install", lambda *a: pytest.fail("plan never installs"))
+    assert bootstrap.main(["plan"]) == 0
+    values = dict(line.split("=", 1) for line in output.read_text().splitlines())
+    key = bootstrap.venv_key(root, sys.executable, sys.version)
+    assert values == {
+        "path": str(root / bootstrap.VENV_DIR / key[:20]),
+        "key": bootstrap.cache_key(key, dict(os.environ)),
+        "ready": "false",
+    }
+    assert bootstrap.main(["bogus"]) == 1 and "unknown arguments" in capsys.readouterr().out
+
+
+def test_installer_prefers_uv_and_can_be_forced_to_pip(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    bootstrap = _bootstrap()
+    (tmp_path / "uv").write_text("#!/bin/sh\n")
+    (tmp_path / "uv").chmod(0o755)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert bootstrap.installer({}) == "uv"
+    assert bootstrap.installer({"CARGOHOLD_INSTALLER": "pip"}) == "pip"
+    monkeypatch.setenv("PATH", str(tmp_path / "nothing"))
+    assert bootstrap.installer({}) == "pip"
+    with pytest.raises(bootstrap.SetupError, match="no uv is on PATH"):
+        bootstrap.installer({"CARGOHOLD_INSTALLER": "uv"})
+    lock, python = tmp_path / "requirements.lock", tmp_path / "venv" / "bin" / "python"
+    (uv_install,) = bootstrap.install_commands("uv", lock, python)
+    assert uv_install[:3] == ["uv", "pip", "install"] and "--require-hashes" in uv_install and ":all:" in uv_install
+    (pip_install,) = bootstrap.install_commands("pip", lock, python)
+    assert "--require-hashes" in pip_install and "--only-binary=:all:" in pip_install
 
 
 def test_bootstrap_reuses_a_complete_venv_and_reports_its_python(
@@ -314,8 +409,8 @@ def test_bootstrap_reuses_a_complete_venv_and_reports_its_python(
     output.write_text("")
     monkeypatch.setenv("GITHUB_OUTPUT", str(output))
     monkeypatch.setattr(bootstrap, "install", lambda *a: pytest.fail("a complete venv must be reused"))
-    assert bootstrap.main() == 0
-    assert output.read_text() == f"python={target / 'bin' / 'python'}\n"
+    assert bootstrap.main([]) == 0
+    assert output.read_text() == f"python={target / 'bin' / 'python'}\ncreated=false\n"
     assert "Reusing the Cargohold virtualenv" in capsys.readouterr().out
 
 
@@ -324,7 +419,7 @@ def test_bootstrap_refuses_an_old_python_with_the_fix(
 ) -> None:
     bootstrap = _bootstrap()
     monkeypatch.setattr(bootstrap, "MIN_PYTHON", (99, 0))
-    assert bootstrap.main() == 1
+    assert bootstrap.main([]) == 1
     out = capsys.readouterr().out
     assert re.fullmatch(
         r"::error title=Python too old::Cargohold's actions need Python 99\.0 or newer but python3 "

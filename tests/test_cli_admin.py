@@ -94,7 +94,7 @@ def test_projects_tokens_and_pull_token(server: ServerProcess, config: Path) -> 
     code, out, _ = run("projects", "list")
     assert code == 0 and pid in out and "cli app" in out and "7d" in out
     code, out, _ = run("projects", "list", "--json")
-    assert pid in [p["id"] for p in json.loads(out)]
+    assert pid in [p["id"] for p in json.loads(out)["projects"]]
     code, out, _ = run("projects", "update", pid, "--max-builds", "4", "--retention", "12h", "--json")
     assert code == 0 and (json.loads(out)["max_builds"], json.loads(out)["retention_seconds"]) == (4, 43200)
     code, out, _ = run("projects", "show", "--project", pid)
@@ -107,7 +107,8 @@ def test_projects_tokens_and_pull_token(server: ServerProcess, config: Path) -> 
     code, out, _ = run("tokens", "list", "--project", pid)
     assert code == 0 and created["id"] in out and "ci" in out
     code, out, _ = run("tokens", "list", "--json")
-    assert created["id"] in [t["id"] for t in json.loads(out)] and "token" not in json.loads(out)[0]
+    listed_tokens = json.loads(out)["tokens"]
+    assert created["id"] in [t["id"] for t in listed_tokens] and "token" not in listed_tokens[0]
 
     code, out, err = run("pull-token", "--project", pid)
     assert code == 0, err
@@ -120,7 +121,7 @@ def test_projects_tokens_and_pull_token(server: ServerProcess, config: Path) -> 
     code, out, _ = run("tokens", "revoke", created["id"])
     assert code == 0 and f"Revoked token {created['id']}" in out
     code, out, _ = run("tokens", "list", "--project", pid, "--json")
-    assert created["id"] not in [t["id"] for t in json.loads(out)]
+    assert created["id"] not in [t["id"] for t in json.loads(out)["tokens"]]
     code, out, err = run("tokens", "revoke", created["token"])
     assert_one_sentence_error(code, out, err, "token ID")
 
@@ -173,14 +174,14 @@ def test_trust_add_list_remove(server: ServerProcess, config: Path) -> None:
     )
     assert code == 0, err
     code, out, _ = run("trust", "list", "--project", pid, "--json")
-    listed = json.loads(out)
+    listed = json.loads(out)["trust_relationships"]
     assert len(listed) == 2 and {r["repository_id"] for r in listed} == {None, "42"}
     code, out, _ = run("trust", "list", "--project", pid)
     assert code == 0 and rel["id"] in out and "octo-org/app" in out and "learned on first use" in out
 
     code, out, _ = run("trust", "remove", "--project", pid, rel["id"])
     assert code == 0 and "Removed trust relationship" in out
-    assert len(json.loads(run("trust", "list", "--project", pid, "--json")[1])) == 1
+    assert len(json.loads(run("trust", "list", "--project", pid, "--json")[1])["trust_relationships"]) == 1
     code, out, err = run("trust", "remove", "--project", pid, rel["id"])
     assert_one_sentence_error(code, out, err, f"trust relationship {rel['id']} does not exist")
 

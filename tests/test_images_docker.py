@@ -8,6 +8,8 @@ log lines), instead of silently passing.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import shutil
@@ -21,7 +23,16 @@ from pathlib import Path
 import pytest
 
 from cargohold.client.settings import Connection
-from cargohold.images import BuildOptions, DockerEngine, ImageError, build_and_save, pull_image, save_image
+from cargohold.images import (
+    BuildOptions,
+    DockerEngine,
+    ImageError,
+    PlainProgress,
+    build_and_save,
+    pull_image,
+    save_image,
+)
+from cargohold.images.docker import registry_reach
 from cargohold.sample import write_sample_image
 from conftest import ServerProcess
 from test_images_support import conn_fixture, skopeo_raw
@@ -31,36 +42,42 @@ __all__ = ["conn_fixture"]
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def dockerd() -> Iterator[str]:
-    """A private dockerd; yields its DOCKER_HOST value."""
+@contextlib.contextmanager
+def private_dockerd(*, own_network: bool = False) -> Iterator[str]:
+    """A private dockerd; yields its DOCKER_HOST value.
+
+    ``own_network``: the daemon runs in a network namespace of its own (``unshare -n`` with only ``lo`` up),
+    like a Docker-in-Docker daemon: its 127.0.0.1 is not ours, so it cannot reach a registry on our loopback
+    while its unix socket (a file) still serves us.
+    """
     if shutil.which("dockerd") is None:
         pytest.skip("dockerd is not installed (apt-get install docker.io)")
     # Short path: unix socket paths are limited to 108 bytes.
     root = Path(tempfile.mkdtemp(prefix="chd-", dir="/tmp"))
     host = f"unix://{root}/docker.sock"
     log = root / "dockerd.log"
+    command = [
+        "dockerd",
+        "--data-root",
+        str(root / "data"),
+        "--exec-root",
+        str(root / "exec"),
+        "--pidfile",
+        str(root / "docker.pid"),
+        "-H",
+        host,
+        "--storage-driver",
+        "vfs",
+        "--iptables=false",
+        "--ip6tables=false",
+        "--bridge=none",
+    ]
+    if own_network:
+        if shutil.which("unshare") is None or shutil.which("ip") is None:
+            pytest.skip("unshare and ip (util-linux, iproute2) are needed for a daemon in its own network")
+        command = ["unshare", "-n", "sh", "-c", 'ip link set lo up && exec "$@"', "dockerd-netns", *command]
     with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [
-                "dockerd",
-                "--data-root",
-                str(root / "data"),
-                "--exec-root",
-                str(root / "exec"),
-                "--pidfile",
-                str(root / "docker.pid"),
-                "-H",
-                host,
-                "--storage-driver",
-                "vfs",
-                "--iptables=false",
-                "--ip6tables=false",
-                "--bridge=none",
-            ],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
+        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 60
         while True:
@@ -86,13 +103,36 @@ def dockerd() -> Iterator[str]:
         shutil.rmtree(root, ignore_errors=True)
 
 
+@pytest.fixture(scope="module")
+def dockerd() -> Iterator[str]:
+    """A private dockerd on this machine's network; yields its DOCKER_HOST value."""
+    with private_dockerd() as host:
+        yield host
+
+
 def test_pull_into_daemon_then_save_from_daemon(
     server: ServerProcess, conn: Connection, dockerd: str, tmp_path: Path
 ) -> None:
     image = write_sample_image(tmp_path / "img", layers=2, layer_size=128 << 10, seed=21, ref="latest")
     saved = save_image(conn, f"oci:{tmp_path / 'img'}")
-    pulled = pull_image(conn, saved.build_id, tags=["cargohold-test/app:ci"], docker_host=dockerd)
+    stream = io.StringIO()
+    pulled = pull_image(
+        conn, saved.build_id, tags=["cargohold-test/app:ci"], docker_host=dockerd, progress=PlainProgress(stream)
+    )
     assert pulled.digest == str(image.manifest.digest)
+    # The daemon pulled from Cargohold itself (a loopback registry is one of its insecure registries by default),
+    # with the build-scoped pull token as X-Registry-Auth: no docker login, no load.
+    assert pulled.via == "daemon-pull", stream.getvalue()
+    by_daemon = [
+        line
+        for line in server.log().splitlines()
+        if f"path=/v2/{conn.project}/blobs/{image.layers[0].digest}" in line and "docker/" in line
+    ]
+    assert by_daemon, "the daemon (User-Agent docker/...) fetched the layers itself"
+    assert "/images/load" not in stream.getvalue() and "streaming the image" not in stream.getvalue()
+    lines = stream.getvalue().splitlines()
+    assert sum(line.split()[0] == "downloaded" for line in lines if line.startswith("  ")) == 2, lines
+    assert not any("uploaded" in line for line in lines), lines
     with DockerEngine(dockerd) as engine:
         inspected = engine.inspect_image("cargohold-test/app:ci")
     assert inspected is not None, "the image must be in the daemon under the requested tag"
@@ -103,6 +143,39 @@ def test_pull_into_daemon_then_save_from_daemon(
     _, digest = skopeo_raw(f"docker://{again.reference}", creds=f"x-token:{server.admin_token}")
     assert str(digest) == again.digest
     assert again.uploaded_size == 0, "the daemon's export has the same layers: nothing new to upload"
+
+
+def test_pull_falls_back_to_a_load_when_the_daemon_cannot_reach_cargohold(conn: Connection, tmp_path: Path) -> None:
+    """A daemon in its own network namespace is told to pull from 127.0.0.1 (allowed by its configuration) and
+    fails on the network: the image is streamed into it instead, verified, and the log says so once."""
+    image = write_sample_image(tmp_path / "img", layers=2, layer_size=64 << 10, seed=22, ref="latest")
+    saved = save_image(conn, f"oci:{tmp_path / 'img'}")
+    stream = io.StringIO()
+    with private_dockerd(own_network=True) as isolated:
+        pulled = pull_image(
+            conn, saved.build_id, tags=["cargohold-test/far:ci"], docker_host=isolated, progress=PlainProgress(stream)
+        )
+        with DockerEngine(isolated) as engine:
+            inspected = engine.inspect_image("cargohold-test/far:ci")
+    assert pulled.via == "load" and pulled.digest == str(image.manifest.digest)
+    assert inspected is not None and inspected["Id"] == str(image.config.digest)
+    said = [line for line in stream.getvalue().splitlines() if "cannot pull from Cargohold" in line]
+    assert len(said) == 1 and "connection refused" in said[0], stream.getvalue()
+    assert not any(": done, 0 B" in line for line in stream.getvalue().splitlines()), stream.getvalue()
+
+
+def test_registry_reach_follows_the_daemons_insecure_registries(dockerd: str) -> None:
+    """The decision uses the real daemon's RegistryConfig (nothing is contacted: IP literals are not looked up)."""
+    with DockerEngine(dockerd) as engine:
+        config = engine.info()["RegistryConfig"]
+    assert registry_reach("http://127.0.0.1:5000", config) is None  # 127.0.0.0/8 is insecure by default
+    assert registry_reach("https://192.0.2.10", config) is None
+    assert "not one of the Docker daemon's insecure registries" in (
+        registry_reach("http://192.0.2.10:5000", config) or ""
+    )
+    listed = {**config, "IndexConfigs": {**config.get("IndexConfigs", {}), "192.0.2.10:5000": {"Secure": False}}}
+    assert registry_reach("http://192.0.2.10:5000", listed) is None
+    assert "path" in (registry_reach("http://127.0.0.1:5000/cargohold", config) or "")
 
 
 def test_docker_build_and_save(server: ServerProcess, conn: Connection, dockerd: str, tmp_path: Path) -> None:

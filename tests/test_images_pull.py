@@ -100,3 +100,12 @@ def test_pull_refuses_a_blob_that_does_not_match_its_digest(
         Digest.parse(m["digest"]) != amd.manifest.digest
         for m in json.loads((tmp_path / "bad" / "index.json").read_text())["manifests"]
     )
+
+
+def test_the_build_id_shape_the_client_assumes_is_the_one_the_server_hands_out() -> None:
+    """``cargohold pull WORD`` decides "build or save-tag" by shape; the server's ID generator must agree."""
+    from cargohold.images.pull import BUILD_ID_PATTERN
+    from cargohold.metadata.control import new_id
+
+    assert all(BUILD_ID_PATTERN.fullmatch(new_id()) for _ in range(500))
+    assert not any(BUILD_ID_PATTERN.fullmatch(word) for word in ("main", "pr-42", "v1.2.3", "0123456789", "Abcdefghij"))

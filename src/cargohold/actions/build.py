@@ -13,6 +13,7 @@ and turns its result into outputs and a job summary.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,6 +22,7 @@ from cargohold.actions.common import (
     authenticate,
     human_size,
     images_errors,
+    project_for_saving,
     project_input,
     registry_input,
     retry_policy,
@@ -35,8 +37,50 @@ from cargohold.actions.runtime import (
 )
 
 ACTION_NAME = "Cargohold build"
-BUILD_ONLY_INPUTS = ("file", "build-args", "target", "platforms", "secrets", "builder")
+LIST_INPUTS = {
+    # input -> BuildOptions field; one item per line, or comma-separated where the value cannot contain commas
+    "build-contexts": ("build_contexts", False),
+    "ssh": ("ssh", False),
+    "cache-from": ("cache_from", False),
+    "cache-to": ("cache_to", False),
+    "outputs": ("outputs", False),
+    "annotations": ("annotations", False),
+    "attests": ("attests", False),
+    "add-hosts": ("add_hosts", True),
+    "allow": ("allow", True),
+    "no-cache-filters": ("no_cache_filters", True),
+    "ulimit": ("ulimits", False),
+}
+"""docker/build-push-action's list inputs that Cargohold passes to the builder (see images.build.PASS_THROUGH).
+Their values contain commas (``type=registry,ref=...``), so only ``add-hosts``, ``allow`` and
+``no-cache-filters`` are also split on commas, as build-push-action does."""
+VALUE_INPUTS = {"network": "network", "shm-size": "shm_size", "cgroup-parent": "cgroup_parent"}
+BUILD_ONLY_INPUTS = (
+    "file",
+    "build-args",
+    "target",
+    "platforms",
+    "secrets",
+    "secret-files",
+    "builder",
+    "provenance",
+    "sbom",
+    *LIST_INPUTS,
+    *VALUE_INPUTS,
+)
 """Inputs that only make sense when we build; combined with ``image`` they would be silently ignored."""
+UNSUPPORTED_INPUTS = {
+    "build-platform": "Cargohold builds on this runner, so its architecture is the runner's; use a runner of that "
+    "architecture or 'platforms' with QEMU",
+    "buildx-fallback": "Cargohold always builds with this runner's builder; there is no remote builder to fall back "
+    "from",
+    "lint": "run the Dockerfile checks in a step of their own (docker buildx build --check)",
+    "lint-fail-on": "run the Dockerfile checks in a step of their own (docker buildx build --check)",
+    "sbom-dir": "use 'sbom' to attach the SBOM to the image, or 'outputs' to write it locally",
+    "github-token": "Cargohold builds the checked-out directory ('context'), never a git URL",
+}
+"""Inputs of Depot's build-push-action that cannot apply here: each one set fails with its own reason, instead
+of being ignored. ``false`` counts as unset for the boolean ones (Depot's defaults)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +105,9 @@ class BuildInputs:
     save: bool
     save_tags: list[str]
     image: str | None
+    secret_files: list[str] = field(default_factory=list)
+    pass_through: dict[str, Any] = field(default_factory=dict)
+    """Further builder flags by BuildOptions field (cache_from, ssh, network, ...)."""
 
 
 def _key_values(rt: ActionRuntime, name: str, items: list[str], *, value_required: bool) -> dict[str, str]:
@@ -78,8 +125,37 @@ def _key_values(rt: ActionRuntime, name: str, items: list[str], *, value_require
     return pairs
 
 
+def refuse_unsupported(rt: ActionRuntime) -> None:
+    """One error naming every Depot input that cannot apply (all of them at once, so one run shows them all)."""
+    given = [name for name in UNSUPPORTED_INPUTS if rt.get_input(name) and rt.get_input(name).lower() != "false"]
+    if given:
+        reasons = "; ".join(f"'{name}': {UNSUPPORTED_INPUTS[name]}" for name in given)
+        raise ActionError(
+            f"{', '.join(repr(n) for n in given)} cannot apply to a Cargohold build, remove "
+            f"{'it' if len(given) == 1 else 'them'} ({reasons})",
+            title="Unsupported input",
+        )
+
+
+def _secret_files(rt: ActionRuntime) -> list[str]:
+    """``secret-files``: ``KEY=PATH`` lines, each a ``--secret id=KEY,src=PATH`` (the file holds the secret)."""
+    specs = []
+    for key, path in _key_values(
+        rt, "secret-files", rt.get_list("secret-files", comma=False), value_required=True
+    ).items():
+        if not path.strip() or not os.path.isfile(path.strip()):
+            raise ActionError(
+                f"'secret-files' entry {key} names {path.strip() or '(nothing)'}, which is not a file; write KEY=PATH "
+                "with the path of a file holding the secret",
+                title="Invalid input",
+            )
+        specs.append(f"id={key},src={path.strip()}")
+    return specs
+
+
 def read_inputs(rt: ActionRuntime) -> BuildInputs:
     """Parse and validate every input before any work, so a typo fails in a second instead of after a build."""
+    refuse_unsupported(rt)
     image = rt.get_optional("image")
     if image:
         clashing = [name for name in BUILD_ONLY_INPUTS if rt.get_input(name)]
@@ -113,8 +189,13 @@ def read_inputs(rt: ActionRuntime) -> BuildInputs:
         sbom=rt.get_optional("sbom"),
         builder=rt.get_optional("builder"),
         save=rt.get_bool("save", default=True),
-        save_tags=rt.get_list("save-tags"),
+        save_tags=list(dict.fromkeys(rt.get_list("save-tag") + rt.get_list("save-tags"))),
         image=image,
+        secret_files=_secret_files(rt),
+        pass_through={
+            **{field_name: rt.get_list(name, comma=comma) for name, (field_name, comma) in LIST_INPUTS.items()},
+            **{field_name: rt.get_optional(name) for name, field_name in VALUE_INPUTS.items()},
+        },
     )
     if inputs.push and not inputs.tags:
         raise ActionError(
@@ -122,7 +203,8 @@ def read_inputs(rt: ActionRuntime) -> BuildInputs:
         )
     if inputs.save_tags and not inputs.save:
         raise ActionError(
-            "'save-tags' only apply when saving; remove them or set 'save: true'", title="Conflicting inputs"
+            "'save-tags' (and 'save-tag') only apply when saving; remove them or set 'save: true'",
+            title="Conflicting inputs",
         )
     if inputs.image and not inputs.save:
         raise ActionError(
@@ -139,6 +221,8 @@ def main(rt: ActionRuntime) -> None:
     project = project_input(rt) if inputs.save else None
     retry = retry_policy(rt)
     token = authenticate(rt, registry, retry=retry) if registry is not None else None
+    if registry is not None and token is not None:
+        project = project_for_saving(registry, token, project)
 
     # Imported here so the input checks above fail fast even on a partial install.
     from cargohold import images
@@ -169,6 +253,8 @@ def main(rt: ActionRuntime) -> None:
             save=inputs.save,
             save_tags=inputs.save_tags,
             retry=retry,
+            secret_specs=inputs.secret_files,
+            pass_through=inputs.pass_through,
         )
     write_results(rt, inputs, result)
 

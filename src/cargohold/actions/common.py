@@ -35,7 +35,7 @@ class Registry:
 
 @dataclass(frozen=True, slots=True)
 class BuildRef:
-    """What ``build-id`` named: a build id, or a save-tag in a project (``project:tag``)."""
+    """What ``build-id`` named: a build id or a bare save-tag (``build_id``), or ``project:tag``."""
 
     build_id: str | None
     project: str | None
@@ -64,7 +64,7 @@ def project_input(rt: ActionRuntime) -> str | None:
     value = rt.get_input("project") or rt.environ.get(PROJECT_ENV, "").strip()
     if value and not _ID_RE.match(value):
         raise ActionError(
-            f"the project {value!r} is not a project id; copy the id from 'cargohold project list' "
+            f"the project {value!r} is not a project id; copy the id from 'cargohold projects list' "
             "(lower-case letters and digits)",
             title="Invalid input",
         )
@@ -80,10 +80,13 @@ def parse_build_ref(value: str, registry: Registry | None = None) -> BuildRef:
         project, _, tag = text.rpartition(":")
         if _ID_RE.match(project) and _TAG_RE.match(tag):
             return BuildRef(build_id=None, project=project, tag=tag)
-    elif _ID_RE.match(text):
+    elif _ID_RE.match(text) or _TAG_RE.match(text):
+        # A build ID or a bare save-tag of the 'project' input: the images layer tells them apart (build IDs
+        # have one known shape, cargohold.images.pull.BUILD_ID_PATTERN).
         return BuildRef(build_id=text, project=None, tag=None)
     raise ActionError(
-        f"'build-id' is {value!r}; use the build-id output of cargohold/action-build, or <project>:<save-tag>",
+        f"'build-id' is {value!r}; use the build-id output of cargohold/action-build, a save-tag of the "
+        "'project' input, or <project>:<save-tag>",
         title="Invalid input",
     )
 
@@ -122,6 +125,40 @@ def authenticate(
         else:
             rt.info("using the token from the 'token' input" if token.source == "input" else "using $CARGOHOLD_TOKEN")
     return token
+
+
+def project_for_saving(registry: Registry, token: RegistryToken, project: str | None) -> str:
+    """The project a build is saved into: the input, else the only project the credential reaches.
+
+    An OIDC exchange already says which projects the token covers; any other token is asked through the
+    control API. Inside an action the fix is always the ``project`` input, never a CLI flag.
+    """
+    if project:
+        return project
+    reachable = list(token.projects)
+    if not reachable:
+        from cargohold.client.control import ControlClient, ControlError
+
+        try:
+            with ControlClient(registry.url, token.token) as control:
+                reachable = [str(p["id"]) for p in control.list_projects()]
+        except ControlError as exc:
+            raise ActionError(
+                f"could not list the projects this token reaches ({exc}); set the 'project' input",
+                title="Missing input",
+            ) from None
+    if len(reachable) == 1:
+        return reachable[0]
+    if not reachable:
+        raise ActionError(
+            "this token reaches no project; set the 'project' input and make sure the project trusts this "
+            "repository (cargohold trust add) or the token belongs to it",
+            title="Missing input",
+        )
+    raise ActionError(
+        f"this token reaches several projects ({', '.join(sorted(reachable))}); set the 'project' input to one of them",
+        title="Missing input",
+    )
 
 
 @contextmanager

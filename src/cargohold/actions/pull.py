@@ -2,7 +2,8 @@
 
 Run as ``python -m cargohold.actions.pull`` by ``action-pull/action.yml``. ``build-id`` accepts what
 Depot's pull does: a build id, or ``<project>:<save-tag>`` (optionally prefixed with the registry host),
-so matrix jobs can pull "the newest build of main" without passing ids around.
+and also a bare save-tag of the ``project`` input (``build-id: main``), so matrix jobs can pull "the newest
+build of main" without passing ids around. ``targets`` picks bake targets of a build saved with several.
 
 The transfer is the images layer's :func:`cargohold.images.pull_build`; this module validates,
 authenticates, and reports.
@@ -68,6 +69,13 @@ def main(rt: ActionRuntime) -> None:
     platform = rt.get_optional("platform")
     tags = rt.get_list("tags")
     output = parse_output(rt.get_input("output"))
+    targets = rt.get_list("targets")
+    if len(targets) > 1 and output.kind != "docker":
+        raise ActionError(
+            f"'output' {output} holds one image but 'targets' names {len(targets)}; pull them into the local "
+            "Docker engine (no 'output') or one target per step",
+            title="Conflicting inputs",
+        )
     if tags and output.kind == "oci" and len(tags) > 1:
         rt.warning("an OCI layout records one reference per tag; all tags point at the same manifest")
     retry = retry_policy(rt)
@@ -75,33 +83,46 @@ def main(rt: ActionRuntime) -> None:
 
     from cargohold import images  # deferred: the input checks above should not wait for heavy imports
 
-    with rt.untrusted_output(f"Pulling {ref}"), images_errors("Pull failed"):
-        result = images.pull_build(
-            registry=registry.url,
-            token=token.token,
-            build_id=ref.build_id,
-            project=ref.project or project,
-            save_tag=ref.tag,
-            platform=platform,
-            tags=tags,
-            output=output.kind,
-            output_path=output.path,
-            retry=retry,
-        )
-    write_results(rt, ref, output, tags, result)
+    results = []
+    for target in targets or [None]:
+        # Several targets into one set of names: each name gets -<target> appended, as Depot's pull does.
+        names = [f"{tag}-{target}" for tag in tags] if target and len(targets) > 1 else tags
+        what = f"{ref} target {target}" if target else str(ref)
+        with rt.untrusted_output(f"Pulling {what}"), images_errors("Pull failed"):
+            results.append(
+                images.pull_build(
+                    registry=registry.url,
+                    token=token.token,
+                    build_id=ref.build_id,
+                    project=ref.project or project,
+                    save_tag=ref.tag,
+                    platform=platform,
+                    tags=names,
+                    output=output.kind,
+                    output_path=output.path,
+                    target=target,
+                    retry=retry,
+                )
+            )
+    write_results(rt, ref, output, tags, results)
 
 
-def write_results(rt: ActionRuntime, ref: BuildRef, output: PullOutput, tags: list[str], result: Any) -> None:
-    """``digest`` and ``image`` (the first tag, or the reference the image was pulled as) plus a summary."""
-    image = tags[0] if tags else (result.image or "")
-    rt.set_output("digest", result.digest or "")
+def write_results(rt: ActionRuntime, ref: BuildRef, output: PullOutput, tags: list[str], results: list[Any]) -> None:
+    """``digest`` and ``image`` (the first tag, or the reference the image was pulled as) of the first image
+    pulled, plus a summary row per image (one per target)."""
+    first = results[0]
+    image = first.tags[0] if tags else (first.image or "")
+    rt.set_output("digest", first.digest or "")
     rt.set_output("image", image)
-    rows = [
-        ("Build", markdown_code(str(ref))),
-        ("Digest", markdown_code(result.digest) if result.digest else "-"),
-        ("Image", markdown_code(image) if image else "-"),
-        ("Destination", markdown_code(str(output))),
-    ]
+    rows = [("Build", markdown_code(str(ref)))]
+    for result in results:
+        label = f" ({result.target})" if getattr(result, "target", None) else ""
+        pulled_as = result.tags[0] if tags else (result.image or "")
+        rows += [
+            (f"Digest{label}", markdown_code(result.digest) if result.digest else "-"),
+            (f"Image{label}", markdown_code(pulled_as) if pulled_as else "-"),
+        ]
+    rows.append(("Destination", markdown_code(str(output))))
     rt.append_summary("### :arrow_down: Cargohold pull\n\n" + markdown_table(["", ""], rows))
 
 

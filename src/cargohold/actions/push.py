@@ -16,7 +16,6 @@ network; the job hands it a credential for the destination repository only (see 
 from __future__ import annotations
 
 import sys
-from typing import Any
 
 from cargohold.actions.common import (
     authenticate,
@@ -77,31 +76,40 @@ def main(rt: ActionRuntime) -> None:
             "config that docker/login-action wrote",
             title="Invalid input",
         )
+    targets = rt.get_list("targets")
     retry = retry_policy(rt)
     token = authenticate(rt, registry, retry=retry)
 
     from cargohold import images  # deferred: the input checks above should not wait for heavy imports
 
-    with rt.untrusted_output(f"Pushing {ref} to {len(tags)} tag(s)"), images_errors("Push failed"):
-        result = images.push_build(
-            registry=registry.url,
-            token=token.token,
-            build_id=ref.build_id,
-            project=ref.project or project,
-            save_tag=ref.tag,
-            tags=tags,
-            platform=platform,
-            username=username,
-            password=password or None,
-            transfer=transfer,
-            retry=retry,
-        )
-    write_results(rt, tags, result)
+    pushed: list[str] = []
+    digests: dict[str, str] = {}
+    for target in targets or [None]:
+        # Several targets to one set of tags: each tag gets -<target> appended, as Depot's pull names them.
+        names = [f"{tag}-{target}" for tag in tags] if target and len(targets) > 1 else tags
+        what = f"{ref} target {target}" if target else str(ref)
+        with rt.untrusted_output(f"Pushing {what} to {len(names)} tag(s)"), images_errors("Push failed"):
+            result = images.push_build(
+                registry=registry.url,
+                token=token.token,
+                build_id=ref.build_id,
+                project=ref.project or project,
+                save_tag=ref.tag,
+                tags=names,
+                platform=platform,
+                username=username,
+                password=password or None,
+                transfer=transfer,
+                target=target,
+                retry=retry,
+            )
+        pushed += names
+        digests.update(result.digests)
+    write_results(rt, pushed, digests)
 
 
-def write_results(rt: ActionRuntime, tags: list[str], result: Any) -> None:
-    """``digest`` (of the first tag, as they all share the build's manifest) and ``tags`` (one per line)."""
-    digests: dict[str, str] = dict(result.digests)
+def write_results(rt: ActionRuntime, tags: list[str], digests: dict[str, str]) -> None:
+    """``digest`` (of the first tag: the tags of one target share its manifest) and ``tags`` (one per line)."""
     missing = [tag for tag in tags if not digests.get(tag)]
     if missing:
         raise ActionError(

@@ -192,7 +192,13 @@ def projects_list(registry: str | None, token: str | None, as_json: bool) -> Non
     control, _ = _control(registry, token)
     with control:
         projects = control.list_projects()
-    emit(projects, as_json=as_json, columns=PROJECT_COLUMNS, rows=[_project_row(p) for p in projects], title="Projects")
+    emit(
+        {"projects": projects},
+        as_json=as_json,
+        columns=PROJECT_COLUMNS,
+        rows=[_project_row(p) for p in projects],
+        title="Projects",
+    )
 
 
 @projects_app.command("show")
@@ -347,7 +353,7 @@ def trust_list(project: str | None, registry: str | None, token: str | None, as_
     with connection.control() as control:
         rels = control.list_trust(project_id)
     emit(
-        rels,
+        {"trust_relationships": rels},
         as_json=as_json,
         columns=TRUST_COLUMNS,
         rows=[_trust_row(r) for r in rels],
@@ -453,7 +459,9 @@ def tokens_list(
     connection = connect(registry, project, token)
     with connection.control() as control:
         tokens = control.list_tokens(connection.project, include_inactive=include_inactive)
-    emit(tokens, as_json=as_json, columns=TOKEN_COLUMNS, rows=[_token_row(t) for t in tokens], title="Tokens")
+    emit(
+        {"tokens": tokens}, as_json=as_json, columns=TOKEN_COLUMNS, rows=[_token_row(t) for t in tokens], title="Tokens"
+    )
 
 
 @tokens_app.command("revoke")

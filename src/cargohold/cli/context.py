@@ -102,7 +102,11 @@ stdout: Any = _LazyConsole(highlight=False, soft_wrap=True)
 
 
 class CliError(Exception):
-    """A failure to report as one sentence (already phrased for people)."""
+    """A failure to report as one sentence (already phrased for people); ``code`` is for ``--json`` readers."""
+
+    def __init__(self, message: str, *, code: str = "ERROR") -> None:
+        super().__init__(message)
+        self.code = code
 
 
 def connect(
@@ -194,18 +198,58 @@ def known_errors() -> tuple[type[BaseException], ...]:
     )
 
 
+_HTTP_CODES = {400: "INVALID", 401: "UNAUTHORIZED", 403: "DENIED", 404: "NOT_FOUND", 409: "CONFLICT", 429: "TOO_MANY"}
+
+
+def error_code(exc: BaseException) -> str:
+    """A stable upper-case code for ``--json`` readers: the server's own code when it sent one."""
+    from cargohold.client.control import ControlError
+    from cargohold.client.errors import RegistryError
+
+    if isinstance(exc, CliError):
+        return exc.code
+    if isinstance(exc, ControlError):
+        return exc.code or _HTTP_CODES.get(exc.status or 0, "CONTROL_API_ERROR" if exc.status else "UNREACHABLE")
+    if isinstance(exc, RegistryError):
+        return exc.codes[0] if exc.codes else _HTTP_CODES.get(exc.status or 0, "REGISTRY_ERROR")
+    names = {
+        "SettingsError": "SETTINGS",
+        "CredentialsError": "CREDENTIALS",
+        "DigestMismatchError": "DIGEST_MISMATCH",
+        "PlatformNotFoundError": "PLATFORM_NOT_FOUND",
+    }
+    return names.get(type(exc).__name__, "ERROR")
+
+
+def _wants_json() -> bool:
+    """Whether the running command was given ``--json`` (every command names that flag ``as_json``)."""
+    ctx = click.get_current_context(silent=True)
+    return bool(ctx is not None and ctx.params.get("as_json"))
+
+
+def report_error(message: str, code: str) -> None:
+    """``error: <sentence>`` on stderr for people; with ``--json``, ``{"error": {"code", "message"}}`` on stdout."""
+    sentence = _sentence(message)
+    if _wants_json():
+        click.echo(json.dumps({"error": {"code": code, "message": sentence}}))
+        return
+    from rich.markup import escape
+
+    stderr.print(f"[bold red]error:[/] {escape(sentence)}")
+
+
 @contextmanager
 def handle_errors() -> Iterator[None]:
-    """Print known failures as ``error: …`` and exit 1; a bug still shows its traceback."""
+    """Print known failures as one sentence (JSON with ``--json``) and exit 1; a bug still shows its traceback."""
     try:
         yield
     except Exception as exc:
         if not isinstance(exc, CliError) and not isinstance(exc, known_errors()):
             raise
-        stderr.print(f"[bold red]error:[/] {_sentence(str(exc))}")
+        report_error(str(exc), error_code(exc))
         raise click.exceptions.Exit(1) from None
     except KeyboardInterrupt:
-        stderr.print("[bold red]error:[/] interrupted")
+        report_error("interrupted", "INTERRUPTED")
         raise click.exceptions.Exit(130) from None
 
 

@@ -63,6 +63,24 @@ platform_option = click.option(
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+def pass_through_options(command: F) -> F:
+    """One option per flag of :data:`cargohold.build_flags.PASS_THROUGH` (``--cache-from``, ``--ssh``, ...),
+    passed to the builder as given; a builder that lacks one fails naming it."""
+    from cargohold.build_flags import BUILDERS, PASS_THROUGH
+
+    names = {"docker-buildx": "buildx", "buildah": "buildah", "docker": "docker build"}
+    for spec in reversed(PASS_THROUGH):
+        builders = ", ".join(names[b] for b in BUILDERS if b in spec.builders)
+        command = click.option(
+            spec.flag,
+            spec.field,
+            multiple=spec.repeatable,
+            show_default=False,
+            help=f"Passed to the builder{' (repeatable)' if spec.repeatable else ''}: {builders}.",
+        )(command)
+    return command
+
+
 def transfer_options(command: F) -> F:
     """The options every image command ends with, in this order: --jobs, --progress, --registry, --project,
     --token, --json."""
@@ -83,7 +101,8 @@ def _errors() -> Iterator[None]:
         try:
             yield
         except (ImageError, ArchiveError, LayoutError, ImageReferenceError) as exc:
-            raise CliError(str(exc)) from None
+            codes = {"DockerError": "DOCKER_ERROR", "ImageReferenceError": "INVALID_REFERENCE"}
+            raise CliError(str(exc), code=codes.get(type(exc).__name__, "IMAGE_ERROR")) from None
 
 
 def _path(value: str | None) -> Path | None:
@@ -131,11 +150,19 @@ def _print_save(result: Any, as_json: bool) -> None:
 @app.command()
 @argument("source", help="oci:DIR[:REF], oci-archive:FILE, docker-archive:FILE or docker-daemon:IMAGE.")
 @save_tag_option
+@click.option(
+    "--target",
+    "targets",
+    multiple=True,
+    show_default=False,
+    help="NAME=SOURCE: also save a bake target's image in this build (repeatable; pull it with --target NAME).",
+)
 @metadata_option
 @transfer_options
 def save(
     source: str,
     save_tag: tuple[str, ...],
+    targets: tuple[str, ...],
     metadata_file: str | None,
     jobs: int,
     progress: str,
@@ -148,11 +175,20 @@ def save(
     from cargohold.images.save import save_image
 
     with _errors():
+        named: dict[str, str] = {}
+        for item in targets:
+            name, sep, target_source = item.partition("=")
+            if not sep or not name.strip() or not target_source.strip():
+                raise CliError(f"--target {item!r} is not NAME=SOURCE; write e.g. --target app=oci:out/app")
+            if name.strip() in named:
+                raise CliError(f"--target {name.strip()} is given twice; name each target once")
+            named[name.strip()] = target_source.strip()
         connection = connect(registry, project, token, need_project=True)
         result = save_image(
             connection,
             source,
             save_tags=list(save_tag),
+            targets=named,
             metadata_file=_path(metadata_file),
             jobs=jobs,
             progress=_progress(progress, as_json),
@@ -185,6 +221,7 @@ def save(
     show_default=False,
     help="docker-buildx, docker, buildah, or a buildx builder name (default: the first available).",
 )
+@pass_through_options
 @metadata_option
 @transfer_options
 def build(
@@ -210,6 +247,7 @@ def build(
     project: str | None,
     token: str | None,
     as_json: bool,
+    **pass_through: Any,
 ) -> None:
     """Build an image with docker buildx, docker or buildah, and (--save) save it as a new build."""
     from pathlib import Path
@@ -229,6 +267,7 @@ def build(
             secrets=list(secret),
             no_cache=no_cache,
             pull=pull,
+            **{name: list(value) if isinstance(value, tuple) else value for name, value in pass_through.items()},
         )
         result = build_and_save(
             connection,
@@ -255,7 +294,7 @@ def build(
 
 
 @app.command(name="pull")
-@argument("ref", help="BUILD_ID, PROJECT:TAG or REGISTRY/PROJECT:TAG.")
+@argument("ref", help="BUILD_ID, a save-tag of the configured project, PROJECT:TAG or REGISTRY/PROJECT:TAG.")
 @click.option(
     "--tag",
     "-t",
@@ -271,6 +310,13 @@ def build(
     show_default=False,
 )
 @click.option("--all-platforms", is_flag=True, help="Keep every platform (OCI outputs).")
+@click.option(
+    "--target",
+    "targets",
+    multiple=True,
+    show_default=False,
+    help="Bake target of a build saved with several (repeatable; with several, each -t gets -TARGET appended).",
+)
 @transfer_options
 def pull_command(
     ref: str,
@@ -278,6 +324,7 @@ def pull_command(
     platform: str | None,
     output: str | None,
     all_platforms: bool,
+    targets: tuple[str, ...],
     jobs: int,
     progress: str,
     registry: str | None,
@@ -285,35 +332,54 @@ def pull_command(
     token: str | None,
     as_json: bool,
 ) -> None:
-    """Pull a saved build into the local Docker daemon, or into an OCI layout or archive."""
+    """Pull a saved build into the local Docker daemon, or into an OCI layout or archive.
+
+    REF is a build ID, a save-tag of the configured project (cargohold pull main), or PROJECT:TAG. A word
+    shaped like a build ID (10 lower-case letters and digits, a letter first) is looked up as a build first.
+    """
     from cargohold.images.progress import human_bytes
     from cargohold.images.pull import pull_image
 
     with _errors():
+        if len(targets) > 1 and output:
+            raise CliError("an --output holds one image; pull one --target at a time into a file or layout")
         connection = connect(registry, project, token)
-        result = pull_image(
-            connection,
-            ref,
-            tags=list(tag),
-            platform=platform,
-            output=output,
-            all_platforms=all_platforms,
-            jobs=jobs,
-            progress=_progress(progress, as_json),
-        )
+        results = [
+            pull_image(
+                connection,
+                ref,
+                tags=target_tags(list(tag), target, len(targets)),
+                platform=platform,
+                output=output,
+                all_platforms=all_platforms,
+                jobs=jobs,
+                progress=_progress(progress, as_json),
+                target=target,
+            )
+            for target in (targets or (None,))
+        ]
         if as_json:
-            emit(asdict(result), as_json=True)
+            emit(asdict(results[0]) if len(results) == 1 else {"pulls": [asdict(r) for r in results]}, as_json=True)
             return
-        stdout.print(f"Pulled build {result.build_id} to {result.output}", markup=False)
-        emit(
-            {
-                "image": result.image,
-                "digest": result.digest,
-                "platform": result.platform or "all",
-                "size": human_bytes(result.size),
-            },
-            as_json=False,
-        )
+        for result in results:
+            what = f"build {result.build_id}" + (f" target {result.target}" if result.target else "")
+            stdout.print(f"Pulled {what} to {result.output}", markup=False)
+            emit(
+                {
+                    "image": result.image,
+                    "digest": result.digest,
+                    "platform": result.platform or "all",
+                    "size": human_bytes(result.size),
+                },
+                as_json=False,
+            )
+
+
+def target_tags(tags: list[str], target: str | None, count: int) -> list[str]:
+    """Several targets into one set of names: each name gets ``-<target>`` appended (as Depot does)."""
+    if target is None or count <= 1:
+        return tags
+    return [f"{tag}-{target}" for tag in tags]
 
 
 def _print_push(result: Any, *, as_json: bool) -> None:
@@ -337,7 +403,7 @@ def _print_push(result: Any, *, as_json: bool) -> None:
 
 
 @app.command(name="push")
-@argument("build_id", help="BUILD_ID or PROJECT:TAG.")
+@argument("build_id", help="BUILD_ID, a save-tag of the configured project, or PROJECT:TAG.")
 @click.option(
     "--tag",
     "-t",
@@ -365,6 +431,7 @@ def _print_push(result: Any, *, as_json: bool) -> None:
     "Loopback hosts always use HTTP.",
     show_default=False,
 )
+@click.option("--target", show_default=False, help="Bake target to push, of a build saved with several.")
 @transfer_options
 def push_command(
     build_id: str,
@@ -372,6 +439,7 @@ def push_command(
     platform: str | None,
     transfer: str,
     insecure_registry: tuple[str, ...],
+    target: str | None,
     jobs: int,
     progress: str,
     registry: str | None,
@@ -393,5 +461,6 @@ def push_command(
             progress=_progress(progress, as_json),
             transfer=transfer,
             insecure_registries=list(insecure_registry) or None,
+            target=target,
         )
         _print_push(result, as_json=as_json)

@@ -17,6 +17,9 @@ from cargohold import __version__
 from cargohold.cli.context import retry_for_option
 from cargohold.cli.durations import parse_duration, parse_size
 
+SERVER_PACKAGES = frozenset({"aiohttp", "sqlalchemy", "alembic", "cryptography", "prometheus_client", "mako"})
+"""Top-level modules of the ``server`` extra: the client (every command but ``serve``) never imports them."""
+
 
 class HelpArgument(click.Argument):
     """A positional argument with a help text (built into click only from 8.5), shown under "Arguments:"."""
@@ -270,13 +273,22 @@ def serve(
     space_check_interval: str,
     shutdown_timeout: str,
 ) -> None:
-    """Run the registry server."""
+    """Run the registry server (needs the server extra: pip install 'cargohold[server]')."""
     from pathlib import Path
 
     from cargohold.config import ServerSettings, default_data_dir
-    from cargohold.registry.egress import parse_networks
-    from cargohold.registry.server import run
-    from cargohold.storage.space import MinFreeSpace
+
+    try:
+        from cargohold.registry.egress import parse_networks
+        from cargohold.registry.server import run
+        from cargohold.storage.space import MinFreeSpace
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").partition(".")[0] not in SERVER_PACKAGES:
+            raise
+        raise click.ClickException(
+            f"cargohold serve needs the server's dependencies ({exc.name} is missing); install them with "
+            "pip install 'cargohold[server]'"
+        ) from None
 
     _configure_logging(log_level)
     try:

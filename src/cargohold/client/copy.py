@@ -415,7 +415,9 @@ def copy_image(
     """Copy the image at ``reference`` in ``source`` to ``target`` under ``tags`` (by digest if none).
 
     ``platform`` (``os/arch[/variant]``) narrows an index to one image manifest. ``progress`` receives
-    byte deltas across all blobs; ``on_blob(descriptor, how)`` is called as each blob finishes.
+    byte deltas of the blobs that really move (a blob the target has is only reported to ``on_blob``, so a
+    progress display never counts it as transferred); ``on_blob(descriptor, how)`` is called as each blob
+    finishes.
     """
     top = source.get_manifest(reference)
     if platform is not None and top.is_index:
@@ -429,8 +431,6 @@ def copy_image(
 
     def copy_blob(desc: Descriptor) -> tuple[Descriptor, str]:
         if target.has_blob(desc):
-            if progress is not None:
-                progress(desc.size)
             return desc, "skipped"
         return desc, target.put_blob(desc, source, progress)
 

@@ -26,6 +26,13 @@ def _connection(registry: str, token: str | None, project: str | None, retry: Re
     return Connection(normalize_registry_url(registry), token, "GitHub Actions", project, retry or RetryPolicy())
 
 
+def _optional_connection(
+    registry: str | None, token: str | None, project: str | None, retry: RetryPolicy | None
+) -> Connection | None:
+    """No connection without a registry: ``save: false`` (a fork pull request) never talks to Cargohold."""
+    return _connection(registry, token, project, retry) if registry else None
+
+
 def _ref(build_id: str | None, project: str | None, save_tag: str | None) -> str:
     if build_id:
         return build_id
@@ -36,7 +43,7 @@ def _ref(build_id: str | None, project: str | None, save_tag: str | None) -> str
 
 def save_build(
     *,
-    registry: str,
+    registry: str | None,
     token: str | None,
     project: str | None,
     image: str | None = None,
@@ -59,15 +66,19 @@ def save_build(
     save_tags: Sequence[str] = (),
     metadata_file: str | None = None,
     retry: RetryPolicy | None = None,
+    secret_specs: Sequence[str] = (),
+    pass_through: Mapping[str, Any] | None = None,
 ) -> Any:
     """action-build: save ``image`` (a source string such as ``docker-daemon:app:ci``) or build ``context``.
 
-    ``provenance``/``sbom`` are accepted for input compatibility; attestations the builder produces are
-    saved whole either way.
+    ``pass_through`` holds the further build flags by :class:`BuildOptions` field name (``cache_from``,
+    ``ssh``, ...; see :data:`cargohold.images.build.PASS_THROUGH`); a builder that cannot apply one fails.
     """
-    connection = _connection(registry, token, project, retry)
+    connection = _optional_connection(registry, token, project, retry) if save else None
     progress = PlainProgress()
     if image:
+        if connection is None:
+            raise ImageError("saving an existing image needs a Cargohold registry; set the 'registry' input")
         # A bare image name (app:ci) means an image an earlier step left in the local daemon.
         source = image if image.startswith(SOURCE_PREFIXES) else f"docker-daemon:{image}"
         return save_image(connection, source, save_tags=save_tags, metadata_file=metadata_file, progress=progress)
@@ -80,11 +91,15 @@ def save_build(
         platforms=list(platforms),
         labels=list(labels),
         secret_values=dict(secrets or {}),
+        secrets=list(secret_specs),
         no_cache=no_cache,
         pull=pull,
+        provenance=provenance,
+        sbom=sbom,
+        **dict(pass_through or {}),
     )
     result: BuildResult = build_and_save(
-        connection if save else None,
+        connection,
         options,
         builder=builder,
         save=save,
@@ -109,8 +124,10 @@ def pull_build(
     output: str = "docker",
     output_path: str | None = None,
     retry: RetryPolicy | None = None,
+    target: str | None = None,
 ) -> PullResult:
-    """action-pull: ``output`` is ``docker``, ``oci`` or ``docker-archive`` with ``output_path``."""
+    """action-pull: ``output`` is ``docker``, ``oci`` or ``docker-archive`` with ``output_path``; ``build_id``
+    may also be a bare save-tag of ``project``."""
     spec = None if output in ("", "docker") else f"{output}:{output_path}"
     return pull_image(
         _connection(registry, token, project, retry),
@@ -119,6 +136,7 @@ def pull_build(
         platform=platform,
         output=spec,
         progress=PlainProgress(),
+        target=target,
     )
 
 
@@ -135,6 +153,7 @@ def push_build(
     password: str | None = None,
     transfer: str = "auto",
     retry: RetryPolicy | None = None,
+    target: str | None = None,
 ) -> PushResult:
     """action-push: copy the build to ``tags`` with explicit credentials or the Docker config."""
     return push_image(
@@ -146,4 +165,5 @@ def push_build(
         password=password,
         progress=PlainProgress(),
         transfer=transfer,
+        target=target,
     )

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cargohold.build_flags import BUILDERS, PASS_THROUGH, BuilderFlag
 from cargohold.client.copy import DEFAULT_JOBS
 from cargohold.client.settings import Connection
 from cargohold.images.common import ImageError
@@ -38,7 +39,6 @@ from cargohold.images.save import SaveResult, save_opened
 from cargohold.images.sources import OpenedSource, SourceSpec, open_source
 from cargohold.oci.archive import write_docker_archive
 
-BUILDERS = ("docker-buildx", "docker", "buildah")
 TAIL_LINES = 20
 
 
@@ -59,6 +59,47 @@ class BuildOptions:
     """``{id: value}``, passed to the builder through environment variables, never argv."""
     no_cache: bool = False
     pull: bool = False
+    build_contexts: list[str] = field(default_factory=list)
+    ssh: list[str] = field(default_factory=list)
+    cache_from: list[str] = field(default_factory=list)
+    cache_to: list[str] = field(default_factory=list)
+    outputs: list[str] = field(default_factory=list)
+    """Extra buildx exports, next to the one Cargohold reads the result from."""
+    annotations: list[str] = field(default_factory=list)
+    attests: list[str] = field(default_factory=list)
+    add_hosts: list[str] = field(default_factory=list)
+    allow: list[str] = field(default_factory=list)
+    no_cache_filters: list[str] = field(default_factory=list)
+    network: str | None = None
+    shm_size: str | None = None
+    ulimits: list[str] = field(default_factory=list)
+    cgroup_parent: str | None = None
+    provenance: str | None = None
+    sbom: str | None = None
+
+
+def pass_through_flags(options: BuildOptions, builder: str) -> list[str]:
+    """The pass-through flags for ``builder``; one that it cannot apply raises :class:`ImageError`."""
+    flags: list[str] = []
+    refused: list[BuilderFlag] = []
+    for spec in PASS_THROUGH:
+        value = getattr(options, spec.field)
+        values = value if isinstance(value, list) else ([value] if value else [])
+        if not values:
+            continue
+        if builder not in spec.builders:
+            refused.append(spec)
+            continue
+        for item in values:
+            flags += [spec.flag, item]
+    if refused:
+        names = ", ".join(f"{spec.flag} (input '{spec.input}')" for spec in refused)
+        able = sorted({b for spec in refused for b in spec.builders} - {builder})
+        raise ImageError(
+            f"the {builder} builder cannot apply {names}; use --builder {' or '.join(able)} "
+            "(the action's 'builder' input), or remove it"
+        )
+    return flags
 
 
 @dataclass
@@ -244,6 +285,7 @@ def build_image(
             )
         argv = ["docker", "buildx", "build", *(["--builder", instance] if instance else [])]
         argv += _common_flags(options, env)
+        argv += pass_through_flags(options, chosen)
         for tag in options.tags:
             argv += ["--tag", tag]
         if options.platforms:
@@ -263,6 +305,7 @@ def build_image(
         )
     if chosen == "docker":
         argv = ["docker", "build", "--iidfile", str(iidfile), *_common_flags(options, env, legacy=True)]
+        argv += pass_through_flags(options, chosen)
         for tag in options.tags:
             argv += ["--tag", tag]
         if options.platforms:
@@ -271,6 +314,7 @@ def build_image(
         image_id = iidfile.read_text().strip()
         return BuiltImage(chosen, SourceSpec("docker-daemon", image_id), image_id)
     argv = ["buildah", "bud", "--format", "oci", "--iidfile", str(iidfile), *_common_flags(options, env)]
+    argv += pass_through_flags(options, chosen)
     for tag in options.tags:
         argv += ["--tag", tag]
     if options.platforms:

@@ -9,9 +9,12 @@ the API directly lets ``cargohold pull`` stream a docker-archive it is still gen
 
 from __future__ import annotations
 
+import base64
+import ipaddress
 import json
 import os
 import platform as host_platform
+import socket
 import threading
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -121,6 +124,52 @@ class DockerEngine:
         except httpx.TransportError as exc:
             raise self._unreachable(exc) from None
 
+    def info(self) -> dict[str, Any]:
+        """``GET /info``: among much else, ``RegistryConfig`` (which registries the daemon pulls from over HTTP)."""
+        try:
+            return self._check(self._http.get("/info"), "report its configuration").json()  # type: ignore[no-any-return]
+        except httpx.TransportError as exc:
+            raise self._unreachable(exc) from None
+
+    def pull(
+        self, name: str, reference: str, *, auth: Mapping[str, str], platform: str | None = None
+    ) -> Iterator[dict[str, Any]]:
+        """``POST /images/create``: the daemon pulls ``name`` at ``reference`` (a tag or digest) itself.
+
+        Yields the daemon's JSON progress events; an ``error`` event raises :class:`DaemonPullError`.
+        ``auth`` becomes ``X-Registry-Auth`` (base64url JSON), so no ``docker login`` is involved.
+        """
+        params = {"fromImage": name, "tag": reference}
+        if platform:
+            params["platform"] = platform
+        header = base64.urlsafe_b64encode(json.dumps(dict(auth)).encode()).decode()
+        try:
+            with self._http.stream(
+                "POST", "/images/create", params=params, headers={"X-Registry-Auth": header}
+            ) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    try:
+                        message = str(response.json().get("message") or response.text)
+                    except ValueError:
+                        message = response.text
+                    raise DaemonPullError(message.strip()[:500])
+                for line in response.iter_lines():
+                    if not line.strip():
+                        continue
+                    try:
+                        event = json.loads(line)
+                    except ValueError:
+                        continue
+                    if not isinstance(event, dict):
+                        continue
+                    if event.get("error") or event.get("errorDetail"):
+                        detail = event.get("error") or (event.get("errorDetail") or {}).get("message")
+                        raise DaemonPullError(str(detail).strip()[:500])
+                    yield event
+        except httpx.TransportError as exc:
+            raise self._unreachable(exc) from None
+
     def inspect_image(self, name: str) -> dict[str, Any] | None:
         """``docker image inspect``; ``None`` when the daemon has no such image."""
         try:
@@ -185,6 +234,80 @@ class DockerEngine:
             )
         except httpx.TransportError as exc:
             raise self._unreachable(exc) from None
+
+
+class DaemonPullError(DockerError):
+    """The daemon's own pull failed; :func:`unreachable_reason` tells a network failure from a refusal."""
+
+
+_UNREACHABLE_HINTS = (
+    "connection refused",
+    "no such host",
+    "dial tcp",
+    "i/o timeout",
+    "server gave http response to https client",
+    "x509:",
+    "tls:",
+    "certificate",
+    "network is unreachable",
+    "no route to host",
+    "connection reset",
+)
+"""Phrases of the daemon's pull errors that mean "cannot reach the registry" (Go's net/http and crypto/tls
+wording), as opposed to "reached it and was refused" (unauthorized, manifest unknown), which must fail."""
+
+
+def unreachable_reason(error: DaemonPullError) -> str | None:
+    """The daemon's error when it means the registry is out of the daemon's reach, else ``None``."""
+    text = str(error).lower()
+    return str(error) if any(hint in text for hint in _UNREACHABLE_HINTS) else None
+
+
+def registry_reach(url: str, registry_config: Mapping[str, Any] | None) -> str | None:
+    """Why the daemon cannot pull from the registry at ``url``, or ``None`` when it can (as far as its
+    configuration says; the network may still disagree, see :func:`unreachable_reason`).
+
+    The daemon talks HTTPS to every registry except those it lists as insecure: ``IndexConfigs`` entries
+    with ``Secure: false`` (``--insecure-registry host:port``) and the ``InsecureRegistryCIDRs`` (127.0.0.0/8
+    by default). A registry served under a path prefix cannot be named in an image reference at all.
+    """
+    parts = urlsplit(url)
+    if parts.path.strip("/"):
+        return f"Cargohold is served under the path {parts.path}, which an image reference cannot name"
+    if parts.scheme == "https":
+        return None
+    config = registry_config or {}
+    index = (config.get("IndexConfigs") or {}).get(parts.netloc)
+    if isinstance(index, Mapping) and index.get("Secure") is False:
+        return None
+    networks = []
+    for cidr in config.get("InsecureRegistryCIDRs") or []:
+        try:
+            networks.append(ipaddress.ip_network(str(cidr), strict=False))
+        except ValueError:
+            continue
+    if any(address in network for address in _addresses(parts.hostname or "") for network in networks):
+        return None
+    return f"{parts.netloc} is plain HTTP and not one of the Docker daemon's insecure registries"
+
+
+def _addresses(host: str) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+    """``host``'s addresses as the daemon would see them (an IP literal is not looked up)."""
+    try:
+        return [ipaddress.ip_address(host)]
+    except ValueError:
+        pass
+    try:
+        found = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    except OSError:
+        return []
+    out = []
+    for *_, sockaddr in found:
+        try:
+            out.append(ipaddress.ip_address(str(sockaddr[0]).split("%", 1)[0]))
+        except ValueError:
+            continue
+    return out
 
 
 def load_from_writer(engine: DockerEngine, write: Any) -> list[str]:

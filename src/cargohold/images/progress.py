@@ -26,6 +26,8 @@ if TYPE_CHECKING:  # rich is imported only when bars are drawn: CI and quiet run
     from cargohold.oci.layout import Descriptor
 
 MODES = ("auto", "tty", "plain", "quiet")
+PRESENT = ("skipped", "mounted")
+"""How a blob "finished" when no byte of it moved: the destination had it, or mounted it from a sibling."""
 
 
 def human_bytes(size: int | float | None) -> str:
@@ -51,7 +53,11 @@ class Progress:
 
     ``step`` announces a phase; ``transfer`` opens a byte counter for one phase (total may be unknown) and
     returns the callback handed to :func:`~cargohold.client.copy.copy_image`; ``blob`` is the copy's
-    ``on_blob``; ``done`` closes the current transfer.
+    ``on_blob``; ``done`` closes the current transfer, ``abort`` closes it when the phase failed (so nothing
+    claims "done" just before the error).
+
+    The byte counter only ever receives bytes that really moved: a blob the other side already had
+    (``skipped``, ``mounted``) is reported through ``blob`` and taken off the expected total instead.
     """
 
     def step(self, message: str) -> None:
@@ -62,10 +68,14 @@ class Progress:
         return _ignore
 
     def blob(self, descriptor: Descriptor, how: str) -> None:
-        """One blob finished: ``uploaded``, ``mounted`` or ``skipped``."""
+        """One blob finished: ``uploaded``, ``downloaded``, ``mounted`` or ``skipped``."""
 
     def done(self) -> None:
         """The current transfer finished (bars are removed, totals printed)."""
+
+    def abort(self) -> None:
+        """The current transfer failed; the caller reports the error."""
+        self.done()
 
     def close(self) -> None:
         """Release the terminal; safe to call more than once."""
@@ -85,6 +95,7 @@ class PlainProgress(Progress):
         self._label: str | None = None
         self._total: int | None = None
         self._moved = 0
+        self._present = 0
         self._started = 0.0
 
     def _line(self, text: str) -> None:
@@ -96,7 +107,8 @@ class PlainProgress(Progress):
 
     def transfer(self, label: str, total: int | None) -> Callable[[int], object]:
         self.done()
-        self._label, self._total, self._moved, self._started = label, total, 0, time.monotonic()
+        self._label, self._total, self._moved, self._present = label, total, 0, 0
+        self._started = time.monotonic()
         self._line(f"{label}: {human_bytes(total)}" if total is not None else f"{label}…")
 
         def advance(delta: int) -> None:
@@ -106,16 +118,26 @@ class PlainProgress(Progress):
         return advance
 
     def blob(self, descriptor: Descriptor, how: str) -> None:
-        self._line(f"  {how:<8} {short_digest(descriptor.digest)}  {human_bytes(descriptor.size)}")
+        if how in PRESENT:
+            with self._lock:
+                self._present += descriptor.size
+        self._line(f"  {how:<10} {short_digest(descriptor.digest)}  {human_bytes(descriptor.size)}")
 
     def done(self) -> None:
         if self._label is None:
             return
         elapsed = max(time.monotonic() - self._started, 1e-6)
+        present = f", {human_bytes(self._present)} already there" if self._present else ""
         self._line(
             f"{self._label}: done, {human_bytes(self._moved)} in {elapsed:.1f}s "
-            f"({human_bytes(self._moved / elapsed)}/s)"
+            f"({human_bytes(self._moved / elapsed)}/s){present}"
         )
+        self._label = None
+
+    def abort(self) -> None:
+        if self._label is None:
+            return
+        self._line(f"{self._label}: stopped after {human_bytes(self._moved)}")
         self._label = None
 
 
@@ -162,7 +184,11 @@ class RichProgress(Progress):
         return advance
 
     def blob(self, descriptor: Descriptor, how: str) -> None:
-        if how != "uploaded" and self._bar is not None:
+        if how in PRESENT and self._bar is not None and self._task is not None:
+            # Not transferred: shrink the expected total so the bar ends at what really moved.
+            total = next((task.total for task in self._bar.tasks if task.id == self._task), None)
+            if total is not None:
+                self._bar.update(self._task, total=max(0, total - descriptor.size))
             self._bar.console.print(f"  {how} {short_digest(descriptor.digest)}", markup=False, highlight=False)
 
     def done(self) -> None:

@@ -29,7 +29,7 @@ from cargohold.client.retry import tls_problem
 from cargohold.client.settings import Connection
 from cargohold.images.common import ImageError, NamingTarget, cargohold_client
 from cargohold.images.progress import Progress
-from cargohold.images.pull import choose_manifest, pull_info
+from cargohold.images.pull import choose_manifest, pull_info, target_digest
 from cargohold.images.sources import summarize
 from cargohold.oci.digest import Digest
 from cargohold.oci.imageref import ImageReference, ImageReferenceError, normalize_registry
@@ -88,8 +88,10 @@ def push_image(
     environ: Mapping[str, str] | None = None,
     transfer: str = "auto",
     insecure_registries: Sequence[str] | None = None,
+    target: str | None = None,
 ) -> PushResult:
-    """Copy build ``build_id`` (or ``PROJECT:TAG``) to every ``REGISTRY/REPO:TAG`` in ``tags``.
+    """Copy build ``build_id`` (or ``PROJECT:TAG``, or a save-tag of ``connection.project``) to every
+    ``REGISTRY/REPO:TAG`` in ``tags``; ``target`` picks one bake target of a build saved with several.
 
     ``transfer``: ``"auto"`` (the server uploads blobs itself when it can, else they stream through this
     process), ``"server"`` (the server must) or ``"client"`` (always stream through this process).
@@ -110,7 +112,7 @@ def push_image(
     for tag, parsed in destinations:
         groups.setdefault((parsed.registry, parsed.repository), []).append((tag, parsed))
     with connection.control() as control:
-        info = pull_info(control, build_id)
+        info = pull_info(control, build_id, connection.project)
     result = PushResult(build_id=str(info["build_id"]), digest="", digests={}, platform=platform)
     with cargohold_client(connection, str(info["registry"]), str(info["token"])) as source_client:
         server_push = None
@@ -120,7 +122,7 @@ def push_image(
                 on_fallback=lambda reason: progress.step(f"note: blobs stream through this machine ({reason})"),
             )
         source = RegistryRepo(source_client, str(info["repository"]), server_push)
-        top = source.get_manifest(Digest.parse(str(info["digest"])))
+        top = source.get_manifest(Digest.parse(target_digest(info, target)))
         chosen = choose_manifest(source, top, platform, default=None)
         summary = summarize(source, chosen.digest, top=chosen)
         result.total_size = summary.total_size
@@ -152,9 +154,12 @@ def push_image(
                         source, chosen.digest, target, names, jobs=jobs, progress=counter, on_blob=on_blob
                     )
                 except ImageError as exc:
+                    progress.abort()
                     raise ImageError(f"pushing to {where} failed: {exc}{_tls_hint(exc, registry)}") from exc
-                finally:
-                    progress.done()
+                except BaseException:
+                    progress.abort()
+                    raise
+                progress.done()
             by_server = (server_push.pushed if server_push else 0) - pushed_before
             for tag, _ in members:
                 result.digests[tag] = str(copied.digest)

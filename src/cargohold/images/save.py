@@ -15,7 +15,9 @@ build list explains itself instead of showing a build stuck in "building".
 
 from __future__ import annotations
 
+import contextlib
 import json
+import re
 import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -32,6 +34,8 @@ from cargohold.images.sources import OpenedSource, SourceSpec, open_source, summ
 from cargohold.oci.archive import ArchiveError
 from cargohold.oci.layout import Descriptor, LayoutError
 
+TARGET_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,99}")
+"""A bake target's name: it becomes part of a tag (``<build>-<target>``), so tag characters only."""
 _REPORTABLE = (ImageError, RegistryError, ControlError, DigestMismatchError, ArchiveError, LayoutError, OSError)
 """Failures worth rewording as "saving build X failed: …"; anything else is a bug and keeps its traceback."""
 
@@ -96,25 +100,41 @@ def save_image(
     progress: Progress | None = None,
     provenance: Mapping[str, str] | None = None,
     docker_host: str | None = None,
+    targets: Mapping[str, str | SourceSpec] | None = None,
 ) -> SaveResult:
     """Save the image at ``source`` (``oci:DIR[:REF]``, ``oci-archive:FILE``, ``docker-archive:FILE``,
-    ``docker-daemon:IMAGE``) as a new build of ``connection.project``."""
+    ``docker-daemon:IMAGE``) as a new build of ``connection.project``.
+
+    ``targets`` (``{name: source}``) saves further images in the same build, as bake does for its targets:
+    each is stored as ``<build>-<name>`` and pulled or pushed with ``--target NAME``.
+    """
     require_project(connection)
-    with tempfile.TemporaryDirectory(prefix="cargohold-save-") as tmp:
+    for name in targets or {}:
+        if not TARGET_NAME.fullmatch(name):
+            raise ImageError(f"target name {name!r} is invalid; use letters, digits, '_', '.' and '-' (up to 100)")
+    with tempfile.TemporaryDirectory(prefix="cargohold-save-") as tmp, contextlib.ExitStack() as stack:
+        current: str | SourceSpec = source
         try:
-            opened_cm = open_source(source, Path(tmp), docker_host=docker_host)
-            with opened_cm as opened:
-                return save_opened(
-                    connection,
-                    opened,
-                    save_tags=save_tags,
-                    metadata_file=metadata_file,
-                    jobs=jobs,
-                    progress=progress,
-                    provenance=provenance,
+            opened = stack.enter_context(open_source(source, Path(tmp) / "main", docker_host=docker_host))
+            opened_targets = []
+            for index, (name, target_source) in enumerate((targets or {}).items()):
+                current = target_source
+                where = Path(tmp) / f"target-{index}"
+                opened_targets.append(
+                    (name, stack.enter_context(open_source(target_source, where, docker_host=docker_host)))
                 )
+            return save_opened(
+                connection,
+                opened,
+                save_tags=save_tags,
+                metadata_file=metadata_file,
+                jobs=jobs,
+                progress=progress,
+                provenance=provenance,
+                targets=opened_targets,
+            )
         except (ArchiveError, LayoutError) as exc:
-            raise ImageError(f"cannot read {source}: {describe(exc)}") from None
+            raise ImageError(f"cannot read {current}: {describe(exc)}") from None
 
 
 def save_opened(
@@ -126,25 +146,26 @@ def save_opened(
     jobs: int = DEFAULT_JOBS,
     progress: Progress | None = None,
     provenance: Mapping[str, str] | None = None,
+    targets: Sequence[tuple[str, OpenedSource]] = (),
 ) -> SaveResult:
     """:func:`save_image` for a source that is already open (``cargohold build`` hands over its output)."""
     project = require_project(connection)
     progress = progress or Progress()
-    progress.step(f"reading {opened.description}")
-    try:
-        summary = summarize(opened.source, opened.reference)
-    except (ArchiveError, LayoutError, DigestMismatchError, ValueError, KeyError) as exc:
-        raise ImageError(f"cannot read the image in {opened.description}: {describe(exc)}") from None
+    summaries = []
+    for name, source in [("", opened), *targets]:
+        progress.step(f"reading {source.description}" + (f" (target {name})" if name else ""))
+        try:
+            summaries.append((name, source, summarize(source.source, source.reference)))
+        except (ArchiveError, LayoutError, DigestMismatchError, ValueError, KeyError) as exc:
+            raise ImageError(f"cannot read the image in {source.description}: {describe(exc)}") from None
     with connection.control() as control:
         build = control.create_build(project, provenance)
         build_id = str(build["build_id"])
         progress.step(f"created build {build_id} in project {project}")
         try:
-            return _upload_and_record(
-                connection, control, build, opened, summary, save_tags, metadata_file, jobs, progress
-            )
+            return _upload_and_record(connection, control, build, summaries, save_tags, metadata_file, jobs, progress)
         except BaseException as exc:
-            progress.done()
+            progress.abort()
             reason = describe(exc) if not isinstance(exc, KeyboardInterrupt) else "interrupted"
             # The original error matters more than a failed fail_build; the build then expires on its own.
             outcome = "the build is marked failed"
@@ -165,17 +186,18 @@ def _upload_and_record(
     connection: Connection,
     control: ControlClient,
     build: dict[str, Any],
-    opened: OpenedSource,
-    summary: Any,
+    images: list[tuple[str, OpenedSource, Any]],
     save_tags: Sequence[str],
     metadata_file: Path | str | None,
     jobs: int,
     progress: Progress,
 ) -> SaveResult:
+    """Copy the build's image (``<build>``) and each target's (``<build>-<target>``), then record the save."""
     build_id = str(build["build_id"])
     project = str(build["project_id"])
     uploaded: list[int] = []
     skipped: list[int] = []
+    summary = images[0][2]
 
     def on_blob(descriptor: Descriptor, how: str) -> None:
         (uploaded if how == "uploaded" else skipped).append(descriptor.size)
@@ -183,26 +205,36 @@ def _upload_and_record(
 
     with cargohold_client(connection, str(build["registry"]), str(build["token"])) as client:
         target = NamingTarget(RegistryRepo(client, str(build["repository"])))
-        counter = progress.transfer(f"saving {build_id}", summary.total_size)
-        try:
-            result = copy_image(
-                opened.source,
-                summary.manifest.digest,
-                target,
-                [build_id],
-                jobs=jobs,
-                progress=counter,
-                on_blob=on_blob,
-            )
-        finally:
+        copies = {}
+        for name, opened, image_summary in images:
+            tag = f"{build_id}-{name}" if name else build_id
+            counter = progress.transfer(f"saving {tag}", image_summary.total_size)
+            try:
+                copied = copy_image(
+                    opened.source,
+                    image_summary.manifest.digest,
+                    target,
+                    [tag],
+                    jobs=jobs,
+                    progress=counter,
+                    on_blob=on_blob,
+                )
+            except BaseException:
+                progress.abort()
+                raise
             progress.done()
+            copies[name] = copied
+    result = copies[""]
+    target_names = [name for name, _, _ in images if name]
     try:
-        saved = control.save_build(build_id, save_tags=list(save_tags))
+        saved = control.save_build(build_id, save_tags=list(save_tags), targets=target_names)
     except ControlError as exc:
         raise StepError("recording the build as saved", exc) from exc
     reference = str(saved.get("reference") or build["reference"])
     descriptor = summary.manifest.descriptor()
     metadata = build_metadata(build_id, project, reference, descriptor)
+    if target_names:
+        metadata["cargohold.build"]["targets"] = target_names
     if metadata_file is not None:
         try:
             Path(metadata_file).write_text(json.dumps(metadata, indent=2) + "\n")
