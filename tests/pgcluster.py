@@ -9,6 +9,11 @@ user on a shared machine cannot walk into a test's database.
 PostgreSQL refuses to run as root. Under root (CI) the server runs as the ``postgres`` system user (or
 ``nobody``) in a directory of its own under the system temp dir: pytest's own temp dirs are private to root.
 
+The default collation is ICU ``en-US``, not byte order: a production cluster is usually created with a
+language locale (``en_US.UTF-8``), under which ``ORDER BY``, ``<`` and ``>`` on text are case-insensitive at
+first and order punctuation differently. Code that needs byte order (OCI tag lists, name ranges) must say so
+(``COLLATE "C"``); a test cluster sorting like ``C`` would hide that.
+
 Debian installs the server binaries in ``/usr/lib/postgresql/<major>/bin``, off ``PATH``; the newest one there
 is used unless ``CARGOHOLD_POSTGRES_BIN`` names another directory or ``pg_ctl`` is on ``PATH``.
 
@@ -101,6 +106,8 @@ class PostgresCluster:
     user: str = "cargohold"
     password: str = field(default_factory=lambda: secrets.token_hex(16))
     port: int = 0
+    icu_locale: str | None = "en-US"
+    """Default collation of the cluster (ICU); None: byte order ("C"). See the module docstring."""
     timings: dict[str, float] = field(default_factory=dict)
     """Seconds spent in ``initdb`` and ``start`` (the self-test prints them; start-up cost matters)."""
     _account: pwd.struct_passwd | None = field(default_factory=_server_account)
@@ -162,6 +169,7 @@ class PostgresCluster:
                 "--auth-host=scram-sha-256",
                 "--encoding=UTF8",
                 "--locale=C",
+                *(["--locale-provider=icu", f"--icu-locale={self.icu_locale}"] if self.icu_locale else []),
                 "--no-sync",
                 "--no-instructions",
             )

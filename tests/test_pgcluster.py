@@ -56,6 +56,12 @@ def test_cluster_is_private_fast_and_not_root(pg_cluster: PostgresCluster, pg_ur
     assert Path(str(_scalar(pg_url, "SHOW unix_socket_directories"))) == pg_cluster.socket_dir
 
 
+def test_text_sorts_like_a_production_cluster_not_bytewise(pg_url: str) -> None:
+    """ICU en-US, as clusters created with a language locale: "a" before "B"; byte order needs COLLATE "C"."""
+    assert _scalar(pg_url, "SELECT 'a' < 'B'") is True
+    assert _scalar(pg_url, "SELECT 'a' < ('B' COLLATE \"C\")") is False
+
+
 def test_tcp_logins_need_the_password(pg_cluster: PostgresCluster, pg_url: str) -> None:
     wrong = pg_url.replace(pg_cluster.password, "not-the-password")
     with pytest.raises(OperationalError, match="password authentication failed"):
