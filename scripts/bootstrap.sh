@@ -20,8 +20,10 @@ _ch_missing_packages() {
     local cmd pkg
     # dockerd/buildah: the build and docker-daemon paths are tested against real ones, started privately.
     # chromium/chromedriver: real-browser tests of the web dashboard (tests/browser.py).
+    # ip: private network namespaces of the no-egress tests (tests/netns.py).
     for pair in skopeo:skopeo umoci:umoci docker-registry:docker-registry nginx:nginx-light curl:curl \
-                python3:python3 dockerd:docker.io buildah:buildah chromium:chromium chromedriver:chromium-driver; do
+                python3:python3 dockerd:docker.io buildah:buildah chromium:chromium chromedriver:chromium-driver \
+                ip:iproute2; do
         cmd="${pair%%:*}"; pkg="${pair#*:}"
         if ! command -v "$cmd" >/dev/null 2>&1 && ! [ -x "/usr/sbin/$cmd" ]; then
             missing+=("$pkg")
