@@ -1,7 +1,7 @@
 """A headless Chromium for real-browser tests: Debian's Chromium driven by Playwright, kept off the network.
 
-Why Playwright (measured in bench/choices/browser_drivers.py): one browser per session and a fresh browser
-context per test (separate cookies, storage and cache for the cost of a new tab) instead of a new Chromium per
+Why Playwright (measured in bench/choices/browser_drivers.py): one browser per test module and a fresh
+browser context per test (separate cookies, storage and cache for the cost of a new tab) instead of a new Chromium per
 test, auto-waiting locators, and request interception, which the ``browser_page`` fixture uses to refuse and
 report every request that is not for a loopback address. Playwright's own browser download is never used
 (``playwright install`` is not run anywhere): ``executable_path`` points at the Debian package's binary.
@@ -143,9 +143,15 @@ def _failed(request: pytest.FixtureRequest) -> bool:
     )
 
 
-@pytest.fixture(scope="session", name="chromium_browser")
+@pytest.fixture(scope="module", name="chromium_browser")
 def chromium_browser_fixture() -> Iterator[Browser]:
-    """One headless Chromium for the whole session (start-up is ~1.5 s), closed at the end."""
+    """One headless Chromium per test module (start-up ~1-2 s), closed when the module is done.
+
+    Not per session: while Playwright's sync API is active it leaves its event loop registered as the running
+    loop of the main thread, and every asyncio test that runs after it fails with "Runner.run() cannot be
+    called from a running event loop". Closing it at the end of each browser test module keeps the rest of
+    the suite unaffected.
+    """
     binary = chromium_binary()
     if binary is None:
         tool_missing("needs Chromium (Debian: apt-get install chromium; or set CARGOHOLD_CHROMIUM to its binary)")

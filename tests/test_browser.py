@@ -95,34 +95,55 @@ def test_only_loopback_urls_count_as_loopback(url: str, loopback: bool) -> None:
     assert is_loopback_url(url) is loopback
 
 
-def test_a_failing_browser_test_leaves_screenshots_at_desktop_and_phone_width(tmp_path: Path) -> None:
-    """A real pytest run of a failing browser test; the fixture must save both widths for it."""
+def _inner_pytest(directory: Path, files: dict[str, str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """Run pytest on ``files`` (name -> source) in ``directory`` with the browser fixtures as a plugin."""
     tests_dir = Path(__file__).resolve().parent
-    (tmp_path / "conftest.py").write_text(
+    (directory / "conftest.py").write_text(
         f"import sys\nsys.path.insert(0, {str(tests_dir)!r})\npytest_plugins = ['browser']\n"
     )
-    (tmp_path / "test_failing.py").write_text(
-        textwrap.dedent(
-            """
-            def test_fails(browser_page):
-                browser_page.set_content("<h1>the dashboard</h1>")
-                assert False, "deliberate"
-            """
-        )
-    )
-    artifacts = tmp_path / "artifacts"
-    proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "test_failing.py"],
-        cwd=tmp_path,
+    (directory / "pytest.ini").write_text("[pytest]\nasyncio_mode = auto\n")
+    for name, source in files.items():
+        (directory / name).write_text(textwrap.dedent(source))
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", *files],
+        cwd=directory,
         capture_output=True,
         text=True,
         timeout=120,
         check=False,
-        env={**os.environ, "CARGOHOLD_ARTIFACTS_DIR": str(artifacts)},
+        env={**os.environ, **env},
     )
+
+
+def test_a_failing_browser_test_leaves_screenshots_at_desktop_and_phone_width(tmp_path: Path) -> None:
+    """A real pytest run of a failing browser test; the fixture must save both widths for it."""
+    failing = """
+        def test_fails(browser_page):
+            browser_page.set_content("<h1>the dashboard</h1>")
+            assert False, "deliberate"
+        """
+    artifacts = tmp_path / "artifacts"
+    proc = _inner_pytest(tmp_path, {"test_failing.py": failing}, {"CARGOHOLD_ARTIFACTS_DIR": str(artifacts)})
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "deliberate" in proc.stdout
     shots = sorted(artifacts.rglob("*.png"))
     assert [path.name for path in shots] == ["page0-desktop.png", "page0-phone.png"], proc.stdout
     assert [_png_width(path) for path in shots] == [1280, 390]
     assert "screenshots of the failed test" in proc.stdout
+
+
+def test_asyncio_tests_after_a_browser_module_still_run(tmp_path: Path) -> None:
+    """Playwright's sync API claims the main thread's event loop while it is open; it must be closed by then."""
+    browser_module = """
+        def test_page(browser_page):
+            browser_page.set_content("<p>hi</p>")
+        """
+    async_module = """
+        import asyncio
+
+        async def test_sleep():
+            await asyncio.sleep(0)
+        """
+    proc = _inner_pytest(tmp_path, {"test_a_browser.py": browser_module, "test_b_async.py": async_module}, {})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "2 passed" in proc.stdout
