@@ -25,6 +25,7 @@ import asyncio
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -415,6 +416,7 @@ def orchestrate(args: argparse.Namespace) -> int:
                 server.reset()
     finally:
         server.stop()
+        shutil.rmtree(scratch, ignore_errors=True)
     _report(args, results)
     if args.json:
         Path(args.json).write_text(json.dumps({"args": vars(args), "results": results}, indent=2))
