@@ -22,7 +22,8 @@ process of the suite; deleting its ``/tmp/cargohold-pg-*`` dir makes it shut dow
 re-checks its lock file).
 
 Fixtures are registered through ``pytest_plugins`` in conftest.py so the session-scoped cluster really is
-started once per session: ``pg_cluster`` (the cluster) and ``pg_url`` (a SQLAlchemy URL of a fresh database).
+started once per session: ``pg_cluster`` (the cluster), ``pg_url`` (a SQLAlchemy URL of a fresh, empty
+database) and ``pg_migrated_url`` (a fresh copy of a database migrated once per session).
 """
 
 from __future__ import annotations
@@ -306,6 +307,30 @@ def pg_cluster_fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pos
 def pg_url_fixture(pg_cluster: PostgresCluster) -> Iterator[str]:
     """A SQLAlchemy URL (psycopg 3) of a fresh, empty database, dropped after the test."""
     name = pg_cluster.create_database()
+    try:
+        yield pg_cluster.url(name)
+    finally:
+        pg_cluster.drop_database(name)
+
+
+@pytest.fixture(scope="session", name="pg_migrated_template")
+def pg_migrated_template_fixture(pg_cluster: PostgresCluster) -> str:
+    """A database with Cargohold's schema (``Database.migrate()``), made once per session to be copied."""
+    from cargohold.metadata.db import Database
+
+    name = pg_cluster.create_database(name=f"migrated_{secrets.token_hex(4)}")
+    database = Database(pg_cluster.url(name))
+    try:
+        database.migrate()
+    finally:
+        database.dispose()  # CREATE DATABASE ... TEMPLATE refuses a template that has open connections
+    return name
+
+
+@pytest.fixture(name="pg_migrated_url")
+def pg_migrated_url_fixture(pg_cluster: PostgresCluster, pg_migrated_template: str) -> Iterator[str]:
+    """A SQLAlchemy URL of a fresh database already at the newest migration (a copy of the template)."""
+    name = pg_cluster.create_database(template=pg_migrated_template)
     try:
         yield pg_cluster.url(name)
     finally:

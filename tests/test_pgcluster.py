@@ -39,6 +39,27 @@ def test_each_test_gets_its_own_empty_database(pg_url: str, round_: int) -> None
         engine.dispose()
 
 
+@pytest.mark.parametrize("round_", [1, 2])
+def test_migrated_databases_are_fresh_copies_at_the_newest_revision(pg_migrated_url: str, round_: int) -> None:
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    from cargohold.metadata.db import MIGRATIONS_DIR
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    assert _scalar(pg_migrated_url, "SELECT version_num FROM alembic_version") == (
+        ScriptDirectory.from_config(config).get_current_head()
+    )
+    assert _scalar(pg_migrated_url, "SELECT count(*) FROM repositories") == 0
+    engine = sa.create_engine(pg_migrated_url)
+    try:
+        with engine.begin() as connection:
+            connection.execute(sa.text("INSERT INTO repositories (name, created_at) VALUES ('left-behind', now())"))
+    finally:
+        engine.dispose()
+
+
 def test_cluster_is_private_fast_and_not_root(pg_cluster: PostgresCluster, pg_url: str) -> None:
     settings = {
         name: _scalar(pg_url, f"SHOW {name}")
