@@ -20,13 +20,21 @@ _ch_missing_packages() {
     local cmd pkg
     # dockerd/buildah: the build and docker-daemon paths are tested against real ones, started privately.
     # mkfs.ext4: the full-disk tests mount a small real filesystem (tests/test_storage_full.py).
+    # chromium/chromedriver: real-browser tests of the web dashboard (tests/browser.py).
+    # ip: private network namespaces of the no-egress tests (tests/netns.py).
     for pair in skopeo:skopeo umoci:umoci docker-registry:docker-registry nginx:nginx-light curl:curl \
-                python3:python3 dockerd:docker.io buildah:buildah mkfs.ext4:e2fsprogs busybox:busybox-static; do
+                python3:python3 dockerd:docker.io buildah:buildah mkfs.ext4:e2fsprogs busybox:busybox-static \
+                chromium:chromium chromedriver:chromium-driver ip:iproute2; do
         cmd="${pair%%:*}"; pkg="${pair#*:}"
         if ! command -v "$cmd" >/dev/null 2>&1 && ! [ -x "/usr/sbin/$cmd" ]; then
             missing+=("$pkg")
         fi
     done
+    # The PostgreSQL server for tests/pgcluster.py: Debian keeps initdb/pg_ctl/postgres off PATH, in
+    # /usr/lib/postgresql/<major>/bin (the psql on PATH comes from the client package and is not enough).
+    if ! command -v initdb >/dev/null 2>&1 && ! compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null; then
+        missing+=("postgresql")
+    fi
     # Debian splits venv/ensurepip out of python3; without it `python3 -m venv` fails.
     if command -v python3 >/dev/null 2>&1 && [ -z "${CARGOHOLD_VENV:-}" ] && [ ! -x "$_ch_root/.venv/bin/python" ] \
         && ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
@@ -54,6 +62,30 @@ _ch_stop_packaged_registry() {
     fi
 }
 
+# Debian's postgresql package creates a `main` cluster and, where a service manager runs, starts it on 5432.
+# The tests start private clusters of their own (tests/pgcluster.py), so stop and disable the one we just
+# caused to be created; a PostgreSQL that was there before the bootstrap ran is left alone.
+_ch_stop_packaged_postgres() {
+    if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet postgresql 2>/dev/null; then
+        _ch_say "stopping and disabling the postgresql service (the tests run private clusters)"
+        systemctl stop postgresql || true
+        systemctl disable postgresql >/dev/null 2>&1 || true
+    fi
+    command -v pg_lsclusters >/dev/null 2>&1 || return 0
+    local version cluster _port status _rest
+    # shellcheck disable=SC2034 # port and the rest of the line are read only to skip them
+    while read -r version cluster _port status _rest; do
+        if [ "$status" = "online" ]; then
+            _ch_say "stopping PostgreSQL cluster $version/$cluster"
+            pg_ctlcluster "$version" "$cluster" stop || true
+        fi
+        # Never start it again at boot: start.conf is what the wrapper scripts obey.
+        if [ -w "/etc/postgresql/$version/$cluster/start.conf" ]; then
+            echo manual > "/etc/postgresql/$version/$cluster/start.conf"
+        fi
+    done < <(pg_lsclusters --no-header 2>/dev/null)
+}
+
 _ch_packages() {
     local missing
     missing="$(_ch_missing_packages)"
@@ -69,6 +101,7 @@ _ch_packages() {
     # shellcheck disable=SC2086 # word splitting of the package list is intended
     apt-get update -qq && apt-get install -y -qq --no-install-recommends $missing >/dev/null
     case " $missing " in *" docker-registry "*) _ch_stop_packaged_registry ;; esac
+    case " $missing " in *" postgresql "*) _ch_stop_packaged_postgres ;; esac
     missing="$(_ch_missing_packages)"
     if [ -n "$missing" ]; then
         _ch_say "still missing after apt-get install: $missing"

@@ -14,6 +14,9 @@ import pytest
 
 from processes import ManagedProcess, free_port
 
+# Session-scoped servers live in plugins so each starts once per session, not once per module importing it.
+pytest_plugins = ["pgcluster", "s3server", "browser"]
+
 
 @dataclass
 class ServerProcess(ManagedProcess):
