@@ -24,10 +24,12 @@ from cargohold.oci import strictjson
 from cargohold.oci.digest import Digest, DigestError
 from cargohold.oci.manifest import ManifestInvalid, ParsedManifest, parse_manifest
 from cargohold.oci.reference import ReferenceError_, check_name, check_tag, is_valid_name, is_valid_tag
-from cargohold.registry import api, blob_copy, uploads
-from cargohold.registry.blobs import _usable_range
-from cargohold.registry.errors import RegistryError
-from cargohold.registry.oidc import InMemoryJtiStore, OidcError, OidcSettings, OidcVerifier
+from cargohold.server.auth.oidc import InMemoryJtiStore, OidcError, OidcSettings, OidcVerifier
+from cargohold.server.control import api
+from cargohold.server.control import blob_copies as blob_copy
+from cargohold.server.distribution import uploads
+from cargohold.server.distribution.blobs import _usable_range
+from cargohold.server.http.errors import RegistryError
 from oidc_issuer import DEFAULT_AUDIENCE, LoopbackOidcIssuer
 
 FUZZ = settings(

@@ -21,7 +21,7 @@ from cargohold.lifecycle import audit
 from cargohold.lifecycle.gc import GarbageCollector
 from cargohold.lifecycle.retention import Retention
 from cargohold.lifecycle.space import SpaceReclaimer
-from cargohold.registry.space import SpaceMonitor
+from cargohold.server.http.space import SpaceMonitor
 from cargohold.storage.faults import classify
 from cargohold.storage.space import FilesystemSpace, GiB, MiB, MinFreeSpace, SpaceGuard, SpaceReserve, SpaceStatus
 from test_lifecycle_support import Env, FakeClock, make_env

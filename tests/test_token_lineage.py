@@ -28,8 +28,8 @@ from cargohold.client.control import ControlError
 from cargohold.metadata.control import ControlStore, ParentInactive, new_id
 from cargohold.metadata.db import MIGRATIONS_DIR, Database
 from cargohold.metadata.models import Credential
-from cargohold.registry.auth import principal_of, stored_to_row
-from cargohold.registry.credentials import CredentialKind, Permission, hash_token, new_credential
+from cargohold.server.auth.credentials import CredentialKind, Permission, hash_token, new_credential
+from cargohold.server.auth.policy import principal_of, stored_to_row
 from conftest import ServerProcess
 from control_helpers import api, error_of, http, push_image
 from oidc_issuer import REPO, LoopbackOidcIssuer

@@ -22,7 +22,7 @@ Routes (JSON; errors in the registry's ``{"errors": [...]}`` shape):
   credential limited to one build gets 403: usage is about every build).
 * ``POST /api/v1/expire`` ``{"dry_run": bool, "project": id?}`` — admin (or push on the given project).
 * ``POST /api/v1/gc`` ``{"dry_run": bool}`` — admin.
-* ``GET /api/v1/storage`` — admin: free space, the minimum, degraded or not (see cargohold.registry.space).
+* ``GET /api/v1/storage`` — admin: free space, the minimum, degraded or not (see cargohold.server.http.space).
 * ``GET /metrics`` — an admin credential, or one holding only ``metrics``, when the server authenticates
   (scrapers send a bearer token).
 """
@@ -47,22 +47,22 @@ from cargohold.lifecycle.retention import BuildNotFound, Eviction, LifecycleErro
 from cargohold.lifecycle.tag_retention import ManifestCollection, TagEviction, TagNotFound, TagRecord, TagRetention
 from cargohold.metadata.control import BuildRecord
 from cargohold.oci.reference import is_valid_name, is_valid_tag
-from cargohold.registry.access import PRINCIPAL_KEY
-from cargohold.registry.api import registry_host
-from cargohold.registry.api_common import (
+from cargohold.server.auth.access import PRINCIPAL_KEY
+from cargohold.server.auth.policy import Identity
+from cargohold.server.auth.visibility import explain_missing_build
+from cargohold.server.control.api import registry_host
+from cargohold.server.control.common import (
     api_error,
     authenticated,
     check_project_access,
     identity_or_challenge,
     read_json_body,
 )
-from cargohold.registry.auth import Identity
-from cargohold.registry.drain import DRAIN_KEY
-from cargohold.registry.errors import RegistryError, manifest_unknown
-from cargohold.registry.metrics import CONTENT_TYPE, Metrics
-from cargohold.registry.query_limits import LimitError, page_size
-from cargohold.registry.state import STATE_KEY, RegistryState, state_of
-from cargohold.registry.visibility import explain_missing_build
+from cargohold.server.drain import DRAIN_KEY
+from cargohold.server.http.errors import RegistryError, manifest_unknown
+from cargohold.server.http.metrics import CONTENT_TYPE, Metrics
+from cargohold.server.http.query_limits import LimitError, page_size
+from cargohold.server.state import STATE_KEY, RegistryState, state_of
 from cargohold.storage.faults import classify
 
 log = logging.getLogger(__name__)
@@ -576,7 +576,7 @@ async def _schedule(app: web.Application) -> AsyncIterator[None]:
 
 def install(app: web.Application) -> None:
     """Wire lifecycle into an app built by ``create_app`` (call after the control API's routes are added)."""
-    from cargohold.registry import api
+    from cargohold.server.control import api
 
     state = app[STATE_KEY]
     db = state.metadata.db

@@ -32,7 +32,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from cargohold.oci.reference import is_valid_name
-from cargohold.registry.credentials import ACTIONS_PULL, REPOSITORY_ACTIONS, Principal
+from cargohold.server.auth.credentials import ACTIONS_PULL, REPOSITORY_ACTIONS, Principal
 
 SERVICE = "cargohold"
 """Default ``service``/``aud`` of registry tokens (the Docker ``service`` parameter)."""

@@ -12,10 +12,10 @@ from typing import Any
 from cargohold.metadata.control import ControlStore, ParentInactive, new_id
 from cargohold.metadata.models import Credential
 from cargohold.metadata.models import TrustRelationship as TrustRow
-from cargohold.registry import trust
-from cargohold.registry.auth import AuthError, Identity, TokenAuthenticator, principal_of, stored_to_row
-from cargohold.registry.credentials import CredentialKind, hash_token, new_credential
-from cargohold.registry.oidc import OidcError, OidcVerifier, ReplayedTokenError
+from cargohold.server.auth import trust
+from cargohold.server.auth.credentials import CredentialKind, hash_token, new_credential
+from cargohold.server.auth.oidc import OidcError, OidcVerifier, ReplayedTokenError
+from cargohold.server.auth.policy import AuthError, Identity, TokenAuthenticator, principal_of, stored_to_row
 
 Run = Callable[..., Awaitable[Any]]
 

@@ -13,10 +13,10 @@ from cargohold.metadata.store import ManifestInUse, MissingReferences, SizeMisma
 from cargohold.oci.digest import Digest, DigestError, is_digest
 from cargohold.oci.manifest import MAX_MANIFEST_SIZE, ManifestInvalid, parse_manifest
 from cargohold.oci.reference import is_valid_tag
-from cargohold.registry.api_lifecycle import delete_manifest_reference, missing_manifest
-from cargohold.registry.bodies import BodyStalled, BodyTooLarge, read_body
-from cargohold.registry.errors import RegistryError, manifest_unknown
-from cargohold.registry.state import state_of
+from cargohold.server.control.lifecycle import delete_manifest_reference, missing_manifest
+from cargohold.server.http.bodies import BodyStalled, BodyTooLarge, read_body
+from cargohold.server.http.errors import RegistryError, manifest_unknown
+from cargohold.server.state import state_of
 
 TAG_RULE = "up to 128 letters, digits, '_', '.', '-', not starting with '.' or '-'"
 

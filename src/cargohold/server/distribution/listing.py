@@ -8,10 +8,10 @@ from urllib.parse import urlencode
 from aiohttp import web
 
 from cargohold.oci import mediatypes as mt
-from cargohold.registry.blobs import parse_digest
-from cargohold.registry.errors import RegistryError, name_unknown
-from cargohold.registry.query_limits import LimitError, page_size
-from cargohold.registry.state import state_of
+from cargohold.server.distribution.blobs import parse_digest
+from cargohold.server.http.errors import RegistryError, name_unknown
+from cargohold.server.http.query_limits import LimitError, page_size
+from cargohold.server.state import state_of
 
 MAX_PAGE = 10_000
 """Largest page served; a client asking for more gets this many and a ``Link`` to the rest."""

@@ -22,14 +22,14 @@ from aiohttp import ClientConnectionResetError, web
 from cargohold.metadata.store import TooManyUploads, UploadRecord
 from cargohold.oci.digest import ALGORITHMS, Digest, DigestError, new_hasher
 from cargohold.oci.reference import is_valid_name
-from cargohold.registry.access import PRINCIPAL_KEY, Principal
-from cargohold.registry.blobs import parse_digest
-from cargohold.registry.bodies import BodyStalled, iter_body
-from cargohold.registry.drain import receiving
-from cargohold.registry.errors import RegistryError, upload_unknown
-from cargohold.registry.space import admit_upload, refused_for_space, storage_fault_error
-from cargohold.registry.state import RegistryState, state_of
-from cargohold.registry.upload_progress import UploadProgress
+from cargohold.server.auth.access import PRINCIPAL_KEY, Principal
+from cargohold.server.distribution.blobs import parse_digest
+from cargohold.server.distribution.upload_progress import UploadProgress
+from cargohold.server.drain import receiving
+from cargohold.server.http.bodies import BodyStalled, iter_body
+from cargohold.server.http.errors import RegistryError, upload_unknown
+from cargohold.server.http.space import admit_upload, refused_for_space, storage_fault_error
+from cargohold.server.state import RegistryState, state_of
 from cargohold.storage.base import BlobStore, UploadWriter
 from cargohold.storage.faults import classify
 from cargohold.storage.filesystem import UnknownUpload

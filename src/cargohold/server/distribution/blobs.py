@@ -20,8 +20,8 @@ from aiohttp.abc import AbstractStreamWriter
 from cargohold.lifecycle.gc import TOUCH_FRACTION
 from cargohold.metadata.store import BlobInUse
 from cargohold.oci.digest import Digest, DigestError
-from cargohold.registry.errors import RegistryError, blob_unknown
-from cargohold.registry.state import RegistryState, state_of
+from cargohold.server.http.errors import RegistryError, blob_unknown
+from cargohold.server.state import RegistryState, state_of
 from cargohold.storage.base import BlobLocation, LocalFile, Redirect
 from cargohold.storage.faults import classify
 

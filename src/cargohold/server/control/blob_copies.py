@@ -27,7 +27,7 @@ sentence when the destination became unavailable and the server is waiting for i
 ``{"result": "uploaded", "bytes": size}`` or ``{"error": {"code", "message", "status"}}``. A blob the
 destination already has (a retried copy whose first attempt finished) is not uploaded again.
 
-Safety: every connection passes the egress policy at connect time (:mod:`cargohold.registry.egress`). The
+Safety: every connection passes the egress policy at connect time (:mod:`cargohold.server.control.egress`). The
 ``authorization`` value is sent only to the destination host, for this one copy; it is never stored or
 logged. If the client goes away, the copy stops at the next chunk. At most ``push_threads`` copies run at
 once; more wait their turn.
@@ -54,12 +54,12 @@ from cargohold.client.retry import DEFAULT_BUDGET, RetryPolicy
 from cargohold.lifecycle.gc import TOUCH_FRACTION
 from cargohold.oci.digest import Digest, DigestError
 from cargohold.oci.reference import is_valid_name
-from cargohold.registry.access import Target
-from cargohold.registry.api_common import api_error, read_json_body
-from cargohold.registry.api_lifecycle import LIFECYCLE_KEY
-from cargohold.registry.blobs import readable_blob
-from cargohold.registry.egress import EgressDenied, EgressTransport
-from cargohold.registry.state import RegistryState, state_of
+from cargohold.server.auth.access import Target
+from cargohold.server.control.common import api_error, read_json_body
+from cargohold.server.control.egress import EgressDenied, EgressTransport
+from cargohold.server.control.lifecycle import LIFECYCLE_KEY
+from cargohold.server.distribution.blobs import readable_blob
+from cargohold.server.state import RegistryState, state_of
 from cargohold.storage.base import LocalFile
 from cargohold.storage.faults import classify
 

@@ -8,10 +8,10 @@ from aiohttp import web
 
 from cargohold.metadata.control import ControlStore
 from cargohold.oci import strictjson
-from cargohold.registry.auth import Identity, TokenAccess
-from cargohold.registry.bodies import BodyStalled, BodyTooLarge, read_body
-from cargohold.registry.errors import RegistryError
-from cargohold.registry.state import RegistryState, state_of
+from cargohold.server.auth.policy import Identity, TokenAccess
+from cargohold.server.http.bodies import BodyStalled, BodyTooLarge, read_body
+from cargohold.server.http.errors import RegistryError
+from cargohold.server.state import RegistryState, state_of
 
 MAX_BODY = 256 * 1024
 

@@ -18,14 +18,19 @@ from cargohold.config import ServerSettings
 from cargohold.metadata.control import ControlStore
 from cargohold.metadata.db import Database
 from cargohold.metadata.store import MetadataStore
-from cargohold.registry import api, api_lifecycle, auth_routes, blob_copy, routing, space
-from cargohold.registry.access import AccessPolicy, OpenAccess
-from cargohold.registry.bodies import BodyStalled, BodyTooLarge, respond_and_close
-from cargohold.registry.drain import DRAIN_KEY, Drain
-from cargohold.registry.egress import EgressPolicy, parse_networks
-from cargohold.registry.errors import RegistryError
-from cargohold.registry.security import build_security
-from cargohold.registry.state import STATE_KEY, RegistryState, state_of
+from cargohold.server.auth import routes as auth_routes
+from cargohold.server.auth.access import AccessPolicy, OpenAccess
+from cargohold.server.auth.security import build_security
+from cargohold.server.control import api
+from cargohold.server.control import blob_copies as blob_copy
+from cargohold.server.control import lifecycle as api_lifecycle
+from cargohold.server.control.egress import EgressPolicy, parse_networks
+from cargohold.server.distribution import routing
+from cargohold.server.drain import DRAIN_KEY, Drain
+from cargohold.server.http import space
+from cargohold.server.http.bodies import BodyStalled, BodyTooLarge, respond_and_close
+from cargohold.server.http.errors import RegistryError
+from cargohold.server.state import STATE_KEY, RegistryState, state_of
 from cargohold.storage.faults import classify
 from cargohold.storage.filesystem import FilesystemBlobStore
 from cargohold.storage.private import secure_data_dir
@@ -149,7 +154,7 @@ async def _shutdown(app: web.Application) -> AsyncIterator[None]:
 def create_app(settings: ServerSettings, access: AccessPolicy | None = None) -> web.Application:
     """Build the registry application; migrates the metadata database before returning.
 
-    Without ``access``, every route requires a credential (see :mod:`cargohold.registry.auth`); passing
+    Without ``access``, every route requires a credential (see :mod:`cargohold.server.auth.policy`); passing
     :class:`OpenAccess` is for embedding the bare registry core behind another gate, and for tests.
     """
     secure_data_dir(settings.data_dir, settings.resolved_database_url())

@@ -8,13 +8,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from cargohold.metadata.control import new_id
-from cargohold.registry.auth import TokenAccess, TokenAuthenticator, stored_to_row
-from cargohold.registry.credentials import CredentialKind, new_credential
-from cargohold.registry.oidc import OidcSettings, OidcVerifier
-from cargohold.registry.oidc_exchange import DatabaseJtiStore, OidcExchange
-from cargohold.registry.ratelimit import AuthFailureLimiter
-from cargohold.registry.signing import RegistryTokenSigner, load_or_create_keyring
-from cargohold.registry.state import RegistryState
+from cargohold.server.auth.credentials import CredentialKind, new_credential
+from cargohold.server.auth.oidc import OidcSettings, OidcVerifier
+from cargohold.server.auth.oidc_exchange import DatabaseJtiStore, OidcExchange
+from cargohold.server.auth.policy import TokenAccess, TokenAuthenticator, stored_to_row
+from cargohold.server.auth.ratelimit import AuthFailureLimiter
+from cargohold.server.auth.signing import RegistryTokenSigner, load_or_create_keyring
+from cargohold.server.state import RegistryState
 
 log = logging.getLogger(__name__)
 

@@ -11,15 +11,15 @@ from typing import NoReturn
 from aiohttp import web
 
 from cargohold.config import ServerSettings
-from cargohold.registry.accesslog import AccessLogger, access_log, install_log_filters
-from cargohold.registry.app import create_app
-from cargohold.registry.drain import serve
+from cargohold.server.app import create_app
+from cargohold.server.drain import serve
+from cargohold.server.http.accesslog import AccessLogger, access_log, install_log_filters
 
 log = logging.getLogger(__name__)
 
 
 def run(settings: ServerSettings) -> NoReturn:
-    """Serve until SIGTERM/SIGINT, drain (cargohold.registry.drain), and end the process.
+    """Serve until SIGTERM/SIGINT, drain (cargohold.server.drain), and end the process.
 
     The process ends with ``os._exit`` once the drain has closed everything itself (connections, thread
     pools, the database) and the logs are flushed: the interpreter's own teardown of some 900 modules takes
@@ -40,7 +40,7 @@ def run(settings: ServerSettings) -> NoReturn:
 
 
 def make_runner(app: web.Application, settings: ServerSettings) -> web.AppRunner:
-    """The aiohttp runner; signals are ours (:func:`cargohold.registry.drain.serve`), not aiohttp's."""
+    """The aiohttp runner; signals are ours (:func:`cargohold.server.drain.serve`), not aiohttp's."""
     return web.AppRunner(
         app,
         handle_signals=False,

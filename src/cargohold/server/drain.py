@@ -42,7 +42,7 @@ from contextlib import contextmanager
 from aiohttp import web
 
 from cargohold import __version__
-from cargohold.registry.errors import RegistryError
+from cargohold.server.http.errors import RegistryError
 
 log = logging.getLogger(__name__)
 

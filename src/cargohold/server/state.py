@@ -13,15 +13,15 @@ from aiohttp import web
 from cargohold.config import ServerSettings
 from cargohold.metadata.control import ControlStore
 from cargohold.metadata.store import MetadataStore
-from cargohold.registry.access import AccessPolicy
-from cargohold.registry.egress import EgressPolicy
-from cargohold.registry.upload_progress import UploadTracker
+from cargohold.server.auth.access import AccessPolicy
+from cargohold.server.control.egress import EgressPolicy
+from cargohold.server.distribution.upload_progress import UploadTracker
 from cargohold.storage.base import BlobStore
 
 if TYPE_CHECKING:
-    from cargohold.registry.auth import TokenAccess
-    from cargohold.registry.oidc_exchange import OidcExchange
-    from cargohold.registry.space import SpaceMonitor
+    from cargohold.server.auth.oidc_exchange import OidcExchange
+    from cargohold.server.auth.policy import TokenAccess
+    from cargohold.server.http.space import SpaceMonitor
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -39,11 +39,11 @@ class RegistryState:
     oidc: OidcExchange | None = None
     uploads: UploadTracker = field(default_factory=lambda: UploadTracker())
     egress: EgressPolicy = field(default_factory=EgressPolicy)
-    """Where server-side pushes may connect (see cargohold.registry.egress)."""
+    """Where server-side pushes may connect (see cargohold.server.control.egress)."""
     push_executor: ThreadPoolExecutor | None = None
     """Threads for server-side pushes, apart from ``executor`` so long uploads never starve requests."""
     space: SpaceMonitor | None = None
-    """Free space, upload admission and the reserve file (see cargohold.registry.space)."""
+    """Free space, upload admission and the reserve file (see cargohold.server.http.space)."""
 
     async def run(self, func: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """Run blocking work (database, file system, hashing) off the event loop."""

@@ -11,7 +11,7 @@ need one error parser. Every route authenticates with the same credentials as th
 
 Every credential minted here (tokens, build tokens, pull-info tokens) is a child of the caller's: it holds
 nothing the caller lacks, expires no later than the caller's, and is revoked with it (see
-:func:`cargohold.registry.credentials.new_credential` and ``docs/api.md``, "Token lineage").
+:func:`cargohold.server.auth.credentials.new_credential` and ``docs/api.md``, "Token lineage").
 """
 
 from __future__ import annotations
@@ -42,9 +42,7 @@ from cargohold.oci import mediatypes as mt
 from cargohold.oci import strictjson
 from cargohold.oci.digest import Digest, DigestError
 from cargohold.oci.reference import is_valid_tag
-from cargohold.registry.api_common import api_error, authenticated, check_project_access, read_json_body
-from cargohold.registry.auth import Identity, admin_permissions_of, stored_to_row
-from cargohold.registry.credentials import (
+from cargohold.server.auth.credentials import (
     ACTIONS_PULL,
     ACTIONS_PUSH,
     DEFAULT_PULL_TOKEN_TTL,
@@ -54,13 +52,15 @@ from cargohold.registry.credentials import (
     PermissionSetError,
     new_credential,
 )
-from cargohold.registry.errors import RegistryError
-from cargohold.registry.oidc import GITHUB_ISSUER
-from cargohold.registry.query_limits import LimitError, page_size
-from cargohold.registry.state import RegistryState
-from cargohold.registry.trust import RISKY_EVENTS, TrustConfigError
-from cargohold.registry.trust import TrustRelationship as TrustSpec
-from cargohold.registry.visibility import explain_missing_build, explain_missing_tag
+from cargohold.server.auth.oidc import GITHUB_ISSUER
+from cargohold.server.auth.policy import Identity, admin_permissions_of, stored_to_row
+from cargohold.server.auth.trust import RISKY_EVENTS, TrustConfigError
+from cargohold.server.auth.trust import TrustRelationship as TrustSpec
+from cargohold.server.auth.visibility import explain_missing_build, explain_missing_tag
+from cargohold.server.control.common import api_error, authenticated, check_project_access, read_json_body
+from cargohold.server.http.errors import RegistryError
+from cargohold.server.http.query_limits import LimitError, page_size
+from cargohold.server.state import RegistryState
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ reads until the end of the body. And aiohttp waits for body bytes forever, so a 
 lock) indefinitely; every wait for body bytes here is bounded.
 
 The deadlines (``serve --body-idle-timeout`` / ``--body-timeout``; the request head's deadline is
-aiohttp's keep-alive timeout, set from ``--header-timeout`` in :mod:`cargohold.registry.server`):
+aiohttp's keep-alive timeout, set from ``--header-timeout`` in :mod:`cargohold.server.process`):
 
 * **idle**: the longest pause between two pieces of any body, uploads included. This is what catches a
   stalled client; a slow but progressing multi-GB upload never trips it.
@@ -16,7 +16,7 @@ aiohttp's keep-alive timeout, set from ``--header-timeout`` in :mod:`cargohold.r
   progress is never cut off.
 
 Callers turn :class:`BodyTooLarge` into a 413 and :class:`BodyStalled` into a 408 in their own error
-format (the middleware in :mod:`cargohold.registry.app` does it for any it does not catch), and close the
+format (the middleware in :mod:`cargohold.server.app` does it for any it does not catch), and close the
 connection after a stall: the rest of that body is never coming.
 """
 
@@ -27,7 +27,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from cargohold.registry.state import state_of
+from cargohold.server.state import state_of
 
 
 class BodyTooLarge(Exception):

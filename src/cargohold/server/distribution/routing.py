@@ -14,10 +14,10 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from cargohold.oci.reference import NAME_MAX_LENGTH, is_valid_name
-from cargohold.registry import blobs, listing, manifests, uploads
-from cargohold.registry.access import PRINCIPAL_KEY, Target
-from cargohold.registry.errors import RegistryError
-from cargohold.registry.state import state_of
+from cargohold.server.auth.access import PRINCIPAL_KEY, Target
+from cargohold.server.distribution import blobs, listing, manifests, uploads
+from cargohold.server.http.errors import RegistryError
+from cargohold.server.state import state_of
 
 Handler = Callable[..., Awaitable[web.StreamResponse]]
 

@@ -34,9 +34,9 @@ from aiohttp import web
 from cargohold.metadata.control import ControlStore
 from cargohold.metadata.models import Credential
 from cargohold.oci import strictjson
-from cargohold.registry.access import Principal as AccessPrincipal
-from cargohold.registry.access import Target
-from cargohold.registry.credentials import (
+from cargohold.server.auth.access import Principal as AccessPrincipal
+from cargohold.server.auth.access import Target
+from cargohold.server.auth.credentials import (
     ADMIN_ALL,
     CredentialError,
     CredentialKind,
@@ -48,15 +48,15 @@ from cargohold.registry.credentials import (
     permissions_from_json,
     permissions_to_json,
 )
-from cargohold.registry.errors import RegistryError
-from cargohold.registry.ratelimit import AuthFailureLimiter, retry_after_header
-from cargohold.registry.signing import (
+from cargohold.server.auth.ratelimit import AuthFailureLimiter, retry_after_header
+from cargohold.server.auth.signing import (
     SERVICE,
     RegistryTokenError,
     RegistryTokenSigner,
     ResourceScope,
     granted_access,
 )
+from cargohold.server.http.errors import RegistryError
 
 log = logging.getLogger(__name__)
 
@@ -317,7 +317,7 @@ BuildReachability = Callable[[str, str], Awaitable[tuple[set[str], set[str]]]]
 
 
 class TokenAccess:
-    """The :class:`~cargohold.registry.access.AccessPolicy` of a Cargohold with credentials."""
+    """The :class:`~cargohold.server.auth.access.AccessPolicy` of a Cargohold with credentials."""
 
     def __init__(
         self,

@@ -9,7 +9,7 @@
 * **Reads on a full disk**: the reads themselves need no space, but some write a little bookkeeping (a pull
   token minted by ``pull-info``, the credential and ``jti`` of an OIDC exchange, whether at
   ``/auth/oidc/github-actions`` or behind ``/token``, the blob-link refresh behind blob GET, which is
-  best-effort in :mod:`cargohold.registry.blobs`). When a GET or HEAD fails because the disk is full, the
+  best-effort in :mod:`cargohold.server.distribution.blobs`). When a GET or HEAD fails because the disk is full, the
   server deletes its reserve file and answers the request once more with that room; the login POSTs, whose
   bodies cannot be read twice, get the reserve beforehand when the disk is nearly full.
 * **Monitoring** (:class:`SpaceMonitor`): every ``--space-check-interval``, and at once after a refusal or a
@@ -34,8 +34,8 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from cargohold.lifecycle.space import ReclaimReport, SpaceReclaimer
-from cargohold.registry.errors import RegistryError
-from cargohold.registry.state import STATE_KEY, RegistryState, state_of
+from cargohold.server.http.errors import RegistryError
+from cargohold.server.state import STATE_KEY, RegistryState, state_of
 from cargohold.storage.faults import StorageFault, classify
 from cargohold.storage.space import (
     Claim,
@@ -326,7 +326,7 @@ class _SpaceCollector(Collector):
 
 def install(app: web.Application) -> None:
     """Start the monitor and wire reclaiming, metrics and healthz; call after ``api_lifecycle.install``."""
-    from cargohold.registry.api_lifecycle import LIFECYCLE_KEY
+    from cargohold.server.control.lifecycle import LIFECYCLE_KEY
 
     state = app[STATE_KEY]
     monitor = state.space

@@ -10,8 +10,8 @@ that never existed.
 from __future__ import annotations
 
 from cargohold.lifecycle import audit
-from cargohold.registry.auth import Identity
-from cargohold.registry.state import RegistryState
+from cargohold.server.auth.policy import Identity
+from cargohold.server.state import RegistryState
 
 
 async def explain_missing_build(state: RegistryState, identity: Identity, build_id: str) -> str | None:

@@ -1,6 +1,6 @@
 """Which hosts the server may connect to on a client's behalf, and the httpx transport that enforces it.
 
-Server-side push (:mod:`cargohold.registry.blob_copy`) makes the server open connections to a registry the
+Server-side push (:mod:`cargohold.server.control.blob_copies`) makes the server open connections to a registry the
 *caller* names. Unchecked, that is a server-side request forgery tool: any project token could make the
 server talk to its own admin port, to a database on the private network, or to the cloud metadata
 service at 169.254.169.254. So by default only publicly routable addresses are allowed (Python's

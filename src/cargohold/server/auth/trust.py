@@ -24,8 +24,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 
-from cargohold.registry.credentials import ACTIONS_PULL, ACTIONS_PUSH, REPOSITORY_ACTIONS, Permission
-from cargohold.registry.oidc import GitHubClaims
+from cargohold.server.auth.credentials import ACTIONS_PULL, ACTIONS_PUSH, REPOSITORY_ACTIONS, Permission
+from cargohold.server.auth.oidc import GitHubClaims
 
 PROVIDER_GITHUB = "github"
 RISKY_EVENTS = frozenset({"pull_request_target", "workflow_run"})

@@ -8,13 +8,13 @@ from urllib.parse import parse_qsl
 from aiohttp import web
 
 from cargohold.oci import strictjson
-from cargohold.registry.auth import AuthError, Identity
-from cargohold.registry.bodies import BodyStalled, BodyTooLarge, read_body, respond_and_close
-from cargohold.registry.oidc import OidcError
-from cargohold.registry.oidc_exchange import ExchangeDenied
-from cargohold.registry.ratelimit import retry_after_header
-from cargohold.registry.signing import SERVICE, ScopeError, granted_access, parse_scopes
-from cargohold.registry.state import state_of
+from cargohold.server.auth.oidc import OidcError
+from cargohold.server.auth.oidc_exchange import ExchangeDenied
+from cargohold.server.auth.policy import AuthError, Identity
+from cargohold.server.auth.ratelimit import retry_after_header
+from cargohold.server.auth.signing import SERVICE, ScopeError, granted_access, parse_scopes
+from cargohold.server.http.bodies import BodyStalled, BodyTooLarge, read_body, respond_and_close
+from cargohold.server.state import state_of
 
 log = logging.getLogger(__name__)
 
