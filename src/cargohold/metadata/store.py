@@ -12,7 +12,8 @@ transaction so nothing can slip between check and commit:
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Collection, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -141,6 +142,34 @@ class PutResult:
     """False when the same digest was already stored in the repository (the PUT only (re)tagged it)."""
 
 
+class MetadataTransaction:
+    """The writes of :meth:`MetadataStore.transaction`, all in its one write transaction.
+
+    On SQLite the transaction holds the database's write lock from its first statement (``BEGIN IMMEDIATE``),
+    and garbage collection deletes content only under that lock too: whatever the caller does inside the
+    block (a blob-store rename) is ordered against collection as one step.
+    """
+
+    def __init__(self, session: Session) -> None:
+        self._session = session
+
+    def link_blob(self, repository: str, digest: str, size: int) -> None:
+        """Record content of ``size`` bytes and make it readable in ``repository`` (idempotent)."""
+        now = utcnow()
+        repository_id = MetadataStore._ensure_repository(self._session, repository)
+        self._session.execute(
+            upsert(self._session, Blob)
+            .values(digest=digest, size=size, created_at=now)
+            .on_conflict_do_nothing(index_elements=["digest"])
+        )
+        MetadataStore._link(self._session, repository_id, digest, now)
+
+    def delete_upload(self, upload_id: str) -> bool:
+        """Forget an upload session; False if it was gone already."""
+        result = self._session.execute(delete(UploadSession).where(UploadSession.id == upload_id))
+        return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
 class MetadataStore:
     def __init__(self, db: Database, *, clock: Callable[[], datetime] = utcnow) -> None:
         self.db = db
@@ -219,24 +248,18 @@ class MetadataStore:
                 return True
             return bool(session.scalar(select(exists().where(link))))
 
-    def link_blob(self, repository: str, digest: str, size: int, commit: Callable[[], None] | None = None) -> None:
-        """Record content and make it readable in ``repository`` (idempotent).
+    def link_blob(self, repository: str, digest: str, size: int) -> None:
+        """Record content and make it readable in ``repository`` (idempotent), in a transaction of its own."""
+        with self.transaction() as transaction:
+            transaction.link_blob(repository, digest, size)
 
-        ``commit`` (moving the verified upload into the content store) runs inside the write transaction,
-        after the rows are written and before they are committed. Garbage collection deletes content
-        under the same write lock, so it can never remove a file between its commit and its link.
-        """
-        now = utcnow()
+    @contextmanager
+    def transaction(self) -> Iterator[MetadataTransaction]:
+        """One write transaction for several changes that must land together, e.g. an upload's commit:
+        link the blob, drop the session, and (between the two, while the write lock is held) move the bytes
+        into the content store. Everything commits when the block ends, or nothing does if it raises."""
         with self.db.write() as session:
-            repository_id = self._ensure_repository(session, repository)
-            session.execute(
-                upsert(session, Blob)
-                .values(digest=digest, size=size, created_at=now)
-                .on_conflict_do_nothing(index_elements=["digest"])
-            )
-            self._link(session, repository_id, digest, now)
-            if commit is not None:
-                commit()
+            yield MetadataTransaction(session)
 
     @staticmethod
     def _link(session: Session, repository_id: int, digest: str, now: datetime) -> None:
@@ -337,9 +360,8 @@ class MetadataStore:
             session.execute(update(UploadSession).where(UploadSession.id == upload_id).values(updated_at=utcnow()))
 
     def delete_upload(self, upload_id: str) -> bool:
-        with self.db.write() as session:
-            result = session.execute(delete(UploadSession).where(UploadSession.id == upload_id))
-            return bool(result.rowcount)  # type: ignore[attr-defined]
+        with self.transaction() as transaction:
+            return transaction.delete_upload(upload_id)
 
     def stale_uploads(self, older_than: datetime) -> list[str]:
         with self.db.read() as session:

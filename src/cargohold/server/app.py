@@ -5,31 +5,27 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
-from aiohttp import ClientConnectionResetError, web
-from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp import web
 
 from cargohold import __version__
-from cargohold.client.tls import verify_option
 from cargohold.config import ServerSettings
+from cargohold.domain.space import SpaceMonitor
 from cargohold.metadata.control import ControlStore
 from cargohold.metadata.db import Database
 from cargohold.metadata.store import MetadataStore
 from cargohold.server.auth import routes as auth_routes
 from cargohold.server.auth.access import AccessPolicy, OpenAccess
 from cargohold.server.auth.security import build_security
-from cargohold.server.control import api
-from cargohold.server.control import blob_copies as blob_copy
-from cargohold.server.control import lifecycle as api_lifecycle
-from cargohold.server.control.egress import EgressPolicy, parse_networks
+from cargohold.server.control import api, blob_copies
+from cargohold.server.control import lifecycle as control_lifecycle
 from cargohold.server.distribution import routing
 from cargohold.server.drain import DRAIN_KEY, Drain
-from cargohold.server.http import space
-from cargohold.server.http.bodies import BodyStalled, BodyTooLarge, respond_and_close
-from cargohold.server.http.errors import RegistryError
+from cargohold.server.http import middlewares, space
+from cargohold.server.http.middlewares import API_VERSION_HEADER
 from cargohold.server.state import STATE_KEY, RegistryState, state_of
 from cargohold.storage.faults import classify
 from cargohold.storage.filesystem import FilesystemBlobStore
@@ -37,48 +33,6 @@ from cargohold.storage.private import secure_data_dir
 from cargohold.storage.space import SpaceGuard, SpaceReserve
 
 log = logging.getLogger(__name__)
-
-API_VERSION_HEADER = {"Docker-Distribution-API-Version": "registry/2.0"}
-
-
-@web.middleware
-async def oci_errors(
-    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-) -> web.StreamResponse:
-    """Turn every failure into the OCI JSON error format; never leak a traceback to the client."""
-    is_registry = request.path.startswith("/v2")
-    head = request.method == "HEAD"
-    close = False
-    try:
-        response = await handler(request)
-    except RegistryError as exc:
-        response = exc.response(head=head)
-        close = exc.close
-    except BodyTooLarge as exc:
-        response = RegistryError("SIZE_INVALID", str(exc), status=413, detail={"limit": exc.limit}).response(head=head)
-    except BodyStalled as exc:
-        code = "BLOB_UPLOAD_INVALID" if is_registry else "TIMEOUT"
-        response = RegistryError(code, str(exc), status=408).response(head=head)
-        close = True
-    except web.HTTPException as exc:
-        if not is_registry or exc.status < 400:
-            raise
-        code = {401: "UNAUTHORIZED", 403: "DENIED", 404: "NAME_UNKNOWN", 405: "UNSUPPORTED", 413: "SIZE_INVALID"}
-        response = RegistryError(
-            code.get(exc.status, "UNSUPPORTED"), exc.reason or "request refused", status=exc.status
-        ).response(head=head)
-    except (ConnectionResetError, ClientConnectionResetError, HttpProcessingError) as exc:
-        # The client went away or sent a broken body mid-request; nothing was committed.
-        log.info("client connection failed during %s %s: %s", request.method, request.path, exc)
-        response = RegistryError("BLOB_UPLOAD_INVALID", f"request body incomplete: {exc}").response(head=head)
-    except Exception:
-        log.exception("internal error handling %s %s", request.method, request.path_qs)
-        response = RegistryError("UNKNOWN", "internal server error; the server log has the details").response(head=head)
-    if is_registry:
-        response.headers.update(API_VERSION_HEADER)
-    if close:
-        return await respond_and_close(request, response)
-    return response
 
 
 async def api_root(request: web.Request) -> web.Response:
@@ -99,22 +53,8 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 def purge_stale_uploads(state: RegistryState, now: datetime | None = None) -> int:
-    """Remove upload sessions idle for longer than the TTL, and staged files no session owns."""
-    now = now or datetime.now(UTC)
-    cutoff = now - state.settings.upload_ttl
-    removed = 0
-    for upload_id in state.metadata.stale_uploads(cutoff):
-        state.blobs.remove_upload(upload_id)
-        state.metadata.delete_upload(upload_id)
-        removed += 1
-    known = state.metadata.upload_ids()
-    for upload_id, modified in list(state.blobs.iter_uploads()):
-        if upload_id not in known and modified < cutoff:
-            state.blobs.remove_upload(upload_id)
-            removed += 1
-    if removed:
-        log.info("purged %d stale upload session(s) idle since before %s", removed, cutoff.isoformat())
-    return removed
+    """Remove upload sessions idle for longer than the TTL, and staged files no session owns (blocking)."""
+    return state.uploads.purge_stale(now)
 
 
 async def _housekeeping(app: web.Application) -> AsyncIterator[None]:
@@ -146,8 +86,6 @@ async def _shutdown(app: web.Application) -> AsyncIterator[None]:
     if state.oidc is not None:
         await state.oidc.verifier.aclose()
     state.executor.shutdown(wait=True, cancel_futures=True)
-    if state.push_executor is not None:
-        state.push_executor.shutdown(wait=True, cancel_futures=True)
     state.metadata.db.dispose()
 
 
@@ -165,7 +103,7 @@ def create_app(settings: ServerSettings, access: AccessPolicy | None = None) -> 
         blobs=blobs.filesystem_path(),
         database=database_file.parent if database_file is not None else None,
     )
-    monitor = space.SpaceMonitor(
+    monitor = SpaceMonitor(
         guard,
         SpaceReserve(database_file) if database_file is not None else None,
         evict_for_space=settings.evict_for_space,
@@ -187,16 +125,14 @@ def create_app(settings: ServerSettings, access: AccessPolicy | None = None) -> 
         control=control,
         space=monitor,
     )
-    if settings.server_push:
-        state.egress = EgressPolicy(parse_networks(settings.push_allow_networks))
-        state.push_executor = ThreadPoolExecutor(max_workers=settings.push_threads, thread_name_prefix="cargohold-push")
-        state.push_executor.submit(verify_option, True)  # load the CA bundle now, not in the first push
     if access is None:
         security = build_security(state)
         state.auth, state.oidc = security.access, security.oidc
         state.access = security.access
     drain = Drain()
-    app = web.Application(middlewares=[drain.middleware(), oci_errors, space.storage_faults], client_max_size=1024**2)
+    app = web.Application(
+        middlewares=[drain.middleware(), middlewares.oci_errors, space.storage_faults], client_max_size=1024**2
+    )
     app[STATE_KEY] = state
     app[DRAIN_KEY] = drain
     app.router.add_get("/healthz", healthz)
@@ -205,12 +141,12 @@ def create_app(settings: ServerSettings, access: AccessPolicy | None = None) -> 
     app.router.add_get("/api/v1/oidc", auth_routes.oidc_discovery)
     if state.auth is not None:
         api.add_routes(app)
-    blob_copy.add_routes(app)
+    blob_copies.install(app)
     app.router.add_get("/v2/", api_root)
     app.router.add_get("/v2", api_root)
     app.router.add_route("*", "/v2/{tail:.+}", routing.dispatch)
     app.cleanup_ctx.append(_shutdown)
     app.cleanup_ctx.append(_housekeeping)
-    api_lifecycle.install(app)  # after the control API's routes: lifecycle routes, hooks, /metrics, schedule
+    control_lifecycle.install(app)  # after the control API's routes: lifecycle routes, hooks, /metrics, schedule
     space.install(app)  # after lifecycle: reclaiming uses its retention, GC and metrics
     return app

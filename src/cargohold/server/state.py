@@ -1,4 +1,5 @@
-"""Everything a request handler needs, built once per server process."""
+"""Everything a request handler needs, built once per server process: settings, the stores, the access policy,
+the thread pool, and the domain services handlers call (:mod:`cargohold.domain`)."""
 
 from __future__ import annotations
 
@@ -11,17 +12,16 @@ from typing import TYPE_CHECKING, ParamSpec, TypeVar
 from aiohttp import web
 
 from cargohold.config import ServerSettings
+from cargohold.domain.space import SpaceMonitor
+from cargohold.domain.uploads import UploadLimits, UploadSessions
 from cargohold.metadata.control import ControlStore
 from cargohold.metadata.store import MetadataStore
 from cargohold.server.auth.access import AccessPolicy
-from cargohold.server.control.egress import EgressPolicy
-from cargohold.server.distribution.upload_progress import UploadTracker
 from cargohold.storage.base import BlobStore
 
 if TYPE_CHECKING:
     from cargohold.server.auth.oidc_exchange import OidcExchange
     from cargohold.server.auth.policy import TokenAccess
-    from cargohold.server.http.space import SpaceMonitor
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -37,13 +37,15 @@ class RegistryState:
     control: ControlStore | None = None
     auth: TokenAccess | None = None
     oidc: OidcExchange | None = None
-    uploads: UploadTracker = field(default_factory=lambda: UploadTracker())
-    egress: EgressPolicy = field(default_factory=EgressPolicy)
-    """Where server-side pushes may connect (see cargohold.server.control.egress)."""
-    push_executor: ThreadPoolExecutor | None = None
-    """Threads for server-side pushes, apart from ``executor`` so long uploads never starve requests."""
     space: SpaceMonitor | None = None
-    """Free space, upload admission and the reserve file (see cargohold.server.http.space)."""
+    """Free space, upload admission and the reserve file (see cargohold.domain.space)."""
+    uploads: UploadSessions = field(init=False)
+    """Every upload session of this process (see cargohold.domain.uploads)."""
+
+    def __post_init__(self) -> None:
+        settings = self.settings
+        limits = UploadLimits(settings.max_blob_size, settings.max_uploads_per_credential, settings.upload_ttl)
+        self.uploads = UploadSessions(self.blobs, self.metadata, self.run, limits, space=self.space)
 
     async def run(self, func: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """Run blocking work (database, file system, hashing) off the event loop."""

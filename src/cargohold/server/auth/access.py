@@ -44,7 +44,7 @@ class AccessPolicy(Protocol):
         """Return the caller if allowed, else raise ``RegistryError`` (UNAUTHORIZED / DENIED / NAME_UNKNOWN)."""
         ...
 
-    async def can(self, request: web.Request, repository: str, action: str) -> bool:
+    async def allows(self, request: web.Request, repository: str, action: str) -> bool:
         """Non-raising check, e.g. whether a mount's ``from`` repository may be read by this caller."""
         ...
 
@@ -57,5 +57,5 @@ class OpenAccess:
     ) -> Principal:
         return ANONYMOUS
 
-    async def can(self, request: web.Request, repository: str, action: str) -> bool:
+    async def allows(self, request: web.Request, repository: str, action: str) -> bool:
         return True

@@ -91,14 +91,14 @@ class Identity:
         admin token, whose children are therefore roots)."""
         return None if self.principal.credential_id == ENV_ADMIN_ID else self.principal
 
-    def could(self, repository: str, action: str) -> bool:
+    def credential_allows(self, repository: str, action: str) -> bool:
         """Whether the underlying credential may ``action`` on ``repository``."""
         return bool(granted_access(self.principal, [ResourceScope("repository", repository, (action,))]))
 
-    def may(self, repository: str, action: str) -> bool:
+    def allows(self, repository: str, action: str) -> bool:
         """Whether *this request's* credential allows it (a registry JWT may be narrower than its credential)."""
         if self.token_access is None:
-            return self.could(repository, action)
+            return self.credential_allows(repository, action)
         return any(
             entry.type == "repository" and entry.name == repository and action in entry.actions
             for entry in self.token_access
@@ -121,7 +121,8 @@ class Identity:
             return None
         return {permission.project for permission in self.principal.permissions}
 
-    def can_project(self, project_id: str, action: str) -> bool:
+    def project_allows(self, project_id: str, action: str) -> bool:
+        """Whether the credential may ``action`` in the project (the control API's check; admins may anything)."""
         if self.is_admin:
             return True
         return any(p.project == project_id and action in p.actions for p in self.principal.permissions)
@@ -384,14 +385,14 @@ class TokenAccess:
                 return principal
         else:
             for action in sorted(actions):
-                if identity.may(repository, action):
+                if identity.allows(repository, action):
                     continue
-                if identity.token_access is not None and identity.could(repository, action):
+                if identity.token_access is not None and identity.credential_allows(repository, action):
                     # A registry token for fewer rights than its credential has: ask the client to upgrade.
                     raise RegistryError(
                         "UNAUTHORIZED", f"this registry token does not grant {action}", headers=self.challenge(scope)
                     )
-                if not identity.could(repository, "pull"):
+                if not identity.credential_allows(repository, "pull"):
                     raise RegistryError(
                         "NAME_UNKNOWN",
                         f"repository {repository} is not known to this registry",
@@ -417,9 +418,12 @@ class TokenAccess:
         if target.reference not in allowed:
             raise denied
 
-    async def can(self, request: web.Request, repository: str, action: str) -> bool:
+    async def allows(self, request: web.Request, repository: str, action: str) -> bool:
+        """Whether this request may ``action`` on all of ``repository`` (a build-scoped credential may not)."""
         identity = await self.identity(request)
-        return identity is not None and identity.may(repository, action) and not identity.build_restriction(repository)
+        return (
+            identity is not None and identity.allows(repository, action) and not identity.build_restriction(repository)
+        )
 
 
 __all__ = ["AuthError", "Identity", "Permission", "Target", "TokenAccess", "TokenAuthenticator"]

@@ -19,7 +19,7 @@ async def explain_missing_build(state: RegistryState, identity: Identity, build_
     if identity.is_admin:
         return await _explain(state, None, build_id)
     for project in sorted(identity.projects() or ()):
-        if not identity.can_project(project, "pull"):
+        if not identity.project_allows(project, "pull"):
             continue
         restricted = identity.build_restriction(project)
         if restricted is not None and restricted != build_id:
@@ -32,7 +32,7 @@ async def explain_missing_build(state: RegistryState, identity: Identity, build_
 
 async def explain_missing_tag(state: RegistryState, identity: Identity, project_id: str, tag: str) -> str | None:
     """Why ``project_id:tag`` is gone, if the caller may read that project (and is not limited to another build)."""
-    if not identity.can_project(project_id, "pull"):
+    if not identity.project_allows(project_id, "pull"):
         return None
     restricted = identity.build_restriction(project_id)
     if restricted is not None and tag != restricted:

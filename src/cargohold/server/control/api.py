@@ -114,7 +114,7 @@ async def _build_for(
     state: RegistryState, control: ControlStore, identity: Identity, build_id: str, action: str
 ) -> BuildRecord:
     build = await state.run(control.get_build, build_id)
-    if build is None or not identity.can_project(build.project_id, "pull"):
+    if build is None or not identity.project_allows(build.project_id, "pull"):
         # An evicted or expired build is gone from the builds table; the audit log can still say why, but only
         # to a caller that may see its project (to anyone else it is as unknown as a build never created).
         explained = await explain_missing_build(state, identity, build_id) if build is None else None
@@ -122,7 +122,7 @@ async def _build_for(
     restricted = identity.build_restriction(build.project_id)
     if restricted is not None and restricted != build_id:
         raise _not_found(f"build {build_id} does not exist")
-    if not identity.can_project(build.project_id, action):
+    if not identity.project_allows(build.project_id, action):
         raise api_error(
             403, "DENIED", f"the {identity.principal.kind.value} credential may not {action} in {build.project_id}"
         )
@@ -506,7 +506,7 @@ async def pull_info(request: web.Request) -> web.Response:
     if "/" in project_id:  # a full reference like host/project:tag
         project_id = project_id.rsplit("/", 1)[1]
     if sep:
-        if not identity.can_project(project_id, "pull"):
+        if not identity.project_allows(project_id, "pull"):
             raise _not_found(f"{ref} does not exist")
         build = await state.run(control.find_build_by_tag, project_id, tag)
         if build is None:
@@ -632,7 +632,7 @@ async def list_tokens(request: web.Request) -> web.Response:
     state, control, identity = await authenticated(request)
     project_id = request.query.get("project")
     include_inactive = request.query.get("all") in ("1", "true")
-    if not identity.is_admin and (project_id is None or not identity.can_project(project_id, "push")):
+    if not identity.is_admin and (project_id is None or not identity.project_allows(project_id, "push")):
         raise api_error(403, "DENIED", "listing tokens needs an admin token (or push on the project given)")
     rows = await state.run(lambda: control.list_credentials(project_id, include_inactive=include_inactive))
     return web.json_response({"tokens": [_credential_json(row) for row in rows]})
@@ -645,7 +645,7 @@ async def revoke_token(request: web.Request) -> web.Response:
     if row is None:
         raise _not_found(f"token {token_id} does not exist")
     if not identity.is_admin and not (
-        row.project_id and row.kind == "pull" and identity.can_project(row.project_id, "push")
+        row.project_id and row.kind == "pull" and identity.project_allows(row.project_id, "push")
     ):
         raise api_error(403, "DENIED", "revoking this token needs an admin token")
     revoked = await state.run(control.revoke_credential, token_id)

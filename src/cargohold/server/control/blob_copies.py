@@ -40,7 +40,8 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -51,15 +52,15 @@ from aiohttp import ClientConnectionResetError, web
 
 from cargohold.client.errors import RegistryError as ClientRegistryError
 from cargohold.client.retry import DEFAULT_BUDGET, RetryPolicy
-from cargohold.lifecycle.gc import TOUCH_FRACTION
+from cargohold.client.tls import verify_option
+from cargohold.domain.blobs import readable_blob, stale_before
 from cargohold.oci.digest import Digest, DigestError
 from cargohold.oci.reference import is_valid_name
 from cargohold.server.auth.access import Target
 from cargohold.server.control.common import api_error, read_json_body
-from cargohold.server.control.egress import EgressDenied, EgressTransport
+from cargohold.server.control.egress import EgressDenied, EgressPolicy, EgressTransport, parse_networks
 from cargohold.server.control.lifecycle import LIFECYCLE_KEY
-from cargohold.server.distribution.blobs import readable_blob
-from cargohold.server.state import RegistryState, state_of
+from cargohold.server.state import STATE_KEY, state_of
 from cargohold.storage.base import LocalFile
 from cargohold.storage.faults import classify
 
@@ -73,6 +74,18 @@ MAX_AUTHORIZATION = 16 * 1024
 """Longest ``Authorization`` value accepted (registry JWTs run to a few KiB)."""
 MAX_RETRY_FOR = 600.0
 """Longest a copy waits for an unavailable destination: a push thread is a scarce resource."""
+
+
+@dataclass
+class ServerPush:
+    """Server-side pushes of one process: where they may connect, and the threads they run on (apart from the
+    request threads, so long uploads never starve requests)."""
+
+    egress: EgressPolicy
+    executor: ThreadPoolExecutor
+
+
+PUSH_KEY = web.AppKey("cargohold_server_push", ServerPush)
 
 
 @dataclass(frozen=True)
@@ -135,15 +148,18 @@ async def copy_blob(request: web.Request) -> web.StreamResponse:
     state = state_of(request)
     job = parse_request(await read_json_body(request))
     await state.access.authorize(request, job.repository, frozenset({"pull"}), Target("blob", str(job.digest)))
-    if not state.settings.server_push or state.push_executor is None:
+    push = request.app.get(PUSH_KEY)
+    if not state.settings.server_push or push is None:
         raise api_error(
             403,
             "SERVER_PUSH_DISABLED",
             "this Cargohold server does not push to other registries itself (--no-server-push); "
             "the client can stream the blob instead",
         )
-    stale_before = datetime.now(UTC) - state.settings.gc_grace / TOUCH_FRACTION
-    location = await state.run(readable_blob, state, job.repository, job.digest, stale_before)
+    fresh_after = stale_before(datetime.now(UTC), state.settings.gc_grace)
+    location = await state.run(
+        readable_blob, state.blobs, state.metadata, state.space, job.repository, job.digest, fresh_after
+    )
     if not isinstance(location, LocalFile):
         raise api_error(
             501,
@@ -152,7 +168,7 @@ async def copy_blob(request: web.Request) -> web.StreamResponse:
         )
     port = job.url.port or (443 if job.url.scheme == "https" else 80)
     try:
-        await state.run(state.egress.resolve, job.url.host, port)
+        await state.run(push.egress.resolve, job.url.host, port)
     except EgressDenied as exc:
         raise api_error(403, "DESTINATION_NOT_ALLOWED", str(exc)) from None
     except httpcore.ConnectError as exc:
@@ -163,7 +179,7 @@ async def copy_blob(request: web.Request) -> web.StreamResponse:
     progress = _Progress()
     loop = asyncio.get_running_loop()
     started = time.monotonic()
-    future = loop.run_in_executor(state.push_executor, _upload, state, job, location, progress)
+    future = loop.run_in_executor(push.executor, _upload, push.egress, job, location, progress)
     reported, last_line = -1, time.monotonic()
     try:
         while True:
@@ -233,7 +249,7 @@ class _ClientGone(Exception):
     pass
 
 
-def _upload(state: RegistryState, job: CopyRequest, location: LocalFile, progress: _Progress) -> None:
+def _upload(egress: EgressPolicy, job: CopyRequest, location: LocalFile, progress: _Progress) -> None:
     """The copy itself, on a push thread: the existing client's upload (resume, retries) fed from disk."""
     # Imported here, not at the top: most servers never push, and the registry client is not small to import.
     from cargohold.client.registry import RegistryClient, file_source
@@ -249,7 +265,7 @@ def _upload(state: RegistryState, job: CopyRequest, location: LocalFile, progres
     with RegistryClient(
         str(job.url).rstrip("/"),
         authorization=job.authorization,
-        transport=EgressTransport(state.egress),
+        transport=EgressTransport(egress),
         retry=RetryPolicy(budget=job.retry_for, notify=progress.note, sleep=progress.wait),
         max_connections=4,
     ) as client:
@@ -293,5 +309,18 @@ def _line(data: dict[str, Any]) -> bytes:
     return json.dumps(data, separators=(",", ":")).encode() + b"\n"
 
 
-def add_routes(app: web.Application) -> None:
+def install(app: web.Application) -> None:
+    """Add the route and, when server push is on, its egress policy and threads (shut down with the app)."""
     app.router.add_post("/api/v1/blob-copies", copy_blob)
+    settings = app[STATE_KEY].settings
+    if not settings.server_push:
+        return
+    executor = ThreadPoolExecutor(max_workers=settings.push_threads, thread_name_prefix="cargohold-push")
+    executor.submit(verify_option, True)  # load the CA bundle now, not in the first push
+    app[PUSH_KEY] = ServerPush(EgressPolicy(parse_networks(settings.push_allow_networks)), executor)
+
+    async def shutdown(app: web.Application) -> AsyncIterator[None]:
+        yield
+        executor.shutdown(wait=True, cancel_futures=True)
+
+    app.cleanup_ctx.append(shutdown)

@@ -63,9 +63,9 @@ async def identity_or_challenge(auth: TokenAccess, request: web.Request, message
 
 def check_project_access(identity: Identity, project_id: str, action: str) -> None:
     """Unknown and invisible projects look the same (404); visible but not allowed is 403."""
-    if not identity.can_project(project_id, "pull"):
+    if not identity.project_allows(project_id, "pull"):
         raise api_error(404, "NOT_FOUND", f"project {project_id} does not exist")
-    if not identity.can_project(project_id, action):
+    if not identity.project_allows(project_id, action):
         raise api_error(
             403, "DENIED", f"the {identity.principal.kind.value} credential may not {action} in {project_id}"
         )

@@ -203,7 +203,7 @@ async def _identity(request: web.Request) -> tuple[RegistryState, Lifecycle, Ide
 async def _build_project(state: RegistryState, identity: Identity, build_id: str, action: str) -> str:
     assert state.control is not None
     build = await state.run(state.control.get_build, build_id)
-    if build is None or not identity.can_project(build.project_id, "pull"):
+    if build is None or not identity.project_allows(build.project_id, "pull"):
         explained = await explain_missing_build(state, identity, build_id) if build is None else None
         raise api_error(404, "NOT_FOUND", explained or f"build {build_id} does not exist")
     restricted = identity.build_restriction(build.project_id)

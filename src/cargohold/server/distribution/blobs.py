@@ -1,15 +1,15 @@
 """Blob reads and deletes: ``HEAD``/``GET``/``DELETE /v2/<name>/blobs/<digest>``.
 
-GET is the hottest path in the product (every matrix job pulls every layer), so it does one indexed
-database lookup for the repository link and then hands the file to aiohttp's ``FileResponse``, which uses
-``sendfile(2)``: the bytes go from page cache to socket without entering Python.
+GET is the hottest path in the product (every matrix job pulls every layer), so it makes one trip to the
+thread pool (:func:`cargohold.domain.blobs.readable_blob`: one indexed lookup of the repository link) and then
+hands the file to aiohttp's ``FileResponse``, which uses ``sendfile(2)``: the bytes go from page cache to
+socket without entering Python.
 """
 
 from __future__ import annotations
 
 import logging
 import re
-import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -17,19 +17,14 @@ from typing import Any
 from aiohttp import web
 from aiohttp.abc import AbstractStreamWriter
 
-from cargohold.lifecycle.gc import TOUCH_FRACTION
-from cargohold.metadata.store import BlobInUse
+from cargohold.domain.blobs import readable_blob, stale_before, unlink_blob
 from cargohold.oci.digest import Digest, DigestError
-from cargohold.server.http.errors import RegistryError, blob_unknown
-from cargohold.server.state import RegistryState, state_of
-from cargohold.storage.base import BlobLocation, LocalFile, Redirect
+from cargohold.server.http.errors import RegistryError
+from cargohold.server.state import state_of
+from cargohold.storage.base import LocalFile, Redirect
 from cargohold.storage.faults import classify
 
 log = logging.getLogger(__name__)
-
-TOUCH_WARNING_INTERVAL = 60.0
-"""Seconds between two log lines about link refreshes failing on a full disk (pulls go on regardless)."""
-_last_touch_warning = 0.0
 
 _RANGE_RE = re.compile(r"^bytes=([0-9]{0,19})-([0-9]{0,19})$")
 """One byte range; offsets past 19 digits (beyond any file) are not understood, so the whole blob is sent."""
@@ -80,64 +75,11 @@ def _usable_range(header: str | None, size: int) -> bool:
     return True
 
 
-def readable_blob(state: RegistryState, name: str, digest: Digest, stale_before: datetime) -> BlobLocation:
-    """Where to serve ``digest`` from, if ``name`` may read it: one trip to the thread pool on the hot path.
-
-    A link older than ``stale_before`` is refreshed first, keeping it out of the garbage collector's reach for
-    a client that HEADs a blob and then skips uploading it (see cargohold.lifecycle.gc); fresh links cost one
-    read. A link that vanished in between (GC won) reads as unknown.
-    """
-    linked = state.metadata.linked_blob(name, str(digest))
-    if linked is None:
-        raise blob_unknown(str(digest))
-    if linked[1] < stale_before and not _refresh_link(state, name, digest, stale_before):
-        raise blob_unknown(str(digest))
-    try:
-        location = state.blobs.locate(digest)
-    except OSError as exc:
-        if (fault := classify(exc)) is None:
-            raise
-        log.error("reading blob %s in %s failed: storage I/O error: %s", digest, name, fault.describe())
-        raise RegistryError(
-            "UNKNOWN",
-            f"blob {digest} cannot be read: a storage I/O error ({fault.describe()}); an admin should check the "
-            "server's disk",
-            status=500,
-            detail={"digest": str(digest)},
-        ) from None
-    if location is None:
-        log.error("blob %s is linked in %s but its content is missing from the store", digest, name)
-        raise blob_unknown(str(digest))
-    return location
-
-
-def _refresh_link(state: RegistryState, name: str, digest: Digest, stale_before: datetime) -> bool:
-    """:meth:`MetadataStore.touch_link`, best-effort: on a full or failing disk the pull goes on without it.
-
-    The link was there a moment ago (we just read it); what a failed refresh costs is only that garbage
-    collection's grace window restarts from the older time, which matters to a push skipping an existing
-    blob, never to this pull.
-    """
-    global _last_touch_warning
-    try:
-        return state.metadata.touch_link(name, str(digest), stale_before)
-    except Exception as exc:
-        if (fault := classify(exc)) is None:
-            raise
-        if state.space is not None:
-            state.space.on_fault(fault)
-        now = time.monotonic()
-        if now - _last_touch_warning >= TOUCH_WARNING_INTERVAL:
-            _last_touch_warning = now
-            log.warning("could not refresh blob links (%s); pulls are served without it", fault.describe())
-        return True
-
-
 async def get_blob(request: web.Request, name: str, digest_text: str) -> web.StreamResponse:
     state = state_of(request)
     digest = _blob_digest(digest_text)
-    stale_before = datetime.now(UTC) - state.settings.gc_grace / TOUCH_FRACTION
-    location = await state.run(readable_blob, state, name, digest, stale_before)
+    fresh_after = stale_before(datetime.now(UTC), state.settings.gc_grace)
+    location = await state.run(readable_blob, state.blobs, state.metadata, state.space, name, digest, fresh_after)
     headers = {
         "Docker-Content-Digest": str(digest),
         "Content-Type": "application/octet-stream",
@@ -193,16 +135,6 @@ class _WholeFileResponse(_BlobFileResponse):
 async def delete_blob(request: web.Request, name: str, digest_text: str) -> web.Response:
     state = state_of(request)
     digest = _blob_digest(digest_text)
-    try:
-        removed = await state.run(state.metadata.unlink_blob, name, str(digest))
-    except BlobInUse:
-        raise RegistryError(
-            "UNSUPPORTED",
-            f"blob {digest} is referenced by a manifest in {name}; delete that manifest first",
-            status=409,
-            detail={"digest": str(digest)},
-        ) from None
-    if not removed:
-        raise blob_unknown(str(digest))
+    await state.run(unlink_blob, state.metadata, name, digest)
     # The content itself stays until garbage collection finds no repository linking it.
     return web.Response(status=202, headers={"Docker-Content-Digest": str(digest)})

@@ -69,7 +69,7 @@ async def catalog(request: web.Request) -> web.Response:
     )
     repositories, more = _paginate(fetched, limit)
     # Each caller sees only the repositories it may pull from (an admin sees all).
-    repositories = [name for name in repositories if await state.access.can(request, name, "pull")]
+    repositories = [name for name in repositories if await state.access.allows(request, name, "pull")]
     headers = {}
     if more and repositories:
         query = urlencode({"n": limit, "last": repositories[-1]})

@@ -1,4 +1,11 @@
-"""OCI distribution error codes and the JSON error body every failing response carries."""
+"""The JSON error body every failing response carries, and the one mapping from domain errors to it.
+
+Both planes answer errors as ``{"errors": [{"code", "message", "detail"?}]}``: the OCI distribution codes on
+``/v2/``, the control API's codes (``NOT_FOUND``, ``INVALID``, ``CONFLICT``, ...) elsewhere.
+:func:`http_error` is the only place a :class:`~cargohold.domain.errors.DomainError` becomes a status and a
+code; the error middleware (:mod:`cargohold.server.http.middlewares`) calls it for any domain error a
+handler lets through, so handlers never translate them one by one.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +13,8 @@ import json
 from typing import Any
 
 from aiohttp import web
+
+from cargohold.domain import errors as domain
 
 # code -> default HTTP status
 ERROR_STATUS: dict[str, int] = {
@@ -83,3 +92,43 @@ def upload_unknown(upload_id: str) -> RegistryError:
         f"upload {upload_id} is not in progress here (finished, cancelled or expired); start a new upload",
         detail={"upload": upload_id},
     )
+
+
+# --- the one mapping from domain errors ------------------------------------------------------------------
+
+_OCI_SUBJECT_CODES: dict[type[domain.DomainError], dict[str, str]] = {
+    domain.NotFound: {
+        "blob": "BLOB_UNKNOWN",
+        "manifest": "MANIFEST_UNKNOWN",
+        "upload": "BLOB_UPLOAD_UNKNOWN",
+        "repository": "NAME_UNKNOWN",
+    },
+    domain.Invalid: {"digest": "DIGEST_INVALID", "manifest": "MANIFEST_INVALID", "upload": "BLOB_UPLOAD_INVALID"},
+}
+"""Subjects of the OCI distribution API get its codes, on whichever route they come up (a blob unknown to a
+server-side copy is ``BLOB_UNKNOWN`` too); every other subject, and every subclass (``TooLarge`` is an
+``Invalid`` but always ``SIZE_INVALID``), gets the code for its class below."""
+
+_CLASS_ANSWERS: dict[type[domain.DomainError], tuple[int, str]] = {
+    domain.UnknownReferences: (400, "MANIFEST_BLOB_UNKNOWN"),
+    domain.TooLarge: (413, "SIZE_INVALID"),
+    domain.Invalid: (400, "INVALID"),
+    domain.NotFound: (404, "NOT_FOUND"),
+    domain.InUse: (409, "UNSUPPORTED"),
+    domain.Conflict: (409, "CONFLICT"),
+    domain.Denied: (403, "DENIED"),
+    domain.Unauthenticated: (401, "UNAUTHORIZED"),
+    domain.TooMany: (429, "TOOMANYREQUESTS"),
+    domain.StorageFull: (507, "DENIED"),
+    domain.StorageFailed: (500, "UNKNOWN"),
+}
+"""Most specific class first: the first class the error is an instance of answers."""
+
+
+def http_error(exc: domain.DomainError) -> RegistryError:
+    """The HTTP answer to a domain error: status, code, message, detail and headers."""
+    # The bare root (a domain error nobody classified) is still the client's mistake, never a 500.
+    status, code = next((answer for kind, answer in _CLASS_ANSWERS.items() if isinstance(exc, kind)), (400, "INVALID"))
+    code = _OCI_SUBJECT_CODES.get(type(exc), {}).get(exc.subject, code)
+    headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, domain.TooMany) else None
+    return RegistryError(code, exc.message, status=status, detail=exc.detail, headers=headers)
