@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, ParamSpec, TypeVar
 from aiohttp import web
 
 from cargohold.config import ServerSettings
+from cargohold.domain.builds import Builds
+from cargohold.domain.manifests import Manifests
 from cargohold.domain.space import SpaceMonitor
 from cargohold.domain.uploads import UploadLimits, UploadSessions
 from cargohold.metadata.control import ControlStore
@@ -41,11 +43,18 @@ class RegistryState:
     """Free space, upload admission and the reserve file (see cargohold.domain.space)."""
     uploads: UploadSessions = field(init=False)
     """Every upload session of this process (see cargohold.domain.uploads)."""
+    manifests: Manifests = field(init=False)
+    """Manifest put/get/delete with their invariants (see cargohold.domain.manifests)."""
+    builds: Builds = field(init=False)
+    """Builds: create, save, evict, ... (see cargohold.domain.builds); only with a control store."""
 
     def __post_init__(self) -> None:
         settings = self.settings
         limits = UploadLimits(settings.max_blob_size, settings.max_uploads_per_credential, settings.upload_ttl)
         self.uploads = UploadSessions(self.blobs, self.metadata, self.run, limits, space=self.space)
+        self.manifests = Manifests(self.metadata, self.run)
+        if self.control is not None:
+            self.builds = Builds(self.control, self.metadata, self.blobs, self.run, space=self.space)
 
     async def run(self, func: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """Run blocking work (database, file system, hashing) off the event loop."""

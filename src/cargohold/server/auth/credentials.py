@@ -252,7 +252,12 @@ def permissions_from_json(text: str) -> tuple[Permission, ...]:
     data = json.loads(text)
     if not isinstance(data, list):
         raise ValueError("permissions column must hold a JSON list")
-    return tuple(Permission.from_json(item) for item in data)
+    return permissions_from_data(data)
+
+
+def permissions_from_data(items: Iterable[dict[str, object]]) -> tuple[Permission, ...]:
+    """Permissions from their JSON form, already parsed (what a stored credential record holds)."""
+    return tuple(Permission.from_json(item) for item in items)
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from cargohold.metadata.control import ControlStore, ParentInactive, new_id
-from cargohold.metadata.models import Credential
-from cargohold.metadata.models import TrustRelationship as TrustRow
+from cargohold.metadata.control import ControlStore, CredentialRecord, ParentInactive, new_id
 from cargohold.server.auth import trust
 from cargohold.server.auth.credentials import CredentialKind, hash_token, new_credential
 from cargohold.server.auth.oidc import OidcError, OidcVerifier, ReplayedTokenError
-from cargohold.server.auth.policy import AuthError, Identity, TokenAuthenticator, principal_of, stored_to_row
+from cargohold.server.auth.policy import AuthError, Identity, TokenAuthenticator, credential_record, principal_of
 
 Run = Callable[..., Awaitable[Any]]
 
@@ -39,25 +36,6 @@ class DatabaseJtiStore:
         return bool(await self.run(self.control.claim_jti, issuer, jti, moment))
 
 
-def relationship_from_row(row: TrustRow) -> trust.TrustRelationship:
-    return trust.TrustRelationship(
-        id=row.id,
-        project=row.project_id,
-        repository_owner=row.owner,
-        repository_name=row.repository,
-        provider=row.provider,
-        repository_owner_id=row.owner_id,
-        repository_id=row.repository_id,
-        workflow=row.workflow,
-        environment=row.environment,
-        ref_pattern=row.ref_pattern,
-        runner_environment=row.runner_environment,
-        allow_events=frozenset(json.loads(row.allowed_events) if row.allowed_events else ()),
-        pull_only=row.pull_only,
-        permissions=frozenset(json.loads(row.permissions)),
-    )
-
-
 @dataclass(frozen=True, slots=True)
 class Exchanged:
     token: str
@@ -79,7 +57,7 @@ class OidcExchange:
         claims = await self.verifier.verify(jwt_text)
         owner, _, name = claims.repository.partition("/")
         rows = await self.run(self.control.trust_for_repository, claims.issuer, owner, name)
-        result = trust.match([relationship_from_row(row) for row in rows], claims)
+        result = trust.match([trust.TrustRelationship.from_record(record) for record in rows], claims)
         if not result.ok:
             raise ExchangeDenied(result.denial or f"no trust relationship for repository {claims.repository}")
         for learned in result.learned:
@@ -108,10 +86,12 @@ class OidcExchange:
         if claims.workflow:
             audit["workflow"] = claims.workflow
         projects = sorted({permission.project for permission in result.permissions})
-        row = stored_to_row(replace(stored, metadata=audit), project_id=projects[0] if len(projects) == 1 else None)
+        record = credential_record(
+            replace(stored, metadata=audit), project_id=projects[0] if len(projects) == 1 else None
+        )
         try:
             # Linked to the relationships that matched: deleting one of them revokes this credential.
-            await self.run(self.control.add_credential, row, stored.trust_ids)
+            await self.run(self.control.add_credential, record, stored.trust_ids)
         except ParentInactive as exc:
             raise ExchangeDenied(str(exc)) from None
         assert stored.expires_at is not None
@@ -145,17 +125,17 @@ class OidcExchange:
                         refusals.clear()
                     refusals[token_hash] = (time.monotonic() + REFUSAL_MEMORY_SECONDS, str(exc))
                     raise AuthError(str(exc)) from None
-            return identity_from_oidc_row(existing)
+            return identity_from_oidc_record(existing)
 
         return identity_for
 
 
-def identity_from_oidc_row(row: Credential) -> Identity:
-    if row.kind != CredentialKind.OIDC.value:
+def identity_from_oidc_record(record: CredentialRecord) -> Identity:
+    if record.kind != CredentialKind.OIDC.value:
         raise AuthError("the credential is not valid")
     now = datetime.now(UTC)
-    if row.revoked_at is not None:
-        raise AuthError(f"the OIDC credential {row.name!r} was revoked")
-    if row.expires_at is not None and row.expires_at <= now:
-        raise AuthError(f"the OIDC credential {row.name!r} has expired; request a fresh ID token")
-    return Identity(principal_of(row), claims=json.loads(row.metadata_json) if row.metadata_json else None)
+    if record.revoked_at is not None:
+        raise AuthError(f"the OIDC credential {record.name!r} was revoked")
+    if record.expires_at is not None and record.expires_at <= now:
+        raise AuthError(f"the OIDC credential {record.name!r} has expired; request a fresh ID token")
+    return Identity(principal_of(record), claims=dict(record.metadata) if record.metadata else None)

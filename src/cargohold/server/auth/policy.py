@@ -21,7 +21,6 @@ from __future__ import annotations
 import base64
 import binascii
 import hmac
-import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -31,8 +30,7 @@ from typing import Any
 
 from aiohttp import web
 
-from cargohold.metadata.control import ControlStore
-from cargohold.metadata.models import Credential
+from cargohold.metadata.control import ControlStore, CredentialRecord
 from cargohold.oci import strictjson
 from cargohold.server.auth.access import Principal as AccessPrincipal
 from cargohold.server.auth.access import Target
@@ -45,8 +43,7 @@ from cargohold.server.auth.credentials import (
     StoredCredential,
     hash_token,
     is_valid_token,
-    permissions_from_json,
-    permissions_to_json,
+    permissions_from_data,
 )
 from cargohold.server.auth.ratelimit import AuthFailureLimiter, retry_after_header
 from cargohold.server.auth.signing import (
@@ -132,39 +129,40 @@ class AuthError(Exception):
     """A credential was presented but cannot be used; the message is safe to show."""
 
 
-def _row_to_stored(row: Credential) -> StoredCredential:
+def stored_credential(record: CredentialRecord) -> StoredCredential:
+    """A stored credential as the auth package checks it (the store's record, in this package's types)."""
     return StoredCredential(
-        id=row.id,
-        kind=CredentialKind(row.kind),
-        name=row.name,
-        token_hash=row.token_hash,
-        created_at=row.created_at,
-        permissions=permissions_from_json(row.permissions),
-        expires_at=row.expires_at,
-        revoked_at=row.revoked_at,
-        metadata=json.loads(row.metadata_json) if row.metadata_json else {},
-        admin_permissions=admin_permissions_of(row),
-        parent_id=row.parent_id,
+        id=record.id,
+        kind=CredentialKind(record.kind),
+        name=record.name,
+        token_hash=record.token_hash,
+        created_at=record.created_at,
+        permissions=permissions_from_data(record.permissions),
+        expires_at=record.expires_at,
+        revoked_at=record.revoked_at,
+        metadata=dict(record.metadata),
+        admin_permissions=admin_permissions_of(record),
+        parent_id=record.parent_id,
     )
 
 
-def admin_permissions_of(row: Credential) -> frozenset[str]:
-    """The server-wide permissions stored on an admin credential's row (nothing for other kinds)."""
-    if row.kind != CredentialKind.ADMIN.value or not row.admin_permissions:
+def admin_permissions_of(record: CredentialRecord) -> frozenset[str]:
+    """The server-wide permissions of an admin credential (nothing for other kinds)."""
+    if record.kind != CredentialKind.ADMIN.value:
         return frozenset()
-    return frozenset(str(item) for item in json.loads(row.admin_permissions))
+    return record.admin_permissions
 
 
-def principal_of(row: Credential) -> Principal:
-    """The caller a stored credential row stands for (no checks: the caller has checked it is live)."""
-    kind = CredentialKind(row.kind)
+def principal_of(record: CredentialRecord) -> Principal:
+    """The caller a stored credential stands for (no checks: the caller has checked it is live)."""
+    kind = CredentialKind(record.kind)
     return Principal(
         kind,
-        row.id,
-        row.name,
-        permissions_from_json(row.permissions),
-        admin_permissions_of(row) if kind is CredentialKind.ADMIN else None,
-        row.expires_at,
+        record.id,
+        record.name,
+        permissions_from_data(record.permissions),
+        admin_permissions_of(record) if kind is CredentialKind.ADMIN else None,
+        record.expires_at,
     )
 
 
@@ -175,26 +173,27 @@ def env_admin_principal() -> Principal:
     )
 
 
-def stored_to_row(stored: StoredCredential, *, project_id: str | None = None) -> Credential:
-    """The database row for a new credential (the inverse of reading one back with ``_row_to_stored``)."""
-    return Credential(
+def credential_record(stored: StoredCredential, *, project_id: str | None = None) -> CredentialRecord:
+    """What the store keeps of a new credential (the inverse of :func:`stored_credential`)."""
+    return CredentialRecord(
         id=stored.id,
         kind=stored.kind.value,
         name=stored.name,
         token_hash=stored.token_hash,
-        permissions=permissions_to_json(stored.permissions),
-        metadata_json=json.dumps(stored.metadata) if stored.metadata else None,
         created_at=stored.created_at,
+        permissions=tuple(permission.to_json() for permission in stored.permissions),
         expires_at=stored.expires_at,
+        revoked_at=stored.revoked_at,
+        metadata=dict(stored.metadata),
         project_id=project_id,
         parent_id=stored.parent_id,
-        admin_permissions=json.dumps(sorted(stored.admin_permissions)) if stored.admin_permissions else None,
+        admin_permissions=stored.admin_permissions,
     )
 
 
-def _claims(row: Credential) -> dict[str, str] | None:
+def _claims(record: CredentialRecord) -> dict[str, str] | None:
     """CI provenance recorded on OIDC-exchanged credentials (repository, sha, run, workflow…)."""
-    return json.loads(row.metadata_json) if row.kind == CredentialKind.OIDC.value and row.metadata_json else None
+    return dict(record.metadata) if record.kind == CredentialKind.OIDC.value and record.metadata else None
 
 
 RawJwtExchanger = Callable[[str], Awaitable[Identity]]
@@ -217,8 +216,8 @@ class TokenAuthenticator:
         self._run = run
         self._admin_hash = hash_token(admin_token) if admin_token else None
         self.raw_jwt_exchanger = raw_jwt_exchanger
-        self._by_hash: dict[str, tuple[float, Credential | None]] = {}
-        self._by_id: dict[str, tuple[float, Credential | None]] = {}
+        self._by_hash: dict[str, tuple[float, CredentialRecord | None]] = {}
+        self._by_id: dict[str, tuple[float, CredentialRecord | None]] = {}
 
     async def identify(self, header: str | None) -> Identity | None:
         """None when no credential was sent; raises :class:`AuthError` for a bad one."""
@@ -252,7 +251,7 @@ class TokenAuthenticator:
             if row is None:
                 raise AuthError("the token is not known to this registry (it may have been deleted)")
             try:
-                principal = _row_to_stored(row).authenticate(secret, datetime.now(UTC))
+                principal = stored_credential(row).authenticate(secret, datetime.now(UTC))
             except CredentialError as exc:
                 raise AuthError(str(exc)) from None
             return Identity(principal, claims=_claims(row))
@@ -281,12 +280,15 @@ class TokenAuthenticator:
             return None
         return Identity(principal_of(row), claims=_claims(row))
 
-    async def _credential_by_hash(self, token_hash: str) -> Credential | None:
+    async def _credential_by_hash(self, token_hash: str) -> CredentialRecord | None:
         return await self._cached(self._by_hash, token_hash, self.control.credential_by_hash)
 
     async def _cached(
-        self, cache: dict[str, tuple[float, Credential | None]], key: str, load: Callable[[str], Credential | None]
-    ) -> Credential | None:
+        self,
+        cache: dict[str, tuple[float, CredentialRecord | None]],
+        key: str,
+        load: Callable[[str], CredentialRecord | None],
+    ) -> CredentialRecord | None:
         now = time.monotonic()
         hit = cache.get(key)
         if hit is not None and hit[0] > now:

@@ -11,7 +11,7 @@ from cargohold.metadata.control import new_id
 from cargohold.server.auth.credentials import CredentialKind, new_credential
 from cargohold.server.auth.oidc import OidcSettings, OidcVerifier
 from cargohold.server.auth.oidc_exchange import DatabaseJtiStore, OidcExchange
-from cargohold.server.auth.policy import TokenAccess, TokenAuthenticator, stored_to_row
+from cargohold.server.auth.policy import TokenAccess, TokenAuthenticator, credential_record
 from cargohold.server.auth.ratelimit import AuthFailureLimiter
 from cargohold.server.auth.signing import RegistryTokenSigner, load_or_create_keyring
 from cargohold.server.state import RegistryState
@@ -61,7 +61,7 @@ def _create_first_admin(state: RegistryState) -> None:
     assert state.control is not None
     now = datetime.now(UTC)
     token, stored = new_credential(CredentialKind.ADMIN, credential_id=new_id(), name="first admin", now=now)
-    state.control.add_credential(stored_to_row(stored))
+    state.control.add_credential(credential_record(stored))
     banner = (
         "\n"
         "  Cargohold created the first admin token for this data directory. It is shown only now:\n\n"

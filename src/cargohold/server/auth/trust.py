@@ -24,6 +24,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 
+from cargohold.metadata.control import TrustRecord
 from cargohold.server.auth.credentials import ACTIONS_PULL, ACTIONS_PUSH, REPOSITORY_ACTIONS, Permission
 from cargohold.server.auth.oidc import GitHubClaims
 
@@ -86,6 +87,26 @@ class TrustRelationship:
     allow_events: frozenset[str] = field(default_factory=frozenset)
     pull_only: bool = False
     permissions: frozenset[str] | None = None
+
+    @classmethod
+    def from_record(cls, record: TrustRecord) -> TrustRelationship:
+        """The relationship a stored record describes (as the metadata store keeps it)."""
+        return cls(
+            id=record.id,
+            project=record.project_id,
+            repository_owner=record.owner,
+            repository_name=record.repository,
+            provider=record.provider,
+            repository_owner_id=record.owner_id,
+            repository_id=record.repository_id,
+            workflow=record.workflow,
+            environment=record.environment,
+            ref_pattern=record.ref_pattern,
+            runner_environment=record.runner_environment,
+            allow_events=record.allowed_events,
+            pull_only=record.pull_only,
+            permissions=record.permissions,
+        )
 
     def __post_init__(self) -> None:
         self._check_permissions()

@@ -32,34 +32,35 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 from aiohttp import web
 
-from cargohold.lifecycle import audit, registry_delete
-from cargohold.lifecycle.clock import parse_iso, system_clock
+from cargohold.lifecycle import audit
+from cargohold.lifecycle.clock import system_clock
 from cargohold.lifecycle.gc import GarbageCollector, GcReport
 from cargohold.lifecycle.metering import Metering
-from cargohold.lifecycle.retention import BuildNotFound, Eviction, LifecycleError, Retention, build_json
+from cargohold.lifecycle.retention import Eviction, LifecycleError, Retention
 from cargohold.lifecycle.tag_retention import ManifestCollection, TagEviction, TagNotFound, TagRecord, TagRetention
-from cargohold.metadata.control import BuildRecord
 from cargohold.oci.reference import is_valid_name, is_valid_tag
-from cargohold.server.auth.access import PRINCIPAL_KEY
 from cargohold.server.auth.policy import Identity
 from cargohold.server.auth.visibility import explain_missing_build
-from cargohold.server.control.api import registry_host
 from cargohold.server.control.common import (
     api_error,
     authenticated,
     check_project_access,
+    extension,
+    flag,
     identity_or_challenge,
     read_json_body,
+    registry_host,
+    room_to_clean_up,
 )
+from cargohold.server.control.storage import server_storage
 from cargohold.server.drain import DRAIN_KEY
-from cargohold.server.http.errors import RegistryError, manifest_unknown
 from cargohold.server.http.metrics import CONTENT_TYPE, Metrics
 from cargohold.server.http.query_limits import LimitError, page_size
 from cargohold.server.state import STATE_KEY, RegistryState, state_of
@@ -132,66 +133,6 @@ def lifecycle_of(app: web.Application) -> Lifecycle:
     return app[LIFECYCLE_KEY]
 
 
-# --- hooks for the control API and the registry ---------------------------------------------------------
-
-
-def _after_save(lifecycle: Lifecycle) -> Callable[..., Awaitable[None]]:
-    """The control API's after-save hook (``api.AFTER_SAVE_KEY``): enforce the cap, re-measure storage."""
-
-    async def after_save(state: RegistryState, build: BuildRecord) -> None:
-        try:
-            await state.run(lifecycle.after_save, build.project_id)
-        except Exception as exc:
-            # The build is saved already; on a full disk the cap and the metering catch up at the next sweep.
-            if (fault := classify(exc)) is None:
-                raise
-            if state.space is not None:
-                state.space.on_fault(fault)
-            log.warning("after saving build %s: enforcing the cap failed: %s", build.id, fault.describe())
-
-    return after_save
-
-
-async def missing_manifest(request: web.Request, repository: str, reference: str) -> RegistryError:
-    """The 404 for a manifest tag: MANIFEST_UNKNOWN, with the reason if lifecycle removed it."""
-    state = state_of(request)
-    explained = None
-    if LIFECYCLE_KEY in request.app:
-        explained = await state.run(audit.explain_missing, state.metadata.db, repository, reference)
-    if explained is None:
-        return manifest_unknown(reference)
-    return RegistryError("MANIFEST_UNKNOWN", explained, detail={"reference": reference, "reason": explained})
-
-
-async def delete_manifest_reference(request: web.Request, repository: str, reference: str, *, by_digest: bool) -> bool:
-    """``DELETE /v2/<name>/manifests/<reference>``, evicting the saved builds whose image it is (see
-    :mod:`cargohold.lifecycle.registry_delete`); False when nothing by that reference exists. Raises
-    ``ManifestInUse`` for a manifest an index still lists."""
-    state = state_of(request)
-    if LIFECYCLE_KEY not in request.app:
-        if by_digest:
-            return await state.run(state.metadata.delete_manifest, repository, reference)
-        return await state.run(state.metadata.delete_tag, repository, reference)
-    lifecycle = lifecycle_of(request.app)
-    principal = request.get(PRINCIPAL_KEY)
-    actor = principal.name if principal is not None else "anonymous"
-    deletion = await state.run(
-        lambda: registry_delete.delete_reference(
-            state.metadata.db, lifecycle.retention, repository, reference, by_digest=by_digest, actor=actor
-        )
-    )
-    if deletion.evicted:
-        await state.run(lifecycle.metering.refresh, [repository])
-        log.info(
-            "%s deleted %s@%s through /v2/, evicting build(s) %s",
-            actor,
-            repository,
-            reference,
-            ", ".join(e.build_id for e in deletion.evicted),
-        )
-    return deletion.removed
-
-
 # --- request helpers --------------------------------------------------------------------------------------
 
 
@@ -213,96 +154,7 @@ async def _build_project(state: RegistryState, identity: Identity, build_id: str
     return build.project_id
 
 
-MAX_EXTENSION = timedelta(days=100 * 365)
-"""Longest ``by`` accepted: far beyond any retention, and far from the datetime range's end."""
-
-
-def _extension(body: dict[str, Any]) -> tuple[timedelta | None, datetime | None]:
-    """``{"by": seconds}`` or ``{"until": iso}`` of an extend request (the service checks exactly one came)."""
-    by, until = body.get("by"), body.get("until")
-    if by is not None and (isinstance(by, bool) or not isinstance(by, int | float)):
-        raise api_error(400, "INVALID", '"by" must be a number of seconds')
-    if by is not None and not -MAX_EXTENSION.total_seconds() <= by <= MAX_EXTENSION.total_seconds():
-        raise api_error(
-            400, "INVALID", f'"by" must be at most {int(MAX_EXTENSION.total_seconds())} seconds (100 years)'
-        )
-    try:
-        until_at = parse_iso(str(until)) if until is not None else None
-    except ValueError:
-        raise api_error(400, "INVALID", f'"until" must be an ISO 8601 time, not {until!r}') from None
-    return (timedelta(seconds=by) if by is not None else None), until_at
-
-
-def _flag(value: Any, field: str) -> bool:
-    if isinstance(value, bool):
-        return value
-    if value in (None, "", "0", "false", "no"):
-        return False
-    if value in ("1", "true", "yes"):
-        return True
-    raise api_error(400, "INVALID", f'"{field}" must be true or false')
-
-
-async def _room_to_clean_up(state: RegistryState) -> None:
-    """Before work that frees space (GC, eviction): on a nearly full disk, give the database the reserve.
-
-    Deleting rows needs room in SQLite's write-ahead log; the reserve file is there for exactly this.
-    """
-    if state.space is not None:
-        await state.run(state.space.make_room_for_database)
-
-
 # --- routes -----------------------------------------------------------------------------------------------
-
-
-async def pin_build(request: web.Request) -> web.Response:
-    return await _change(request, "pin")
-
-
-async def unpin_build(request: web.Request) -> web.Response:
-    return await _change(request, "unpin")
-
-
-async def extend_build(request: web.Request) -> web.Response:
-    return await _change(request, "extend")
-
-
-async def _change(request: web.Request, action: str) -> web.Response:
-    state, lifecycle, identity = await _identity(request)
-    build_id = request.match_info["build"]
-    await _build_project(state, identity, build_id, "push")
-    retention = lifecycle.retention
-    try:
-        if action == "pin":
-            build = await state.run(retention.pin, build_id, identity.name)
-        elif action == "unpin":
-            build = await state.run(retention.unpin, build_id, identity.name)
-        else:
-            by_delta, until_at = _extension(await read_json_body(request, MAX_BODY))
-            build = await state.run(lambda: retention.extend(build_id, identity.name, by=by_delta, until=until_at))
-    except LifecycleError as exc:
-        raise api_error(409, "CONFLICT", str(exc)) from None
-    except BuildNotFound as exc:
-        raise api_error(404, "NOT_FOUND", str(exc)) from None
-    return web.json_response(build_json(build))
-
-
-async def delete_build(request: web.Request) -> web.Response:
-    """Evict a build now (``?dry_run=1``: say what would go). Pinned builds too: a person asked."""
-    state, lifecycle, identity = await _identity(request)
-    build_id = request.match_info["build"]
-    await _build_project(state, identity, build_id, "delete")
-    dry_run = _flag(request.query.get("dry_run"), "dry_run")
-    await _room_to_clean_up(state)
-    try:
-        eviction = await state.run(
-            lambda: lifecycle.retention.evict_build(build_id, "manual", identity.name, dry_run=dry_run)
-        )
-    except BuildNotFound as exc:
-        raise api_error(404, "NOT_FOUND", str(exc)) from None
-    if not dry_run:
-        await state.run(lifecycle.metering.refresh, [eviction.project_id])
-    return web.json_response({"dry_run": dry_run, "evicted": [eviction.to_json()]})
 
 
 # --- tags pushed outside builds -----------------------------------------------------------------------------
@@ -394,7 +246,7 @@ async def _change_tag(request: web.Request, action: str) -> web.Response:
         elif action == "unpin":
             record = await state.run(tags.unpin, repository, tag, identity.name)
         else:
-            by, until = _extension(body)
+            by, until = extension(body)
             record = await state.run(lambda: tags.extend(repository, tag, identity.name, by=by, until=until))
     except LifecycleError as exc:
         raise api_error(409, "CONFLICT", str(exc)) from None
@@ -448,34 +300,10 @@ async def project_usage(request: web.Request) -> web.Response:
     return web.json_response(body)
 
 
-def server_storage(state: RegistryState) -> dict[str, Any]:
-    """The server's free space, for admins (``cargohold usage``): each filesystem, the minimum, the reserve."""
-    assert state.space is not None
-    status = state.space.status()
-    reserve = state.space.reserve
-    return {
-        "status": "degraded" if status.low else "ok",
-        "reason": status.reason(),
-        "filesystems": [fs.to_json() for fs in status.filesystems],
-        "reserve_bytes": reserve.held() if reserve is not None else 0,
-        "evict_for_space": state.space.evict_for_space,
-    }
-
-
-async def storage_status(request: web.Request) -> web.Response:
-    """``GET /api/v1/storage`` (admin): the server's free space, its minimum and whether it is degraded."""
-    state, _lifecycle, identity = await _identity(request)
-    if not identity.is_admin:
-        raise api_error(403, "DENIED", "only an admin token may read the server's storage status")
-    if state.space is None or not state.space.guard.watching:
-        raise api_error(404, "NOT_FOUND", "this server's storage has no filesystem to measure")
-    return web.json_response(await state.run(server_storage, state))
-
-
 async def run_expiry(request: web.Request) -> web.Response:
     state, lifecycle, identity = await _identity(request)
     body = await read_json_body(request, MAX_BODY)
-    dry_run = _flag(body.get("dry_run"), "dry_run")
+    dry_run = flag(body.get("dry_run"), "dry_run")
     project_id = body.get("project")
     if project_id is not None and not isinstance(project_id, str):
         raise api_error(400, "INVALID", '"project" must be a project ID')
@@ -484,7 +312,7 @@ async def run_expiry(request: web.Request) -> web.Response:
             raise api_error(403, "DENIED", 'only an admin token may sweep every project; pass {"project": "<id>"}')
     else:
         check_project_access(identity, str(project_id), "push")
-    await _room_to_clean_up(state)
+    await room_to_clean_up(state)
     evicted, tags, manifests = await state.run(
         lambda: lifecycle.expire(identity.name, dry_run=dry_run, project_id=project_id)
     )
@@ -507,8 +335,8 @@ async def run_gc(request: web.Request) -> web.Response:
     state, lifecycle, identity = await _identity(request)
     if not identity.is_admin:
         raise api_error(403, "DENIED", "only an admin token may run garbage collection")
-    dry_run = _flag((await read_json_body(request, MAX_BODY)).get("dry_run"), "dry_run")
-    await _room_to_clean_up(state)
+    dry_run = flag((await read_json_body(request, MAX_BODY)).get("dry_run"), "dry_run")
+    await room_to_clean_up(state)
     report = await state.run(lambda: lifecycle.collect_garbage(dry_run=dry_run))
     if report.skipped:
         raise api_error(409, "CONFLICT", f"{report.skipped}; try again when it finishes")
@@ -576,7 +404,7 @@ async def _schedule(app: web.Application) -> AsyncIterator[None]:
 
 def install(app: web.Application) -> None:
     """Wire lifecycle into an app built by ``create_app`` (call after the control API's routes are added)."""
-    from cargohold.server.control import api
+    from cargohold.server.control import builds, storage
 
     state = app[STATE_KEY]
     db = state.metadata.db
@@ -595,15 +423,17 @@ def install(app: web.Application) -> None:
     lifecycle.retention.listeners.append(lifecycle.on_evicted)
     lifecycle.tags.listeners.append(lifecycle.on_tags_removed)
     app[LIFECYCLE_KEY] = lifecycle
-    app[api.AFTER_SAVE_KEY] = _after_save(lifecycle)
+    state.manifests.with_lifecycle(lifecycle.retention, lifecycle.metering)
+    if state.control is not None:
+        state.builds.with_lifecycle(lifecycle.retention, lifecycle.after_save, lifecycle.metering.refresh)
     app.middlewares.insert(0, metrics.middleware())
     app.on_response_prepare.append(metrics.on_response_prepare)
     router = app.router
-    router.add_post("/api/v1/builds/{build}/pin", pin_build)
-    router.add_post("/api/v1/builds/{build}/unpin", unpin_build)
-    router.add_post("/api/v1/builds/{build}/extend", extend_build)
+    router.add_post("/api/v1/builds/{build}/pin", builds.pin_build)
+    router.add_post("/api/v1/builds/{build}/unpin", builds.unpin_build)
+    router.add_post("/api/v1/builds/{build}/extend", builds.extend_build)
     if not _has_route(app, "DELETE", "/api/v1/builds/{build}"):
-        router.add_delete("/api/v1/builds/{build}", delete_build)
+        router.add_delete("/api/v1/builds/{build}", builds.delete_build)
     router.add_get("/api/v1/projects/{project}/tags", list_tags)
     router.add_post("/api/v1/projects/{project}/tags/pin", pin_tag)
     router.add_post("/api/v1/projects/{project}/tags/unpin", unpin_tag)
@@ -612,7 +442,7 @@ def install(app: web.Application) -> None:
     router.add_get("/api/v1/projects/{project}/usage", project_usage)
     router.add_post("/api/v1/expire", run_expiry)
     router.add_post("/api/v1/gc", run_gc)
-    router.add_get("/api/v1/storage", storage_status)
+    router.add_get("/api/v1/storage", storage.storage_status)
     router.add_get("/metrics", metrics_endpoint)
     app.cleanup_ctx.append(_schedule)
 

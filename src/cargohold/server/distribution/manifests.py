@@ -1,24 +1,23 @@
 """Manifests: ``HEAD/GET/PUT/DELETE /v2/<name>/manifests/<tag-or-digest>``.
 
-Manifest bytes are stored and served exactly as pushed: their digest *is* their identity, so the server
-never re-serialises them. A PUT is accepted only after parsing succeeds and every referenced blob and child
-manifest is present in the same repository (checked inside the write transaction that stores it).
+The handlers parse the reference and the body and phrase the answer (content negotiation, ``Location``,
+``OCI-Subject``, ``OCI-Tag``); what a manifest PUT or DELETE must keep true is :mod:`cargohold.domain.manifests`.
+Manifest bytes are stored and served exactly as pushed: their digest *is* their identity.
 """
 
 from __future__ import annotations
 
 from aiohttp import web
 
-from cargohold.metadata.store import ManifestInUse, MissingReferences, SizeMismatch, StoredManifest
+from cargohold.domain.manifests import TAG_RULE
+from cargohold.metadata.store import StoredManifest
 from cargohold.oci.digest import Digest, DigestError, is_digest
-from cargohold.oci.manifest import MAX_MANIFEST_SIZE, ManifestInvalid, parse_manifest
+from cargohold.oci.manifest import MAX_MANIFEST_SIZE
 from cargohold.oci.reference import is_valid_tag
-from cargohold.server.control.lifecycle import delete_manifest_reference, missing_manifest
+from cargohold.server.auth.access import PRINCIPAL_KEY, Principal
 from cargohold.server.http.bodies import BodyStalled, BodyTooLarge, read_body
-from cargohold.server.http.errors import RegistryError, manifest_unknown
+from cargohold.server.http.errors import RegistryError
 from cargohold.server.state import state_of
-
-TAG_RULE = "up to 128 letters, digits, '_', '.', '-', not starting with '.' or '-'"
 
 
 def _parse_reference(reference: str, method: str) -> tuple[str, bool]:
@@ -65,10 +64,7 @@ def _manifest_headers(manifest: StoredManifest) -> dict[str, str]:
 async def get_manifest(request: web.Request, name: str, reference: str) -> web.Response:
     state = state_of(request)
     canonical, by_digest = _parse_reference(reference, request.method)
-    manifest = await state.run(state.metadata.get_manifest, name, canonical, by_digest=by_digest)
-    if manifest is None:
-        # A tag that retention removed gets its reason ("build X expired on …"), not a bare 404.
-        raise manifest_unknown(canonical) if by_digest else await missing_manifest(request, name, canonical)
+    manifest = await state.manifests.get(name, canonical, by_digest=by_digest)
     accept = ",".join(request.headers.getall("Accept", []))
     # Like Docker's registry: a tag resolves only to a kind the client says it understands, so an old client
     # is not handed an OCI index it cannot parse. A digest names exact bytes and is always served.
@@ -103,66 +99,29 @@ async def put_manifest(request: web.Request, name: str, reference: str) -> web.R
     state = state_of(request)
     canonical, by_digest = _parse_reference(reference, request.method)
     payload = await _read_manifest_body(request)
-    try:
-        parsed = parse_manifest(payload, request.headers.get("Content-Type"))
-    except ManifestInvalid as exc:
-        raise RegistryError("MANIFEST_INVALID", str(exc)) from None
-
+    content_type = request.headers.get("Content-Type")
     if by_digest:
-        expected = Digest.parse(canonical)
-        digest = Digest.of(payload, expected.algorithm)
-        if digest != expected:
-            raise RegistryError(
-                "DIGEST_INVALID",
-                f"manifest body has digest {digest}, not {expected} named in the URL",
-                detail={"expected": str(expected), "actual": str(digest)},
-            )
-        tags = request.query.getall("tag", [])
-        bad = [tag for tag in tags if not is_valid_tag(tag)]
-        if bad:
-            raise RegistryError(
-                "MANIFEST_INVALID",
-                f"tag {bad[0][:200]!r} in ?tag= is invalid: {TAG_RULE}",
-                detail={"tag": bad[0][:300]},
-            )
+        pushed = await state.manifests.put(
+            name, payload, content_type, digest=Digest.parse(canonical), tags=request.query.getall("tag", [])
+        )
     else:
-        digest = Digest.of(payload)
-        tags = [canonical]
-
-    try:
-        await state.run(state.metadata.put_manifest, name, str(digest), payload, parsed, tags)
-    except MissingReferences as exc:
-        kind = "child manifests or blobs" if parsed.is_index else "blobs"
-        raise RegistryError(
-            "MANIFEST_BLOB_UNKNOWN",
-            f"manifest references {kind} not present in {name}: {', '.join(exc.missing)}; push them first",
-            detail={"missing": exc.missing},
-        ) from None
-    except SizeMismatch as exc:
-        raise RegistryError("MANIFEST_INVALID", str(exc)) from None
-
+        pushed = await state.manifests.put(name, payload, content_type, tags=[canonical])
     response = web.Response(
-        status=201, headers={"Location": f"/v2/{name}/manifests/{digest}", "Docker-Content-Digest": str(digest)}
+        status=201,
+        headers={"Location": f"/v2/{name}/manifests/{pushed.digest}", "Docker-Content-Digest": str(pushed.digest)},
     )
-    if parsed.subject is not None:
-        response.headers["OCI-Subject"] = str(parsed.subject.digest)
-    for tag in tags if by_digest else []:
+    if pushed.subject is not None:
+        response.headers["OCI-Subject"] = str(pushed.subject)
+    for tag in pushed.tags if by_digest else []:
         response.headers.add("OCI-Tag", tag)
     return response
 
 
 async def delete_manifest(request: web.Request, name: str, reference: str) -> web.Response:
     """A saved build whose image this is gets evicted with it (see cargohold.lifecycle.registry_delete)."""
+    state = state_of(request)
     canonical, by_digest = _parse_reference(reference, request.method)
-    try:
-        removed = await delete_manifest_reference(request, name, canonical, by_digest=by_digest)
-    except ManifestInUse as exc:
-        raise RegistryError(
-            "UNSUPPORTED",
-            f"manifest {canonical} is part of index {exc.parent} in {name}; delete the index first",
-            status=409,
-            detail={"reference": canonical, "index": exc.parent},
-        ) from None
-    if not removed:
-        raise manifest_unknown(canonical)
+    principal: Principal | None = request.get(PRINCIPAL_KEY)
+    actor = principal.name if principal is not None else "anonymous"
+    await state.manifests.delete(name, canonical, by_digest=by_digest, actor=actor)
     return web.Response(status=202)

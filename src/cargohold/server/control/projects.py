@@ -1,0 +1,81 @@
+"""Projects: ``GET/POST /api/v1/projects``, ``GET/PATCH /api/v1/projects/{project}``."""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any
+
+from aiohttp import web
+
+from cargohold.metadata.control import NotFound
+from cargohold.server.control.common import (
+    _duration,
+    _invalid,
+    _not_found,
+    _project_for,
+    _require_admin,
+    authenticated,
+    read_json_body,
+    registry_host,
+)
+
+log = logging.getLogger(__name__)
+
+PROJECT_NAME_RE = re.compile(r"^[\w .@/:+-]{1,200}$")
+
+
+async def list_projects(request: web.Request) -> web.Response:
+    state, control, identity = await authenticated(request)
+    projects = await state.run(control.list_projects, identity.projects())
+    return web.json_response({"projects": [project.to_json() for project in projects]})
+
+
+def _project_settings(body: dict[str, Any]) -> dict[str, Any]:
+    settings: dict[str, Any] = {}
+    if "name" in body:
+        name = body["name"]
+        if not isinstance(name, str) or not PROJECT_NAME_RE.match(name):
+            raise _invalid("name must be 1-200 characters of letters, digits, spaces and . @ / : + - _")
+        settings["name"] = name
+    if "retention_seconds" in body:
+        settings["retention"] = _duration(body["retention_seconds"], "retention_seconds", allow_none=True)
+    if "max_builds" in body:
+        cap = body["max_builds"]
+        if isinstance(cap, bool) or not isinstance(cap, int) or not 1 <= cap <= 1_000_000:
+            raise _invalid("max_builds must be an integer between 1 and 1000000")
+        settings["max_builds"] = cap
+    return settings
+
+
+async def create_project(request: web.Request) -> web.Response:
+    state, control, identity = await authenticated(request)
+    _require_admin(identity)
+    settings = _project_settings(await read_json_body(request))
+    if "name" not in settings:
+        raise _invalid('a project needs a name: {"name": "my-app"}')
+    project = await state.run(lambda: control.create_project(**settings))
+    log.info("%s created project %s (%s)", identity.name, project.id, project.name)
+    data = project.to_json()
+    data["registry"] = f"{registry_host(state)}/{project.id}"
+    return web.json_response(data, status=201)
+
+
+async def show_project(request: web.Request) -> web.Response:
+    state, control, identity = await authenticated(request)
+    project = await _project_for(state, control, identity, request.match_info["project"], "pull")
+    data = project.to_json()
+    data["registry"] = f"{registry_host(state)}/{project.id}"
+    return web.json_response(data)
+
+
+async def update_project(request: web.Request) -> web.Response:
+    state, control, identity = await authenticated(request)
+    _require_admin(identity)
+    project_id = request.match_info["project"]
+    settings = _project_settings(await read_json_body(request))
+    try:
+        project = await state.run(lambda: control.update_project(project_id, **settings))
+    except NotFound as exc:
+        raise _not_found(str(exc)) from None
+    return web.json_response(project.to_json())
