@@ -99,7 +99,7 @@ class Builds:
         """The build ``tag`` names in the project: its ID, or a save-tag it holds."""
         return await self.run(self.control.find_build_by_tag, project_id, tag)
 
-    async def list(
+    async def list_page(
         self, project_id: str, *, limit: int, before: str | None = None, tag: str | None = None
     ) -> list[BuildRecord]:
         """Newest first; ``before`` is the last build of the previous page."""
@@ -140,7 +140,8 @@ class Builds:
                 if self.space is not None:
                     self.space.on_fault(fault)
                 log.warning("after saving build %s: enforcing the cap failed: %s", build.id, fault.describe())
-            saved = await self.run(self.control.get_build, build.id) or saved
+            reread = await self.run(self.control.get_build, build.id)
+            saved = reread if reread is not None else saved
         return saved
 
     def _save(self, build: BuildRecord, save_tags: list[str], targets: list[str]) -> BuildRecord:

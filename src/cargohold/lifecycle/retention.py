@@ -694,7 +694,7 @@ def unkept_manifests(session: Session, repository_id: int, candidates: ManifestI
             ):
                 keep.update(digests_of[digest] for digest in parents[parent])
         # A referrer stays while its subject stays: a subject outside the deletion set that still exists.
-        subjects = sorted({info[manifest_id][1] for manifest_id in ids if info[manifest_id][1]} - set(digests_of))
+        subjects = sorted({subject for manifest_id in ids if (subject := info[manifest_id][1])} - set(digests_of))
         kept_subjects: set[str] = set()
         for start in range(0, len(subjects), CHUNK):
             kept_subjects.update(

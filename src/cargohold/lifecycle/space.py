@@ -99,7 +99,7 @@ class SpaceReclaimer:
         collect_garbage: Callable[[], GcReport],
         measure: Callable[[], SpaceStatus],
         *,
-        after_evict: Callable[[list[Eviction]], None] | None = None,
+        after_evict: Callable[[list[Eviction]], object] | None = None,
         batch_size: int = BATCH_SIZE,
     ) -> None:
         self.retention = retention

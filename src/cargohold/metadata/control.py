@@ -18,7 +18,7 @@ from sqlalchemy import ColumnElement, Select, delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from cargohold.metadata.db import Database, upsert
+from cargohold.metadata.db import Database, rowcount, upsert
 from cargohold.metadata.models import (
     Blob,
     Build,
@@ -311,7 +311,7 @@ class ControlStore:
             if name is not None:
                 row.name = name
             if retention is not False:
-                row.retention_seconds = None if retention is None else int(retention.total_seconds())  # type: ignore[union-attr]
+                row.retention_seconds = int(retention.total_seconds()) if isinstance(retention, timedelta) else None
             if max_builds is not None:
                 row.max_builds = max_builds
             session.flush()
@@ -660,7 +660,7 @@ class ControlStore:
                     TrustRelationship.id == trust_id, TrustRelationship.project_id == project_id
                 )
             )
-            if not result.rowcount:  # type: ignore[attr-defined]
+            if not rowcount(result):
                 return None
             now = utcnow()
             # Credentials exchanged long ago have expired: nothing to revoke there, however long the history.
@@ -699,7 +699,7 @@ class ControlStore:
             return False
 
 
-def _revoke_lineage(session: Session, seed: Select[tuple[str]], now: datetime) -> int:
+def _revoke_lineage(session: Session, seed: Select[str], now: datetime) -> int:
     """Revoke the credentials ``seed`` selects and all their live descendants; returns how many were revoked.
 
     One recursive query finds the tree (each step an ``ix_credentials_parent_id`` search), then chunked
@@ -719,7 +719,7 @@ def _revoke_lineage(session: Session, seed: Select[tuple[str]], now: datetime) -
             .values(revoked_at=now)
             .execution_options(synchronize_session=False)
         )
-        revoked += int(result.rowcount or 0)  # type: ignore[attr-defined]
+        revoked += rowcount(result)
     return revoked
 
 

@@ -21,7 +21,7 @@ from typing import Any
 from sqlalchemy import case, delete, exists, func, literal, select, update
 from sqlalchemy.orm import Session
 
-from cargohold.metadata.db import Database, upsert
+from cargohold.metadata.db import Database, rowcount, upsert
 from cargohold.metadata.models import (
     Blob,
     Build,
@@ -167,7 +167,7 @@ class MetadataTransaction:
     def delete_upload(self, upload_id: str) -> bool:
         """Forget an upload session; False if it was gone already."""
         result = self._session.execute(delete(UploadSession).where(UploadSession.id == upload_id))
-        return bool(result.rowcount)  # type: ignore[attr-defined]
+        return bool(rowcount(result))
 
 
 class MetadataStore:
@@ -244,7 +244,7 @@ class MetadataStore:
             result = session.execute(
                 update(RepositoryBlob).where(link, RepositoryBlob.linked_at < older_than).values(linked_at=utcnow())
             )
-            if result.rowcount:  # type: ignore[attr-defined]
+            if rowcount(result):
                 return True
             return bool(session.scalar(select(exists().where(link))))
 
@@ -304,7 +304,7 @@ class MetadataStore:
                     RepositoryBlob.repository_id == repository_id, RepositoryBlob.digest == digest
                 )
             )
-            return bool(result.rowcount)  # type: ignore[attr-defined]
+            return bool(rowcount(result))
 
     # --- upload sessions ----------------------------------------------------------------------------------
 
@@ -514,7 +514,7 @@ class MetadataStore:
             if repository_id is None:
                 return False
             result = session.execute(delete(Tag).where(Tag.repository_id == repository_id, Tag.name == tag))
-            return bool(result.rowcount)  # type: ignore[attr-defined]
+            return bool(rowcount(result))
 
     def list_tags(self, repository: str, *, last: str | None, limit: int | None) -> list[str] | None:
         """Tags in lexical order after ``last``; None if the repository does not exist."""

@@ -14,6 +14,7 @@ from aiohttp import web
 from cargohold import __version__
 from cargohold.config import ServerSettings
 from cargohold.domain.space import SpaceMonitor
+from cargohold.lifecycle.space import SpaceReclaimer
 from cargohold.metadata.control import ControlStore
 from cargohold.metadata.db import Database
 from cargohold.metadata.store import MetadataStore
@@ -147,6 +148,12 @@ def create_app(settings: ServerSettings, access: AccessPolicy | None = None) -> 
     app.router.add_route("*", "/v2/{tail:.+}", routing.dispatch)
     app.cleanup_ctx.append(_shutdown)
     app.cleanup_ctx.append(_housekeeping)
-    control_lifecycle.install(app)  # after the control API's routes: lifecycle routes, hooks, /metrics, schedule
-    space.install(app)  # after lifecycle: reclaiming uses its retention, GC and metrics
+    lifecycle = control_lifecycle.install(app)  # after the control API's routes: its routes, hooks, /metrics
+    reclaimer = SpaceReclaimer(
+        lifecycle.retention,
+        lifecycle.collect_garbage,
+        monitor.guard.measure,
+        after_evict=lambda evicted: lifecycle.metering.refresh(sorted({e.project_id for e in evicted})),
+    )
+    space.install(app, registry=lifecycle.metrics.registry, reclaimer=reclaimer)  # reclaiming evicts and collects
     return app

@@ -117,7 +117,7 @@ class Drain:
                 drain._inflight.add(task)
                 task.add_done_callback(drain._inflight.discard)
             response = await handler(request)
-            if drain.draining:
+            if drain.started_at is not None:  # draining began while the handler ran
                 response.force_close()  # finished during the drain: no next request on this connection
             return response
 

@@ -56,7 +56,7 @@ class RegistryState:
         if self.control is not None:
             self.builds = Builds(self.control, self.metadata, self.blobs, self.run, space=self.space)
 
-    async def run(self, func: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+    async def run(self, func: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
         """Run blocking work (database, file system, hashing) off the event loop."""
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self.executor, lambda: func(*args, **kwargs))

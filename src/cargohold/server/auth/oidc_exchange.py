@@ -6,15 +6,15 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
+from cargohold.domain.threads import Runner
 from cargohold.metadata.control import ControlStore, CredentialRecord, ParentInactive, new_id
 from cargohold.server.auth import trust
 from cargohold.server.auth.credentials import CredentialKind, hash_token, new_credential
 from cargohold.server.auth.oidc import OidcError, OidcVerifier, ReplayedTokenError
 from cargohold.server.auth.policy import AuthError, Identity, TokenAuthenticator, credential_record, principal_of
 
-Run = Callable[..., Awaitable[Any]]
+Run = Runner
 
 REFUSAL_MEMORY_SECONDS = 900.0
 """Longer than any OIDC token we accept can live (max token age 600 s plus leeway)."""

@@ -26,10 +26,10 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
 
 from aiohttp import web
 
+from cargohold.domain.threads import Runner
 from cargohold.metadata.control import ControlStore, CredentialRecord
 from cargohold.oci import strictjson
 from cargohold.server.auth.access import Principal as AccessPrincipal
@@ -206,7 +206,7 @@ class TokenAuthenticator:
         self,
         control: ControlStore,
         signer: RegistryTokenSigner,
-        run: Callable[..., Awaitable[Any]],
+        run: Runner,
         *,
         admin_token: str | None = None,
         raw_jwt_exchanger: RawJwtExchanger | None = None,
@@ -343,7 +343,7 @@ class TokenAccess:
     async def identity(self, request: web.Request) -> Identity | None:
         """The caller, cached on the request; raises OCI errors for bad credentials and rate limits."""
         if "identity" in request:
-            return request["identity"]  # type: ignore[no-any-return]
+            return request["identity"]  # type: ignore[no-any-return]  # request storage holds Any; set below
         address = request.remote or "unknown"
         wait = self.limiter.retry_after(address)
         if wait is not None:

@@ -118,7 +118,7 @@ async def list_builds(request: web.Request) -> web.Response:
         matches = own is not None and own.project_id == project.id and before is None
         builds = [own] if own is not None and matches and (tag is None or tag in own.save_tags) else []
     else:
-        builds = await state.builds.list(project.id, limit=limit, before=before, tag=tag)
+        builds = await state.builds.list_page(project.id, limit=limit, before=before, tag=tag)
     host = registry_host(state)
     body: dict[str, Any] = {"builds": [build_json(build, host) for build in builds]}
     if len(builds) == limit:

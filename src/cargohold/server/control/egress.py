@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+import ssl
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -219,11 +220,12 @@ class EgressTransport(httpx.HTTPTransport):
 
     def __init__(self, policy: EgressPolicy, *, max_connections: int = 8) -> None:
         ssl_context = verify_option(True)
+        assert isinstance(ssl_context, ssl.SSLContext)  # verify_option(True) is the shared verifying context
         super().__init__(verify=ssl_context, trust_env=False)
         if not isinstance(getattr(self, "_pool", None), httpcore.ConnectionPool):  # pragma: no cover
             raise RuntimeError("this httpx version cannot enforce the push policy; server-side push is unavailable")
         self._pool = httpcore.ConnectionPool(
-            ssl_context=ssl_context,  # type: ignore[arg-type]
+            ssl_context=ssl_context,
             max_connections=max_connections,
             max_keepalive_connections=max_connections,
             keepalive_expiry=5.0,

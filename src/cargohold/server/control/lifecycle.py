@@ -402,7 +402,7 @@ async def _schedule(app: web.Application) -> AsyncIterator[None]:
             await task
 
 
-def install(app: web.Application) -> None:
+def install(app: web.Application) -> Lifecycle:
     """Wire lifecycle into an app built by ``create_app`` (call after the control API's routes are added)."""
     from cargohold.server.control import builds, storage
 
@@ -445,6 +445,7 @@ def install(app: web.Application) -> None:
     router.add_get("/api/v1/storage", storage.storage_status)
     router.add_get("/metrics", metrics_endpoint)
     app.cleanup_ctx.append(_schedule)
+    return lifecycle
 
 
 def _has_route(app: web.Application, method: str, path: str) -> bool:

@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from aiohttp import web
 from prometheus_client import Counter
 from prometheus_client.core import GaugeMetricFamily
-from prometheus_client.registry import Collector
+from prometheus_client.registry import Collector, CollectorRegistry
 
 from cargohold.domain.errors import DomainError
 from cargohold.domain.space import SpaceMonitor, storage_error
@@ -107,17 +107,16 @@ class _SpaceCollector(Collector):
 # --- wiring --------------------------------------------------------------------------------------------------
 
 
-def install(app: web.Application) -> None:
-    """Start the monitor and wire reclaiming, metrics and healthz; call after ``api_lifecycle.install``."""
-    from cargohold.server.control.lifecycle import LIFECYCLE_KEY
-
+def install(
+    app: web.Application, *, registry: CollectorRegistry | None = None, reclaimer: SpaceReclaimer | None = None
+) -> None:
+    """Start the monitor; with the lifecycle's metrics ``registry`` and ``reclaimer``, export the storage metrics
+    and evict for space (the application wires both, see :func:`cargohold.server.app.create_app`)."""
     state = app[STATE_KEY]
     monitor = state.space
     if monitor is None:
         return
-    lifecycle = app.get(LIFECYCLE_KEY)
-    if lifecycle is not None:
-        registry = lifecycle.metrics.registry
+    if registry is not None:
         monitor.refusals = Counter(
             "cargohold_storage_refusals",
             "Upload requests refused because storage is low (HTTP 507).",
@@ -127,12 +126,7 @@ def install(app: web.Application) -> None:
             "cargohold_storage_faults", "Storage errors answered, by kind (full, io).", ["kind"], registry=registry
         )
         registry.register(_SpaceCollector(monitor))
-        monitor.reclaimer = SpaceReclaimer(
-            lifecycle.retention,
-            lifecycle.collect_garbage,
-            monitor.guard.measure,
-            after_evict=lambda evicted: lifecycle.metering.refresh(sorted({e.project_id for e in evicted})),
-        )
+    monitor.reclaimer = reclaimer
 
     async def monitoring(app: web.Application) -> AsyncIterator[None]:
         task = asyncio.create_task(monitor.run(app[STATE_KEY].run))
