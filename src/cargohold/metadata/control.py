@@ -19,6 +19,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from cargohold.metadata.db import Database, rowcount, upsert
+from cargohold.metadata.errors import Conflict, NotFound, ParentInactive
 from cargohold.metadata.models import (
     Blob,
     Build,
@@ -50,18 +51,6 @@ def new_id() -> str:
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
-
-
-class NotFound(LookupError):
-    """The project, build, token or relationship does not exist."""
-
-
-class Conflict(RuntimeError):
-    """The request contradicts the current state (e.g. marking a build saved twice)."""
-
-
-class ParentInactive(RuntimeError):
-    """A credential's parent (or the trust relationship behind it) was revoked, expired or removed meanwhile."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,6 +22,7 @@ from sqlalchemy import case, delete, exists, func, literal, select, update
 from sqlalchemy.orm import Session
 
 from cargohold.metadata.db import Database, rowcount, upsert
+from cargohold.metadata.errors import BlobInUse, ManifestInUse, MissingReferences, SizeMismatch, TooManyUploads
 from cargohold.metadata.models import (
     Blob,
     Build,
@@ -86,38 +87,6 @@ def tag_expiry(session: Session, repository: str, tags: Collection[str], now: da
     owned = build_tags(session, project_id, tags) if repository == project_id else set()
     expires_at = now + timedelta(seconds=seconds)
     return {tag: None if tag in owned else expires_at for tag in tags}
-
-
-class MissingReferences(LookupError):
-    """A manifest names blobs or child manifests that the repository does not hold."""
-
-    def __init__(self, missing: list[str]) -> None:
-        super().__init__(", ".join(missing))
-        self.missing = missing
-
-
-class SizeMismatch(ValueError):
-    """A manifest's descriptor size differs from the stored blob's size."""
-
-
-class ManifestInUse(RuntimeError):
-    """A manifest cannot be deleted while an index in the repository lists it."""
-
-    def __init__(self, parent: str) -> None:
-        super().__init__(parent)
-        self.parent = parent
-
-
-class BlobInUse(RuntimeError):
-    """A blob cannot be unlinked while a manifest in the repository references it."""
-
-
-class TooManyUploads(RuntimeError):
-    """The credential already holds as many open upload sessions as the server allows."""
-
-    def __init__(self, open_sessions: int) -> None:
-        super().__init__(f"{open_sessions} upload sessions open")
-        self.open_sessions = open_sessions
 
 
 @dataclass(frozen=True, slots=True)
