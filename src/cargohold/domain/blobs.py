@@ -21,7 +21,8 @@ from datetime import datetime, timedelta
 from cargohold.domain import errors
 from cargohold.domain.space import SpaceMonitor
 from cargohold.lifecycle.gc import TOUCH_FRACTION
-from cargohold.metadata.store import BlobInUse, MetadataStore
+from cargohold.metadata.errors import BlobInUse
+from cargohold.metadata.store import MetadataStore
 from cargohold.oci.digest import Digest
 from cargohold.storage.base import BlobLocation, BlobStore
 from cargohold.storage.faults import classify

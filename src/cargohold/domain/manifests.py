@@ -24,7 +24,8 @@ from cargohold.domain.threads import Runner
 from cargohold.lifecycle import audit, registry_delete
 from cargohold.lifecycle.metering import Metering
 from cargohold.lifecycle.retention import Retention
-from cargohold.metadata.store import ManifestInUse, MetadataStore, MissingReferences, SizeMismatch, StoredManifest
+from cargohold.metadata.errors import ManifestInUse, MissingReferences, SizeMismatch
+from cargohold.metadata.store import MetadataStore, StoredManifest
 from cargohold.oci.digest import Digest
 from cargohold.oci.manifest import ManifestInvalid, parse_manifest
 from cargohold.oci.reference import is_valid_tag

@@ -45,7 +45,8 @@ from cargohold.domain import errors
 from cargohold.domain.space import SpaceMonitor, admit_upload, refused_for_space, storage_error
 from cargohold.domain.threads import Runner
 from cargohold.lifecycle.clock import Clock, system_clock
-from cargohold.metadata.store import MetadataStore, TooManyUploads, UploadRecord
+from cargohold.metadata.errors import TooManyUploads
+from cargohold.metadata.store import MetadataStore, UploadRecord
 from cargohold.oci.digest import Digest, Hasher, new_hasher
 from cargohold.storage.base import BlobStore, UnknownUpload, UploadWriter
 from cargohold.storage.faults import classify

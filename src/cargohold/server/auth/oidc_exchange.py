@@ -8,7 +8,8 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 
 from cargohold.domain.threads import Runner
-from cargohold.metadata.control import ControlStore, CredentialRecord, ParentInactive, new_id
+from cargohold.metadata.control import ControlStore, CredentialRecord, new_id
+from cargohold.metadata.errors import ParentInactive
 from cargohold.server.auth import trust
 from cargohold.server.auth.credentials import CredentialKind, hash_token, new_credential
 from cargohold.server.auth.oidc import OidcError, OidcVerifier, ReplayedTokenError

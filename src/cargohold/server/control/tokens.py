@@ -17,9 +17,9 @@ from aiohttp import web
 from cargohold.metadata.control import (
     ControlStore,
     CredentialRecord,
-    ParentInactive,
     new_id,
 )
+from cargohold.metadata.errors import ParentInactive
 from cargohold.server.auth.credentials import (
     DEFAULT_PULL_TOKEN_TTL,
     CredentialExpired,
