@@ -36,14 +36,13 @@ from cargohold.metadata.db import Database
 
 
 def _server() -> tuple[Any, Any]:
-    """``(create_app, OpenAccess)`` from the new layout or the old one."""
-    for app_module, access_module in (
-        ("cargohold.server.app", "cargohold.server.auth.access"),
-        ("cargohold.server.app", "cargohold.server.auth.access"),
-    ):
-        with contextlib.suppress(ModuleNotFoundError):
-            return importlib.import_module(app_module).create_app, importlib.import_module(access_module).OpenAccess
-    raise SystemExit("no cargohold server package found")
+    """``(create_app, OpenAccess)`` from the layout of the ``cargohold`` being imported (the new or the old)."""
+    package = Path(importlib.import_module("cargohold").__file__ or "").parent
+    if (package / "server" / "app.py").exists():
+        app_module, access_module = "cargohold.server.app", "cargohold.server.auth.access"
+    else:  # before the server moved into cargohold.server
+        app_module, access_module = "cargohold.registry.app", "cargohold.registry.access"
+    return importlib.import_module(app_module).create_app, importlib.import_module(access_module).OpenAccess
 
 
 def _state_of(app: Any) -> Any:
