@@ -39,12 +39,14 @@ from typing import Any
 
 from aiohttp import web
 
+from cargohold.domain import projects
+from cargohold.domain.tags import change_tag
 from cargohold.lifecycle import audit
 from cargohold.lifecycle.clock import system_clock
 from cargohold.lifecycle.gc import GarbageCollector, GcReport
 from cargohold.lifecycle.metering import Metering
-from cargohold.lifecycle.retention import Eviction, LifecycleError, Retention
-from cargohold.lifecycle.tag_retention import ManifestCollection, TagEviction, TagNotFound, TagRecord, TagRetention
+from cargohold.lifecycle.retention import Eviction, Retention
+from cargohold.lifecycle.tag_retention import ManifestCollection, TagEviction, TagRecord, TagRetention
 from cargohold.oci.reference import is_valid_name, is_valid_tag
 from cargohold.server.auth.policy import Identity
 from cargohold.server.auth.visibility import explain_missing_build
@@ -239,20 +241,10 @@ async def _change_tag(request: web.Request, action: str) -> web.Response:
     _check_repository(project_id, repository)
     if not isinstance(tag, str) or not is_valid_tag(tag):
         raise api_error(400, "INVALID", '"tag" must be a tag: up to 128 letters, digits, "_", ".", "-"')
-    tags = lifecycle.tags
-    try:
-        if action == "pin":
-            record = await state.run(tags.pin, repository, tag, identity.name)
-        elif action == "unpin":
-            record = await state.run(tags.unpin, repository, tag, identity.name)
-        else:
-            by, until = extension(body)
-            record = await state.run(lambda: tags.extend(repository, tag, identity.name, by=by, until=until))
-    except LifecycleError as exc:
-        raise api_error(409, "CONFLICT", str(exc)) from None
-    except TagNotFound as exc:
-        explained = await state.run(audit.explain_missing, state.metadata.db, repository, tag)
-        raise api_error(404, "NOT_FOUND", explained or str(exc)) from None
+    by, until = extension(body) if action == "extend" else (None, None)
+    record = await change_tag(
+        state.run, lifecycle.tags, state.metadata.db, action, repository, tag, identity.name, by=by, until=until
+    )
     return web.json_response(_tag_json(state, record))
 
 
@@ -288,13 +280,7 @@ async def project_usage(request: web.Request) -> web.Response:
             f"{project_id}",
         )
     month = request.query.get("month") or None
-    try:
-        usage = await state.run(lifecycle.metering.usage, project_id, month)
-    except ValueError as exc:
-        raise api_error(400, "INVALID", str(exc)) from None
-    except LookupError as exc:
-        raise api_error(404, "NOT_FOUND", str(exc)) from None
-    body = usage.to_json()
+    body = (await projects.usage(state.run, lifecycle.metering, project_id, month)).to_json()
     if identity.is_admin and state.space is not None and state.space.guard.watching:
         body["server_storage"] = await state.run(server_storage, state)
     return web.json_response(body)

@@ -8,11 +8,10 @@ from typing import Any
 
 from aiohttp import web
 
-from cargohold.metadata.control import NotFound
+from cargohold.domain.projects import update_project as update
 from cargohold.server.control.common import (
     _duration,
     _invalid,
-    _not_found,
     _project_for,
     _require_admin,
     authenticated,
@@ -74,8 +73,5 @@ async def update_project(request: web.Request) -> web.Response:
     _require_admin(identity)
     project_id = request.match_info["project"]
     settings = _project_settings(await read_json_body(request))
-    try:
-        project = await state.run(lambda: control.update_project(project_id, **settings))
-    except NotFound as exc:
-        raise _not_found(str(exc)) from None
+    project = await update(state.run, control, project_id, **settings)
     return web.json_response(project.to_json())

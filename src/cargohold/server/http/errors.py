@@ -70,28 +70,8 @@ class RegistryError(Exception):
         return web.Response(status=self.status, headers=headers, body=None if head else body)
 
 
-def blob_unknown(digest: str) -> RegistryError:
-    return RegistryError("BLOB_UNKNOWN", f"blob {digest} is not known to this repository", detail={"digest": digest})
-
-
-def manifest_unknown(reference: str) -> RegistryError:
-    return RegistryError(
-        "MANIFEST_UNKNOWN",
-        f"manifest {reference} is not known to this repository",
-        detail={"reference": reference},
-    )
-
-
 def name_unknown(name: str) -> RegistryError:
     return RegistryError("NAME_UNKNOWN", f"repository {name} is not known to this registry", detail={"name": name})
-
-
-def upload_unknown(upload_id: str) -> RegistryError:
-    return RegistryError(
-        "BLOB_UPLOAD_UNKNOWN",
-        f"upload {upload_id} is not in progress here (finished, cancelled or expired); start a new upload",
-        detail={"upload": upload_id},
-    )
 
 
 # --- the one mapping from domain errors ------------------------------------------------------------------
