@@ -83,3 +83,21 @@ async def test_a_chunked_uploads_final_put_is_one_commit_step(tmp_path: Path, mo
         gone = await client.get(location)
         assert gone.status == 404 and (await gone.json())["errors"][0]["code"] == "BLOB_UPLOAD_UNKNOWN"
         assert list(state.blobs.iter_uploads()) == [] and state.metadata.upload_ids() == set()
+
+
+async def test_finished_and_cancelled_sessions_leave_no_per_session_state(tmp_path: Path) -> None:
+    """Locks and running hashes are per session: a server taking millions of uploads must not keep them."""
+    settings = ServerSettings(data_dir=tmp_path / "data", gc_interval=timedelta(0), access_log=False)
+    app = create_app(settings, OpenAccess())
+    uploads = app[STATE_KEY].uploads
+    async with TestClient(TestServer(app)) as client:
+        for n in range(3):
+            body = f"monolithic {n}".encode()
+            digest = "sha256:" + hashlib.sha256(body).hexdigest()
+            assert (await client.post(f"/v2/p/app/blobs/uploads/?digest={digest}", data=body)).status == 201
+        started = await client.post("/v2/p/app/blobs/uploads/")
+        assert (await client.patch(started.headers["Location"], data=b"chunk")).status == 202
+        assert (await client.delete(started.headers["Location"])).status == 204
+        bogus = "/v2/p/app/blobs/uploads/" + "0" * 32
+        assert (await client.patch(bogus, data=b"x")).status == 404
+    assert uploads._locks == {} and uploads._progress == {}

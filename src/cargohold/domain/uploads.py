@@ -197,6 +197,17 @@ class UploadSessions:
         return record, (self.blobs.upload_size(upload_id) if record is not None else None)
 
     @contextlib.asynccontextmanager
+    async def _held(self, upload_id: str) -> AsyncIterator[None]:
+        """Hold the session's lock; forget the lock afterwards if the session ended meanwhile."""
+        lock = self._locks.setdefault(upload_id, asyncio.Lock())
+        try:
+            async with lock:
+                yield
+        finally:
+            if not lock.locked() and upload_id not in self._progress:
+                self._locks.pop(upload_id, None)
+
+    @contextlib.asynccontextmanager
     async def session(self, repository: str, upload_id: str) -> AsyncIterator[UploadSession]:
         """Hold session ``upload_id`` of ``repository`` for one request: its lock, its record, its hash state.
 
@@ -205,18 +216,13 @@ class UploadSessions:
         """
         if not UPLOAD_ID_RE.match(upload_id):
             raise unknown_upload(upload_id)
-        lock = self._locks.setdefault(upload_id, asyncio.Lock())
-        try:
-            async with lock:
-                record, size = await self.run(self._load, upload_id)
-                if record is None or record.repository != repository:
-                    raise unknown_upload(upload_id)
-                session = UploadSession(self, record)
-                await session._guarded(session._catch_up(size))
-                yield session
-        finally:
-            if not lock.locked() and upload_id not in self._progress:
-                self._locks.pop(upload_id, None)
+        async with self._held(upload_id):
+            record, size = await self.run(self._load, upload_id)
+            if record is None or record.repository != repository:
+                raise unknown_upload(upload_id)
+            session = UploadSession(self, record)
+            await session._guarded(session._catch_up(size))
+            yield session
 
     async def upload_whole(
         self,
@@ -234,7 +240,7 @@ class UploadSessions:
         session = await self.open(
             repository, credential_id=credential_id, algorithm=digest.algorithm, incoming=declared or 0
         )
-        async with self._locks.setdefault(session.id, asyncio.Lock()):
+        async with self._held(session.id):
             try:
                 await session.append(chunks, declared=declared)
             except BaseException:
