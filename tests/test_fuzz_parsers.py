@@ -226,7 +226,7 @@ def test_project_settings_are_validated_field_by_field(body: dict[str, Any]) -> 
 @given(json_values, st.booleans())
 def test_durations_are_bounded_positive_integers(value: Any, allow_none: bool) -> None:
     try:
-        duration = common._duration(value, "expires_in", allow_none=allow_none)
+        duration = common.duration(value, "expires_in", allow_none=allow_none)
     except RegistryError as exc:
         assert exc.status == 400
         return

@@ -13,6 +13,7 @@ from typing import Any
 from aiohttp import web
 
 from cargohold.domain.builds import build_json
+from cargohold.lifecycle.clock import iso
 from cargohold.oci.reference import is_valid_tag
 from cargohold.server.auth.credentials import (
     ACTIONS_PULL,
@@ -21,15 +22,14 @@ from cargohold.server.auth.credentials import (
 )
 from cargohold.server.auth.visibility import explain_missing_tag
 from cargohold.server.control.common import (
-    _build_for,
-    _invalid,
-    _iso,
-    _not_found,
-    _project_for,
     api_error,
     authenticated,
+    build_for,
     extension,
     flag,
+    invalid,
+    not_found,
+    project_for,
     read_json_body,
     registry_host,
     room_to_clean_up,
@@ -48,7 +48,7 @@ BUILD_TOKEN_PERMISSIONS = frozenset({ACTIONS_PULL, ACTIONS_PUSH})
 
 async def create_build(request: web.Request) -> web.Response:
     state, control, identity = await authenticated(request)
-    project = await _project_for(state, control, identity, request.match_info["project"], "push")
+    project = await project_for(state, control, identity, request.match_info["project"], "push")
     body = await read_json_body(request)
     # Provenance from a verified OIDC token wins over anything the client reports about itself.
     provenance: dict[str, Any] = dict(identity.claims or {})
@@ -83,7 +83,7 @@ async def create_build(request: web.Request) -> web.Response:
             "repository": project.id,
             "reference": f"{registry_host(state)}/{project.id}:{build.id}",
             "token": token,
-            "token_expires_at": _iso(row.expires_at),
+            "token_expires_at": iso(row.expires_at),
         },
         status=200 if build.replayed else 201,
     )
@@ -98,17 +98,17 @@ def _idempotency_key(request: web.Request) -> str | None:
     if value is None:
         return None
     if not IDEMPOTENCY_KEY_RE.match(value):
-        raise _invalid("Idempotency-Key must be 16 to 64 letters, digits, '-' or '_' (e.g. a random UUID's hex)")
+        raise invalid("Idempotency-Key must be 16 to 64 letters, digits, '-' or '_' (e.g. a random UUID's hex)")
     return value
 
 
 async def list_builds(request: web.Request) -> web.Response:
     state, control, identity = await authenticated(request)
-    project = await _project_for(state, control, identity, request.match_info["project"], "pull")
+    project = await project_for(state, control, identity, request.match_info["project"], "pull")
     try:
         limit = page_size(request.query.get("limit"), name="limit", default=50, maximum=500)
     except LimitError as exc:
-        raise _invalid(str(exc)) from None
+        raise invalid(str(exc)) from None
     before = request.query.get("before")
     tag = request.query.get("tag")
     restricted = identity.build_restriction(project.id)
@@ -128,7 +128,7 @@ async def list_builds(request: web.Request) -> web.Response:
 
 async def show_build(request: web.Request) -> web.Response:
     state, control, identity = await authenticated(request)
-    build = await _build_for(state, control, identity, request.match_info["build"], "pull")
+    build = await build_for(state, control, identity, request.match_info["build"], "pull")
     return web.json_response(build_json(build, registry_host(state)))
 
 
@@ -136,17 +136,17 @@ def _tags(value: Any, field: str) -> list[str]:
     if value is None:
         return []
     if not isinstance(value, list) or not all(isinstance(tag, str) for tag in value):
-        raise _invalid(f"{field} must be a list of strings")
+        raise invalid(f"{field} must be a list of strings")
     bad = [tag for tag in value if not is_valid_tag(tag)]
     if bad:
-        raise _invalid(f"{field} has invalid tags {bad}: up to 128 letters, digits, '_', '.', '-'")
+        raise invalid(f"{field} has invalid tags {bad}: up to 128 letters, digits, '_', '.', '-'")
     return list(dict.fromkeys(value))
 
 
 async def save_build(request: web.Request) -> web.Response:
     """Mark a build saved: the image must already be in the registry under ``<project>:<build>``."""
     state, control, identity = await authenticated(request)
-    build = await _build_for(state, control, identity, request.match_info["build"], "push")
+    build = await build_for(state, control, identity, request.match_info["build"], "push")
     body = await read_json_body(request)
     save_tags = _tags(body.get("save_tags"), "save_tags")
     targets = _tags(body.get("targets"), "targets")
@@ -157,7 +157,7 @@ async def save_build(request: web.Request) -> web.Response:
 
 async def fail_build(request: web.Request) -> web.Response:
     state, control, identity = await authenticated(request)
-    build = await _build_for(state, control, identity, request.match_info["build"], "push")
+    build = await build_for(state, control, identity, request.match_info["build"], "push")
     reason = (await read_json_body(request)).get("reason") or "no reason given"
     failed = await state.builds.fail(build.id, str(reason))
     return web.json_response(build_json(failed, registry_host(state)))
@@ -165,17 +165,17 @@ async def fail_build(request: web.Request) -> web.Response:
 
 async def add_tags(request: web.Request) -> web.Response:
     state, control, identity = await authenticated(request)
-    build = await _build_for(state, control, identity, request.match_info["build"], "push")
+    build = await build_for(state, control, identity, request.match_info["build"], "push")
     tags = _tags((await read_json_body(request)).get("tags"), "tags")
     if not tags:
-        raise _invalid('send {"tags": ["latest", ...]}')
+        raise invalid('send {"tags": ["latest", ...]}')
     tagged = await state.builds.add_save_tags(build.id, tags)
     return web.json_response(build_json(tagged, registry_host(state)))
 
 
 async def remove_tag(request: web.Request) -> web.Response:
     state, control, identity = await authenticated(request)
-    build = await _build_for(state, control, identity, request.match_info["build"], "push")
+    build = await build_for(state, control, identity, request.match_info["build"], "push")
     untagged = await state.builds.remove_save_tag(build.id, request.match_info["tag"])
     return web.json_response(build_json(untagged, registry_host(state)))
 
@@ -185,19 +185,19 @@ async def pull_info(request: web.Request) -> web.Response:
     state, control, identity = await authenticated(request)
     ref = request.query.get("ref", "").strip()
     if not ref:
-        raise _invalid("pass ?ref=<build-id> or ?ref=<project>:<tag>")
+        raise invalid("pass ?ref=<build-id> or ?ref=<project>:<tag>")
     project_id, sep, tag = ref.rpartition(":")
     if "/" in project_id:  # a full reference like host/project:tag
         project_id = project_id.rsplit("/", 1)[1]
     if sep:
         if not identity.project_allows(project_id, "pull"):
-            raise _not_found(f"{ref} does not exist")
+            raise not_found(f"{ref} does not exist")
         build = await state.builds.find_by_tag(project_id, tag)
         if build is None:
-            raise _not_found(await explain_missing_tag(state, identity, project_id, tag) or f"{ref} does not exist")
-        build = await _build_for(state, control, identity, build.id, "pull")
+            raise not_found(await explain_missing_tag(state, identity, project_id, tag) or f"{ref} does not exist")
+        build = await build_for(state, control, identity, build.id, "pull")
     else:
-        build = await _build_for(state, control, identity, ref, "pull")
+        build = await build_for(state, control, identity, ref, "pull")
     if build.status != "saved":
         raise api_error(409, "CONFLICT", f"build {build.id} is {build.status}, not saved; nothing to pull")
     # A child of the caller's credential: a build-scoped chl_ asking again gets a token that dies with it, so
@@ -225,7 +225,7 @@ async def pull_info(request: web.Request) -> web.Response:
             "targets": build.targets,
             "username": "x-token",
             "token": token,
-            "token_expires_at": _iso(row.expires_at),
+            "token_expires_at": iso(row.expires_at),
         }
     )
 
@@ -237,19 +237,19 @@ MAX_LIFECYCLE_BODY = 64 * 1024
 
 async def pin_build(request: web.Request) -> web.Response:
     state, control, identity = await authenticated(request)
-    build = await _build_for(state, control, identity, request.match_info["build"], "push")
+    build = await build_for(state, control, identity, request.match_info["build"], "push")
     return web.json_response(build_json(await state.builds.pin(build.id, identity.name), registry_host(state)))
 
 
 async def unpin_build(request: web.Request) -> web.Response:
     state, control, identity = await authenticated(request)
-    build = await _build_for(state, control, identity, request.match_info["build"], "push")
+    build = await build_for(state, control, identity, request.match_info["build"], "push")
     return web.json_response(build_json(await state.builds.unpin(build.id, identity.name), registry_host(state)))
 
 
 async def extend_build(request: web.Request) -> web.Response:
     state, control, identity = await authenticated(request)
-    build = await _build_for(state, control, identity, request.match_info["build"], "push")
+    build = await build_for(state, control, identity, request.match_info["build"], "push")
     by, until = extension(await read_json_body(request, MAX_LIFECYCLE_BODY))
     extended = await state.builds.extend(build.id, identity.name, by=by, until=until)
     return web.json_response(build_json(extended, registry_host(state)))
@@ -258,7 +258,7 @@ async def extend_build(request: web.Request) -> web.Response:
 async def delete_build(request: web.Request) -> web.Response:
     """Evict a build now (``?dry_run=1``: say what would go). Pinned builds too: a person asked."""
     state, control, identity = await authenticated(request)
-    build = await _build_for(state, control, identity, request.match_info["build"], "delete")
+    build = await build_for(state, control, identity, request.match_info["build"], "delete")
     dry_run = flag(request.query.get("dry_run"), "dry_run")
     await room_to_clean_up(state)
     eviction = await state.builds.evict(build.id, identity.name, dry_run=dry_run)

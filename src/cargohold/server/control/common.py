@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -75,36 +75,32 @@ def check_project_access(identity: Identity, project_id: str, action: str) -> No
         )
 
 
-def _not_found(message: str) -> RegistryError:
+def not_found(message: str) -> RegistryError:
     return api_error(404, "NOT_FOUND", message)
 
 
-def _invalid(message: str) -> RegistryError:
+def invalid(message: str) -> RegistryError:
     return api_error(400, "INVALID", message)
 
 
-def _iso(moment: datetime | None) -> str | None:
-    return None if moment is None else moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _require_admin(identity: Identity) -> None:
+def require_admin(identity: Identity) -> None:
     if not identity.is_admin:
         raise api_error(403, "DENIED", "only an admin token may do this")
 
 
-async def _project_for(
+async def project_for(
     state: RegistryState, control: ControlStore, identity: Identity, project_id: str, action: str
 ) -> ProjectRecord:
     """The project, if the caller may ``action`` on it; unknown and forbidden look the same (404)."""
     check_project_access(identity, project_id, "pull")
     project = await state.run(control.get_project, project_id)
     if project is None:
-        raise _not_found(f"project {project_id} does not exist")
+        raise not_found(f"project {project_id} does not exist")
     check_project_access(identity, project_id, action)
     return project
 
 
-async def _build_for(
+async def build_for(
     state: RegistryState, control: ControlStore, identity: Identity, build_id: str, action: str
 ) -> BuildRecord:
     build = await state.run(control.get_build, build_id)
@@ -112,10 +108,10 @@ async def _build_for(
         # An evicted or expired build is gone from the builds table; the audit log can still say why, but only
         # to a caller that may see its project (to anyone else it is as unknown as a build never created).
         explained = await explain_missing_build(state, identity, build_id) if build is None else None
-        raise _not_found(explained or f"build {build_id} does not exist")
+        raise not_found(explained or f"build {build_id} does not exist")
     restricted = identity.build_restriction(build.project_id)
     if restricted is not None and restricted != build_id:
-        raise _not_found(f"build {build_id} does not exist")
+        raise not_found(f"build {build_id} does not exist")
     if not identity.project_allows(build.project_id, action):
         raise api_error(
             403, "DENIED", f"the {identity.principal.kind.value} credential may not {action} in {build.project_id}"
@@ -132,11 +128,11 @@ MAX_DURATION_SECONDS = 100 * 365 * 86400
 """No duration in a request may exceed about 100 years (timedelta and datetime arithmetic overflow)."""
 
 
-def _duration(value: Any, field: str, *, allow_none: bool = False) -> timedelta | None:
+def duration(value: Any, field: str, *, allow_none: bool = False) -> timedelta | None:
     if value is None and allow_none:
         return None
     if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= MAX_DURATION_SECONDS:
-        raise _invalid(
+        raise invalid(
             f"{field} must be a positive number of seconds up to {MAX_DURATION_SECONDS}"
             f"{' or null' if allow_none else ''}"
         )

@@ -14,6 +14,7 @@ from typing import Any
 
 from aiohttp import web
 
+from cargohold.lifecycle.clock import iso
 from cargohold.metadata.control import (
     ControlStore,
     CredentialRecord,
@@ -30,16 +31,15 @@ from cargohold.server.auth.credentials import (
 )
 from cargohold.server.auth.policy import Identity, admin_permissions_of, credential_record
 from cargohold.server.control.common import (
-    _build_for,
-    _duration,
-    _invalid,
-    _iso,
-    _not_found,
-    _project_for,
-    _require_admin,
     api_error,
     authenticated,
+    build_for,
+    duration,
+    invalid,
+    not_found,
+    project_for,
     read_json_body,
+    require_admin,
 )
 from cargohold.server.state import RegistryState
 
@@ -79,7 +79,7 @@ async def mint(
     except PermissionNotHeld as exc:
         raise api_error(403, "DENIED", str(exc)) from None
     except PermissionSetError as exc:
-        raise _invalid(str(exc)) from None
+        raise invalid(str(exc)) from None
     except CredentialExpired as exc:
         raise api_error(401, "UNAUTHORIZED", str(exc)) from None
     record = credential_record(replace(stored, metadata=metadata or {}), project_id=project)
@@ -99,9 +99,9 @@ def _credential_json(row: CredentialRecord) -> dict[str, Any]:
         "permissions": list(row.permissions),
         "admin_permissions": sorted(admin_permissions_of(row)),
         "parent_id": row.parent_id,
-        "created_at": _iso(row.created_at),
-        "expires_at": _iso(row.expires_at),
-        "revoked_at": _iso(row.revoked_at),
+        "created_at": iso(row.created_at),
+        "expires_at": iso(row.expires_at),
+        "revoked_at": iso(row.revoked_at),
     }
 
 
@@ -112,7 +112,7 @@ def requested_permissions(value: Any) -> list[str] | None:
     if isinstance(value, str):
         value = [part.strip() for part in value.split(",") if part.strip()]
     if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
-        raise _invalid('permissions must be a list of names, e.g. ["pull", "push", "delete"]')
+        raise invalid('permissions must be a list of names, e.g. ["pull", "push", "delete"]')
     return value
 
 
@@ -128,34 +128,34 @@ async def create_token(request: web.Request) -> web.Response:
     try:
         kind = CredentialKind(body.get("kind", "project"))
     except ValueError:
-        raise _invalid("kind must be one of admin, project, pull") from None
+        raise invalid("kind must be one of admin, project, pull") from None
     if kind is CredentialKind.OIDC:
-        raise _invalid("OIDC credentials come only from an OIDC exchange")
+        raise invalid("OIDC credentials come only from an OIDC exchange")
     name = body.get("name") or f"{kind.value} token"
     if not isinstance(name, str) or len(name) > 200:
-        raise _invalid("name must be a string of at most 200 characters")
-    ttl = _duration(body["expires_in"], "expires_in") if body.get("expires_in") is not None else None
+        raise invalid("name must be a string of at most 200 characters")
+    ttl = duration(body["expires_in"], "expires_in") if body.get("expires_in") is not None else None
     if ttl is not None and ttl > MAX_TOKEN_TTL:
-        raise _invalid("expires_in may be at most one year")
+        raise invalid("expires_in may be at most one year")
     project_id = body.get("project_id")
     build_id = body.get("build_id")
     if build_id is not None:
-        build = await _build_for(state, control, identity, str(build_id), "pull")
+        build = await build_for(state, control, identity, str(build_id), "pull")
         project_id = project_id or build.project_id
         if project_id != build.project_id:
-            raise _invalid(f"build {build_id} belongs to project {build.project_id}, not {project_id}")
+            raise invalid(f"build {build_id} belongs to project {build.project_id}, not {project_id}")
     if kind is CredentialKind.ADMIN:
-        _require_admin(identity)
+        require_admin(identity)
         if project_id or build_id:
-            raise _invalid("an admin token is not tied to a project or build")
+            raise invalid("an admin token is not tied to a project or build")
     elif not isinstance(project_id, str):
-        raise _invalid(f"a {kind.value} token needs a project_id")
+        raise invalid(f"a {kind.value} token needs a project_id")
     else:
-        await _project_for(state, control, identity, project_id, "push" if kind is CredentialKind.PULL else "pull")
+        await project_for(state, control, identity, project_id, "push" if kind is CredentialKind.PULL else "pull")
         if kind is CredentialKind.PROJECT:
-            _require_admin(identity)
+            require_admin(identity)
         if kind is CredentialKind.PROJECT and build_id:
-            raise _invalid("a project token covers the whole project; use kind pull for one build")
+            raise invalid("a project token covers the whole project; use kind pull for one build")
     lifetime = ttl or (DEFAULT_PULL_TOKEN_TTL if kind is CredentialKind.PULL else None)
     asked_until = None if lifetime is None else datetime.now(UTC) + lifetime
     token, row = await mint(
@@ -194,7 +194,7 @@ async def revoke_token(request: web.Request) -> web.Response:
     token_id = request.match_info["token"]
     row = await state.run(control.get_credential, token_id)
     if row is None:
-        raise _not_found(f"token {token_id} does not exist")
+        raise not_found(f"token {token_id} does not exist")
     if not identity.is_admin and not (
         row.project_id and row.kind == "pull" and identity.project_allows(row.project_id, "push")
     ):
@@ -217,6 +217,6 @@ async def whoami(request: web.Request) -> web.Response:
             "credential_id": principal.credential_id,
             "permissions": [permission.to_json() for permission in principal.permissions],
             "admin_permissions": sorted(principal.admin_permissions or ()),
-            "expires_at": _iso(principal.expires_at),
+            "expires_at": iso(principal.expires_at),
         }
     )

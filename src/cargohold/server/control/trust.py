@@ -8,6 +8,7 @@ from typing import Any
 
 from aiohttp import web
 
+from cargohold.lifecycle.clock import iso
 from cargohold.metadata.control import (
     TrustRecord,
     new_id,
@@ -16,13 +17,12 @@ from cargohold.server.auth.oidc import GITHUB_ISSUER
 from cargohold.server.auth.trust import RISKY_EVENTS, TrustConfigError
 from cargohold.server.auth.trust import TrustRelationship as TrustSpec
 from cargohold.server.control.common import (
-    _invalid,
-    _iso,
-    _not_found,
-    _project_for,
-    _require_admin,
     authenticated,
+    invalid,
+    not_found,
+    project_for,
     read_json_body,
+    require_admin,
 )
 from cargohold.server.control.tokens import requested_permissions
 from cargohold.server.state import RegistryState
@@ -47,7 +47,7 @@ def _trust_json(row: TrustRecord) -> dict[str, Any]:
         "allow_events": sorted(row.allowed_events),
         "pull_only": row.pull_only,
         "permissions": sorted(row.permissions),
-        "created_at": _iso(row.created_at),
+        "created_at": iso(row.created_at),
     }
 
 
@@ -56,7 +56,7 @@ def _optional_text(body: dict[str, Any], field: str) -> str | None:
     if value is None or value == "":
         return None
     if not isinstance(value, str) and not (field.endswith("_id") and isinstance(value, int)):
-        raise _invalid(f"{field} must be a string")
+        raise invalid(f"{field} must be a string")
     return str(value)
 
 
@@ -66,23 +66,23 @@ def _trust_issuer(state: RegistryState, requested: Any) -> str:
     if requested is None:
         return GITHUB_ISSUER if GITHUB_ISSUER in trusted or not trusted else trusted[0]
     if not isinstance(requested, str) or requested not in trusted:
-        raise _invalid(f"issuer must be one this server trusts: {', '.join(trusted)} (see --oidc-issuer)")
+        raise invalid(f"issuer must be one this server trusts: {', '.join(trusted)} (see --oidc-issuer)")
     return requested
 
 
 async def add_trust(request: web.Request) -> web.Response:
     state, control, identity = await authenticated(request)
-    _require_admin(identity)
-    project = await _project_for(state, control, identity, request.match_info["project"], "pull")
+    require_admin(identity)
+    project = await project_for(state, control, identity, request.match_info["project"], "pull")
     body = await read_json_body(request)
     owner, repository = body.get("owner"), body.get("repository")
     if isinstance(repository, str) and "/" in repository and owner is None:
         owner, repository = repository.split("/", 1)
     if not isinstance(owner, str) or not isinstance(repository, str):
-        raise _invalid('a trust relationship needs "owner" and "repository" (or "repository": "owner/name")')
+        raise invalid('a trust relationship needs "owner" and "repository" (or "repository": "owner/name")')
     events = body.get("allow_events") or []
     if not isinstance(events, list) or not all(isinstance(event, str) for event in events):
-        raise _invalid(f"allow_events must be a list drawn from {sorted(RISKY_EVENTS)}")
+        raise invalid(f"allow_events must be a list drawn from {sorted(RISKY_EVENTS)}")
     issuer = _trust_issuer(state, body.get("issuer"))
     permissions = requested_permissions(body.get("permissions"))
     trust_id = new_id()
@@ -104,7 +104,7 @@ async def add_trust(request: web.Request) -> web.Response:
             permissions=None if permissions is None else frozenset(permissions),
         )
     except TrustConfigError as exc:
-        raise _invalid(str(exc)) from None
+        raise invalid(str(exc)) from None
     assert spec.permissions is not None
     record = TrustRecord(
         id=trust_id,
@@ -131,19 +131,19 @@ async def add_trust(request: web.Request) -> web.Response:
 
 async def list_trust(request: web.Request) -> web.Response:
     state, control, identity = await authenticated(request)
-    _require_admin(identity)
-    project = await _project_for(state, control, identity, request.match_info["project"], "pull")
+    require_admin(identity)
+    project = await project_for(state, control, identity, request.match_info["project"], "pull")
     rows = await state.run(control.list_trust, project.id)
     return web.json_response({"trust_relationships": [_trust_json(row) for row in rows]})
 
 
 async def remove_trust(request: web.Request) -> web.Response:
     state, control, identity = await authenticated(request)
-    _require_admin(identity)
+    require_admin(identity)
     project_id, trust_id = request.match_info["project"], request.match_info["trust"]
     revoked = await state.run(control.remove_trust, project_id, trust_id)
     if revoked is None:
-        raise _not_found(f"trust relationship {trust_id} does not exist in project {project_id}")
+        raise not_found(f"trust relationship {trust_id} does not exist in project {project_id}")
     assert state.auth is not None
     state.auth.authenticator.forget()
     log.info(
