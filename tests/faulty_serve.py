@@ -144,7 +144,7 @@ def _sendfile(out_fd: int, in_fd: int, offset: int | None, count: int) -> int:
 
 
 def main() -> None:
-    import cargohold.registry.app as app_module
+    import cargohold.server.app as app_module
     from cargohold.cli.main import main as cli_main
 
     app_module.FilesystemBlobStore = FaultyBlobStore  # type: ignore[misc]

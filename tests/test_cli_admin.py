@@ -18,7 +18,7 @@ from click.testing import CliRunner
 
 import cargohold.cli.admin  # noqa: F401  (registers the commands on the app)
 from cargohold.cli.main import app
-from cargohold.registry.credentials import CredentialKind, generate_token
+from cargohold.server.auth.credentials import CredentialKind, generate_token
 from conftest import ServerProcess
 from control_helpers import api, http, module_server_fixture
 

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from cargohold.registry.credentials import (
+from cargohold.server.auth.credentials import (
     BASE62_ALPHABET,
     RANDOM_LENGTH,
     TOKEN_LENGTH,

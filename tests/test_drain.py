@@ -1,4 +1,4 @@
-"""Graceful shutdown of a real ``cargohold serve`` (cargohold.registry.drain): what SIGTERM does to the
+"""Graceful shutdown of a real ``cargohold serve`` (cargohold.server.drain): what SIGTERM does to the
 requests in flight, to new connections, to ``/healthz``, to uploads, to garbage collection, and how long it
 takes; and the start-up shortcut that skips Alembic on a database that is already up to date."""
 

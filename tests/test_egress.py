@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-from cargohold.registry.egress import EgressDenied, EgressPolicy, EgressTransport, embedded_ipv4, parse_networks
+from cargohold.server.control.egress import EgressDenied, EgressPolicy, EgressTransport, embedded_ipv4, parse_networks
 
 # form -> (addresses whose embedded IPv4 is public: allowed, addresses embedding a refused IPv4: refused)
 FORMS: dict[str, tuple[list[str], list[str]]] = {

@@ -24,10 +24,12 @@ from cargohold.oci import strictjson
 from cargohold.oci.digest import Digest, DigestError
 from cargohold.oci.manifest import ManifestInvalid, ParsedManifest, parse_manifest
 from cargohold.oci.reference import ReferenceError_, check_name, check_tag, is_valid_name, is_valid_tag
-from cargohold.registry import api, blob_copy, uploads
-from cargohold.registry.blobs import _usable_range
-from cargohold.registry.errors import RegistryError
-from cargohold.registry.oidc import InMemoryJtiStore, OidcError, OidcSettings, OidcVerifier
+from cargohold.server.auth.oidc import InMemoryJtiStore, OidcError, OidcSettings, OidcVerifier
+from cargohold.server.control import blob_copies as blob_copy
+from cargohold.server.control import builds, common, projects
+from cargohold.server.distribution import uploads
+from cargohold.server.distribution.blobs import _usable_range
+from cargohold.server.http.errors import RegistryError
 from oidc_issuer import DEFAULT_AUDIENCE, LoopbackOidcIssuer
 
 FUZZ = settings(
@@ -215,7 +217,7 @@ def test_content_range_is_accepted_or_refused_with_an_oci_error(header: str, off
 @given(st.dictionaries(st.sampled_from(["name", "retention_seconds", "max_builds", "x"]), json_values, max_size=4))
 def test_project_settings_are_validated_field_by_field(body: dict[str, Any]) -> None:
     try:
-        api._project_settings(body)
+        projects._project_settings(body)
     except RegistryError as exc:
         assert exc.status == 400 and exc.code == "INVALID"
 
@@ -224,18 +226,18 @@ def test_project_settings_are_validated_field_by_field(body: dict[str, Any]) -> 
 @given(json_values, st.booleans())
 def test_durations_are_bounded_positive_integers(value: Any, allow_none: bool) -> None:
     try:
-        duration = api._duration(value, "expires_in", allow_none=allow_none)
+        duration = common.duration(value, "expires_in", allow_none=allow_none)
     except RegistryError as exc:
         assert exc.status == 400
         return
-    assert duration is None or 0 < duration.total_seconds() <= api.MAX_DURATION_SECONDS
+    assert duration is None or 0 < duration.total_seconds() <= common.MAX_DURATION_SECONDS
 
 
 @FUZZ
 @given(json_values)
 def test_tag_lists_are_validated(value: Any) -> None:
     try:
-        tags = api._tags(value, "save_tags")
+        tags = builds._tags(value, "save_tags")
     except RegistryError as exc:
         assert exc.status == 400
         return

@@ -120,3 +120,38 @@ def test_tag_routes_check_access_and_input(server: ServerProcess) -> None:
         assert stranger.post(f"/api/v1/projects/{pid}/tags/pin", json=body).status_code == 404
     with server.anonymous() as anonymous:
         assert anonymous.get(f"/api/v1/projects/{pid}/tags").status_code == 401
+
+
+BUILD_KEYS = {
+    "id",
+    "project_id",
+    "status",
+    "created_at",
+    "saved_at",
+    "expires_at",
+    "pinned",
+    "digest",
+    "media_type",
+    "platforms",
+    "targets",
+    "total_size",
+    "unique_size",
+    "provenance",
+    "failure",
+    "created_by",
+    "save_tags",
+    "reference",
+}
+
+
+def test_pin_unpin_extend_answer_the_same_build_shape_as_get(server: ServerProcess) -> None:
+    """One rendering of a build: the lifecycle routes answer exactly what GET /api/v1/builds/{id} answers."""
+    with server.client() as http:
+        pid = http.post("/api/v1/projects", json={"name": "shape"}).json()["id"]
+        build = _save(http, pid, [b"shape" * 50], "s", ["latest"])
+        for route, body in (("pin", None), ("unpin", None), ("extend", {"by": 60})):
+            answered = http.post(f"/api/v1/builds/{build}/{route}", json=body)
+            assert answered.status_code == 200, answered.text
+            shown = http.get(f"/api/v1/builds/{build}").json()
+            assert set(answered.json()) == BUILD_KEYS and answered.json() == shown, route
+        assert shown["save_tags"] == ["latest"] and shown["reference"].endswith(f"/{pid}:{build}")

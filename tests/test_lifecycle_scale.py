@@ -56,7 +56,9 @@ def _blob(store: FilesystemBlobStore, metadata: MetadataStore, repository: str, 
     writer = store.open_upload(upload)
     writer.write(data)
     writer.close()
-    metadata.link_blob(repository, digest, len(data), lambda: store.commit_upload(upload, Digest.parse(digest)))
+    with metadata.transaction() as transaction:
+        transaction.link_blob(repository, digest, len(data))
+        store.commit_upload(upload, Digest.parse(digest))
     return {"digest": digest, "size": len(data)}
 
 

@@ -49,9 +49,9 @@ class Env:
         writer = self.blobs.open_upload(upload)
         writer.write(data)
         writer.close()
-        self.metadata.link_blob(
-            repository, digest, len(data), lambda: self.blobs.commit_upload(upload, Digest.parse(digest))
-        )
+        with self.metadata.transaction() as transaction:
+            transaction.link_blob(repository, digest, len(data))
+            self.blobs.commit_upload(upload, Digest.parse(digest))
         return {"mediaType": OCI_LAYER, "digest": digest, "size": len(data)}
 
     def put_manifest(self, repository: str, body: dict[str, object], tags: list[str]) -> str:

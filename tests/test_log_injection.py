@@ -10,7 +10,7 @@ from cargohold.logformat import EscapingFormatter, escape_control
 from conftest import ServerProcess
 from protocol_helpers import raw_request
 
-FORGED = "2030-01-01 00:00:00,000 WARNING cargohold.registry.api: admin revoked every token"
+FORGED = "2030-01-01 00:00:00,000 WARNING cargohold.server.control.api: admin revoked every token"
 
 
 def test_a_token_name_with_a_newline_is_logged_on_one_line(server: ServerProcess) -> None:

@@ -15,7 +15,7 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-from cargohold.registry.oidc import (
+from cargohold.server.auth.oidc import (
     AlgorithmNotAllowedError,
     AudienceError,
     ExpiredTokenError,
@@ -34,7 +34,7 @@ from cargohold.registry.oidc import (
     UnknownKeyError,
     UntrustedIssuerError,
 )
-from cargohold.registry.trust import TrustRelationship, match
+from cargohold.server.auth.trust import TrustRelationship, match
 from oidc_issuer import DEFAULT_AUDIENCE, PRESETS, LoopbackOidcIssuer, oidc_issuer_fixture  # noqa: F401 - fixtures
 
 JWKS_PATH = "/.well-known/jwks"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from cargohold.registry.ratelimit import AuthFailureLimiter, client_key, retry_after_header
+from cargohold.server.auth.ratelimit import AuthFailureLimiter, client_key, retry_after_header
 
 
 class FakeClock:

@@ -16,9 +16,9 @@ from cargohold.config import ServerSettings
 from cargohold.metadata.db import Database
 from cargohold.metadata.models import Base
 from cargohold.metadata.store import MetadataStore
-from cargohold.registry.access import OpenAccess
-from cargohold.registry.app import purge_stale_uploads
-from cargohold.registry.state import RegistryState
+from cargohold.server.app import purge_stale_uploads
+from cargohold.server.auth.access import OpenAccess
+from cargohold.server.state import RegistryState
 from cargohold.storage.filesystem import FilesystemBlobStore
 from conftest import ServerProcess
 

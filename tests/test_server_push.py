@@ -31,8 +31,8 @@ from cargohold.client.settings import Connection
 from cargohold.images import ImageError, SaveResult, push_image, save_image
 from cargohold.images.progress import Progress
 from cargohold.oci.digest import Digest
-from cargohold.registry.egress import EgressDenied, EgressPolicy, EgressTransport, parse_networks
 from cargohold.sample import SampleIndex
+from cargohold.server.control.egress import EgressDenied, EgressPolicy, EgressTransport, parse_networks
 from conftest import ServerProcess
 from processes import free_port
 from protocol_helpers import push_blob

@@ -10,8 +10,8 @@ from pathlib import Path
 import jwt
 import pytest
 
-from cargohold.registry.credentials import CredentialKind, Permission, Principal
-from cargohold.registry.signing import (
+from cargohold.server.auth.credentials import CredentialKind, Permission, Principal
+from cargohold.server.auth.signing import (
     KeyError_,
     RegistryTokenError,
     RegistryTokenSigner,

@@ -17,11 +17,11 @@ from sqlalchemy.exc import OperationalError
 from cargohold.actions.common import images_errors
 from cargohold.actions.runtime import ActionError
 from cargohold.client.errors import RegistryError, is_storage_full, storage_full_reason
+from cargohold.domain.space import SpaceMonitor
 from cargohold.lifecycle import audit
 from cargohold.lifecycle.gc import GarbageCollector
 from cargohold.lifecycle.retention import Retention
 from cargohold.lifecycle.space import SpaceReclaimer
-from cargohold.registry.space import SpaceMonitor
 from cargohold.storage.faults import classify
 from cargohold.storage.space import FilesystemSpace, GiB, MiB, MinFreeSpace, SpaceGuard, SpaceReserve, SpaceStatus
 from test_lifecycle_support import Env, FakeClock, make_env

@@ -16,6 +16,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -25,11 +26,10 @@ from alembic import command
 from alembic.config import Config
 
 from cargohold.client.control import ControlError
-from cargohold.metadata.control import ControlStore, ParentInactive, new_id
+from cargohold.metadata.control import ControlStore, CredentialRecord, ParentInactive, new_id
 from cargohold.metadata.db import MIGRATIONS_DIR, Database
-from cargohold.metadata.models import Credential
-from cargohold.registry.auth import principal_of, stored_to_row
-from cargohold.registry.credentials import CredentialKind, Permission, hash_token, new_credential
+from cargohold.server.auth.credentials import CredentialKind, Permission, hash_token, new_credential
+from cargohold.server.auth.policy import credential_record, principal_of
 from conftest import ServerProcess
 from control_helpers import api, error_of, http, push_image
 from oidc_issuer import REPO, LoopbackOidcIssuer
@@ -237,7 +237,7 @@ def _store(tmp_path: Path) -> ControlStore:
     return ControlStore(database)
 
 
-def _mint(store: ControlStore, parent: Credential | None, *, ttl: timedelta | None = None) -> Credential:
+def _mint(store: ControlStore, parent: CredentialRecord | None, *, ttl: timedelta | None = None) -> CredentialRecord:
     _token, stored = new_credential(
         CredentialKind.PULL,
         credential_id=new_id(),
@@ -247,7 +247,7 @@ def _mint(store: ControlStore, parent: Credential | None, *, ttl: timedelta | No
         ttl=ttl,
         parent=None if parent is None else principal_of(parent),
     )
-    return store.add_credential(stored_to_row(stored, project_id="p"))
+    return store.add_credential(credential_record(stored, project_id="p"))
 
 
 def test_store_refuses_children_of_revoked_or_expired_parents_and_caps_expiry(tmp_path: Path) -> None:
@@ -257,8 +257,7 @@ def test_store_refuses_children_of_revoked_or_expired_parents_and_caps_expiry(tm
     _, stored = new_credential(
         CredentialKind.PULL, credential_id=new_id(), name="x", now=datetime.now(UTC), project="p", ttl=timedelta(days=9)
     )
-    row = stored_to_row(stored, project_id="p")
-    row.parent_id = root.id
+    row = replace(credential_record(stored, project_id="p"), parent_id=root.id)
     assert store.add_credential(row).expires_at == root.expires_at
     store.revoke_credential(root.id)
     with pytest.raises(ParentInactive, match="revoked"):
@@ -338,7 +337,7 @@ def test_existing_database_upgrades_to_roots_with_default_permissions(tmp_path: 
     assert principal_of(rows["a1"]).is_admin
     assert principal_of(rows["p1"]).permissions == (Permission("p", frozenset({"pull", "push"})),)
     assert principal_of(rows["l1"]).actions_on("p") == {"pull"}
-    assert {row.id: json.loads(row.permissions) for row in store.list_trust("p")} == {
+    assert {row.id: sorted(row.permissions) for row in store.list_trust("p")} == {
         "t1": ["pull"],
         "t2": ["pull", "push"],
     }

@@ -6,9 +6,9 @@ import dataclasses
 
 import pytest
 
-from cargohold.registry.credentials import Permission
-from cargohold.registry.oidc import GitHubClaims
-from cargohold.registry.trust import LearnedIds, TrustConfigError, TrustRelationship, match
+from cargohold.server.auth.credentials import Permission
+from cargohold.server.auth.oidc import GitHubClaims
+from cargohold.server.auth.trust import LearnedIds, TrustConfigError, TrustRelationship, match
 
 BASE = GitHubClaims(
     issuer="https://token.actions.githubusercontent.com",

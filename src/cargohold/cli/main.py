@@ -279,8 +279,8 @@ def serve(
     from cargohold.config import ServerSettings, default_data_dir
 
     try:
-        from cargohold.registry.egress import parse_networks
-        from cargohold.registry.server import run
+        from cargohold.server.control.egress import parse_networks
+        from cargohold.server.process import run
         from cargohold.storage.space import MinFreeSpace
     except ModuleNotFoundError as exc:
         if (exc.name or "").partition(".")[0] not in SERVER_PACKAGES:

@@ -18,11 +18,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, insert, select
+from sqlalchemy import Table, delete, insert, select
 from sqlalchemy.orm import Session
 
 from cargohold.lifecycle.clock import format_duration, iso
-from cargohold.metadata.db import Database, upsert
+from cargohold.metadata.db import Database, rowcount, upsert
 from cargohold.metadata.models import LifecycleEvent, RemovedTag
 from cargohold.storage.space import format_bytes
 
@@ -103,6 +103,7 @@ def record_many(session: Session, entries: Sequence[Entry]) -> list[int]:
     if not entries:
         return []
     table = LifecycleEvent.__table__
+    assert isinstance(table, Table)  # a declarative model's table (the annotation says FromClause)
     rows = [
         {
             "project_id": entry.project_id,
@@ -130,8 +131,8 @@ def record_many(session: Session, entries: Sequence[Entry]) -> list[int]:
         statement = statement.on_conflict_do_update(
             index_elements=["repository", "tag"], set_={"event_id": statement.excluded.event_id}
         )
-        rows = [{"repository": repo, "tag": tag, "event_id": event_id} for (repo, tag), event_id in removed.items()]
-        session.execute(statement, rows)
+        links = [{"repository": repo, "tag": tag, "event_id": event_id} for (repo, tag), event_id in removed.items()]
+        session.execute(statement, links)
     return ids
 
 
@@ -151,7 +152,7 @@ def prune(db: Database, older_than: datetime) -> int:
     """Forget events (and their removed-tag pointers) older than the history window."""
     with db.write() as session:
         result = session.execute(delete(LifecycleEvent).where(LifecycleEvent.at < older_than))
-        return int(result.rowcount or 0)  # type: ignore[attr-defined]
+        return rowcount(result)
 
 
 def describe(event: Event) -> str:

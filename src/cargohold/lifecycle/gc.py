@@ -66,7 +66,7 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from contextlib import ExitStack, closing, contextmanager
 from dataclasses import dataclass
@@ -223,7 +223,7 @@ class GarbageCollector:
     # --- 1: links no manifest needs -----------------------------------------------------------------------
 
     def _unlink(self, report: GcReport, cutoff: datetime, lease: Lease, writer: _BatchWriter, dry_run: bool) -> None:
-        def candidates(after: tuple[int, str]) -> Sequence[Row[tuple[int, str]]]:
+        def candidates(after: tuple[int, str]) -> Sequence[Row[int, str]]:
             with self.db.read() as session:
                 return session.execute(
                     select(RepositoryBlob.repository_id, RepositoryBlob.digest)
@@ -277,7 +277,7 @@ class GarbageCollector:
         else:
             unlinked = ~exists().where(RepositoryBlob.digest == Blob.digest)
 
-        def candidates(after: str) -> Sequence[Row[tuple[str, int]]]:
+        def candidates(after: str) -> Sequence[Row[str, int]]:
             with self.db.read() as session:
                 return session.execute(
                     select(Blob.digest, Blob.size)
@@ -481,7 +481,9 @@ class _BatchWriter:
             log.warning("WAL checkpoint failed", exc_info=True)
 
 
-def _read_ahead(fetch: Callable[[K], Sequence[R]], start: K, key: Callable[[R], K]) -> Iterator[Sequence[R]]:
+def _read_ahead(
+    fetch: Callable[[K], Sequence[R]], start: K, key: Callable[[R], K]
+) -> Generator[Sequence[R], None, None]:
     """Keyset-paged batches ``fetch(after)``, each next one already being read while the caller works on the
     last (close the generator to stop; it waits for the read in flight)."""
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="gc-read") as reader:

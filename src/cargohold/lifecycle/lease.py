@@ -15,10 +15,9 @@ import uuid
 from datetime import datetime, timedelta
 
 from sqlalchemy import delete, select, update
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from cargohold.lifecycle.clock import Clock, system_clock
-from cargohold.metadata.db import Database
+from cargohold.metadata.db import Database, rowcount, upsert
 from cargohold.metadata.models import Lease as LeaseRow
 
 
@@ -71,27 +70,33 @@ class Lease:
         now = self.clock()
         expires = now + self.ttl
         with self.db.write() as session:
-            taken = session.execute(
-                update(LeaseRow)
-                .where(LeaseRow.name == self.name)
-                .where((LeaseRow.holder == self.holder) | (LeaseRow.expires_at <= now))
-                .values(holder=self.holder, expires_at=expires)
-            ).rowcount  # type: ignore[attr-defined]
+            taken = rowcount(
+                session.execute(
+                    update(LeaseRow)
+                    .where(LeaseRow.name == self.name)
+                    .where((LeaseRow.holder == self.holder) | (LeaseRow.expires_at <= now))
+                    .values(holder=self.holder, expires_at=expires)
+                )
+            )
             if not taken:
-                taken = session.execute(
-                    sqlite_insert(LeaseRow)
-                    .values(name=self.name, holder=self.holder, expires_at=expires)
-                    .on_conflict_do_nothing(index_elements=["name"])
-                ).rowcount  # type: ignore[attr-defined]
+                taken = rowcount(
+                    session.execute(
+                        upsert(session, LeaseRow)
+                        .values(name=self.name, holder=self.holder, expires_at=expires)
+                        .on_conflict_do_nothing(index_elements=["name"])
+                    )
+                )
             if not taken:
                 holder = session.scalar(select(LeaseRow.holder).where(LeaseRow.name == self.name))
                 if holder is not None and _holder_is_dead(holder):
                     # Same machine, process gone (killed mid-pass): no need to wait out its lease.
-                    taken = session.execute(
-                        update(LeaseRow)
-                        .where(LeaseRow.name == self.name, LeaseRow.holder == holder)
-                        .values(holder=self.holder, expires_at=expires)
-                    ).rowcount  # type: ignore[attr-defined]
+                    taken = rowcount(
+                        session.execute(
+                            update(LeaseRow)
+                            .where(LeaseRow.name == self.name, LeaseRow.holder == holder)
+                            .values(holder=self.holder, expires_at=expires)
+                        )
+                    )
         if taken:
             self._expires_at = expires
         return bool(taken)
@@ -103,11 +108,13 @@ class Lease:
             return
         expires = now + self.ttl
         with self.db.write() as session:
-            kept = session.execute(
-                update(LeaseRow)
-                .where(LeaseRow.name == self.name, LeaseRow.holder == self.holder, LeaseRow.expires_at > now)
-                .values(expires_at=expires)
-            ).rowcount  # type: ignore[attr-defined]
+            kept = rowcount(
+                session.execute(
+                    update(LeaseRow)
+                    .where(LeaseRow.name == self.name, LeaseRow.holder == self.holder, LeaseRow.expires_at > now)
+                    .values(expires_at=expires)
+                )
+            )
         if not kept:
             raise LeaseLost(f"lease {self.name!r} expired and was taken over; stopping")
         self._expires_at = expires

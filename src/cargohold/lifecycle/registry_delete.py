@@ -22,7 +22,7 @@ from sqlalchemy import delete, or_, select
 from sqlalchemy.orm import Session
 
 from cargohold.lifecycle.retention import Eviction, Retention
-from cargohold.metadata.db import Database
+from cargohold.metadata.db import Database, rowcount
 from cargohold.metadata.models import Build, Repository, SaveTag, Tag
 from cargohold.metadata.store import MetadataStore
 
@@ -51,7 +51,7 @@ def delete_reference(
         else:
             session.execute(delete(SaveTag).where(SaveTag.project_id == repository, SaveTag.tag == reference))
             result = session.execute(delete(Tag).where(Tag.repository_id == repository_id, Tag.name == reference))
-            removed = bool(result.rowcount)  # type: ignore[attr-defined]
+            removed = bool(rowcount(result))
     retention.notify(evicted)
     return ManifestDeletion(removed or bool(evicted), evicted)
 

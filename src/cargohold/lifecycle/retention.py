@@ -47,6 +47,7 @@ from sqlalchemy.orm import Session
 
 from cargohold.lifecycle import audit
 from cargohold.lifecycle.clock import Clock, format_duration, iso, system_clock
+from cargohold.metadata.control import BuildRecord, build_record
 from cargohold.metadata.db import Database
 from cargohold.metadata.models import Build, Manifest, ManifestReference, Project, Repository, SaveTag, Tag
 
@@ -201,15 +202,17 @@ class Retention:
         """Log and tell the listeners (metrics) about evictions made with :meth:`evict_in`, once committed."""
         self._notify(evicted)
 
-    def pin(self, build_id: str, actor: str) -> Build:
+    def pin(self, build_id: str, actor: str) -> BuildRecord:
         """Keep a saved build until unpinned (neither expiry nor the cap removes it)."""
         return self._change(build_id, actor, "pin", lambda build, now: _set(build, pinned=True))
 
-    def unpin(self, build_id: str, actor: str) -> Build:
+    def unpin(self, build_id: str, actor: str) -> BuildRecord:
         """Let a build expire again; one whose expiry already passed goes at the next sweep."""
         return self._change(build_id, actor, "unpin", lambda build, now: _set(build, pinned=False))
 
-    def extend(self, build_id: str, actor: str, *, by: timedelta | None = None, until: datetime | None = None) -> Build:
+    def extend(
+        self, build_id: str, actor: str, *, by: timedelta | None = None, until: datetime | None = None
+    ) -> BuildRecord:
         """Push a saved build's expiry out: ``by`` adds to its current expiry (or to now if that passed)."""
         if (by is None) == (until is None):
             raise LifecycleError('give exactly one of "by" (seconds) or "until" (ISO 8601 time)')
@@ -234,7 +237,7 @@ class Retention:
 
     def _change(
         self, build_id: str, actor: str, action: str, apply: Callable[[Build, datetime], dict[str, Any]]
-    ) -> Build:
+    ) -> BuildRecord:
         now = self.clock()
         with self.db.write() as session:
             build = session.get(Build, build_id)
@@ -254,8 +257,7 @@ class Retention:
                 detail=detail,
             )
             session.flush()
-            session.expunge(build)
-            return build
+            return build_record(session, build)
 
     # --- sweeps ---------------------------------------------------------------------------------------
 
@@ -692,7 +694,7 @@ def unkept_manifests(session: Session, repository_id: int, candidates: ManifestI
             ):
                 keep.update(digests_of[digest] for digest in parents[parent])
         # A referrer stays while its subject stays: a subject outside the deletion set that still exists.
-        subjects = sorted({info[manifest_id][1] for manifest_id in ids if info[manifest_id][1]} - set(digests_of))
+        subjects = sorted({subject for manifest_id in ids if (subject := info[manifest_id][1])} - set(digests_of))
         kept_subjects: set[str] = set()
         for start in range(0, len(subjects), CHUNK):
             kept_subjects.update(
@@ -721,26 +723,12 @@ def delete_manifests(session: Session, manifest_ids: Iterable[int]) -> None:
         session.execute(delete(Manifest).where(Manifest.id.in_(chunk)).execution_options(synchronize_session=False))
 
 
-def build_json(build: Build) -> dict[str, Any]:
-    """The fields a pin/unpin/extend answer needs (the control API's full build JSON is the lead's)."""
-    return {
-        "id": build.id,
-        "project_id": build.project_id,
-        "status": build.status,
-        "pinned": build.pinned,
-        "expires_at": iso(build.expires_at),
-        "saved_at": iso(build.saved_at),
-        "digest": build.manifest_digest,
-    }
-
-
 __all__ = [
     "BuildNotFound",
     "Eviction",
     "LifecycleError",
     "ManifestInfo",
     "Retention",
-    "build_json",
     "delete_manifests",
     "reachable_manifests",
     "unkept_manifests",

@@ -25,7 +25,7 @@ write transaction (a build pinned meanwhile stays), and each build gets an ``evi
 evicted for space free their bytes only once that window has passed. Blobs that no manifest references any
 more therefore count as freed already when deciding how much to evict, and a round after which garbage
 collection frees nothing ends the pass: evicting more builds would not free bytes any sooner. The
-server tries again later (see :class:`cargohold.registry.space.SpaceMonitor`).
+server tries again later (see :class:`cargohold.server.http.space.SpaceMonitor`).
 
 **Several server processes** share the work through the ``space`` database lease: one reclaims, the
 others skip. The lease and the evictions are small writes; on a disk that is really full the server
@@ -99,7 +99,7 @@ class SpaceReclaimer:
         collect_garbage: Callable[[], GcReport],
         measure: Callable[[], SpaceStatus],
         *,
-        after_evict: Callable[[list[Eviction]], None] | None = None,
+        after_evict: Callable[[list[Eviction]], object] | None = None,
         batch_size: int = BATCH_SIZE,
     ) -> None:
         self.retention = retention

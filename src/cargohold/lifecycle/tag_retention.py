@@ -494,7 +494,11 @@ class TagRetention:
             query = select(Project.id, Project.retention_seconds).where(Project.retention_seconds.is_not(None))
             if project_id is not None:
                 query = query.where(Project.id == project_id)
-            projects = [(pid, int(seconds)) for pid, seconds in session.execute(query.order_by(Project.id))]
+            projects = [
+                (pid, int(seconds))
+                for pid, seconds in session.execute(query.order_by(Project.id))
+                if seconds is not None  # the query's own condition; spelled out for the type checker
+            ]
             repositories = {
                 pid: [
                     (repository_id, name)

@@ -10,7 +10,7 @@ import json
 import secrets
 import string
 from collections.abc import Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -18,7 +18,8 @@ from sqlalchemy import ColumnElement, Select, delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from cargohold.metadata.db import Database, upsert
+from cargohold.metadata.db import Database, rowcount, upsert
+from cargohold.metadata.errors import Conflict, NotFound, ParentInactive
 from cargohold.metadata.models import (
     Blob,
     Build,
@@ -50,18 +51,6 @@ def new_id() -> str:
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
-
-
-class NotFound(LookupError):
-    """The project, build, token or relationship does not exist."""
-
-
-class Conflict(RuntimeError):
-    """The request contradicts the current state (e.g. marking a build saved twice)."""
-
-
-class ParentInactive(RuntimeError):
-    """A credential's parent (or the trust relationship behind it) was revoked, expired or removed meanwhile."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,30 +93,156 @@ class BuildRecord:
     replayed: bool = False
     """Returned for a repeated create request (same ``Idempotency-Key``), not created by it."""
 
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "project_id": self.project_id,
-            "status": self.status,
-            "created_at": _iso(self.created_at),
-            "saved_at": _iso(self.saved_at),
-            "expires_at": _iso(self.expires_at),
-            "pinned": self.pinned,
-            "digest": self.manifest_digest,
-            "media_type": self.media_type,
-            "platforms": self.platforms,
-            "targets": self.targets,
-            "total_size": self.total_size,
-            "unique_size": self.unique_size,
-            "provenance": self.provenance,
-            "failure": self.failure,
-            "created_by": self.created_by,
-            "save_tags": self.save_tags,
-        }
+
+@dataclass(frozen=True, slots=True)
+class CredentialRecord:
+    """A stored credential (never its plaintext: ``token_hash`` is the SHA-256 of the token).
+
+    ``permissions`` is the list of ``{"project", "actions", "build_id"}`` grants as stored; the auth package
+    turns it into its own types (``cargohold.server.auth.credentials``).
+    """
+
+    id: str
+    kind: str
+    name: str
+    token_hash: str
+    created_at: datetime
+    permissions: tuple[dict[str, Any], ...] = ()
+    expires_at: datetime | None = None
+    revoked_at: datetime | None = None
+    metadata: dict[str, str] = field(default_factory=dict)
+    """Recorded facts about the credential: who created it, the CI provenance of an OIDC exchange."""
+    project_id: str | None = None
+    """The project a project/pull token belongs to (for listing); OIDC tokens may span several."""
+    parent_id: str | None = None
+    admin_permissions: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True, slots=True)
+class TrustRecord:
+    """A trust relationship: which CI jobs of one repository may exchange their OIDC token for a project."""
+
+    id: str
+    project_id: str
+    provider: str
+    issuer: str
+    owner: str
+    repository: str
+    created_at: datetime
+    permissions: frozenset[str]
+    owner_id: str | None = None
+    repository_id: str | None = None
+    workflow: str | None = None
+    environment: str | None = None
+    ref_pattern: str | None = None
+    runner_environment: str | None = None
+    allowed_events: frozenset[str] = frozenset()
+    pull_only: bool = False
+
+
+def _credential_record(row: Credential) -> CredentialRecord:
+    admin = frozenset(str(item) for item in json.loads(row.admin_permissions)) if row.admin_permissions else frozenset()
+    return CredentialRecord(
+        id=row.id,
+        kind=row.kind,
+        name=row.name,
+        token_hash=row.token_hash,
+        created_at=row.created_at,
+        permissions=tuple(json.loads(row.permissions)),
+        expires_at=row.expires_at,
+        revoked_at=row.revoked_at,
+        metadata=json.loads(row.metadata_json) if row.metadata_json else {},
+        project_id=row.project_id,
+        parent_id=row.parent_id,
+        admin_permissions=admin,
+    )
+
+
+def _credential_row(record: CredentialRecord) -> Credential:
+    return Credential(
+        id=record.id,
+        kind=record.kind,
+        name=record.name,
+        token_hash=record.token_hash,
+        permissions=json.dumps(list(record.permissions), sort_keys=True),
+        metadata_json=json.dumps(record.metadata) if record.metadata else None,
+        created_at=record.created_at,
+        expires_at=record.expires_at,
+        revoked_at=record.revoked_at,
+        project_id=record.project_id,
+        parent_id=record.parent_id,
+        admin_permissions=json.dumps(sorted(record.admin_permissions)) if record.admin_permissions else None,
+    )
+
+
+def _trust_record(row: TrustRelationship) -> TrustRecord:
+    return TrustRecord(
+        id=row.id,
+        project_id=row.project_id,
+        provider=row.provider,
+        issuer=row.issuer,
+        owner=row.owner,
+        repository=row.repository,
+        created_at=row.created_at,
+        permissions=frozenset(json.loads(row.permissions)),
+        owner_id=row.owner_id,
+        repository_id=row.repository_id,
+        workflow=row.workflow,
+        environment=row.environment,
+        ref_pattern=row.ref_pattern,
+        runner_environment=row.runner_environment,
+        allowed_events=frozenset(json.loads(row.allowed_events)) if row.allowed_events else frozenset(),
+        pull_only=row.pull_only,
+    )
+
+
+def _trust_row(record: TrustRecord) -> TrustRelationship:
+    return TrustRelationship(
+        id=record.id,
+        project_id=record.project_id,
+        provider=record.provider,
+        issuer=record.issuer,
+        owner=record.owner,
+        repository=record.repository,
+        owner_id=record.owner_id,
+        repository_id=record.repository_id,
+        workflow=record.workflow,
+        environment=record.environment,
+        ref_pattern=record.ref_pattern,
+        runner_environment=record.runner_environment,
+        allowed_events=json.dumps(sorted(record.allowed_events)) if record.allowed_events else None,
+        pull_only=record.pull_only,
+        permissions=json.dumps(sorted(record.permissions)),
+        created_at=record.created_at,
+    )
 
 
 def _iso(moment: datetime | None) -> str | None:
     return None if moment is None else moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def build_record(session: Session, row: Build) -> BuildRecord:
+    """The record of a build row, read in ``session`` (its save-tags too)."""
+    tags = sorted(session.scalars(select(SaveTag.tag).where(SaveTag.build_id == row.id)))
+    return BuildRecord(
+        id=row.id,
+        project_id=row.project_id,
+        status=row.status,
+        created_at=row.created_at,
+        saved_at=row.saved_at,
+        expires_at=row.expires_at,
+        pinned=row.pinned,
+        manifest_digest=row.manifest_digest,
+        media_type=row.media_type,
+        platforms=json.loads(row.platforms) if row.platforms else [],
+        targets=json.loads(row.targets) if row.targets else {},
+        total_size=row.total_size,
+        unique_size=row.unique_size,
+        provenance=json.loads(row.provenance) if row.provenance else {},
+        failure=row.failure,
+        created_by=row.created_by,
+        save_tags=tags,
+    )
 
 
 def _project_record(row: Project) -> ProjectRecord:
@@ -185,7 +300,7 @@ class ControlStore:
             if name is not None:
                 row.name = name
             if retention is not False:
-                row.retention_seconds = None if retention is None else int(retention.total_seconds())  # type: ignore[union-attr]
+                row.retention_seconds = int(retention.total_seconds()) if isinstance(retention, timedelta) else None
             if max_builds is not None:
                 row.max_builds = max_builds
             session.flush()
@@ -215,7 +330,7 @@ class ControlStore:
                 if earlier is not None:
                     if earlier.created_by != created_by:
                         raise Conflict("this Idempotency-Key was used by another caller; send a new random key")
-                    return replace(self._build_record(session, earlier), replayed=True)
+                    return replace(build_record(session, earlier), replayed=True)
             build = Build(
                 id=new_id(),
                 project_id=project_id,
@@ -227,12 +342,12 @@ class ControlStore:
             )
             session.add(build)
             session.flush()
-            return self._build_record(session, build)
+            return build_record(session, build)
 
     def get_build(self, build_id: str) -> BuildRecord | None:
         with self.db.read() as session:
             row = session.get(Build, build_id)
-            return self._build_record(session, row) if row else None
+            return build_record(session, row) if row else None
 
     def list_builds(
         self, project_id: str, *, limit: int = 50, before: str | None = None, tag: str | None = None
@@ -253,7 +368,7 @@ class ControlStore:
                     )
                 )
             query = query.order_by(Build.created_at.desc(), Build.id.desc()).limit(limit)
-            return [self._build_record(session, row) for row in session.scalars(query)]
+            return [build_record(session, row) for row in session.scalars(query)]
 
     def mark_saved(
         self,
@@ -302,7 +417,7 @@ class ControlStore:
             build.unique_size = unique
             session.flush()
             self._claim_save_tags(session, build, list(save_tags), now)
-            return self._build_record(session, build)
+            return build_record(session, build)
 
     def mark_failed(self, build_id: str, reason: str) -> BuildRecord:
         with self.db.write() as session:
@@ -314,7 +429,7 @@ class ControlStore:
             build.status = "failed"
             build.failure = reason[:2000]
             session.flush()
-            return self._build_record(session, build)
+            return build_record(session, build)
 
     def add_save_tags(self, build_id: str, tags: Iterable[str]) -> BuildRecord:
         now = utcnow()
@@ -325,7 +440,7 @@ class ControlStore:
             if build.status != "saved":
                 raise Conflict(f"build {build_id} is {build.status}; only saved builds can carry save-tags")
             self._claim_save_tags(session, build, list(tags), now, force=True)
-            return self._build_record(session, build)
+            return build_record(session, build)
 
     def remove_save_tag(self, build_id: str, tag: str) -> BuildRecord:
         with self.db.write() as session:
@@ -339,7 +454,7 @@ class ControlStore:
             repository_id = session.scalar(select(Repository.id).where(Repository.name == build.project_id))
             session.execute(delete(Tag).where(Tag.repository_id == repository_id, Tag.name == tag))
             session.flush()
-            return self._build_record(session, build)
+            return build_record(session, build)
 
     def _claim_save_tags(
         self, session: Session, build: Build, tags: list[str], now: datetime, *, force: bool = False
@@ -382,11 +497,11 @@ class ControlStore:
         with self.db.read() as session:
             build = session.get(Build, tag)
             if build is not None and build.project_id == project_id:
-                return self._build_record(session, build)
+                return build_record(session, build)
             held = session.get(SaveTag, (project_id, tag))
             if held is not None:
                 build = session.get(Build, held.build_id)
-                return self._build_record(session, build) if build else None
+                return build_record(session, build) if build else None
             return None
 
     def build_reachable(self, repository: str, build_id: str) -> tuple[set[str], set[str]]:
@@ -395,32 +510,9 @@ class ControlStore:
             save_tags = list(session.scalars(select(SaveTag.tag).where(SaveTag.build_id == build_id)))
         return MetadataStore(self.db).build_reachable(repository, build_id, save_tags)
 
-    @staticmethod
-    def _build_record(session: Session, row: Build) -> BuildRecord:
-        tags = sorted(session.scalars(select(SaveTag.tag).where(SaveTag.build_id == row.id)))
-        return BuildRecord(
-            id=row.id,
-            project_id=row.project_id,
-            status=row.status,
-            created_at=row.created_at,
-            saved_at=row.saved_at,
-            expires_at=row.expires_at,
-            pinned=row.pinned,
-            manifest_digest=row.manifest_digest,
-            media_type=row.media_type,
-            platforms=json.loads(row.platforms) if row.platforms else [],
-            targets=json.loads(row.targets) if row.targets else {},
-            total_size=row.total_size,
-            unique_size=row.unique_size,
-            provenance=json.loads(row.provenance) if row.provenance else {},
-            failure=row.failure,
-            created_by=row.created_by,
-            save_tags=tags,
-        )
-
     # --- credentials --------------------------------------------------------------------------------------
 
-    def add_credential(self, row: Credential, trust_ids: Iterable[str] = ()) -> Credential:
+    def add_credential(self, record: CredentialRecord, trust_ids: Iterable[str] = ()) -> CredentialRecord:
         """Store a new credential, enforcing its lineage in the same write transaction; returns the row stored.
 
         The parent must still exist, be unrevoked and unexpired, and the child's expiry is capped at the
@@ -431,6 +523,7 @@ class ControlStore:
         """
         trust_ids = sorted(set(trust_ids))
         now = utcnow()
+        row = _credential_row(record)
         with self.db.write() as session:
             if row.parent_id is not None:
                 parent = session.execute(
@@ -458,15 +551,12 @@ class ControlStore:
             for trust_id in trust_ids:
                 session.add(CredentialTrust(credential_id=row.id, trust_id=trust_id))
             session.flush()
-            session.expunge(row)
-            return row
+            return _credential_record(row)
 
-    def credential_by_hash(self, token_hash: str) -> Credential | None:
+    def credential_by_hash(self, token_hash: str) -> CredentialRecord | None:
         with self.db.read() as session:
             row = session.scalar(select(Credential).where(Credential.token_hash == token_hash))
-            if row is not None:
-                session.expunge(row)
-            return row
+            return None if row is None else _credential_record(row)
 
     def credential_revoked(self, credential_id: str) -> bool:
         """True if the credential is revoked or gone (registry tokens derived from it stop working)."""
@@ -479,7 +569,9 @@ class ControlStore:
             revoked_at, expires_at = row
             return revoked_at is not None or (expires_at is not None and expires_at <= utcnow())
 
-    def list_credentials(self, project_id: str | None = None, *, include_inactive: bool = False) -> list[Credential]:
+    def list_credentials(
+        self, project_id: str | None = None, *, include_inactive: bool = False
+    ) -> list[CredentialRecord]:
         with self.db.read() as session:
             query = select(Credential).order_by(Credential.created_at)
             if project_id is not None:
@@ -490,17 +582,12 @@ class ControlStore:
                     Credential.revoked_at.is_(None),
                     or_(Credential.expires_at.is_(None), Credential.expires_at > now),
                 )
-            rows = list(session.scalars(query))
-            for row in rows:
-                session.expunge(row)
-            return rows
+            return [_credential_record(row) for row in session.scalars(query)]
 
-    def get_credential(self, credential_id: str) -> Credential | None:
+    def get_credential(self, credential_id: str) -> CredentialRecord | None:
         with self.db.read() as session:
             row = session.get(Credential, credential_id)
-            if row is not None:
-                session.expunge(row)
-            return row
+            return None if row is None else _credential_record(row)
 
     def revoke_credential(self, credential_id: str) -> int:
         """Revoke a credential and, in the same transaction, every credential minted from it (transitively).
@@ -523,40 +610,31 @@ class ControlStore:
 
     # --- trust relationships ------------------------------------------------------------------------------
 
-    def add_trust(self, row: TrustRelationship) -> TrustRelationship:
+    def add_trust(self, record: TrustRecord) -> TrustRecord:
         with self.db.write() as session:
-            if session.get(Project, row.project_id) is None:
-                raise NotFound(f"project {row.project_id} does not exist")
+            if session.get(Project, record.project_id) is None:
+                raise NotFound(f"project {record.project_id} does not exist")
+            row = _trust_row(record)
             session.add(row)
             session.flush()
-            session.expunge(row)
-            return row
+            return _trust_record(row)
 
-    def list_trust(self, project_id: str | None = None) -> list[TrustRelationship]:
+    def list_trust(self, project_id: str | None = None) -> list[TrustRecord]:
         with self.db.read() as session:
             query = select(TrustRelationship).order_by(TrustRelationship.created_at)
             if project_id is not None:
                 query = query.where(TrustRelationship.project_id == project_id)
-            rows = list(session.scalars(query))
-            for row in rows:
-                session.expunge(row)
-            return rows
+            return [_trust_record(row) for row in session.scalars(query)]
 
-    def trust_for_repository(self, issuer: str, owner: str, repository: str) -> list[TrustRelationship]:
+    def trust_for_repository(self, issuer: str, owner: str, repository: str) -> list[TrustRecord]:
         """Relationships of ``issuer`` naming ``owner/repository`` (names stored lowercased: GitHub ignores case)."""
         with self.db.read() as session:
-            rows = list(
-                session.scalars(
-                    select(TrustRelationship).where(
-                        TrustRelationship.issuer == issuer,
-                        TrustRelationship.owner == owner.lower(),
-                        TrustRelationship.repository == repository.lower(),
-                    )
-                )
+            query = select(TrustRelationship).where(
+                TrustRelationship.issuer == issuer,
+                TrustRelationship.owner == owner.lower(),
+                TrustRelationship.repository == repository.lower(),
             )
-            for row in rows:
-                session.expunge(row)
-            return rows
+            return [_trust_record(row) for row in session.scalars(query)]
 
     def remove_trust(self, project_id: str, trust_id: str) -> int | None:
         """Delete a trust relationship and revoke every credential exchanged through it (and their children).
@@ -571,7 +649,7 @@ class ControlStore:
                     TrustRelationship.id == trust_id, TrustRelationship.project_id == project_id
                 )
             )
-            if not result.rowcount:  # type: ignore[attr-defined]
+            if not rowcount(result):
                 return None
             now = utcnow()
             # Credentials exchanged long ago have expired: nothing to revoke there, however long the history.
@@ -610,7 +688,7 @@ class ControlStore:
             return False
 
 
-def _revoke_lineage(session: Session, seed: Select[tuple[str]], now: datetime) -> int:
+def _revoke_lineage(session: Session, seed: Select[str], now: datetime) -> int:
     """Revoke the credentials ``seed`` selects and all their live descendants; returns how many were revoked.
 
     One recursive query finds the tree (each step an ``ix_credentials_parent_id`` search), then chunked
@@ -630,7 +708,7 @@ def _revoke_lineage(session: Session, seed: Select[tuple[str]], now: datetime) -
             .values(revoked_at=now)
             .execution_options(synchronize_session=False)
         )
-        revoked += int(result.rowcount or 0)  # type: ignore[attr-defined]
+        revoked += rowcount(result)
     return revoked
 
 
@@ -688,4 +766,15 @@ def _sizes(session: Session, manifest_id: int) -> tuple[int, int]:
     return total, unique
 
 
-__all__ = ["BuildRecord", "Conflict", "ControlStore", "MetadataStore", "NotFound", "ProjectRecord", "new_id"]
+__all__ = [
+    "BuildRecord",
+    "Conflict",
+    "ControlStore",
+    "CredentialRecord",
+    "MetadataStore",
+    "NotFound",
+    "ProjectRecord",
+    "TrustRecord",
+    "build_record",
+    "new_id",
+]

@@ -12,9 +12,9 @@ import ast
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import CursorResult, Engine, create_engine, event
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -35,6 +35,7 @@ def script_heads(directory: Path = MIGRATIONS_DIR / "versions") -> set[str] | No
         except (OSError, SyntaxError, ValueError):
             return None
         for node in tree.body:
+            target: ast.expr
             if isinstance(node, ast.AnnAssign) and node.value is not None:
                 target, value = node.target, node.value
             elif isinstance(node, ast.Assign) and len(node.targets) == 1:
@@ -101,6 +102,12 @@ def upsert(session: Session, table: Any) -> Any:
     from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
     return sqlite_insert(table)
+
+
+def rowcount(result: object) -> int:
+    """Rows an ``UPDATE`` or ``DELETE`` matched. ``Session.execute`` returns a ``CursorResult`` for those, which
+    has ``rowcount``, but is annotated as the general ``Result``, which has not."""
+    return int(cast("CursorResult[Any]", result).rowcount or 0)
 
 
 class Database:

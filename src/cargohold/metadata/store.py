@@ -12,7 +12,8 @@ transaction so nothing can slip between check and commit:
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Collection, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -20,7 +21,8 @@ from typing import Any
 from sqlalchemy import case, delete, exists, func, literal, select, update
 from sqlalchemy.orm import Session
 
-from cargohold.metadata.db import Database, upsert
+from cargohold.metadata.db import Database, rowcount, upsert
+from cargohold.metadata.errors import BlobInUse, ManifestInUse, MissingReferences, SizeMismatch, TooManyUploads
 from cargohold.metadata.models import (
     Blob,
     Build,
@@ -87,38 +89,6 @@ def tag_expiry(session: Session, repository: str, tags: Collection[str], now: da
     return {tag: None if tag in owned else expires_at for tag in tags}
 
 
-class MissingReferences(LookupError):
-    """A manifest names blobs or child manifests that the repository does not hold."""
-
-    def __init__(self, missing: list[str]) -> None:
-        super().__init__(", ".join(missing))
-        self.missing = missing
-
-
-class SizeMismatch(ValueError):
-    """A manifest's descriptor size differs from the stored blob's size."""
-
-
-class ManifestInUse(RuntimeError):
-    """A manifest cannot be deleted while an index in the repository lists it."""
-
-    def __init__(self, parent: str) -> None:
-        super().__init__(parent)
-        self.parent = parent
-
-
-class BlobInUse(RuntimeError):
-    """A blob cannot be unlinked while a manifest in the repository references it."""
-
-
-class TooManyUploads(RuntimeError):
-    """The credential already holds as many open upload sessions as the server allows."""
-
-    def __init__(self, open_sessions: int) -> None:
-        super().__init__(f"{open_sessions} upload sessions open")
-        self.open_sessions = open_sessions
-
-
 @dataclass(frozen=True, slots=True)
 class StoredManifest:
     digest: str
@@ -139,6 +109,34 @@ class UploadRecord:
 class PutResult:
     created: bool
     """False when the same digest was already stored in the repository (the PUT only (re)tagged it)."""
+
+
+class MetadataTransaction:
+    """The writes of :meth:`MetadataStore.transaction`, all in its one write transaction.
+
+    On SQLite the transaction holds the database's write lock from its first statement (``BEGIN IMMEDIATE``),
+    and garbage collection deletes content only under that lock too: whatever the caller does inside the
+    block (a blob-store rename) is ordered against collection as one step.
+    """
+
+    def __init__(self, session: Session) -> None:
+        self._session = session
+
+    def link_blob(self, repository: str, digest: str, size: int) -> None:
+        """Record content of ``size`` bytes and make it readable in ``repository`` (idempotent)."""
+        now = utcnow()
+        repository_id = MetadataStore._ensure_repository(self._session, repository)
+        self._session.execute(
+            upsert(self._session, Blob)
+            .values(digest=digest, size=size, created_at=now)
+            .on_conflict_do_nothing(index_elements=["digest"])
+        )
+        MetadataStore._link(self._session, repository_id, digest, now)
+
+    def delete_upload(self, upload_id: str) -> bool:
+        """Forget an upload session; False if it was gone already."""
+        result = self._session.execute(delete(UploadSession).where(UploadSession.id == upload_id))
+        return bool(rowcount(result))
 
 
 class MetadataStore:
@@ -215,28 +213,22 @@ class MetadataStore:
             result = session.execute(
                 update(RepositoryBlob).where(link, RepositoryBlob.linked_at < older_than).values(linked_at=utcnow())
             )
-            if result.rowcount:  # type: ignore[attr-defined]
+            if rowcount(result):
                 return True
             return bool(session.scalar(select(exists().where(link))))
 
-    def link_blob(self, repository: str, digest: str, size: int, commit: Callable[[], None] | None = None) -> None:
-        """Record content and make it readable in ``repository`` (idempotent).
+    def link_blob(self, repository: str, digest: str, size: int) -> None:
+        """Record content and make it readable in ``repository`` (idempotent), in a transaction of its own."""
+        with self.transaction() as transaction:
+            transaction.link_blob(repository, digest, size)
 
-        ``commit`` (moving the verified upload into the content store) runs inside the write transaction,
-        after the rows are written and before they are committed. Garbage collection deletes content
-        under the same write lock, so it can never remove a file between its commit and its link.
-        """
-        now = utcnow()
+    @contextmanager
+    def transaction(self) -> Iterator[MetadataTransaction]:
+        """One write transaction for several changes that must land together, e.g. an upload's commit:
+        link the blob, drop the session, and (between the two, while the write lock is held) move the bytes
+        into the content store. Everything commits when the block ends, or nothing does if it raises."""
         with self.db.write() as session:
-            repository_id = self._ensure_repository(session, repository)
-            session.execute(
-                upsert(session, Blob)
-                .values(digest=digest, size=size, created_at=now)
-                .on_conflict_do_nothing(index_elements=["digest"])
-            )
-            self._link(session, repository_id, digest, now)
-            if commit is not None:
-                commit()
+            yield MetadataTransaction(session)
 
     @staticmethod
     def _link(session: Session, repository_id: int, digest: str, now: datetime) -> None:
@@ -281,7 +273,7 @@ class MetadataStore:
                     RepositoryBlob.repository_id == repository_id, RepositoryBlob.digest == digest
                 )
             )
-            return bool(result.rowcount)  # type: ignore[attr-defined]
+            return bool(rowcount(result))
 
     # --- upload sessions ----------------------------------------------------------------------------------
 
@@ -337,9 +329,8 @@ class MetadataStore:
             session.execute(update(UploadSession).where(UploadSession.id == upload_id).values(updated_at=utcnow()))
 
     def delete_upload(self, upload_id: str) -> bool:
-        with self.db.write() as session:
-            result = session.execute(delete(UploadSession).where(UploadSession.id == upload_id))
-            return bool(result.rowcount)  # type: ignore[attr-defined]
+        with self.transaction() as transaction:
+            return transaction.delete_upload(upload_id)
 
     def stale_uploads(self, older_than: datetime) -> list[str]:
         with self.db.read() as session:
@@ -492,7 +483,7 @@ class MetadataStore:
             if repository_id is None:
                 return False
             result = session.execute(delete(Tag).where(Tag.repository_id == repository_id, Tag.name == tag))
-            return bool(result.rowcount)  # type: ignore[attr-defined]
+            return bool(rowcount(result))
 
     def list_tags(self, repository: str, *, last: str | None, limit: int | None) -> list[str] | None:
         """Tags in lexical order after ``last``; None if the repository does not exist."""

@@ -36,6 +36,10 @@ class Redirect:
 BlobLocation = LocalFile | Redirect
 
 
+class UnknownUpload(LookupError):
+    """The upload session has no staging area (never created, cancelled, purged): every store raises this one."""
+
+
 class UploadWriter(ABC):
     """Appends bytes to one upload session's staging area. Not thread-safe: one writer per request."""
 
@@ -81,15 +85,17 @@ class BlobStore(ABC):
 
     @abstractmethod
     def open_upload(self, upload_id: str) -> UploadWriter:
-        """Open the session's staging area for appending."""
+        """Open the session's staging area for appending; :class:`UnknownUpload` if it does not exist."""
 
     @abstractmethod
     def read_upload(self, upload_id: str) -> Iterator[bytes]:
-        """Stream the staged bytes (used only to rebuild hash state after a server restart)."""
+        """Stream the staged bytes (to rebuild hash state after a server restart, or to hash them with another
+        algorithm); :class:`UnknownUpload` if the staging area does not exist."""
 
     @abstractmethod
     def persist_upload(self, upload_id: str) -> int:
-        """Make the staged bytes durable (fsync) before they are committed; returns their size."""
+        """Make the staged bytes durable (fsync) before they are committed; returns their size.
+        :class:`UnknownUpload` if the staging area does not exist."""
 
     @abstractmethod
     def commit_upload(self, upload_id: str, digest: Digest) -> None:

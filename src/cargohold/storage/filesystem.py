@@ -16,15 +16,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from cargohold.oci.digest import ALGORITHMS, Digest
-from cargohold.storage.base import BlobStore, LocalFile, UploadWriter
+from cargohold.storage.base import BlobStore, LocalFile, UnknownUpload, UploadWriter
 from cargohold.storage.private import create_private_file, make_private_dir
 
 READ_CHUNK = 1 << 20
 _UPLOAD_ID_RE = re.compile(r"^[0-9a-f]{32}$")
-
-
-class UnknownUpload(LookupError):
-    """The upload session has no staging file (never created, cancelled, purged)."""
 
 
 def _check_upload_id(upload_id: str) -> str:
@@ -145,13 +141,20 @@ class FilesystemBlobStore(BlobStore):
         return _FileUploadWriter(self._upload_path(upload_id))
 
     def read_upload(self, upload_id: str) -> Iterator[bytes]:
-        with open(self._upload_path(upload_id), "rb") as handle:
+        try:
+            handle = open(self._upload_path(upload_id), "rb")  # noqa: SIM115 (closed below; the open may fail)
+        except FileNotFoundError:
+            raise UnknownUpload(upload_id) from None
+        with handle:
             while chunk := handle.read(READ_CHUNK):
                 yield chunk
 
     def persist_upload(self, upload_id: str) -> int:
         staged = self._upload_path(upload_id)
-        fd = os.open(staged, os.O_RDONLY)
+        try:
+            fd = os.open(staged, os.O_RDONLY)
+        except FileNotFoundError:
+            raise UnknownUpload(upload_id) from None
         try:
             if self.fsync:
                 os.fsync(fd)
@@ -165,7 +168,12 @@ class FilesystemBlobStore(BlobStore):
         if not target.parent.is_dir():
             make_private_dir(target.parent)
         # rename(2) is atomic and replaces an identical blob committed concurrently by another upload.
-        os.replace(staged, target)
+        try:
+            os.replace(staged, target)
+        except FileNotFoundError:
+            if not staged.exists():
+                raise UnknownUpload(upload_id) from None
+            raise
         if self.fsync:
             _fsync_dir(target.parent)
 

@@ -1,0 +1,159 @@
+"""The aiohttp application: wiring, middlewares, start-up and background housekeeping."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timedelta
+
+from aiohttp import web
+
+from cargohold import __version__
+from cargohold.config import ServerSettings
+from cargohold.domain.space import SpaceMonitor
+from cargohold.lifecycle.space import SpaceReclaimer
+from cargohold.metadata.control import ControlStore
+from cargohold.metadata.db import Database
+from cargohold.metadata.store import MetadataStore
+from cargohold.server.auth import routes as auth_routes
+from cargohold.server.auth.access import AccessPolicy, OpenAccess
+from cargohold.server.auth.security import build_security
+from cargohold.server.control import api, blob_copies
+from cargohold.server.control import lifecycle as control_lifecycle
+from cargohold.server.distribution import routing
+from cargohold.server.drain import DRAIN_KEY, Drain
+from cargohold.server.http import middlewares, space
+from cargohold.server.http.middlewares import API_VERSION_HEADER
+from cargohold.server.state import STATE_KEY, RegistryState, state_of
+from cargohold.storage.faults import classify
+from cargohold.storage.filesystem import FilesystemBlobStore
+from cargohold.storage.private import secure_data_dir
+from cargohold.storage.space import SpaceGuard, SpaceReserve
+
+log = logging.getLogger(__name__)
+
+
+async def api_root(request: web.Request) -> web.Response:
+    """``GET /v2/``: the API version check clients (and ``docker login``) start with."""
+    await state_of(request).access.authorize(request, None, frozenset())
+    return web.json_response({}, headers=API_VERSION_HEADER)
+
+
+async def healthz(request: web.Request) -> web.Response:
+    """``{"status": "ok"}``, or ``"degraded"`` with ``reasons`` while storage is low: still HTTP 200, since
+    pulls keep working and a load balancer should keep sending them (uploads get 507 meanwhile)."""
+    state = state_of(request)
+    await state.run(state.metadata.repository_exists, "healthz-probe")
+    body: dict[str, object] = {"status": "ok", "version": __version__}
+    if state.space is not None and (reason := await state.run(state.space.degraded_reason)) is not None:
+        body.update(status="degraded", reasons=[reason])
+    return web.json_response(body)
+
+
+def purge_stale_uploads(state: RegistryState, now: datetime | None = None) -> int:
+    """Remove upload sessions idle for longer than the TTL, and staged files no session owns (blocking)."""
+    return state.uploads.purge_stale(now)
+
+
+async def _housekeeping(app: web.Application) -> AsyncIterator[None]:
+    state = app[STATE_KEY]
+    interval = max(1.0, min(state.settings.upload_ttl / 4, timedelta(hours=1)).total_seconds())
+
+    async def loop() -> None:
+        while True:
+            try:
+                await state.run(purge_stale_uploads, state)
+            except Exception as exc:
+                if (fault := classify(exc)) is None:
+                    log.exception("purging stale uploads failed; will retry in %.0f s", interval)
+                else:
+                    log.warning("purging stale uploads failed: %s; will retry in %.0f s", fault.describe(), interval)
+            await asyncio.sleep(interval)
+
+    task = asyncio.create_task(loop())
+    app[DRAIN_KEY].on_drain(task.cancel)  # a purge in progress finishes; no new one starts
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+async def _shutdown(app: web.Application) -> AsyncIterator[None]:
+    yield
+    state = app[STATE_KEY]
+    if state.oidc is not None:
+        await state.oidc.verifier.aclose()
+    state.executor.shutdown(wait=True, cancel_futures=True)
+    state.metadata.db.dispose()
+
+
+def create_app(settings: ServerSettings, access: AccessPolicy | None = None) -> web.Application:
+    """Build the registry application; migrates the metadata database before returning.
+
+    Without ``access``, every route requires a credential (see :mod:`cargohold.server.auth.policy`); passing
+    :class:`OpenAccess` is for embedding the bare registry core behind another gate, and for tests.
+    """
+    secure_data_dir(settings.data_dir, settings.resolved_database_url())
+    blobs = FilesystemBlobStore(settings.data_dir, fsync=settings.fsync)
+    database_file = settings.database_file()
+    guard = SpaceGuard(
+        settings.min_free_space,
+        blobs=blobs.filesystem_path(),
+        database=database_file.parent if database_file is not None else None,
+    )
+    monitor = SpaceMonitor(
+        guard,
+        SpaceReserve(database_file) if database_file is not None else None,
+        evict_for_space=settings.evict_for_space,
+        interval=settings.space_check_interval,
+    )
+    # Restarting on a full disk: SQLite needs room for its WAL and shared-memory files just to open.
+    monitor.make_room_for_database()
+    database = Database(settings.resolved_database_url())
+    database.migrate()
+    executor = ThreadPoolExecutor(max_workers=settings.io_threads, thread_name_prefix="cargohold-io")
+    metadata = MetadataStore(database)
+    control = ControlStore(database)
+    state = RegistryState(
+        settings=settings,
+        metadata=metadata,
+        blobs=blobs,
+        access=access or OpenAccess(),
+        executor=executor,
+        control=control,
+        space=monitor,
+    )
+    if access is None:
+        security = build_security(state)
+        state.auth, state.oidc = security.access, security.oidc
+        state.access = security.access
+    drain = Drain()
+    app = web.Application(
+        middlewares=[drain.middleware(), middlewares.oci_errors, space.storage_faults], client_max_size=1024**2
+    )
+    app[STATE_KEY] = state
+    app[DRAIN_KEY] = drain
+    app.router.add_get("/healthz", healthz)
+    app.router.add_route("*", "/token", auth_routes.token)
+    app.router.add_post("/auth/oidc/github-actions", auth_routes.oidc_exchange)
+    app.router.add_get("/api/v1/oidc", auth_routes.oidc_discovery)
+    if state.auth is not None:
+        api.add_routes(app)
+    blob_copies.install(app)
+    app.router.add_get("/v2/", api_root)
+    app.router.add_get("/v2", api_root)
+    app.router.add_route("*", "/v2/{tail:.+}", routing.dispatch)
+    app.cleanup_ctx.append(_shutdown)
+    app.cleanup_ctx.append(_housekeeping)
+    lifecycle = control_lifecycle.install(app)  # after the control API's routes: its routes, hooks, /metrics
+    reclaimer = SpaceReclaimer(
+        lifecycle.retention,
+        lifecycle.collect_garbage,
+        monitor.guard.measure,
+        after_evict=lambda evicted: lifecycle.metering.refresh(sorted({e.project_id for e in evicted})),
+    )
+    space.install(app, registry=lifecycle.metrics.registry, reclaimer=reclaimer)  # reclaiming evicts and collects
+    return app
