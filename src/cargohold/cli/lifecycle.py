@@ -273,7 +273,7 @@ def builds_extend(
     build: str, by: str | None, until: str | None, registry: str | None, token: str | None, as_json: bool
 ) -> None:
     """Move a saved build's expiry later."""
-    from cargohold.lifecycle.clock import iso, parse_iso
+    from cargohold.isotime import iso, parse_iso
 
     if (by is None) == (until is None):
         raise CliError("give exactly one of --by (e.g. --by 3d) or --until (e.g. --until 2026-12-31T00:00:00Z)")
@@ -580,7 +580,7 @@ def tags_extend(
     reference: str, by: str | None, until: str | None, registry: str | None, token: str | None, as_json: bool
 ) -> None:
     """Move a tag's expiry later (a later push never moves it earlier)."""
-    from cargohold.lifecycle.clock import iso, parse_iso
+    from cargohold.isotime import iso, parse_iso
 
     repository, tag = _tag_reference(reference)
     if (by is None) == (until is None):

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC
 from email.utils import parsedate_to_datetime
 
 import httpx
+
+from cargohold.clock import WallClock, utc_now
 
 RETRYABLE_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 """Statuses that say "try again later" rather than "you asked for something wrong"."""
@@ -161,7 +163,7 @@ class RegistryError(Exception):
         )
 
 
-def parse_retry_after(value: str | None) -> float | None:
+def parse_retry_after(value: str | None, *, now: WallClock = utc_now) -> float | None:
     """``Retry-After`` as seconds from now: either delta-seconds or an HTTP date. ``None`` if absent/bad."""
     if not value:
         return None
@@ -176,7 +178,7 @@ def parse_retry_after(value: str | None) -> float | None:
         return None
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - datetime.now(UTC)).total_seconds())
+    return max(0.0, (when - now()).total_seconds())
 
 
 class DigestMismatchError(Exception):
