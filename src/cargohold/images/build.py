@@ -333,7 +333,7 @@ def load_into_docker(
     opened: OpenedSource, tags: Sequence[str], *, platform: str | None = None, docker_host: str | None = None
 ) -> list[str]:
     """``--load`` for builders that do not write to the daemon: stream a docker-archive into it."""
-    from cargohold.client.copy import select_platform
+    from cargohold.oci.transfer import select_platform
 
     top = opened.source.get_manifest(opened.reference)
     digest = top.digest

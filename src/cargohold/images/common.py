@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from cargohold.client.copy import ImageSource, RegistryRepo
+from cargohold.client.copy import RegistryRepo
 from cargohold.client.credentials import Credentials
-from cargohold.client.registry import Manifest, ProgressCallback, RegistryClient
+from cargohold.client.registry import RegistryClient
 from cargohold.client.settings import Connection
+from cargohold.oci.descriptor import Descriptor
 from cargohold.oci.digest import Digest
-from cargohold.oci.layout import Descriptor
+from cargohold.oci.manifest import Manifest
+from cargohold.oci.transfer import ImageSource, ProgressCallback
 
 CARGOHOLD_USER = "x-token"
 """The user name Cargohold expects with a token as the password."""

@@ -28,9 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from cargohold.client.control import ControlClient, ControlError
-from cargohold.client.copy import DEFAULT_JOBS, LayoutStore, RegistryRepo, copy_image, platform_label, select_platform
+from cargohold.client.copy import DEFAULT_JOBS, LayoutStore, RegistryRepo, copy_image
 from cargohold.client.errors import PlatformNotFoundError
-from cargohold.client.registry import BlobSource, Manifest
 from cargohold.client.settings import Connection, normalize_registry_url
 from cargohold.images.common import CARGOHOLD_USER, ImageError, cargohold_client
 from cargohold.images.docker import (
@@ -48,6 +47,8 @@ from cargohold.oci.archive import write_docker_archive
 from cargohold.oci.digest import Digest
 from cargohold.oci.imageref import ImageReference, ImageReferenceError
 from cargohold.oci.layout import Descriptor, OCILayout
+from cargohold.oci.manifest import Manifest
+from cargohold.oci.transfer import BlobSource, platform_label, select_platform
 
 OUTPUT_KINDS = ("oci", "oci-archive", "docker-archive")
 
@@ -400,7 +401,7 @@ def _daemon_pull(
     """``POST /images/create`` by digest, progress from the daemon's stream, then verify and tag."""
     name = f"{target.host}/{target.repository}"
     body = manifest.json()
-    layers = [Descriptor.from_dict(entry) for entry in body.get("layers") or []]
+    layers = [Descriptor.from_json(entry, f"layers[{i}]") for i, entry in enumerate(body.get("layers") or [])]
     config_digest = str((body.get("config") or {}).get("digest") or "")
     tracker = DaemonProgress(layers, progress)
     counter = progress.transfer(f"pulling {build_id}", sum(layer.size for layer in layers))
