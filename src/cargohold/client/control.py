@@ -23,6 +23,7 @@ from cargohold.client.errors import (
     INSUFFICIENT_STORAGE,
     RETRYABLE_STATUSES,
     STORAGE_FULL,
+    CargoholdError,
     RegistryError,
     storage_full_sentence,
 )
@@ -32,7 +33,7 @@ from cargohold.client.tls import verify_option
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 
 
-class ControlError(Exception):
+class ControlError(CargoholdError):
     """A control-API call failed; ``str()`` is the server's explanation (or a description of the failure)."""
 
     def __init__(self, message: str, *, status: int | None = None, code: str | None = None) -> None:

@@ -22,12 +22,13 @@ from urllib.parse import urlsplit
 import httpx
 
 from cargohold.client.control import ControlClient, ControlError
+from cargohold.client.errors import CargoholdError
 from cargohold.client.retry import RetryPolicy
 
 PROJECT_FILE = "cargohold.json"
 
 
-class SettingsError(Exception):
+class SettingsError(CargoholdError):
     """Something needed to connect is missing or unreadable; the message says how to provide it."""
 
 

@@ -6,6 +6,7 @@ from typing import Any
 
 from cargohold.client.copy import RegistryRepo
 from cargohold.client.credentials import Credentials
+from cargohold.client.errors import CargoholdError
 from cargohold.client.registry import RegistryClient
 from cargohold.client.settings import Connection
 from cargohold.oci.descriptor import Descriptor
@@ -17,7 +18,7 @@ CARGOHOLD_USER = "x-token"
 """The user name Cargohold expects with a token as the password."""
 
 
-class ImageError(Exception):
+class ImageError(CargoholdError):
     """A save, pull, push or build failed; ``str()`` is one sentence that says what to do."""
 
 

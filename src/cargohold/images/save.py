@@ -26,7 +26,7 @@ from typing import Any
 
 from cargohold.client.control import ControlClient, ControlError
 from cargohold.client.copy import DEFAULT_JOBS, RegistryRepo, copy_image
-from cargohold.client.errors import DigestMismatchError, RegistryError, storage_full_reason
+from cargohold.client.errors import CargoholdError, DigestMismatchError, storage_full_reason
 from cargohold.client.settings import Connection
 from cargohold.images.common import ImageError, NamingTarget, StepError, cargohold_client, describe
 from cargohold.images.progress import Progress
@@ -36,8 +36,9 @@ from cargohold.oci.layout import Descriptor, LayoutError
 
 TARGET_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,99}")
 """A bake target's name: it becomes part of a tag (``<build>-<target>``), so tag characters only."""
-_REPORTABLE = (ImageError, RegistryError, ControlError, DigestMismatchError, ArchiveError, LayoutError, OSError)
-"""Failures worth rewording as "saving build X failed: …"; anything else is a bug and keeps its traceback."""
+_REPORTABLE = (CargoholdError, OSError)
+"""Failures worth rewording as "saving build X failed: …" (the client library's, and the disk's); anything else
+is a bug and keeps its traceback."""
 
 
 @dataclass

@@ -17,6 +17,7 @@ from cargohold.oci import mediatypes as mt
 from cargohold.oci import strictjson
 from cargohold.oci.descriptor import Descriptor, DescriptorError
 from cargohold.oci.digest import Digest
+from cargohold.oci.errors import CargoholdError
 
 MAX_MANIFEST_SIZE = 4 * 1024 * 1024
 """Largest manifest accepted (the OCI distribution spec's recommended minimum a registry must take)."""
@@ -25,7 +26,7 @@ MAX_MANIFEST_SIZE = 4 * 1024 * 1024
 SCHEMA1_REFUSED = "Docker schema 1 manifests are deprecated and not accepted; push schema 2 or OCI"
 
 
-class ManifestInvalid(ValueError):
+class ManifestInvalid(CargoholdError, ValueError):
     """The bytes are not an acceptable manifest; the message says why."""
 
 
@@ -42,9 +43,13 @@ class Manifest:
     digest: Digest
 
     def json(self) -> dict[str, Any]:
-        value = json.loads(self.data)
+        """The manifest's JSON object; :class:`ManifestInvalid` if the bytes are not one."""
+        try:
+            value = json.loads(self.data)
+        except ValueError as exc:
+            raise ManifestInvalid(f"manifest {self.digest} is not valid JSON: {exc}") from None
         if not isinstance(value, dict):
-            raise ValueError(f"manifest {self.digest} is not a JSON object")
+            raise ManifestInvalid(f"manifest {self.digest} is not a JSON object")
         return value
 
     @property

@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 from cargohold.oci.descriptor import Descriptor
 from cargohold.oci.digest import Digest
-from cargohold.oci.errors import DigestMismatchError, PlatformNotFoundError
+from cargohold.oci.errors import CargoholdError, DigestMismatchError, PlatformNotFoundError
 from cargohold.oci.manifest import Manifest
 
 ProgressCallback = Callable[[int], object]
@@ -58,11 +58,15 @@ class ImageTarget(Protocol):
 # -- platform selection -----------------------------------------------------------------------------
 
 
+class PlatformInvalid(CargoholdError, ValueError):
+    """A ``--platform`` value is not ``os/arch[/variant]``; the message shows the expected form."""
+
+
 def parse_platform(value: str) -> tuple[str, str, str | None]:
-    """``os/arch[/variant]`` → a tuple; raises ``ValueError`` with the expected form."""
+    """``os/arch[/variant]`` → a tuple; raises :class:`PlatformInvalid` with the expected form."""
     parts = value.strip().split("/")
     if len(parts) not in (2, 3) or not all(parts):
-        raise ValueError(f"platform {value!r} is not of the form os/arch[/variant], e.g. linux/arm64")
+        raise PlatformInvalid(f"platform {value!r} is not of the form os/arch[/variant], e.g. linux/arm64")
     return parts[0], parts[1], parts[2] if len(parts) == 3 else None
 
 
@@ -167,6 +171,7 @@ __all__ = [
     "CopyPlan",
     "ImageSource",
     "ImageTarget",
+    "PlatformInvalid",
     "ProgressCallback",
     "parse_platform",
     "plan_copy",
