@@ -22,6 +22,7 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     "oci": ("cargohold.oci",),
     "clock": (),
     "isotime": (),
+    "schemas": ("cargohold.schemas", *PURE),
     "client": ("cargohold.client", "cargohold.oci", "cargohold.schemas", *PURE, "cargohold"),
     "images": (
         "cargohold.images",
