@@ -273,7 +273,7 @@ def _post_build(server: ServerProcess, project: str, key: str | None, token: str
 
 def test_a_repeated_create_build_gets_the_build_its_first_request_created(server: ServerProcess) -> None:
     with ControlClient(server.url, server.admin_token) as admin:
-        project = str(admin.create_project("idempotent builds")["id"])
+        project = str(admin.create_project("idempotent builds").id)
         key = "c0ffee" * 5
         first, again = _post_build(server, project, key), _post_build(server, project, key)
         assert (first.status_code, again.status_code) == (201, 200)
@@ -281,10 +281,10 @@ def test_a_repeated_create_build_gets_the_build_its_first_request_created(server
         assert first.json()["token"] != again.json()["token"], "the repeated answer carries a token of its own"
         other = _post_build(server, project, "d00d" * 8)
         assert other.status_code == 201 and other.json()["build_id"] != first.json()["build_id"]
-        assert len(admin.list_builds(project)["builds"]) == 2
+        assert len(admin.list_builds(project).builds) == 2
         bad = _post_build(server, project, "short")
         assert bad.status_code == 400 and "Idempotency-Key" in bad.json()["errors"][0]["message"]
-        someone_else = admin.create_token("project", "someone else", project_id=project)["token"]
+        someone_else = admin.create_token("project", "someone else", project_id=project).token
         stolen = _post_build(server, project, key, token=someone_else)
         assert stolen.status_code == 409
 
@@ -297,14 +297,14 @@ def proxy(server: ServerProcess) -> Iterator[FaultProxy]:
 
 def test_a_lost_answer_to_create_build_is_retried_into_the_same_build(server: ServerProcess, proxy: FaultProxy) -> None:
     with ControlClient(server.url, server.admin_token) as admin:
-        project = str(admin.create_project("lost answers")["id"])
+        project = str(admin.create_project("lost answers").id)
     proxy.faults.append(Fault("POST", f"/projects/{project}/builds", drop_response_after=1))
     with ControlClient(f"http://{proxy.host}", server.admin_token, retry=RetryPolicy(notify=lambda _m: None)) as client:
         build = client.create_build(project)
-        assert len(client.list_builds(project)["builds"]) == 1
+        assert len(client.list_builds(project).builds) == 1
     posts = [seen for seen in proxy.seen if seen.method == "POST"]
     assert len(posts) == 2 and posts[0].headers["Idempotency-Key"] == posts[1].headers["Idempotency-Key"]
-    assert build["build_id"]
+    assert build.build_id
 
 
 def test_a_lost_answer_to_create_token_is_not_repeated(server: ServerProcess, proxy: FaultProxy) -> None:

@@ -142,7 +142,7 @@ def project_for_saving(registry: Registry, token: RegistryToken, project: str | 
 
         try:
             with ControlClient(registry.url, token.token) as control:
-                reachable = [str(p["id"]) for p in control.list_projects()]
+                reachable = [project.id for project in control.list_projects()]
         except ControlError as exc:
             raise ActionError(
                 f"could not list the projects this token reaches ({exc}); set the 'project' input",

@@ -175,8 +175,8 @@ def exchange_github_oidc(
     """
     with ControlClient(registry, retry=retry or RetryPolicy()) as control:
         try:
-            audience = audience or str(control.oidc_discovery()["audience"])
-            return str(control.exchange_oidc(lambda: request_github_id_token(audience, env))["token"])
+            audience = audience or control.oidc_discovery().audience
+            return control.exchange_oidc(lambda: request_github_id_token(audience, env)).token
         except ControlError as exc:
             raise SettingsError(f"exchanging the GitHub OIDC token at {registry} failed: {exc}") from None
 

@@ -113,15 +113,15 @@ def push_image(
         groups.setdefault((parsed.registry, parsed.repository), []).append((tag, parsed))
     with connection.control() as control:
         info = pull_info(control, build_id, connection.project)
-    result = PushResult(build_id=str(info["build_id"]), digest="", digests={}, platform=platform)
-    with cargohold_client(connection, str(info["registry"]), str(info["token"])) as source_client:
+    result = PushResult(build_id=info.build_id, digest="", digests={}, platform=platform)
+    with cargohold_client(connection, info.registry, info.token) as source_client:
         server_push = None
         if transfer != "client":
             server_push = ServerPush(
                 required=transfer == "server",
                 on_fallback=lambda reason: progress.step(f"note: blobs stream through this machine ({reason})"),
             )
-        source = RegistryRepo(source_client, str(info["repository"]), server_push)
+        source = RegistryRepo(source_client, info.repository, server_push)
         top = source.get_manifest(Digest.parse(target_digest(info, target)))
         chosen = choose_manifest(source, top, platform, default=None)
         summary = summarize(source, chosen.digest, top=chosen)
