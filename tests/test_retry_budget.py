@@ -12,6 +12,7 @@ import ssl
 import threading
 import time
 from collections.abc import Iterator
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -21,7 +22,7 @@ from cargohold.actions.runtime import ActionError, ActionRuntime
 from cargohold.client.control import ControlClient, ControlError
 from cargohold.client.errors import DigestMismatchError, RegistryError
 from cargohold.client.retry import RetryPolicy, ServerUnavailable
-from cargohold.client.settings import exchange_github_oidc
+from cargohold.client.settings import SettingsError, exchange_github_oidc
 from conftest import ServerProcess
 from control_helpers import module_server_fixture
 from oidc_issuer import LoopbackOidcIssuer, oidc_issuer_fixture
@@ -332,3 +333,30 @@ def test_the_cli_repeats_an_oidc_exchange_with_a_fresh_id_token(
     [accepted] = fake_registry.received_jwts
     assert accepted not in fake_registry.rejected_jwts, "each try sent an ID token of its own"
     assert len(set(fake_registry.rejected_jwts)) == 2
+
+
+def test_the_cli_waits_out_githubs_token_service_like_the_actions_do(
+    oidc_issuer: LoopbackOidcIssuer, fake_registry: FakeRegistry
+) -> None:
+    """One exchange, one retry policy: the CLI's ID-token request is retried through an outage too."""
+    oidc_issuer.actions_unavailable = 2
+    policy, clock, notices = virtual_policy()
+    token = exchange_github_oidc(fake_registry.url, oidc_issuer.actions_env(), retry=policy)
+    assert token == fake_registry.issued
+    assert oidc_issuer.requests["/actions-token"] == 3 and len(clock.waits) == 2
+    assert notices == [f"{urlsplit(oidc_issuer.url).netloc} is unavailable (503); retrying for up to 1 min"]
+
+
+def test_the_cli_words_a_refused_exchange_for_its_own_options(
+    oidc_issuer: LoopbackOidcIssuer, fake_registry: FakeRegistry
+) -> None:
+    fake_registry.refuse = "no trust relationship for repository octo-org/app"
+    policy, _clock, _notices = virtual_policy()
+    with pytest.raises(SettingsError) as refused:
+        exchange_github_oidc(fake_registry.url, oidc_issuer.actions_env(), retry=policy)
+    assert str(refused.value) == (
+        f"exchanging the GitHub OIDC token at {fake_registry.url} failed: "
+        "no trust relationship for repository octo-org/app"
+    )
+    with pytest.raises(SettingsError, match=r"no GitHub OIDC token available: add `permissions: id-token: write`"):
+        exchange_github_oidc(fake_registry.url, {}, retry=policy)

@@ -103,13 +103,14 @@ class ControlClient:
         retry: RetryPolicy | None = None,
         transport: httpx.BaseTransport | None = None,
         verify: bool = True,
+        user_agent: str | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.token = token
         # A 429 here usually means "too many failed logins": wait briefly, not the minute a registry may ask.
         self.retry = retry or RetryPolicy(max_retry_after=10.0)
         self.host = httpx.URL(self.base_url).netloc.decode()
-        headers = {"User-Agent": "cargohold-cli"}
+        headers = {"User-Agent": user_agent or "cargohold-cli"}
         if token:
             headers["Authorization"] = f"Bearer {token}"
         self._http = httpx.Client(
