@@ -16,7 +16,7 @@ import json
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
@@ -29,6 +29,8 @@ if TYPE_CHECKING:
 
     from cargohold.client.retry import RetryPolicy
     from cargohold.client.settings import Connection
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 RETRY_FOR_META = "cargohold.retry_for"
 """Where ``--retry-for`` keeps its value (seconds) in the click context, for :func:`retry_policy`."""
@@ -57,7 +59,7 @@ retry_for_option = click.option(
 )
 
 
-def registry_option(command: Any) -> Any:
+def registry_option(command: F) -> F:
     """``--registry``, and ``--retry-for``: every command that talks to a server takes both."""
     command = click.option("--registry", help="Cargohold URL (env CARGOHOLD_REGISTRY).", show_default=False)(command)
     return retry_for_option(command)

@@ -239,6 +239,9 @@ def build(
 
     with handle_errors():
         connection = connect(registry, project, token, context_dir=Path(path), need_project=True) if save else None
+        flags: dict[str, Any] = {
+            name: list(value) if isinstance(value, tuple) else value for name, value in pass_through.items()
+        }
         options = BuildOptions(
             context=path,
             file=file,
@@ -250,7 +253,7 @@ def build(
             secrets=list(secret),
             no_cache=no_cache,
             pull=pull,
-            **{name: list(value) if isinstance(value, tuple) else value for name, value in pass_through.items()},
+            **flags,
         )
         result = build_and_save(
             connection,

@@ -213,7 +213,7 @@ class RegistryAuth(httpx.Auth):
         basic = self._basic_header()
         if basic:
             headers["Authorization"] = basic
-        return httpx.Request("GET", realm, params=params, headers=headers)
+        return httpx.Request("GET", realm, params=tuple(params), headers=headers)
 
     def _store_token(self, challenge: Challenge, scopes: tuple[str, ...], response: httpx.Response) -> str:
         if response.status_code != 200:

@@ -334,7 +334,8 @@ def copy_image(
             continue
         target.put_manifest(manifest, None)
         result.manifests.append(manifest.digest)
-    for tag in tags or [None]:
+    names: Sequence[str | None] = tags or [None]
+    for tag in names:
         target.put_manifest(top, tag)
     result.manifests.append(top.digest)
     for subject, manifest, desc in plan.referrers:

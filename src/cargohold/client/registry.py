@@ -22,8 +22,9 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import json
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -216,7 +217,7 @@ class RegistryClient:
         scopes: Iterable[str] = (),
         expect: Iterable[int] = (200,),
         headers: dict[str, str] | None = None,
-        params: dict[str, str] | list[tuple[str, str]] | None = None,
+        params: Mapping[str, str] | Sequence[tuple[str, str]] | None = None,
         content: bytes | Iterable[bytes] | None = None,
         stream: bool = False,
         follow_redirects: bool = False,
@@ -225,7 +226,7 @@ class RegistryClient:
             method,
             url,
             headers=headers,
-            params=params,
+            params=params if isinstance(params, Mapping) or params is None else tuple(params),
             content=content,
             extensions={SCOPES_EXTENSION: tuple(scopes)},
         )
@@ -715,9 +716,7 @@ class RegistryClient:
 
         for fresh_token in (False, True):
             authorization = destination.delegated_authorization(destination_repository, digest, fresh=fresh_token)
-            final = self.retry.call(
-                lambda authorization=authorization: attempt(authorization), host=self.host, final=_server_push_answer
-            )
+            final = self.retry.call(partial(attempt, authorization), host=self.host, final=_server_push_answer)
             error = final.get("error")
             if error is None:
                 return

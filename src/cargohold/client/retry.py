@@ -281,6 +281,7 @@ class RetryPolicy:
 
     def backoff(self, attempt: int) -> float:
         """Seconds to wait before the ``attempt``-th retry (1-based): jittered, capped at ``maximum``."""
+        # tenacity wants its Retrying object here; its wait strategies read only the attempt number.
         state = tenacity.RetryCallState(None, None, (), {})  # type: ignore[arg-type]
         state.attempt_number = attempt
         return float(tenacity.wait_random_exponential(multiplier=self.initial, max=self.maximum)(state))

@@ -24,7 +24,7 @@ if TYPE_CHECKING:  # rich is imported only when bars are drawn: CI and quiet run
     from rich.progress import Progress as RichProgressBar
     from rich.progress import TaskID
 
-    from cargohold.oci.layout import Descriptor
+    from cargohold.oci.descriptor import Descriptor
 
 MODES = ("auto", "tty", "plain", "quiet")
 PRESENT = ("skipped", "mounted")

@@ -44,9 +44,10 @@ from cargohold.images.docker import (
 from cargohold.images.progress import Progress
 from cargohold.images.sources import summarize
 from cargohold.oci.archive import write_docker_archive
+from cargohold.oci.descriptor import Descriptor
 from cargohold.oci.digest import Digest
 from cargohold.oci.imageref import ImageReference, ImageReferenceError
-from cargohold.oci.layout import Descriptor, OCILayout
+from cargohold.oci.layout import OCILayout
 from cargohold.oci.manifest import Manifest
 from cargohold.oci.transfer import BlobSource, platform_label, select_platform
 from cargohold.schemas import PullInfo
@@ -271,7 +272,7 @@ def pull_image(
         loaded: list[str] = []
         via: str | None = None
         if spec.kind is None:
-            target = DaemonTarget(
+            daemon = DaemonTarget(
                 # As cargohold_client reaches it: the URL we were given, else the scheme the host implies.
                 address=(
                     connection.registry if info.registry == connection.host else normalize_registry_url(info.registry)
@@ -282,7 +283,7 @@ def pull_image(
                 platform=platform,
             )
             loaded, via = _to_daemon(
-                repo, chosen, tag_list, target, build_id, summary.total_size, progress, docker_host
+                repo, chosen, tag_list, daemon, build_id, summary.total_size, progress, docker_host
             )
             image = tag_list[0]
         else:

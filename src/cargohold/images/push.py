@@ -31,6 +31,7 @@ from cargohold.images.common import ImageError, NamingTarget, cargohold_client
 from cargohold.images.progress import Progress
 from cargohold.images.pull import choose_manifest, pull_info, target_digest
 from cargohold.images.sources import summarize
+from cargohold.oci.descriptor import Descriptor
 from cargohold.oci.digest import Digest
 from cargohold.oci.imageref import ImageReference, ImageReferenceError, normalize_registry
 
@@ -138,20 +139,20 @@ def push_image(
             )
             sizes: dict[str, list[int]] = {"uploaded": [], "mounted": [], "skipped": []}
 
-            def on_blob(descriptor: object, how: str, sizes: dict[str, list[int]] = sizes) -> None:
-                sizes[how].append(getattr(descriptor, "size", 0))
-                progress.blob(descriptor, how)  # type: ignore[arg-type]
+            def on_blob(descriptor: Descriptor, how: str, sizes: dict[str, list[int]] = sizes) -> None:
+                sizes[how].append(descriptor.size)
+                progress.blob(descriptor, how)
 
             pushed_before = server_push.pushed if server_push else 0
             plain_http = True if normalize_registry(registry) in insecure else None
             with RegistryClient(
                 members[0][1].api_host, credentials=credentials, insecure=plain_http, retry=connection.retry
             ) as client:
-                target = NamingTarget(RegistryRepo(client, repository))
+                destination = NamingTarget(RegistryRepo(client, repository))
                 counter = progress.transfer(f"pushing to {members[0][1].repository_path}", summary.total_size)
                 try:
                     copied = copy_image(
-                        source, chosen.digest, target, names, jobs=jobs, progress=counter, on_blob=on_blob
+                        source, chosen.digest, destination, names, jobs=jobs, progress=counter, on_blob=on_blob
                     )
                 except ImageError as exc:
                     progress.abort()

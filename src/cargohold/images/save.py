@@ -32,7 +32,8 @@ from cargohold.images.common import ImageError, NamingTarget, StepError, cargoho
 from cargohold.images.progress import Progress
 from cargohold.images.sources import ImageSummary, OpenedSource, SourceSpec, open_source, summarize
 from cargohold.oci.archive import ArchiveError
-from cargohold.oci.layout import Descriptor, LayoutError
+from cargohold.oci.descriptor import Descriptor
+from cargohold.oci.layout import LayoutError
 from cargohold.schemas import Build, BuildCreated
 
 TARGET_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,99}")

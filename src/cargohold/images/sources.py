@@ -19,8 +19,9 @@ from typing import Any
 from cargohold.client.copy import LayoutStore
 from cargohold.images.common import ImageError
 from cargohold.oci.archive import ArchiveError, DockerArchive, DockerArchiveSource, check_member
+from cargohold.oci.descriptor import Descriptor
 from cargohold.oci.digest import Digest
-from cargohold.oci.layout import Descriptor, LayoutError, OCILayout
+from cargohold.oci.layout import LayoutError, OCILayout
 from cargohold.oci.manifest import Manifest
 from cargohold.oci.transfer import ImageSource, platform_label
 

@@ -203,11 +203,11 @@ class DockerArchive:
                     yield chunk
             return
         with tarfile.open(self.path, "r:*") as tar:
-            handle = tar.extractfile(member)
-            assert handle is not None
-            with handle:
-                handle.seek(offset)
-                while chunk := handle.read(CHUNK_SIZE):
+            extracted = tar.extractfile(member)
+            assert extracted is not None
+            with extracted:
+                extracted.seek(offset)
+                while chunk := extracted.read(CHUNK_SIZE):
                     yield chunk
 
     @property
@@ -354,7 +354,7 @@ class _HashingReader(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
-    def readinto(self, buffer: Any) -> int:  # type: ignore[override]
+    def readinto(self, buffer: Any) -> int:
         # Fill the whole buffer unless the stream ends: tarfile treats a short read as truncation.
         view = memoryview(buffer).cast("B")
         filled = 0

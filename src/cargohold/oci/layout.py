@@ -114,7 +114,7 @@ class BlobWriter(io.RawIOBase):
     def writable(self) -> bool:
         return True
 
-    def write(self, data: bytes | bytearray | memoryview) -> int:  # type: ignore[override]
+    def write(self, data: bytes | bytearray | memoryview) -> int:  # type: ignore[override]  # RawIOBase: int | None
         if self._file is None:
             raise ValueError("blob writer is already committed or aborted")
         view = memoryview(data)
@@ -198,8 +198,8 @@ class VerifyingReader(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
-    def readinto(self, buffer: Any) -> int:  # type: ignore[override]
-        n = self._file.readinto(buffer)  # type: ignore[attr-defined]
+    def readinto(self, buffer: Any) -> int:
+        n: int = self._file.readinto(buffer)  # type: ignore[attr-defined]  # typing.BinaryIO has no readinto
         if n:
             view = memoryview(buffer)[:n]
             self._hasher.update(view)
