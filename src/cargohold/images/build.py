@@ -124,7 +124,7 @@ class BuildResult:
         if name in SaveResult.__dataclass_fields__ or name in ("pull_command", "push_command"):
             save = self.__dict__.get("save")
             if save is None:
-                return {"metadata": {}, "platforms": [], "save_tags": [], "build": {}}.get(name)
+                return {"metadata": {}, "platforms": [], "save_tags": []}.get(name)
             return getattr(save, name)
         raise AttributeError(name)
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from cargohold.client.copy import RegistryRepo
 from cargohold.client.credentials import Credentials
 from cargohold.client.errors import CargoholdError
@@ -88,7 +86,3 @@ def _strip(text: str) -> str:
 def describe(exc: BaseException) -> str:
     """An exception as one clause for messages (its type when it has no text)."""
     return _strip(str(exc)) or type(exc).__name__
-
-
-def as_dict(value: Any) -> dict[str, Any]:
-    return value if isinstance(value, dict) else {}
