@@ -114,9 +114,9 @@ def run(args: argparse.Namespace, work: Path) -> int:
         ch_skopeo, ch, ref_ch, ref_skopeo = servers
         assert isinstance(ch, CargoholdServer) and isinstance(ch_skopeo, CargoholdServer)
         with ControlClient(ch.url, ch.token) as control:
-            project = str(control.create_project("bench")["id"])
+            project = str(control.create_project("bench").id)
         with ControlClient(ch_skopeo.url, ch_skopeo.token) as control:
-            skopeo_project = str(control.create_project("bench")["id"])
+            skopeo_project = str(control.create_project("bench").id)
         env = cargohold_env(ch, project, work / "home-cargohold")
         results: dict[str, float] = {}
 

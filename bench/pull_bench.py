@@ -128,7 +128,7 @@ def main() -> int:
         reference = ReferenceRegistry(work / "reference").start()
         try:
             with ControlClient(cargohold.url, cargohold.token) as admin:
-                project = str(admin.create_project("pull-bench")["id"])
+                project = str(admin.create_project("pull-bench").id)
             env = {
                 **os.environ,
                 "CARGOHOLD_REGISTRY": cargohold.url,

@@ -27,6 +27,7 @@ from cargohold.client.registry import RegistryClient
 from cargohold.client.retry import RetryPolicy
 from cargohold.oci.layout import OCILayout
 from cargohold.sample import SampleImage, write_sample_image
+from cargohold.schemas import Project
 from conftest import ServerProcess
 
 NO_RETRY = RetryPolicy(attempts=1)
@@ -87,7 +88,7 @@ def error_of(response: httpx.Response) -> tuple[str, str]:
     return first["code"], first["message"]
 
 
-def new_project(server: ServerProcess, name: str, **settings: Any) -> dict[str, Any]:
+def new_project(server: ServerProcess, name: str, **settings: Any) -> Project:
     with api(server) as control:
         return control.create_project(name, **settings)
 

@@ -111,6 +111,8 @@ class LoopbackOidcIssuer:
         self.actions_preset = "push"
         self.actions_claims: dict[str, Any] = {}
         """Overrides for tokens served by ``/actions-token``."""
+        self.actions_unavailable = 0
+        """How many ``/actions-token`` requests to answer 503 first (GitHub's token service having a bad minute)."""
         self._keys: dict[str, _Key] = {}
         self._current: str | None = None
         self._lock = threading.Lock()
@@ -289,6 +291,14 @@ class LoopbackOidcIssuer:
         elif parts.path == "/.well-known/jwks":
             self._send(request, 200, self.jwks())
         elif parts.path == "/actions-token":
+            with self._lock:
+                unavailable, self.actions_unavailable = (
+                    self.actions_unavailable > 0,
+                    max(0, self.actions_unavailable - 1),
+                )
+            if unavailable:
+                self._send(request, 503, {"message": "service unavailable"})
+                return
             auth = request.headers.get("Authorization", "")
             scheme, _, presented = auth.partition(" ")
             if scheme.lower() != "bearer" or not secrets.compare_digest(presented, self.request_token):

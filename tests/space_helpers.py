@@ -12,13 +12,14 @@ from cargohold.client.control import ControlClient
 from cargohold.client.settings import Connection
 from cargohold.images import pull_image
 from cargohold.oci.layout import OCILayout
+from cargohold.schemas import Build
 
 
-def saved_builds(conn: Connection) -> list[dict[str, object]]:
+def saved_builds(conn: Connection) -> list[Build]:
     assert conn.project is not None
     with ControlClient(conn.registry, conn.token) as control:
-        builds = control.list_builds(conn.project, limit=500)["builds"]
-    return [build for build in builds if build["status"] == "saved"]
+        builds = control.list_builds(conn.project, limit=500).builds
+    return [build for build in builds if build.status == "saved"]
 
 
 def assert_every_build_pulls(conn: Connection, out: Path) -> list[str]:
@@ -29,12 +30,10 @@ def assert_every_build_pulls(conn: Connection, out: Path) -> list[str]:
     """
     pulled = []
     for build in saved_builds(conn):
-        build_id = str(build["id"])
+        build_id = str(build.id)
         target = out / f"pull-{build_id}-{len(list(out.glob('pull-*')))}"
         result = pull_image(conn, build_id, output=f"oci:{target}", all_platforms=True)
-        assert result.digest == build["digest"], (
-            f"build {build_id} pulled as {result.digest}, saved as {build['digest']}"
-        )
+        assert result.digest == build.digest, f"build {build_id} pulled as {result.digest}, saved as {build.digest}"
         pulled.append(build_id)
     return pulled
 

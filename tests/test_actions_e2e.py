@@ -355,7 +355,7 @@ def test_build_pull_push_workflow_under_act(
     refregistry: RefRegistry,
 ) -> None:
     with ControlClient(oidc_server.url, oidc_server.admin_token) as admin:
-        project = admin.create_project("actions e2e")["id"]
+        project = admin.create_project("actions e2e").id
         admin.add_trust(project, repository=REPO, issuer=oidc_issuer_e2e.url)
     seed = secrets.randbelow(1 << 30)
     expected = str(write_sample_image(tmp_path / "expected", layers=2, layer_size=65536, seed=seed).manifest.digest)

@@ -84,8 +84,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     server = ServerProcess(data_dir=tmp / "data").start()
     try:
         with ControlClient(server.url, server.admin_token) as admin:
-            project = str(admin.create_project("inputs")["id"])
-            token = str(admin.create_token("project", "inputs", project_id=project)["token"])
+            project = str(admin.create_project("inputs").id)
+            token = str(admin.create_token("project", "inputs", project_id=project).token)
         index = write_sample_index(tmp / "index", layers=1, layer_size=16 << 10, seed=41, ref="v1")
         app = write_sample_image(tmp / "app", layers=1, layer_size=8 << 10, seed=42, ref="v1")
         tests = write_sample_image(tmp / "tests", layers=1, layer_size=8 << 10, seed=43, ref="v1")
@@ -222,7 +222,7 @@ def _saved_tag_points_at_build(tag: str) -> Callable[[World, StepResult], None]:
         _ok(result)
         with ControlClient(world.server.url, world.token) as control:
             info = control.pull_info(f"{world.project}:{tag}")
-        assert info["build_id"] == result.outputs["build-id"], (info, result.outputs)
+        assert info.build_id == result.outputs["build-id"], (info, result.outputs)
 
     return check
 

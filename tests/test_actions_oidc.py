@@ -333,21 +333,21 @@ def test_real_server_exchanges_a_trusted_repositorys_token(
     tmp_path: Path, oidc_issuer: LoopbackOidcIssuer, oidc_server: ServerProcess
 ) -> None:
     with api(oidc_server) as admin:
-        project = admin.create_project("actions oidc")["id"]
+        project = admin.create_project("actions oidc").id
         admin.add_trust(project, repository=REPO)
     rt, stream = runtime(tmp_path, oidc_issuer.actions_env())
     token = oidc.resolve_token(rt, oidc_server.url, retry=instant_retries())
     assert token.source == "oidc" and token.projects == (project,)
     assert token.token in masks(stream)
     with api(oidc_server, token.token) as client:
-        assert project in {p["id"] for p in client.list_projects()}
+        assert project in {p.id for p in client.list_projects()}
 
 
 def test_real_server_refuses_an_untrusted_repository(
     tmp_path: Path, oidc_issuer: LoopbackOidcIssuer, oidc_server: ServerProcess
 ) -> None:
     with api(oidc_server) as admin:
-        project = admin.create_project("someone else")["id"]
+        project = admin.create_project("someone else").id
         admin.add_trust(project, repository=f"{OWNER}/other")
     rt, _ = runtime(tmp_path, oidc_issuer.actions_env())
     with pytest.raises(ActionError, match="the registry refused the OIDC token"):

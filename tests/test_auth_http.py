@@ -50,15 +50,15 @@ class World:
 def world(server: ServerProcess, tmp_path_factory: pytest.TempPathFactory) -> World:
     root = tmp_path_factory.mktemp("images")
     with api(server) as admin:
-        a = admin.create_project("alpha")["id"]
-        b = admin.create_project("bravo")["id"]
-        token_a = admin.create_token("project", "alpha ci", project_id=a)["token"]
-        token_b = admin.create_token("project", "bravo ci", project_id=b)["token"]
+        a = admin.create_project("alpha").id
+        b = admin.create_project("bravo").id
+        token_a = admin.create_token("project", "alpha ci", project_id=a).token
+        token_b = admin.create_token("project", "bravo ci", project_id=b).token
     images = {}
     builds = {}
     for key, project, token, seed in (("a", a, token_a, 1), ("a2", a, token_a, 2), ("b", b, token_b, 3)):
         with api(server, token) as control:
-            build = control.create_build(project)["build_id"]
+            build = control.create_build(project).build_id
             images[key] = push_image(server, project, build, token, root / key, seed=seed)
             control.save_build(build)
         builds[key] = build
@@ -151,8 +151,8 @@ def test_cross_project_mount_does_not_leak_blobs(server: ServerProcess, world: W
 def test_pull_token_cannot_push_or_delete(server: ServerProcess, world: World) -> None:
     with api(server) as admin:
         pull = admin.create_token("pull", "reader", project_id=world.a)
-    assert pull["token"].startswith("chl_")
-    with http(server, pull["token"]) as client:
+    assert pull.token.startswith("chl_")
+    with http(server, pull.token) as client:
         assert client.get(f"/v2/{world.a}/tags/list").status_code == 200
         assert client.get(f"/v2/{world.a}/blobs/{world.blob_a}").status_code == 200
         refusals = [
@@ -176,8 +176,10 @@ def test_pull_token_cannot_push_or_delete(server: ServerProcess, world: World) -
 def test_build_scoped_pull_token_sees_only_its_build(server: ServerProcess, world: World) -> None:
     with api(server, world.token_a) as control:
         scoped = control.create_token("pull", "one build", project_id=world.a, build_id=world.build_a)
-    assert scoped["permissions"] == [{"project": world.a, "actions": ["pull"], "build_id": world.build_a}]
-    with http(server, scoped["token"]) as client:
+    assert [p.to_json() for p in scoped.permissions] == [
+        {"project": world.a, "actions": ["pull"], "build_id": world.build_a}
+    ]
+    with http(server, scoped.token) as client:
         assert (
             client.get(f"/v2/{world.a}/manifests/{world.build_a}", headers={"Accept": MANIFEST_ACCEPT}).status_code
             == 200
@@ -204,10 +206,14 @@ def test_build_scoped_pull_token_sees_only_its_build(server: ServerProcess, worl
 def test_revoked_token_is_refused_within_the_cache_window(server: ServerProcess, world: World) -> None:
     with api(server) as admin:
         created = admin.create_token("project", "soon revoked", project_id=world.a)
-    with http(server, created["token"]) as client:
+    with http(server, created.token) as client:
         assert client.get(f"/v2/{world.a}/tags/list").status_code == 200  # now cached by the server
         with api(server) as admin:
-            assert admin.revoke_token(created["id"]) == {"id": created["id"], "revoked": True, "descendants_revoked": 0}
+            assert admin.revoke_token(created.id).to_json() == {
+                "id": created.id,
+                "revoked": True,
+                "descendants_revoked": 0,
+            }
         deadline = time.monotonic() + 5.5
         while True:
             response = client.get(f"/v2/{world.a}/tags/list")
@@ -220,16 +226,16 @@ def test_revoked_token_is_refused_within_the_cache_window(server: ServerProcess,
         api_response = client.get("/api/v1/whoami")
         assert api_response.status_code == 401 and "was revoked" in error_of(api_response)[1]
     with api(server) as admin:
-        listed = {t["id"]: t for t in admin.list_tokens(world.a, include_inactive=True)}
-        assert listed[created["id"]]["revoked_at"] is not None
-        assert created["id"] not in {t["id"] for t in admin.list_tokens(world.a)}
+        listed = {t.id: t for t in admin.list_tokens(world.a, include_inactive=True)}
+        assert listed[created.id].revoked_at is not None
+        assert created.id not in {t.id for t in admin.list_tokens(world.a)}
 
 
 def test_expired_token_is_refused(server: ServerProcess, world: World) -> None:
     with api(server) as admin:
         created = admin.create_token("pull", "brief", project_id=world.a, expires_in=1)
     time.sleep(1.3)
-    with http(server, created["token"]) as client:
+    with http(server, created.token) as client:
         response = client.get(f"/v2/{world.a}/tags/list")
     assert response.status_code == 401
     code, message = error_of(response)
@@ -262,7 +268,7 @@ def _registry_token(server: ServerProcess, secret: str, *scopes: str) -> dict[st
 
 def test_token_endpoint_intersects_scopes(server: ServerProcess, world: World) -> None:
     with api(server) as admin:
-        pull = admin.create_token("pull", "reader", project_id=world.a)["token"]
+        pull = admin.create_token("pull", "reader", project_id=world.a).token
 
     narrowed = _registry_token(server, pull, f"repository:{world.a}:pull,push")
     _, claims, _ = jwt_parts(narrowed["token"])
@@ -350,7 +356,7 @@ def test_bootstrap_admin_token_is_printed_once(tmp_path: Path) -> None:
 def test_build_scoped_token_reads_only_its_builds_history_and_no_usage(server: ServerProcess, world: World) -> None:
     """Issue 11, finding 7: a pull token for one build read the whole project's audit history and usage."""
     with api(server, world.token_a) as control:
-        scoped = control.create_token("pull", "one build", project_id=world.a, build_id=world.build_a)["token"]
+        scoped = control.create_token("pull", "one build", project_id=world.a, build_id=world.build_a).token
         for build in (world.build_a, world.build_a2):
             control.pin_build(build)
             control.unpin_build(build)
@@ -405,14 +411,14 @@ def test_another_projects_evicted_build_is_a_plain_not_found(
     gone = {}
     for key, project, token in (("b", world.b, world.token_b), ("a", world.a, world.token_a)):
         with api(server, token) as control:
-            build = control.create_build(project)["build_id"]
+            build = control.create_build(project).build_id
             push_image(server, project, build, token, tmp_path / key, seed=40)
             control.save_build(build)
         with api(server) as admin:
             admin.delete_build(build)
         gone[key] = build
     with api(server, world.token_a) as control:
-        scoped = control.create_token("pull", "one build", project_id=world.a, build_id=world.build_a)["token"]
+        scoped = control.create_token("pull", "one build", project_id=world.a, build_id=world.build_a).token
 
     def answers(token: str, build: str) -> list[str]:
         with http(server, token) as client:

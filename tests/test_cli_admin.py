@@ -18,6 +18,7 @@ from click.testing import CliRunner
 
 import cargohold.cli.admin  # noqa: F401  (registers the commands on the app)
 from cargohold.cli.main import app
+from cargohold.isotime import iso
 from cargohold.server.auth.credentials import CredentialKind, generate_token
 from conftest import ServerProcess
 from control_helpers import api, http, module_server_fixture
@@ -128,9 +129,9 @@ def test_projects_tokens_and_pull_token(server: ServerProcess, config: Path) -> 
 
 def test_pull_token_for_one_build_with_a_project_token(server: ServerProcess, config: Path) -> None:
     with api(server) as admin:
-        pid = admin.create_project("scoped")["id"]
-        project_token = admin.create_token("project", "ci", project_id=pid)["token"]
-        build = admin.create_build(pid)["build_id"]
+        pid = admin.create_project("scoped").id
+        project_token = admin.create_token("project", "ci", project_id=pid).token
+        build = admin.create_build(pid).build_id
     code, out, err = run("pull-token", "--registry", server.url, "--token", project_token, build, "--expires", "10m")
     assert code == 0, err
     with http(server, out.strip()) as client:
@@ -204,8 +205,8 @@ def test_errors_are_one_sentence(server: ServerProcess, config: Path) -> None:
     code, out, err = run("trust", "list")
     assert_one_sentence_error(code, out, err, "no project given")
     with api(server) as admin:
-        pid = admin.create_project("limited")["id"]
-        pull = admin.create_token("pull", "reader", project_id=pid)["token"]
+        pid = admin.create_project("limited").id
+        pull = admin.create_token("pull", "reader", project_id=pid).token
     code, out, err = run("projects", "create", "nope", "--token", pull)
     assert_one_sentence_error(code, out, err, "only an admin token may do this")
 
@@ -228,13 +229,13 @@ def test_tokens_and_trust_with_permissions(server: ServerProcess, config: Path) 
     # A pull token minted with a short-lived token dies with it, and the CLI says so.
     with api(server) as admin:
         brief = admin.create_token("project", "brief", project_id=pid, expires_in=600)
-    code, out, err = run("pull-token", "--token", brief["token"], "--project", pid, "--expires", "30d", "--json")
+    code, out, err = run("pull-token", "--token", brief.token, "--project", pid, "--expires", "30d", "--json")
     assert code == 0, err
-    assert json.loads(out)["expires_at"] == brief["expires_at"] and json.loads(out)["parent_id"] == brief["id"]
-    code, out, err = run("pull-token", "--token", brief["token"], "--project", pid, "--expires", "30d")
+    assert json.loads(out)["expires_at"] == iso(brief.expires_at) and json.loads(out)["parent_id"] == brief.id
+    code, out, err = run("pull-token", "--token", brief.token, "--project", pid, "--expires", "30d")
     assert code == 0 and out.strip().startswith("chl_") and len(out.strip()) == 40
-    assert f"It expires at {brief['expires_at']}, with the token that created it." in " ".join(err.split())
-    code, out, _ = run("tokens", "revoke", brief["id"])
+    assert f"It expires at {iso(brief.expires_at)}, with the token that created it." in " ".join(err.split())
+    code, out, _ = run("tokens", "revoke", brief.id)
     assert code == 0 and "and 2 token(s) minted from it" in out
 
     code, out, err = run(

@@ -148,7 +148,7 @@ def test_referrers_are_copied_via_fallback_tag(
             "layers": [
                 {"mediaType": "application/vnd.test.sig", "digest": str(sig_layer.digest), "size": sig_layer.size}
             ],
-            "subject": subject.to_dict(),
+            "subject": subject.to_json(),
         }
         data = json.dumps(body).encode()
         sig = Manifest(data, mediatypes.OCI_MANIFEST, Digest.of(data))

@@ -131,12 +131,12 @@ def test_referrers_fall_back_to_tag_schema(client: RegistryClient) -> None:
         None,
         b"signature",
         artifactType="application/vnd.test.sig",
-        subject=subject.descriptor().to_dict(),
+        subject=subject.descriptor().to_json(),
     )
     index = {
         "schemaVersion": 2,
         "mediaType": mediatypes.OCI_INDEX,
-        "manifests": [{**sig.descriptor().to_dict(), "artifactType": "application/vnd.test.sig"}],
+        "manifests": [{**sig.descriptor().to_json(), "artifactType": "application/vnd.test.sig"}],
     }
     data = json.dumps(index).encode()
     client.put_manifest("ref/app", referrers_tag(subject.digest), Manifest(data, mediatypes.OCI_INDEX, Digest.of(data)))

@@ -123,6 +123,7 @@ def test_pull_into_daemon_then_save_from_daemon(
     # The daemon pulled from Cargohold itself (a loopback registry is one of its insecure registries by default),
     # with the build-scoped pull token as X-Registry-Auth: no docker login, no load.
     assert pulled.via == "daemon-pull", stream.getvalue()
+    assert pulled.target is None, "no bake target was asked for (and the daemon's pull token stays out of results)"
     by_daemon = [
         line
         for line in server.log().splitlines()

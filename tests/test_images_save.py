@@ -42,7 +42,7 @@ def test_save_multiarch_index_whole_and_resave_uploads_nothing(
     # Every digest (images, attestation manifests and their blobs) is in the registry under the build tag.
     with ControlClient(server.url, server.admin_token) as control:
         build = control.get_build(first.build_id)
-    assert build["status"] == "saved" and build["save_tags"] == ["main"]
+    assert build.status == "saved" and build.save_tags == ["main"]
     raw, digest = skopeo_raw(f"docker://{server.host}/{conn.project}:{first.build_id}", creds=_creds(server))
     assert digest == sample.index.digest
     listed = {m["digest"] for m in json.loads(raw)["manifests"]}
@@ -119,9 +119,9 @@ def test_failure_marks_build_failed_naming_the_blob(server: ServerProcess, conn:
     message = str(caught.value)
     assert f"uploading blob {bad.digest}" in message and "marked failed" in message
     with ControlClient(server.url, server.admin_token) as control:
-        builds = control.list_builds(str(conn.project))["builds"]
-    assert len(builds) == 1 and builds[0]["status"] == "failed"
-    assert str(bad.digest) in json.dumps(builds[0])
+        builds = control.list_builds(str(conn.project)).builds
+    assert len(builds) == 1 and builds[0].status == "failed"
+    assert str(bad.digest) in json.dumps(builds[0].to_json())
 
 
 def test_bad_source_creates_no_build(server: ServerProcess, conn: Connection, tmp_path: Path) -> None:
@@ -131,4 +131,4 @@ def test_bad_source_creates_no_build(server: ServerProcess, conn: Connection, tm
         save_image(conn, f"docker-archive:{tmp_path / 'missing.tar'}")
     shutil.rmtree(tmp_path / "nothing", ignore_errors=True)
     with ControlClient(server.url, server.admin_token) as control:
-        assert control.list_builds(str(conn.project))["builds"] == []
+        assert control.list_builds(str(conn.project)).builds == []

@@ -23,7 +23,7 @@ def conn_fixture(server: ServerProcess) -> Iterator[Connection]:
     """A connection to a fresh server with one project, as the admin."""
     with ControlClient(server.url, server.admin_token) as control:
         project = control.create_project("images-test")
-    yield Connection(server.url, server.admin_token, "test", str(project["id"]))
+    yield Connection(server.url, server.admin_token, "test", str(project.id))
 
 
 @pytest.fixture(name="multiarch")

@@ -11,12 +11,11 @@ from pathlib import Path
 import pytest
 
 from cargohold.oci import mediatypes
+from cargohold.oci.descriptor import REF_NAME_ANNOTATION, Descriptor, DescriptorError
 from cargohold.oci.digest import Digest, DigestError
 from cargohold.oci.layout import (
-    REF_NAME_ANNOTATION,
     BlobNotFoundError,
     BlobVerificationError,
-    Descriptor,
     LayoutError,
     OCILayout,
     canonical_json,
@@ -214,13 +213,16 @@ def test_descriptor_round_trip_keeps_unknown_fields() -> None:
         "annotations": {"k": "v"},
         "artifactType": "application/x",
     }
-    assert Descriptor.from_dict(raw).to_dict() == raw
-    with pytest.raises(LayoutError):
-        Descriptor.from_dict({**raw, "digest": "sha256:bad"})
-    with pytest.raises(LayoutError):
-        Descriptor.from_dict({**raw, "size": -1})
-    with pytest.raises(LayoutError):
-        Descriptor.from_dict({"mediaType": "x", "size": 1})
+    assert Descriptor.from_json(raw).to_json() == raw
+    assert Descriptor.from_json({**raw, "data": "bA=="}).to_json() == {**raw, "data": "bA=="}
+    with pytest.raises(DescriptorError, match="descriptor: "):
+        Descriptor.from_json({**raw, "digest": "sha256:bad"})
+    with pytest.raises(DescriptorError, match="no valid size"):
+        Descriptor.from_json({**raw, "size": -1})
+    with pytest.raises(DescriptorError):
+        Descriptor.from_json({"mediaType": "x", "size": 1})
+    with pytest.raises(DescriptorError, match="annotations that are not a string map"):
+        Descriptor.from_json({**raw, "annotations": {"k": 1}})
 
 
 def test_read_index_rejects_garbage(tmp_path: Path) -> None:

@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives import serialization
 
 from cargohold.client.control import ControlError
 from cargohold.sample import write_sample_image
+from cargohold.schemas import TrustRelationship
 from conftest import ServerProcess
 from control_helpers import api, b64url, error_of, http, push_image
 from oidc_issuer import REPO, LoopbackOidcIssuer
@@ -78,9 +79,9 @@ def exchange(server: ServerProcess, jwt_text: str) -> httpx.Response:
         return client.post("/auth/oidc/github-actions", json={"token": jwt_text})
 
 
-def trusted_project(server: ServerProcess, repo: str, **trust: Any) -> tuple[str, dict[str, Any]]:
+def trusted_project(server: ServerProcess, repo: str, **trust: Any) -> tuple[str, TrustRelationship]:
     with api(server) as admin:
-        project = admin.create_project(f"oidc {repo}")["id"]
+        project = admin.create_project(f"oidc {repo}").id
         relationship = admin.add_trust(project, repository=repo, **trust)
     return project, relationship
 
@@ -104,7 +105,7 @@ def test_exchange_push_provenance_and_replay(
     server: ServerProcess, issuer: LoopbackOidcIssuer, tmp_path: Path, unknown_kid: tuple[str, str, float]
 ) -> None:
     project, relationship = trusted_project(server, "octo-org/app1")
-    assert relationship["repository_id"] is None  # learned on first use
+    assert relationship.repository_id is None  # learned on first use
     jwt_text = mint(issuer, "octo-org/app1", sha="c" * 40, run_id="555", run_attempt="2")
     response = exchange(server, jwt_text)
     assert response.status_code == 200, response.text
@@ -114,15 +115,15 @@ def test_exchange_push_provenance_and_replay(
 
     with api(server, body["token"]) as control:
         who = control.whoami()
-        assert who["kind"] == "oidc" and who["permissions"] == [
+        assert who.kind == "oidc" and [p.to_json() for p in who.permissions] == [
             {"project": project, "actions": ["pull", "push"], "build_id": None}
         ]
         build = control.create_build(project, provenance={"repository": "forged/by-client"})
-        image = push_image(server, project, build["build_id"], body["token"], tmp_path / "img")
-        saved = control.save_build(build["build_id"])
-        shown = control.get_build(build["build_id"])
-    assert saved["digest"] == str(image.manifest.digest)
-    provenance = shown["provenance"]
+        image = push_image(server, project, build.build_id, body["token"], tmp_path / "img")
+        saved = control.save_build(build.build_id)
+        shown = control.get_build(build.build_id)
+    assert saved.digest == str(image.manifest.digest)
+    provenance = shown.provenance
     assert provenance["repository"] == "octo-org/app1"  # verified claims win over what the client reports
     assert (provenance["sha"], provenance["run_id"], provenance["run_attempt"]) == ("c" * 40, "555", "2")
     assert provenance["workflow"] == "CI"
@@ -131,7 +132,7 @@ def test_exchange_push_provenance_and_replay(
 
     with api(server) as admin:
         learned = admin.list_trust(project)[0]
-    assert (learned["repository_owner_id"], learned["repository_id"]) == ("1001", "2002")
+    assert (learned.repository_owner_id, learned.repository_id) == ("1001", "2002")
 
     replayed = exchange(server, jwt_text)
     assert replayed.status_code == 401
@@ -281,7 +282,7 @@ def test_resurrected_repository_is_refused_once_ids_are_known(
         "the owner 'octo-org' has id 7777 but the trust relationship was set up with id 1001"
         in new_owner.json()["error"]
     )
-    assert relationship["id"] in error and project in error
+    assert relationship.id in error and project in error
 
 
 def test_pull_request_target_needs_an_explicit_opt_in(server: ServerProcess, issuer: LoopbackOidcIssuer) -> None:
@@ -292,14 +293,14 @@ def test_pull_request_target_needs_an_explicit_opt_in(server: ServerProcess, iss
     assert exchange(server, mint(issuer, "octo-org/prt", "pull_request")).status_code == 200
 
     allowed_project, relationship = trusted_project(server, "octo-org/prt-ok", allow_events=["pull_request_target"])
-    assert relationship["allow_events"] == ["pull_request_target"]
+    assert relationship.allow_events == ["pull_request_target"]
     allowed = exchange(server, mint(issuer, "octo-org/prt-ok", "pull_request_target"))
     assert allowed.status_code == 200 and allowed.json()["projects"] == [allowed_project]
 
 
 def test_pull_only_relationship_cannot_push(server: ServerProcess, issuer: LoopbackOidcIssuer) -> None:
     project, relationship = trusted_project(server, "octo-org/reader", pull_only=True)
-    assert relationship["pull_only"] is True
+    assert relationship.pull_only is True
     token = exchange(server, mint(issuer, "octo-org/reader")).json()["token"]
     with http(server, token) as client:
         assert client.get(f"/api/v1/projects/{project}").status_code == 200
@@ -326,7 +327,7 @@ def test_mismatches_are_listed_without_leaking_other_projects(
     refused = exchange(server, mint(issuer, "octo-org/mine"))
     assert refused.status_code == 403
     error = refused.json()["error"]
-    assert f"relationship {relationship['id']} (project {project})" in error
+    assert f"relationship {relationship.id} (project {project})" in error
     assert "ref 'refs/heads/main' does not match 'refs/tags/v*'" in error
     assert (
         "workflow is 'octo-org/mine/.github/workflows/ci.yml', the relationship requires "
@@ -334,7 +335,7 @@ def test_mismatches_are_listed_without_leaking_other_projects(
     ) in error
     assert "the job has no environment, the relationship requires 'production'" in error
     assert "runner_environment is 'github-hosted', the relationship requires 'self-hosted'" in error
-    for secret in (secret_project, secret_rel["id"], "secret-deploy", "vault-prod", "vaulted"):
+    for secret in (secret_project, secret_rel.id, "secret-deploy", "vault-prod", "vaulted"):
         assert secret not in error
 
     staging = exchange(server, mint(issuer, "octo-org/mine", "environment", environment="staging"))
@@ -378,7 +379,7 @@ def test_a_relationship_only_trusts_its_own_issuer(
 ) -> None:
     """Two trusted issuers can both mint a token naming octo-org/bound; only the bound one may use it."""
     _project, relationship = trusted_project(server, "octo-org/bound", issuer=issuer.url)
-    assert relationship["issuer"] == issuer.url
+    assert relationship.issuer == issuer.url
     foreign = exchange(server, mint(rotating_issuer, "octo-org/bound"))
     assert foreign.status_code == 403
     assert foreign.json() == {"ok": False, "error": "no trust relationship for repository octo-org/bound"}

@@ -21,6 +21,7 @@ from cargohold.client.control import ControlError
 from cargohold.metadata.db import Database
 from cargohold.metadata.store import MetadataStore, TooManyUploads
 from cargohold.sample import write_sample_image
+from cargohold.schemas import TokenCreated
 from conftest import ServerProcess
 from control_helpers import api, error_of, http, jwt_parts, module_server_fixture, push_image
 from fixtures_images import require_tools
@@ -31,10 +32,10 @@ server = module_server_fixture()
 MANIFEST_ACCEPT = "application/vnd.oci.image.manifest.v1+json"
 
 
-def _project_with_tokens(server: ServerProcess, name: str) -> tuple[str, dict[str, Any], dict[str, Any]]:
+def _project_with_tokens(server: ServerProcess, name: str) -> tuple[str, TokenCreated, TokenCreated]:
     """A project with a default project token (pull,push) and one that may also delete."""
     with api(server) as admin:
-        project = admin.create_project(name)["id"]
+        project = admin.create_project(name).id
         plain = admin.create_token("project", "ci", project_id=project)
         deleter = admin.create_token("project", "janitor", project_id=project, permissions=["pull", "push", "delete"])
     return project, plain, deleter
@@ -46,8 +47,12 @@ def _upload(client: httpx.Client, project: str) -> httpx.Response:
 
 def test_token_permissions_are_chosen_at_creation_within_the_kind(server: ServerProcess) -> None:
     project, plain, deleter = _project_with_tokens(server, "perm sets")
-    assert plain["permissions"] == [{"project": project, "actions": ["pull", "push"], "build_id": None}]
-    assert deleter["permissions"] == [{"project": project, "actions": ["delete", "pull", "push"], "build_id": None}]
+    assert [p.to_json() for p in plain.permissions] == [
+        {"project": project, "actions": ["pull", "push"], "build_id": None}
+    ]
+    assert [p.to_json() for p in deleter.permissions] == [
+        {"project": project, "actions": ["delete", "pull", "push"], "build_id": None}
+    ]
     with api(server) as admin:
         refusals = {
             "no pull": dict(kind="project", project_id=project, permissions=["push"]),
@@ -61,29 +66,29 @@ def test_token_permissions_are_chosen_at_creation_within_the_kind(server: Server
                 admin.request("POST", "/api/v1/tokens", json={"name": what, **fields})
             assert refused.value.status == 400 and refused.value.code == "INVALID", what
         scraper = admin.create_token("admin", "prometheus", permissions=["metrics"])
-    assert scraper["admin_permissions"] == ["metrics"] and scraper["permissions"] == []
-    with http(server, scraper["token"]) as client:
+    assert scraper.admin_permissions == ["metrics"] and scraper.permissions == []
+    with http(server, scraper.token) as client:
         assert client.get("/metrics").status_code == 200
         assert client.get("/api/v1/projects").json()["projects"] == []
         assert client.post("/api/v1/projects", json={"name": "nope"}).status_code == 403
         assert client.post("/api/v1/tokens", json={"kind": "admin"}).status_code == 403
         assert client.get("/api/v1/whoami").json()["admin_permissions"] == ["metrics"]
-    with http(server, deleter["token"]) as client:
+    with http(server, deleter.token) as client:
         assert client.get("/metrics").status_code == 403
 
 
 def test_delete_over_v2_needs_the_delete_permission(server: ServerProcess, tmp_path: Path) -> None:
     project, plain, deleter = _project_with_tokens(server, "perm v2")
-    image = push_image(server, project, "v1", plain["token"], tmp_path / "img")
+    image = push_image(server, project, "v1", plain.token, tmp_path / "img")
     loose = random_blob(300)
-    with http(server, plain["token"]) as client:
+    with http(server, plain.token) as client:
         location = _upload(client, project).headers["Location"]
         assert client.put(location, params={"digest": digest_of(loose)}, content=loose).status_code == 201
         for path in (f"/v2/{project}/manifests/{image.manifest.digest}", f"/v2/{project}/blobs/{digest_of(loose)}"):
             refused = client.delete(path)
             assert refused.status_code == 403, refused.text
             assert error_of(refused) == ("DENIED", f"the project credential 'ci' may not delete in {project}")
-    with http(server, deleter["token"]) as client:
+    with http(server, deleter.token) as client:
         assert client.delete(f"/v2/{project}/manifests/{image.manifest.digest}").status_code == 202
         assert client.delete(f"/v2/{project}/blobs/{digest_of(loose)}").status_code == 202
         assert client.get(f"/v2/{project}/manifests/v1", headers={"Accept": MANIFEST_ACCEPT}).status_code == 404
@@ -100,17 +105,17 @@ def _granted(server: ServerProcess, token: str, scope: str) -> list[dict[str, An
 def test_token_endpoint_grants_delete_only_to_credentials_that_hold_it(server: ServerProcess) -> None:
     project, plain, deleter = _project_with_tokens(server, "perm scopes")
     with api(server) as admin:
-        reader = admin.create_token("pull", "reader", project_id=project)["token"]
+        reader = admin.create_token("pull", "reader", project_id=project).token
 
     def actions(token: str, wanted: str) -> list[str]:
         granted = _granted(server, token, f"repository:{project}:{wanted}")
         return granted[0]["actions"] if granted else []
 
     # distribution clients ask for "delete"; containers/image (skopeo) asks for "*" (every action).
-    assert actions(deleter["token"], "delete") == ["delete"]
-    assert actions(deleter["token"], "*") == ["delete", "pull", "push"]
-    assert actions(plain["token"], "delete") == []
-    assert actions(plain["token"], "*") == ["pull", "push"]
+    assert actions(deleter.token, "delete") == ["delete"]
+    assert actions(deleter.token, "*") == ["delete", "pull", "push"]
+    assert actions(plain.token, "delete") == []
+    assert actions(plain.token, "*") == ["pull", "push"]
     assert actions(reader, "*") == ["pull"]
     assert actions(server.admin_token, "*") == ["delete", "pull", "push"]
 
@@ -140,27 +145,27 @@ def test_skopeo_delete_is_denied_without_delete_and_accepted_with_it(server: Ser
     env = {**os.environ, "REGISTRY_AUTH_FILE": str(tmp_path / "auth.json")}
     target = f"docker://{server.host}/{project}:doomed"
     copied = _skopeo(
-        "copy", "--dest-tls-verify=false", "--dest-creds", f"x-token:{plain['token']}", f"oci:{layout}:img", target
+        "copy", "--dest-tls-verify=false", "--dest-creds", f"x-token:{plain.token}", f"oci:{layout}:img", target
     )
     assert copied.returncode == 0, copied.stderr
 
     before = len(server.log())
-    denied = _skopeo("delete", "--tls-verify=false", "--creds", f"x-token:{plain['token']}", target, env=env)
+    denied = _skopeo("delete", "--tls-verify=false", "--creds", f"x-token:{plain.token}", target, env=env)
     assert denied.returncode != 0
     assert _statuses(server, before, "DELETE", project) == ["403"], server.log()[before:]
     assert "denied" in denied.stderr.lower() or "403" in denied.stderr, denied.stderr
 
     before = len(server.log())
-    deleted = _skopeo("delete", "--tls-verify=false", "--creds", f"x-token:{deleter['token']}", target, env=env)
+    deleted = _skopeo("delete", "--tls-verify=false", "--creds", f"x-token:{deleter.token}", target, env=env)
     assert deleted.returncode == 0, deleted.stderr
     assert _statuses(server, before, "DELETE", project) == ["202"], server.log()[before:]
-    with http(server, deleter["token"]) as client:
+    with http(server, deleter.token) as client:
         assert client.get(f"/v2/{project}/manifests/doomed", headers={"Accept": MANIFEST_ACCEPT}).status_code == 404
 
 
 def _saved_build(server: ServerProcess, token: str, project: str, layout: Path, seed: int, tags: list[str]) -> str:
     with api(server, token) as control:
-        build = control.create_build(project)["build_id"]
+        build = control.create_build(project).build_id
         push_image(server, project, build, token, layout, seed=seed)
         control.save_build(build, save_tags=tags)
     return build
@@ -170,12 +175,12 @@ def test_deleting_a_builds_image_over_v2_evicts_the_build_with_an_audit_entry(
     server: ServerProcess, tmp_path: Path
 ) -> None:
     project, plain, deleter = _project_with_tokens(server, "perm builds")
-    by_digest = _saved_build(server, plain["token"], project, tmp_path / "one", 1, ["main"])
-    by_tag = _saved_build(server, plain["token"], project, tmp_path / "two", 2, [])
-    with api(server, plain["token"]) as control:
-        digest = control.get_build(by_digest)["digest"]
+    by_digest = _saved_build(server, plain.token, project, tmp_path / "one", 1, ["main"])
+    by_tag = _saved_build(server, plain.token, project, tmp_path / "two", 2, [])
+    with api(server, plain.token) as control:
+        digest = control.get_build(by_digest).digest
 
-    with http(server, deleter["token"]) as client:
+    with http(server, deleter.token) as client:
         # A save-tag is only a name: the build keeps its image and loses its claim on the tag.
         assert client.delete(f"/v2/{project}/manifests/main").status_code == 202
         kept = client.get(f"/api/v1/builds/{by_digest}")
@@ -200,15 +205,15 @@ def test_deleting_a_builds_image_over_v2_evicts_the_build_with_an_audit_entry(
     for event in evictions.values():
         assert event["rule"] == "manual" and event["actor"] == "project:janitor"
         assert event["detail"]["via"] == "registry"
-    with api(server, plain["token"]) as control:
-        assert [b["id"] for b in control.list_builds(project)["builds"]] == []
+    with api(server, plain.token) as control:
+        assert [b.id for b in control.list_builds(project).builds] == []
 
 
 def test_a_push_credential_may_cancel_its_own_upload_sessions(server: ServerProcess) -> None:
     project, plain, _deleter = _project_with_tokens(server, "perm uploads")
     with api(server) as admin:
-        other = admin.create_token("project", "other ci", project_id=project)["token"]
-    with http(server, plain["token"]) as mine, http(server, other) as theirs:
+        other = admin.create_token("project", "other ci", project_id=project).token
+    with http(server, plain.token) as mine, http(server, other) as theirs:
         own = _upload(mine, project).headers["Location"]
         assert mine.delete(own).status_code == 204
         assert mine.get(own).status_code == 404
@@ -235,9 +240,9 @@ def capped_server(tmp_path: Path) -> Iterator[ServerProcess]:
 
 def test_open_upload_sessions_are_capped_per_credential(capped_server: ServerProcess) -> None:
     with api(capped_server) as admin:
-        project = admin.create_project("capped")["id"]
-        token = admin.create_token("project", "ci", project_id=project)["token"]
-        other = admin.create_token("project", "other", project_id=project)["token"]
+        project = admin.create_project("capped").id
+        token = admin.create_token("project", "ci", project_id=project).token
+        other = admin.create_token("project", "other", project_id=project).token
     data = random_blob(100)
     with http(capped_server, token) as client, http(capped_server, other) as neighbour:
         sessions = [_upload(client, project).headers["Location"] for _ in range(3)]

@@ -141,7 +141,7 @@ def notices(stderr: str) -> list[str]:
 def new_project(server: ServerProcess, name: str) -> Connection:
     with ControlClient(server.url, server.admin_token) as control:
         project = control.create_project(name)
-    return Connection(server.url, server.admin_token, "test", str(project["id"]))
+    return Connection(server.url, server.admin_token, "test", str(project.id))
 
 
 def upload_sessions(server: ServerProcess) -> set[Path]:

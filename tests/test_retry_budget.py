@@ -12,6 +12,7 @@ import ssl
 import threading
 import time
 from collections.abc import Iterator
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -21,7 +22,7 @@ from cargohold.actions.runtime import ActionError, ActionRuntime
 from cargohold.client.control import ControlClient, ControlError
 from cargohold.client.errors import DigestMismatchError, RegistryError
 from cargohold.client.retry import RetryPolicy, ServerUnavailable
-from cargohold.client.settings import exchange_github_oidc
+from cargohold.client.settings import SettingsError, exchange_github_oidc
 from conftest import ServerProcess
 from control_helpers import module_server_fixture
 from oidc_issuer import LoopbackOidcIssuer, oidc_issuer_fixture
@@ -273,7 +274,7 @@ def _post_build(server: ServerProcess, project: str, key: str | None, token: str
 
 def test_a_repeated_create_build_gets_the_build_its_first_request_created(server: ServerProcess) -> None:
     with ControlClient(server.url, server.admin_token) as admin:
-        project = str(admin.create_project("idempotent builds")["id"])
+        project = str(admin.create_project("idempotent builds").id)
         key = "c0ffee" * 5
         first, again = _post_build(server, project, key), _post_build(server, project, key)
         assert (first.status_code, again.status_code) == (201, 200)
@@ -281,10 +282,10 @@ def test_a_repeated_create_build_gets_the_build_its_first_request_created(server
         assert first.json()["token"] != again.json()["token"], "the repeated answer carries a token of its own"
         other = _post_build(server, project, "d00d" * 8)
         assert other.status_code == 201 and other.json()["build_id"] != first.json()["build_id"]
-        assert len(admin.list_builds(project)["builds"]) == 2
+        assert len(admin.list_builds(project).builds) == 2
         bad = _post_build(server, project, "short")
         assert bad.status_code == 400 and "Idempotency-Key" in bad.json()["errors"][0]["message"]
-        someone_else = admin.create_token("project", "someone else", project_id=project)["token"]
+        someone_else = admin.create_token("project", "someone else", project_id=project).token
         stolen = _post_build(server, project, key, token=someone_else)
         assert stolen.status_code == 409
 
@@ -297,14 +298,14 @@ def proxy(server: ServerProcess) -> Iterator[FaultProxy]:
 
 def test_a_lost_answer_to_create_build_is_retried_into_the_same_build(server: ServerProcess, proxy: FaultProxy) -> None:
     with ControlClient(server.url, server.admin_token) as admin:
-        project = str(admin.create_project("lost answers")["id"])
+        project = str(admin.create_project("lost answers").id)
     proxy.faults.append(Fault("POST", f"/projects/{project}/builds", drop_response_after=1))
     with ControlClient(f"http://{proxy.host}", server.admin_token, retry=RetryPolicy(notify=lambda _m: None)) as client:
         build = client.create_build(project)
-        assert len(client.list_builds(project)["builds"]) == 1
+        assert len(client.list_builds(project).builds) == 1
     posts = [seen for seen in proxy.seen if seen.method == "POST"]
     assert len(posts) == 2 and posts[0].headers["Idempotency-Key"] == posts[1].headers["Idempotency-Key"]
-    assert build["build_id"]
+    assert build.build_id
 
 
 def test_a_lost_answer_to_create_token_is_not_repeated(server: ServerProcess, proxy: FaultProxy) -> None:
@@ -332,3 +333,30 @@ def test_the_cli_repeats_an_oidc_exchange_with_a_fresh_id_token(
     [accepted] = fake_registry.received_jwts
     assert accepted not in fake_registry.rejected_jwts, "each try sent an ID token of its own"
     assert len(set(fake_registry.rejected_jwts)) == 2
+
+
+def test_the_cli_waits_out_githubs_token_service_like_the_actions_do(
+    oidc_issuer: LoopbackOidcIssuer, fake_registry: FakeRegistry
+) -> None:
+    """One exchange, one retry policy: the CLI's ID-token request is retried through an outage too."""
+    oidc_issuer.actions_unavailable = 2
+    policy, clock, notices = virtual_policy()
+    token = exchange_github_oidc(fake_registry.url, oidc_issuer.actions_env(), retry=policy)
+    assert token == fake_registry.issued
+    assert oidc_issuer.requests["/actions-token"] == 3 and len(clock.waits) == 2
+    assert notices == [f"{urlsplit(oidc_issuer.url).netloc} is unavailable (503); retrying for up to 1 min"]
+
+
+def test_the_cli_words_a_refused_exchange_for_its_own_options(
+    oidc_issuer: LoopbackOidcIssuer, fake_registry: FakeRegistry
+) -> None:
+    fake_registry.refuse = "no trust relationship for repository octo-org/app"
+    policy, _clock, _notices = virtual_policy()
+    with pytest.raises(SettingsError) as refused:
+        exchange_github_oidc(fake_registry.url, oidc_issuer.actions_env(), retry=policy)
+    assert str(refused.value) == (
+        f"exchanging the GitHub OIDC token at {fake_registry.url} failed: "
+        "no trust relationship for repository octo-org/app"
+    )
+    with pytest.raises(SettingsError, match=r"no GitHub OIDC token available: add `permissions: id-token: write`"):
+        exchange_github_oidc(fake_registry.url, {}, retry=policy)

@@ -61,7 +61,7 @@ def source(tmp_path: Path) -> Iterator[ServerProcess]:
 def _connect(server: ServerProcess) -> Connection:
     with ControlClient(server.url, server.admin_token) as control:
         project = control.create_project("server-push")
-    return Connection(server.url, server.admin_token, "test", str(project["id"]))
+    return Connection(server.url, server.admin_token, "test", str(project.id))
 
 
 def _saved_build(server: ServerProcess, layout_dir: Path) -> tuple[Connection, SaveResult]:
@@ -170,7 +170,7 @@ def test_server_push_to_a_token_registry_hands_over_a_scoped_token_only(
     destination = _start(tmp_path, "destination", [])
     try:
         with ControlClient(destination.url, destination.admin_token) as control:
-            target_project = str(control.create_project("target")["id"])
+            target_project = str(control.create_project("target").id)
         monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "empty-docker-config"))
         monkeypatch.setenv("CARGOHOLD_PUSH_REGISTRY_USERNAME", "x-token")
         monkeypatch.setenv("CARGOHOLD_PUSH_REGISTRY_PASSWORD", destination.admin_token)
@@ -299,8 +299,8 @@ def test_api_only_copies_blobs_the_caller_may_pull(source: ServerProcess, multia
     layout_dir, sample = multiarch
     conn, _ = _saved_build(source, layout_dir)
     with ControlClient(source.url, source.admin_token) as control:
-        other = str(control.create_project("other")["id"])
-        secret = control.create_token("pull", "other-pull", project_id=other)["token"]
+        other = str(control.create_project("other").id)
+        secret = control.create_token("pull", "other-pull", project_id=other).token
     body = _body(str(conn.project), str(sample.images[0].manifest.digest), f"http://127.0.0.1:{free_port()}")
     with source.client(secret) as client:
         response = client.post("/api/v1/blob-copies", json=body)

@@ -94,7 +94,7 @@ def conn(faulty: FaultyServer, tmp_path_factory: pytest.TempPathFactory) -> Conn
     """A project with two saved builds, which every consistency check pulls."""
     with ControlClient(faulty.url, faulty.admin_token) as control:
         project = control.create_project("faults")
-    connection = Connection(faulty.url, faulty.admin_token, "test", str(project["id"]))
+    connection = Connection(faulty.url, faulty.admin_token, "test", str(project.id))
     images = tmp_path_factory.mktemp("images")
     for seed in (1, 2):
         write_sample_image(images / str(seed), layers=2, layer_size=MiB, seed=seed, ref="v1")
@@ -321,7 +321,7 @@ def test_eio_reading_a_config_while_saving(faulty: FaultyServer, conn: Connectio
     # A lasting one: the same image tagged for a new build, saved with a client that does not wait to retry.
     repo = str(conn.project)
     with ControlClient(faulty.url, faulty.admin_token, retry=RetryPolicy(sleep=lambda _: None)) as control:
-        build = str(control.create_build(repo)["build_id"])
+        build = str(control.create_build(repo).build_id)
         with _client(faulty) as http:
             manifest = http.get(f"/v2/{repo}/manifests/{saved.build_id}", headers={"Accept": image.manifest.media_type})
             put = http.put(
@@ -335,7 +335,7 @@ def test_eio_reading_a_config_while_saving(faulty: FaultyServer, conn: Connectio
             control.save_build(build)
         assert raised.value.status == 500
         assert "storage I/O error (Input/output error (EIO))" in str(raised.value)
-        assert control.get_build(build)["status"] == "pending"
+        assert control.get_build(build).status == "pending"
     lines = window.lines("/save failed: storage I/O error", "EIO")
     assert len(lines) == 1 + faulty.fired(), lines  # one line per answered request, no traceback
     _check_consistent(conn, tmp_path, window)

@@ -168,7 +168,7 @@ def _start(proc: ServerProcess, log_path: Path) -> None:
 def conn(server: ServerProcess) -> Connection:
     with ControlClient(server.url, server.admin_token) as control:
         project = control.create_project("full-disk")
-    return Connection(server.url, server.admin_token, "test", str(project["id"]))
+    return Connection(server.url, server.admin_token, "test", str(project.id))
 
 
 def cli(conn: Connection, tmp_path: Path, *args: str, project: bool = True) -> subprocess.CompletedProcess[str]:
@@ -222,9 +222,7 @@ def health(server: ServerProcess) -> dict[str, object]:
 
 def build_ids(conn: Connection) -> set[str]:
     with ControlClient(conn.registry, conn.token) as control:
-        return {
-            str(b["id"]) for b in control.list_builds(str(conn.project), limit=500)["builds"] if b["status"] == "saved"
-        }
+        return {str(b.id) for b in control.list_builds(str(conn.project), limit=500).builds if b.status == "saved"}
 
 
 def test_an_oversize_save_is_refused_before_the_disk_fills(
@@ -291,7 +289,7 @@ def test_a_full_disk_keeps_serving_and_makes_room_by_itself(
     assert build_ids(conn) == {ids["pinned"], ids["newest"]}
     with ControlClient(server.url, server.admin_token) as control:
         history = control.project_history(str(conn.project), build_id=ids["old"])
-    assert history[0]["rule"] == "space" and "to free storage space" in str(history[0]["message"])
+    assert history[0].rule == "space" and "to free storage space" in str(history[0].message)
     for name in ("pinned", "newest"):
         assert_pulls_identical(conn, ids[name], layouts[name], tmp_path / "out")
 
@@ -341,7 +339,7 @@ def test_a_full_disk_keeps_serving_and_makes_room_by_itself(
     fill(disk)
     with ControlClient(server.url) as anonymous:
         exchanged = anonymous.exchange_oidc(issuer.mint("push"))
-    job = Connection(server.url, str(exchanged["token"]), "oidc", str(conn.project))
+    job = Connection(server.url, str(exchanged.token), "oidc", str(conn.project))
     assert_pulls_identical(job, ids["pinned"], layouts["pinned"], tmp_path / "out")
     assert "Traceback" not in window.text()
 

@@ -72,9 +72,9 @@ def _oidc_jwt(issuer: LoopbackOidcIssuer, repo: str) -> str:
 def _trusted(server: ServerProcess, repo: str, **trust: Any) -> tuple[str, str]:
     """A project trusting ``repo``; returns (project id, trust relationship id)."""
     with api(server) as admin:
-        project = admin.create_project(f"lineage {repo}")["id"]
+        project = admin.create_project(f"lineage {repo}").id
         relationship = admin.add_trust(project, repository=repo, **trust)
-    return project, relationship["id"]
+    return project, relationship.id
 
 
 def _exchange(server: ServerProcess, issuer: LoopbackOidcIssuer, repo: str) -> dict[str, Any]:
@@ -132,28 +132,29 @@ def test_build_tokens_creating_builds_never_outlive_the_first_credential(
         with api(server, token) as control:
             build = control.create_build(project)
         # A build token is meant to live 6 hours, but never longer than what created the build.
-        assert _at(build["token_expires_at"]) <= oidc_expiry
-        token = build["token"]
+        assert build.token_expires_at <= oidc_expiry
+        token = build.token
     with http(server, token) as client:
         assert client.get("/api/v1/whoami").json()["expires_at"] == exchanged["expires_at"]
 
 
 def test_build_scoped_pull_token_cannot_renew_itself_through_pull_info(server: ServerProcess, tmp_path: Path) -> None:
     with api(server) as admin:
-        project = admin.create_project("lineage pull-info")["id"]
-        owner = admin.create_token("project", "ci", project_id=project)["token"]
+        project = admin.create_project("lineage pull-info").id
+        owner = admin.create_token("project", "ci", project_id=project).token
     with api(server, owner) as control:
-        build = control.create_build(project)["build_id"]
+        build = control.create_build(project).build_id
         push_image(server, project, build, owner, tmp_path / "img")
         control.save_build(build)
         scoped = control.create_token("pull", "short", project_id=project, build_id=build, expires_in=2)
-    scoped_expiry = _at(scoped["expires_at"])
-    token = scoped["token"]
+    scoped_expiry = scoped.expires_at
+    assert scoped_expiry is not None
+    token = scoped.token
     for _round in range(3):
         with api(server, token) as reader:
             renewed = reader.pull_info(build)
-        assert _at(renewed["token_expires_at"]) <= scoped_expiry, "pull-info extended a build-scoped token"
-        token = renewed["token"]
+        assert renewed.token_expires_at <= scoped_expiry, "pull-info extended a build-scoped token"
+        token = renewed.token
     # Once the first token expires, every token it led to is dead too.
     deadline = time.monotonic() + 10
     with http(server, token) as client:
@@ -164,31 +165,31 @@ def test_build_scoped_pull_token_cannot_renew_itself_through_pull_info(server: S
 
 def test_revoking_a_token_revokes_everything_minted_from_it(server: ServerProcess, tmp_path: Path) -> None:
     with api(server) as admin:
-        project = admin.create_project("lineage revoke")["id"]
+        project = admin.create_project("lineage revoke").id
         parent = admin.create_token("project", "ci", project_id=project)
-    with api(server, parent["token"]) as control:
+    with api(server, parent.token) as control:
         build = control.create_build(project)
-        push_image(server, project, build["build_id"], build["token"], tmp_path / "img")
-        control.save_build(build["build_id"])
+        push_image(server, project, build.build_id, build.token, tmp_path / "img")
+        control.save_build(build.build_id)
         reader = control.create_token("pull", "reader", project_id=project)
-    with api(server, reader["token"]) as control:
-        grandchild = control.pull_info(build["build_id"])
-    children = {"build token": build["token"], "pull token": reader["token"], "pull-info token": grandchild["token"]}
+    with api(server, reader.token) as control:
+        grandchild = control.pull_info(build.build_id)
+    children = {"build token": build.token, "pull token": reader.token, "pull-info token": grandchild.token}
     for token in children.values():
         with http(server, token) as client:
             assert client.get("/api/v1/whoami").status_code == 200
 
     with api(server) as admin:
-        result = admin.revoke_token(parent["id"])
-    for what, token in {"parent": parent["token"], **children}.items():
+        result = admin.revoke_token(parent.id)
+    for what, token in {"parent": parent.token, **children}.items():
         try:
             _refused_as_revoked(server, token, project)
         except AssertionError as exc:
             raise AssertionError(f"{what}: {exc}") from None
-    assert result == {"id": parent["id"], "revoked": True, "descendants_revoked": 3}
+    assert result.to_json() == {"id": parent.id, "revoked": True, "descendants_revoked": 3}
     with api(server) as admin:
-        listed = {t["id"]: t for t in admin.list_tokens(project, include_inactive=True)}
-    assert listed[reader["id"]]["parent_id"] == parent["id"] and listed[reader["id"]]["revoked_at"] is not None
+        listed = {t.id: t for t in admin.list_tokens(project, include_inactive=True)}
+    assert listed[reader.id].parent_id == parent.id and listed[reader.id].revoked_at is not None
 
 
 def test_deleting_a_trust_relationship_revokes_what_was_exchanged_through_it(
@@ -198,8 +199,8 @@ def test_deleting_a_trust_relationship_revokes_what_was_exchanged_through_it(
     exchanged = _exchange(server, issuer, "octo-org/lineage-trust")["token"]
     raw_jwt = _oidc_jwt(issuer, "octo-org/lineage-trust")  # used directly as a password: exchanged on first sight
     with api(server, exchanged) as control:
-        build_token = control.create_build(project)["token"]
-        pull_token = control.create_token("pull", "reader", project_id=project, expires_in=YEAR)["token"]
+        build_token = control.create_build(project).token
+        pull_token = control.create_token("pull", "reader", project_id=project, expires_in=YEAR).token
     with http(server, raw_jwt) as client:
         assert client.get(f"/v2/{project}/tags/list").status_code in (200, 404)  # authenticated either way
     with api(server) as admin:
@@ -209,7 +210,7 @@ def test_deleting_a_trust_relationship_revokes_what_was_exchanged_through_it(
     with http(server, raw_jwt) as client:
         response = client.get(f"/v2/{project}/tags/list")
     assert response.status_code == 401 and "was revoked" in error_of(response)[1]
-    assert removed == {"id": trust_id, "removed": True, "credentials_revoked": 4}
+    assert removed.to_json() == {"id": trust_id, "removed": True, "credentials_revoked": 4}
 
 
 def test_trust_relationship_may_grant_delete(server: ServerProcess, issuer: LoopbackOidcIssuer, tmp_path: Path) -> None:
@@ -217,7 +218,7 @@ def test_trust_relationship_may_grant_delete(server: ServerProcess, issuer: Loop
     plain, _ = _trusted(server, "octo-org/lineage-nodelete")
     with api(server) as admin:
         relationships = admin.list_trust(project)
-    assert relationships[0]["permissions"] == ["delete", "pull", "push"] and relationships[0]["pull_only"] is False
+    assert relationships[0].permissions == ["delete", "pull", "push"] and relationships[0].pull_only is False
     for repo, pid, expected in (("octo-org/lineage-delete", project, 202), ("octo-org/lineage-nodelete", plain, 403)):
         token = _exchange(server, issuer, repo)["token"]
         image = push_image(server, pid, "v1", token, tmp_path / repo.split("/")[1])

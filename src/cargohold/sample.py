@@ -21,8 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from cargohold.oci import mediatypes
+from cargohold.oci.descriptor import Descriptor
 from cargohold.oci.digest import Digest
-from cargohold.oci.layout import Descriptor, OCILayout
+from cargohold.oci.layout import OCILayout
 
 PIECE = 1 << 20
 """PRNG output granularity. Fixed, so the byte stream never depends on how tarfile sizes its reads."""
@@ -99,7 +100,7 @@ class _RandomStream(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
-    def readinto(self, buffer: Any) -> int:  # type: ignore[override]
+    def readinto(self, buffer: Any) -> int:
         if self._pos == len(self._piece):
             if self._remaining == 0:
                 return 0
@@ -205,8 +206,8 @@ def write_sample_image(
     manifest = {
         "schemaVersion": 2,
         "mediaType": mediatypes.OCI_MANIFEST,
-        "config": config_desc.to_dict(),
-        "layers": [d.to_dict() for d in layer_descs],
+        "config": config_desc.to_json(),
+        "layers": [d.to_json() for d in layer_descs],
     }
     manifest_desc = layout.write_json(manifest, mediatypes.OCI_MANIFEST)
     if ref is not None:
@@ -245,8 +246,8 @@ def _write_attestation(layout: OCILayout, image: SampleImage, seed: int) -> tupl
         {
             "schemaVersion": 2,
             "mediaType": mediatypes.OCI_MANIFEST,
-            "config": config.to_dict(),
-            "layers": [layer.to_dict()],
+            "config": config.to_json(),
+            "layers": [layer.to_json()],
         },
         mediatypes.OCI_MANIFEST,
         platform={"architecture": "unknown", "os": "unknown"},
@@ -304,7 +305,7 @@ def write_sample_index(
     index = {
         "schemaVersion": 2,
         "mediaType": mediatypes.OCI_INDEX,
-        "manifests": [d.to_dict() for d in [*entries, *attestation_manifests]],
+        "manifests": [d.to_json() for d in [*entries, *attestation_manifests]],
     }
     index_desc = layout.write_json(index, mediatypes.OCI_INDEX)
     if ref is not None:

@@ -16,6 +16,7 @@ import httpx
 
 from cargohold.actions.oidc import RegistryToken, registry_base, resolve_token
 from cargohold.actions.runtime import ActionError, ActionRuntime
+from cargohold.client.errors import CargoholdError
 from cargohold.client.retry import RetryPolicy
 
 REGISTRY_ENV = "CARGOHOLD_REGISTRY"
@@ -141,7 +142,7 @@ def project_for_saving(registry: Registry, token: RegistryToken, project: str | 
 
         try:
             with ControlClient(registry.url, token.token) as control:
-                reachable = [str(p["id"]) for p in control.list_projects()]
+                reachable = [project.id for project in control.list_projects()]
         except ControlError as exc:
             raise ActionError(
                 f"could not list the projects this token reaches ({exc}); set the 'project' input",
@@ -163,32 +164,18 @@ def project_for_saving(registry: Registry, token: RegistryToken, project: str | 
 
 @contextmanager
 def images_errors(title: str) -> Iterator[None]:
-    """Turn the images layer's known failures into one annotation with its one-sentence fix.
+    """Turn the client library's failures (every :class:`CargoholdError`) into one annotation titled ``title``.
 
     Those exceptions already carry a message meant for people; only anything else is treated as a bug by
     :func:`cargohold.actions.runtime.run_action` (traceback and a request to report it).
     """
-    from cargohold.client.control import ControlError
-    from cargohold.client.credentials import CredentialsError
-    from cargohold.client.errors import RegistryError, is_storage_full
-    from cargohold.client.settings import SettingsError
-    from cargohold.images import ImageError
-    from cargohold.oci.archive import ArchiveError
-    from cargohold.oci.imageref import ImageReferenceError
-    from cargohold.oci.layout import LayoutError
+    from cargohold.client.errors import is_storage_full
 
     try:
         yield
-    except (
-        ImageError,
-        RegistryError,
-        ControlError,
-        CredentialsError,
-        SettingsError,
-        ArchiveError,
-        LayoutError,
-        ImageReferenceError,
-    ) as exc:
+    except ActionError:
+        raise
+    except CargoholdError as exc:
         if is_storage_full(exc):
             title = "Cargohold's storage is full"
         raise ActionError(str(exc).strip() or type(exc).__name__, title=title) from None

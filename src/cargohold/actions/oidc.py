@@ -4,48 +4,35 @@ Order (first hit wins), so an explicit choice always beats the ambient one:
 
 1. the action's ``token`` input (how fork pull requests authenticate: they never get an ID token);
 2. ``CARGOHOLD_TOKEN`` in the step's environment;
-3. GitHub OIDC: ask the runner for a fresh ID token with the registry's audience (from the ``audience``
-   input, else the registry's discovery document ``GET <registry>/api/v1/oidc``), then exchange it at
-   ``POST <registry>/auth/oidc/github-actions`` for a short-lived ``cho_`` token scoped by the project's
-   trust relationships.
+3. GitHub OIDC, through the one exchange the CLI uses too (:mod:`cargohold.client.oidc`): the registry's
+   audience (the ``audience`` input, else its discovery document), a fresh ID token from the runner for
+   every try, the exchange at the registry the user named.
 
-Why mint per exchange: GitHub's ID tokens live five minutes and the registry accepts each ``jti`` once, so
-a cached token would fail a retried or later step; for the same reason every retry of the exchange (the
-registry restarting, say) mints a fresh ID token. Why exchange instead of sending the JWT with every
-request: the exchanged token is what docker-style clients and the registry's token service understand.
-
-Retries follow the step's retry policy (:mod:`cargohold.client.retry`, the ``retry-for`` input): connection
-failures, 429 and 5xx answers are retried until the budget is spent, anything else fails at once.
-
-The JWT and the exchanged token are masked the moment we hold them, and are never written to outputs or
-``$GITHUB_ENV``. The exchange is always sent to the registry the user named, never to a URL a discovery
-document suggests, so a compromised or confused discovery response cannot redirect the ID token elsewhere.
+This module adds what is particular to an action: the JWT and the exchanged token are masked the moment we
+hold them (and never written to outputs or ``$GITHUB_ENV``); failures become annotations whose fix names the
+action's inputs; a refused token puts its non-secret claims in the job summary, to compare with the trust
+relationship. Retries follow the step's retry policy (the ``retry-for`` input).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from typing import Any
 
 import httpx
 import jwt
 
 from cargohold import __version__
 from cargohold.actions.runtime import ActionError, ActionRuntime, markdown_code, markdown_escape, markdown_table
-from cargohold.client.errors import RegistryError
-from cargohold.client.retry import RetryPolicy, ServerUnavailable
-
-T = TypeVar("T")
+from cargohold.client import oidc
+from cargohold.client.oidc import audience_url
+from cargohold.client.retry import RetryPolicy
+from cargohold.isotime import iso
 
 TOKEN_ENV = "CARGOHOLD_TOKEN"  # noqa: S105 (a variable name, not a secret)
-REQUEST_URL_ENV = "ACTIONS_ID_TOKEN_REQUEST_URL"
-REQUEST_TOKEN_ENV = "ACTIONS_ID_TOKEN_REQUEST_TOKEN"  # noqa: S105 (a variable name)
-DISCOVERY_PATH = "/api/v1/oidc"
-EXCHANGE_PATH = "/auth/oidc/github-actions"
 TIMEOUT = httpx.Timeout(30.0, connect=10.0)
 
 MISSING_PERMISSION = (
@@ -79,13 +66,6 @@ class RegistryToken:
     projects: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True, slots=True)
-class OidcDiscovery:
-    audience: str
-    issuers: tuple[str, ...]
-    exchange_url: str | None
-
-
 def registry_base(registry: str) -> str:
     """The registry's base URL, by the same rules as the CLI (``https`` unless the host is loopback)."""
     from cargohold.client.settings import SettingsError, normalize_registry_url
@@ -97,90 +77,6 @@ def registry_base(registry: str) -> str:
             f"the registry {registry!r} is not a Cargohold URL; set 'registry' to e.g. https://cargohold.example.com",
             title="Invalid input",
         ) from None
-
-
-def audience_url(request_url: str, audience: str) -> str:
-    """The runner's token URL with ``audience`` set, whether or not it already carries a query string.
-
-    Any ``audience`` already in the URL is replaced, so the token is always minted for the registry.
-    """
-    parts = urlsplit(request_url)
-    query = [(key, value) for key, value in parse_qsl(parts.query, keep_blank_values=True) if key != "audience"]
-    query.append(("audience", audience))
-    return urlunsplit((parts.scheme, parts.netloc, parts.path, urlencode(query), parts.fragment))
-
-
-def _checked(response: httpx.Response, what: str) -> httpx.Response:
-    """The response, or a :class:`RegistryError` for answers worth retrying (429, 5xx)."""
-    if response.status_code == 429 or response.status_code >= 500:
-        raise RegistryError.from_response(what, response)
-    return response
-
-
-def _retried(fn: Callable[[], T], *, what: str, url: str, retry: RetryPolicy) -> T:
-    """``fn`` under the retry policy; the final failure becomes an ActionError with the fix."""
-    try:
-        return retry.call(fn, host=urlsplit(url).netloc)
-    except ServerUnavailable as exc:
-        raise ActionError(f"{what} failed: {exc}", title="Authentication failed") from None
-    except RegistryError as exc:
-        raise ActionError(
-            f"{what} failed with HTTP {exc.status}; check that the service is healthy and re-run the job",
-            title="Authentication failed",
-        ) from None
-    except httpx.TransportError as exc:
-        raise ActionError(
-            f"{what} could not connect ({type(exc).__name__}: {exc}); check the URL and that the runner can reach it",
-            title="Authentication failed",
-        ) from None
-
-
-def _send(
-    client: httpx.Client, method: str, url: str, *, what: str, retry: RetryPolicy, **kwargs: Any
-) -> httpx.Response:
-    """One request with retries on connection errors, 429 and 5xx; the final failure becomes an ActionError."""
-    return _retried(lambda: _checked(client.request(method, url, **kwargs), what), what=what, url=url, retry=retry)
-
-
-def _json_object(response: httpx.Response, what: str) -> dict[str, Any]:
-    try:
-        body = response.json()
-    except ValueError:
-        body = None
-    if not isinstance(body, dict):
-        raise ActionError(
-            f"{what} answered HTTP {response.status_code} with something other than a JSON object; "
-            "check that the URL points at a Cargohold registry",
-            title="Authentication failed",
-        )
-    return body
-
-
-def discover(client: httpx.Client, registry: str, *, retry: RetryPolicy) -> OidcDiscovery:
-    """The registry's OIDC settings: which audience to request and which issuers it trusts."""
-    url = registry_base(registry) + DISCOVERY_PATH
-    response = _send(client, "GET", url, what=f"OIDC discovery at {url}", retry=retry)
-    if response.status_code == 404:
-        raise ActionError(
-            f"{url} does not exist, so this registry does not support OIDC; pass a 'token' input instead or "
-            "upgrade the registry",
-            title="OIDC not supported",
-        )
-    body = _json_object(response, f"OIDC discovery at {url}")
-    audience = body.get("audience")
-    if response.status_code != 200 or not isinstance(audience, str) or not audience:
-        raise ActionError(
-            f"OIDC discovery at {url} returned HTTP {response.status_code} without an audience; set the "
-            "'audience' input to the registry's OIDC audience",
-            title="OIDC discovery failed",
-        )
-    issuers = body.get("issuers") or []
-    exchange_url = body.get("exchange_url")
-    return OidcDiscovery(
-        audience=audience,
-        issuers=tuple(str(i) for i in issuers) if isinstance(issuers, list) else (),
-        exchange_url=exchange_url if isinstance(exchange_url, str) else None,
-    )
 
 
 def _fork_hint(environ: Mapping[str, str]) -> str | None:
@@ -201,33 +97,26 @@ def _fork_hint(environ: Mapping[str, str]) -> str | None:
 
 def request_id_token(rt: ActionRuntime, client: httpx.Client, audience: str, *, retry: RetryPolicy) -> str:
     """A fresh GitHub ID token for ``audience``, masked before it is returned."""
-    url = rt.environ.get(REQUEST_URL_ENV, "")
-    request_token = rt.environ.get(REQUEST_TOKEN_ENV, "")
-    if not url or not request_token:
+    request_token = rt.environ.get(oidc.REQUEST_TOKEN_ENV, "")
+    if request_token:
+        rt.add_mask(request_token)
+    try:
+        value = oidc.request_github_id_token(audience, rt.environ, http=client, retry=retry)
+    except oidc.NoIdToken:
         fork = _fork_hint(rt.environ)
         detail = f" (this run is for a pull request from the fork {fork})" if fork else ""
         raise ActionError(
             f"GitHub did not offer this job an OIDC token{detail}: {MISSING_PERMISSION}",
             title="No OIDC token available",
-        )
-    rt.add_mask(request_token)
-    response = _send(
-        client,
-        "GET",
-        audience_url(url, audience),
-        what="requesting the job's OIDC token from GitHub",
-        retry=retry,
-        headers={"Authorization": f"bearer {request_token}", "Accept": "application/json"},
-    )
-    body = _json_object(response, "GitHub's OIDC token service")
-    value = body.get("value")
-    if response.status_code != 200 or not isinstance(value, str) or not value:
-        message = body.get("message") or body.get("error") or f"HTTP {response.status_code}"
+        ) from None
+    except oidc.IdTokenRefused as exc:
         raise ActionError(
-            f"GitHub refused to issue an OIDC token ({message}); check the job's `permissions: id-token: write` "
+            f"GitHub refused to issue an OIDC token ({exc.reason}); check the job's `permissions: id-token: write` "
             "and re-run the job",
             title="OIDC token request failed",
-        )
+        ) from None
+    except oidc.OidcError as exc:
+        raise ActionError(str(exc), title="Authentication failed") from None
     rt.add_mask(value)
     return value
 
@@ -241,43 +130,10 @@ def unverified_claims(id_token: str) -> dict[str, Any]:
     return claims if isinstance(claims, dict) else {}
 
 
-def exchange(
-    rt: ActionRuntime,
-    client: httpx.Client,
-    registry: str,
-    id_token: str | Callable[[], str],
-    *,
-    retry: RetryPolicy,
-) -> RegistryToken:
-    """Trade an ID token for a Cargohold token; a refusal says which claims to compare with the trust setup.
-
-    ``id_token`` may be a function minting ID tokens: each try then sends a fresh one (the registry accepts
-    an ID token once, and a try whose answer was lost may have spent it).
-    """
-    url = registry_base(registry) + EXCHANGE_PATH
-    what = f"the OIDC exchange at {url}"
-    sent: list[str] = []
-
-    def attempt() -> httpx.Response:
-        token = id_token() if callable(id_token) else id_token
-        sent.append(token)
-        return _checked(client.post(url, json={"token": token}), what)
-
-    response = _retried(attempt, what=what, url=url, retry=retry)
-    id_token = sent[-1]
-    body = _json_object(response, f"the OIDC exchange at {url}")
-    token = body.get("token")
-    if response.status_code == 200 and body.get("ok") is True and isinstance(token, str) and token:
-        rt.add_mask(token)
-        projects = body.get("projects") or []
-        return RegistryToken(
-            token=token,
-            source="oidc",
-            expires_at=body.get("expires_at") if isinstance(body.get("expires_at"), str) else None,
-            projects=tuple(str(p) for p in projects) if isinstance(projects, list) else (),
-        )
-    reason = str(body.get("error") or f"HTTP {response.status_code}").rstrip(".")
-    claims = unverified_claims(id_token)
+def _explain_refusal(rt: ActionRuntime, refused: oidc.OidcRefused) -> ActionError:
+    """The summary gets the refused token's non-secret claims; the error says where to fix the trust."""
+    reason = refused.reason.rstrip(".")
+    claims = unverified_claims(refused.id_token) if refused.id_token else {}
     rows = [(markdown_code(key), markdown_code(str(claims[key]))) for key in CLAIMS_SHOWN if key in claims]
     if rows:
         rt.append_summary(
@@ -286,10 +142,49 @@ def exchange(
             "Claims of the token (compare them with the project's trust relationship):\n\n"
             + markdown_table(["claim", "value"], rows)
         )
-    raise ActionError(
+    return ActionError(
         f"the registry refused the OIDC token ({reason}); add or fix a trust relationship for this repository "
         "on the project (see docs/github-actions.md, 'Trust relationships'), or pass a 'token' input",
         title="OIDC exchange refused",
+    )
+
+
+def exchange(
+    rt: ActionRuntime,
+    client: httpx.Client,
+    registry: str,
+    *,
+    retry: RetryPolicy,
+    audience: str | None = None,
+) -> RegistryToken:
+    """The OIDC exchange (:func:`cargohold.client.oidc.exchange_oidc`) with this job's ID tokens, masked; its
+    failures as annotations naming the action's inputs."""
+    base = registry_base(registry)
+    try:
+        exchanged = oidc.exchange_oidc(
+            base,
+            lambda wanted: request_id_token(rt, client, wanted, retry=retry),
+            retry=retry,
+            audience=audience,
+            user_agent=_user_agent(),
+        )
+    except oidc.OidcRefused as exc:
+        raise _explain_refusal(rt, exc) from None
+    except oidc.OidcUnsupported as exc:
+        raise ActionError(
+            f"{exc.url} does not exist, so this registry does not support OIDC; pass a 'token' input instead or "
+            "upgrade the registry",
+            title="OIDC not supported",
+        ) from None
+    except oidc.OidcError as exc:
+        if exc.step == "discovery" and exc.answered:
+            raise ActionError(
+                f"{exc}; set the 'audience' input to the registry's OIDC audience", title="OIDC discovery failed"
+            ) from None
+        raise ActionError(str(exc), title="Authentication failed") from None
+    rt.add_mask(exchanged.token)
+    return RegistryToken(
+        token=exchanged.token, source="oidc", expires_at=iso(exchanged.expires_at), projects=tuple(exchanged.projects)
     )
 
 
@@ -300,7 +195,10 @@ def resolve_token(
     client: httpx.Client | None = None,
     retry: RetryPolicy | None = None,
 ) -> RegistryToken:
-    """The registry token for this step: ``token`` input, else ``CARGOHOLD_TOKEN``, else OIDC (see module doc)."""
+    """The registry token for this step: ``token`` input, else ``CARGOHOLD_TOKEN``, else OIDC (see module doc).
+
+    ``client`` is what asks the runner for ID tokens (the registry is reached through the control client).
+    """
     explicit = rt.get_input("token")
     if explicit:
         rt.add_mask(explicit)
@@ -313,8 +211,7 @@ def resolve_token(
     own_client = client is None
     http = client or httpx.Client(timeout=TIMEOUT, follow_redirects=False, headers={"User-Agent": _user_agent()})
     try:
-        audience = rt.get_input("audience") or discover(http, registry, retry=policy).audience
-        return exchange(rt, http, registry, lambda: request_id_token(rt, http, audience, retry=policy), retry=policy)
+        return exchange(rt, http, registry, retry=policy, audience=rt.get_input("audience") or None)
     finally:
         if own_client:
             http.close()
@@ -322,3 +219,15 @@ def resolve_token(
 
 def _user_agent() -> str:
     return f"cargohold-actions/{__version__}"
+
+
+__all__ = [
+    "MISSING_PERMISSION",
+    "RegistryToken",
+    "audience_url",
+    "exchange",
+    "registry_base",
+    "request_id_token",
+    "resolve_token",
+    "unverified_claims",
+]

@@ -84,7 +84,8 @@ def main(rt: ActionRuntime) -> None:
     from cargohold import images  # deferred: the input checks above should not wait for heavy imports
 
     results = []
-    for target in targets or [None]:
+    wanted: list[str | None] = list(targets) if targets else [None]
+    for target in wanted:
         # Several targets into one set of names: each name gets -<target> appended, as Depot's pull does.
         names = [f"{tag}-{target}" for tag in tags] if target and len(targets) > 1 else tags
         what = f"{ref} target {target}" if target else str(ref)

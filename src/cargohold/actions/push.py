@@ -84,7 +84,8 @@ def main(rt: ActionRuntime) -> None:
 
     pushed: list[str] = []
     digests: dict[str, str] = {}
-    for target in targets or [None]:
+    wanted: list[str | None] = list(targets) if targets else [None]
+    for target in wanted:
         # Several targets to one set of tags: each tag gets -<target> appended, as Depot's pull names them.
         names = [f"{tag}-{target}" for tag in tags] if target and len(targets) > 1 else tags
         what = f"{ref} target {target}" if target else str(ref)

@@ -32,6 +32,8 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import TextIO
 
+from cargohold.oci.errors import CargoholdError
+
 TRUE_VALUES = frozenset({"true", "True", "TRUE"})
 FALSE_VALUES = frozenset({"false", "False", "FALSE"})
 """The YAML 1.2 core-schema booleans, the same strict sets ``@actions/core`` accepts."""
@@ -43,7 +45,7 @@ SUMMARY_LIMIT = 1024 * 1024
 """GitHub drops a step summary larger than 1 MiB (with an annotation); we truncate before that happens."""
 
 
-class ActionError(Exception):
+class ActionError(CargoholdError):
     """A failure the user can fix: the message is one sentence that says how; the title heads the annotation."""
 
     def __init__(self, message: str, *, title: str = "Cargohold") -> None:
@@ -355,16 +357,19 @@ def run_action(
 ) -> int:
     """Run an action's body and turn failures into annotations and a summary section; returns the exit code.
 
-    Known failures (:class:`ActionError`) print one annotation with the fix. Anything else is a bug in
-    Cargohold: the traceback goes to the log (secrets were masked before use) and the annotation says so.
+    Known failures print one annotation with the fix: an :class:`ActionError` with its own title, any other
+    failure of the client library (a :class:`CargoholdError`: its message is already that sentence) under the
+    action's name. Anything else is a bug in Cargohold: the traceback goes to the log (secrets were masked
+    before use) and the annotation says so.
     """
     rt = runtime or ActionRuntime()
     try:
         rt.check_environment()
         main(rt)
-    except ActionError as exc:
-        rt.error(exc.message, title=exc.title)
-        _failure_summary(rt, name, exc.message)
+    except CargoholdError as exc:
+        message, title = (exc.message, exc.title) if isinstance(exc, ActionError) else (str(exc), f"{name} failed")
+        rt.error(message, title=title)
+        _failure_summary(rt, name, message)
         return 1
     except KeyboardInterrupt:
         rt.error("the step was interrupted; re-run the job", title=f"{name} cancelled")

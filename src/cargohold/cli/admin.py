@@ -30,9 +30,11 @@ from cargohold.cli.context import (
 )
 from cargohold.cli.durations import parse_duration
 from cargohold.cli.main import app, argument
+from cargohold.isotime import iso
 
 if TYPE_CHECKING:
     from cargohold.client.control import ControlClient
+    from cargohold.schemas import Project, Token, TrustRelationship, Whoami
 
 
 @app.group("projects", no_args_is_help=True)
@@ -100,8 +102,8 @@ def _human_seconds(seconds: int | None) -> str:
     return f"{seconds}s"
 
 
-def _project_row(project: dict[str, Any]) -> dict[str, Any]:
-    return {**project, "retention": _human_seconds(project.get("retention_seconds"))}
+def _project_row(project: Project) -> dict[str, Any]:
+    return {**project.to_json(), "retention": _human_seconds(project.retention_seconds)}
 
 
 def _control(registry: str | None, token: str | None, project: str | None = None) -> tuple[ControlClient, str | None]:
@@ -109,45 +111,45 @@ def _control(registry: str | None, token: str | None, project: str | None = None
     return connection.control(), connection.project
 
 
-def _trust_row(rel: dict[str, Any]) -> dict[str, Any]:
+def _trust_row(rel: TrustRelationship) -> dict[str, Any]:
     """One table row; the conditions share a column so the table still fits an 80-column terminal."""
     ids = "ids learned on first use"
-    if rel.get("repository_owner_id") or rel.get("repository_id"):
-        ids = f"ids {rel.get('repository_owner_id') or '?'}/{rel.get('repository_id') or '?'}"
+    if rel.repository_owner_id or rel.repository_id:
+        ids = f"ids {rel.repository_owner_id or '?'}/{rel.repository_id or '?'}"
     conditions = [ids]
-    for key, label in (
-        ("workflow", "workflow"),
-        ("environment", "environment"),
-        ("ref_pattern", "ref"),
-        ("runner_environment", "runner"),
+    for value, label in (
+        (rel.workflow, "workflow"),
+        (rel.environment, "environment"),
+        (rel.ref_pattern, "ref"),
+        (rel.runner_environment, "runner"),
     ):
-        if rel.get(key):
-            conditions.append(f"{label} {rel[key]}")
-    if rel.get("allow_events"):
-        conditions.append("allows " + ", ".join(rel["allow_events"]))
+        if value:
+            conditions.append(f"{label} {value}")
+    if rel.allow_events:
+        conditions.append("allows " + ", ".join(rel.allow_events))
     return {
-        **rel,
-        "repository": f"{rel['owner']}/{rel['repository']}",
+        **rel.to_json(),
+        "repository": f"{rel.owner}/{rel.repository}",
         "conditions": "; ".join(conditions),
-        "access": ", ".join(rel.get("permissions") or (["pull"] if rel.get("pull_only") else ["pull", "push"])),
+        "access": ", ".join(rel.permissions or (["pull"] if rel.pull_only else ["pull", "push"])),
     }
 
 
-def _token_row(token: dict[str, Any]) -> dict[str, Any]:
+def _token_row(token: Token) -> dict[str, Any]:
     scopes = []
-    for permission in token.get("permissions") or []:
-        text = f"{permission['project']}: {','.join(permission['actions'])}"
-        if permission.get("build_id"):
-            text += f" (build {permission['build_id']})"
+    for permission in token.permissions:
+        text = f"{permission.project}: {','.join(permission.actions)}"
+        if permission.build_id:
+            text += f" (build {permission.build_id})"
         scopes.append(text)
-    status = "revoked" if token.get("revoked_at") else "active"
-    admin = token.get("admin_permissions") or []
-    if token.get("kind") == "admin":
+    status = "revoked" if token.revoked_at else "active"
+    admin = token.admin_permissions
+    if token.kind == "admin":
         scopes.append("everything" if "admin" in admin or not admin else ", ".join(admin))
     return {
-        **token,
+        **token.to_json(),
         "scope": "; ".join(scopes) or "-",
-        "expires_at": token.get("expires_at") or "never",
+        "expires_at": iso(token.expires_at) or "never",
         "status": status,
     }
 
@@ -176,10 +178,10 @@ def projects_create(
     with control:
         project = control.create_project(name, **settings)
     if as_json:
-        emit(project, as_json=True)
+        emit(project.to_json(), as_json=True)
         return
     emit(_project_row(project), as_json=False, columns=PROJECT_COLUMNS, rows=[_project_row(project)])
-    stdout.print(f"Push images to {project.get('registry', project['id'])}:<build-id>", markup=False)
+    stdout.print(f"Push images to {project.registry or project.id}:<build-id>", markup=False)
 
 
 @projects_app.command("list")
@@ -193,7 +195,7 @@ def projects_list(registry: str | None, token: str | None, as_json: bool) -> Non
     with control:
         projects = control.list_projects()
     emit(
-        {"projects": projects},
+        {"projects": [p.to_json() for p in projects]},
         as_json=as_json,
         columns=PROJECT_COLUMNS,
         rows=[_project_row(p) for p in projects],
@@ -215,7 +217,7 @@ def projects_show(
     control, resolved = _control(registry, token, project_id or project)
     with control:
         data = control.get_project(_need(resolved))
-    emit(data if as_json else _project_row(data), as_json=as_json)
+    emit(data.to_json() if as_json else _project_row(data), as_json=as_json)
 
 
 @projects_app.command("update")
@@ -251,7 +253,7 @@ def projects_update(
     control, resolved = _control(registry, token, project_id or project)
     with control:
         data = control.update_project(_need(resolved), **settings)
-    emit(data if as_json else _project_row(data), as_json=as_json)
+    emit(data.to_json() if as_json else _project_row(data), as_json=as_json)
 
 
 def _permission_list(text: str | None) -> list[str] | None:
@@ -337,7 +339,7 @@ def trust_add(
             pull_only=pull_only or None,
             permissions=_permission_list(permissions),
         )
-    emit(rel, as_json=as_json, columns=TRUST_COLUMNS, rows=[_trust_row(rel)])
+    emit(rel.to_json(), as_json=as_json, columns=TRUST_COLUMNS, rows=[_trust_row(rel)])
 
 
 @trust_app.command("list")
@@ -353,7 +355,7 @@ def trust_list(project: str | None, registry: str | None, token: str | None, as_
     with connection.control() as control:
         rels = control.list_trust(project_id)
     emit(
-        {"trust_relationships": rels},
+        {"trust_relationships": [r.to_json() for r in rels]},
         as_json=as_json,
         columns=TRUST_COLUMNS,
         rows=[_trust_row(r) for r in rels],
@@ -374,11 +376,11 @@ def trust_remove(trust_id: str, project: str | None, registry: str | None, token
     project_id = require_project(connection)
     with connection.control() as control:
         result = control.remove_trust(project_id, trust_id)
-    revoked = result.get("credentials_revoked", 0)
     emit(
-        result,
+        result.to_json(),
         as_json=as_json,
-        text=f"Removed trust relationship {trust_id} from project {project_id}; revoked {revoked} token(s).",
+        text=f"Removed trust relationship {trust_id} from project {project_id}; revoked {result.credentials_revoked} "
+        "token(s).",
     )
 
 
@@ -436,12 +438,12 @@ def tokens_create(
             permissions=_permission_list(permissions),
         )
     if as_json:
-        emit(created, as_json=True)
+        emit(created.to_json(), as_json=True)
         return
     emit(_token_row(created), as_json=False, columns=TOKEN_COLUMNS, rows=[_token_row(created)])
-    stdout.print(created["token"], markup=False)
-    if created.get("expiry_capped"):
-        stderr.print(f"It expires at {created['expires_at']}, with the token that created it.", markup=False)
+    stdout.print(created.token, markup=False)
+    if created.expiry_capped:
+        stderr.print(f"It expires at {iso(created.expires_at)}, with the token that created it.", markup=False)
     stderr.print("This is the only time the token is shown.")
 
 
@@ -460,7 +462,11 @@ def tokens_list(
     with connection.control() as control:
         tokens = control.list_tokens(connection.project, include_inactive=include_inactive)
     emit(
-        {"tokens": tokens}, as_json=as_json, columns=TOKEN_COLUMNS, rows=[_token_row(t) for t in tokens], title="Tokens"
+        {"tokens": [t.to_json() for t in tokens]},
+        as_json=as_json,
+        columns=TOKEN_COLUMNS,
+        rows=[_token_row(t) for t in tokens],
+        title="Tokens",
     )
 
 
@@ -477,9 +483,9 @@ def tokens_revoke(token_id: str, registry: str | None, token: str | None, as_jso
     control, _ = _control(registry, token)
     with control:
         result = control.revoke_token(token_id)
-    descendants = result.get("descendants_revoked", 0)
+    descendants = result.descendants_revoked
     text = f"Revoked token {token_id}" + (f" and {descendants} token(s) minted from it." if descendants else ".")
-    emit(result, as_json=as_json, text=text)
+    emit(result.to_json(), as_json=as_json, text=text)
 
 
 @app.command("pull-token")
@@ -516,24 +522,23 @@ def pull_token(
             expires_in=ttl,
         )
     if as_json:
-        emit(created, as_json=True)
+        emit(created.to_json(), as_json=True)
     else:
-        stdout.print(created["token"], markup=False)
-        if created.get("expiry_capped"):
-            stderr.print(f"It expires at {created['expires_at']}, with the token that created it.", markup=False)
+        stdout.print(created.token, markup=False)
+        if created.expiry_capped:
+            stderr.print(f"It expires at {iso(created.expires_at)}, with the token that created it.", markup=False)
 
 
 # --- login ------------------------------------------------------------------------------------------------
 
 
-def _describe(who: dict[str, Any]) -> str:
-    kind, name = who.get("kind"), who.get("name")
+def _describe(who: Whoami) -> str:
+    kind, name = who.kind, who.name
     if kind == "admin":
-        admin = who.get("admin_permissions") or ["admin"]
+        admin = who.admin_permissions or ["admin"]
         return f"admin token {name!r} ({'everything' if 'admin' in admin else ', '.join(admin) + ' only'})"
     scopes = [
-        f"{p['project']} ({','.join(p['actions'])}{', build ' + p['build_id'] if p.get('build_id') else ''})"
-        for p in who.get("permissions") or []
+        f"{p.project} ({','.join(p.actions)}{', build ' + p.build_id if p.build_id else ''})" for p in who.permissions
     ]
     return f"{kind} token {name!r} for {', '.join(scopes) or 'nothing'}"
 
@@ -564,7 +569,7 @@ def login(url: str, token: str | None, password_stdin: bool, as_json: bool) -> N
             raise CliError(f"logging in to {registry} failed: {exc}") from None
     path = save_login(registry, token)
     if as_json:
-        emit({"registry": registry, "config": str(path), **who}, as_json=True)
+        emit({"registry": registry, "config": str(path), **who.to_json()}, as_json=True)
         return
     stdout.print(f"Logged in to {registry} as {_describe(who)}; saved to {path}.", markup=False)
 
@@ -595,6 +600,6 @@ def whoami(registry: str | None, token: str | None, as_json: bool) -> None:
     with connection.control() as control:
         who = control.whoami()
     if as_json:
-        emit({"registry": connection.registry, "token_source": connection.token_source, **who}, as_json=True)
+        emit({"registry": connection.registry, "token_source": connection.token_source, **who.to_json()}, as_json=True)
         return
     stdout.print(f"{_describe(who)} at {connection.registry} (token from {connection.token_source})", markup=False)

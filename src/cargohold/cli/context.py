@@ -2,7 +2,8 @@
 
 Commands take the common options through the decorators below, build a :class:`Connection` with
 :func:`connect`, print with :func:`emit` (a rich table for people, ``--json`` for scripts), and let
-:func:`handle_errors` turn any known failure into ``error: <one sentence>`` and exit status 1.
+:func:`handle_errors` turn any failure of the client library (a
+:class:`~cargohold.client.errors.CargoholdError`) into ``error: <one sentence>`` and exit status 1.
 
 Importing this module stays cheap (click and the standard library): the rich consoles are created on first
 use, and the client library (httpx) is imported only by the functions that talk to a registry.
@@ -15,9 +16,11 @@ import json
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
+
+from cargohold.oci.errors import CargoholdError
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -26,6 +29,8 @@ if TYPE_CHECKING:
 
     from cargohold.client.retry import RetryPolicy
     from cargohold.client.settings import Connection
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 RETRY_FOR_META = "cargohold.retry_for"
 """Where ``--retry-for`` keeps its value (seconds) in the click context, for :func:`retry_policy`."""
@@ -54,7 +59,7 @@ retry_for_option = click.option(
 )
 
 
-def registry_option(command: Any) -> Any:
+def registry_option(command: F) -> F:
     """``--registry``, and ``--retry-for``: every command that talks to a server takes both."""
     command = click.option("--registry", help="Cargohold URL (env CARGOHOLD_REGISTRY).", show_default=False)(command)
     return retry_for_option(command)
@@ -101,7 +106,7 @@ stderr: Any = _LazyConsole(stderr=True, highlight=False, soft_wrap=True)
 stdout: Any = _LazyConsole(highlight=False, soft_wrap=True)
 
 
-class CliError(Exception):
+class CliError(CargoholdError):
     """A failure to report as one sentence (already phrased for people); ``code`` is for ``--json`` readers."""
 
     def __init__(self, message: str, *, code: str = "ERROR") -> None:
@@ -180,25 +185,34 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
-def known_errors() -> tuple[type[BaseException], ...]:
-    """The failures reported as one sentence (imported when needed: the client library is not cheap)."""
-    from cargohold.client.control import ControlError
-    from cargohold.client.credentials import CredentialsError
-    from cargohold.client.errors import DigestMismatchError, PlatformNotFoundError, RegistryError
-    from cargohold.client.settings import SettingsError
-
-    return (
-        CliError,
-        SettingsError,
-        ControlError,
-        RegistryError,
-        CredentialsError,
-        DigestMismatchError,
-        PlatformNotFoundError,
-    )
-
-
 _HTTP_CODES = {400: "INVALID", 401: "UNAUTHORIZED", 403: "DENIED", 404: "NOT_FOUND", 409: "CONFLICT", 429: "TOO_MANY"}
+
+
+def _kind_codes() -> list[tuple[type[BaseException], str]]:
+    """``--json`` codes by kind of failure, most specific first (imported when needed: the client library is not
+    cheap to import)."""
+    from cargohold.client.credentials import CredentialsError
+    from cargohold.client.settings import SettingsError
+    from cargohold.images.common import ImageError
+    from cargohold.images.docker import DockerError
+    from cargohold.oci.archive import ArchiveError
+    from cargohold.oci.descriptor import DescriptorError
+    from cargohold.oci.errors import DigestMismatchError, PlatformNotFoundError
+    from cargohold.oci.imageref import ImageReferenceError
+    from cargohold.oci.layout import LayoutError
+
+    return [
+        (SettingsError, "SETTINGS"),
+        (CredentialsError, "CREDENTIALS"),
+        (DigestMismatchError, "DIGEST_MISMATCH"),
+        (PlatformNotFoundError, "PLATFORM_NOT_FOUND"),
+        (ImageReferenceError, "INVALID_REFERENCE"),
+        (DockerError, "DOCKER_ERROR"),
+        (ImageError, "IMAGE_ERROR"),
+        (ArchiveError, "IMAGE_ERROR"),
+        (LayoutError, "IMAGE_ERROR"),
+        (DescriptorError, "IMAGE_ERROR"),
+    ]
 
 
 def error_code(exc: BaseException) -> str:
@@ -212,13 +226,7 @@ def error_code(exc: BaseException) -> str:
         return exc.code or _HTTP_CODES.get(exc.status or 0, "CONTROL_API_ERROR" if exc.status else "UNREACHABLE")
     if isinstance(exc, RegistryError):
         return exc.codes[0] if exc.codes else _HTTP_CODES.get(exc.status or 0, "REGISTRY_ERROR")
-    names = {
-        "SettingsError": "SETTINGS",
-        "CredentialsError": "CREDENTIALS",
-        "DigestMismatchError": "DIGEST_MISMATCH",
-        "PlatformNotFoundError": "PLATFORM_NOT_FOUND",
-    }
-    return names.get(type(exc).__name__, "ERROR")
+    return next((code for kind, code in _kind_codes() if isinstance(exc, kind)), "ERROR")
 
 
 def _wants_json() -> bool:
@@ -240,12 +248,11 @@ def report_error(message: str, code: str) -> None:
 
 @contextmanager
 def handle_errors() -> Iterator[None]:
-    """Print known failures as one sentence (JSON with ``--json``) and exit 1; a bug still shows its traceback."""
+    """Print the client library's failures (every :class:`CargoholdError`) as one sentence (JSON with ``--json``)
+    and exit 1; anything else is a bug and still shows its traceback."""
     try:
         yield
-    except Exception as exc:
-        if not isinstance(exc, CliError) and not isinstance(exc, known_errors()):
-            raise
+    except CargoholdError as exc:
         report_error(str(exc), error_code(exc))
         raise click.exceptions.Exit(1) from None
     except KeyboardInterrupt:
@@ -274,10 +281,3 @@ def read_secret_stdin() -> str:
     if not value:
         raise CliError("nothing was read from standard input; pipe the token in, e.g. echo $TOKEN | cargohold …")
     return value
-
-
-def __getattr__(name: str) -> Any:
-    # KNOWN_ERRORS is still importable, but only computed (importing the client library) when asked for.
-    if name == "KNOWN_ERRORS":
-        return known_errors()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

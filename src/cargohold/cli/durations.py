@@ -26,5 +26,5 @@ def parse_size(text: str) -> int:
     value, unit = match.groups()
     unit = (unit or "").lower()
     if "i" in unit:
-        return int(value) * 1024 ** ("kmgt".index(unit[0]) + 1)
+        return int(value) << (10 * ("kmgt".index(unit[0]) + 1))
     return int(value) * _SIZE_UNITS[unit[:1]]

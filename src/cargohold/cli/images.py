@@ -8,8 +8,7 @@ imported inside the commands, so ``--help`` and option parsing do not pay for th
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -89,22 +88,6 @@ def transfer_options(command: F) -> F:
     return command
 
 
-@contextmanager
-def _errors() -> Iterator[None]:
-    """Image-layer failures are already one sentence; hand them to the shared error printer."""
-    from cargohold.images.common import ImageError
-    from cargohold.oci.archive import ArchiveError
-    from cargohold.oci.imageref import ImageReferenceError
-    from cargohold.oci.layout import LayoutError
-
-    with handle_errors():
-        try:
-            yield
-        except (ImageError, ArchiveError, LayoutError, ImageReferenceError) as exc:
-            codes = {"DockerError": "DOCKER_ERROR", "ImageReferenceError": "INVALID_REFERENCE"}
-            raise CliError(str(exc), code=codes.get(type(exc).__name__, "IMAGE_ERROR")) from None
-
-
 def _path(value: str | None) -> Path | None:
     from pathlib import Path
 
@@ -174,7 +157,7 @@ def save(
     """Save an image (layout, archive or local Docker image) as a new build."""
     from cargohold.images.save import save_image
 
-    with _errors():
+    with handle_errors():
         named: dict[str, str] = {}
         for item in targets:
             name, sep, target_source = item.partition("=")
@@ -254,8 +237,11 @@ def build(
 
     from cargohold.images.build import BuildOptions, build_and_save
 
-    with _errors():
+    with handle_errors():
         connection = connect(registry, project, token, context_dir=Path(path), need_project=True) if save else None
+        flags: dict[str, Any] = {
+            name: list(value) if isinstance(value, tuple) else value for name, value in pass_through.items()
+        }
         options = BuildOptions(
             context=path,
             file=file,
@@ -267,7 +253,7 @@ def build(
             secrets=list(secret),
             no_cache=no_cache,
             pull=pull,
-            **{name: list(value) if isinstance(value, tuple) else value for name, value in pass_through.items()},
+            **flags,
         )
         result = build_and_save(
             connection,
@@ -340,7 +326,7 @@ def pull_command(
     from cargohold.images.progress import human_bytes
     from cargohold.images.pull import pull_image
 
-    with _errors():
+    with handle_errors():
         if len(targets) > 1 and output:
             raise CliError("an --output holds one image; pull one --target at a time into a file or layout")
         connection = connect(registry, project, token)
@@ -450,7 +436,7 @@ def push_command(
     """Copy a saved build to its final registry (credentials: CARGOHOLD_PUSH_REGISTRY_* or the Docker config)."""
     from cargohold.images.push import push_image
 
-    with _errors():
+    with handle_errors():
         connection = connect(registry, project, token)
         result = push_image(
             connection,

@@ -28,9 +28,11 @@ from cargohold.cli.context import (
 )
 from cargohold.cli.durations import parse_duration
 from cargohold.cli.main import app, argument
+from cargohold.isotime import iso, parse_iso
 
 if TYPE_CHECKING:
     from cargohold.client.control import ControlClient
+    from cargohold.schemas import Build, ExpiryReport, ServerStorage, Tag
 
 
 @app.group("builds", no_args_is_help=True)
@@ -114,38 +116,37 @@ def human_bytes(size: int) -> str:
     return format_size(size)
 
 
-def _build_row(build: dict[str, Any]) -> dict[str, Any]:
-    expires = build.get("expires_at") or ("never" if build.get("status") == "saved" else None)
-    if build.get("pinned"):
+def _build_row(build: Build) -> dict[str, Any]:
+    expires = iso(build.expires_at) or ("never" if build.status == "saved" else None)
+    if build.pinned:
         expires = "pinned"
-    size = build.get("total_size")
     return {
-        **build,
+        **build.to_json(),
         "expires": expires,
-        "size": human_bytes(size) if isinstance(size, int) else None,
+        "size": human_bytes(build.total_size) if build.total_size is not None else None,
     }
 
 
-def _build_summary(build: dict[str, Any]) -> dict[str, Any]:
+def _build_summary(build: Build) -> dict[str, Any]:
     """The fields people look at in ``builds show``, in reading order."""
     row = _build_row(build)
     summary = {
-        "id": build.get("id"),
-        "project": build.get("project_id"),
-        "status": build.get("status"),
-        "reference": build.get("reference"),
-        "digest": build.get("digest"),
-        "platforms": build.get("platforms"),
-        "created": build.get("created_at"),
-        "saved": build.get("saved_at"),
+        "id": build.id,
+        "project": build.project_id,
+        "status": build.status,
+        "reference": build.reference,
+        "digest": build.digest,
+        "platforms": build.platforms,
+        "created": iso(build.created_at),
+        "saved": iso(build.saved_at),
         "expires": row["expires"],
-        "pinned": build.get("pinned"),
+        "pinned": build.pinned,
         "size": row["size"],
-        "unique size": human_bytes(build["unique_size"]) if isinstance(build.get("unique_size"), int) else None,
-        "save tags": build.get("save_tags"),
+        "unique size": human_bytes(build.unique_size) if build.unique_size is not None else None,
+        "save tags": build.save_tags,
     }
-    if build.get("failure"):
-        summary["failure"] = build["failure"]
+    if build.failure:
+        summary["failure"] = build.failure
     return summary
 
 
@@ -159,12 +160,22 @@ def _seconds(text: str, option: str) -> float:
     return seconds
 
 
-def _evictions(result: dict[str, Any], *, as_json: bool, dry_run: bool, empty: str) -> None:
-    evicted = result.get("evicted") or []
-    tags = result.get("tags") or []
-    manifests = result.get("manifests") or []
+def _until(text: str | None) -> str | None:
+    """``--until`` as the wire's ISO 8601 form; a time without a zone is UTC."""
+    if text is None:
+        return None
+    try:
+        return iso(parse_iso(text))
+    except ValueError:
+        raise CliError(f"--until {text!r} is not an ISO 8601 time; use e.g. 2026-12-31T00:00:00Z") from None
+
+
+def _evictions(result: ExpiryReport, *, as_json: bool, dry_run: bool, empty: str) -> None:
+    evicted = [eviction.to_json() for eviction in result.evicted]
+    tags = [eviction.to_json() for eviction in result.tags]
+    manifests = [collection.to_json() for collection in result.manifests]
     if as_json:
-        emit(result, as_json=True)
+        emit(result.to_json(), as_json=True)
         return
     if not evicted and not tags and not manifests:
         stdout.print(empty, markup=False)
@@ -179,7 +190,7 @@ def _evictions(result: dict[str, Any], *, as_json: bool, dry_run: bool, empty: s
         stdout.print(f"{verb} {count} {'tag' if count == 1 else 'tags'} pushed outside builds:", markup=False)
         emit(tags, as_json=False, columns=TAG_EVICTION_COLUMNS, rows=tags)
     if manifests:
-        count = sum(int(collection.get("count", 0)) for collection in manifests)
+        count = sum(collection.count for collection in result.manifests)
         noun = "manifest" if count == 1 else "manifests"
         stdout.print(f"{'Would remove' if dry_run else 'Removed'} {count} untagged {noun}:", markup=False)
         emit(manifests, as_json=False, columns=COLLECTION_COLUMNS, rows=manifests)
@@ -203,20 +214,20 @@ def builds_list(
     with _client(registry, token, project, need_project=True) as (client, project_id):
         assert project_id is not None
         result = client.list_builds(project_id, limit=limit, tag=tag)
-    builds = result.get("builds") or []
+    builds = result.builds
     if as_json:
-        emit(result, as_json=True)
+        emit(result.to_json(), as_json=True)
     elif not builds:
         stdout.print(f"Project {project_id} has no builds{f' tagged {tag}' if tag else ''}.", markup=False)
     else:
         emit(
-            result,
+            result.to_json(),
             as_json=False,
             columns=BUILD_COLUMNS,
             rows=[_build_row(build) for build in builds],
             title=f"Builds of {project_id}",
         )
-        if result.get("next"):
+        if result.next:
             stdout.print(f"Showing the newest {len(builds)}; pass --limit to see more.", markup=False)
 
 
@@ -230,7 +241,7 @@ def builds_show(build: str, registry: str | None, token: str | None, as_json: bo
     """Show one build: status, expiry, pin, sizes, save-tags."""
     with _client(registry, token) as (client, _):
         data = _on_build(client, build, lambda: client.get_build(build))
-    emit(data if as_json else _build_summary(data), as_json=as_json)
+    emit(data.to_json() if as_json else _build_summary(data), as_json=as_json)
 
 
 @builds_app.command("pin")
@@ -243,7 +254,11 @@ def builds_pin(build: str, registry: str | None, token: str | None, as_json: boo
     """Keep a saved build until unpinned: neither expiry nor the project's build cap removes it."""
     with _client(registry, token) as (client, _):
         data = _on_build(client, build, lambda: client.pin_build(build))
-    emit(data, as_json=as_json, text=f"Pinned build {build}; it stays until you run `cargohold builds unpin {build}`.")
+    emit(
+        data.to_json(),
+        as_json=as_json,
+        text=f"Pinned build {build}; it stays until you run `cargohold builds unpin {build}`.",
+    )
 
 
 @builds_app.command("unpin")
@@ -256,9 +271,9 @@ def builds_unpin(build: str, registry: str | None, token: str | None, as_json: b
     """Let a pinned build expire again (at once, if its expiry already passed)."""
     with _client(registry, token) as (client, _):
         data = _on_build(client, build, lambda: client.unpin_build(build))
-    expires = data.get("expires_at")
+    expires = iso(data.expires_at)
     when = f"it expires at {expires}" if expires else "it has no expiry, so only the build cap can evict it"
-    emit(data, as_json=as_json, text=f"Unpinned build {build}; {when}.")
+    emit(data.to_json(), as_json=as_json, text=f"Unpinned build {build}; {when}.")
 
 
 @builds_app.command("extend")
@@ -273,20 +288,13 @@ def builds_extend(
     build: str, by: str | None, until: str | None, registry: str | None, token: str | None, as_json: bool
 ) -> None:
     """Move a saved build's expiry later."""
-    from cargohold.lifecycle.clock import iso, parse_iso
-
     if (by is None) == (until is None):
         raise CliError("give exactly one of --by (e.g. --by 3d) or --until (e.g. --until 2026-12-31T00:00:00Z)")
     by_seconds = _seconds(by, "--by") if by is not None else None
-    until_iso = None
-    if until is not None:
-        try:
-            until_iso = iso(parse_iso(until))
-        except ValueError:
-            raise CliError(f"--until {until!r} is not an ISO 8601 time; use e.g. 2026-12-31T00:00:00Z") from None
+    until_iso = _until(until)
     with _client(registry, token) as (client, _):
         data = _on_build(client, build, lambda: client.extend_build(build, by_seconds=by_seconds, until=until_iso))
-    emit(data, as_json=as_json, text=f"Build {build} now expires at {data.get('expires_at')}.")
+    emit(data.to_json(), as_json=as_json, text=f"Build {build} now expires at {iso(data.expires_at)}.")
 
 
 @builds_app.command("rm")
@@ -301,10 +309,9 @@ def builds_rm(build: str, dry_run: bool, registry: str | None, token: str | None
     with _client(registry, token) as (client, _):
         result = _on_build(client, build, lambda: client.delete_build(build, dry_run=dry_run))
     if as_json:
-        emit(result, as_json=True)
+        emit(result.to_json(), as_json=True)
         return
-    eviction = (result.get("evicted") or [{}])[0]
-    tags = ", ".join(eviction.get("tags") or [build])
+    tags = ", ".join((result.evicted[0].tags if result.evicted else []) or [build])
     if dry_run:
         stdout.print(f"Would delete build {build} and its tags {tags}; nothing was changed.", markup=False)
     else:
@@ -327,7 +334,7 @@ def builds_history(
     """What retention did in a project: evictions (and the rule behind each), pins, extensions."""
     with _client(registry, token, project, need_project=True) as (client, project_id):
         assert project_id is not None
-        events = client.project_history(project_id, limit=limit, build_id=build)
+        events = [event.to_json() for event in client.project_history(project_id, limit=limit, build_id=build)]
     if as_json:
         emit({"project_id": project_id, "events": events}, as_json=True)
     elif not events:
@@ -351,18 +358,18 @@ def gc(dry_run: bool, registry: str | None, token: str | None, as_json: bool) ->
     with _client(registry, token) as (client, _):
         report = client.run_gc(dry_run=dry_run)
     if as_json:
-        emit(report, as_json=True)
+        emit(report.to_json(), as_json=True)
         return
     verb = "would free" if dry_run else "freed"
-    blobs = int(report.get("blobs_deleted", 0)) + int(report.get("orphan_files", 0))
+    blobs = report.blobs_deleted + report.orphan_files
     stdout.print(
-        f"Garbage collection {verb} {blobs} blobs ({human_bytes(int(report.get('bytes_freed', 0)))}) and "
-        f"{'would remove' if dry_run else 'removed'} {report.get('links_removed', 0)} links "
-        f"in {float(report.get('duration_seconds', 0)):.2f} s.",
+        f"Garbage collection {verb} {blobs} blobs ({human_bytes(report.bytes_freed)}) and "
+        f"{'would remove' if dry_run else 'removed'} {report.links_removed} links "
+        f"in {report.duration_seconds:.2f} s.",
         markup=False,
     )
-    if not report.get("completed", True):
-        stdout.print(f"It stopped early: {report.get('error') or 'see the server log'}.", markup=False)
+    if not report.completed:
+        stdout.print(f"It stopped early: {report.error or 'see the server log'}.", markup=False)
 
 
 @app.command()
@@ -404,43 +411,40 @@ def usage(month: str | None, registry: str | None, project: str | None, token: s
                     raise
                 raise CliError("no project given: pass --project ID or set CARGOHOLD_PROJECT_ID") from None
             if as_json:
-                emit({"server_storage": storage}, as_json=True)
+                emit({"server_storage": storage.to_json()}, as_json=True)
             else:
                 emit(_storage_rows(storage), as_json=False)
             return
         data = client.project_usage(project_id, month=month)
     if as_json:
-        emit(data, as_json=True)
+        emit(data.to_json(), as_json=True)
         return
-    currency = data.get("currency", "USD")
-    rows = {
-        "project": data.get("project_id"),
-        "month": data.get("month"),
-        "stored now": human_bytes(int(data.get("stored_bytes") or 0)),
-        "GB-months": f"{float(data.get('gb_months') or 0):.4f}",
-        "free allowance": f"{float(data.get('free_gb_months') or 0):g} GB-months",
-        "billable": f"{float(data.get('billable_gb_months') or 0):.4f} GB-months",
-        "price": f"{float(data.get('price_per_gb_month') or 0):g} {currency} per GB-month",
-        "estimated cost": f"{float(data.get('estimated_cost') or 0):.2f} {currency}",
-        "as of": data.get("as_of"),
+    currency = data.currency
+    rows: dict[str, Any] = {
+        "project": data.project_id,
+        "month": data.month,
+        "stored now": human_bytes(data.stored_bytes),
+        "GB-months": f"{data.gb_months:.4f}",
+        "free allowance": f"{data.free_gb_months:g} GB-months",
+        "billable": f"{data.billable_gb_months:.4f} GB-months",
+        "price": f"{data.price_per_gb_month:g} {currency} per GB-month",
+        "estimated cost": f"{data.estimated_cost:.2f} {currency}",
+        "as of": iso(data.as_of),
     }
-    storage = data.get("server_storage")
-    if isinstance(storage, dict):
-        rows.update(_storage_rows(storage))
+    if data.server_storage is not None:
+        rows.update(_storage_rows(data.server_storage))
     emit(rows, as_json=False)
 
 
-def _storage_rows(storage: dict[str, Any]) -> dict[str, Any]:
+def _storage_rows(storage: ServerStorage) -> dict[str, Any]:
     """The server's free space as ``key: value`` lines (admins): one per filesystem, then the status."""
     rows: dict[str, Any] = {}
-    for fs in storage.get("filesystems") or []:
-        if not isinstance(fs, dict):
-            continue
-        rows[f"server free space ({fs.get('role')})"] = (
-            f"{human_bytes(int(fs.get('free_bytes') or 0))} of {human_bytes(int(fs.get('total_bytes') or 0))}, "
-            f"minimum {human_bytes(int(fs.get('min_free_bytes') or 0))} ({fs.get('path')})"
+    for fs in storage.filesystems:
+        rows[f"server free space ({fs.role})"] = (
+            f"{human_bytes(fs.free_bytes)} of {human_bytes(fs.total_bytes)}, "
+            f"minimum {human_bytes(fs.min_free_bytes)} ({fs.path})"
         )
-    rows["server storage"] = storage.get("reason") or storage.get("status") or "-"
+    rows["server storage"] = storage.reason or storage.status or "-"
     return rows
 
 
@@ -475,24 +479,22 @@ def _tag_reference(reference: str) -> tuple[str, str]:
     return repository, tag
 
 
-def _tag_row(tag: dict[str, Any]) -> dict[str, Any]:
+def _tag_row(tag: Tag) -> dict[str, Any]:
     """One table row: ``repository:tag`` in one column and minutes-precision times, so it fits 80 columns
     (``--json`` has every field in full)."""
-    expires = "pinned" if tag.get("pinned") else _minutes(tag.get("expires_at")) or "never"
-    digest = str(tag.get("digest") or "")
-    size = tag.get("size")
+    expires = "pinned" if tag.pinned else _minutes(iso(tag.expires_at)) or "never"
     return {
-        "reference": f"{tag.get('repository')}:{tag.get('tag')}",
-        "short_digest": digest.split(":", 1)[-1][:12] if digest else None,
-        "size": human_bytes(size) if isinstance(size, int) else None,
-        "pushed": _minutes(tag.get("pushed_at")),
+        "reference": f"{tag.repository}:{tag.tag}",
+        "short_digest": tag.digest.split(":", 1)[-1][:12] if tag.digest else None,
+        "size": human_bytes(tag.size),
+        "pushed": _minutes(iso(tag.pushed_at)),
         "expires": expires,
     }
 
 
-def _minutes(moment: Any) -> str | None:
+def _minutes(moment: str | None) -> str | None:
     """``2026-05-01T12:34:56Z`` -> ``2026-05-01 12:34`` (UTC, as every time the CLI prints)."""
-    return str(moment)[:16].replace("T", " ") if moment else None
+    return moment[:16].replace("T", " ") if moment else None
 
 
 def _on_tag(client: ControlClient, reference: str, call: Callable[[], T]) -> T:
@@ -524,16 +526,16 @@ def tags_list(
         if repository and repository != project_id and not repository.startswith(f"{project_id}/"):
             repository = f"{project_id}/{repository}"
         result = client.list_tags(project_id, repository=repository, limit=limit)
-    tags = result.get("tags") or []
+    tags = result.tags
     if as_json:
-        emit(result, as_json=True)
+        emit(result.to_json(), as_json=True)
     elif not tags:
         where = f"repository {repository}" if repository else f"project {project_id}"
         stdout.print(f"No tags pushed outside builds in {where}.", markup=False)
     else:
         title = f"Tags of {repository or project_id} pushed outside builds"
-        emit(result, as_json=False, columns=TAG_COLUMNS, rows=[_tag_row(tag) for tag in tags], title=title)
-        if result.get("next"):
+        emit(result.to_json(), as_json=False, columns=TAG_COLUMNS, rows=[_tag_row(tag) for tag in tags], title=title)
+        if result.next:
             stdout.print(f"Showing the first {len(tags)}; pass --limit to see more.", markup=False)
 
 
@@ -549,7 +551,7 @@ def tags_pin(reference: str, registry: str | None, token: str | None, as_json: b
     with _client(registry, token) as (client, _):
         data = _on_tag(client, reference, lambda: client.pin_tag(repository, tag))
     text = f"Pinned {repository}:{tag}; it stays until you run `cargohold tags unpin {repository}:{tag}`."
-    emit(data, as_json=as_json, text=text)
+    emit(data.to_json(), as_json=as_json, text=text)
 
 
 @tags_app.command("unpin")
@@ -563,9 +565,9 @@ def tags_unpin(reference: str, registry: str | None, token: str | None, as_json:
     repository, tag = _tag_reference(reference)
     with _client(registry, token) as (client, _):
         data = _on_tag(client, reference, lambda: client.unpin_tag(repository, tag))
-    expires = data.get("expires_at")
+    expires = iso(data.expires_at)
     when = f"it expires at {expires}" if expires else "its project keeps images without a time limit"
-    emit(data, as_json=as_json, text=f"Unpinned {repository}:{tag}; {when}.")
+    emit(data.to_json(), as_json=as_json, text=f"Unpinned {repository}:{tag}; {when}.")
 
 
 @tags_app.command("extend")
@@ -580,20 +582,13 @@ def tags_extend(
     reference: str, by: str | None, until: str | None, registry: str | None, token: str | None, as_json: bool
 ) -> None:
     """Move a tag's expiry later (a later push never moves it earlier)."""
-    from cargohold.lifecycle.clock import iso, parse_iso
-
     repository, tag = _tag_reference(reference)
     if (by is None) == (until is None):
         raise CliError("give exactly one of --by (e.g. --by 3d) or --until (e.g. --until 2026-12-31T00:00:00Z)")
     by_seconds = _seconds(by, "--by") if by is not None else None
-    until_iso = None
-    if until is not None:
-        try:
-            until_iso = iso(parse_iso(until))
-        except ValueError:
-            raise CliError(f"--until {until!r} is not an ISO 8601 time; use e.g. 2026-12-31T00:00:00Z") from None
+    until_iso = _until(until)
     with _client(registry, token) as (client, _):
         data = _on_tag(
             client, reference, lambda: client.extend_tag(repository, tag, by_seconds=by_seconds, until=until_iso)
         )
-    emit(data, as_json=as_json, text=f"{repository}:{tag} now expires at {data.get('expires_at')}.")
+    emit(data.to_json(), as_json=as_json, text=f"{repository}:{tag} now expires at {iso(data.expires_at)}.")

@@ -8,14 +8,17 @@ images packages, SQLAlchemy and aiohttp are imported inside the commands that ne
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 
 from cargohold import __version__
 from cargohold.cli.context import retry_for_option
 from cargohold.cli.durations import parse_duration, parse_size
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 SERVER_PACKAGES = frozenset({"aiohttp", "sqlalchemy", "alembic", "cryptography", "prometheus_client", "mako"})
 """Top-level modules of the ``server`` extra: the client (every command but ``serve``) never imports them."""
@@ -42,7 +45,7 @@ class HelpArgument(click.Argument):
         return self.human_readable_name, text
 
 
-def argument(name: str, *, help: str, **attrs: Any) -> Any:
+def argument(name: str, *, help: str, **attrs: Any) -> Callable[[F], F]:
     """``click.argument`` with a help text."""
     return click.argument(name, cls=HelpArgument, help=help, **attrs)
 
@@ -96,7 +99,7 @@ def app() -> None:
     """Cargohold command-line interface."""
 
 
-def _env_option(*param_decls: str, **attrs: Any) -> Any:
+def _env_option(*param_decls: str, **attrs: Any) -> Callable[[F], F]:
     """An option read from an environment variable too; ``--help`` names the variable."""
     return click.option(*param_decls, show_envvar=True, **attrs)
 
@@ -335,8 +338,13 @@ def serve(
         min_free_space=minimum,
         evict_for_space=evict_for_space,
         shutdown_timeout=drain_seconds,
-        **lifecycle_times,
-        **deadlines,
+        gc_interval=lifecycle_times["gc_interval"],
+        gc_grace=lifecycle_times["gc_grace"],
+        retention_interval=lifecycle_times["retention_interval"],
+        space_check_interval=lifecycle_times["space_check_interval"],
+        header_timeout=deadlines["header_timeout"],
+        body_idle_timeout=deadlines["body_idle_timeout"],
+        body_timeout=deadlines["body_timeout"],
     )
     if oidc_issuer:
         settings.oidc_issuers = tuple(i.strip() for item in oidc_issuer for i in item.split(",") if i.strip())

@@ -28,7 +28,7 @@ _EXPORTS = {
     "DigestMismatchError": "errors",
     "PlatformNotFoundError": "errors",
     "RegistryError": "errors",
-    "Manifest": "registry",
+    "Manifest": "registry",  # defined in cargohold.oci.manifest; the registry client's methods return it
     "RegistryClient": "registry",
     "bytes_source": "registry",
     "file_source": "registry",
@@ -61,8 +61,9 @@ if TYPE_CHECKING:
     )
     from cargohold.client.credentials import PUSH_ENV_PREFIX, Credentials, CredentialsError, resolve_credentials
     from cargohold.client.errors import DigestMismatchError, PlatformNotFoundError, RegistryError
-    from cargohold.client.registry import Manifest, RegistryClient, bytes_source, file_source
+    from cargohold.client.registry import RegistryClient, bytes_source, file_source
     from cargohold.client.retry import RetryPolicy
+    from cargohold.oci.manifest import Manifest
 
 __all__ = [
     "DEFAULT_JOBS",

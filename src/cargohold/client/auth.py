@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import base64
 import threading
-import time
 from collections.abc import Generator, Iterable
 from dataclasses import dataclass
 
@@ -28,6 +27,7 @@ import httpx
 
 from cargohold.client.credentials import Credentials
 from cargohold.client.errors import RegistryError
+from cargohold.clock import MonotonicClock, monotonic
 
 SCOPES_EXTENSION = "cargohold.scopes"
 """Request extension key holding a tuple of scope strings the request needs."""
@@ -155,7 +155,7 @@ class RegistryAuth(httpx.Auth):
         self._fetching: dict[tuple[str, str, tuple[str, ...]], threading.Lock] = {}
         self._bearer_hosts: dict[str, Challenge] = {}
         self._basic_hosts: set[str] = set()
-        self._now = time.monotonic
+        self._now: MonotonicClock = monotonic
         self.token_requests = 0
         """How many times a token was fetched from a realm (tests use it to prove caching)."""
 
@@ -213,7 +213,7 @@ class RegistryAuth(httpx.Auth):
         basic = self._basic_header()
         if basic:
             headers["Authorization"] = basic
-        return httpx.Request("GET", realm, params=params, headers=headers)
+        return httpx.Request("GET", realm, params=tuple(params), headers=headers)
 
     def _store_token(self, challenge: Challenge, scopes: tuple[str, ...], response: httpx.Response) -> str:
         if response.status_code != 200:

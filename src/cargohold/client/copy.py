@@ -1,14 +1,16 @@
 """Copy images between registries and OCI layouts, blob bytes streaming straight through.
 
-The algorithm is written once against two small interfaces, :class:`ImageSource` and
-:class:`ImageTarget`, with adapters for a registry repository (:class:`RegistryRepo`, both roles) and an
-OCI layout directory (:class:`LayoutStore`, both roles). That one function then backs
+The algorithm is written once against the two small interfaces of :mod:`cargohold.oci.transfer`,
+:class:`~cargohold.oci.transfer.ImageSource` and :class:`~cargohold.oci.transfer.ImageTarget`, with adapters here
+for a registry repository (:class:`RegistryRepo`, both roles) and an OCI layout directory (:class:`LayoutStore`,
+both roles). That one function then backs
 ``cargohold pull --output oci:DIR`` (registry → layout), ``cargohold save oci:DIR`` (layout → registry)
 and registry → registry pushes, with the same ordering and verification guarantees:
 
 1. resolve the top manifest (optionally narrowing an index to one ``--platform``);
-2. walk it: child manifests of indexes (attestation manifests included: they are ordinary children),
-   then referrers of every manifest found (signatures, SBOMs), recursively;
+2. plan (:func:`~cargohold.oci.transfer.plan_copy`): child manifests of indexes (attestation manifests
+   included: they are ordinary children), then referrers of every manifest found (signatures, SBOMs),
+   recursively;
 3. copy every distinct blob in parallel (``jobs`` threads): skip what the target has (HEAD), mount when
    source and target are repositories of the same registry, else have a Cargohold source upload the blob
    itself (:class:`ServerPush`), else pipe the source GET into the target upload; nothing touches the
@@ -22,93 +24,30 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Protocol
 
-from cargohold.client.errors import DigestMismatchError, PlatformNotFoundError, RegistryError
-from cargohold.client.registry import (
-    BlobSource,
-    Manifest,
-    ProgressCallback,
-    RegistryClient,
-    is_loopback,
-    referrers_tag,
-)
+from cargohold.client.errors import RegistryError
+from cargohold.client.registry import RegistryClient, is_loopback, referrers_tag
 from cargohold.oci import mediatypes
+from cargohold.oci.descriptor import Descriptor
 from cargohold.oci.digest import Digest
-from cargohold.oci.layout import Descriptor, OCILayout
+from cargohold.oci.layout import OCILayout
+from cargohold.oci.manifest import Manifest
+from cargohold.oci.transfer import (
+    BlobSource,
+    ImageSource,
+    ImageTarget,
+    ProgressCallback,
+    parse_platform,
+    plan_copy,
+    platform_label,
+    select_platform,
+)
 
 DEFAULT_JOBS = 6
 """Parallel blob transfers; the same default skopeo uses ("follow Firefox")."""
-_NON_DISTRIBUTABLE = ("foreign", "nondistributable")
-
-
-class ImageSource(Protocol):
-    """Where manifests and blobs come from."""
-
-    name: str
-
-    def get_manifest(self, reference: str | Digest | None) -> Manifest: ...
-    def blob_source(self, descriptor: Descriptor) -> BlobSource: ...
-    def referrers(self, digest: Digest) -> list[Descriptor]: ...
-
-
-class ImageTarget(Protocol):
-    """Where they go. ``put_blob`` returns ``"uploaded"``, ``"mounted"`` or ``"skipped"``."""
-
-    name: str
-
-    def has_blob(self, descriptor: Descriptor) -> bool: ...
-    def put_blob(self, descriptor: Descriptor, source: ImageSource, progress: ProgressCallback | None) -> str: ...
-    def put_manifest(self, manifest: Manifest, tag: str | None) -> bool:
-        """Store a manifest; True when the target indexed its ``subject`` itself (referrers API)."""
-        ...
-
-    def add_referrer(self, subject: Digest, referrer: Descriptor) -> None: ...
-
-
-# -- platform selection -----------------------------------------------------------------------------
-
-
-def parse_platform(value: str) -> tuple[str, str, str | None]:
-    """``os/arch[/variant]`` → a tuple; raises ``ValueError`` with the expected form."""
-    parts = value.strip().split("/")
-    if len(parts) not in (2, 3) or not all(parts):
-        raise ValueError(f"platform {value!r} is not of the form os/arch[/variant], e.g. linux/arm64")
-    return parts[0], parts[1], parts[2] if len(parts) == 3 else None
-
-
-def platform_label(platform: dict[str, Any] | None) -> str:
-    if not platform:
-        return "unknown"
-    label = f"{platform.get('os', '?')}/{platform.get('architecture', '?')}"
-    return f"{label}/{platform['variant']}" if platform.get("variant") else label
-
-
-def select_platform(index: dict[str, Any], platform: str) -> Descriptor:
-    """The index entry for ``platform``; a variant is matched only when asked for.
-
-    When nothing matches the error lists what the index offers (attestation entries excluded), which is
-    what a user needs to fix the ``--platform`` flag.
-    """
-    want_os, want_arch, want_variant = parse_platform(platform)
-    entries = [Descriptor.from_dict(m) for m in index.get("manifests", [])]
-    for entry in entries:
-        plat = entry.platform or {}
-        if (
-            plat.get("os") == want_os
-            and plat.get("architecture") == want_arch
-            and (want_variant is None or plat.get("variant") == want_variant)
-        ):
-            return entry
-    available = sorted(
-        {platform_label(e.platform) for e in entries if (e.platform or {}).get("os") not in (None, "unknown")}
-    )
-    raise PlatformNotFoundError(
-        f"the image has no {platform} variant; available platforms: {', '.join(available) or 'none'}"
-    )
 
 
 # -- adapters ---------------------------------------------------------------------------------------
@@ -237,7 +176,7 @@ class RegistryRepo:
             "manifests": [],
         }
         manifests = [m for m in index.get("manifests", []) if m.get("digest") != str(referrer.digest)]
-        manifests.append(referrer.to_dict())
+        manifests.append(referrer.to_json())
         index["manifests"] = manifests
         data = json.dumps(index, separators=(",", ":")).encode()
         self.client.put_manifest(
@@ -352,54 +291,6 @@ class CopyResult:
     skipped: list[Digest] = field(default_factory=list)
 
 
-@dataclass
-class _Plan:
-    manifests: list[Manifest] = field(default_factory=list)
-    """Push order: every child before the manifest that lists it."""
-    blobs: dict[Digest, Descriptor] = field(default_factory=dict)
-    referrers: list[tuple[Digest, Manifest, Descriptor]] = field(default_factory=list)
-    seen: set[Digest] = field(default_factory=set)
-
-
-def _walk(source: ImageSource, manifest: Manifest, plan: _Plan) -> None:
-    if manifest.digest in plan.seen:
-        return
-    plan.seen.add(manifest.digest)
-    body = manifest.json()
-    if manifest.is_index:
-        for entry in body.get("manifests", []):
-            child_desc = Descriptor.from_dict(entry)
-            child = source.get_manifest(child_desc.digest)
-            if child.digest != child_desc.digest:
-                raise DigestMismatchError(f"{source.name} served {child.digest} for {child_desc.digest}")
-            _walk(source, child, plan)
-    else:
-        for entry in [body.get("config"), *(body.get("layers") or [])]:
-            if not entry:
-                continue
-            desc = Descriptor.from_dict(entry)
-            if any(word in desc.media_type for word in _NON_DISTRIBUTABLE) and desc.extra.get("urls"):
-                continue  # foreign layers are fetched by runtimes from their URLs, never pushed
-            plan.blobs.setdefault(desc.digest, desc)
-    plan.manifests.append(manifest)
-
-
-def _walk_referrers(source: ImageSource, subjects: Iterable[Digest], plan: _Plan) -> None:
-    queue = list(subjects)
-    while queue:
-        subject = queue.pop(0)
-        for desc in source.referrers(subject):
-            if desc.digest in plan.seen:
-                continue
-            manifest = source.get_manifest(desc.digest)
-            before = len(plan.manifests)
-            _walk(source, manifest, plan)
-            # The referrer's own children (if it is an index) go before it; it is pushed in the last phase.
-            plan.manifests.pop()
-            plan.referrers.append((subject, manifest, desc))
-            queue.extend(m.digest for m in [*plan.manifests[before:], manifest])
-
-
 def copy_image(
     source: ImageSource,
     reference: str | Digest | None,
@@ -422,10 +313,7 @@ def copy_image(
     top = source.get_manifest(reference)
     if platform is not None and top.is_index:
         top = source.get_manifest(select_platform(top.json(), platform).digest)
-    plan = _Plan()
-    _walk(source, top, plan)
-    if include_referrers:
-        _walk_referrers(source, [m.digest for m in plan.manifests], plan)
+    plan = plan_copy(source, top, include_referrers=include_referrers)
 
     result = CopyResult(top.digest, top.media_type)
 
@@ -446,7 +334,8 @@ def copy_image(
             continue
         target.put_manifest(manifest, None)
         result.manifests.append(manifest.digest)
-    for tag in tags or [None]:
+    names: Sequence[str | None] = tags or [None]
+    for tag in names:
         target.put_manifest(top, tag)
     result.manifests.append(top.digest)
     for subject, manifest, desc in plan.referrers:
@@ -454,3 +343,18 @@ def copy_image(
             target.add_referrer(subject, desc)
         result.referrers.append(manifest.digest)
     return result
+
+
+__all__ = [
+    "DEFAULT_JOBS",
+    "CopyResult",
+    "ImageSource",
+    "ImageTarget",
+    "LayoutStore",
+    "RegistryRepo",
+    "ServerPush",
+    "copy_image",
+    "parse_platform",
+    "platform_label",
+    "select_platform",
+]

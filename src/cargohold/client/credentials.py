@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from cargohold.client.errors import CargoholdError
 from cargohold.oci.imageref import DOCKER_HUB, DOCKER_HUB_CONFIG_KEY, normalize_registry
 
 PUSH_ENV_PREFIX = "CARGOHOLD_PUSH_REGISTRY"
@@ -33,7 +34,7 @@ HELPER_TIMEOUT = 30.0
 """Seconds a ``docker-credential-*`` helper may take; keychain prompts can be slow but not infinite."""
 
 
-class CredentialsError(Exception):
+class CredentialsError(CargoholdError):
     """Credentials were configured but could not be read (bad base64, a failing helper, bad JSON)."""
 
 

@@ -1,6 +1,11 @@
-"""Errors raised by the registry client.
+"""Errors raised by the client library, under one root.
 
-One exception type, :class:`RegistryError`, carries everything a CLI needs to print a single useful
+Every exception the client side (``client/``, ``images/``, ``oci/``) raises for a person to read derives
+from :class:`CargoholdError` (defined in :mod:`cargohold.oci.errors`, the lowest layer, so that ``oci/``'s own
+errors can derive from it too). The CLI and the GitHub Actions catch that one type and print ``str()``, which
+is already one sentence; anything else is a bug and keeps its traceback.
+
+For the registry API, :class:`RegistryError` carries everything a CLI needs to print a single useful
 sentence (what we were doing, to what, the HTTP status and the registry's OCI error codes) and everything
 a program needs to branch on (``status``, ``codes``). The retry layer keys off :attr:`retryable`.
 """
@@ -9,10 +14,13 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC
 from email.utils import parsedate_to_datetime
 
 import httpx
+
+from cargohold.clock import WallClock, utc_now
+from cargohold.oci.errors import CargoholdError, DigestMismatchError, PlatformNotFoundError
 
 RETRYABLE_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 """Statuses that say "try again later" rather than "you asked for something wrong"."""
@@ -90,7 +98,7 @@ def parse_oci_errors(body: bytes) -> list[OCIErrorDetail]:
 
 
 @dataclass(eq=False)
-class RegistryError(Exception):
+class RegistryError(CargoholdError):
     """A registry operation failed.
 
     ``action`` is a short phrase like ``"pushing blob sha256:abcd… to 127.0.0.1:5000/x"`` so that
@@ -161,7 +169,7 @@ class RegistryError(Exception):
         )
 
 
-def parse_retry_after(value: str | None) -> float | None:
+def parse_retry_after(value: str | None, *, now: WallClock = utc_now) -> float | None:
     """``Retry-After`` as seconds from now: either delta-seconds or an HTTP date. ``None`` if absent/bad."""
     if not value:
         return None
@@ -172,16 +180,23 @@ def parse_retry_after(value: str | None) -> float | None:
         when = parsedate_to_datetime(value)
     except (TypeError, ValueError):
         return None
-    if when is None:
-        return None
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - datetime.now(UTC)).total_seconds())
+    return max(0.0, (when - now()).total_seconds())
 
 
-class DigestMismatchError(Exception):
-    """Content did not hash to the digest it was requested or announced under."""
-
-
-class PlatformNotFoundError(LookupError):
-    """An index has no manifest for the requested platform; the message lists those it has."""
+__all__ = [
+    "INSUFFICIENT_STORAGE",
+    "RETRYABLE_STATUSES",
+    "STORAGE_FULL",
+    "CargoholdError",
+    "DigestMismatchError",
+    "OCIErrorDetail",
+    "PlatformNotFoundError",
+    "RegistryError",
+    "is_storage_full",
+    "parse_oci_errors",
+    "parse_retry_after",
+    "storage_full_reason",
+    "storage_full_sentence",
+]

@@ -22,8 +22,9 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import json
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -35,9 +36,11 @@ from cargohold.client.errors import DigestMismatchError, OCIErrorDetail, Registr
 from cargohold.client.retry import RetryPolicy
 from cargohold.client.tls import verify_option
 from cargohold.oci import mediatypes
+from cargohold.oci.descriptor import Descriptor
 from cargohold.oci.digest import Digest, DigestError, Hasher
 from cargohold.oci.imageref import api_host, normalize_registry
-from cargohold.oci.layout import Descriptor
+from cargohold.oci.manifest import Manifest
+from cargohold.oci.transfer import BlobSource, ProgressCallback
 
 CHUNK_SIZE = 1 << 20
 """Streaming granularity for blob bodies (1 MiB)."""
@@ -69,11 +72,6 @@ MANIFEST_MAX = 8 << 20
 MANIFEST_ACCEPT = ", ".join(
     [mediatypes.OCI_MANIFEST, mediatypes.OCI_INDEX, mediatypes.DOCKER_MANIFEST, mediatypes.DOCKER_MANIFEST_LIST]
 )
-
-ProgressCallback = Callable[[int], object]
-"""Called with the number of bytes just transferred (negative when a resume rewinds)."""
-BlobSource = Callable[[int], Iterator[bytes]]
-"""Opens a blob's content at a byte offset. Reopened on resume, so it must be repeatable."""
 
 
 def _short(digest: Digest | str) -> str:
@@ -115,38 +113,6 @@ def bytes_source(data: bytes) -> BlobSource:
             yield bytes(view[start : start + CHUNK_SIZE])
 
     return open_at
-
-
-@dataclass(frozen=True)
-class Manifest:
-    """Manifest bytes exactly as the registry served them, with their media type and digest."""
-
-    data: bytes
-    media_type: str
-    digest: Digest
-
-    def json(self) -> dict[str, Any]:
-        value = json.loads(self.data)
-        if not isinstance(value, dict):
-            raise ValueError(f"manifest {self.digest} is not a JSON object")
-        return value
-
-    @property
-    def is_index(self) -> bool:
-        return self.media_type in mediatypes.INDEXES
-
-    def descriptor(self, **fields: Any) -> Descriptor:
-        return Descriptor(media_type=self.media_type, digest=self.digest, size=len(self.data), **fields)
-
-    @classmethod
-    def from_bytes(cls, data: bytes, media_type: str | None = None) -> Manifest:
-        """Wrap raw manifest bytes, taking the media type from the JSON when not given."""
-        if media_type is None:
-            try:
-                media_type = json.loads(data).get("mediaType")
-            except (ValueError, AttributeError):
-                media_type = None
-        return cls(data, media_type or mediatypes.OCI_MANIFEST, Digest.of(data))
 
 
 @dataclass(frozen=True)
@@ -251,7 +217,7 @@ class RegistryClient:
         scopes: Iterable[str] = (),
         expect: Iterable[int] = (200,),
         headers: dict[str, str] | None = None,
-        params: dict[str, str] | list[tuple[str, str]] | None = None,
+        params: Mapping[str, str] | Sequence[tuple[str, str]] | None = None,
         content: bytes | Iterable[bytes] | None = None,
         stream: bool = False,
         follow_redirects: bool = False,
@@ -260,7 +226,7 @@ class RegistryClient:
             method,
             url,
             headers=headers,
-            params=params,
+            params=params if isinstance(params, Mapping) or params is None else tuple(params),
             content=content,
             extensions={SCOPES_EXTENSION: tuple(scopes)},
         )
@@ -689,7 +655,7 @@ class RegistryClient:
     ) -> None:
         """Ask this (Cargohold) server to upload ``digest`` of ``repository`` to the destination itself.
 
-        ``POST /api/v1/blob-copies`` (see cargohold.registry.blob_copy), with an ``Authorization`` value
+        ``POST /api/v1/blob-copies`` (see cargohold.server.control.blob_copies), with an ``Authorization`` value
         for the destination repository obtained here (a scoped token, or the Basic credentials where the
         registry uses those). The server's progress lines feed ``progress``. Raises :class:`RegistryError`:
         with the server's status and code when it refuses up front, else with the code and message of its
@@ -750,9 +716,7 @@ class RegistryClient:
 
         for fresh_token in (False, True):
             authorization = destination.delegated_authorization(destination_repository, digest, fresh=fresh_token)
-            final = self.retry.call(
-                lambda authorization=authorization: attempt(authorization), host=self.host, final=_server_push_answer
-            )
+            final = self.retry.call(partial(attempt, authorization), host=self.host, final=_server_push_answer)
             error = final.get("error")
             if error is None:
                 return
@@ -927,7 +891,7 @@ class RegistryClient:
                 raise
             index = self.referrers_tag_index(repository, parsed)
             manifests = index.get("manifests", []) if index else []
-        out = [Descriptor.from_dict(m) for m in manifests]
+        out = [Descriptor.from_json(m, "a referrer") for m in manifests]
         if artifact_type:
             out = [d for d in out if d.artifact_type == artifact_type]
         return out

@@ -44,7 +44,6 @@ import logging
 import socket
 import ssl
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -53,6 +52,7 @@ import httpx
 import tenacity
 
 from cargohold.client.errors import RegistryError
+from cargohold.clock import MonotonicClock, monotonic
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -241,7 +241,8 @@ class RetryPolicy:
     """Tries for a 408 or 500, the first included."""
     sleep: Callable[[float], None] | None = None
     """How to wait between tries; default: real time, cut short when the host's outage ends."""
-    clock: Callable[[], float] = time.monotonic
+    clock: MonotonicClock = monotonic
+    """Where tries and waits are timed (the budget is measured on it); tests pass a virtual one."""
     notify: Callable[[str], object] | None = None
     """Called with one line when an outage begins (the CLI prints it; the actions log it); default: log."""
     outages: Outages = field(default_factory=Outages, compare=False, repr=False)
@@ -280,6 +281,7 @@ class RetryPolicy:
 
     def backoff(self, attempt: int) -> float:
         """Seconds to wait before the ``attempt``-th retry (1-based): jittered, capped at ``maximum``."""
+        # tenacity wants its Retrying object here; its wait strategies read only the attempt number.
         state = tenacity.RetryCallState(None, None, (), {})  # type: ignore[arg-type]
         state.attempt_number = attempt
         return float(tenacity.wait_random_exponential(multiplier=self.initial, max=self.maximum)(state))

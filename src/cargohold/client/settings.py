@@ -19,15 +19,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-import httpx
-
-from cargohold.client.control import ControlClient, ControlError
+from cargohold.client import oidc
+from cargohold.client.control import ControlClient
+from cargohold.client.errors import CargoholdError
 from cargohold.client.retry import RetryPolicy
 
 PROJECT_FILE = "cargohold.json"
 
 
-class SettingsError(Exception):
+class SettingsError(CargoholdError):
     """Something needed to connect is missing or unreadable; the message says how to provide it."""
 
 
@@ -139,45 +139,22 @@ class Connection:
         return ControlClient(self.registry, self.token, retry=self.retry)
 
 
-def request_github_id_token(audience: str, env: Mapping[str, str], *, timeout: float = 15.0) -> str:
-    """Ask the GitHub Actions runtime for an OIDC ID token with ``audience``."""
-    url = env.get("ACTIONS_ID_TOKEN_REQUEST_URL")
-    request_token = env.get("ACTIONS_ID_TOKEN_REQUEST_TOKEN")
-    if not url or not request_token:
-        raise SettingsError(
-            "no Cargohold token and no GitHub OIDC token available: add `permissions: id-token: write` to the job, "
-            "or, for a pull request from a fork, pass a token (CARGOHOLD_TOKEN) instead"
-        )
-    try:
-        response = httpx.get(
-            url,
-            params={"audience": audience},
-            headers={"Authorization": f"bearer {request_token}", "Accept": "application/json"},
-            timeout=timeout,
-        )
-        response.raise_for_status()
-        value = response.json()["value"]
-    except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
-        raise SettingsError(f"requesting a GitHub OIDC ID token failed: {exc}") from None
-    if not isinstance(value, str) or not value:
-        raise SettingsError("the GitHub OIDC endpoint returned no token")
-    return value
-
-
 def exchange_github_oidc(
     registry: str, env: Mapping[str, str], audience: str | None = None, *, retry: RetryPolicy | None = None
 ) -> str:
-    """A short-lived Cargohold token for this GitHub Actions job, through the server's trust relationships.
-
-    The registry accepts each ID token once, so an exchange whose answer was lost cannot be repeated with
-    the same one: each try asks GitHub for a fresh ID token.
-    """
-    with ControlClient(registry, retry=retry or RetryPolicy()) as control:
-        try:
-            audience = audience or str(control.oidc_discovery()["audience"])
-            return str(control.exchange_oidc(lambda: request_github_id_token(audience, env))["token"])
-        except ControlError as exc:
-            raise SettingsError(f"exchanging the GitHub OIDC token at {registry} failed: {exc}") from None
+    """A short-lived Cargohold token for this GitHub Actions job, through the server's trust relationships
+    (the one OIDC exchange, :mod:`cargohold.client.oidc`, worded for the CLI)."""
+    try:
+        return oidc.exchange_github_oidc(registry, env, retry=retry or RetryPolicy(), audience=audience).token
+    except oidc.NoIdToken:
+        raise SettingsError(
+            "no Cargohold token and no GitHub OIDC token available: add `permissions: id-token: write` to the job, "
+            "or, for a pull request from a fork, pass a token (CARGOHOLD_TOKEN) instead"
+        ) from None
+    except oidc.OidcError as exc:
+        if exc.step == "id-token":
+            raise SettingsError(f"requesting a GitHub OIDC ID token failed: {exc.reason}") from None
+        raise SettingsError(f"exchanging the GitHub OIDC token at {registry} failed: {exc.reason}") from None
 
 
 def resolve(

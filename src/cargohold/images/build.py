@@ -124,7 +124,7 @@ class BuildResult:
         if name in SaveResult.__dataclass_fields__ or name in ("pull_command", "push_command"):
             save = self.__dict__.get("save")
             if save is None:
-                return {"metadata": {}, "platforms": [], "save_tags": [], "build": {}}.get(name)
+                return {"metadata": {}, "platforms": [], "save_tags": []}.get(name)
             return getattr(save, name)
         raise AttributeError(name)
 
@@ -333,7 +333,7 @@ def load_into_docker(
     opened: OpenedSource, tags: Sequence[str], *, platform: str | None = None, docker_host: str | None = None
 ) -> list[str]:
     """``--load`` for builders that do not write to the daemon: stream a docker-archive into it."""
-    from cargohold.client.copy import select_platform
+    from cargohold.oci.transfer import select_platform
 
     top = opened.source.get_manifest(opened.reference)
     digest = top.digest

@@ -2,20 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-from cargohold.client.copy import ImageSource, RegistryRepo
+from cargohold.client.copy import RegistryRepo
 from cargohold.client.credentials import Credentials
-from cargohold.client.registry import Manifest, ProgressCallback, RegistryClient
+from cargohold.client.errors import CargoholdError
+from cargohold.client.registry import RegistryClient
 from cargohold.client.settings import Connection
+from cargohold.oci.descriptor import Descriptor
 from cargohold.oci.digest import Digest
-from cargohold.oci.layout import Descriptor
+from cargohold.oci.manifest import Manifest
+from cargohold.oci.transfer import ImageSource, ProgressCallback
 
 CARGOHOLD_USER = "x-token"
 """The user name Cargohold expects with a token as the password."""
 
 
-class ImageError(Exception):
+class ImageError(CargoholdError):
     """A save, pull, push or build failed; ``str()`` is one sentence that says what to do."""
 
 
@@ -85,7 +86,3 @@ def _strip(text: str) -> str:
 def describe(exc: BaseException) -> str:
     """An exception as one clause for messages (its type when it has no text)."""
     return _strip(str(exc)) or type(exc).__name__
-
-
-def as_dict(value: Any) -> dict[str, Any]:
-    return value if isinstance(value, dict) else {}

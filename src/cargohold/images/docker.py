@@ -111,6 +111,16 @@ class DockerEngine:
             raise DockerError(f"the Docker daemon refused to {action}: {str(message).strip()[:300]}")
         return response
 
+    def _object(self, response: httpx.Response, action: str) -> dict[str, Any]:
+        """The JSON object a successful answer carries; anything else is a daemon we do not understand."""
+        try:
+            body = self._check(response, action).json()
+        except ValueError:
+            body = None
+        if not isinstance(body, dict):
+            raise DockerError(f"the Docker daemon's answer when asked to {action} is not a JSON object")
+        return body
+
     def ping(self) -> bool:
         """Whether a daemon answers (never raises)."""
         try:
@@ -120,14 +130,14 @@ class DockerEngine:
 
     def version(self) -> dict[str, Any]:
         try:
-            return self._check(self._http.get("/version"), "report its version").json()  # type: ignore[no-any-return]
+            return self._object(self._http.get("/version"), "report its version")
         except httpx.TransportError as exc:
             raise self._unreachable(exc) from None
 
     def info(self) -> dict[str, Any]:
         """``GET /info``: among much else, ``RegistryConfig`` (which registries the daemon pulls from over HTTP)."""
         try:
-            return self._check(self._http.get("/info"), "report its configuration").json()  # type: ignore[no-any-return]
+            return self._object(self._http.get("/info"), "report its configuration")
         except httpx.TransportError as exc:
             raise self._unreachable(exc) from None
 
@@ -178,7 +188,7 @@ class DockerEngine:
             raise self._unreachable(exc) from None
         if response.status_code == 404:
             return None
-        return self._check(response, f"inspect {name}").json()  # type: ignore[no-any-return]
+        return self._object(response, f"inspect {name}")
 
     def export_image(self, name: str, output: BinaryIO) -> int:
         """``GET /images/{name}/get``: stream the image as a docker-archive into ``output``; returns bytes."""

@@ -14,16 +14,17 @@ from __future__ import annotations
 import os
 import sys
 import threading
-import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, TextIO
+
+from cargohold.clock import MonotonicClock, monotonic
 
 if TYPE_CHECKING:  # rich is imported only when bars are drawn: CI and quiet runs skip its import cost
     from rich.console import Console
     from rich.progress import Progress as RichProgressBar
     from rich.progress import TaskID
 
-    from cargohold.oci.layout import Descriptor
+    from cargohold.oci.descriptor import Descriptor
 
 MODES = ("auto", "tty", "plain", "quiet")
 PRESENT = ("skipped", "mounted")
@@ -89,8 +90,9 @@ def _ignore(_: int) -> None:
 class PlainProgress(Progress):
     """One line per step and per blob, plus a total with the average speed: readable in CI logs."""
 
-    def __init__(self, stream: TextIO | None = None) -> None:
+    def __init__(self, stream: TextIO | None = None, *, clock: MonotonicClock = monotonic) -> None:
         self.stream = stream or sys.stderr
+        self._clock = clock
         self._lock = threading.Lock()
         self._label: str | None = None
         self._total: int | None = None
@@ -108,7 +110,7 @@ class PlainProgress(Progress):
     def transfer(self, label: str, total: int | None) -> Callable[[int], object]:
         self.done()
         self._label, self._total, self._moved, self._present = label, total, 0, 0
-        self._started = time.monotonic()
+        self._started = self._clock()
         self._line(f"{label}: {human_bytes(total)}" if total is not None else f"{label}…")
 
         def advance(delta: int) -> None:
@@ -126,7 +128,7 @@ class PlainProgress(Progress):
     def done(self) -> None:
         if self._label is None:
             return
-        elapsed = max(time.monotonic() - self._started, 1e-6)
+        elapsed = max(self._clock() - self._started, 1e-6)
         present = f", {human_bytes(self._present)} already there" if self._present else ""
         self._line(
             f"{self._label}: done, {human_bytes(self._moved)} in {elapsed:.1f}s "

@@ -28,9 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from cargohold.client.control import ControlClient, ControlError
-from cargohold.client.copy import DEFAULT_JOBS, LayoutStore, RegistryRepo, copy_image, platform_label, select_platform
+from cargohold.client.copy import DEFAULT_JOBS, LayoutStore, RegistryRepo, copy_image
 from cargohold.client.errors import PlatformNotFoundError
-from cargohold.client.registry import BlobSource, Manifest
 from cargohold.client.settings import Connection, normalize_registry_url
 from cargohold.images.common import CARGOHOLD_USER, ImageError, cargohold_client
 from cargohold.images.docker import (
@@ -45,9 +44,13 @@ from cargohold.images.docker import (
 from cargohold.images.progress import Progress
 from cargohold.images.sources import summarize
 from cargohold.oci.archive import write_docker_archive
+from cargohold.oci.descriptor import Descriptor
 from cargohold.oci.digest import Digest
 from cargohold.oci.imageref import ImageReference, ImageReferenceError
-from cargohold.oci.layout import Descriptor, OCILayout
+from cargohold.oci.layout import OCILayout
+from cargohold.oci.manifest import Manifest
+from cargohold.oci.transfer import BlobSource, platform_label, select_platform
+from cargohold.schemas import PullInfo
 
 OUTPUT_KINDS = ("oci", "oci-archive", "docker-archive")
 
@@ -106,7 +109,7 @@ BUILD_ID_PATTERN = re.compile(r"[a-z][a-z0-9]{9}")
 ``cargohold.metadata.control.new_id``). Only such a word can name a build; any other bare word is a save-tag."""
 
 
-def pull_info(control: ControlClient, ref: str, project: str | None = None) -> dict[str, Any]:
+def pull_info(control: ControlClient, ref: str, project: str | None = None) -> PullInfo:
     """Resolve ``BUILD_ID``, ``SAVE_TAG`` (with ``project``), ``PROJECT:TAG`` or ``HOST/PROJECT:TAG``.
 
     A bare word is resolved deterministically: shaped like a build ID, it is looked up as a build first and,
@@ -136,7 +139,7 @@ def pull_info(control: ControlClient, ref: str, project: str | None = None) -> d
         raise
 
 
-def _bare_word(control: ControlClient, word: str, project: str | None) -> dict[str, Any]:
+def _bare_word(control: ControlClient, word: str, project: str | None) -> PullInfo:
     if BUILD_ID_PATTERN.fullmatch(word):
         try:
             return control.pull_info(word)
@@ -151,15 +154,14 @@ def _bare_word(control: ControlClient, word: str, project: str | None) -> dict[s
     return control.pull_info(f"{project}:{word}")
 
 
-def target_digest(info: dict[str, Any], target: str | None) -> str:
+def target_digest(info: PullInfo, target: str | None) -> str:
     """The manifest to fetch: the build's own, or a bake target's (saved as ``<build>-<target>``)."""
     if target is None:
-        return str(info["digest"])
-    targets = info.get("targets") or {}
-    if target not in targets:
-        available = ", ".join(sorted(targets)) or "none (it was saved as one image)"
-        raise ImageError(f"build {info['build_id']} has no target {target!r}; its targets: {available}")
-    return str(targets[target])
+        return info.digest
+    if target not in info.targets:
+        available = ", ".join(sorted(info.targets)) or "none (it was saved as one image)"
+        raise ImageError(f"build {info.build_id} has no target {target!r}; its targets: {available}")
+    return info.targets[target]
 
 
 class CountingSource:
@@ -246,7 +248,7 @@ def pull_image(
         raise ImageError("give either --platform or --all-platforms, not both")
     with connection.control() as control:
         info = pull_info(control, ref, connection.project)
-    build_id, reference = str(info["build_id"]), str(info["reference"])
+    build_id, reference = info.build_id, info.reference
     digest = target_digest(info, target)
     if target is not None:
         reference = f"{reference}-{target}"
@@ -258,8 +260,8 @@ def pull_image(
             raise ImageError(f"-t {tag!r} is not an image name ({exc}); write e.g. myapp:ci") from None
     what = f"build {build_id}" + (f" target {target}" if target else "")
     progress.step(f"pulling {what} ({digest}) to {spec}")
-    with cargohold_client(connection, str(info["registry"]), str(info["token"])) as client:
-        repo = RegistryRepo(client, str(info["repository"]))
+    with cargohold_client(connection, info.registry, info.token) as client:
+        repo = RegistryRepo(client, info.repository)
         top = repo.get_manifest(Digest.parse(digest))
         host_default = None if all_platforms else host_platform_string()
         chosen = choose_manifest(repo, top, platform, default=host_default)
@@ -270,20 +272,18 @@ def pull_image(
         loaded: list[str] = []
         via: str | None = None
         if spec.kind is None:
-            target = DaemonTarget(
+            daemon = DaemonTarget(
                 # As cargohold_client reaches it: the URL we were given, else the scheme the host implies.
                 address=(
-                    connection.registry
-                    if str(info["registry"]) == connection.host
-                    else normalize_registry_url(str(info["registry"]))
+                    connection.registry if info.registry == connection.host else normalize_registry_url(info.registry)
                 ),
-                host=str(info["registry"]),
-                repository=str(info["repository"]),
-                token=str(info["token"]),
+                host=info.registry,
+                repository=info.repository,
+                token=info.token,
                 platform=platform,
             )
             loaded, via = _to_daemon(
-                repo, chosen, tag_list, target, build_id, summary.total_size, progress, docker_host
+                repo, chosen, tag_list, daemon, build_id, summary.total_size, progress, docker_host
             )
             image = tag_list[0]
         else:
@@ -294,7 +294,7 @@ def pull_image(
         image=image,
         tags=tag_list,
         build_id=build_id,
-        project_id=str(info["project_id"]),
+        project_id=info.project_id,
         reference=reference,
         output=str(spec),
         platform=chosen_platform,
@@ -400,7 +400,7 @@ def _daemon_pull(
     """``POST /images/create`` by digest, progress from the daemon's stream, then verify and tag."""
     name = f"{target.host}/{target.repository}"
     body = manifest.json()
-    layers = [Descriptor.from_dict(entry) for entry in body.get("layers") or []]
+    layers = [Descriptor.from_json(entry, f"layers[{i}]") for i, entry in enumerate(body.get("layers") or [])]
     config_digest = str((body.get("config") or {}).get("digest") or "")
     tracker = DaemonProgress(layers, progress)
     counter = progress.transfer(f"pulling {build_id}", sum(layer.size for layer in layers))

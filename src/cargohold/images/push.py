@@ -3,7 +3,7 @@
 Registry to registry with :func:`~cargohold.client.copy.copy_image`: HEAD first (blobs the destination
 has are skipped), a cross-repo mount when both are the same registry, else the Cargohold server uploads
 the blob to the destination itself (``transfer="server"``/``"auto"``: the bytes never pass through this
-machine; see cargohold.registry.blob_copy) or, when the server will not (``"auto"`` falls back with a
+machine; see cargohold.server.control.blob_copies) or, when the server will not (``"auto"`` falls back with a
 note) or must not (``"client"``), a GET from Cargohold piped into an upload at the destination. Then
 child manifests by digest, the top manifest under each tag, and referrers. The manifests move as the
 exact bytes Cargohold stored, so the pushed digest is the saved digest. Tags are grouped by destination
@@ -31,6 +31,7 @@ from cargohold.images.common import ImageError, NamingTarget, cargohold_client
 from cargohold.images.progress import Progress
 from cargohold.images.pull import choose_manifest, pull_info, target_digest
 from cargohold.images.sources import summarize
+from cargohold.oci.descriptor import Descriptor
 from cargohold.oci.digest import Digest
 from cargohold.oci.imageref import ImageReference, ImageReferenceError, normalize_registry
 
@@ -113,15 +114,15 @@ def push_image(
         groups.setdefault((parsed.registry, parsed.repository), []).append((tag, parsed))
     with connection.control() as control:
         info = pull_info(control, build_id, connection.project)
-    result = PushResult(build_id=str(info["build_id"]), digest="", digests={}, platform=platform)
-    with cargohold_client(connection, str(info["registry"]), str(info["token"])) as source_client:
+    result = PushResult(build_id=info.build_id, digest="", digests={}, platform=platform)
+    with cargohold_client(connection, info.registry, info.token) as source_client:
         server_push = None
         if transfer != "client":
             server_push = ServerPush(
                 required=transfer == "server",
                 on_fallback=lambda reason: progress.step(f"note: blobs stream through this machine ({reason})"),
             )
-        source = RegistryRepo(source_client, str(info["repository"]), server_push)
+        source = RegistryRepo(source_client, info.repository, server_push)
         top = source.get_manifest(Digest.parse(target_digest(info, target)))
         chosen = choose_manifest(source, top, platform, default=None)
         summary = summarize(source, chosen.digest, top=chosen)
@@ -138,20 +139,20 @@ def push_image(
             )
             sizes: dict[str, list[int]] = {"uploaded": [], "mounted": [], "skipped": []}
 
-            def on_blob(descriptor: object, how: str, sizes: dict[str, list[int]] = sizes) -> None:
-                sizes[how].append(getattr(descriptor, "size", 0))
-                progress.blob(descriptor, how)  # type: ignore[arg-type]
+            def on_blob(descriptor: Descriptor, how: str, sizes: dict[str, list[int]] = sizes) -> None:
+                sizes[how].append(descriptor.size)
+                progress.blob(descriptor, how)
 
             pushed_before = server_push.pushed if server_push else 0
             plain_http = True if normalize_registry(registry) in insecure else None
             with RegistryClient(
                 members[0][1].api_host, credentials=credentials, insecure=plain_http, retry=connection.retry
             ) as client:
-                target = NamingTarget(RegistryRepo(client, repository))
+                destination = NamingTarget(RegistryRepo(client, repository))
                 counter = progress.transfer(f"pushing to {members[0][1].repository_path}", summary.total_size)
                 try:
                     copied = copy_image(
-                        source, chosen.digest, target, names, jobs=jobs, progress=counter, on_blob=on_blob
+                        source, chosen.digest, destination, names, jobs=jobs, progress=counter, on_blob=on_blob
                     )
                 except ImageError as exc:
                     progress.abort()

@@ -26,18 +26,21 @@ from typing import Any
 
 from cargohold.client.control import ControlClient, ControlError
 from cargohold.client.copy import DEFAULT_JOBS, RegistryRepo, copy_image
-from cargohold.client.errors import DigestMismatchError, RegistryError, storage_full_reason
+from cargohold.client.errors import CargoholdError, DigestMismatchError, storage_full_reason
 from cargohold.client.settings import Connection
 from cargohold.images.common import ImageError, NamingTarget, StepError, cargohold_client, describe
 from cargohold.images.progress import Progress
-from cargohold.images.sources import OpenedSource, SourceSpec, open_source, summarize
+from cargohold.images.sources import ImageSummary, OpenedSource, SourceSpec, open_source, summarize
 from cargohold.oci.archive import ArchiveError
-from cargohold.oci.layout import Descriptor, LayoutError
+from cargohold.oci.descriptor import Descriptor
+from cargohold.oci.layout import LayoutError
+from cargohold.schemas import Build, BuildCreated
 
 TARGET_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,99}")
 """A bake target's name: it becomes part of a tag (``<build>-<target>``), so tag characters only."""
-_REPORTABLE = (ImageError, RegistryError, ControlError, DigestMismatchError, ArchiveError, LayoutError, OSError)
-"""Failures worth rewording as "saving build X failed: …"; anything else is a bug and keeps its traceback."""
+_REPORTABLE = (CargoholdError, OSError)
+"""Failures worth rewording as "saving build X failed: …" (the client library's, and the disk's); anything else
+is a bug and keeps its traceback."""
 
 
 @dataclass
@@ -56,7 +59,8 @@ class SaveResult:
     save_tags: list[str] = field(default_factory=list)
     uploaded_blobs: int = 0
     skipped_blobs: int = 0
-    build: dict[str, Any] = field(default_factory=dict)
+    build: Build | None = None
+    """The saved build as the server answered it."""
 
     @property
     def pull_command(self) -> str:
@@ -160,7 +164,7 @@ def save_opened(
             raise ImageError(f"cannot read the image in {source.description}: {describe(exc)}") from None
     with connection.control() as control:
         build = control.create_build(project, provenance)
-        build_id = str(build["build_id"])
+        build_id = build.build_id
         progress.step(f"created build {build_id} in project {project}")
         try:
             return _upload_and_record(connection, control, build, summaries, save_tags, metadata_file, jobs, progress)
@@ -185,16 +189,16 @@ def save_opened(
 def _upload_and_record(
     connection: Connection,
     control: ControlClient,
-    build: dict[str, Any],
-    images: list[tuple[str, OpenedSource, Any]],
+    build: BuildCreated,
+    images: list[tuple[str, OpenedSource, ImageSummary]],
     save_tags: Sequence[str],
     metadata_file: Path | str | None,
     jobs: int,
     progress: Progress,
 ) -> SaveResult:
     """Copy the build's image (``<build>``) and each target's (``<build>-<target>``), then record the save."""
-    build_id = str(build["build_id"])
-    project = str(build["project_id"])
+    build_id = build.build_id
+    project = build.project_id
     uploaded: list[int] = []
     skipped: list[int] = []
     summary = images[0][2]
@@ -203,8 +207,8 @@ def _upload_and_record(
         (uploaded if how == "uploaded" else skipped).append(descriptor.size)
         progress.blob(descriptor, how)
 
-    with cargohold_client(connection, str(build["registry"]), str(build["token"])) as client:
-        target = NamingTarget(RegistryRepo(client, str(build["repository"])))
+    with cargohold_client(connection, build.registry, build.token) as client:
+        target = NamingTarget(RegistryRepo(client, build.repository))
         copies = {}
         for name, opened, image_summary in images:
             tag = f"{build_id}-{name}" if name else build_id
@@ -230,7 +234,7 @@ def _upload_and_record(
         saved = control.save_build(build_id, save_tags=list(save_tags), targets=target_names)
     except ControlError as exc:
         raise StepError("recording the build as saved", exc) from exc
-    reference = str(saved.get("reference") or build["reference"])
+    reference = saved.reference or build.reference
     descriptor = summary.manifest.descriptor()
     metadata = build_metadata(build_id, project, reference, descriptor)
     if target_names:
@@ -247,11 +251,11 @@ def _upload_and_record(
         reference=reference,
         digest=str(result.digest),
         media_type=result.media_type,
-        platforms=list(saved.get("platforms") or summary.platforms),
+        platforms=list(saved.platforms or summary.platforms),
         total_size=summary.total_size,
         uploaded_size=sum(uploaded),
         metadata=metadata,
-        save_tags=list(saved.get("save_tags") or save_tags),
+        save_tags=list(saved.save_tags or save_tags),
         uploaded_blobs=len(uploaded),
         skipped_blobs=len(skipped),
         build=saved,

@@ -1,6 +1,6 @@
 """Where an image to save comes from: ``oci:``, ``oci-archive:``, ``docker-archive:``, ``docker-daemon:``.
 
-Each kind is opened as an :class:`~cargohold.client.copy.ImageSource`, so saving is one
+Each kind is opened as an :class:`~cargohold.oci.transfer.ImageSource`, so saving is one
 :func:`~cargohold.client.copy.copy_image` call whatever the input. Archives are untrusted input (CI
 artifacts, downloads): an OCI archive is stream-extracted member by member after each member's path and
 type is validated (no absolute paths, no ``..``, no links or devices), and tarfile's ``data`` filter is
@@ -16,12 +16,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cargohold.client.copy import ImageSource, LayoutStore, platform_label
-from cargohold.client.registry import Manifest
+from cargohold.client.copy import LayoutStore
 from cargohold.images.common import ImageError
 from cargohold.oci.archive import ArchiveError, DockerArchive, DockerArchiveSource, check_member
+from cargohold.oci.descriptor import Descriptor
 from cargohold.oci.digest import Digest
-from cargohold.oci.layout import Descriptor, LayoutError, OCILayout
+from cargohold.oci.layout import LayoutError, OCILayout
+from cargohold.oci.manifest import Manifest
+from cargohold.oci.transfer import ImageSource, platform_label
 
 SOURCE_KINDS = ("oci", "oci-archive", "docker-archive", "docker-daemon")
 CONFIG_MAX = 8 << 20
@@ -180,7 +182,7 @@ def summarize(source: ImageSource, reference: str | Digest | None, *, top: Manif
         images.append(top)
         config = body.get("config")
         if config:
-            platforms.append(_config_platform(source, Descriptor.from_dict(config)))
+            platforms.append(_config_platform(source, Descriptor.from_json(config, "the image's config")))
     for image in images:
         image_body = image.json()
         for entry in [image_body.get("config"), *(image_body.get("layers") or [])]:

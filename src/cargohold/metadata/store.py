@@ -36,8 +36,9 @@ from cargohold.metadata.models import (
     UploadSession,
     UTCDateTime,
 )
+from cargohold.oci.descriptor import Descriptor
 from cargohold.oci.digest import Digest
-from cargohold.oci.manifest import Descriptor, ParsedManifest
+from cargohold.oci.manifest import ParsedManifest
 
 IN_CHUNK = 500
 """Values per ``IN (…)`` list: far below SQLite's variable limit."""

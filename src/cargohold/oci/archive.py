@@ -25,15 +25,15 @@ import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import Any, BinaryIO
 
 from cargohold.oci import mediatypes
+from cargohold.oci.descriptor import Descriptor
 from cargohold.oci.digest import Digest, DigestError, Hasher, new_hasher
-from cargohold.oci.layout import Descriptor, canonical_json
-
-if TYPE_CHECKING:
-    from cargohold.client.copy import ImageSource
-    from cargohold.client.registry import BlobSource, Manifest
+from cargohold.oci.errors import CargoholdError
+from cargohold.oci.layout import canonical_json
+from cargohold.oci.manifest import Manifest
+from cargohold.oci.transfer import BlobSource, ImageSource, platform_label, select_platform
 
 CHUNK_SIZE = 1 << 20
 MANIFEST_FILE = "manifest.json"
@@ -44,7 +44,7 @@ DOCKER_LAYER_TAR = "application/vnd.docker.image.rootfs.diff.tar"
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 
 
-class ArchiveError(Exception):
+class ArchiveError(CargoholdError):
     """The archive is malformed, unsafe, or its content does not match its digests."""
 
 
@@ -203,11 +203,11 @@ class DockerArchive:
                     yield chunk
             return
         with tarfile.open(self.path, "r:*") as tar:
-            handle = tar.extractfile(member)
-            assert handle is not None
-            with handle:
-                handle.seek(offset)
-                while chunk := handle.read(CHUNK_SIZE):
+            extracted = tar.extractfile(member)
+            assert extracted is not None
+            with extracted:
+                extracted.seek(offset)
+                while chunk := extracted.read(CHUNK_SIZE):
                     yield chunk
 
     @property
@@ -301,7 +301,7 @@ class DockerArchive:
 
 
 class DockerArchiveSource:
-    """A docker-archive image as an :class:`~cargohold.client.copy.ImageSource`.
+    """A docker-archive image as an :class:`~cargohold.oci.transfer.ImageSource`.
 
     The archive has no manifest, so one is synthesised (Docker schema 2, canonical JSON): the same archive
     always yields the same manifest digest.
@@ -319,12 +319,9 @@ class DockerArchiveSource:
         manifest = {
             "schemaVersion": 2,
             "mediaType": mediatypes.DOCKER_MANIFEST,
-            "config": self._config.to_dict(),
-            "layers": [d.to_dict() for d in self._layers],
+            "config": self._config.to_json(),
+            "layers": [d.to_json() for d in self._layers],
         }
-        # Imported here: oci/ stays importable without the client; only this adapter needs its Manifest.
-        from cargohold.client.registry import Manifest
-
         self.manifest = Manifest.from_bytes(canonical_json(manifest), mediatypes.DOCKER_MANIFEST)
 
     def get_manifest(self, reference: str | Digest | None) -> Manifest:
@@ -357,7 +354,7 @@ class _HashingReader(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
-    def readinto(self, buffer: Any) -> int:  # type: ignore[override]
+    def readinto(self, buffer: Any) -> int:
         # Fill the whole buffer unless the stream ends: tarfile treats a short read as truncation.
         view = memoryview(buffer).cast("B")
         filled = 0
@@ -390,8 +387,6 @@ class _HashingReader(io.RawIOBase):
 
 
 def _pick_image_manifest(source: ImageSource, manifest: Manifest, platform: str | None) -> Manifest:
-    from cargohold.client.copy import platform_label, select_platform
-
     if not manifest.is_index:
         return manifest
     index = manifest.json()
@@ -420,8 +415,8 @@ def write_docker_archive(
     """
     top = _pick_image_manifest(source, source.get_manifest(reference), platform)
     body = top.json()
-    config = Descriptor.from_dict(body["config"])
-    layers = [Descriptor.from_dict(entry) for entry in body.get("layers") or []]
+    config = Descriptor.from_json(body.get("config"), "the image's config")
+    layers = [Descriptor.from_json(entry, f"layers[{i}]") for i, entry in enumerate(body.get("layers") or [])]
 
     def write(stream: BinaryIO) -> None:
         with tarfile.open(fileobj=stream, mode="w|", format=tarfile.PAX_FORMAT) as tar:

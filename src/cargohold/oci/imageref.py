@@ -16,6 +16,7 @@ import re
 from dataclasses import dataclass
 
 from cargohold.oci.digest import Digest, DigestError
+from cargohold.oci.errors import CargoholdError
 from cargohold.oci.reference import check_name, check_tag
 
 DOCKER_HUB = "docker.io"
@@ -33,7 +34,7 @@ _HOST_RE = re.compile(
 )
 
 
-class ImageReferenceError(ValueError):
+class ImageReferenceError(CargoholdError, ValueError):
     """A string is not a usable image reference; the message says which part is wrong."""
 
 

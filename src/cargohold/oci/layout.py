@@ -20,18 +20,18 @@ import os
 import re
 import secrets
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Any, BinaryIO
 
 from cargohold.oci import mediatypes
+from cargohold.oci.descriptor import REF_NAME_ANNOTATION, Descriptor, DescriptorError
 from cargohold.oci.digest import Digest, DigestError, Hasher, new_hasher
+from cargohold.oci.errors import CargoholdError
 
 LAYOUT_FILE = "oci-layout"
 INDEX_FILE = "index.json"
 BLOBS_DIR = "blobs"
-REF_NAME_ANNOTATION = "org.opencontainers.image.ref.name"
 CHUNK_SIZE = 1 << 20
 """Read/write granularity: big enough to keep syscalls cheap, small enough to keep memory flat."""
 
@@ -42,7 +42,7 @@ _REF_NAME_RE = re.compile(rf"^{_REF_COMPONENT}(?:/{_REF_COMPONENT})*$")
 _PARTIAL_PREFIX = ".partial-"
 
 
-class LayoutError(Exception):
+class LayoutError(CargoholdError):
     """The directory is not a usable OCI layout, or a requested object is not in it."""
 
 
@@ -72,58 +72,12 @@ def _as_digest(value: Digest | str) -> Digest:
     return Digest.parse(value)
 
 
-@dataclass(frozen=True)
-class Descriptor:
-    """An OCI content descriptor: what a manifest or index says about one blob."""
-
-    media_type: str
-    digest: Digest
-    size: int
-    annotations: dict[str, str] | None = None
-    platform: dict[str, Any] | None = None
-    artifact_type: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-    """Fields we do not model (``urls``, ``data``, ...) kept so a round trip loses nothing."""
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Descriptor:
-        """Parse a descriptor JSON object, validating digest and size."""
-        try:
-            media_type = data["mediaType"]
-            digest = Digest.parse(data["digest"])
-            size = data["size"]
-        except KeyError as exc:
-            raise LayoutError(f"descriptor is missing {exc.args[0]!r}: {data!r}") from None
-        except (DigestError, TypeError) as exc:
-            raise LayoutError(f"descriptor has an invalid digest: {exc}") from None
-        if not isinstance(media_type, str) or not isinstance(size, int) or isinstance(size, bool) or size < 0:
-            raise LayoutError(f"descriptor has an invalid mediaType or size: {data!r}")
-        known = {"mediaType", "digest", "size", "annotations", "platform", "artifactType"}
-        return cls(
-            media_type=media_type,
-            digest=digest,
-            size=size,
-            annotations=data.get("annotations"),
-            platform=data.get("platform"),
-            artifact_type=data.get("artifactType"),
-            extra={k: v for k, v in data.items() if k not in known},
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        """The JSON form, with optional fields omitted when unset (as the spec's examples do)."""
-        out: dict[str, Any] = {"mediaType": self.media_type, "digest": str(self.digest), "size": self.size}
-        if self.artifact_type is not None:
-            out["artifactType"] = self.artifact_type
-        if self.platform is not None:
-            out["platform"] = self.platform
-        if self.annotations:
-            out["annotations"] = dict(self.annotations)
-        out.update(self.extra)
-        return out
-
-    @property
-    def ref_name(self) -> str | None:
-        return (self.annotations or {}).get(REF_NAME_ANNOTATION)
+def _entry(value: Any, root: Path, position: int) -> Descriptor:
+    """One ``manifests`` entry of ``index.json``, or a :class:`LayoutError` naming the layout and the entry."""
+    try:
+        return Descriptor.from_json(value, f"entry {position} of {root / INDEX_FILE}")
+    except DescriptorError as exc:
+        raise LayoutError(str(exc)) from None
 
 
 def canonical_json(obj: Any) -> bytes:
@@ -160,7 +114,7 @@ class BlobWriter(io.RawIOBase):
     def writable(self) -> bool:
         return True
 
-    def write(self, data: bytes | bytearray | memoryview) -> int:  # type: ignore[override]
+    def write(self, data: bytes | bytearray | memoryview) -> int:  # type: ignore[override]  # RawIOBase: int | None
         if self._file is None:
             raise ValueError("blob writer is already committed or aborted")
         view = memoryview(data)
@@ -244,8 +198,8 @@ class VerifyingReader(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
-    def readinto(self, buffer: Any) -> int:  # type: ignore[override]
-        n = self._file.readinto(buffer)  # type: ignore[attr-defined]
+    def readinto(self, buffer: Any) -> int:
+        n: int = self._file.readinto(buffer)  # type: ignore[attr-defined]  # typing.BinaryIO has no readinto
         if n:
             view = memoryview(buffer)[:n]
             self._hasher.update(view)
@@ -431,8 +385,8 @@ class OCILayout:
         manifests = index.setdefault("manifests", [])
         if not isinstance(manifests, list):
             raise LayoutError(f"{self.root / INDEX_FILE} has a non-list 'manifests'")
-        for entry in manifests:
-            Descriptor.from_dict(entry)
+        for i, entry in enumerate(manifests):
+            _entry(entry, self.root, i)
         return index
 
     def write_index(self, index: dict[str, Any]) -> None:
@@ -441,7 +395,7 @@ class OCILayout:
 
     def manifests(self) -> list[Descriptor]:
         """The top-level descriptors listed in ``index.json``."""
-        return [Descriptor.from_dict(entry) for entry in self.read_index()["manifests"]]
+        return [_entry(entry, self.root, i) for i, entry in enumerate(self.read_index()["manifests"])]
 
     def add_manifest(self, descriptor: Descriptor, ref_name: str | None = None) -> Descriptor:
         """List ``descriptor`` in ``index.json``; with ``ref_name`` it becomes the only entry of that name.
@@ -461,16 +415,17 @@ class OCILayout:
                 annotations=annotations,
                 platform=descriptor.platform,
                 artifact_type=descriptor.artifact_type,
+                urls=descriptor.urls,
                 extra=dict(descriptor.extra),
             )
         index = self.read_index()
-        entries = [Descriptor.from_dict(entry) for entry in index["manifests"]]
+        entries = [_entry(entry, self.root, i) for i, entry in enumerate(index["manifests"])]
         if ref_name is not None:
             entries = [entry for entry in entries if entry.ref_name != ref_name]
         else:
             entries = [entry for entry in entries if entry != descriptor]
         entries.append(descriptor)
-        index["manifests"] = [entry.to_dict() for entry in entries]
+        index["manifests"] = [entry.to_json() for entry in entries]
         self.write_index(index)
         return descriptor
 

@@ -1,31 +1,32 @@
-"""Parsing and validating manifests and indexes as they arrive in a manifest PUT.
+"""Manifests: the exact bytes a registry serves (:class:`Manifest`), and what a manifest PUT references.
 
-The registry stores manifest bytes exactly as received; this module only decides whether those bytes are a
-manifest we accept and extracts what the registry needs from them: the media type, the blobs and child
-manifests they reference (which must exist in the repository), the ``subject`` (for the referrers API) and
-the artifact type.
+A registry stores manifest bytes exactly as received and a client moves them exactly as served, because a
+manifest's digest is the hash of those bytes: :class:`Manifest` is that triple of bytes, media type and digest,
+for both. :func:`parse_manifest` decides whether bytes are a manifest the registry accepts and extracts what it
+needs from them (:class:`ParsedManifest`): the media type, the blobs and child manifests they reference (which
+must exist in the repository), the ``subject`` (for the referrers API) and the artifact type.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
 from cargohold.oci import mediatypes as mt
 from cargohold.oci import strictjson
-from cargohold.oci.digest import Digest, DigestError
+from cargohold.oci.descriptor import Descriptor, DescriptorError
+from cargohold.oci.digest import Digest
+from cargohold.oci.errors import CargoholdError
 
 MAX_MANIFEST_SIZE = 4 * 1024 * 1024
 """Largest manifest accepted (the OCI distribution spec's recommended minimum a registry must take)."""
 
 
-MAX_SIZE = 2**63 - 1
-"""Largest descriptor size: what a signed 64-bit integer (Go's int64, SQLite's INTEGER) holds."""
-
 SCHEMA1_REFUSED = "Docker schema 1 manifests are deprecated and not accepted; push schema 2 or OCI"
 
 
-class ManifestInvalid(ValueError):
+class ManifestInvalid(CargoholdError, ValueError):
     """The bytes are not an acceptable manifest; the message says why."""
 
 
@@ -33,27 +34,40 @@ class ManifestUnsupported(ManifestInvalid):
     """A recognised but unsupported manifest kind (Docker schema 1)."""
 
 
-@dataclass(frozen=True, slots=True)
-class Descriptor:
+@dataclass(frozen=True)
+class Manifest:
+    """Manifest bytes exactly as a registry served them (or will store them), with their media type and digest."""
+
+    data: bytes
     media_type: str
     digest: Digest
-    size: int
-    artifact_type: str | None = None
-    annotations: dict[str, str] | None = None
-    platform: dict[str, Any] | None = None
-    urls: tuple[str, ...] = ()
 
-    def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"mediaType": self.media_type, "digest": str(self.digest), "size": self.size}
-        if self.artifact_type:
-            out["artifactType"] = self.artifact_type
-        if self.annotations:
-            out["annotations"] = self.annotations
-        if self.platform:
-            out["platform"] = self.platform
-        if self.urls:
-            out["urls"] = list(self.urls)
-        return out
+    def json(self) -> dict[str, Any]:
+        """The manifest's JSON object; :class:`ManifestInvalid` if the bytes are not one."""
+        try:
+            value = json.loads(self.data)
+        except ValueError as exc:
+            raise ManifestInvalid(f"manifest {self.digest} is not valid JSON: {exc}") from None
+        if not isinstance(value, dict):
+            raise ManifestInvalid(f"manifest {self.digest} is not a JSON object")
+        return value
+
+    @property
+    def is_index(self) -> bool:
+        return self.media_type in mt.INDEXES
+
+    def descriptor(self, **fields: Any) -> Descriptor:
+        return Descriptor(media_type=self.media_type, digest=self.digest, size=len(self.data), **fields)
+
+    @classmethod
+    def from_bytes(cls, data: bytes, media_type: str | None = None) -> Manifest:
+        """Wrap raw manifest bytes, taking the media type from the JSON when not given."""
+        if media_type is None:
+            try:
+                media_type = json.loads(data).get("mediaType")
+            except (ValueError, AttributeError):
+                media_type = None
+        return cls(data, media_type or mt.OCI_MANIFEST, Digest.of(data))
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,54 +85,10 @@ class ParsedManifest:
 
 
 def _descriptor(value: Any, where: str) -> Descriptor:
-    if not isinstance(value, dict):
-        raise ManifestInvalid(f"{where} must be a JSON object")
-    media_type = value.get("mediaType")
-    size = value.get("size")
-    if not isinstance(media_type, str) or not media_type:
-        raise ManifestInvalid(f"{where} has no mediaType")
-    if not isinstance(size, int) or isinstance(size, bool) or not 0 <= size <= MAX_SIZE:
-        raise ManifestInvalid(f"{where} has no valid size (an integer from 0 to {MAX_SIZE})")
     try:
-        digest = Digest.parse(value.get("digest", ""))
-    except DigestError as exc:
-        raise ManifestInvalid(f"{where}: {exc}") from None
-    annotations = value.get("annotations")
-    if annotations is not None and not (
-        isinstance(annotations, dict) and all(isinstance(v, str) for v in annotations.values())
-    ):
-        raise ManifestInvalid(f"{where} has annotations that are not a string map")
-    urls = value.get("urls") or []
-    if not isinstance(urls, list) or not all(isinstance(u, str) for u in urls):
-        raise ManifestInvalid(f"{where} has urls that are not a list of strings")
-    artifact_type = value.get("artifactType")
-    if artifact_type is not None and not isinstance(artifact_type, str):
-        raise ManifestInvalid(f"{where} has an artifactType that is not a string")
-    platform = value.get("platform")
-    if platform is not None:
-        _check_platform(platform, where)
-    return Descriptor(
-        media_type=media_type,
-        digest=digest,
-        size=size,
-        artifact_type=artifact_type,
-        annotations=annotations,
-        platform=platform,
-        urls=tuple(urls),
-    )
-
-
-def _check_platform(platform: Any, where: str) -> None:
-    """The OCI image index's platform object: string fields, and string lists for the feature lists."""
-    if not isinstance(platform, dict):
-        raise ManifestInvalid(f"{where} has a platform that is not a JSON object")
-    for key in ("architecture", "os", "os.version", "variant"):
-        if key in platform and not isinstance(platform[key], str):
-            raise ManifestInvalid(f"{where}: platform {key} must be a string")
-    for key in ("os.features", "features"):
-        values = platform.get(key)
-        if values is not None and not (isinstance(values, list) and all(isinstance(v, str) for v in values)):
-            raise ManifestInvalid(f"{where}: platform {key} must be a list of strings")
+        return Descriptor.from_json(value, where)
+    except DescriptorError as exc:
+        raise ManifestInvalid(str(exc)) from None
 
 
 def _resolve_media_type(body: dict[str, Any], content_type: str | None) -> str:
