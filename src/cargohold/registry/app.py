@@ -15,6 +15,9 @@ from aiohttp.http_exceptions import HttpProcessingError
 from cargohold import __version__
 from cargohold.client.tls import verify_option
 from cargohold.config import ServerSettings
+from cargohold.config.convert import parse_cidrs
+from cargohold.edge import requestid
+from cargohold.edge.proxies import TrustedProxies
 from cargohold.metadata.control import ControlStore
 from cargohold.metadata.db import Database
 from cargohold.metadata.store import MetadataStore
@@ -191,7 +194,12 @@ def create_app(settings: ServerSettings, access: AccessPolicy | None = None) -> 
         state.auth, state.oidc = security.access, security.oidc
         state.access = security.access
     drain = Drain()
-    app = web.Application(middlewares=[drain.middleware(), oci_errors, space.storage_faults], client_max_size=1024**2)
+    proxies = TrustedProxies(parse_cidrs(settings.trusted_proxies, "trusted_proxies"), settings.proxy_header)
+    app = web.Application(
+        middlewares=[requestid.request_ids, proxies.middleware(), drain.middleware(), oci_errors, space.storage_faults],
+        client_max_size=1024**2,
+    )
+    requestid.install(app)
     app[STATE_KEY] = state
     app[DRAIN_KEY] = drain
     app.router.add_get("/healthz", healthz)

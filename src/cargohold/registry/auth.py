@@ -31,6 +31,7 @@ from typing import Any
 
 from aiohttp import web
 
+from cargohold.edge.proxies import client_address
 from cargohold.metadata.control import ControlStore
 from cargohold.metadata.models import Credential
 from cargohold.oci import strictjson
@@ -341,7 +342,7 @@ class TokenAccess:
         """The caller, cached on the request; raises OCI errors for bad credentials and rate limits."""
         if "identity" in request:
             return request["identity"]  # type: ignore[no-any-return]
-        address = request.remote or "unknown"
+        address = client_address(request)
         wait = self.limiter.retry_after(address)
         if wait is not None:
             raise RegistryError(

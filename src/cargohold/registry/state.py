@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import functools
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -46,9 +48,11 @@ class RegistryState:
     """Free space, upload admission and the reserve file (see cargohold.registry.space)."""
 
     async def run(self, func: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
-        """Run blocking work (database, file system, hashing) off the event loop."""
+        """Run blocking work (database, file system, hashing) off the event loop, in a copy of the caller's
+        context (the request ID and client address reach log records and audit entries)."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.executor, lambda: func(*args, **kwargs))
+        context = contextvars.copy_context()
+        return await loop.run_in_executor(self.executor, functools.partial(context.run, func, *args, **kwargs))
 
 
 STATE_KEY = web.AppKey("cargohold_state", RegistryState)

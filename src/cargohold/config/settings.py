@@ -1,4 +1,9 @@
-"""Server settings, from command-line flags and ``CARGOHOLD_*`` environment variables."""
+"""The settings of one ``cargohold serve`` process, whatever they came from.
+
+Flags, ``CARGOHOLD_*`` environment variables and a TOML file (``--config``) all end up here; where each value
+came from is the business of :mod:`cargohold.config.layers`, what is valid that of
+:mod:`cargohold.config.validate`. Field names are the keys of the configuration file.
+"""
 
 from __future__ import annotations
 
@@ -28,7 +33,19 @@ class ServerSettings:
     public_url: str | None = None
     """The URL clients use to reach this server (for token realms and OIDC audience); default from host/port."""
     log_level: str = "info"
+    log_format: str = "text"
+    """``text`` (one human-readable line per record, the access log in logfmt) or ``json`` (one object per line)."""
     access_log: bool = True
+    tls_cert: Path | None = None
+    """PEM certificate chain to serve HTTPS with (re-read with ``tls_key`` on SIGHUP); None: plain HTTP."""
+    tls_key: Path | None = None
+    trusted_proxies: tuple[str, ...] = ()
+    """Networks (CIDRs) of reverse proxies whose forwarding headers name the real client (see
+    cargohold.edge.proxies); requests from anyone else are taken at their TCP peer address."""
+    proxy_header: str = "x-forwarded-for"
+    """Which forwarding header trusted proxies set: ``x-forwarded-for`` (with ``X-Forwarded-Proto``) or
+    ``forwarded`` (RFC 7239). Only one is read, so a client cannot smuggle the other through a proxy that
+    passes it on unchanged."""
     upload_ttl: timedelta = timedelta(hours=24)
     """Upload sessions idle for longer are purged with their staged bytes."""
     max_uploads_per_credential: int = 256
@@ -107,4 +124,6 @@ class ServerSettings:
     def resolved_public_url(self) -> str:
         if self.public_url:
             return self.public_url.rstrip("/")
-        return f"http://{self.host}:{self.port}"
+        scheme = "https" if self.tls_cert is not None else "http"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{scheme}://{host}:{self.port}"
