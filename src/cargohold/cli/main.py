@@ -103,8 +103,9 @@ def _register_command_modules() -> None:
         importlib.import_module(f"cargohold.cli.{module}")
 
 
-COMMAND_MODULES: tuple[str, ...] = ("admin", "images", "lifecycle")
-"""Command modules, in help order (admin: projects/trust/tokens/login; images: save/build/pull/push; lifecycle)."""
+COMMAND_MODULES: tuple[str, ...] = ("admin", "images", "lifecycle", "operations")
+"""Command modules, in help order (admin: projects/trust/tokens/login; images: save/build/pull/push; lifecycle;
+operations: db/backup/restore and break-glass admin recovery on the server's host)."""
 
 
 def main() -> None:

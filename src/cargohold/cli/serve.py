@@ -311,9 +311,8 @@ def serve(ctx: click.Context, config_file: str | None, print_config: bool, **giv
     from cargohold.config.layers import Layered, effective_values
     from cargohold.config.validate import StartupRefused, check_startup
 
-    kinds = {param.name: _file_kind(param) for param in ctx.command.params if param.name in given}
     try:
-        from_file = load_config_file(config_file, kinds) if config_file else {}
+        from_file = load_config_file(config_file, file_kinds(ctx.command)) if config_file else {}
     except ConfigFileError as exc:
         raise click.UsageError(str(exc)) from None
     layered = effective_values(
@@ -353,8 +352,13 @@ def serve(ctx: click.Context, config_file: str | None, print_config: bool, **giv
             f"cargohold serve needs the server's dependencies ({exc.name} is missing); install them with "
             "pip install 'cargohold[server]'"
         ) from None
+    from cargohold.metadata.schema_version import SchemaTooNew
+
     configure_logging(settings.log_level, settings.log_format)
-    run(settings)
+    try:
+        run(settings)
+    except SchemaTooNew as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 def _source_name(source: click.core.ParameterSource | None) -> str:
@@ -363,6 +367,15 @@ def _source_name(source: click.core.ParameterSource | None) -> str:
     if source is click.core.ParameterSource.ENVIRONMENT:
         return "env"
     return "default"
+
+
+def file_kinds(command: click.Command) -> dict[str, str]:
+    """Every configuration-file key (the settings of ``command``) and the kind of value it takes."""
+    return {
+        param.name: _file_kind(param)
+        for param in command.params
+        if param.name is not None and param.name not in ("config_file", "print_config")
+    }
 
 
 def _file_kind(param: click.Parameter) -> str:

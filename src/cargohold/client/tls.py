@@ -63,6 +63,21 @@ def _verifying_context() -> ssl.SSLContext:
         return _context
 
 
+def tls_failure(exc: BaseException) -> str | None:
+    """A sentence about a TLS failure anywhere in ``exc``'s chain, naming what fixes it; else None."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, ssl.SSLCertVerificationError):
+            detail = current.verify_message or current.reason or "verification failed"
+            return f"its TLS certificate is not trusted here ({detail}); {CA_CERT_HINT}"
+        if isinstance(current, ssl.SSLError) and current.reason == "WRONG_VERSION_NUMBER":
+            return "it answers in plain HTTP, not HTTPS; use an http:// URL for it"
+        current = current.__cause__ or current.__context__
+    return None
+
+
 def verify_option(verify: bool | ssl.SSLContext) -> bool | ssl.SSLContext:
     """What to pass as ``httpx.Client(verify=...)``: the shared context instead of ``True``."""
     return _verifying_context() if verify is True else verify

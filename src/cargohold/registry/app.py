@@ -21,6 +21,7 @@ from cargohold.edge.proxies import TrustedProxies
 from cargohold.metadata.control import ControlStore
 from cargohold.metadata.db import Database
 from cargohold.metadata.store import MetadataStore
+from cargohold.ops import dbmetrics
 from cargohold.registry import api, api_lifecycle, auth_routes, blob_copy, routing, space
 from cargohold.registry.access import AccessPolicy, OpenAccess
 from cargohold.registry.bodies import BodyStalled, BodyTooLarge, respond_and_close
@@ -216,4 +217,5 @@ def create_app(settings: ServerSettings, access: AccessPolicy | None = None) -> 
     app.cleanup_ctx.append(_housekeeping)
     api_lifecycle.install(app)  # after the control API's routes: lifecycle routes, hooks, /metrics, schedule
     space.install(app)  # after lifecycle: reclaiming uses its retention, GC and metrics
+    dbmetrics.install(app)  # after lifecycle too: its metrics registry
     return app
