@@ -26,8 +26,8 @@ from cargohold.client.copy import DEFAULT_JOBS, RegistryRepo, ServerPush, copy_i
 from cargohold.client.credentials import PUSH_ENV_PREFIX, resolve_credentials
 from cargohold.client.registry import RegistryClient
 from cargohold.client.retry import tls_problem
-from cargohold.client.tls import CA_CERT_HINT
 from cargohold.client.settings import Connection
+from cargohold.client.tls import CA_CERT_HINT
 from cargohold.images.common import ImageError, NamingTarget, cargohold_client
 from cargohold.images.progress import Progress
 from cargohold.images.pull import choose_manifest, pull_info, target_digest
