@@ -20,8 +20,11 @@ _ch_missing_packages() {
     local cmd pkg
     # dockerd/buildah: the build and docker-daemon paths are tested against real ones, started privately.
     # mkfs.ext4: the full-disk tests mount a small real filesystem (tests/test_storage_full.py).
+    # debootstrap: the container-image test builds its Debian base image locally (test_container_image.py);
+    # systemd-analyze and promtool check the systemd unit and the alert rules (test_deploy_files.py).
     for pair in skopeo:skopeo umoci:umoci docker-registry:docker-registry nginx:nginx-light curl:curl \
-                python3:python3 dockerd:docker.io buildah:buildah mkfs.ext4:e2fsprogs busybox:busybox-static; do
+                python3:python3 dockerd:docker.io buildah:buildah mkfs.ext4:e2fsprogs busybox:busybox-static \
+                debootstrap:debootstrap systemd-analyze:systemd promtool:prometheus; do
         cmd="${pair%%:*}"; pkg="${pair#*:}"
         if ! command -v "$cmd" >/dev/null 2>&1 && ! [ -x "/usr/sbin/$cmd" ]; then
             missing+=("$pkg")
