@@ -97,3 +97,13 @@ def server(tmp_path: Path) -> Iterator[ServerProcess]:
 def http(server: ServerProcess) -> Iterator[httpx.Client]:
     with server.client() as client:
         yield client
+
+
+@pytest.fixture(scope="session")
+def session_dockerd() -> Iterator[str]:
+    """One private dockerd for the tests that only need a daemon (the image build, the nginx front);
+    yields its DOCKER_HOST. Skips, saying why, where dockerd cannot run (see test_images_docker)."""
+    from test_images_docker import private_dockerd
+
+    with private_dockerd() as host:
+        yield host
