@@ -101,6 +101,42 @@ def test_cli_round_trip_with_ca_cert_and_the_hint_without_it(
     assert index["manifests"][0]["digest"] == str(image.manifest.digest)
 
 
+def test_actions_take_a_ca_cert_input(tls_server: ServerProcess, ca: PrivateCA, tmp_path: Path) -> None:
+    with ControlClient(tls_server.url, tls_server.admin_token, verify=tls_server.verify()) as control:  # type: ignore[arg-type]
+        project = str(control.create_project("tls-action")["id"])
+    write_sample_image(tmp_path / "img", layers=1, layer_size=8 << 10, seed=9, ref="latest")
+    common = ["--registry", tls_server.url, "--token", tls_server.admin_token, "--project", project]
+    saved = cli("--ca-cert", str(ca.cert_path), "save", f"oci:{tmp_path / 'img'}", *common, "--json")
+    build_id = json.loads(saved.stdout)["build_id"]
+
+    def step(**inputs: str) -> subprocess.CompletedProcess[str]:
+        for name in ("output", "summary"):
+            (tmp_path / name).write_text("")
+        env = {
+            "GITHUB_ACTIONS": "true",
+            "GITHUB_OUTPUT": str(tmp_path / "output"),
+            "GITHUB_STEP_SUMMARY": str(tmp_path / "summary"),
+            "INPUT_REGISTRY": tls_server.url,
+            "INPUT_TOKEN": tls_server.admin_token,
+            "INPUT_BUILD-ID": build_id,
+            "INPUT_OUTPUT": f"oci:{tmp_path / 'pulled'}",
+            **{f"INPUT_{name.upper().replace('_', '-')}": value for name, value in inputs.items()},
+        }
+        clean = {k: v for k, v in os.environ.items() if not k.startswith(("CARGOHOLD_", "SSL_CERT_", "INPUT_"))}
+        return subprocess.run(
+            [sys.executable, "-X", "utf8", "-I", "-m", "cargohold.actions.pull"],
+            capture_output=True, text=True, timeout=120, env={**clean, "CARGOHOLD_RETRY_FOR": "0", **env}, check=False,
+        )  # fmt: skip
+
+    untrusted = step()
+    assert untrusted.returncode != 0 and "ca-cert input" in untrusted.stdout + untrusted.stderr
+    trusted = step(ca_cert=str(ca.cert_path))
+    assert trusted.returncode == 0, trusted.stdout + trusted.stderr
+    assert (tmp_path / "pulled" / "index.json").is_file()
+    missing = step(ca_cert=str(tmp_path / "nope.pem"))
+    assert missing.returncode != 0 and "'ca-cert'" in missing.stdout + missing.stderr
+
+
 def test_skopeo_round_trip_with_a_cert_dir(tls_server: ServerProcess, ca: PrivateCA, tmp_path: Path) -> None:
     if shutil.which("skopeo") is None:
         pytest.skip("skopeo is not installed")

@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx
 
 CA_CERT_ENV = "CARGOHOLD_CA_CERT"
-CA_CERT_HINT = f"pass --ca-cert FILE (or set {CA_CERT_ENV}) with the CA certificate that signed it"
+CA_CERT_HINT = f"pass --ca-cert FILE ({CA_CERT_ENV}, the actions' ca-cert input) with the CA certificate that signed it"
 """What fixes an untrusted certificate, as a clause of error messages."""
 
 _lock = threading.Lock()
