@@ -243,3 +243,25 @@ def test_metrics_token_kind_and_database_size_gauge(server: ServerProcess) -> No
     assert httpx.get(f"{server.url}/api/v1/projects", auth=("x-token", token["token"])).json() == {"projects": []}
     wrong = cli("tokens", "create", "--kind", "metrics", "--permissions", "admin", "--registry", server.url)
     assert wrong.returncode == 1 and "drop --permissions" in wrong.stderr
+
+
+def test_signing_key_rotation_commands(server: ServerProcess) -> None:
+    def kid_of_a_new_registry_token() -> str:
+        import base64
+
+        token = httpx.get(f"{server.url}/token", params={"service": "cargohold"}, auth=("x-token", server.admin_token))
+        header = token.json()["token"].split(".")[0]
+        return str(json.loads(base64.urlsafe_b64decode(header + "=="))["kid"])
+
+    old = kid_of_a_new_registry_token()
+    rotated = cli("admin", "rotate-signing-key", "--data-dir", str(server.data_dir))
+    assert rotated.returncode == 0 and f"still verifying: {old}" in rotated.stdout, rotated.stderr
+    new = rotated.stdout.split()[3]
+    refused = cli("admin", "retire-signing-key", new, "--data-dir", str(server.data_dir))
+    assert refused.returncode == 1 and "is the current signing key" in refused.stderr
+    server.stop()
+    server.start()
+    assert kid_of_a_new_registry_token() == new
+    retired = cli("admin", "retire-signing-key", old, "--data-dir", str(server.data_dir))
+    assert retired.returncode == 0 and f"retired signing key {old}" in retired.stdout
+    assert not (server.data_dir / "keys" / f"{old}.pem").exists()

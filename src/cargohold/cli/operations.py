@@ -220,3 +220,40 @@ def admin_reset_token(
             return
     click.echo(f"created admin token {credential_id}; it is shown only now:")
     click.echo(token)
+
+
+@admin.command("rotate-signing-key")
+@_server_options
+def admin_rotate_signing_key(data_dir: str | None, database_url: str | None, config_file: str | None) -> None:
+    """Add a new key for signing registry tokens and make it current; the old one keeps verifying.
+
+    Restart the servers (one at a time) so they sign with it, wait out the token lifetime (5 minutes), then
+    retire the old key with retire-signing-key.
+    """
+    with _server_extra():
+        from cargohold.registry.signing import KeyError_, rotate_key
+
+        settings = _settings(data_dir, database_url, config_file)
+        try:
+            ring = rotate_key(settings.data_dir)
+        except KeyError_ as exc:
+            raise click.ClickException(str(exc)) from None
+    previous = ", ".join(kid for kid in ring.kids if kid != ring.current.kid)
+    click.echo(f"new signing key {ring.current.kid} is current; still verifying: {previous or 'none'}")
+    click.echo("restart the servers so they sign with it; retire the old key(s) 5 minutes after that")
+
+
+@admin.command("retire-signing-key")
+@click.argument("kid")
+@_server_options
+def admin_retire_signing_key(kid: str, data_dir: str | None, database_url: str | None, config_file: str | None) -> None:
+    """Delete an old signing key KID: registry tokens it signed stop working (clients fetch new ones)."""
+    with _server_extra():
+        from cargohold.registry.signing import KeyError_, retire_key
+
+        settings = _settings(data_dir, database_url, config_file)
+        try:
+            ring = retire_key(settings.data_dir, kid)
+        except KeyError_ as exc:
+            raise click.ClickException(str(exc)) from None
+    click.echo(f"retired signing key {kid}; keys left: {', '.join(ring.kids)}")
