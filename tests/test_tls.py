@@ -247,3 +247,16 @@ def test_unusable_tls_files_refuse_start_in_one_sentence(ca: PrivateCA, tmp_path
     assert mismatch.returncode == 1 and "does not belong to the certificate" in mismatch.stderr, mismatch.stderr
     assert "Traceback" not in mismatch.stderr
     assert not (tmp_path / "d2").exists(), "nothing is created before the settings are known to work"
+
+
+def test_sighup_without_tls_is_harmless(server: ServerProcess) -> None:
+    """``systemctl reload`` sends SIGHUP whatever the configuration; its default action would end the server."""
+    assert server.process is not None
+    server.process.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 10
+    while "nothing to reload" not in server.log():
+        assert server.process.poll() is None, server.log()
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    with server.anonymous() as http:
+        assert http.get("/healthz").status_code == 200

@@ -95,10 +95,13 @@ class ReloadableCertificate:
 def serving_certificate(settings: ServerSettings) -> ReloadableCertificate | None:
     """The certificate of a server with ``--tls-cert``, reloaded on SIGHUP; None for plain HTTP.
 
-    Called inside the running event loop (when the listening sites are made), which owns the signal.
+    Called inside the running event loop (when the listening sites are made), which owns the signal. A
+    plain-HTTP server handles SIGHUP too: ``systemctl reload`` must never end it (SIGHUP's default action).
     """
+    loop = asyncio.get_running_loop()
     if settings.tls_cert is None or settings.tls_key is None:
+        loop.add_signal_handler(signal.SIGHUP, log.info, "SIGHUP: nothing to reload (no --tls-cert)")
         return None
     certificate = ReloadableCertificate(settings.tls_cert, settings.tls_key)
-    asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, certificate.reload)
+    loop.add_signal_handler(signal.SIGHUP, certificate.reload)
     return certificate
