@@ -143,7 +143,11 @@ def test_request_ids_reach_the_response_the_logs_errors_and_the_audit_log(proxie
         pinned = http.post(
             f"/api/v1/projects/{project}/tags/pin",
             json={"repository": f"{project}/web", "tag": "1.0"},
-            headers={"X-Request-ID": "pin-request-42", "X-Forwarded-For": "198.51.100.77"},
+            headers={
+                "X-Request-ID": "pin-request-42",
+                "X-Forwarded-For": "198.51.100.77",
+                "X-Forwarded-Proto": "https",
+            },
         )
         assert pinned.status_code == 200, pinned.text
         assert pinned.headers["X-Request-ID"] == "pin-request-42"
@@ -161,6 +165,8 @@ def test_request_ids_reach_the_response_the_logs_errors_and_the_audit_log(proxie
     access = {entry.get("request_id"): entry for entry in entries if entry["logger"] == "cargohold.access"}
     assert access["pin-request-42"]["remote"] == "198.51.100.77"
     assert access["pin-request-42"]["status"] == "200"
+    assert access["pin-request-42"]["proto"] == "https", "the scheme the client used, as the proxy says"
+    assert access[generated]["proto"] == "http"
     assert access[generated]["status"] == "404"
 
 

@@ -9,7 +9,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web import BaseRequest, StreamResponse
 
 from cargohold.edge.logs import ACCESS_FIELDS
-from cargohold.edge.proxies import client_address
+from cargohold.edge.proxies import client_address, client_scheme
 from cargohold.edge.requestid import request_id_of
 from cargohold.logformat import escape_control, has_control
 
@@ -35,6 +35,7 @@ class AccessLogger(AbstractAccessLogger):
             "user": str(request.get("principal", "-")),
             "remote": client_address(request) if request.remote else "-",
             "ua": request.headers.get("User-Agent", "-"),
+            "proto": client_scheme(request),
             "id": request_id_of(request) or "-",
         }
         line = " ".join(f"{key}={_quote(value)}" for key, value in fields.items())
