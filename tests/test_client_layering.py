@@ -90,6 +90,8 @@ def imported_anywhere(modules: list[str]) -> set[str]:
         for node in ast.walk(tree):
             if isinstance(node, ast.FunctionDef) and name in SERVER_COMMAND_MODULES:
                 skip.update(id(child) for child in ast.walk(node))
+            if isinstance(node, ast.If) and ast.unparse(node.test) in ("TYPE_CHECKING", "typing.TYPE_CHECKING"):
+                skip.update(id(child) for child in ast.walk(node))  # never executed: annotations only
         for node in ast.walk(tree):
             if id(node) in skip:
                 continue
