@@ -258,10 +258,10 @@ def test_signing_key_rotation_commands(server: ServerProcess) -> None:
     assert rotated.returncode == 0 and f"still verifying: {old}" in rotated.stdout, rotated.stderr
     new = rotated.stdout.split()[3]
     refused = cli("admin", "retire-signing-key", new, "--data-dir", str(server.data_dir))
-    assert refused.returncode == 1 and "is the current signing key" in refused.stderr
+    assert refused.returncode == 1 and "is the current signing key" in refused.stderr, refused
     server.stop()
     server.start()
-    assert kid_of_a_new_registry_token() == new
+    assert kid_of_a_new_registry_token() == new, (rotated.stdout, server.log()[-3000:])
     retired = cli("admin", "retire-signing-key", old, "--data-dir", str(server.data_dir))
-    assert retired.returncode == 0 and f"retired signing key {old}" in retired.stdout
+    assert retired.returncode == 0 and f"retired signing key {old}" in retired.stdout, retired
     assert not (server.data_dir / "keys" / f"{old}.pem").exists()
