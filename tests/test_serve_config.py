@@ -188,3 +188,13 @@ def test_everything_a_client_sees_comes_from_the_public_url(tmp_path: Path) -> N
         assert token["token"]
     finally:
         server.stop()
+
+
+def test_an_explicit_public_url_allows_any_address(tmp_path: Path) -> None:
+    from cargohold.config import ServerSettings
+    from cargohold.config.validate import check_startup
+
+    for host in ("0.0.0.0", "::", "10.1.2.3"):
+        check_startup(ServerSettings(host=host, data_dir=tmp_path, public_url="https://cargohold.example.com:5000"))
+    for host in ("127.0.0.1", "localhost", "::1", "127.3.4.5"):
+        check_startup(ServerSettings(host=host, data_dir=tmp_path))  # loopback: the derived URL is fine
