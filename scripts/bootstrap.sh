@@ -22,9 +22,12 @@ _ch_missing_packages() {
     # mkfs.ext4: the full-disk tests mount a small real filesystem (tests/test_storage_full.py).
     # chromium/chromedriver: real-browser tests of the web dashboard (tests/browser.py).
     # ip: private network namespaces of the no-egress tests (tests/netns.py).
+    # debootstrap: the container-image test builds its Debian base image locally (test_container_image.py);
+    # systemd-analyze and promtool check the systemd unit and the alert rules (test_deploy_files.py).
     for pair in skopeo:skopeo umoci:umoci docker-registry:docker-registry nginx:nginx-light curl:curl \
                 python3:python3 dockerd:docker.io buildah:buildah mkfs.ext4:e2fsprogs busybox:busybox-static \
-                chromium:chromium chromedriver:chromium-driver ip:iproute2; do
+                chromium:chromium chromedriver:chromium-driver ip:iproute2 \
+                debootstrap:debootstrap systemd-analyze:systemd promtool:prometheus; do
         cmd="${pair%%:*}"; pkg="${pair#*:}"
         if ! command -v "$cmd" >/dev/null 2>&1 && ! [ -x "/usr/sbin/$cmd" ]; then
             missing+=("$pkg")

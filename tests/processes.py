@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import time
 from collections.abc import Container, Sequence
@@ -41,9 +42,10 @@ class ManagedProcess:
         env: dict[str, str] | None = None,
         timeout: float = 20.0,
         umask: int = -1,
+        verify: bool | ssl.SSLContext = True,
     ) -> None:
         """Start ``command`` (with ``umask`` unless -1) and return once ``health_url`` answers with a status in
-        ``healthy``."""
+        ``healthy`` (``verify``: httpx's, for an HTTPS health check against a test CA)."""
         self.log_path = log_path
         with open(log_path, "ab") as log:
             self.process = subprocess.Popen(
@@ -54,7 +56,7 @@ class ManagedProcess:
             if self.process.poll() is not None:
                 raise RuntimeError(f"{self.name} exited early:\n{self.log()}")
             try:
-                if httpx.get(health_url, timeout=1).status_code in healthy:
+                if httpx.get(health_url, timeout=1, verify=verify).status_code in healthy:
                     return
             except httpx.TransportError:
                 pass

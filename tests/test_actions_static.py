@@ -173,7 +173,7 @@ def test_every_input_reaches_python_under_its_input_name(name: str) -> None:
 def test_interfaces_match_the_issue() -> None:
     inputs = {name: set(load(path)["inputs"]) for name, path in ACTIONS.items()}
     outputs = {name: set(load(path)["outputs"]) for name, path in ACTIONS.items()}
-    shared = {"registry", "project", "token", "audience", "retry-for"}
+    shared = {"registry", "project", "token", "audience", "retry-for", "ca-cert"}
     assert inputs["build"] == shared | {
         "context",
         "file",
@@ -257,6 +257,7 @@ def test_python_reads_only_declared_build_inputs() -> None:
     common.registry_input(rt)
     common.project_input(rt)
     common.retry_policy(rt)
+    common.trust_ca_cert(rt)
     declared = {ActionRuntime.input_variable(i) for i in load(ACTIONS["build"])["inputs"]}
     read = {name for name in env.read if name.startswith("INPUT_")}
     assert read <= declared, f"read but not declared in action.yml: {sorted(read - declared)}"

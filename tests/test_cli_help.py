@@ -45,6 +45,11 @@ def test_every_documented_command_exists() -> None:
         "pull-token",
         "tags list",
         "tags pin",
+        "db check",
+        "db upgrade",
+        "backup",
+        "restore",
+        "admin reset-token",
     ):
         assert expected in names, f"cargohold {expected} is missing"
 
@@ -53,7 +58,7 @@ def test_root_lists_commands_before_groups_in_registration_order() -> None:
     cli_main._register_command_modules()
     names = cli_main.app.list_commands(click.Context(cli_main.app))
     assert names[:5] == ["serve", "pull-token", "login", "logout", "whoami"]
-    assert names[-5:] == ["projects", "trust", "tokens", "builds", "tags"]
+    assert names[-7:] == ["projects", "trust", "tokens", "builds", "tags", "db", "admin"]
 
 
 def test_jobs_default_matches_the_client() -> None:

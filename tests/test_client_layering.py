@@ -20,7 +20,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from cargohold.cli.main import SERVER_PACKAGES
+from cargohold.cli.serve import SERVER_PACKAGES
 from cargohold.client.settings import Connection
 from cargohold.sample import write_sample_image
 from conftest import ServerProcess
@@ -66,9 +66,15 @@ def _module_file(name: str) -> Path | None:
     return None
 
 
+SERVER_COMMAND_MODULES = frozenset({"cargohold.cli.serve", "cargohold.cli.operations"})
+"""CLI modules whose commands run on the server's host (``serve``, ``db``, ``backup``, ``restore``, ``admin``)
+and need the server extra: their top-level imports stay client-only (registering them is part of every
+command's start-up), the imports inside their functions are the server's."""
+
+
 def imported_anywhere(modules: list[str]) -> set[str]:
     """Every cargohold module named by an import statement in ``modules`` (at any depth), transitively,
-    except inside the ``serve`` command, the one client-side entry point meant to need the server."""
+    except inside the functions of the server's commands (:data:`SERVER_COMMAND_MODULES`)."""
     seen: set[str] = set()
     queue = list(modules)
     while queue:
@@ -82,8 +88,10 @@ def imported_anywhere(modules: list[str]) -> set[str]:
         tree = ast.parse(path.read_text())
         skip: set[int] = set()
         for node in ast.walk(tree):
-            if isinstance(node, ast.FunctionDef) and name == "cargohold.cli.main" and node.name == "serve":
+            if isinstance(node, ast.FunctionDef) and name in SERVER_COMMAND_MODULES:
                 skip.update(id(child) for child in ast.walk(node))
+            if isinstance(node, ast.If) and ast.unparse(node.test) in ("TYPE_CHECKING", "typing.TYPE_CHECKING"):
+                skip.update(id(child) for child in ast.walk(node))  # never executed: annotations only
         for node in ast.walk(tree):
             if id(node) in skip:
                 continue

@@ -26,6 +26,7 @@ from cargohold.actions.common import (
     project_input,
     registry_input,
     retry_policy,
+    trust_ca_cert,
 )
 from cargohold.actions.runtime import (
     ActionError,
@@ -219,6 +220,7 @@ def main(rt: ActionRuntime) -> None:
     # load and test in one job.
     registry = registry_input(rt) if inputs.save else None
     project = project_input(rt) if inputs.save else None
+    trust_ca_cert(rt)
     retry = retry_policy(rt)
     token = authenticate(rt, registry, retry=retry) if registry is not None else None
     if registry is not None and token is not None:

@@ -92,6 +92,22 @@ def parse_build_ref(value: str, registry: Registry | None = None) -> BuildRef:
     )
 
 
+def trust_ca_cert(rt: ActionRuntime) -> None:
+    """The ``ca-cert`` input (else ``$CARGOHOLD_CA_CERT``): a private CA's certificate to trust, for a Cargohold
+    with a certificate the runner's system bundle does not know."""
+    from cargohold.client.tls import CA_CERT_ENV, trust_ca_file
+
+    value = rt.get_input("ca-cert") or rt.environ.get(CA_CERT_ENV, "").strip()
+    if not value:
+        return
+    try:
+        trust_ca_file(value)
+    except ValueError as exc:
+        raise ActionError(
+            f"'ca-cert': {exc}; give the path of a PEM CA certificate file", title="Invalid input"
+        ) from None
+
+
 def retry_policy(rt: ActionRuntime) -> RetryPolicy:
     """The ``retry-for`` input (else ``$CARGOHOLD_RETRY_FOR``, else the default): how long every request of
     the step keeps retrying an unavailable registry. Each outage is logged once, as a warning."""

@@ -23,6 +23,7 @@ from cargohold.actions.common import (
     project_input,
     registry_input,
     retry_policy,
+    trust_ca_cert,
 )
 from cargohold.actions.runtime import ActionError, ActionRuntime, markdown_code, markdown_table, run_action
 
@@ -78,6 +79,7 @@ def main(rt: ActionRuntime) -> None:
         )
     if tags and output.kind == "oci" and len(tags) > 1:
         rt.warning("an OCI layout records one reference per tag; all tags point at the same manifest")
+    trust_ca_cert(rt)
     retry = retry_policy(rt)
     token = authenticate(rt, registry, retry=retry)
 

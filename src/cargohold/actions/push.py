@@ -24,6 +24,7 @@ from cargohold.actions.common import (
     project_input,
     registry_input,
     retry_policy,
+    trust_ca_cert,
 )
 from cargohold.actions.runtime import ActionError, ActionRuntime, markdown_code, markdown_table, run_action
 from cargohold.oci.imageref import ImageReference, ImageReferenceError, is_registry_host
@@ -77,6 +78,7 @@ def main(rt: ActionRuntime) -> None:
             title="Invalid input",
         )
     targets = rt.get_list("targets")
+    trust_ca_cert(rt)
     retry = retry_policy(rt)
     token = authenticate(rt, registry, retry=retry)
 

@@ -388,7 +388,12 @@ def trust_remove(trust_id: str, project: str | None, registry: str | None, token
 
 
 @tokens_app.command("create")
-@click.option("--kind", default="project", help="project (push+pull), pull, or admin.")
+@click.option(
+    "--kind",
+    default="project",
+    help="project (push+pull), pull, admin, or metrics (an admin token that may only read /metrics, the same as "
+    "--kind admin --permissions metrics).",
+)
 @click.option("--build", help="Limit a pull token to one build.", show_default=False)
 @click.option("--name", help="What the token is for.", show_default=False)
 @click.option(
@@ -422,8 +427,12 @@ def tokens_create(
     The new token is a child of the token creating it: it can do no more than its creator, expires no later,
     and is revoked with it (admin tokens are the exception: each is independent).
     """
-    if kind not in ("project", "pull", "admin"):
-        raise CliError(f"--kind {kind!r} is not one of project, pull, admin")
+    if kind not in ("project", "pull", "admin", "metrics"):
+        raise CliError(f"--kind {kind!r} is not one of project, pull, admin, metrics")
+    if kind == "metrics":  # a Prometheus scraper's token: an admin token with the metrics permission alone
+        if permissions not in (None, "metrics"):
+            raise CliError("a metrics token has the metrics permission only; drop --permissions")
+        kind, permissions, name = "admin", "metrics", name or "metrics token"
     ttl = _seconds(expires, "--expires") if expires else None
     connection = connect(registry, project, token)
     if kind != "admin" and not connection.project and not build:
@@ -472,17 +481,23 @@ def tokens_list(
 
 @tokens_app.command("revoke")
 @argument("token_id", help="Token ID (see cargohold tokens list), not the secret.")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Revoke even the last admin token (then only cargohold admin reset-token on the server's host, or "
+    "CARGOHOLD_ADMIN_TOKEN, gets an admin back in).",
+)
 @registry_option
 @token_option
 @json_option
 @guarded
-def tokens_revoke(token_id: str, registry: str | None, token: str | None, as_json: bool) -> None:
+def tokens_revoke(token_id: str, force: bool, registry: str | None, token: str | None, as_json: bool) -> None:
     """Revoke a token and every token minted from it; registries refuse them within a few seconds."""
     if token_id.startswith(("cha_", "chp_", "chl_", "cho_")):
         raise CliError("that looks like a token secret; pass the token ID shown by cargohold tokens list")
     control, _ = _control(registry, token)
     with control:
-        result = control.revoke_token(token_id)
+        result = control.revoke_token(token_id, force=force)
     descendants = result.descendants_revoked
     text = f"Revoked token {token_id}" + (f" and {descendants} token(s) minted from it." if descendants else ".")
     emit(result.to_json(), as_json=as_json, text=text)

@@ -59,10 +59,33 @@ retry_for_option = click.option(
 )
 
 
+def _remember_ca_cert(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
+    if value is None or ctx.resilient_parsing:
+        return
+    from cargohold.client.tls import CA_CERT_ENV, trust_ca_file
+
+    try:
+        trust_ca_file(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint=f"--ca-cert ({CA_CERT_ENV})") from None
+
+
+ca_cert_option = click.option(
+    "--ca-cert",
+    envvar="CARGOHOLD_CA_CERT",
+    show_envvar=True,
+    expose_value=False,
+    callback=_remember_ca_cert,
+    type=click.Path(dir_okay=False),
+    help="PEM file with the CA certificate(s) that signed the server's certificate (a private CA), trusted on top "
+    "of the system's.",
+)
+
+
 def registry_option(command: F) -> F:
-    """``--registry``, and ``--retry-for``: every command that talks to a server takes both."""
+    """``--registry``, ``--retry-for`` and ``--ca-cert``: every command that talks to a server takes them."""
     command = click.option("--registry", help="Cargohold URL (env CARGOHOLD_REGISTRY).", show_default=False)(command)
-    return retry_for_option(command)
+    return ca_cert_option(retry_for_option(command))
 
 
 def retry_policy() -> RetryPolicy:

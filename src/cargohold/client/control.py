@@ -30,7 +30,7 @@ from cargohold.client.errors import (
     storage_full_sentence,
 )
 from cargohold.client.retry import RetryPolicy
-from cargohold.client.tls import verify_option
+from cargohold.client.tls import tls_failure, verify_option
 from cargohold.schemas import (
     Build,
     BuildCreated,
@@ -158,7 +158,7 @@ class ControlClient:
         except RegistryError as exc:
             raise ControlError(str(exc), status=exc.status) from None
         except httpx.TransportError as exc:
-            raise ControlError(f"cannot reach Cargohold at {self.base_url}: {exc}") from None
+            raise ControlError(f"cannot reach Cargohold at {self.base_url}: {tls_failure(exc) or exc}") from None
         if response.status_code >= 400:
             message, code = _message(response)
             if response.status_code == INSUFFICIENT_STORAGE and message.startswith(STORAGE_FULL):
@@ -292,8 +292,10 @@ class ControlClient:
             params["project"] = project_id
         return self._answer(TokenList, "GET", "/api/v1/tokens", params=params).tokens
 
-    def revoke_token(self, token_id: str) -> TokenRevoked:
-        return self._answer(TokenRevoked, "DELETE", f"/api/v1/tokens/{token_id}")
+    def revoke_token(self, token_id: str, *, force: bool = False) -> TokenRevoked:
+        """``force``: revoke even the last admin token (the server refuses with 409 otherwise)."""
+        params = {"force": "1"} if force else None
+        return self._answer(TokenRevoked, "DELETE", f"/api/v1/tokens/{token_id}", params=params)
 
     def add_trust(self, project_id: str, **fields: Any) -> TrustRelationship:
         body = {k: v for k, v in fields.items() if v is not None}

@@ -27,6 +27,7 @@ from cargohold.client.credentials import PUSH_ENV_PREFIX, resolve_credentials
 from cargohold.client.registry import RegistryClient
 from cargohold.client.retry import tls_problem
 from cargohold.client.settings import Connection
+from cargohold.client.tls import CA_CERT_HINT
 from cargohold.images.common import ImageError, NamingTarget, cargohold_client
 from cargohold.images.progress import Progress
 from cargohold.images.pull import choose_manifest, pull_info, target_digest
@@ -188,5 +189,5 @@ def _tls_hint(exc: BaseException, registry: str) -> str:
             f"{registry} (or CARGOHOLD_INSECURE_REGISTRIES)"
         )
     if problem == "untrusted":
-        return f"; {registry}'s certificate is not trusted here: point SSL_CERT_FILE at the CA bundle that signed it"
+        return f"; {registry}'s certificate is not trusted here: {CA_CERT_HINT}"
     return ""

@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session
 from cargohold.lifecycle.clock import format_duration, iso
 from cargohold.metadata.db import Database, rowcount, upsert
 from cargohold.metadata.models import LifecycleEvent, RemovedTag
+from cargohold.requestcontext import current_client_address, current_request_id
 from cargohold.storage.space import format_bytes
 
 MAX_HISTORY = 1000
@@ -39,6 +40,9 @@ class Event:
     actor: str
     at: datetime
     detail: dict[str, Any]
+    request_id: str | None = None
+    """The request behind the event (``X-Request-ID``), None for the server's own housekeeping."""
+    client_address: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -51,12 +55,25 @@ class Event:
             "at": iso(self.at),
             "detail": self.detail,
             "message": describe(self),
+            "request_id": self.request_id,
+            "client_address": self.client_address,
         }
 
 
 def _event(row: LifecycleEvent) -> Event:
     detail = json.loads(row.detail) if row.detail else {}
-    return Event(row.id, row.project_id, row.build_id, row.action, row.rule, row.actor, row.at, detail)
+    return Event(
+        row.id,
+        row.project_id,
+        row.build_id,
+        row.action,
+        row.rule,
+        row.actor,
+        row.at,
+        detail,
+        row.request_id,
+        row.client_address,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +121,8 @@ def record_many(session: Session, entries: Sequence[Entry]) -> list[int]:
         return []
     table = LifecycleEvent.__table__
     assert isinstance(table, Table)  # a declarative model's table (the annotation says FromClause)
+    # Set while a request is handled (cargohold.edge.requestid); None in background work.
+    request_id, client_address = current_request_id(), current_client_address()
     rows = [
         {
             "project_id": entry.project_id,
@@ -113,6 +132,8 @@ def record_many(session: Session, entries: Sequence[Entry]) -> list[int]:
             "actor": entry.actor[:200],
             "at": entry.at,
             "detail": json.dumps(entry.detail, sort_keys=True) if entry.detail else None,
+            "request_id": request_id,
+            "client_address": client_address[:64] if client_address else None,
         }
         for entry in entries
     ]

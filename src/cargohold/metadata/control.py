@@ -589,14 +589,19 @@ class ControlStore:
             row = session.get(Credential, credential_id)
             return None if row is None else _credential_record(row)
 
-    def revoke_credential(self, credential_id: str) -> int:
+    def revoke_credential(self, credential_id: str, *, keep_an_admin: bool = False) -> int:
         """Revoke a credential and, in the same transaction, every credential minted from it (transitively).
 
         Returns how many credentials this revoked (0: it was unknown or already revoked, as were its
-        descendants).
+        descendants). ``keep_an_admin``: raise :class:`Conflict` instead when it is the last live admin
+        credential with full control (checked in the revoking transaction, so two revocations racing for
+        the last two admins cannot both win).
         """
         with self.db.write() as session:
-            return _revoke_lineage(session, select(Credential.id).where(Credential.id == credential_id), utcnow())
+            now = utcnow()
+            if keep_an_admin and _is_last_admin(session, credential_id, now):
+                raise Conflict(f"token {credential_id} is the last admin token")
+            return _revoke_lineage(session, select(Credential.id).where(Credential.id == credential_id), now)
 
     def count_admin_credentials(self) -> int:
         """Admin credentials with full control (a metrics-only token does not count: it cannot manage)."""
@@ -686,6 +691,21 @@ class ControlStore:
             return True
         except IntegrityError:
             return False
+
+
+def _live_full_admins(now: datetime) -> Select[str]:
+    return select(Credential.id).where(
+        Credential.kind == "admin",
+        Credential.admin_permissions.like('%"admin"%'),
+        Credential.revoked_at.is_(None),
+        or_(Credential.expires_at.is_(None), Credential.expires_at > now),
+    )
+
+
+def _is_last_admin(session: Session, credential_id: str, now: datetime) -> bool:
+    """Whether ``credential_id`` is a live full admin and no other one is left."""
+    admins = set(session.scalars(_live_full_admins(now).limit(2)))
+    return admins == {credential_id}
 
 
 def _revoke_lineage(session: Session, seed: Select[str], now: datetime) -> int:

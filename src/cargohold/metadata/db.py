@@ -142,11 +142,18 @@ class Database:
         from alembic import command  # imported here: alembic is only needed at start-up
         from alembic.config import Config
 
+        from cargohold.metadata.schema_version import SchemaTooNew, record_version, schema_status
+
+        heads = script_heads() or set()
+        status = schema_status(self.write_engine, heads)
+        if status.unknown:  # Alembic would fail with a traceback about a revision it cannot locate
+            raise SchemaTooNew(status.too_new_message(self.url))
         with self.write_engine.connect() as connection:
             config = Config()
             config.set_main_option("script_location", str(MIGRATIONS_DIR))
             config.attributes["connection"] = connection
             command.upgrade(config, "head")
+            record_version(connection, heads)
             connection.commit()
 
     def at_head(self) -> bool:

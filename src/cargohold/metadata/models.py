@@ -345,6 +345,10 @@ class LifecycleEvent(Base):
     at: Mapped[datetime] = mapped_column(UTCDateTime)
     detail: Mapped[str | None] = mapped_column(Text, nullable=True)
     """JSON: digest, tags, retention, cap, new expiry, GC totals…"""
+    request_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    """The request that caused the event (its ``X-Request-ID``); None for background work."""
+    client_address: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    """The caller's address (behind a trusted proxy: the real client's)."""
 
     __table_args__ = (
         Index("ix_lifecycle_events_project_at", "project_id", "at"),
@@ -391,3 +395,14 @@ class UsageMonth(Base):
 Index("ix_builds_project_status_saved", Build.project_id, Build.status, Build.saved_at)
 Index("ix_builds_status_expires", Build.status, Build.expires_at)
 Index("ix_builds_status_created", Build.status, Build.created_at)
+
+
+class SchemaInfo(Base):
+    """Facts about the schema itself. ``revision:<id>`` -> the Cargohold version that brought the database
+    to that migration revision, so an older Cargohold meeting a newer database can say which version it
+    needs (cargohold.metadata.schema_version)."""
+
+    __tablename__ = "schema_info"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(String(200))

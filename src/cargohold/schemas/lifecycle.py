@@ -120,6 +120,10 @@ class HistoryEvent(Schema):
     detail: dict[str, Any]
     message: str
     """The event as one sentence."""
+    request_id: str | None
+    """The ID of the request that caused it (``X-Request-ID``); None for background work."""
+    client_address: str | None
+    """The caller's address (the real client behind trusted proxies); None for background work."""
 
 
 @dataclass(frozen=True)

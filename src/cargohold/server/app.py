@@ -13,11 +13,15 @@ from aiohttp import web
 
 from cargohold import __version__
 from cargohold.config import ServerSettings
+from cargohold.config.convert import parse_cidrs
 from cargohold.domain.space import SpaceMonitor
+from cargohold.edge import requestid
+from cargohold.edge.proxies import TrustedProxies
 from cargohold.lifecycle.space import SpaceReclaimer
 from cargohold.metadata.control import ControlStore
 from cargohold.metadata.db import Database
 from cargohold.metadata.store import MetadataStore
+from cargohold.ops import dbmetrics
 from cargohold.server.auth import routes as auth_routes
 from cargohold.server.auth.access import AccessPolicy, OpenAccess
 from cargohold.server.auth.security import build_security
@@ -131,9 +135,18 @@ def create_app(settings: ServerSettings, access: AccessPolicy | None = None) -> 
         state.auth, state.oidc = security.access, security.oidc
         state.access = security.access
     drain = Drain()
+    proxies = TrustedProxies(parse_cidrs(settings.trusted_proxies, "trusted_proxies"), settings.proxy_header)
     app = web.Application(
-        middlewares=[drain.middleware(), middlewares.oci_errors, space.storage_faults], client_max_size=1024**2
+        middlewares=[
+            requestid.request_ids,
+            proxies.middleware(),
+            drain.middleware(),
+            middlewares.oci_errors,
+            space.storage_faults,
+        ],
+        client_max_size=1024**2,
     )
+    requestid.install(app)
     app[STATE_KEY] = state
     app[DRAIN_KEY] = drain
     app.router.add_get("/healthz", healthz)
@@ -156,4 +169,5 @@ def create_app(settings: ServerSettings, access: AccessPolicy | None = None) -> 
         after_evict=lambda evicted: lifecycle.metering.refresh(sorted({e.project_id for e in evicted})),
     )
     space.install(app, registry=lifecycle.metrics.registry, reclaimer=reclaimer)  # reclaiming evicts and collects
+    dbmetrics.install(app)  # after lifecycle: its metrics registry
     return app

@@ -11,6 +11,7 @@ from typing import NoReturn
 from aiohttp import web
 
 from cargohold.config import ServerSettings
+from cargohold.edge.tls import serving_certificate
 from cargohold.server.app import create_app
 from cargohold.server.drain import serve
 from cargohold.server.http.accesslog import AccessLogger, access_log, install_log_filters
@@ -28,7 +29,12 @@ def run(settings: ServerSettings) -> NoReturn:
     install_log_filters()
     app = create_app(settings)
     log.info(
-        "cargohold registry listening on http://%s:%d (data dir %s)", settings.host, settings.port, settings.data_dir
+        "cargohold registry listening on %s://%s:%d (data dir %s), public URL %s",
+        "https" if settings.tls_cert else "http",
+        settings.host,
+        settings.port,
+        settings.data_dir,
+        settings.resolved_public_url(),
     )
     asyncio.run(
         serve(make_runner(app, settings), lambda runner: make_sites(runner, settings), settings.shutdown_timeout)
@@ -53,4 +59,6 @@ def make_runner(app: web.Application, settings: ServerSettings) -> web.AppRunner
 
 
 def make_sites(runner: web.AppRunner, settings: ServerSettings) -> list[web.BaseSite]:
-    return [web.TCPSite(runner, settings.host, settings.port)]
+    """The listening socket; with TLS, its context is reloaded on SIGHUP (cargohold.edge.tls)."""
+    certificate = serving_certificate(settings)
+    return [web.TCPSite(runner, settings.host, settings.port, ssl_context=certificate.context if certificate else None)]

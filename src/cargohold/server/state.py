@@ -4,6 +4,8 @@ the thread pool, and the domain services handlers call (:mod:`cargohold.domain`)
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import functools
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -59,7 +61,8 @@ class RegistryState:
     async def run(self, func: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
         """Run blocking work (database, file system, hashing) off the event loop."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.executor, lambda: func(*args, **kwargs))
+        context = contextvars.copy_context()  # the request ID and client address reach logs and audit entries
+        return await loop.run_in_executor(self.executor, functools.partial(context.run, func, *args, **kwargs))
 
 
 STATE_KEY = web.AppKey("cargohold_state", RegistryState)

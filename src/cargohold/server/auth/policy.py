@@ -30,6 +30,7 @@ from datetime import UTC, datetime
 from aiohttp import web
 
 from cargohold.domain.threads import Runner
+from cargohold.edge.proxies import client_address
 from cargohold.metadata.control import ControlStore, CredentialRecord
 from cargohold.oci import strictjson
 from cargohold.server.auth.access import Principal as AccessPrincipal
@@ -344,7 +345,7 @@ class TokenAccess:
         """The caller, cached on the request; raises OCI errors for bad credentials and rate limits."""
         if "identity" in request:
             return request["identity"]  # type: ignore[no-any-return]  # request storage holds Any; set below
-        address = request.remote or "unknown"
+        address = client_address(request)
         wait = self.limiter.retry_after(address)
         if wait is not None:
             raise RegistryError(

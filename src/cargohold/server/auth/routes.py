@@ -7,6 +7,8 @@ from urllib.parse import parse_qsl
 
 from aiohttp import web
 
+from cargohold.edge.proxies import client_address
+from cargohold.edge.requestid import current_request_id
 from cargohold.oci import strictjson
 from cargohold.server.auth.oidc import OidcError
 from cargohold.server.auth.oidc_exchange import ExchangeDenied
@@ -26,7 +28,9 @@ OIDC_BODY_HINT = 'send a JSON body {"token": "<the job\'s OIDC ID token>"}'
 
 
 def _token_error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> web.Response:
-    body = {"errors": [{"code": code, "message": message}], "details": message}
+    body: dict[str, object] = {"errors": [{"code": code, "message": message}], "details": message}
+    if (request_id := current_request_id()) is not None:
+        body["request_id"] = request_id
     return web.json_response(body, status=status, headers=headers)
 
 
@@ -51,7 +55,7 @@ async def token(request: web.Request) -> web.StreamResponse:
     """``GET /token`` (and the OAuth2 password-grant ``POST``): Docker token authentication."""
     state = state_of(request)
     assert state.auth is not None
-    address = request.remote or "unknown"
+    address = client_address(request)
     wait = state.auth.limiter.retry_after(address)
     if wait is not None:
         return _token_error(
@@ -111,7 +115,7 @@ async def oidc_exchange(request: web.Request) -> web.StreamResponse:
     """``POST /auth/oidc/github-actions`` with ``{"token": "<GitHub OIDC JWT>"}``."""
     state = state_of(request)
     assert state.auth is not None and state.oidc is not None
-    address = request.remote or "unknown"
+    address = client_address(request)
     wait = state.auth.limiter.retry_after(address)
     if wait is not None:
         return web.json_response(

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from cargohold.metadata.control import new_id
+from cargohold.ops.recovery import write_first_admin_token
 from cargohold.server.auth.credentials import CredentialKind, new_credential
 from cargohold.server.auth.oidc import OidcSettings, OidcVerifier
 from cargohold.server.auth.oidc_exchange import DatabaseJtiStore, OidcExchange
@@ -62,12 +63,14 @@ def _create_first_admin(state: RegistryState) -> None:
     now = datetime.now(UTC)
     token, stored = new_credential(CredentialKind.ADMIN, credential_id=new_id(), name="first admin", now=now)
     state.control.add_credential(credential_record(stored))
+    saved = write_first_admin_token(state.settings.data_dir, token)
     banner = (
         "\n"
         "  Cargohold created the first admin token for this data directory. It is shown only now:\n\n"
         f"      {token}\n\n"
-        "  Store it in a secret manager; log in with: cargohold login <url> --token <token>\n"
+        f"  It is also in {saved} (mode 0600): move it to a secret manager and delete that file.\n"
+        "  Log in with: cargohold login <url> --password-stdin < <that file>\n"
     )
     sys.stdout.write(banner)
     sys.stdout.flush()
-    log.info("created the first admin token (credential %s); it was printed once on standard output", stored.id)
+    log.info("created the first admin token (credential %s); it is in %s, readable by this user only", stored.id, saved)

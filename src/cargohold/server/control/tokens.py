@@ -20,7 +20,7 @@ from cargohold.metadata.control import (
     CredentialRecord,
     new_id,
 )
-from cargohold.metadata.errors import ParentInactive
+from cargohold.metadata.errors import Conflict, ParentInactive
 from cargohold.server.auth.credentials import (
     DEFAULT_PULL_TOKEN_TTL,
     CredentialExpired,
@@ -199,7 +199,18 @@ async def revoke_token(request: web.Request) -> web.Response:
         row.project_id and row.kind == "pull" and identity.project_allows(row.project_id, "push")
     ):
         raise api_error(403, "DENIED", "revoking this token needs an admin token")
-    revoked = await state.run(control.revoke_credential, token_id)
+    # The last admin token goes only with ?force=1 (the bootstrap CARGOHOLD_ADMIN_TOKEN is another way in).
+    keep_an_admin = request.query.get("force") not in ("1", "true") and state.settings.admin_token is None
+    try:
+        revoked = await state.run(lambda: control.revoke_credential(token_id, keep_an_admin=keep_an_admin))
+    except Conflict:
+        raise api_error(
+            409,
+            "CONFLICT",
+            f"token {token_id} ({row.name}) is the last admin token: revoking it would leave nobody able to manage "
+            "this server; create another admin token first (cargohold tokens create --kind admin), or revoke it "
+            "with --force (recovery is then cargohold admin reset-token on the server's host)",
+        ) from None
     assert state.auth is not None
     state.auth.authenticator.forget()
     descendants = max(revoked - (1 if row.revoked_at is None else 0), 0)

@@ -8,6 +8,9 @@ from aiohttp.abc import AbstractAccessLogger
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web import BaseRequest, StreamResponse
 
+from cargohold.edge.logs import ACCESS_FIELDS
+from cargohold.edge.proxies import client_address, client_scheme
+from cargohold.edge.requestid import request_id_of
 from cargohold.logformat import escape_control, has_control
 
 access_log = logging.getLogger("cargohold.access")
@@ -30,10 +33,15 @@ class AccessLogger(AbstractAccessLogger):
             "ms": f"{time * 1000:.1f}",
             "route": str(request.get("route", "-")),
             "user": str(request.get("principal", "-")),
-            "remote": request.remote or "-",
+            "remote": client_address(request) if request.remote else "-",
             "ua": request.headers.get("User-Agent", "-"),
+            "proto": client_scheme(request),
+            "id": request_id_of(request) or "-",
         }
-        self.logger.info(" ".join(f"{key}={_quote(value)}" for key, value in fields.items()))
+        line = " ".join(f"{key}={_quote(value)}" for key, value in fields.items())
+        # The JSON formatter writes the fields as keys of their own (cargohold.edge.logs).
+        request_id = fields.pop("id")
+        self.logger.info(line, extra={ACCESS_FIELDS: fields, "request_id": request_id})
 
     @property
     def enabled(self) -> bool:

@@ -15,6 +15,7 @@ from typing import Any
 from aiohttp import web
 
 from cargohold.domain import errors as domain
+from cargohold.edge.requestid import current_request_id
 
 # code -> default HTTP status
 ERROR_STATUS: dict[str, int] = {
@@ -64,7 +65,10 @@ class RegistryError(Exception):
         error: dict[str, Any] = {"code": self.code, "message": self.message}
         if self.detail is not None:
             error["detail"] = self.detail
-        body = json.dumps({"errors": [error]}).encode()
+        document: dict[str, Any] = {"errors": [error]}
+        if (request_id := current_request_id()) is not None:
+            document["request_id"] = request_id  # what to quote to an admin, who finds it in the log
+        body = json.dumps(document).encode()
         headers = {"Content-Type": "application/json", **self.headers}
         # HEAD responses carry no body; the status and headers are what clients read.
         return web.Response(status=self.status, headers=headers, body=None if head else body)

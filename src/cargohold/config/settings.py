@@ -1,4 +1,9 @@
-"""Server settings, from command-line flags and ``CARGOHOLD_*`` environment variables."""
+"""The settings of one ``cargohold serve`` process, whatever they came from.
+
+Flags, ``CARGOHOLD_*`` environment variables and a TOML file (``--config``) all end up here; where each value
+came from is the business of :mod:`cargohold.config.layers`, what is valid that of
+:mod:`cargohold.config.validate`. Field names are the keys of the configuration file.
+"""
 
 from __future__ import annotations
 
@@ -28,7 +33,19 @@ class ServerSettings:
     public_url: str | None = None
     """The URL clients use to reach this server (for token realms and OIDC audience); default from host/port."""
     log_level: str = "info"
+    log_format: str = "text"
+    """``text`` (one human-readable line per record, the access log in logfmt) or ``json`` (one object per line)."""
     access_log: bool = True
+    tls_cert: Path | None = None
+    """PEM certificate chain to serve HTTPS with (re-read with ``tls_key`` on SIGHUP); None: plain HTTP."""
+    tls_key: Path | None = None
+    trusted_proxies: tuple[str, ...] = ()
+    """Networks (CIDRs) of reverse proxies whose forwarding headers name the real client (see
+    cargohold.edge.proxies); requests from anyone else are taken at their TCP peer address."""
+    proxy_header: str = "x-forwarded-for"
+    """Which forwarding header trusted proxies set: ``x-forwarded-for`` (with ``X-Forwarded-Proto``) or
+    ``forwarded`` (RFC 7239). Only one is read, so a client cannot smuggle the other through a proxy that
+    passes it on unchanged."""
     upload_ttl: timedelta = timedelta(hours=24)
     """Upload sessions idle for longer are purged with their staged bytes."""
     max_uploads_per_credential: int = 256
@@ -63,7 +80,7 @@ class ServerSettings:
     """Free storage allowance per project per calendar month, in GB-months (10^9 bytes for a month)."""
     server_push: bool = True
     """Let ``cargohold push`` ask this server to upload blobs to the destination itself (see
-    cargohold.registry.blob_copy); off, clients stream every blob through themselves."""
+    cargohold.server.control.blob_copies); off, clients stream every blob through themselves."""
     push_allow_networks: tuple[str, ...] = ()
     """Networks (CIDRs) server-side pushes may connect to besides public addresses, e.g. ``10.0.0.0/8`` for
     a registry on the private network. Loopback, private and link-local addresses are refused otherwise."""
@@ -75,7 +92,7 @@ class ServerSettings:
     """A connection must send a complete request head this soon after it opens or after its previous
     response (aiohttp's keep-alive timeout: also how long an idle keep-alive connection stays open)."""
     body_idle_timeout: timedelta = timedelta(seconds=60)
-    """Longest pause inside any request body, uploads included (see cargohold.registry.bodies)."""
+    """Longest pause inside any request body, uploads included (see cargohold.server.http.bodies)."""
     body_timeout: timedelta = timedelta(seconds=120)
     """Longest time a whole JSON, form or manifest body may take; blob uploads have only the idle limit."""
     min_free_space: MinFreeSpace = field(default_factory=MinFreeSpace.default)
@@ -87,7 +104,7 @@ class ServerSettings:
     """How often free space is measured in the background (refusals and faults trigger a check at once)."""
     shutdown_timeout: float = 30.0
     """Seconds from SIGTERM/SIGINT to exit: requests already received finish within it, uploads are cut at
-    a resumable point at once, and a watchdog ends the process at the deadline (see registry.drain)."""
+    a resumable point at once, and a watchdog ends the process at the deadline (see cargohold.server.drain)."""
 
     def resolved_database_url(self) -> str:
         return self.database_url or f"sqlite:///{self.data_dir / 'metadata.db'}"
@@ -107,4 +124,6 @@ class ServerSettings:
     def resolved_public_url(self) -> str:
         if self.public_url:
             return self.public_url.rstrip("/")
-        return f"http://{self.host}:{self.port}"
+        scheme = "https" if self.tls_cert is not None else "http"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{scheme}://{host}:{self.port}"

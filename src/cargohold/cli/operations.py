@@ -1,0 +1,259 @@
+"""Commands run on the server's host: ``db check|upgrade``, ``backup``, ``restore``, ``admin reset-token``.
+
+They work on the data directory (and database) a ``cargohold serve`` uses, found the same way: flags,
+then ``CARGOHOLD_DATA_DIR`` / ``CARGOHOLD_DATABASE_URL``, then the ``--config`` file, then the default.
+They need the server extra; importing this module does not (it registers the commands on every start-up).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import click
+
+from cargohold.cli.main import app
+from cargohold.cli.serve import CONFIG_ENV, SERVER_PACKAGES
+
+if TYPE_CHECKING:
+    from cargohold.config import ServerSettings
+
+
+def _server_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    for option in reversed(
+        (
+            click.option(
+                "--data-dir",
+                envvar="CARGOHOLD_DATA_DIR",
+                show_envvar=True,
+                type=click.Path(file_okay=False),
+                help="The server's data directory (default: as cargohold serve).",
+            ),
+            click.option(
+                "--database-url",
+                envvar="CARGOHOLD_DATABASE_URL",
+                show_envvar=True,
+                help="The server's database (default: SQLite in the data directory).",
+            ),
+            click.option(
+                "--config",
+                "config_file",
+                envvar=CONFIG_ENV,
+                show_envvar=True,
+                type=click.Path(dir_okay=False),
+                help="The server's TOML config file, for data_dir and database_url.",
+            ),
+        )
+    ):
+        command = option(command)
+    return command
+
+
+def _settings(data_dir: str | None, database_url: str | None, config_file: str | None) -> ServerSettings:
+    from cargohold.cli.serve import file_kinds, serve
+    from cargohold.config import ServerSettings, default_data_dir
+    from cargohold.config.file import ConfigFileError, load_config_file
+
+    from_file: dict[str, Any] = {}
+    if config_file:
+        try:
+            from_file = load_config_file(config_file, file_kinds(serve))
+        except ConfigFileError as exc:
+            raise click.UsageError(str(exc)) from None
+    directory = data_dir or from_file.get("data_dir")
+    return ServerSettings(
+        data_dir=Path(directory) if directory else default_data_dir(),
+        database_url=database_url or from_file.get("database_url"),
+    )
+
+
+def _require_database(settings: ServerSettings) -> str:
+    url = settings.resolved_database_url()
+    path = settings.database_file()
+    if path is not None and not path.is_file():
+        raise click.ClickException(
+            f"there is no Cargohold database at {path}; pass the server's --data-dir (or --database-url, --config)"
+        )
+    return url
+
+
+def _server_extra() -> Any:
+    """Turn a missing server package into one sentence (these commands run where the server is installed)."""
+
+    class Guard:
+        def __enter__(self) -> None:
+            return None
+
+        def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, _tb: object) -> Literal[False]:
+            if isinstance(exc, ModuleNotFoundError) and (exc.name or "").partition(".")[0] in SERVER_PACKAGES:
+                raise click.ClickException(
+                    f"this command needs the server's dependencies ({exc.name} is missing); install them with "
+                    "pip install 'cargohold[server]'"
+                ) from None
+            return False
+
+    return Guard()
+
+
+@app.command()
+@click.argument("directory", type=click.Path(file_okay=False))
+@_server_options
+def backup(directory: str, data_dir: str | None, database_url: str | None, config_file: str | None) -> None:
+    """Copy the server's database and blobs to DIRECTORY (new or empty), consistently, while it runs.
+
+    SQLite only; for PostgreSQL use pg_dump (docs/operations.md).
+    """
+    with _server_extra():
+        from cargohold.ops.backup import BackupError, take_backup
+
+        settings = _settings(data_dir, database_url, config_file)
+        url = _require_database(settings)
+        try:
+            summary = take_backup(settings.data_dir, url, Path(directory), progress=click.echo)
+        except BackupError as exc:
+            raise click.ClickException(str(exc)) from None
+    dropped = f"; {summary.dropped_blobs} blob(s) deleted by garbage collection meanwhile were left out" * bool(
+        summary.dropped_blobs
+    )
+    click.echo(f"backup complete: {summary.directory} ({summary.blobs} blobs, {summary.blob_bytes} bytes){dropped}")
+
+
+@app.command()
+@click.argument("directory", type=click.Path(file_okay=False, exists=True))
+@_server_options
+def restore(directory: str, data_dir: str | None, database_url: str | None, config_file: str | None) -> None:
+    """Restore the backup in DIRECTORY into a new, empty data directory; then start the server on it."""
+    with _server_extra():
+        from cargohold.ops.backup import BackupError, restore_backup
+
+        settings = _settings(data_dir, database_url, config_file)
+        if settings.database_url is not None and settings.database_file() != settings.data_dir / "metadata.db":
+            raise click.ClickException(
+                "restore writes the SQLite database into the data directory; drop --database-url "
+                "(a PostgreSQL database is restored with pg_restore)"
+            )
+        try:
+            summary = restore_backup(Path(directory), settings.data_dir, progress=click.echo)
+        except BackupError as exc:
+            raise click.ClickException(str(exc)) from None
+    click.echo(f"restore complete: start the server with --data-dir {summary.directory}")
+
+
+@app.group()
+def db() -> None:
+    """The metadata database's schema: check it, or apply migrations ahead of a server start."""
+
+
+@db.command("check")
+@_server_options
+def db_check(data_dir: str | None, database_url: str | None, config_file: str | None) -> None:
+    """Say whether the schema is current; exit 1 if it needs an upgrade or is newer than this Cargohold."""
+    with _server_extra():
+        from cargohold.ops.dbcommands import check, describe
+
+        url = _require_database(_settings(data_dir, database_url, config_file))
+        status = check(url)
+        click.echo(describe(status, url))
+    if not status.up_to_date:
+        raise click.exceptions.Exit(1)
+
+
+@db.command("upgrade")
+@_server_options
+def db_upgrade(data_dir: str | None, database_url: str | None, config_file: str | None) -> None:
+    """Apply this Cargohold's schema migrations (a server start does the same); back up first."""
+    with _server_extra():
+        from cargohold.metadata.schema_version import SchemaTooNew
+        from cargohold.ops.dbcommands import upgrade
+
+        url = _require_database(_settings(data_dir, database_url, config_file))
+        try:
+            before, after = upgrade(url)
+        except SchemaTooNew as exc:
+            raise click.ClickException(str(exc)) from None
+    heads = ", ".join(sorted(after.current))
+    if before.up_to_date:
+        click.echo(f"the database was already up to date (schema revision {heads})")
+    else:
+        was = ", ".join(sorted(before.current)) or "empty"
+        click.echo(f"upgraded the database from schema revision {was} to {heads}")
+
+
+@app.group()
+def admin() -> None:
+    """Recovery on the server's host (break-glass)."""
+
+
+@admin.command("reset-token")
+@_server_options
+@click.option("--name", help="Name of the new admin token (default: break-glass admin <time>).")
+@click.option(
+    "--output",
+    type=click.Path(dir_okay=False),
+    help="Write the token to this new file (mode 0600) instead of printing it.",
+)
+def admin_reset_token(
+    data_dir: str | None, database_url: str | None, config_file: str | None, name: str | None, output: str | None
+) -> None:
+    """Create a new admin token directly in the database, e.g. when the last one was lost or revoked.
+
+    Needs read/write access to the data directory (run it as the server's user); works while the server runs.
+    """
+    with _server_extra():
+        from cargohold.metadata.db import Database
+        from cargohold.metadata.schema_version import SchemaTooNew
+        from cargohold.ops.recovery import mint_admin_token, write_private_text
+
+        url = _require_database(_settings(data_dir, database_url, config_file))
+        database = Database(url)
+        try:
+            database.migrate()
+        except SchemaTooNew as exc:
+            raise click.ClickException(str(exc)) from None
+        finally:
+            database.dispose()
+        token, credential_id = mint_admin_token(url, name=name)
+        if output:
+            write_private_text(Path(output), token + "\n")
+            click.echo(f"created admin token {credential_id}; it is in {output} (mode 0600)")
+            return
+    click.echo(f"created admin token {credential_id}; it is shown only now:")
+    click.echo(token)
+
+
+@admin.command("rotate-signing-key")
+@_server_options
+def admin_rotate_signing_key(data_dir: str | None, database_url: str | None, config_file: str | None) -> None:
+    """Add a new key for signing registry tokens and make it current; the old one keeps verifying.
+
+    Restart the servers (one at a time) so they sign with it, wait out the token lifetime (5 minutes), then
+    retire the old key with retire-signing-key.
+    """
+    with _server_extra():
+        from cargohold.server.auth.signing import KeyError_, rotate_key
+
+        settings = _settings(data_dir, database_url, config_file)
+        try:
+            ring = rotate_key(settings.data_dir)
+        except KeyError_ as exc:
+            raise click.ClickException(str(exc)) from None
+    previous = ", ".join(kid for kid in ring.kids if kid != ring.current.kid)
+    click.echo(f"new signing key {ring.current.kid} is current; still verifying: {previous or 'none'}")
+    click.echo("restart the servers so they sign with it; retire the old key(s) 5 minutes after that")
+
+
+@admin.command("retire-signing-key")
+@click.argument("kid")
+@_server_options
+def admin_retire_signing_key(kid: str, data_dir: str | None, database_url: str | None, config_file: str | None) -> None:
+    """Delete an old signing key KID: registry tokens it signed stop working (clients fetch new ones)."""
+    with _server_extra():
+        from cargohold.server.auth.signing import KeyError_, retire_key
+
+        settings = _settings(data_dir, database_url, config_file)
+        try:
+            ring = retire_key(settings.data_dir, kid)
+        except KeyError_ as exc:
+            raise click.ClickException(str(exc)) from None
+    click.echo(f"retired signing key {kid}; keys left: {', '.join(ring.kids)}")
