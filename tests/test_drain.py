@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ServerProcess
+from servers import ServerProcess
 from test_lifecycle_support import push_blob, push_image
 
 pytestmark = pytest.mark.slow

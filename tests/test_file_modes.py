@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ServerProcess
 from protocol_helpers import push_blob, random_blob, start_upload
+from servers import ServerProcess
 
 
 def _mode(path: Path) -> int:

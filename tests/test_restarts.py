@@ -31,8 +31,8 @@ from cargohold.client.settings import Connection
 from cargohold.images import DockerEngine, save_image
 from cargohold.oci.layout import OCILayout
 from cargohold.sample import SampleImage, write_sample_image
-from conftest import ServerProcess
 from refregistry import RefRegistry, refregistry_fixture
+from servers import ServerProcess
 from test_images_docker import dockerd
 
 __all__ = ["dockerd", "refregistry_fixture"]

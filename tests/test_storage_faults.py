@@ -29,7 +29,7 @@ from cargohold.client.settings import Connection
 from cargohold.images import save_image
 from cargohold.oci.digest import Digest
 from cargohold.sample import write_sample_image
-from conftest import ServerProcess
+from servers import ServerProcess
 from space_helpers import LogWindow, assert_every_build_pulls, saved_builds
 
 MiB = 1 << 20

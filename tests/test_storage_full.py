@@ -32,8 +32,8 @@ from cargohold.client.settings import Connection
 from cargohold.images import pull_image
 from cargohold.sample import write_sample_image
 from cargohold.storage.space import MinFreeSpace, SpaceGuard, StorageFull
-from conftest import ServerProcess
 from oidc_issuer import REPO, LoopbackOidcIssuer
+from servers import ServerProcess
 from space_helpers import LogWindow, layout_blob_hashes
 
 MiB = 1 << 20
