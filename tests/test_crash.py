@@ -25,8 +25,8 @@ from refregistry import RefRegistry
 from servers import ServerProcess
 
 MiB = 1 << 20
-TOTAL_CHUNKS = 200  # 200 MiB: large enough that the kill lands while bytes are still flowing.
-KILL_AFTER = 60
+TOTAL_CHUNKS = 64  # 64 MiB: large enough that the kill lands while bytes are still flowing.
+KILL_AFTER = 20
 REPO = "crash/big"
 _BLOB_NAME = re.compile(r"^(?:[0-9a-f]{64}|[0-9a-f]{128})$")
 
