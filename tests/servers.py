@@ -34,6 +34,7 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -44,8 +45,10 @@ from aiohttp import web
 # The server's own modules, imported here and nowhere else in the tests' fixtures: when the server package
 # moves, this block is the one to change.
 from cargohold.config import ServerSettings
+from cargohold.lifecycle.clock import system_clock
 from cargohold.logformat import EscapingFormatter
 from cargohold.registry.accesslog import install_log_filters
+from cargohold.registry.api_lifecycle import LIFECYCLE_KEY, Lifecycle
 from cargohold.registry.app import create_app
 from cargohold.registry.drain import DRAIN_KEY
 from cargohold.registry.server import make_runner
@@ -216,6 +219,19 @@ class InProcessServer(_HttpClients):
         """The running application's state (stores, settings, auth), for tests that reach inside."""
         assert self.app is not None, "the server is not running"
         return self.app[STATE_KEY]
+
+    @property
+    def lifecycle(self) -> Lifecycle:
+        """The running application's lifecycle services (retention, tag retention, GC, metering)."""
+        assert self.app is not None, "the server is not running"
+        return self.app[LIFECYCLE_KEY]
+
+    def move_lifecycle_clock(self, monkeypatch: pytest.MonkeyPatch, by: timedelta) -> None:
+        """Let the server's retention decisions (builds and tags) see the time ``by`` from now, until the test
+        ends: a retention period runs out without the test waiting for it."""
+        lifecycle = self.lifecycle
+        for service in (lifecycle.retention, lifecycle.tags):
+            monkeypatch.setattr(service, "clock", lambda: system_clock() + by)
 
     @property
     def running(self) -> bool:
