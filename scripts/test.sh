@@ -15,7 +15,9 @@ ruff check . || lint_rc=$?
 ruff format --check . || lint_rc=$?
 
 echo "== pytest"
-python -m pytest -p no:cacheprovider -ra --durations=10 "$@"
+# One worker per core (CI: 2), each test file on one worker (module-scoped servers stay shared within it);
+# "-n 0" as an argument runs everything in this process.
+python -m pytest -p no:cacheprovider -ra --durations=10 -n auto --dist loadfile "$@"
 test_rc=$?
 
 echo

@@ -22,23 +22,13 @@ from servers import (
 __all__ = ["http_fixture", "server_fixture", "server_process_fixture"]
 
 
-@pytest.fixture(scope="session")
-def shared_registry() -> Iterator[None]:
-    """Owns the session's shared in-process server (``servers.shared_server``): stops it at session end."""
+@pytest.fixture(scope="session", autouse=True)
+def in_process_servers() -> Iterator[None]:
+    """At the end of the session (of each worker, under xdist): stop the shared in-process server, then fail
+    if any in-process server is still running or left its threads behind (an error in the last teardown)."""
     yield
     stop_shared_server()
-
-
-def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    """Fail the run if an in-process server was left running or left its threads behind."""
-    problems = []
-    if still := running_in_process():
-        problems.append(f"in-process servers still running: {[s.url for s in still]}")
-    if threads := leaked_threads():
-        problems.append(f"threads of stopped in-process servers still alive: {threads}")
-    if problems:
-        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
-        if reporter is not None:
-            for problem in problems:
-                reporter.write_line(f"LEAK: {problem}", red=True)
-        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+    still = [server.url for server in running_in_process()]
+    assert not still, f"in-process servers still running at the end of the session: {still}"
+    threads = leaked_threads()
+    assert not threads, f"threads of stopped in-process servers still alive: {threads}"

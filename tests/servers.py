@@ -438,7 +438,7 @@ def shared_server(tmp_path_factory: pytest.TempPathFactory) -> InProcessServer:
     """One in-process registry for the whole session, started on first use and stopped at session end.
 
     For tests that only create their own projects and repositories (fresh names) and change no setting:
-    the protocol suites, most of the control API. The session fixture ``shared_registry`` stops it.
+    the protocol suites. conftest's session fixture stops it (and checks that nothing leaked).
     """
     global _SHARED
     if _SHARED is None or not _SHARED.running:
@@ -461,7 +461,7 @@ def shared_server_fixture() -> Any:
     """
 
     @pytest.fixture(scope="module", name="server")
-    def _server(tmp_path_factory: pytest.TempPathFactory, shared_registry: None) -> Iterator[InProcessServer]:
+    def _server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InProcessServer]:
         started = shared_server(tmp_path_factory)
         before = len(started.log())
         yield started
