@@ -102,7 +102,8 @@ def test_soak_pushes_while_gc_runs_all_the_time(tmp_path: Path) -> None:
 def test_kill_during_gc_loses_nothing_referenced(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
     on_demand = {"gc_interval": timedelta(0), "gc_grace": timedelta(0)}
-    with running(InProcessServer(data_dir, on_demand)) as filler, filler.client() as http:
+    # Filling is set-up, not under test: without fsync (the filler is stopped cleanly before the kill).
+    with running(InProcessServer(data_dir, {**on_demand, "fsync": False})) as filler, filler.client() as http:
         kept = push_image(http, "crash/app", "kept", [b"kept-layer"], "kept")
         assert kept.status_code == 201  # type: ignore[attr-defined]
         # Garbage, written through the server's own stores (what an upload does, minus HTTP): linked blobs no
@@ -111,8 +112,9 @@ def test_kill_during_gc_loses_nothing_referenced(tmp_path: Path) -> None:
         stores = Env(state.metadata.db, state.metadata, state.control, state.blobs)
         for i in range(1200):
             stores.put_blob("crash/app", f"garbage-{i}".encode())
-    # Every content-deletion batch holds its transaction 0.5 s: the kill lands between deleting files and
-    # committing the batch.
+    # Every content-deletion batch holds its transaction 0.5 s after deleting its files: the kill lands there,
+    # once a whole batch (500) of files is gone.
+    stored = _blob_files(data_dir)
     server = ServerProcess(
         data_dir=data_dir,
         admin_token=filler.admin_token,
@@ -131,7 +133,10 @@ def test_kill_during_gc_loses_nothing_referenced(tmp_path: Path) -> None:
 
             runner = threading.Thread(target=gc)
             runner.start()
-            time.sleep(2.0)  # inside the content-deletion batches: files deleted, transaction not committed
+            deadline = time.monotonic() + 30
+            while _blob_files(data_dir) > stored - 500:
+                assert runner.is_alive() and time.monotonic() < deadline, "GC deleted no batch of files"
+                time.sleep(0.01)
             server.stop(kill=True)
             runner.join()
     finally:
@@ -144,5 +149,8 @@ def test_kill_during_gc_loses_nothing_referenced(tmp_path: Path) -> None:
         _pull_all(http, "crash/app", "kept")
         again = http.post("/api/v1/gc", json={}).json()
         assert (again["links_removed"], again["blobs_deleted"], again["orphan_files"]) == (0, 0, 0)
-    blob_files = [p for p in (data_dir / "blobs").rglob("*") if p.is_file()]
-    assert len(blob_files) == 2  # the kept image's layer and config, nothing else
+    assert _blob_files(data_dir) == 2  # the kept image's layer and config, nothing else
+
+
+def _blob_files(data_dir: Path) -> int:
+    return sum(1 for path in (data_dir / "blobs").rglob("*") if path.is_file())
