@@ -74,11 +74,12 @@ class _HttpClients:
     """``client()`` and ``anonymous()`` for anything with a ``url`` and an ``admin_token``."""
 
     url: str
-    admin_token: str
+    admin_token: str | None
 
     def client(self, token: str | None = None, **kwargs: Any) -> httpx.Client:
         """An httpx client with the registry's base URL, authenticated as admin unless ``token`` is given."""
-        auth = httpx.BasicAuth("x-token", token or self.admin_token)
+        secret = token or self.admin_token
+        auth = httpx.BasicAuth("x-token", secret) if secret else None
         return httpx.Client(base_url=self.url, timeout=30, auth=auth, **kwargs)
 
     def anonymous(self, **kwargs: Any) -> httpx.Client:
@@ -197,7 +198,8 @@ class InProcessServer(_HttpClients):
     settings: dict[str, Any] = field(default_factory=dict)
     port: int = field(default_factory=free_port)
     """Known before the start (tests hand the URL to OIDC issuers); kept across restarts."""
-    admin_token: str = field(default_factory=new_admin_token)
+    admin_token: str | None = field(default_factory=new_admin_token)
+    """None: no bootstrap token (on an empty data dir the server then creates and prints a first admin token)."""
     app: web.Application | None = None
     _loop: asyncio.AbstractEventLoop | None = None
     _thread: threading.Thread | None = None
