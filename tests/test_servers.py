@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import re
 import threading
+import time
 from pathlib import Path
 
 import httpx
 import pytest
 
-from servers import InProcessServer, leaked_threads, open_fds, running
+from servers import InProcessServer, ServerProcess, leaked_threads, open_fds, running
 
 LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (DEBUG|INFO|WARNING|ERROR|CRITICAL) [\w.]+: ")
 
@@ -81,3 +82,27 @@ def test_a_start_up_failure_is_raised_and_leaves_nothing_running(tmp_path: Path)
         broken.start()
     assert not broken.running and _new_threads(threads_before) == []
     broken.stop()  # harmless
+
+
+def _access_line(registry: InProcessServer | ServerProcess, path: str) -> str:
+    """The access-log line of a request to ``path`` (logged just after the response went out, so waited for),
+    without what differs between two runs: the time and the duration."""
+    deadline = time.monotonic() + 10
+    while not (lines := [line for line in registry.log().splitlines() if f" path={path} " in line]):
+        assert time.monotonic() < deadline, registry.log()[-4000:]
+        time.sleep(0.01)
+    assert len(lines) == 1, lines
+    fields = lines[0].split(" ", 2)[2]  # drop the date and the time
+    return " ".join(part for part in fields.split() if not part.startswith("ms="))
+
+
+def test_both_kinds_log_a_request_alike(server: InProcessServer, server_process: ServerProcess) -> None:
+    """What tests grep for in ``log()`` reads the same whether the server is in-process or a process."""
+    lines = []
+    for registry in (server, server_process):
+        with registry.client() as http:
+            assert http.get("/v2/parity/app/tags/list").status_code == 404
+            assert http.get("/v2/parity/app/manifests/nope").status_code == 404
+        lines.append(_access_line(registry, "/v2/parity/app/manifests/nope"))
+    assert lines[0] == lines[1]
+    assert lines[0].startswith("INFO cargohold.access: method=GET path=/v2/parity/app/manifests/nope status=404 ")
