@@ -13,14 +13,19 @@ echo "== ruff check . && ruff format --check ."
 lint_rc=0
 ruff check . || lint_rc=$?
 ruff format --check . || lint_rc=$?
+echo "== mypy (strict, src/) && lint-imports (layering)"
+mypy || lint_rc=$?
+lint-imports --no-cache >/dev/null || { lint-imports --no-cache; lint_rc=1; }
 
 echo "== pytest"
-python -m pytest -p no:cacheprovider -ra --durations=10 "$@"
+# One worker per core (CI: 2), each test file on one worker (module-scoped servers stay shared within it);
+# "-n 0" as an argument runs everything in this process.
+python -m pytest -p no:cacheprovider -ra --durations=10 -n auto --dist loadfile "$@"
 test_rc=$?
 
 echo
 echo "================ summary ================"
-if [ "$lint_rc" -eq 0 ]; then echo "lint:  ok"; else echo "lint:  FAILED (ruff exit $lint_rc)"; fi
+if [ "$lint_rc" -eq 0 ]; then echo "lint:  ok"; else echo "lint:  FAILED (ruff, mypy or lint-imports; exit $lint_rc)"; fi
 case "$test_rc" in
     0) echo "tests: ok" ;;
     5) echo "tests: FAILED (pytest collected no tests)" ;;

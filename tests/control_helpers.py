@@ -1,7 +1,7 @@
 """Helpers shared by the control-plane and authentication tests.
 
-* :func:`module_server_fixture` — one ``cargohold serve`` per test module (start-up dominates run time);
-  tests isolate themselves by creating their own projects.
+* the modules' servers are ``servers.module_server()``: one in-process server per test module; tests
+  isolate themselves by creating their own projects.
 * :func:`fresh_address` — a new 127.x.y.z source address. The server throttles failed authentications
   per client address, and these modules fail on purpose many times; giving each attacking client its own
   loopback address keeps one test's failures from turning another test's requests into 429s.
@@ -13,12 +13,10 @@ from __future__ import annotations
 import base64
 import itertools
 import json
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 
 from cargohold.client.control import ControlClient
 from cargohold.client.copy import LayoutStore, RegistryRepo, copy_image
@@ -28,7 +26,7 @@ from cargohold.client.retry import RetryPolicy
 from cargohold.oci.layout import OCILayout
 from cargohold.sample import SampleImage, write_sample_image
 from cargohold.schemas import Project
-from conftest import ServerProcess
+from servers import Server
 
 NO_RETRY = RetryPolicy(attempts=1)
 FAST = RetryPolicy(attempts=3, initial=0.01, maximum=0.05)
@@ -41,29 +39,7 @@ def fresh_address() -> str:
     return f"127.42.{n // 250}.{n % 250 + 1}"
 
 
-def module_server_fixture(
-    configure: Callable[[ServerProcess, pytest.TempPathFactory], None] | None = None,
-) -> Any:
-    """A module-scoped ``server`` fixture; ``configure`` may set ``env``/``extra_args`` before start."""
-
-    @pytest.fixture(scope="module", name="server")
-    def _server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-        proc = ServerProcess(data_dir=tmp_path_factory.mktemp("control") / "data")
-        if configure is not None:
-            configure(proc, tmp_path_factory)
-        proc.start()
-        try:
-            yield proc
-        finally:
-            proc.stop()
-        assert "Traceback" not in proc.log(), f"server log has a traceback:\n{proc.log()[-4000:]}"
-
-    return _server
-
-
-def http(
-    server: ServerProcess, token: str | None = None, *, bearer: bool = False, address: str | None = None
-) -> httpx.Client:
+def http(server: Server, token: str | None = None, *, bearer: bool = False, address: str | None = None) -> httpx.Client:
     """An httpx client from its own loopback address; ``token`` as Basic x-token (or Bearer), none if None."""
     headers = {}
     if token is not None:
@@ -75,7 +51,7 @@ def http(
     return httpx.Client(base_url=server.url, headers=headers, timeout=30, transport=transport)
 
 
-def api(server: ServerProcess, token: str | None = None) -> ControlClient:
+def api(server: Server, token: str | None = None) -> ControlClient:
     """The project's typed control client (admin unless ``token``), without retries so errors surface at once."""
     transport = httpx.HTTPTransport(local_address=fresh_address())
     return ControlClient(server.url, token or server.admin_token, retry=NO_RETRY, transport=transport)
@@ -88,13 +64,13 @@ def error_of(response: httpx.Response) -> tuple[str, str]:
     return first["code"], first["message"]
 
 
-def new_project(server: ServerProcess, name: str, **settings: Any) -> Project:
+def new_project(server: Server, name: str, **settings: Any) -> Project:
     with api(server) as control:
         return control.create_project(name, **settings)
 
 
 def push_image(
-    server: ServerProcess,
+    server: Server,
     repository: str,
     tag: str,
     token: str,

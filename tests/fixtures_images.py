@@ -1,7 +1,7 @@
 """Fixtures and helpers for tests that drive real clients (skopeo, umoci) against a running registry.
 
-The registry under test is `cargohold serve`, started with a random ``CARGOHOLD_ADMIN_TOKEN`` so that the
-same tests keep working once authentication is enforced. For developing these tests against a known-good
+The registry under test is Cargohold (in-process, see ``servers.py``), with a random admin token so that
+the same tests keep working once authentication is enforced. For developing these tests against a known-good
 peer, set ``CARGOHOLD_TEST_REGISTRY=docker-registry`` to run them against the CNCF reference registry
 instead; both speak the OCI distribution protocol and both write an access log line per request.
 
@@ -24,10 +24,9 @@ import pytest
 
 from cargohold.oci.digest import Digest
 from cargohold.oci.layout import OCILayout
-from conftest import ServerProcess
 from refregistry import RefRegistry
+from servers import InProcessServer
 
-TOKEN_ENV = "CARGOHOLD_ADMIN_TOKEN"
 TOKEN_USER = "x-token"
 
 
@@ -56,7 +55,7 @@ def run(*args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
     return proc
 
 
-Registry = ServerProcess | RefRegistry
+Registry = InProcessServer | RefRegistry
 
 
 @pytest.fixture(name="admin_token")
@@ -73,7 +72,7 @@ def registry_fixture(tmp_path: Path, admin_token: str) -> Iterator[Registry]:
         require_tools("docker-registry")
         proc = RefRegistry(tmp_path / "data").start()
     else:
-        proc = ServerProcess(data_dir=tmp_path / "data", env={TOKEN_ENV: admin_token}).start()
+        proc = InProcessServer(data_dir=tmp_path / "data", admin_token=admin_token).start()
     try:
         yield proc
     finally:

@@ -3,30 +3,28 @@
 Everything here speaks plain HTTP through httpx (or http.client for paths httpx would normalise) and
 computes digests with hashlib, so the tests pin the protocol rather than the server's own code.
 
-Each test module shares one registry process (``server = shared_server_fixture()``) for speed and uses
-fresh repository names (:func:`new_repo`) for isolation; ``no_tracebacks = traceback_guard_fixture()``
+Each test module shares the session's in-process registry (``server = servers.shared_server_fixture()``) and
+uses fresh repository names (:func:`new_repo`) for isolation; ``no_tracebacks = traceback_guard_fixture()``
 fails any test after which the server log gained a Python traceback.
 """
 
 from __future__ import annotations
 
-import atexit
 import base64
 import hashlib
 import json
 import os
 import re
 import uuid
-from collections.abc import Collection, Iterator
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from http.client import HTTPConnection
 from typing import Any
 from urllib.parse import urljoin
 
 import httpx
-import pytest
 
-from conftest import ServerProcess
+from servers import Server
 
 # --- media types (spelled out here on purpose: the tests must not share constants with the server) ---
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -70,51 +68,6 @@ OCI_ERROR_CODES = frozenset(
 
 MANIFEST_SIZE_LIMIT = 4 * 1024 * 1024
 RANGE_RE = re.compile(r"^0-(\d+)$")
-
-
-# --- fixtures shared by the protocol modules -------------------------------------------------------
-
-
-_SHARED: ServerProcess | None = None
-
-
-def shared_server(tmp_path_factory: pytest.TempPathFactory) -> ServerProcess:
-    """One registry process for every protocol module (start-up dominates the suite's run time otherwise).
-
-    Started on first use, stopped when the interpreter exits; tests keep out of each other's way by
-    using fresh repository names.
-    """
-    global _SHARED
-    if _SHARED is None or _SHARED.process is None or _SHARED.process.poll() is not None:
-        proc = ServerProcess(data_dir=tmp_path_factory.mktemp("registry") / "data").start()
-        atexit.register(proc.stop)
-        _SHARED = proc
-    return _SHARED
-
-
-def shared_server_fixture() -> Any:
-    """A module-scoped ``server`` fixture overriding conftest's per-test one with :func:`shared_server`."""
-
-    @pytest.fixture(scope="module", name="server")
-    def _server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-        proc = shared_server(tmp_path_factory)
-        yield proc
-        assert "Traceback" not in proc.log(), f"server log has a traceback:\n{proc.log()[-4000:]}"
-
-    return _server
-
-
-def traceback_guard_fixture() -> Any:
-    """An autouse fixture failing a test after which the server log gained a Python traceback."""
-
-    @pytest.fixture(autouse=True, name="no_tracebacks")
-    def _guard(server: ServerProcess) -> Iterator[None]:
-        start = len(server.log())
-        yield
-        new = server.log()[start:]
-        assert "Traceback" not in new, f"server logged a traceback during this test:\n{new[-4000:]}"
-
-    return _guard
 
 
 # --- data -----------------------------------------------------------------------------------------
@@ -408,14 +361,14 @@ def push_artifact(
 
 
 def raw_request(
-    server: ServerProcess, method: str, path: str, body: bytes = b"", headers: dict[str, str] | None = None
+    server: Server, method: str, path: str, body: bytes = b"", headers: dict[str, str] | None = None
 ) -> tuple[int, dict[str, str], bytes]:
     """Send ``path`` byte-for-byte (no dot-segment or percent normalisation, unlike httpx)."""
     conn = HTTPConnection("127.0.0.1", server.port, timeout=30)
     try:
         conn.putrequest(method, path, skip_accept_encoding=True)
         all_headers = {"Content-Length": str(len(body)), **(headers or {})}
-        token = getattr(server, "admin_token", None)  # authenticate like ServerProcess.client() does
+        token = getattr(server, "admin_token", None)  # authenticate like Server.client() does
         if token:
             basic = base64.b64encode(f"x-token:{token}".encode()).decode()
             all_headers.setdefault("Authorization", f"Basic {basic}")

@@ -7,12 +7,17 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
+from typing import Protocol
 
 from cargohold.client.control import ControlClient
 from cargohold.client.settings import Connection
 from cargohold.images import pull_image
 from cargohold.oci.layout import OCILayout
 from cargohold.schemas import Build
+
+
+class HasLog(Protocol):
+    def log(self) -> str: ...
 
 
 def saved_builds(conn: Connection) -> list[Build]:
@@ -49,17 +54,14 @@ def layout_blob_hashes(layout_dir: Path) -> dict[str, str]:
 
 
 class LogWindow:
-    """The part of a server log written since this object was made (tests share one server per module)."""
+    """The part of a server's log written since this object was made (tests share one server per module)."""
 
-    def __init__(self, path: Path | None) -> None:
-        assert path is not None
-        self.path = path
-        self.start = path.stat().st_size if path.exists() else 0
+    def __init__(self, server: HasLog) -> None:
+        self.server = server
+        self.start = len(server.log())
 
     def text(self) -> str:
-        with open(self.path, "rb") as handle:
-            handle.seek(self.start)
-            return handle.read().decode(errors="replace")
+        return self.server.log()[self.start :]
 
     def lines(self, *needles: str) -> list[str]:
         """Log lines (not access-log lines) containing every one of ``needles``."""

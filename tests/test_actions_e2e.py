@@ -48,9 +48,9 @@ from ruamel.yaml import YAML
 
 from cargohold.client.control import ControlClient
 from cargohold.sample import write_sample_image
-from conftest import ServerProcess
 from oidc_issuer import REPO, LoopbackOidcIssuer
 from refregistry import RefRegistry, refregistry_fixture  # noqa: F401
+from servers import ServerProcess
 
 ROOT = Path(__file__).resolve().parent.parent
 WORKFLOW = ROOT / "tests" / "e2e" / "workflows" / "e2e.yml"

@@ -35,8 +35,8 @@ from cargohold.images import pull_image, save_image
 from cargohold.images.build import BuildOptions, pass_through_flags
 from cargohold.images.common import ImageError
 from cargohold.sample import SampleImage, SampleIndex, write_sample_image, write_sample_index
-from conftest import ServerProcess
 from refregistry import RefRegistry, refregistry_auth_fixture
+from servers import InProcessServer
 from test_actions_runtime import parse_outputs
 from test_images_support import skopeo_raw
 
@@ -49,7 +49,7 @@ BUSYBOX = "/bin/busybox"
 class World:
     """The shared server, a project reached by a project token, and a saved multi-platform build with targets."""
 
-    server: ServerProcess
+    server: InProcessServer
     project: str
     token: str
     build_id: str
@@ -81,7 +81,7 @@ class World:
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     tmp = tmp_path_factory.mktemp("inputs")
-    server = ServerProcess(data_dir=tmp / "data").start()
+    server = InProcessServer(data_dir=tmp / "data").start()
     try:
         with ControlClient(server.url, server.admin_token) as admin:
             project = str(admin.create_project("inputs").id)

@@ -19,9 +19,10 @@ import pytest
 from cargohold.actions import oidc
 from cargohold.actions.runtime import ActionError, ActionRuntime
 from cargohold.client.retry import RetryPolicy
-from conftest import ServerProcess, free_port
 from control_helpers import api
 from oidc_issuer import OWNER, REPO, LoopbackOidcIssuer, oidc_issuer_fixture  # noqa: F401 - fixtures
+from processes import free_port
+from servers import InProcessServer, running
 
 
 class VirtualTime:
@@ -319,18 +320,14 @@ def test_registry_without_oidc_support_says_to_use_a_token(tmp_path: Path, fake_
 
 
 @pytest.fixture
-def oidc_server(tmp_path: Path, oidc_issuer: LoopbackOidcIssuer) -> Iterator[ServerProcess]:
-    proc = ServerProcess(data_dir=tmp_path / "data")
-    proc.extra_args = ["--oidc-issuer", oidc_issuer.url]
-    proc.start()
-    try:
+def oidc_server(tmp_path: Path, oidc_issuer: LoopbackOidcIssuer) -> Iterator[InProcessServer]:
+    with running(InProcessServer(tmp_path / "data", {"oidc_issuers": (oidc_issuer.url,)})) as proc:
+        assert isinstance(proc, InProcessServer)
         yield proc
-    finally:
-        proc.stop()
 
 
 def test_real_server_exchanges_a_trusted_repositorys_token(
-    tmp_path: Path, oidc_issuer: LoopbackOidcIssuer, oidc_server: ServerProcess
+    tmp_path: Path, oidc_issuer: LoopbackOidcIssuer, oidc_server: InProcessServer
 ) -> None:
     with api(oidc_server) as admin:
         project = admin.create_project("actions oidc").id
@@ -344,7 +341,7 @@ def test_real_server_exchanges_a_trusted_repositorys_token(
 
 
 def test_real_server_refuses_an_untrusted_repository(
-    tmp_path: Path, oidc_issuer: LoopbackOidcIssuer, oidc_server: ServerProcess
+    tmp_path: Path, oidc_issuer: LoopbackOidcIssuer, oidc_server: InProcessServer
 ) -> None:
     with api(oidc_server) as admin:
         project = admin.create_project("someone else").id

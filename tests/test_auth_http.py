@@ -19,10 +19,10 @@ from typing import Any
 import httpx
 import pytest
 
-from conftest import ServerProcess
-from control_helpers import api, b64url, error_of, fresh_address, http, jwt_parts, module_server_fixture, push_image
+from control_helpers import api, b64url, error_of, fresh_address, http, jwt_parts, push_image
+from servers import InProcessServer, Server, ServerProcess, module_server, running
 
-server = module_server_fixture()
+server = module_server()
 
 MANIFEST_ACCEPT = "application/vnd.oci.image.manifest.v1+json"
 
@@ -47,7 +47,7 @@ class World:
 
 
 @pytest.fixture(scope="module")
-def world(server: ServerProcess, tmp_path_factory: pytest.TempPathFactory) -> World:
+def world(server: Server, tmp_path_factory: pytest.TempPathFactory) -> World:
     root = tmp_path_factory.mktemp("images")
     with api(server) as admin:
         a = admin.create_project("alpha").id
@@ -87,7 +87,7 @@ def _assert_unknown(response: httpx.Response, repository: str) -> None:
         assert message == f"repository {repository} is not known to this registry"
 
 
-def test_other_projects_are_invisible_to_a_project_token(server: ServerProcess, world: World) -> None:
+def test_other_projects_are_invisible_to_a_project_token(server: Server, world: World) -> None:
     """Project A's token learns nothing about B: every route answers as if B did not exist."""
     b = world.b
     with http(server, world.token_a) as client:
@@ -135,7 +135,7 @@ def test_other_projects_are_invisible_to_a_project_token(server: ServerProcess, 
         assert [p["id"] for p in listed] == [world.a]
 
 
-def test_cross_project_mount_does_not_leak_blobs(server: ServerProcess, world: World) -> None:
+def test_cross_project_mount_does_not_leak_blobs(server: Server, world: World) -> None:
     """``POST /v2/B/blobs/uploads/?mount=<A's blob>&from=A`` by a B token must not mount A's blob."""
     with http(server, world.token_b) as client:
         assert client.head(f"/v2/{world.b}/blobs/{world.blob_a}").status_code == 404
@@ -148,7 +148,7 @@ def test_cross_project_mount_does_not_leak_blobs(server: ServerProcess, world: W
         assert admin.head(f"/v2/{world.b}/blobs/{world.blob_a}").status_code == 404
 
 
-def test_pull_token_cannot_push_or_delete(server: ServerProcess, world: World) -> None:
+def test_pull_token_cannot_push_or_delete(server: Server, world: World) -> None:
     with api(server) as admin:
         pull = admin.create_token("pull", "reader", project_id=world.a)
     assert pull.token.startswith("chl_")
@@ -173,7 +173,7 @@ def test_pull_token_cannot_push_or_delete(server: ServerProcess, world: World) -
         )
 
 
-def test_build_scoped_pull_token_sees_only_its_build(server: ServerProcess, world: World) -> None:
+def test_build_scoped_pull_token_sees_only_its_build(server: Server, world: World) -> None:
     with api(server, world.token_a) as control:
         scoped = control.create_token("pull", "one build", project_id=world.a, build_id=world.build_a)
     assert [p.to_json() for p in scoped.permissions] == [
@@ -203,7 +203,7 @@ def test_build_scoped_pull_token_sees_only_its_build(server: ServerProcess, worl
         assert client.get(f"/api/v1/pull-info?ref={world.build_a2}").status_code == 404
 
 
-def test_revoked_token_is_refused_within_the_cache_window(server: ServerProcess, world: World) -> None:
+def test_revoked_token_is_refused_within_the_cache_window(server: Server, world: World) -> None:
     with api(server) as admin:
         created = admin.create_token("project", "soon revoked", project_id=world.a)
     with http(server, created.token) as client:
@@ -231,7 +231,7 @@ def test_revoked_token_is_refused_within_the_cache_window(server: ServerProcess,
         assert created.id not in {t.id for t in admin.list_tokens(world.a)}
 
 
-def test_expired_token_is_refused(server: ServerProcess, world: World) -> None:
+def test_expired_token_is_refused(server: Server, world: World) -> None:
     with api(server) as admin:
         created = admin.create_token("pull", "brief", project_id=world.a, expires_in=1)
     time.sleep(1.3)
@@ -242,7 +242,7 @@ def test_expired_token_is_refused(server: ServerProcess, world: World) -> None:
     assert code == "UNAUTHORIZED" and "expired at" in message
 
 
-def test_no_credential_gets_the_exact_challenge(server: ServerProcess, world: World) -> None:
+def test_no_credential_gets_the_exact_challenge(server: Server, world: World) -> None:
     realm = f'Bearer realm="{server.url}/token",service="cargohold"'
     with http(server) as client:
         root = client.get("/v2/")
@@ -259,14 +259,14 @@ def test_no_credential_gets_the_exact_challenge(server: ServerProcess, world: Wo
         assert token.status_code == 401 and token.headers["WWW-Authenticate"] == 'Basic realm="cargohold"'
 
 
-def _registry_token(server: ServerProcess, secret: str, *scopes: str) -> dict[str, Any]:
+def _registry_token(server: Server, secret: str, *scopes: str) -> dict[str, Any]:
     with http(server, secret) as client:
         response = client.get("/token", params=[("service", "cargohold"), *(("scope", s) for s in scopes)])
     assert response.status_code == 200, response.text
     return response.json()  # type: ignore[no-any-return]
 
 
-def test_token_endpoint_intersects_scopes(server: ServerProcess, world: World) -> None:
+def test_token_endpoint_intersects_scopes(server: Server, world: World) -> None:
     with api(server) as admin:
         pull = admin.create_token("pull", "reader", project_id=world.a).token
 
@@ -304,7 +304,7 @@ def test_token_endpoint_intersects_scopes(server: ServerProcess, world: World) -
         assert bad_service.status_code == 400
 
 
-def test_repeated_bad_credentials_are_rate_limited(server: ServerProcess) -> None:
+def test_repeated_bad_credentials_are_rate_limited(server: Server) -> None:
     """Failures are counted per client address, so this client is blocked and the rest of the module is not."""
     address = fresh_address()
     bogus = "chp_" + "A" * 36
@@ -329,12 +329,15 @@ def test_repeated_bad_credentials_are_rate_limited(server: ServerProcess) -> Non
         assert other.get("/v2/").status_code == 200
 
 
-def test_bootstrap_admin_token_is_printed_once(tmp_path: Path) -> None:
+def test_bootstrap_admin_token_is_printed_once(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``cargohold serve`` with ``CARGOHOLD_ADMIN_TOKEN`` set but empty, on an empty data dir, prints a first admin
+    token; the next start on that data dir (in-process: what it finds there is what matters) prints none."""
     proc = ServerProcess(data_dir=tmp_path / "data", env={"CARGOHOLD_ADMIN_TOKEN": ""})
     proc.start()
     try:
         tokens = re.findall(r"\bcha_[0-9A-Za-z]{36}\b", proc.log())
         assert len(tokens) == 1, proc.log()
+        assert proc.log().count("created the first admin token") == 2  # the banner and the log line
         with http(proc, tokens[0]) as client:
             who = client.get("/api/v1/whoami").json()
             assert who["kind"] == "admin" and who["name"] == "first admin"
@@ -343,17 +346,15 @@ def test_bootstrap_admin_token_is_printed_once(tmp_path: Path) -> None:
             assert client.get("/api/v1/whoami").status_code == 401
     finally:
         proc.stop()
-    proc.start()
-    try:
-        assert re.findall(r"\bcha_[0-9A-Za-z]{36}\b", proc.log()) == tokens
-        assert proc.log().count("created the first admin token") == 2  # banner + log line, from the first start
-        with http(proc, tokens[0]) as client:
-            assert client.get("/api/v1/whoami").status_code == 200
-    finally:
-        proc.stop()
+    capsys.readouterr()
+    again = InProcessServer(proc.data_dir, admin_token=None)
+    with running(again), http(again, tokens[0]) as client:
+        assert client.get("/api/v1/whoami").status_code == 200
+    assert "cha_" not in capsys.readouterr().out  # the banner goes to standard output
+    assert "created the first admin token" not in again.log()
 
 
-def test_build_scoped_token_reads_only_its_builds_history_and_no_usage(server: ServerProcess, world: World) -> None:
+def test_build_scoped_token_reads_only_its_builds_history_and_no_usage(server: Server, world: World) -> None:
     """Issue 11, finding 7: a pull token for one build read the whole project's audit history and usage."""
     with api(server, world.token_a) as control:
         scoped = control.create_token("pull", "one build", project_id=world.a, build_id=world.build_a).token
@@ -378,7 +379,7 @@ def test_build_scoped_token_reads_only_its_builds_history_and_no_usage(server: S
 
 
 @pytest.mark.parametrize("value", ["-1", "0", "abc", "1e3", "2.5", " 5", "²"])
-def test_limit_parameters_are_validated(server: ServerProcess, world: World, value: str) -> None:
+def test_limit_parameters_are_validated(server: Server, world: World, value: str) -> None:
     """``limit=-1`` (or anything but a positive whole number) is a 400 with one sentence, never "no limit"."""
     with http(server, world.token_a) as client:
         for path, maximum in (
@@ -394,7 +395,7 @@ def test_limit_parameters_are_validated(server: ServerProcess, world: World, val
             assert listed.status_code == 400 and "n must be a whole number" in error_of(listed)[1]
 
 
-def test_huge_limits_are_clamped(server: ServerProcess, world: World) -> None:
+def test_huge_limits_are_clamped(server: Server, world: World) -> None:
     """Any number of digits means "the largest page" (the reference registry answers ``n`` of 5,000 digits so)."""
     with http(server, world.token_a) as client:
         for path in (f"/api/v1/projects/{world.a}/history", f"/api/v1/projects/{world.a}/builds"):
@@ -404,9 +405,7 @@ def test_huge_limits_are_clamped(server: ServerProcess, world: World) -> None:
         assert client.get(f"/v2/{world.a}/tags/list", params={"n": "9" * 5000}).status_code == 200
 
 
-def test_another_projects_evicted_build_is_a_plain_not_found(
-    server: ServerProcess, world: World, tmp_path: Path
-) -> None:
+def test_another_projects_evicted_build_is_a_plain_not_found(server: Server, world: World, tmp_path: Path) -> None:
     """Only credentials that may see a project learn who deleted its builds, and when."""
     gone = {}
     for key, project, token in (("b", world.b, world.token_b), ("a", world.a, world.token_a)):

@@ -20,10 +20,10 @@ import cargohold.cli.admin  # noqa: F401  (registers the commands on the app)
 from cargohold.cli.main import app
 from cargohold.isotime import iso
 from cargohold.server.auth.credentials import CredentialKind, generate_token
-from conftest import ServerProcess
-from control_helpers import api, http, module_server_fixture
+from control_helpers import api, http
+from servers import Server, module_server
 
-server = module_server_fixture()
+server = module_server()
 
 
 @pytest.fixture
@@ -53,7 +53,7 @@ def assert_one_sentence_error(code: int, stdout: str, stderr: str, *fragments: s
         assert fragment in text, text
 
 
-def test_login_whoami_logout(server: ServerProcess, config: Path) -> None:
+def test_login_whoami_logout(server: Server, config: Path) -> None:
     code, out, err = run("login", server.url, "--password-stdin", stdin=server.admin_token + "\n")
     assert code == 0, err
     assert "Logged in to" in out and "admin token" in out
@@ -71,7 +71,7 @@ def test_login_whoami_logout(server: ServerProcess, config: Path) -> None:
     assert_one_sentence_error(code, out, err, "no registry configured")
 
 
-def test_login_with_a_bad_token_stores_nothing(server: ServerProcess, config: Path) -> None:
+def test_login_with_a_bad_token_stores_nothing(server: Server, config: Path) -> None:
     code, out, err = run("login", server.host, "--token", generate_token(CredentialKind.PROJECT))
     assert_one_sentence_error(code, out, err, f"logging in to {server.url} failed", "not known to this registry")
     code, out, err = run("login", server.url, "--token", "hunter2")
@@ -81,7 +81,7 @@ def test_login_with_a_bad_token_stores_nothing(server: ServerProcess, config: Pa
     assert_one_sentence_error(code, out, err, "nothing was read from standard input")
 
 
-def test_projects_tokens_and_pull_token(server: ServerProcess, config: Path) -> None:
+def test_projects_tokens_and_pull_token(server: Server, config: Path) -> None:
     assert run("login", server.url, "--token", server.admin_token)[0] == 0
 
     code, out, err = run("projects", "create", "cli app", "--retention", "7d", "--max-builds", "3", "--json")
@@ -127,7 +127,7 @@ def test_projects_tokens_and_pull_token(server: ServerProcess, config: Path) -> 
     assert_one_sentence_error(code, out, err, "token ID")
 
 
-def test_pull_token_for_one_build_with_a_project_token(server: ServerProcess, config: Path) -> None:
+def test_pull_token_for_one_build_with_a_project_token(server: Server, config: Path) -> None:
     with api(server) as admin:
         pid = admin.create_project("scoped").id
         project_token = admin.create_token("project", "ci", project_id=pid).token
@@ -139,7 +139,7 @@ def test_pull_token_for_one_build_with_a_project_token(server: ServerProcess, co
     assert who["permissions"] == [{"project": pid, "actions": ["pull"], "build_id": build}]
 
 
-def test_trust_add_list_remove(server: ServerProcess, config: Path) -> None:
+def test_trust_add_list_remove(server: Server, config: Path) -> None:
     assert run("login", server.url, "--token", server.admin_token)[0] == 0
     pid = json.loads(run("projects", "create", "trusting", "--json")[1])["id"]
     code, out, err = run(
@@ -192,7 +192,7 @@ def test_trust_add_list_remove(server: ServerProcess, config: Path) -> None:
     assert_one_sentence_error(code, out, err, "must be owner/name")
 
 
-def test_errors_are_one_sentence(server: ServerProcess, config: Path) -> None:
+def test_errors_are_one_sentence(server: Server, config: Path) -> None:
     assert run("login", server.url, "--token", server.admin_token)[0] == 0
     code, out, err = run("projects", "show", "nosuchproject")
     assert_one_sentence_error(code, out, err, "project nosuchproject does not exist")
@@ -211,7 +211,7 @@ def test_errors_are_one_sentence(server: ServerProcess, config: Path) -> None:
     assert_one_sentence_error(code, out, err, "only an admin token may do this")
 
 
-def test_tokens_and_trust_with_permissions(server: ServerProcess, config: Path) -> None:
+def test_tokens_and_trust_with_permissions(server: Server, config: Path) -> None:
     assert run("login", server.url, "--token", server.admin_token)[0] == 0
     pid = json.loads(run("projects", "create", "permissions", "--json")[1])["id"]
     code, out, err = run("tokens", "create", "--project", pid, "--permissions", "pull,push,delete", "--json")

@@ -13,8 +13,8 @@ import pytest
 
 from cargohold.client.settings import Connection
 from cargohold.sample import SampleIndex, write_sample_image
-from conftest import ServerProcess
 from refregistry import RefRegistry, refregistry_auth_fixture
+from servers import InProcessServer
 from test_images_support import conn_fixture, multiarch_fixture, skopeo_raw
 
 __all__ = ["conn_fixture", "multiarch_fixture", "refregistry_auth_fixture"]
@@ -47,7 +47,7 @@ def cli(
 
 
 def test_save_pull_push_commands(
-    server: ServerProcess,
+    server: InProcessServer,
     conn: Connection,
     multiarch: tuple[Path, SampleIndex],
     refregistry_auth: RefRegistry,
@@ -131,7 +131,7 @@ def test_save_pull_push_commands(
     assert skopeo_raw(f"docker://{tag}", creds="ci:s3cret-pass")[1] == sample.index.digest
 
 
-def test_errors_are_one_sentence(server: ServerProcess, conn: Connection, tmp_path: Path) -> None:
+def test_errors_are_one_sentence(server: InProcessServer, conn: Connection, tmp_path: Path) -> None:
     missing = cli(conn, tmp_path, "save", f"docker-archive:{tmp_path / 'nope.tar'}")
     assert missing.returncode == 1
     assert (
@@ -146,7 +146,7 @@ def test_errors_are_one_sentence(server: ServerProcess, conn: Connection, tmp_pa
 
 
 def test_json_errors_are_json_on_stdout_with_the_same_exit_code(
-    server: ServerProcess, conn: Connection, tmp_path: Path
+    server: InProcessServer, conn: Connection, tmp_path: Path
 ) -> None:
     """``--json`` readers get ``{"error": {"code", "message"}}`` on stdout; people still get one sentence."""
     unknown = cli(conn, tmp_path, "pull", "doesnotexist0", "--output", f"oci:{tmp_path / 'o'}", "--json")
@@ -166,7 +166,7 @@ def test_json_errors_are_json_on_stdout_with_the_same_exit_code(
 
 
 def test_plain_progress_says_what_moved_and_never_done_before_an_error(
-    server: ServerProcess, conn: Connection, multiarch: tuple[Path, SampleIndex], tmp_path: Path
+    server: InProcessServer, conn: Connection, multiarch: tuple[Path, SampleIndex], tmp_path: Path
 ) -> None:
     layout_dir, _ = multiarch
     first = cli(conn, tmp_path, "save", f"oci:{layout_dir}:v1", "--progress", "plain", "--json")
@@ -195,7 +195,7 @@ def test_plain_progress_says_what_moved_and_never_done_before_an_error(
 
 
 def test_bare_save_tags_resolve_in_the_configured_project_and_targets_are_pulled_and_pushed(
-    server: ServerProcess, conn: Connection, refregistry_auth: RefRegistry, tmp_path: Path
+    server: InProcessServer, conn: Connection, refregistry_auth: RefRegistry, tmp_path: Path
 ) -> None:
     """``cargohold pull main`` with a project configured; a build-ID-shaped save-tag is tried as a build first
     and then as the save-tag (documented order); bake targets saved in one build are pulled and pushed by name."""
@@ -258,7 +258,7 @@ def test_bare_save_tags_resolve_in_the_configured_project_and_targets_are_pulled
 
 
 def test_build_refuses_a_flag_the_builder_cannot_apply_before_building(
-    server: ServerProcess, conn: Connection, tmp_path: Path
+    server: InProcessServer, conn: Connection, tmp_path: Path
 ) -> None:
     if shutil.which("buildah") is None:
         pytest.skip("buildah is not installed (scripts/bootstrap.sh installs it)")

@@ -8,7 +8,6 @@ admin CLI tests, ``CARGOHOLD_CONFIG`` points at a temporary file and the CARGOHO
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -19,11 +18,10 @@ from click.testing import CliRunner
 
 import cargohold.cli.lifecycle  # noqa: F401  (registers the commands on the app)
 from cargohold.cli.main import app
-from conftest import ServerProcess
-from control_helpers import module_server_fixture
+from servers import InProcessServer, module_server
 from test_lifecycle_support import push_image
 
-server = module_server_fixture()
+server = module_server()
 
 
 @pytest.fixture
@@ -36,7 +34,7 @@ def config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     yield path
 
 
-def run(server: ServerProcess, *args: str) -> tuple[int, str, str]:
+def run(server: InProcessServer, *args: str) -> tuple[int, str, str]:
     """Invoke the CLI as an admin against ``server``; returns (exit code, stdout, stderr)."""
     result = CliRunner().invoke(app, [*args, "--registry", server.url, "--token", server.admin_token])
     if result.exception is not None and not isinstance(result.exception, SystemExit):
@@ -44,13 +42,13 @@ def run(server: ServerProcess, *args: str) -> tuple[int, str, str]:
     return result.exit_code, result.stdout, result.stderr
 
 
-def ok(server: ServerProcess, *args: str) -> str:
+def ok(server: InProcessServer, *args: str) -> str:
     code, out, err = run(server, *args)
     assert code == 0, f"{args}: {err or out}"
     return out
 
 
-def ok_json(server: ServerProcess, *args: str) -> dict[str, object]:
+def ok_json(server: InProcessServer, *args: str) -> dict[str, object]:
     data = json.loads(ok(server, *args, "--json"))
     assert isinstance(data, dict)
     return data
@@ -66,14 +64,14 @@ def assert_one_sentence_error(code: int, stdout: str, stderr: str, *fragments: s
         assert fragment in text, text
 
 
-def new_project(server: ServerProcess, **settings: object) -> str:
+def new_project(server: InProcessServer, **settings: object) -> str:
     with server.client() as http:
         created = http.post("/api/v1/projects", json={"name": "cli-lifecycle", **settings})
         assert created.status_code == 201, created.text
         return str(created.json()["id"])
 
 
-def save_build(server: ServerProcess, project_id: str, salt: str, save_tags: list[str] | None = None) -> str:
+def save_build(server: InProcessServer, project_id: str, salt: str, save_tags: list[str] | None = None) -> str:
     """Create a build, push a two-layer image under its ID, and save it (all over HTTP)."""
     with server.client() as http:
         return _save(http, project_id, salt, save_tags or [])
@@ -90,7 +88,7 @@ def _save(http: httpx.Client, project_id: str, salt: str, save_tags: list[str]) 
     return build_id
 
 
-def test_list_show_pin_unpin_extend(server: ServerProcess, config: Path) -> None:
+def test_list_show_pin_unpin_extend(server: InProcessServer, config: Path) -> None:
     project = new_project(server, retention_seconds=7 * 86400)
     older = save_build(server, project, "older")
     newer = save_build(server, project, "newer", ["stable"])
@@ -133,7 +131,7 @@ def test_list_show_pin_unpin_extend(server: ServerProcess, config: Path) -> None
     ]
 
 
-def test_rm_dry_run_then_for_real_and_history(server: ServerProcess, config: Path) -> None:
+def test_rm_dry_run_then_for_real_and_history(server: InProcessServer, config: Path) -> None:
     project = new_project(server)
     build = save_build(server, project, "doomed", ["nightly"])
 
@@ -157,12 +155,14 @@ def test_rm_dry_run_then_for_real_and_history(server: ServerProcess, config: Pat
     assert [(e["action"], e["rule"], e["build_id"]) for e in events] == [("evict", "manual", build)]  # type: ignore[union-attr]
 
 
-def test_expire_says_what_would_go_and_why(server: ServerProcess, config: Path) -> None:
+def test_expire_says_what_would_go_and_why(
+    server: InProcessServer, config: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     project = new_project(server, retention_seconds=1)
     build = save_build(server, project, "short-lived")
     keeper = new_project(server)
     kept = save_build(server, keeper, "kept")
-    time.sleep(1.2)
+    server.move_lifecycle_clock(monkeypatch, timedelta(seconds=2))  # past the 1 s retention
 
     planned = ok_json(server, "expire", "--project", project, "--dry-run")
     assert planned["dry_run"] is True
@@ -179,7 +179,7 @@ def test_expire_says_what_would_go_and_why(server: ServerProcess, config: Path) 
     assert [(e["action"], e["rule"], e["build_id"]) for e in events] == [("evict", "expired", build)]  # type: ignore[union-attr]
 
 
-def test_gc_and_usage(server: ServerProcess, config: Path) -> None:
+def test_gc_and_usage(server: InProcessServer, config: Path) -> None:
     project = new_project(server)
     save_build(server, project, "measured")
 
@@ -201,7 +201,7 @@ def test_gc_and_usage(server: ServerProcess, config: Path) -> None:
         assert label in table, table
 
 
-def test_errors_are_one_sentence_with_the_fix(server: ServerProcess, config: Path) -> None:
+def test_errors_are_one_sentence_with_the_fix(server: InProcessServer, config: Path) -> None:
     code, out, err = run(server, "builds", "pin", "zzzzzzzzzz")
     assert_one_sentence_error(code, out, err, "build zzzzzzzzzz does not exist", "cargohold builds list")
     code, out, err = run(server, "builds", "rm", "zzzzzzzzzz", "--dry-run")
@@ -226,7 +226,7 @@ def test_errors_are_one_sentence_with_the_fix(server: ServerProcess, config: Pat
 # --- tags pushed outside builds -------------------------------------------------------------------------------
 
 
-def push_tag(server: ServerProcess, repository: str, tag: str, salt: str) -> str:
+def push_tag(server: InProcessServer, repository: str, tag: str, salt: str) -> str:
     """Push a tiny image as ``repository:tag`` the way docker push would (no build); returns its digest."""
     with server.client() as http:
         pushed = push_image(http, repository, tag, [salt.encode()], salt)
@@ -234,7 +234,7 @@ def push_tag(server: ServerProcess, repository: str, tag: str, salt: str) -> str
         return str(pushed.headers["Docker-Content-Digest"])  # type: ignore[attr-defined]
 
 
-def test_tags_list_pin_unpin_extend(server: ServerProcess, config: Path) -> None:
+def test_tags_list_pin_unpin_extend(server: InProcessServer, config: Path) -> None:
     project = new_project(server, retention_seconds=7 * 86400)
     build = save_build(server, project, "a build", ["main"])
     app = push_tag(server, f"{project}/app", "1.0", "app")
@@ -279,13 +279,15 @@ def test_tags_list_pin_unpin_extend(server: ServerProcess, config: Path) -> None
     assert_one_sentence_error(code, out, err, "no project given", "--project")
 
 
-def test_expire_removes_expired_tags_and_untagged_manifests(server: ServerProcess, config: Path) -> None:
+def test_expire_removes_expired_tags_and_untagged_manifests(
+    server: InProcessServer, config: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     project = new_project(server, retention_seconds=1)
     tagged = push_tag(server, f"{project}/tool", "v1", "tool")
     by_digest = push_tag(server, f"{project}/tool", "v2", "by digest")
     with server.client() as http:  # untag it: a manifest pushed by digest and never tagged
         assert http.delete(f"/v2/{project}/tool/manifests/v2").status_code == 202
-    time.sleep(1.2)
+    server.move_lifecycle_clock(monkeypatch, timedelta(seconds=2))  # past the 1 s retention
 
     planned = ok_json(server, "expire", "--project", project, "--dry-run")
     assert [(t["tag"], t["rule"]) for t in planned["tags"]] == [("v1", "expired")]  # type: ignore[union-attr]

@@ -20,23 +20,21 @@ from cargohold.client.retry import RetryPolicy
 from cargohold.oci.digest import Digest
 from cargohold.oci.layout import OCILayout
 from cargohold.sample import write_sample_index
-from conftest import ServerProcess
+from servers import InProcessServer, running
 from test_client_faults import Fault, FaultProxy
 
 FAST = RetryPolicy(attempts=5, initial=0.01, maximum=0.05)
 
 
 @pytest.fixture
-def cargohold(tmp_path: Path) -> Iterator[tuple[ServerProcess, Credentials]]:
+def cargohold(tmp_path: Path) -> Iterator[tuple[InProcessServer, Credentials]]:
     token = secrets.token_urlsafe(24)
-    proc = ServerProcess(data_dir=tmp_path / "data", env={"CARGOHOLD_ADMIN_TOKEN": token}).start()
-    try:
+    with running(InProcessServer(data_dir=tmp_path / "data", admin_token=token)) as proc:
+        assert isinstance(proc, InProcessServer)
         yield proc, Credentials("x-token", token)
-    finally:
-        proc.stop()
 
 
-def test_blob_and_image_round_trip(cargohold: tuple[ServerProcess, Credentials], tmp_path: Path) -> None:
+def test_blob_and_image_round_trip(cargohold: tuple[InProcessServer, Credentials], tmp_path: Path) -> None:
     server, creds = cargohold
     data = os.urandom((5 << 20) + 17)
     digest = Digest.of(data)
@@ -63,7 +61,7 @@ def test_blob_and_image_round_trip(cargohold: tuple[ServerProcess, Credentials],
         assert all(out.has_blob(d) for d in info.digests)
 
 
-def test_upload_resumes_from_confirmed_offset(cargohold: tuple[ServerProcess, Credentials]) -> None:
+def test_upload_resumes_from_confirmed_offset(cargohold: tuple[InProcessServer, Credentials]) -> None:
     server, creds = cargohold
     data = os.urandom(6 << 20)
     digest = Digest.of(data)

@@ -15,13 +15,13 @@ import cargohold.cli.lifecycle  # noqa: F401  (the same)
 from cargohold.client.control import ControlClient, ControlError
 from cargohold.client.retry import RetryPolicy
 from cargohold.schemas import Build, BuildPage, Project
-from conftest import ServerProcess
-from control_helpers import api, module_server_fixture
+from control_helpers import api
+from servers import ServerProcess, module_server
 from test_cli_lifecycle import config, ok, save_build
 
 __all__ = ["config"]
 
-server = module_server_fixture()
+server = module_server()
 
 
 def raw(server: ServerProcess, path: str, **params: Any) -> Any:

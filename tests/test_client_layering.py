@@ -23,7 +23,7 @@ from pathlib import Path
 from cargohold.cli.serve import SERVER_PACKAGES
 from cargohold.client.settings import Connection
 from cargohold.sample import write_sample_image
-from conftest import ServerProcess
+from servers import InProcessServer
 from test_images_support import conn_fixture
 
 __all__ = ["conn_fixture"]
@@ -131,7 +131,7 @@ def test_every_client_module_imports_without_the_server_packages() -> None:
 
 
 def test_client_commands_work_and_serve_explains_without_the_server_packages(
-    server: ServerProcess, conn: Connection, tmp_path: Path
+    server: InProcessServer, conn: Connection, tmp_path: Path
 ) -> None:
     cli = "import runpy, sys\nsys.argv[0] = 'cargohold'\nrunpy.run_module('cargohold', run_name='__main__')"
     env = {

@@ -15,13 +15,13 @@ import pytest
 from cargohold.client.control import ControlError
 from cargohold.sample import write_sample_image
 from cargohold.schemas import BuildCreated
-from conftest import ServerProcess
-from control_helpers import api, error_of, http, module_server_fixture, new_project, push_image
+from control_helpers import api, error_of, http, new_project, push_image
+from servers import Server, module_server
 
-server = module_server_fixture()
+server = module_server()
 
 
-def test_projects_create_list_show_update_admin_only(server: ServerProcess) -> None:
+def test_projects_create_list_show_update_admin_only(server: Server) -> None:
     with api(server) as admin:
         created = admin.create_project("web app", retention_seconds=7 * 86400, max_builds=5)
         assert created.name == "web app"
@@ -64,7 +64,7 @@ def test_projects_create_list_show_update_admin_only(server: ServerProcess) -> N
         assert hidden.value.status == 404 and hidden.value.code == "NOT_FOUND"
 
 
-def _start_build(server: ServerProcess, token: str, project_id: str) -> BuildCreated:
+def _start_build(server: Server, token: str, project_id: str) -> BuildCreated:
     with api(server, token) as control:
         build = control.create_build(project_id)
     assert build.token.startswith("chp_") and build.project_id == project_id
@@ -72,7 +72,7 @@ def _start_build(server: ServerProcess, token: str, project_id: str) -> BuildCre
     return build
 
 
-def test_build_push_save_list_pull_info_and_save_tags(server: ServerProcess, tmp_path: Path) -> None:
+def test_build_push_save_list_pull_info_and_save_tags(server: Server, tmp_path: Path) -> None:
     project = new_project(server, "builds")
     pid = project.id
     with api(server) as admin:
@@ -162,7 +162,7 @@ def test_build_push_save_list_pull_info_and_save_tags(server: ServerProcess, tmp
         assert puller.get(f"/api/v1/builds/{second.build_id}").status_code == 404
 
 
-def test_build_routes_refuse_wrong_callers(server: ServerProcess) -> None:
+def test_build_routes_refuse_wrong_callers(server: Server) -> None:
     project = new_project(server, "guarded")
     pid = project.id
     with api(server) as admin:
@@ -182,7 +182,7 @@ def test_build_routes_refuse_wrong_callers(server: ServerProcess) -> None:
         assert anonymous.get("/api/v1/oidc").status_code == 200
 
 
-def test_docker_login_style_flow_with_skopeo(server: ServerProcess, tmp_path: Path) -> None:
+def test_docker_login_style_flow_with_skopeo(server: Server, tmp_path: Path) -> None:
     """``skopeo login -u x-token --password-stdin`` stores the token; copies then use it, or ``--creds``."""
     project = new_project(server, "skopeo")
     pid = project.id

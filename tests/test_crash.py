@@ -20,17 +20,20 @@ from urllib.parse import urljoin
 import httpx
 import pytest
 
-from conftest import ServerProcess
-from fixtures_images import TOKEN_ENV, TOKEN_USER, Registry, require_tools
+from fixtures_images import TOKEN_USER, require_tools
 from refregistry import RefRegistry
+from servers import ServerProcess
 
 MiB = 1 << 20
-TOTAL_CHUNKS = 200  # 200 MiB: large enough that the kill lands while bytes are still flowing.
-KILL_AFTER = 60
+TOTAL_CHUNKS = 64  # 64 MiB: large enough that the kill lands while bytes are still flowing.
+KILL_AFTER = 20
 REPO = "crash/big"
 _BLOB_NAME = re.compile(r"^(?:[0-9a-f]{64}|[0-9a-f]{128})$")
 
 pytestmark = pytest.mark.slow
+
+Registry = ServerProcess | RefRegistry
+"""A real process: the point is ``kill -9``."""
 
 
 def _chunk(i: int, block: bytes) -> bytes:
@@ -57,7 +60,7 @@ def _new_registry(data_dir: Path, token: str) -> Registry:
     if os.environ.get("CARGOHOLD_TEST_REGISTRY") == "docker-registry":
         require_tools("docker-registry")
         return RefRegistry(data_dir)
-    return ServerProcess(data_dir=data_dir, env={TOKEN_ENV: token})
+    return ServerProcess(data_dir=data_dir, admin_token=token)
 
 
 def _client(registry: Registry, token: str) -> httpx.Client:

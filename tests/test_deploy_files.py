@@ -16,8 +16,8 @@ import httpx
 from ruamel.yaml import YAML
 
 from cargohold.ops import healthcheck
-from conftest import ServerProcess
 from fixtures_images import require_tools
+from servers import ServerProcess
 
 ROOT = Path(__file__).resolve().parent.parent
 UNIT = ROOT / "deploy" / "systemd" / "cargohold.service"

@@ -1,6 +1,10 @@
 """Graceful shutdown of a real ``cargohold serve`` (cargohold.server.drain): what SIGTERM does to the
 requests in flight, to new connections, to ``/healthz``, to uploads, to garbage collection, and how long it
-takes; and the start-up shortcut that skips Alembic on a database that is already up to date."""
+takes; and the start-up shortcut that skips Alembic on a database that is already up to date.
+
+Only the signalled server needs to be a process: what the next server finds on disk is checked with an
+in-process one (``servers.InProcessServer``), and so is an upload cut by its client.
+"""
 
 from __future__ import annotations
 
@@ -20,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ServerProcess
+from servers import InProcessServer, Server, ServerProcess, running
 from test_lifecycle_support import push_blob, push_image
 
 pytestmark = pytest.mark.slow
@@ -29,12 +33,12 @@ MiB = 1 << 20
 GARBAGE = 40
 
 
-def _auth(server: ServerProcess) -> dict[str, str]:
+def _auth(server: Server) -> dict[str, str]:
     token = base64.b64encode(f"x-token:{server.admin_token}".encode()).decode()
     return {"Authorization": f"Basic {token}"}
 
 
-def _connection(server: ServerProcess) -> http.client.HTTPConnection:
+def _connection(server: Server) -> http.client.HTTPConnection:
     return http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
 
 
@@ -51,7 +55,7 @@ def _exit_code(server: ServerProcess, timeout: float) -> int:
     return server.process.wait(timeout=timeout)
 
 
-def _put_blob(server: ServerProcess, repository: str, data: bytes) -> str:
+def _put_blob(server: Server, repository: str, data: bytes) -> str:
     digest = "sha256:" + hashlib.sha256(data).hexdigest()
     conn = _connection(server)
     conn.request("POST", f"/v2/{repository}/blobs/uploads/?digest={digest}", body=data, headers=_auth(server))
@@ -61,7 +65,7 @@ def _put_blob(server: ServerProcess, repository: str, data: bytes) -> str:
     return digest
 
 
-def _start_upload(server: ServerProcess, repository: str) -> str:
+def _start_upload(server: Server, repository: str) -> str:
     conn = _connection(server)
     conn.request("POST", f"/v2/{repository}/blobs/uploads/", headers={**_auth(server), "Content-Length": "0"})
     response = conn.getresponse()
@@ -131,8 +135,7 @@ def test_sigterm_finishes_requests_in_flight_refuses_new_ones_and_keeps_cut_uplo
         server.stop()
 
     # The next server continues the upload from the offset the session reports.
-    server.start()
-    try:
+    with running(InProcessServer(server.data_dir, admin_token=server.admin_token)) as server:
         conn = _connection(server)
         conn.request("GET", location, headers=_auth(server))
         status = conn.getresponse()
@@ -149,16 +152,13 @@ def test_sigterm_finishes_requests_in_flight_refuses_new_ones_and_keeps_cut_uplo
         conn.request("PUT", f"{location}?digest={finish_digest}", body=b"", headers=_auth(server))
         finished = conn.getresponse()
         assert finished.status == 201, finished.read()
-    finally:
-        server.stop()
 
 
 def test_a_cut_upload_keeps_every_byte_that_arrived(tmp_path: Path) -> None:
     """The bytes of a cut-off body that were received but not yet written (less than a write batch) are
     written before the request ends: the drain's cut and a client going away take this path alike, and a
     client that closes its side sends every byte before it (TCP), so the count is exact."""
-    server = ServerProcess(data_dir=tmp_path / "data").start()
-    try:
+    with running(InProcessServer(tmp_path / "data")) as server:
         location = _start_upload(server, "drain/cut")
         upload = _connection(server)
         upload.putrequest("PATCH", location)
@@ -174,8 +174,6 @@ def test_a_cut_upload_keeps_every_byte_that_arrived(tmp_path: Path) -> None:
         _wait_until(lambda: "client connection failed during PATCH" in server.log(), "the server to see the cut")
         assert staged.stat().st_size == len(part)
         assert staged.read_bytes() == part
-    finally:
-        server.stop()
 
 
 def test_shutdown_deadline_holds_with_a_stalled_client(tmp_path: Path) -> None:
@@ -206,7 +204,7 @@ def test_sigterm_stops_a_gc_pass_between_batches_and_releases_its_lease(tmp_path
     data_dir = tmp_path / "data"
     server = ServerProcess(
         data_dir=data_dir,
-        extra_args=["--gc-interval", "0", "--gc-grace", "1s", "--shutdown-timeout", "20s"],
+        extra_args=["--gc-interval", "0", "--gc-grace", "0s", "--shutdown-timeout", "20s"],
         env={"CARGOHOLD_GC_TEST_DELAY": "1"},  # every content-deletion batch holds its transaction 1 s
     ).start()
     try:
@@ -216,7 +214,6 @@ def test_sigterm_stops_a_gc_pass_between_batches_and_releases_its_lease(tmp_path
 
             for i in range(GARBAGE):  # blobs no manifest references
                 push_blob(http, "drain/gc", f"garbage-{i}".encode())
-        time.sleep(1.2)  # GC only takes what is older than its grace window (1 s)
         answer: dict[str, object] = {}
 
         def collect() -> None:
@@ -240,22 +237,17 @@ def test_sigterm_stops_a_gc_pass_between_batches_and_releases_its_lease(tmp_path
     finally:
         server.stop()
 
-    server.env = {}
-    server.start()
-    try:
-        with server.client() as http:
-            manifest = http.get(
-                "/v2/drain/gc/manifests/kept", headers={"Accept": "application/vnd.oci.image.manifest.v1+json"}
-            )
-            assert manifest.status_code == 200
-            for descriptor in [manifest.json()["config"], *manifest.json()["layers"]]:
-                blob = http.get(f"/v2/drain/gc/blobs/{descriptor['digest']}")
-                assert blob.status_code == 200
-                assert "sha256:" + hashlib.sha256(blob.content).hexdigest() == descriptor["digest"]
-            again = http.post("/api/v1/gc", json={}, timeout=60).json()
-            assert again["completed"] is True, again
-    finally:
-        server.stop()
+    with running(InProcessServer(data_dir, admin_token=server.admin_token)) as after, after.client() as http:
+        manifest = http.get(
+            "/v2/drain/gc/manifests/kept", headers={"Accept": "application/vnd.oci.image.manifest.v1+json"}
+        )
+        assert manifest.status_code == 200
+        for descriptor in [manifest.json()["config"], *manifest.json()["layers"]]:
+            blob = http.get(f"/v2/drain/gc/blobs/{descriptor['digest']}")
+            assert blob.status_code == 200
+            assert "sha256:" + hashlib.sha256(blob.content).hexdigest() == descriptor["digest"]
+        again = http.post("/api/v1/gc", json={}, timeout=60).json()
+        assert again["completed"] is True, again
 
 
 def test_a_restart_on_an_up_to_date_database_does_not_import_alembic(tmp_path: Path) -> None:

@@ -1,4 +1,7 @@
-"""The data directory is private whatever the umask: directories 0700, database and blobs 0600."""
+"""The data directory is private whatever the umask: directories 0700, database and blobs 0600.
+
+The umask is a process's, so those servers are processes of their own; tightening a loose data dir at
+start-up is not, and runs in-process."""
 
 from __future__ import annotations
 
@@ -8,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ServerProcess
 from protocol_helpers import push_blob, random_blob, start_upload
+from servers import InProcessServer, ServerProcess
 
 
 def _mode(path: Path) -> int:
@@ -44,11 +47,11 @@ def test_everything_the_server_creates_is_private(tmp_path: Path, umask: int) ->
 
 def test_a_loose_existing_data_dir_is_tightened_once_with_a_warning(tmp_path: Path) -> None:
     data = tmp_path / "data"
-    first = ServerProcess(data_dir=data).start()
+    first = InProcessServer(data_dir=data).start()
     first.stop()
     os.chmod(data, 0o755)  # noqa: S103 (the loose mode an older version left)
     os.chmod(data / "metadata.db", 0o644)
-    second = ServerProcess(data_dir=data).start()
+    second = InProcessServer(data_dir=data).start()
     try:
         log = second.log()
     finally:
@@ -57,6 +60,6 @@ def test_a_loose_existing_data_dir_is_tightened_once_with_a_warning(tmp_path: Pa
     warnings = [line for line in log.splitlines() if "accessible by other users" in line]
     assert len(warnings) == 2, warnings  # the directory and the database, once each
     assert "tightened to 0700" in warnings[0] or "tightened to 0700" in warnings[1]
-    third = ServerProcess(data_dir=data).start()
+    third = InProcessServer(data_dir=data).start()
     third.stop()
     assert "accessible by other users" not in third.log()

@@ -21,7 +21,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import ServerProcess
 from protocol_helpers import (
     OCI_CONFIG,
     OCI_INDEX,
@@ -32,6 +31,7 @@ from protocol_helpers import (
     push_image,
     to_bytes,
 )
+from servers import InProcessServer, running
 
 HTTP_FUZZ = settings(
     max_examples=40,
@@ -71,19 +71,19 @@ raw_bodies = st.sampled_from(
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    proc = ServerProcess(data_dir=tmp_path_factory.mktemp("fuzz") / "data").start()
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InProcessServer]:
+    proc = InProcessServer(data_dir=tmp_path_factory.mktemp("fuzz") / "data")
     try:
-        yield proc
+        with running(proc):
+            yield proc
     finally:
-        proc.stop()
         log = proc.log()
         assert "Traceback" not in log, f"the server logged a traceback:\n{log[-6000:]}"
         assert " status=500 " not in log, "a request got a 500"
 
 
 @pytest.fixture(scope="module")
-def world(server: ServerProcess) -> dict[str, str]:
+def world(server: InProcessServer) -> dict[str, str]:
     """A project, a pending build and a saved build: their IDs."""
     with server.client() as http:
         project = http.post("/api/v1/projects", json={"name": "fuzz"}).json()["id"]
@@ -115,7 +115,7 @@ def _fresh_source() -> tuple[str, int]:
 
 
 def _raw(
-    server: ServerProcess,
+    server: InProcessServer,
     method: str,
     path: str,
     body: bytes = b"",
@@ -168,7 +168,7 @@ CONTROL_ROUTES = {
 @HTTP_FUZZ
 @given(data=st.data())
 def test_control_api_bodies_never_cause_a_500(
-    server: ServerProcess, world: dict[str, str], route: str, data: st.DataObject
+    server: InProcessServer, world: dict[str, str], route: str, data: st.DataObject
 ) -> None:
     method, template, fields = CONTROL_ROUTES[route]
     body = data.draw(
@@ -196,7 +196,7 @@ def test_control_api_bodies_never_cause_a_500(
     ),
 )
 def test_query_parameters_never_cause_a_500(
-    server: ServerProcess, world: dict[str, str], key: str, value: str, path: str
+    server: InProcessServer, world: dict[str, str], key: str, value: str, path: str
 ) -> None:
     encoded = value if value.startswith("%") else quote(value, safe="")
     status, headers, body = _raw(server, "GET", f"{path.format(**world)}?{key}={encoded}")
@@ -215,7 +215,7 @@ references = (
     references, st.sampled_from(["GET", "HEAD", "DELETE", "PUT"]), st.sampled_from(["manifests", "blobs", "referrers"])
 )
 def test_references_never_cause_a_500(
-    server: ServerProcess, world: dict[str, str], reference: str, method: str, kind: str
+    server: InProcessServer, world: dict[str, str], reference: str, method: str, kind: str
 ) -> None:
     body = b'{"schemaVersion": 2}' if method == "PUT" else b""
     path = f"/v2/{world['project']}/{kind}/{quote(reference, safe=':')}"
@@ -232,7 +232,7 @@ def test_references_never_cause_a_500(
         st.sampled_from(["", "0", "5", "-3", "9" * 20, "9" * 5000]),
     )
 )
-def test_range_and_content_range_never_cause_a_500(server: ServerProcess, world: dict[str, str], header: str) -> None:
+def test_range_and_content_range_never_cause_a_500(server: InProcessServer, world: dict[str, str], header: str) -> None:
     project = world["project"]
     with server.client() as http:
         digest = push_blob(http, project, b"range-fuzz-blob")
@@ -250,7 +250,7 @@ def test_range_and_content_range_never_cause_a_500(server: ServerProcess, world:
     st.dictionaries(st.sampled_from(["token", "x"]), json_values, max_size=2).map(lambda d: json.dumps(d).encode())
     | raw_bodies
 )
-def test_oidc_exchange_bodies_never_cause_a_500(server: ServerProcess, body: bytes) -> None:
+def test_oidc_exchange_bodies_never_cause_a_500(server: InProcessServer, body: bytes) -> None:
     status, _headers, response = _raw(
         server, "POST", "/auth/oidc/github-actions", body, {"Authorization": ""}, _fresh_source()
     )
@@ -273,13 +273,13 @@ def _b64(data: bytes) -> str:
         lambda t: "Basic " + base64.b64encode(t.encode()).decode()
     )
 )
-def test_credentials_never_cause_a_500(server: ServerProcess, world: dict[str, str], authorization: str) -> None:
+def test_credentials_never_cause_a_500(server: InProcessServer, world: dict[str, str], authorization: str) -> None:
     for path in (f"/v2/{world['project']}/tags/list", "/api/v1/whoami", "/token?service=cargohold"):
         status, _headers, body = _raw(server, "GET", path, b"", {"Authorization": authorization}, _fresh_source())
         assert status in (200, 400, 401, 403, 404), (path, authorization[:80], status, body[:200])
 
 
-def test_known_cases_from_the_review_are_4xx(server: ServerProcess, world: dict[str, str]) -> None:
+def test_known_cases_from_the_review_are_4xx(server: InProcessServer, world: dict[str, str]) -> None:
     """Each of these answered 500 with a traceback before (issue 11, finding 5)."""
     nested = b'{"a":' * 5000 + b"1" + b"}" * 5000
     saved = world["saved"]
@@ -318,7 +318,7 @@ def test_known_cases_from_the_review_are_4xx(server: ServerProcess, world: dict[
         assert "platform" in put.json()["errors"][0]["message"]
 
 
-def test_a_manifest_put_with_any_json_never_causes_a_500(server: ServerProcess, world: dict[str, str]) -> None:
+def test_a_manifest_put_with_any_json_never_causes_a_500(server: InProcessServer, world: dict[str, str]) -> None:
     @HTTP_FUZZ
     @given(json_values)
     def put(value: Any) -> None:

@@ -34,7 +34,7 @@ from cargohold.images import (
 )
 from cargohold.images.docker import registry_reach
 from cargohold.sample import write_sample_image
-from conftest import ServerProcess
+from servers import InProcessServer
 from test_images_support import conn_fixture, skopeo_raw
 
 __all__ = ["conn_fixture"]
@@ -111,7 +111,7 @@ def dockerd() -> Iterator[str]:
 
 
 def test_pull_into_daemon_then_save_from_daemon(
-    server: ServerProcess, conn: Connection, dockerd: str, tmp_path: Path
+    server: InProcessServer, conn: Connection, dockerd: str, tmp_path: Path
 ) -> None:
     image = write_sample_image(tmp_path / "img", layers=2, layer_size=128 << 10, seed=21, ref="latest")
     saved = save_image(conn, f"oci:{tmp_path / 'img'}")
@@ -179,7 +179,7 @@ def test_registry_reach_follows_the_daemons_insecure_registries(dockerd: str) ->
     assert "path" in (registry_reach("http://127.0.0.1:5000/cargohold", config) or "")
 
 
-def test_docker_build_and_save(server: ServerProcess, conn: Connection, dockerd: str, tmp_path: Path) -> None:
+def test_docker_build_and_save(server: InProcessServer, conn: Connection, dockerd: str, tmp_path: Path) -> None:
     context = tmp_path / "ctx"
     context.mkdir()
     (context / "hello.txt").write_text("hello from cargohold\n")
@@ -207,7 +207,7 @@ def _require_buildx() -> None:
         pytest.skip(message)
 
 
-def test_buildx_build_and_save(server: ServerProcess, conn: Connection, dockerd: str, tmp_path: Path) -> None:
+def test_buildx_build_and_save(server: InProcessServer, conn: Connection, dockerd: str, tmp_path: Path) -> None:
     """buildx on its default ``docker`` driver with the classic image store (what Debian's dockerd runs)
     refuses OCI export; the build goes into the daemon and is saved from there, and --load is then a no-op."""
     _require_buildx()
@@ -233,7 +233,7 @@ def test_buildx_build_and_save(server: ServerProcess, conn: Connection, dockerd:
 
 
 def test_buildx_multi_platform_on_the_docker_driver_explains(
-    server: ServerProcess, conn: Connection, dockerd: str, tmp_path: Path
+    server: InProcessServer, conn: Connection, dockerd: str, tmp_path: Path
 ) -> None:
     """Several platforms need OCI export, which the docker driver lacks here: buildx's own reason is shown."""
     _require_buildx()
@@ -248,7 +248,7 @@ def test_buildx_multi_platform_on_the_docker_driver_explains(
 
 
 def test_buildah_build_and_save(
-    server: ServerProcess, conn: Connection, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    server: InProcessServer, conn: Connection, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     if shutil.which("buildah") is None:
         pytest.skip("buildah is not installed (apt-get install buildah)")

@@ -15,15 +15,15 @@ from cargohold.oci.archive import ArchiveError
 from cargohold.oci.digest import Digest
 from cargohold.oci.layout import OCILayout
 from cargohold.sample import SampleIndex
-from conftest import ServerProcess
 from fixtures_images import layout_blob_digests, require_tools
+from servers import InProcessServer
 from test_images_support import blob_files, conn_fixture, multiarch_fixture, skopeo_inspect, skopeo_raw
 
 __all__ = ["conn_fixture", "multiarch_fixture"]
 
 
 def test_pull_outputs_and_platforms(
-    server: ServerProcess, conn: Connection, multiarch: tuple[Path, SampleIndex], tmp_path: Path
+    server: InProcessServer, conn: Connection, multiarch: tuple[Path, SampleIndex], tmp_path: Path
 ) -> None:
     require_tools("skopeo", "umoci")
     layout_dir, sample = multiarch
@@ -74,7 +74,7 @@ def test_pull_outputs_and_platforms(
 
 
 def test_pull_refuses_a_blob_that_does_not_match_its_digest(
-    server: ServerProcess, conn: Connection, multiarch: tuple[Path, SampleIndex], tmp_path: Path
+    server: InProcessServer, conn: Connection, multiarch: tuple[Path, SampleIndex], tmp_path: Path
 ) -> None:
     layout_dir, sample = multiarch
     saved = save_image(conn, f"oci:{layout_dir}:v1")

@@ -16,16 +16,16 @@ import pytest
 from cargohold.client.settings import Connection
 from cargohold.images import ImageError, push_image, save_image
 from cargohold.sample import SampleIndex
-from conftest import ServerProcess
 from protocol_helpers import push_blob
 from refregistry import RefRegistry, refregistry_auth_fixture, refregistry_fixture
+from servers import InProcessServer
 from test_images_support import conn_fixture, multiarch_fixture, skopeo_raw
 
 __all__ = ["conn_fixture", "multiarch_fixture", "refregistry_auth_fixture", "refregistry_fixture"]
 
 
 def test_push_whole_index_to_reference_registry(
-    server: ServerProcess,
+    server: InProcessServer,
     conn: Connection,
     multiarch: tuple[Path, SampleIndex],
     refregistry: RefRegistry,
@@ -61,7 +61,7 @@ def test_push_whole_index_to_reference_registry(
 
 
 def test_push_with_docker_config_credentials(
-    server: ServerProcess,
+    server: InProcessServer,
     conn: Connection,
     multiarch: tuple[Path, SampleIndex],
     refregistry_auth: RefRegistry,
@@ -113,7 +113,7 @@ def garbage_registry() -> Iterator[str]:
 
 
 def test_push_to_garbage_destination_fails_clearly(
-    server: ServerProcess,
+    server: InProcessServer,
     conn: Connection,
     multiarch: tuple[Path, SampleIndex],
     garbage_registry: str,
@@ -129,7 +129,7 @@ def test_push_to_garbage_destination_fails_clearly(
 
 
 def test_referrers_of_a_build_travel_with_it(
-    server: ServerProcess,
+    server: InProcessServer,
     conn: Connection,
     multiarch: tuple[Path, SampleIndex],
     refregistry: RefRegistry,

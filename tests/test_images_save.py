@@ -15,19 +15,19 @@ from cargohold.client.settings import Connection
 from cargohold.images import ImageError, save_image
 from cargohold.oci.layout import OCILayout
 from cargohold.sample import SampleIndex, write_sample_image
-from conftest import ServerProcess
 from fixtures_images import require_tools
+from servers import InProcessServer
 from test_images_support import conn_fixture, multiarch_fixture, skopeo_raw, upload_requests
 
 __all__ = ["conn_fixture", "multiarch_fixture"]
 
 
-def _creds(server: ServerProcess) -> str:
+def _creds(server: InProcessServer) -> str:
     return f"x-token:{server.admin_token}"
 
 
 def test_save_multiarch_index_whole_and_resave_uploads_nothing(
-    server: ServerProcess, conn: Connection, multiarch: tuple[Path, SampleIndex], tmp_path: Path
+    server: InProcessServer, conn: Connection, multiarch: tuple[Path, SampleIndex], tmp_path: Path
 ) -> None:
     layout_dir, sample = multiarch
     metadata_file = tmp_path / "meta.json"
@@ -73,7 +73,7 @@ def test_save_multiarch_index_whole_and_resave_uploads_nothing(
     assert len(upload_requests(server.log())) == log_before, "a re-save must not start a single blob upload"
 
 
-def test_save_oci_archive(server: ServerProcess, conn: Connection, tmp_path: Path) -> None:
+def test_save_oci_archive(server: InProcessServer, conn: Connection, tmp_path: Path) -> None:
     image = write_sample_image(tmp_path / "img", layers=2, layer_size=64 << 10, seed=3, ref="latest")
     archive = tmp_path / "img.tar"
     with tarfile.open(archive, "w") as tar:
@@ -86,7 +86,7 @@ def test_save_oci_archive(server: ServerProcess, conn: Connection, tmp_path: Pat
     assert digest == image.manifest.digest
 
 
-def test_save_docker_archive(server: ServerProcess, conn: Connection, tmp_path: Path) -> None:
+def test_save_docker_archive(server: InProcessServer, conn: Connection, tmp_path: Path) -> None:
     require_tools("skopeo")
     image = write_sample_image(tmp_path / "img", layers=2, layer_size=64 << 10, seed=4, ref="latest")
     archive = tmp_path / "docker.tar"
@@ -107,7 +107,7 @@ def test_save_docker_archive(server: ServerProcess, conn: Connection, tmp_path: 
     assert result.platforms == ["linux/amd64"]
 
 
-def test_failure_marks_build_failed_naming_the_blob(server: ServerProcess, conn: Connection, tmp_path: Path) -> None:
+def test_failure_marks_build_failed_naming_the_blob(server: InProcessServer, conn: Connection, tmp_path: Path) -> None:
     image = write_sample_image(tmp_path / "img", layers=2, layer_size=64 << 10, seed=5, ref="latest")
     bad = image.layers[1]
     path = OCILayout.open(tmp_path / "img").blob_path(bad.digest)
@@ -124,7 +124,7 @@ def test_failure_marks_build_failed_naming_the_blob(server: ServerProcess, conn:
     assert str(bad.digest) in json.dumps(builds[0].to_json())
 
 
-def test_bad_source_creates_no_build(server: ServerProcess, conn: Connection, tmp_path: Path) -> None:
+def test_bad_source_creates_no_build(server: InProcessServer, conn: Connection, tmp_path: Path) -> None:
     with pytest.raises(ImageError, match="not an image source"):
         save_image(conn, f"tarball:{tmp_path}")
     with pytest.raises(ImageError, match="does not exist"):

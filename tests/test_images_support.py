@@ -15,11 +15,11 @@ from cargohold.client.control import ControlClient
 from cargohold.client.settings import Connection
 from cargohold.oci.digest import Digest
 from cargohold.sample import SampleIndex, write_sample_index
-from conftest import ServerProcess
+from servers import InProcessServer
 
 
 @pytest.fixture(name="conn")
-def conn_fixture(server: ServerProcess) -> Iterator[Connection]:
+def conn_fixture(server: InProcessServer) -> Iterator[Connection]:
     """A connection to a fresh server with one project, as the admin."""
     with ControlClient(server.url, server.admin_token) as control:
         project = control.create_project("images-test")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import httpx
 
-from conftest import ServerProcess
+from servers import InProcessServer, Server
 from test_lifecycle_support import push_image
 
 
@@ -19,7 +19,7 @@ def _save(http: httpx.Client, project_id: str, layers: list[bytes], salt: str, s
     return build_id
 
 
-def test_pin_delete_explain_history_usage_gc_metrics(server: ServerProcess) -> None:
+def test_pin_delete_explain_history_usage_gc_metrics(server: InProcessServer) -> None:
     with server.client() as http:
         project = http.post("/api/v1/projects", json={"name": "life", "max_builds": 2}).json()
         pid = project["id"]
@@ -77,7 +77,7 @@ def test_pin_delete_explain_history_usage_gc_metrics(server: ServerProcess) -> N
         assert anonymous.post("/api/v1/gc", json={}).status_code == 401
 
 
-def test_tag_routes_check_access_and_input(server: ServerProcess) -> None:
+def test_tag_routes_check_access_and_input(server: InProcessServer) -> None:
     with server.client() as http:
         pid = http.post("/api/v1/projects", json={"name": "tags"}).json()["id"]
         other = http.post("/api/v1/projects", json={"name": "other"}).json()["id"]
@@ -144,7 +144,7 @@ BUILD_KEYS = {
 }
 
 
-def test_pin_unpin_extend_answer_the_same_build_shape_as_get(server: ServerProcess) -> None:
+def test_pin_unpin_extend_answer_the_same_build_shape_as_get(server: Server) -> None:
     """One rendering of a build: the lifecycle routes answer exactly what GET /api/v1/builds/{id} answers."""
     with server.client() as http:
         pid = http.post("/api/v1/projects", json={"name": "shape"}).json()["id"]

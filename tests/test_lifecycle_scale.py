@@ -36,7 +36,7 @@ from cargohold.metadata.store import MetadataStore
 from cargohold.oci.digest import Digest
 from cargohold.oci.manifest import parse_manifest
 from cargohold.storage.filesystem import FilesystemBlobStore
-from conftest import ServerProcess
+from servers import InProcessServer
 from test_lifecycle_support import OCI_CONFIG, OCI_LAYER, OCI_MANIFEST, push_image
 
 pytestmark = pytest.mark.slow
@@ -169,7 +169,7 @@ def test_one_save_over_a_full_project_evicts_exactly_the_oldest(tmp_path: Path) 
     project, oldest, second = fill_to_cap(data_dir)
     filled_in = time.monotonic() - started
 
-    server = ServerProcess(data_dir=data_dir).start()
+    server = InProcessServer(data_dir=data_dir).start()
     try:
         with server.client() as http:
             assert http.get("/api/v1/pull-info", params={"ref": oldest}).status_code == 200

@@ -7,13 +7,13 @@ import time
 from collections.abc import Callable
 
 from cargohold.logformat import EscapingFormatter, escape_control
-from conftest import ServerProcess
 from protocol_helpers import raw_request
+from servers import InProcessServer
 
 FORGED = "2030-01-01 00:00:00,000 WARNING cargohold.server.control.api: admin revoked every token"
 
 
-def test_a_token_name_with_a_newline_is_logged_on_one_line(server: ServerProcess) -> None:
+def test_a_token_name_with_a_newline_is_logged_on_one_line(server: InProcessServer) -> None:
     name = f"ci\n{FORGED}\r\x1b[2J\u2028end"
     with server.client() as http:
         response = http.post("/api/v1/tokens", json={"kind": "admin", "name": name})
@@ -34,7 +34,7 @@ def test_a_token_name_with_a_newline_is_logged_on_one_line(server: ServerProcess
     assert f'user="admin:ci\\n{FORGED}\\r\\x1b[2J\\u2028end"' in access[0]
 
 
-def _wait_for_lines(server: ServerProcess, wanted: Callable[[str], bool], timeout: float = 10.0) -> list[str]:
+def _wait_for_lines(server: InProcessServer, wanted: Callable[[str], bool], timeout: float = 10.0) -> list[str]:
     deadline = time.monotonic() + timeout
     while True:
         found = [line for line in server.log().splitlines() if wanted(line)]
@@ -43,7 +43,7 @@ def _wait_for_lines(server: ServerProcess, wanted: Callable[[str], bool], timeou
         time.sleep(0.02)
 
 
-def test_a_malformed_request_is_one_log_line_without_a_traceback(server: ServerProcess) -> None:
+def test_a_malformed_request_is_one_log_line_without_a_traceback(server: InProcessServer) -> None:
     status, _headers, _body = raw_request(server, "GET", "/v2/", headers={"User-Agent": "evil\x1b[2J\x07agent"})
     assert status == 400
     _wait_for_lines(server, lambda line: "method=UNKNOWN" in line)

@@ -22,9 +22,9 @@ import pytest
 
 from cargohold.oci.digest import Digest
 from cargohold.sample import write_sample_image
-from conftest import ServerProcess
 from fixtures_images import require_tools
 from processes import free_port
+from servers import ServerProcess
 from tls_helpers import PrivateCA
 
 pytestmark = [pytest.mark.slow, pytest.mark.tools]

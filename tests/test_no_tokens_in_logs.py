@@ -19,9 +19,9 @@ from cargohold.client.control import ControlClient
 from cargohold.client.settings import Connection
 from cargohold.images import pull_image, push_image, save_image
 from cargohold.sample import write_sample_image
-from conftest import ServerProcess
 from oidc_issuer import REPO, LoopbackOidcIssuer
 from refregistry import RefRegistry, refregistry_auth_fixture
+from servers import ServerProcess
 
 __all__ = ["refregistry_auth_fixture"]
 

@@ -1,10 +1,10 @@
 """GitHub Actions OIDC through HTTP: exchange, raw-JWT credentials, verification failures and trust matching.
 
 A loopback issuer (``tests/oidc_issuer.py``) signs GitHub-shaped tokens; the server trusts it with
-``--oidc-issuer`` and keeps its default audience (its own URL). Every test uses its own repository name,
-because trust matching considers every relationship for a repository across all projects. A second issuer
-is used only for key rotation: its JWKS may be re-read at most every 30 s, so the refusal of an unknown
-``kid`` happens when the module starts and the acceptance after rotation in the module's last test.
+its ``oidc_issuers`` setting and keeps its default audience (its own URL). Every test uses its own repository
+name, because trust matching considers every relationship for a repository across all projects. A second
+issuer is used for key rotation: its JWKS may be re-read at most every 30 s, which the rotation test steps
+over by moving the server's JWKS clock instead of waiting.
 """
 
 from __future__ import annotations
@@ -27,11 +27,12 @@ from cryptography.hazmat.primitives import serialization
 from cargohold.client.control import ControlError
 from cargohold.sample import write_sample_image
 from cargohold.schemas import TrustRelationship
-from conftest import ServerProcess
 from control_helpers import api, b64url, error_of, http, push_image
 from oidc_issuer import REPO, LoopbackOidcIssuer
+from servers import InProcessServer, running
 
 JWKS_REFRESH_INTERVAL = 30.0
+"""The server's minimum interval between two reads of one issuer's key set (``OidcSettings``)."""
 
 
 @pytest.fixture(scope="module")
@@ -49,16 +50,14 @@ def rotating_issuer() -> Iterator[LoopbackOidcIssuer]:
 @pytest.fixture(scope="module")
 def server(
     tmp_path_factory: pytest.TempPathFactory, issuer: LoopbackOidcIssuer, rotating_issuer: LoopbackOidcIssuer
-) -> Iterator[ServerProcess]:
-    proc = ServerProcess(data_dir=tmp_path_factory.mktemp("oidc") / "data")
-    proc.extra_args = ["--oidc-issuer", issuer.url, "--oidc-issuer", rotating_issuer.url]
+) -> Iterator[InProcessServer]:
+    proc = InProcessServer(
+        data_dir=tmp_path_factory.mktemp("oidc") / "data",
+        settings={"oidc_issuers": (issuer.url, rotating_issuer.url)},
+    )
     issuer.audience = rotating_issuer.audience = proc.url  # the server's default audience is its public URL
-    proc.start()
-    try:
+    with running(proc, check_tracebacks=True):
         yield proc
-    finally:
-        proc.stop()
-    assert "Traceback" not in proc.log(), proc.log()[-4000:]
 
 
 def mint(issuer: LoopbackOidcIssuer, repo: str, preset: str = "push", **overrides: Any) -> str:
@@ -74,35 +73,20 @@ def mint(issuer: LoopbackOidcIssuer, repo: str, preset: str = "push", **override
     return issuer.mint(preset, **{**renamed, **overrides})
 
 
-def exchange(server: ServerProcess, jwt_text: str) -> httpx.Response:
+def exchange(server: InProcessServer, jwt_text: str) -> httpx.Response:
     with http(server) as client:
         return client.post("/auth/oidc/github-actions", json={"token": jwt_text})
 
 
-def trusted_project(server: ServerProcess, repo: str, **trust: Any) -> tuple[str, TrustRelationship]:
+def trusted_project(server: InProcessServer, repo: str, **trust: Any) -> tuple[str, TrustRelationship]:
     with api(server) as admin:
         project = admin.create_project(f"oidc {repo}").id
         relationship = admin.add_trust(project, repository=repo, **trust)
     return project, relationship
 
 
-@pytest.fixture(scope="module")
-def unknown_kid(server: ServerProcess, rotating_issuer: LoopbackOidcIssuer) -> tuple[str, str, float]:
-    """A key the issuer signs with but does not publish yet; refused now, once (see the module docstring)."""
-    project, _ = trusted_project(server, "octo-org/rotating", issuer=rotating_issuer.url)
-    kid = rotating_issuer.add_key(publish=False, make_current=False)
-    refused = exchange(server, mint(rotating_issuer, "octo-org/rotating", kid=kid))
-    refused_at = time.monotonic()
-    assert refused.status_code == 401
-    assert refused.json() == {
-        "ok": False,
-        "error": f"the token's signing key {kid!r} is not published by {rotating_issuer.url}",
-    }
-    return project, kid, refused_at
-
-
 def test_exchange_push_provenance_and_replay(
-    server: ServerProcess, issuer: LoopbackOidcIssuer, tmp_path: Path, unknown_kid: tuple[str, str, float]
+    server: InProcessServer, issuer: LoopbackOidcIssuer, tmp_path: Path
 ) -> None:
     project, relationship = trusted_project(server, "octo-org/app1")
     assert relationship.repository_id is None  # learned on first use
@@ -139,7 +123,7 @@ def test_exchange_push_provenance_and_replay(
     assert "has already been exchanged" in replayed.json()["error"]
 
 
-def test_concurrent_exchanges_of_one_token_have_one_winner(server: ServerProcess, issuer: LoopbackOidcIssuer) -> None:
+def test_concurrent_exchanges_of_one_token_have_one_winner(server: InProcessServer, issuer: LoopbackOidcIssuer) -> None:
     trusted_project(server, "octo-org/race")
     jwt_text = mint(issuer, "octo-org/race")
     barrier = threading.Barrier(4)
@@ -159,7 +143,7 @@ def test_concurrent_exchanges_of_one_token_have_one_winner(server: ServerProcess
 
 
 def test_raw_jwt_works_as_a_password_for_many_requests(
-    server: ServerProcess, issuer: LoopbackOidcIssuer, tmp_path: Path
+    server: InProcessServer, issuer: LoopbackOidcIssuer, tmp_path: Path
 ) -> None:
     project, _ = trusted_project(server, "octo-org/raw")
     jwt_text = mint(issuer, "octo-org/raw")
@@ -217,7 +201,7 @@ def _hs256(header: dict[str, Any], claims: dict[str, Any], secret: bytes) -> str
     return f"{signing_input}.{b64url(signature)}"
 
 
-def test_bad_tokens_are_refused_with_precise_messages(server: ServerProcess, issuer: LoopbackOidcIssuer) -> None:
+def test_bad_tokens_are_refused_with_precise_messages(server: InProcessServer, issuer: LoopbackOidcIssuer) -> None:
     project, _ = trusted_project(server, "octo-org/strict")
     now = int(time.time())
     kid = issuer.current_kid
@@ -267,7 +251,7 @@ def test_bad_tokens_are_refused_with_precise_messages(server: ServerProcess, iss
 
 
 def test_resurrected_repository_is_refused_once_ids_are_known(
-    server: ServerProcess, issuer: LoopbackOidcIssuer
+    server: InProcessServer, issuer: LoopbackOidcIssuer
 ) -> None:
     project, relationship = trusted_project(server, "octo-org/reborn")
     first = exchange(server, mint(issuer, "octo-org/reborn", repository_id="5005", repository_owner_id="1001"))
@@ -285,7 +269,7 @@ def test_resurrected_repository_is_refused_once_ids_are_known(
     assert relationship.id in error and project in error
 
 
-def test_pull_request_target_needs_an_explicit_opt_in(server: ServerProcess, issuer: LoopbackOidcIssuer) -> None:
+def test_pull_request_target_needs_an_explicit_opt_in(server: InProcessServer, issuer: LoopbackOidcIssuer) -> None:
     trusted_project(server, "octo-org/prt")
     refused = exchange(server, mint(issuer, "octo-org/prt", "pull_request_target"))
     assert refused.status_code == 403
@@ -298,7 +282,7 @@ def test_pull_request_target_needs_an_explicit_opt_in(server: ServerProcess, iss
     assert allowed.status_code == 200 and allowed.json()["projects"] == [allowed_project]
 
 
-def test_pull_only_relationship_cannot_push(server: ServerProcess, issuer: LoopbackOidcIssuer) -> None:
+def test_pull_only_relationship_cannot_push(server: InProcessServer, issuer: LoopbackOidcIssuer) -> None:
     project, relationship = trusted_project(server, "octo-org/reader", pull_only=True)
     assert relationship.pull_only is True
     token = exchange(server, mint(issuer, "octo-org/reader")).json()["token"]
@@ -311,7 +295,7 @@ def test_pull_only_relationship_cannot_push(server: ServerProcess, issuer: Loopb
 
 
 def test_mismatches_are_listed_without_leaking_other_projects(
-    server: ServerProcess, issuer: LoopbackOidcIssuer
+    server: InProcessServer, issuer: LoopbackOidcIssuer
 ) -> None:
     secret_project, secret_rel = trusted_project(
         server, "octo-org/vaulted", workflow="secret-deploy.yml", environment="vault-prod"
@@ -362,20 +346,47 @@ def test_mismatches_are_listed_without_leaking_other_projects(
     assert accepted.json()["projects"] == [project]
 
 
+class JwksClock:
+    """The server's JWKS cache clock, moved by the test (wall time plus ``offset`` seconds)."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def __call__(self) -> float:
+        return time.time() + self.offset
+
+
 def test_unknown_kid_is_accepted_once_the_jwks_publishes_it(
-    server: ServerProcess, rotating_issuer: LoopbackOidcIssuer, unknown_kid: tuple[str, str, float]
+    server: InProcessServer, rotating_issuer: LoopbackOidcIssuer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Keep this test last: it waits out the JWKS refresh interval that began when the module started."""
-    project, kid, refused_at = unknown_kid
+    """An unknown ``kid`` re-reads the key set at most every 30 s; once that has passed, a key published since
+    is found. The wait is stepped over on the cache's clock (the one seam ``JwksCache`` reads time through)."""
+    clock = JwksClock()
+    monkeypatch.setattr(server.state.oidc.verifier.jwks, "_clock", clock)
+    clock.offset = 3600.0  # past any earlier read of this issuer's keys by the module's other tests
+    project, _ = trusted_project(server, "octo-org/rotating", issuer=rotating_issuer.url)
+    kid = rotating_issuer.add_key(publish=False, make_current=False)
+
+    refused = exchange(server, mint(rotating_issuer, "octo-org/rotating", kid=kid))
+    assert refused.status_code == 401
+    assert refused.json() == {
+        "ok": False,
+        "error": f"the token's signing key {kid!r} is not published by {rotating_issuer.url}",
+    }
+
     rotating_issuer.publish_key(kid)
-    time.sleep(max(0.0, refused_at + JWKS_REFRESH_INTERVAL + 0.5 - time.monotonic()))
+    too_soon = exchange(server, mint(rotating_issuer, "octo-org/rotating", kid=kid))
+    assert too_soon.status_code == 401
+    assert "re-read less than 30 s ago; not re-reading it again yet" in too_soon.json()["error"]
+
+    clock.offset += JWKS_REFRESH_INTERVAL + 0.5
     response = exchange(server, mint(rotating_issuer, "octo-org/rotating", kid=kid))
     assert response.status_code == 200, response.text
     assert response.json()["projects"] == [project]
 
 
 def test_a_relationship_only_trusts_its_own_issuer(
-    server: ServerProcess, issuer: LoopbackOidcIssuer, rotating_issuer: LoopbackOidcIssuer
+    server: InProcessServer, issuer: LoopbackOidcIssuer, rotating_issuer: LoopbackOidcIssuer
 ) -> None:
     """Two trusted issuers can both mint a token naming octo-org/bound; only the bound one may use it."""
     _project, relationship = trusted_project(server, "octo-org/bound", issuer=issuer.url)

@@ -22,7 +22,7 @@ from cargohold.images import pull_image, save_image
 from cargohold.metadata.db import Database
 from cargohold.ops.backup import BackupError, take_backup
 from cargohold.sample import write_sample_image
-from conftest import ServerProcess
+from servers import ServerProcess
 
 
 def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

@@ -22,17 +22,17 @@ from cargohold.metadata.db import Database
 from cargohold.metadata.store import MetadataStore, TooManyUploads
 from cargohold.sample import write_sample_image
 from cargohold.schemas import TokenCreated
-from conftest import ServerProcess
-from control_helpers import api, error_of, http, jwt_parts, module_server_fixture, push_image
+from control_helpers import api, error_of, http, jwt_parts, push_image
 from fixtures_images import require_tools
 from protocol_helpers import digest_of, random_blob
+from servers import InProcessServer, Server, module_server, running
 
-server = module_server_fixture()
+server = module_server()
 
 MANIFEST_ACCEPT = "application/vnd.oci.image.manifest.v1+json"
 
 
-def _project_with_tokens(server: ServerProcess, name: str) -> tuple[str, TokenCreated, TokenCreated]:
+def _project_with_tokens(server: Server, name: str) -> tuple[str, TokenCreated, TokenCreated]:
     """A project with a default project token (pull,push) and one that may also delete."""
     with api(server) as admin:
         project = admin.create_project(name).id
@@ -45,7 +45,7 @@ def _upload(client: httpx.Client, project: str) -> httpx.Response:
     return client.post(f"/v2/{project}/blobs/uploads/")
 
 
-def test_token_permissions_are_chosen_at_creation_within_the_kind(server: ServerProcess) -> None:
+def test_token_permissions_are_chosen_at_creation_within_the_kind(server: Server) -> None:
     project, plain, deleter = _project_with_tokens(server, "perm sets")
     assert [p.to_json() for p in plain.permissions] == [
         {"project": project, "actions": ["pull", "push"], "build_id": None}
@@ -77,7 +77,7 @@ def test_token_permissions_are_chosen_at_creation_within_the_kind(server: Server
         assert client.get("/metrics").status_code == 403
 
 
-def test_delete_over_v2_needs_the_delete_permission(server: ServerProcess, tmp_path: Path) -> None:
+def test_delete_over_v2_needs_the_delete_permission(server: Server, tmp_path: Path) -> None:
     project, plain, deleter = _project_with_tokens(server, "perm v2")
     image = push_image(server, project, "v1", plain.token, tmp_path / "img")
     loose = random_blob(300)
@@ -95,14 +95,14 @@ def test_delete_over_v2_needs_the_delete_permission(server: ServerProcess, tmp_p
         assert client.head(f"/v2/{project}/blobs/{digest_of(loose)}").status_code == 404
 
 
-def _granted(server: ServerProcess, token: str, scope: str) -> list[dict[str, Any]]:
+def _granted(server: Server, token: str, scope: str) -> list[dict[str, Any]]:
     with http(server, token) as client:
         response = client.get("/token", params={"service": "cargohold", "scope": scope})
     assert response.status_code == 200, response.text
     return jwt_parts(response.json()["token"])[1]["access"]  # type: ignore[no-any-return]
 
 
-def test_token_endpoint_grants_delete_only_to_credentials_that_hold_it(server: ServerProcess) -> None:
+def test_token_endpoint_grants_delete_only_to_credentials_that_hold_it(server: Server) -> None:
     project, plain, deleter = _project_with_tokens(server, "perm scopes")
     with api(server) as admin:
         reader = admin.create_token("pull", "reader", project_id=project).token
@@ -124,7 +124,7 @@ def _skopeo(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
     return subprocess.run(["skopeo", *args], capture_output=True, text=True, timeout=120, env=env)
 
 
-def _statuses(server: ServerProcess, since: int, method: str, project: str) -> list[str]:
+def _statuses(server: Server, since: int, method: str, project: str) -> list[str]:
     """Statuses of the access-log lines for ``method`` on the project's manifests since ``since``.
 
     The server writes an access line after the response is sent, so the client may exit first: wait
@@ -137,7 +137,7 @@ def _statuses(server: ServerProcess, since: int, method: str, project: str) -> l
     return found
 
 
-def test_skopeo_delete_is_denied_without_delete_and_accepted_with_it(server: ServerProcess, tmp_path: Path) -> None:
+def test_skopeo_delete_is_denied_without_delete_and_accepted_with_it(server: Server, tmp_path: Path) -> None:
     require_tools("skopeo")
     project, plain, deleter = _project_with_tokens(server, "perm skopeo")
     layout = tmp_path / "layout"
@@ -163,7 +163,7 @@ def test_skopeo_delete_is_denied_without_delete_and_accepted_with_it(server: Ser
         assert client.get(f"/v2/{project}/manifests/doomed", headers={"Accept": MANIFEST_ACCEPT}).status_code == 404
 
 
-def _saved_build(server: ServerProcess, token: str, project: str, layout: Path, seed: int, tags: list[str]) -> str:
+def _saved_build(server: Server, token: str, project: str, layout: Path, seed: int, tags: list[str]) -> str:
     with api(server, token) as control:
         build = control.create_build(project).build_id
         push_image(server, project, build, token, layout, seed=seed)
@@ -171,9 +171,7 @@ def _saved_build(server: ServerProcess, token: str, project: str, layout: Path, 
     return build
 
 
-def test_deleting_a_builds_image_over_v2_evicts_the_build_with_an_audit_entry(
-    server: ServerProcess, tmp_path: Path
-) -> None:
+def test_deleting_a_builds_image_over_v2_evicts_the_build_with_an_audit_entry(server: Server, tmp_path: Path) -> None:
     project, plain, deleter = _project_with_tokens(server, "perm builds")
     by_digest = _saved_build(server, plain.token, project, tmp_path / "one", 1, ["main"])
     by_tag = _saved_build(server, plain.token, project, tmp_path / "two", 2, [])
@@ -209,7 +207,7 @@ def test_deleting_a_builds_image_over_v2_evicts_the_build_with_an_audit_entry(
         assert [b.id for b in control.list_builds(project).builds] == []
 
 
-def test_a_push_credential_may_cancel_its_own_upload_sessions(server: ServerProcess) -> None:
+def test_a_push_credential_may_cancel_its_own_upload_sessions(server: Server) -> None:
     project, plain, _deleter = _project_with_tokens(server, "perm uploads")
     with api(server) as admin:
         other = admin.create_token("project", "other ci", project_id=project).token
@@ -228,17 +226,12 @@ def test_a_push_credential_may_cancel_its_own_upload_sessions(server: ServerProc
 
 
 @pytest.fixture
-def capped_server(tmp_path: Path) -> Iterator[ServerProcess]:
-    proc = ServerProcess(data_dir=tmp_path / "data", extra_args=["--max-uploads-per-credential", "3"])
-    proc.start()
-    try:
+def capped_server(tmp_path: Path) -> Iterator[Server]:
+    with running(InProcessServer(tmp_path / "data", {"max_uploads_per_credential": 3}), check_tracebacks=True) as proc:
         yield proc
-    finally:
-        proc.stop()
-    assert "Traceback" not in proc.log()
 
 
-def test_open_upload_sessions_are_capped_per_credential(capped_server: ServerProcess) -> None:
+def test_open_upload_sessions_are_capped_per_credential(capped_server: Server) -> None:
     with api(capped_server) as admin:
         project = admin.create_project("capped").id
         token = admin.create_token("project", "ci", project_id=project).token

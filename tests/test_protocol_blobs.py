@@ -14,9 +14,8 @@ from protocol_helpers import (
     new_repo,
     push_blob,
     random_blob,
-    shared_server_fixture,
-    traceback_guard_fixture,
 )
+from servers import shared_server_fixture, traceback_guard_fixture
 
 server = shared_server_fixture()
 no_tracebacks = traceback_guard_fixture()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from conftest import ServerProcess
 from protocol_helpers import (
     OCI_MANIFEST,
     OCTET_STREAM,
@@ -21,10 +20,9 @@ from protocol_helpers import (
     random_blob,
     raw_request,
     resolve,
-    shared_server_fixture,
     start_upload,
-    traceback_guard_fixture,
 )
+from servers import Server, shared_server_fixture, traceback_guard_fixture
 
 server = shared_server_fixture()
 no_tracebacks = traceback_guard_fixture()
@@ -54,7 +52,7 @@ INVALID_NAMES = {
     ids=["tags", "upload", "get-manifest", "put-manifest"],
 )
 def test_invalid_repository_name_is_rejected_with_an_oci_error(
-    server: ServerProcess, name: str, method: str, suffix: str
+    server: Server, name: str, method: str, suffix: str
 ) -> None:
     body = b'{"schemaVersion":2}' if method == "PUT" else b""
     headers = {"Content-Type": OCI_MANIFEST} if method == "PUT" else {}
@@ -96,7 +94,7 @@ def test_valid_edge_case_names_are_accepted(http: httpx.Client, name: str) -> No
 )
 @pytest.mark.parametrize("method", ["GET", "HEAD", "DELETE", "PUT"])
 def test_an_invalid_tag_is_a_manifest_that_cannot_exist(
-    server: ServerProcess, http: httpx.Client, tag: str, method: str
+    server: Server, http: httpx.Client, tag: str, method: str
 ) -> None:
     """404 MANIFEST_UNKNOWN for every method, as distribution answers (tests/test_status_alignment.py)."""
     repo = new_repo()

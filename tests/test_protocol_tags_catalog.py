@@ -16,9 +16,8 @@ from protocol_helpers import (
     push_image,
     put_manifest,
     random_blob,
-    shared_server_fixture,
-    traceback_guard_fixture,
 )
+from servers import shared_server_fixture, traceback_guard_fixture
 
 server = shared_server_fixture()
 no_tracebacks = traceback_guard_fixture()

@@ -9,7 +9,6 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from conftest import ServerProcess
 from protocol_helpers import (
     ALGORITHMS,
     OCTET_STREAM,
@@ -23,12 +22,11 @@ from protocol_helpers import (
     put_upload,
     random_blob,
     resolve,
-    shared_server_fixture,
     start_upload,
-    traceback_guard_fixture,
     upload_range_end,
     with_params,
 )
+from servers import Server, shared_server_fixture, traceback_guard_fixture
 
 server = shared_server_fixture()
 no_tracebacks = traceback_guard_fixture()
@@ -348,7 +346,7 @@ def test_mount_without_from_either_mounts_or_opens_a_session(http: httpx.Client)
         assert not blob_exists(http, target, digest)
 
 
-def test_concurrent_uploads_of_the_same_blob_all_succeed(server: ServerProcess) -> None:
+def test_concurrent_uploads_of_the_same_blob_all_succeed(server: Server) -> None:
     repo, data = new_repo(), random_blob(400_000)
     digest = digest_of(data)
     barrier = threading.Barrier(4)
@@ -386,7 +384,7 @@ def test_mount_with_a_malformed_digest_falls_back_to_an_upload_session(http: htt
     assert resp.headers.get("location"), describe(resp)
 
 
-def test_concurrent_patches_at_the_same_offset_accept_exactly_one(server: ServerProcess) -> None:
+def test_concurrent_patches_at_the_same_offset_accept_exactly_one(server: Server) -> None:
     repo, chunks = new_repo(), [random_blob(200_000), random_blob(200_000)]
     with server.client() as client:
         location = start_upload(client, repo)

@@ -18,7 +18,7 @@ import pytest
 
 from cargohold.edge.proxies import TrustedProxies, forwarded_hops, x_forwarded_for_hops
 from cargohold.edge.requestid import accepted_request_id
-from conftest import ServerProcess
+from servers import ServerProcess
 
 BAD_TOKEN = "chp_" + "a" * 36
 

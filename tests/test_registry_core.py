@@ -20,7 +20,7 @@ from cargohold.server.app import purge_stale_uploads
 from cargohold.server.auth.access import OpenAccess
 from cargohold.server.state import RegistryState
 from cargohold.storage.filesystem import FilesystemBlobStore
-from conftest import ServerProcess
+from servers import InProcessServer
 
 
 def test_migrations_create_exactly_the_models_schema(tmp_path: Path) -> None:
@@ -67,7 +67,7 @@ def test_stale_upload_sessions_and_orphan_staging_files_are_purged(tmp_path: Pat
     assert state.metadata.get_upload(fresh) is None
 
 
-def test_chunked_upload_resumes_after_a_restart_and_verifies(server: ServerProcess) -> None:
+def test_chunked_upload_resumes_after_a_restart_and_verifies(server: InProcessServer) -> None:
     """The running hash lives in memory; after a restart it is rebuilt from the staged bytes once."""
     data = os.urandom(3 * 1024 * 1024 + 17)
     digest = "sha256:" + hashlib.sha256(data).hexdigest()

@@ -15,35 +15,37 @@ import os
 import socket
 import time
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
-from conftest import ServerProcess
 from protocol_helpers import new_repo, start_upload, with_params
+from servers import InProcessServer, running
 
 IDLE = 1.0
 TOTAL = 2.5
 HEADER = 1.5
-DEADLINE_ARGS = ["--body-idle-timeout", f"{IDLE}s", "--body-timeout", f"{TOTAL}s", "--header-timeout", f"{HEADER}s"]
+DEADLINES = {
+    "body_idle_timeout": timedelta(seconds=IDLE),
+    "body_timeout": timedelta(seconds=TOTAL),
+    "header_timeout": timedelta(seconds=HEADER),
+}
 SLACK = 4.0
 """How much later than its deadline the server may act on a loaded machine."""
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    proc = ServerProcess(data_dir=tmp_path_factory.mktemp("bodies") / "data", extra_args=DEADLINE_ARGS).start()
-    try:
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InProcessServer]:
+    proc = InProcessServer(data_dir=tmp_path_factory.mktemp("bodies") / "data", settings=DEADLINES)
+    with running(proc, check_tracebacks=True):
         yield proc
-    finally:
-        proc.stop()
-    assert "Traceback" not in proc.log(), proc.log()[-4000:]
 
 
 class RawClient:
     """One HTTP/1.1 connection driven byte by byte."""
 
-    def __init__(self, server: ServerProcess, timeout: float = IDLE + TOTAL + SLACK) -> None:
+    def __init__(self, server: InProcessServer, timeout: float = IDLE + TOTAL + SLACK) -> None:
         self.server = server
         self.sock = socket.create_connection(("127.0.0.1", server.port), timeout=timeout)
 
@@ -91,7 +93,7 @@ class RawClient:
         self.sock.close()
 
 
-def _split_send(server: ServerProcess, method: str, path: str, body: bytes, **head: object) -> tuple[int, bytes]:
+def _split_send(server: InProcessServer, method: str, path: str, body: bytes, **head: object) -> tuple[int, bytes]:
     client = RawClient(server)
     try:
         client.head(method, path, len(body), **head)  # type: ignore[arg-type]
@@ -108,14 +110,14 @@ def _split_send(server: ServerProcess, method: str, path: str, body: bytes, **he
 # --- complete bodies ---------------------------------------------------------------------------------------
 
 
-def test_a_json_body_in_two_segments_is_read_completely(server: ServerProcess) -> None:
+def test_a_json_body_in_two_segments_is_read_completely(server: InProcessServer) -> None:
     body = json.dumps({"kind": "admin", "name": "split-body"}).encode()
     status, response = _split_send(server, "POST", "/api/v1/tokens", body, headers={"Content-Type": "application/json"})
     assert status == 201, response
     assert json.loads(response)["name"] == "split-body"
 
 
-def test_the_oidc_exchange_reads_a_split_body_completely(server: ServerProcess) -> None:
+def test_the_oidc_exchange_reads_a_split_body_completely(server: InProcessServer) -> None:
     # The token itself does not verify (401); before the fix the half-read body was "malformed" (400).
     body = json.dumps({"token": "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ4In0.c2ln"}).encode()
     status, response = _split_send(server, "POST", "/auth/oidc/github-actions", body, auth=False)
@@ -123,14 +125,14 @@ def test_the_oidc_exchange_reads_a_split_body_completely(server: ServerProcess) 
     assert json.loads(response)["ok"] is False
 
 
-def test_blob_copies_read_a_split_body_completely(server: ServerProcess) -> None:
+def test_blob_copies_read_a_split_body_completely(server: InProcessServer) -> None:
     body = json.dumps({"repository": "Not A Name", "digest": "sha256:" + "0" * 64}).encode()
     status, response = _split_send(server, "POST", "/api/v1/blob-copies", body)
     assert status == 400, response
     assert "repository must be" in json.loads(response)["errors"][0]["message"]
 
 
-def test_a_token_form_in_two_segments_is_read_completely(server: ServerProcess) -> None:
+def test_a_token_form_in_two_segments_is_read_completely(server: InProcessServer) -> None:
     form = f"grant_type=password&username=x-token&password={server.admin_token}&service=cargohold".encode()
     status, response = _split_send(
         server, "POST", "/token", form, auth=False, headers={"Content-Type": "application/x-www-form-urlencoded"}
@@ -150,7 +152,7 @@ def test_a_token_form_in_two_segments_is_read_completely(server: ServerProcess) 
 )
 @pytest.mark.parametrize("framing", ["content-length", "chunked"])
 def test_an_oversized_body_is_413_in_the_route_s_error_format(
-    server: ServerProcess, path: str, size: int, auth: bool, framing: str
+    server: InProcessServer, path: str, size: int, auth: bool, framing: str
 ) -> None:
     client = RawClient(server)
     try:
@@ -177,7 +179,7 @@ def test_an_oversized_body_is_413_in_the_route_s_error_format(
 # --- deadlines -----------------------------------------------------------------------------------------------
 
 
-def _stalled(server: ServerProcess, method: str, path: str, declared: int, sent: bytes, **head: object) -> tuple:
+def _stalled(server: InProcessServer, method: str, path: str, declared: int, sent: bytes, **head: object) -> tuple:
     client = RawClient(server)
     started = time.monotonic()
     try:
@@ -191,7 +193,7 @@ def _stalled(server: ServerProcess, method: str, path: str, declared: int, sent:
     return status, headers, body, elapsed, closed
 
 
-def test_an_unauthenticated_token_request_that_stalls_is_cut_off(server: ServerProcess) -> None:
+def test_an_unauthenticated_token_request_that_stalls_is_cut_off(server: InProcessServer) -> None:
     status, _headers, body, elapsed, closed = _stalled(
         server, "POST", "/token", 1000, b"g", auth=False, headers={"Content-Type": "application/x-www-form-urlencoded"}
     )
@@ -201,7 +203,7 @@ def test_an_unauthenticated_token_request_that_stalls_is_cut_off(server: ServerP
     assert closed, "the connection stays open after a stalled body"
 
 
-def test_a_body_that_trickles_is_cut_off_by_the_total_deadline(server: ServerProcess) -> None:
+def test_a_body_that_trickles_is_cut_off_by_the_total_deadline(server: InProcessServer) -> None:
     client = RawClient(server)
     started = time.monotonic()
     try:
@@ -228,7 +230,7 @@ def test_a_body_that_trickles_is_cut_off_by_the_total_deadline(server: ServerPro
     assert "within" in json.loads(body)["errors"][0]["message"]
 
 
-def test_a_request_head_that_never_completes_is_closed(server: ServerProcess) -> None:
+def test_a_request_head_that_never_completes_is_closed(server: InProcessServer) -> None:
     client = RawClient(server)
     started = time.monotonic()
     try:
@@ -239,7 +241,7 @@ def test_a_request_head_that_never_completes_is_closed(server: ServerProcess) ->
     assert HEADER * 0.9 <= time.monotonic() - started < HEADER + SLACK
 
 
-def test_a_stalled_manifest_put_is_cut_off(server: ServerProcess) -> None:
+def test_a_stalled_manifest_put_is_cut_off(server: InProcessServer) -> None:
     status, _headers, body, elapsed, closed = _stalled(
         server,
         "PUT",
@@ -254,7 +256,7 @@ def test_a_stalled_manifest_put_is_cut_off(server: ServerProcess) -> None:
 
 
 @pytest.mark.parametrize("method", ["PATCH", "PUT"])
-def test_a_stalled_upload_keeps_its_bytes_and_resumes(server: ServerProcess, method: str) -> None:
+def test_a_stalled_upload_keeps_its_bytes_and_resumes(server: InProcessServer, method: str) -> None:
     data = os.urandom(300_000)
     digest = "sha256:" + hashlib.sha256(data).hexdigest()
     repo = new_repo()
@@ -284,7 +286,7 @@ def test_a_stalled_upload_keeps_its_bytes_and_resumes(server: ServerProcess, met
         assert http.get(f"/v2/{repo}/blobs/{digest}").content == data
 
 
-def test_a_slow_upload_that_keeps_progressing_is_never_cut_off(server: ServerProcess) -> None:
+def test_a_slow_upload_that_keeps_progressing_is_never_cut_off(server: InProcessServer) -> None:
     pieces = [os.urandom(4096) for _ in range(int(TOTAL / 0.2) + 4)]  # takes well over TOTAL, never IDLE
     data = b"".join(pieces)
     digest = "sha256:" + hashlib.sha256(data).hexdigest()

@@ -31,8 +31,8 @@ from cargohold.client.settings import Connection
 from cargohold.images import DockerEngine, save_image
 from cargohold.oci.layout import OCILayout
 from cargohold.sample import SampleImage, write_sample_image
-from conftest import ServerProcess
 from refregistry import RefRegistry, refregistry_fixture
+from servers import ServerProcess
 from test_images_docker import dockerd
 
 __all__ = ["dockerd", "refregistry_fixture"]
@@ -40,8 +40,9 @@ __all__ = ["dockerd", "refregistry_fixture"]
 pytestmark = pytest.mark.slow
 
 MiB = 1 << 20
-PAUSE = 2.0
-"""How long the registry stays down between stop and start (plus its start-up)."""
+PAUSE = 0.5
+"""How long the registry stays down between stop and start, on top of its start-up (about 2 s): an outage the
+client must notice and wait out."""
 MOVED_BEFORE_RESTART = 3 * MiB
 """The restart comes once the CLI has written this much: the transfer is under way, far from done."""
 SMALL_BLOBS = 64 << 10

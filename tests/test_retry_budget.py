@@ -23,15 +23,14 @@ from cargohold.client.control import ControlClient, ControlError
 from cargohold.client.errors import DigestMismatchError, RegistryError
 from cargohold.client.retry import RetryPolicy, ServerUnavailable
 from cargohold.client.settings import SettingsError, exchange_github_oidc
-from conftest import ServerProcess
-from control_helpers import module_server_fixture
 from oidc_issuer import LoopbackOidcIssuer, oidc_issuer_fixture
+from servers import Server, module_server
 from test_actions_oidc import FakeRegistry, fake_registry
 from test_client_faults import Fault, FaultProxy
 
 __all__ = ["fake_registry", "oidc_issuer_fixture"]
 
-server = module_server_fixture()
+server = module_server()
 
 
 class VirtualTime:
@@ -266,13 +265,13 @@ def test_the_actions_retry_for_input_and_its_environment_variable() -> None:
 # --- create build: Idempotency-Key ---------------------------------------------------------------------------
 
 
-def _post_build(server: ServerProcess, project: str, key: str | None, token: str | None = None) -> httpx.Response:
+def _post_build(server: Server, project: str, key: str | None, token: str | None = None) -> httpx.Response:
     headers = {"Idempotency-Key": key} if key is not None else {}
     with server.client(token) as http:
         return http.post(f"/api/v1/projects/{project}/builds", json={}, headers=headers)
 
 
-def test_a_repeated_create_build_gets_the_build_its_first_request_created(server: ServerProcess) -> None:
+def test_a_repeated_create_build_gets_the_build_its_first_request_created(server: Server) -> None:
     with ControlClient(server.url, server.admin_token) as admin:
         project = str(admin.create_project("idempotent builds").id)
         key = "c0ffee" * 5
@@ -291,12 +290,12 @@ def test_a_repeated_create_build_gets_the_build_its_first_request_created(server
 
 
 @pytest.fixture
-def proxy(server: ServerProcess) -> Iterator[FaultProxy]:
+def proxy(server: Server) -> Iterator[FaultProxy]:
     with FaultProxy(server.url) as p:
         yield p
 
 
-def test_a_lost_answer_to_create_build_is_retried_into_the_same_build(server: ServerProcess, proxy: FaultProxy) -> None:
+def test_a_lost_answer_to_create_build_is_retried_into_the_same_build(server: Server, proxy: FaultProxy) -> None:
     with ControlClient(server.url, server.admin_token) as admin:
         project = str(admin.create_project("lost answers").id)
     proxy.faults.append(Fault("POST", f"/projects/{project}/builds", drop_response_after=1))
@@ -308,7 +307,7 @@ def test_a_lost_answer_to_create_build_is_retried_into_the_same_build(server: Se
     assert build.build_id
 
 
-def test_a_lost_answer_to_create_token_is_not_repeated(server: ServerProcess, proxy: FaultProxy) -> None:
+def test_a_lost_answer_to_create_token_is_not_repeated(server: Server, proxy: FaultProxy) -> None:
     proxy.faults.append(Fault("POST", "/api/v1/tokens", drop_response_after=1))
     with (
         ControlClient(f"http://{proxy.host}", server.admin_token, retry=RetryPolicy(notify=lambda _m: None)) as client,

@@ -44,9 +44,9 @@ from cargohold.schemas import (
     Whoami,
 )
 from cargohold.schemas.wire import Schema, SchemaError
-from conftest import ServerProcess
 from control_helpers import push_image
 from oidc_issuer import REPO, LoopbackOidcIssuer
+from servers import ServerProcess
 
 NOT_CONTROL_API = {
     "GET /healthz": "a health probe, not a resource (docs/api.md, Health)",

@@ -15,7 +15,7 @@ from click.testing import CliRunner
 
 from cargohold.cli import main as cli_main
 from cargohold.cli.serve import serve
-from conftest import ServerProcess
+from servers import ServerProcess
 
 SRC = Path(__file__).resolve().parent.parent / "src" / "cargohold"
 

@@ -8,6 +8,7 @@ resolves to a forbidden address when the connection is made).
 from __future__ import annotations
 
 import base64
+import dataclasses
 import ipaddress
 import json
 import os
@@ -27,44 +28,48 @@ import pytest
 
 from cargohold.client.control import ControlClient
 from cargohold.client.registry import RegistryClient
+from cargohold.client.retry import RetryPolicy
 from cargohold.client.settings import Connection
 from cargohold.images import ImageError, SaveResult, push_image, save_image
 from cargohold.images.progress import Progress
 from cargohold.oci.digest import Digest
 from cargohold.sample import SampleIndex
 from cargohold.server.control.egress import EgressDenied, EgressPolicy, EgressTransport, parse_networks
-from conftest import ServerProcess
 from processes import free_port
 from protocol_helpers import push_blob
 from refregistry import RefRegistry, refregistry_auth_fixture, refregistry_fixture
+from servers import InProcessServer, Server, ServerProcess, running
 from test_images_support import multiarch_fixture, skopeo_raw
 
 __all__ = ["multiarch_fixture", "refregistry_auth_fixture", "refregistry_fixture"]
 
-LOOPBACK = ["--push-allow-network", "127.0.0.0/8"]
-
-
-def _start(tmp_path: Path, name: str, extra: list[str]) -> ServerProcess:
-    return ServerProcess(data_dir=tmp_path / name, extra_args=extra).start()
+LOOPBACK = {"push_allow_networks": ("127.0.0.0/8",)}
 
 
 @pytest.fixture
-def source(tmp_path: Path) -> Iterator[ServerProcess]:
+def source(tmp_path: Path) -> Iterator[InProcessServer]:
     """A Cargohold server that may push to loopback registries (the test destinations live there)."""
-    proc = _start(tmp_path, "source", LOOPBACK)
-    try:
+    with running(InProcessServer(tmp_path / "source", LOOPBACK)) as proc:
+        assert isinstance(proc, InProcessServer)
         yield proc
-    finally:
-        proc.stop()
 
 
-def _connect(server: ServerProcess) -> Connection:
+@pytest.fixture
+def source_process(tmp_path: Path) -> Iterator[ServerProcess]:
+    """``source`` as a process of its own: for tests that change name resolution in the test process, which
+    an in-process server would share."""
+    with running(ServerProcess(tmp_path / "source", extra_args=["--push-allow-network", "127.0.0.0/8"])) as proc:
+        assert isinstance(proc, ServerProcess)
+        yield proc
+
+
+def _connect(server: Server) -> Connection:
     with ControlClient(server.url, server.admin_token) as control:
         project = control.create_project("server-push")
     return Connection(server.url, server.admin_token, "test", str(project.id))
 
 
-def _saved_build(server: ServerProcess, layout_dir: Path) -> tuple[Connection, SaveResult]:
+def _saved_build(server: Server, layout_dir: Path) -> tuple[Connection, SaveResult]:
     """A new project on ``server`` with the sample image saved into it."""
     conn = _connect(server)
     return conn, save_image(conn, f"oci:{layout_dir}:v1")
@@ -89,7 +94,7 @@ class _Notes(Progress):
 
 
 def test_server_pushes_the_whole_index_and_the_client_downloads_nothing(
-    source: ServerProcess,
+    source: InProcessServer,
     multiarch: tuple[Path, SampleIndex],
     refregistry: RefRegistry,
     no_client_downloads: None,
@@ -134,7 +139,7 @@ def test_server_pushes_the_whole_index_and_the_client_downloads_nothing(
 
 
 def test_server_push_with_basic_credentials(
-    source: ServerProcess,
+    source: InProcessServer,
     multiarch: tuple[Path, SampleIndex],
     refregistry_auth: RefRegistry,
     no_client_downloads: None,
@@ -159,7 +164,7 @@ def test_server_push_with_basic_credentials(
 
 
 def test_server_push_to_a_token_registry_hands_over_a_scoped_token_only(
-    source: ServerProcess,
+    source: InProcessServer,
     multiarch: tuple[Path, SampleIndex],
     no_client_downloads: None,
     monkeypatch: pytest.MonkeyPatch,
@@ -167,8 +172,7 @@ def test_server_push_to_a_token_registry_hands_over_a_scoped_token_only(
 ) -> None:
     """The destination is another Cargohold (Bearer token auth): the server gets a token scoped to the one
     destination repository, never the password the client logged in with."""
-    destination = _start(tmp_path, "destination", [])
-    try:
+    with running(InProcessServer(tmp_path / "destination")) as destination:
         with ControlClient(destination.url, destination.admin_token) as control:
             target_project = str(control.create_project("target").id)
         monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "empty-docker-config"))
@@ -192,12 +196,10 @@ def test_server_push_to_a_token_registry_hands_over_a_scoped_token_only(
         assert not any(destination.admin_token in (value or "") for value in handed)
         _, digest = skopeo_raw(f"docker://{tag}", creds=f"x-token:{destination.admin_token}")
         assert digest == sample.index.digest
-    finally:
-        destination.stop()
 
 
 def test_loopback_is_refused_by_default_and_auto_falls_back_to_the_client(
-    server: ServerProcess,
+    server: InProcessServer,
     multiarch: tuple[Path, SampleIndex],
     refregistry: RefRegistry,
     monkeypatch: pytest.MonkeyPatch,
@@ -224,8 +226,7 @@ def test_disabled_server_push_falls_back(
     tmp_path: Path,
 ) -> None:
     monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "empty-docker-config"))
-    server = _start(tmp_path, "disabled", ["--no-server-push", *LOOPBACK])
-    try:
+    with running(InProcessServer(tmp_path / "disabled", {"server_push": False, **LOOPBACK})) as server:
         layout_dir, sample = multiarch
         conn, saved = _saved_build(server, layout_dir)
         tag = f"{refregistry.host}/team/app:2"
@@ -233,12 +234,10 @@ def test_disabled_server_push_falls_back(
             push_image(conn, saved.build_id, [tag], transfer="server")
         result = push_image(conn, saved.build_id, [tag])
         assert result.digests[tag] == str(sample.index.digest) and result.results[0].server_pushed == 0
-    finally:
-        server.stop()
 
 
 def test_unreachable_destination_fails_with_a_sentence(
-    source: ServerProcess,
+    source: InProcessServer,
     multiarch: tuple[Path, SampleIndex],
     monkeypatch: pytest.MonkeyPatch,
     tmp_path: Path,
@@ -246,6 +245,7 @@ def test_unreachable_destination_fails_with_a_sentence(
     monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "empty-docker-config"))
     layout_dir, _ = multiarch
     conn, saved = _saved_build(source, layout_dir)
+    conn = dataclasses.replace(conn, retry=RetryPolicy(budget=2))  # the sentence, not a minute of retries
     with pytest.raises(ImageError) as caught:
         push_image(conn, saved.build_id, [f"127.0.0.1:{free_port()}/x/y:1"], transfer="server")
     message = str(caught.value)
@@ -263,7 +263,7 @@ def _body(repository: str, digest: str, url: str, **destination: Any) -> dict[st
     }
 
 
-def test_api_refuses_bad_requests_with_reasons(source: ServerProcess, multiarch: tuple[Path, SampleIndex]) -> None:
+def test_api_refuses_bad_requests_with_reasons(source: InProcessServer, multiarch: tuple[Path, SampleIndex]) -> None:
     layout_dir, sample = multiarch
     conn, _ = _saved_build(source, layout_dir)
     project = str(conn.project)
@@ -295,7 +295,9 @@ def test_api_refuses_bad_requests_with_reasons(source: ServerProcess, multiarch:
     assert (status, code) == (403, "DESTINATION_NOT_ALLOWED") and "link-local" in message
 
 
-def test_api_only_copies_blobs_the_caller_may_pull(source: ServerProcess, multiarch: tuple[Path, SampleIndex]) -> None:
+def test_api_only_copies_blobs_the_caller_may_pull(
+    source: InProcessServer, multiarch: tuple[Path, SampleIndex]
+) -> None:
     layout_dir, sample = multiarch
     conn, _ = _saved_build(source, layout_dir)
     with ControlClient(source.url, source.admin_token) as control:
@@ -396,7 +398,7 @@ class _SlowDestination(BaseHTTPRequestHandler):
         return None
 
 
-def test_a_client_that_goes_away_stops_the_server_upload(source: ServerProcess) -> None:
+def test_a_client_that_goes_away_stops_the_server_upload(source: InProcessServer) -> None:
     conn = _connect(source)
     project = str(conn.project)
     big = os.urandom(32 << 20)
@@ -426,7 +428,7 @@ def test_a_client_that_goes_away_stops_the_server_upload(source: ServerProcess) 
 
 
 def test_insecure_registry_pushes_over_plain_http(
-    source: ServerProcess,
+    source_process: ServerProcess,
     multiarch: tuple[Path, SampleIndex],
     refregistry: RefRegistry,
     monkeypatch: pytest.MonkeyPatch,
@@ -442,7 +444,7 @@ def test_insecure_registry_pushes_over_plain_http(
 
     monkeypatch.setattr(socket, "getaddrinfo", aliasing)
     layout_dir, sample = multiarch
-    conn, saved = _saved_build(source, layout_dir)
+    conn, saved = _saved_build(source_process, layout_dir)
     name = f"registry.internal.test:{refregistry.port}"
     with pytest.raises(ImageError) as caught:  # HTTPS to a plain-HTTP registry
         push_image(conn, saved.build_id, [f"{name}/team/app:1"], transfer="client")

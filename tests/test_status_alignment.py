@@ -15,9 +15,9 @@ from http.client import HTTPConnection
 
 import httpx
 
-from conftest import ServerProcess
-from protocol_helpers import OCI_MANIFEST, push_image, shared_server_fixture
+from protocol_helpers import OCI_MANIFEST, push_image
 from refregistry import RefRegistry, refregistry_fixture
+from servers import Server, shared_server_fixture
 
 __all__ = ["refregistry_fixture"]
 
@@ -204,9 +204,7 @@ def _ask(port: int, case: Case, auth: dict[str, str], manifest: bytes) -> tuple[
         connection.close()
 
 
-def test_invalid_references_get_the_reference_registry_s_status(
-    server: ServerProcess, refregistry: RefRegistry
-) -> None:
+def test_invalid_references_get_the_reference_registry_s_status(server: Server, refregistry: RefRegistry) -> None:
     with server.client() as http:
         ours_manifest = push_image(http, REPO, "v1").body
     with httpx.Client(base_url=refregistry.url, timeout=30) as http:

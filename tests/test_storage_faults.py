@@ -29,7 +29,7 @@ from cargohold.client.settings import Connection
 from cargohold.images import save_image
 from cargohold.oci.digest import Digest
 from cargohold.sample import write_sample_image
-from conftest import ServerProcess
+from servers import ServerProcess
 from space_helpers import LogWindow, assert_every_build_pulls, saved_builds
 
 MiB = 1 << 20
@@ -144,7 +144,7 @@ def _check_consistent(conn: Connection, tmp_path: Path, window: LogWindow) -> No
 def test_fault_mid_write_discards_the_upload(
     faulty: FaultyServer, conn: Connection, tmp_path: Path, code: int, status: int, oci_code: str
 ) -> None:
-    window = LogWindow(faulty.log_path)
+    window = LogWindow(faulty)
     repo = str(conn.project)
     data, digest = _blob(6 * MiB, code)
     faulty.inject("write", code, after=3 * MiB)
@@ -172,7 +172,7 @@ def test_fault_mid_write_discards_the_upload(
 
 def test_a_transient_eio_is_retried_by_the_client(faulty: FaultyServer, conn: Connection, tmp_path: Path) -> None:
     """The client library retries a 500 from a fresh session (the failed one was discarded) and succeeds."""
-    window = LogWindow(faulty.log_path)
+    window = LogWindow(faulty)
     data, digest = _blob(3 * MiB, 7)
     faulty.inject("write", errno.EIO, after=MiB)
     credentials = Credentials("x-token", faulty.admin_token, source="test")
@@ -215,7 +215,7 @@ def test_enospc_is_not_retried_and_says_what_an_admin_can_do(faulty: FaultyServe
 def test_fault_mid_commit_leaves_nothing_half_done(
     faulty: FaultyServer, conn: Connection, tmp_path: Path, op: str, code: int, status: int
 ) -> None:
-    window = LogWindow(faulty.log_path)
+    window = LogWindow(faulty)
     repo = str(conn.project)
     data, digest = _blob(2 * MiB, code * 10 + len(op))
     faulty.inject(op, code, match="" if op == "persist" else digest.hex)
@@ -249,7 +249,7 @@ def test_fault_during_gc_loses_nothing_referenced(
 
     (Copy-on-write filesystems such as btrfs and ZFS can refuse an unlink with ENOSPC when full.)
     """
-    window = LogWindow(faulty.log_path)
+    window = LogWindow(faulty)
     images = tmp_path / "doomed"
     write_sample_image(images, layers=2, layer_size=MiB // 2, seed=100 + code, ref="v1")
     doomed = save_image(conn, f"oci:{images}:v1")
@@ -269,7 +269,7 @@ def test_fault_during_gc_loses_nothing_referenced(
 def test_eio_reading_a_blob_is_answered_and_logged_with_its_digest(
     faulty: FaultyServer, conn: Connection, tmp_path: Path
 ) -> None:
-    window = LogWindow(faulty.log_path)
+    window = LogWindow(faulty)
     repo = str(conn.project)
     data, digest = _blob(2 * MiB, 99)
     with _client(faulty) as http:
@@ -294,7 +294,7 @@ def test_eio_reading_a_blob_is_answered_and_logged_with_its_digest(
 
 
 def test_a_vanished_staging_file_ends_the_session(faulty: FaultyServer, conn: Connection, tmp_path: Path) -> None:
-    window = LogWindow(faulty.log_path)
+    window = LogWindow(faulty)
     repo = str(conn.project)
     with _client(faulty) as http:
         location = _start(http, repo)
@@ -311,7 +311,7 @@ def test_a_vanished_staging_file_ends_the_session(faulty: FaultyServer, conn: Co
 def test_eio_reading_a_config_while_saving(faulty: FaultyServer, conn: Connection, tmp_path: Path) -> None:
     """The server reads the image config to record the build's platforms. A transient I/O error there is
     answered 500 and retried by the client; a lasting one fails the save with the storage error."""
-    window = LogWindow(faulty.log_path)
+    window = LogWindow(faulty)
     layout = tmp_path / "image"
     image = write_sample_image(layout, layers=1, layer_size=64 * 1024, seed=55, ref="v1")
     faulty.inject("read", errno.EIO, match=image.config.digest.hex)

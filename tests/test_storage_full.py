@@ -22,6 +22,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import closing, contextmanager, suppress
+from datetime import timedelta
 from pathlib import Path
 
 import httpx
@@ -32,8 +33,8 @@ from cargohold.client.settings import Connection
 from cargohold.images import pull_image
 from cargohold.sample import write_sample_image
 from cargohold.storage.space import MinFreeSpace, SpaceGuard, StorageFull
-from conftest import ServerProcess
 from oidc_issuer import REPO, LoopbackOidcIssuer
+from servers import InProcessServer, running
 from space_helpers import LogWindow, layout_blob_hashes
 
 MiB = 1 << 20
@@ -122,50 +123,28 @@ def issuer() -> Iterator[LoopbackOidcIssuer]:
 
 
 @pytest.fixture
-def server(disk: Path, issuer: LoopbackOidcIssuer) -> Iterator[ServerProcess]:
-    """``cargohold serve`` with its data directory on the small filesystem (log file outside it).
+def server(disk: Path, issuer: LoopbackOidcIssuer) -> Iterator[InProcessServer]:
+    """The registry (in-process: its log is in memory, so a full disk cannot eat the test's evidence) with its
+    data directory on the small filesystem.
 
     Free space is measured in the background only every 30 s: what happens at once must be triggered by the
     requests themselves (a refusal, a full disk met by a read, healthz seeing the state change).
     """
-    proc = ServerProcess(
-        data_dir=disk / "data",
-        extra_args=["--min-free-space", MIN_FREE, "--gc-grace", "0s", "--space-check-interval", "30s"],
-    )
-    proc.extra_args += ["--oidc-issuer", issuer.url]
+    settings = {
+        "min_free_space": MinFreeSpace.parse(MIN_FREE),
+        "gc_grace": timedelta(0),
+        "space_check_interval": timedelta(seconds=30),
+        "oidc_issuers": (issuer.url,),
+    }
+    proc = InProcessServer(disk / "data", settings)
     issuer.audience = proc.url
-    _start(proc, disk.parent / "server.log")
-    try:
-        yield proc
-    finally:
-        proc.stop()
-
-
-def _start(proc: ServerProcess, log_path: Path) -> None:
-    """ServerProcess.start, but logging next to the filesystem: a full disk must not eat the test's evidence."""
-    cmd = [
-        sys.executable,
-        "-m",
-        "cargohold",
-        "serve",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(proc.port),
-        "--data-dir",
-        str(proc.data_dir),
-        *proc.extra_args,
-    ]
-    proc.launch(
-        cmd,
-        log_path=log_path,
-        health_url=f"{proc.url}/healthz",
-        env={"CARGOHOLD_ADMIN_TOKEN": proc.admin_token, **proc.env},
-    )
+    with running(proc) as started:
+        assert isinstance(started, InProcessServer)
+        yield started
 
 
 @pytest.fixture
-def conn(server: ServerProcess) -> Connection:
+def conn(server: InProcessServer) -> Connection:
     with ControlClient(server.url, server.admin_token) as control:
         project = control.create_project("full-disk")
     return Connection(server.url, server.admin_token, "test", str(project.id))
@@ -214,7 +193,7 @@ def wait_for(condition: Callable[[], bool], what: str, timeout: float = 30.0) ->
         time.sleep(0.1)
 
 
-def health(server: ServerProcess) -> dict[str, object]:
+def health(server: InProcessServer) -> dict[str, object]:
     response = httpx.get(f"{server.url}/healthz", timeout=10)
     assert response.status_code == 200  # degraded or not: reads work, keep the server in the pool
     return response.json()  # type: ignore[no-any-return]
@@ -226,10 +205,9 @@ def build_ids(conn: Connection) -> set[str]:
 
 
 def test_an_oversize_save_is_refused_before_the_disk_fills(
-    server: ServerProcess, conn: Connection, disk: Path, tmp_path: Path
+    server: InProcessServer, conn: Connection, disk: Path, tmp_path: Path
 ) -> None:
-    assert server.log_path is not None
-    window = LogWindow(server.log_path)
+    window = LogWindow(server)
     first = image(tmp_path, "first", layers=2, layer_mib=3, seed=1)
     second = image(tmp_path, "second", layers=2, layer_mib=4, seed=2)
     oversize = image(tmp_path, "oversize", layers=3, layer_mib=20, seed=3)  # 60 MiB: more than the disk
@@ -262,10 +240,9 @@ def test_an_oversize_save_is_refused_before_the_disk_fills(
 
 
 def test_a_full_disk_keeps_serving_and_makes_room_by_itself(
-    server: ServerProcess, conn: Connection, disk: Path, tmp_path: Path, issuer: LoopbackOidcIssuer
+    server: InProcessServer, conn: Connection, disk: Path, tmp_path: Path, issuer: LoopbackOidcIssuer
 ) -> None:
-    assert server.log_path is not None
-    window = LogWindow(server.log_path)
+    window = LogWindow(server)
     layouts = {
         "pinned": image(tmp_path, "pinned", layers=2, layer_mib=3, seed=11),
         "old": image(tmp_path, "old", layers=2, layer_mib=4, seed=12),
@@ -324,7 +301,7 @@ def test_a_full_disk_keeps_serving_and_makes_room_by_itself(
     # A restart on a completely full disk: SQLite needs room to open its WAL; the reserve gives it.
     server.stop()
     filler = fill(disk)
-    _start(server, server.log_path)
+    server.start()
     assert health(server)["status"] == "degraded"
     assert_pulls_identical(conn, ids["pinned"], layouts["pinned"], tmp_path / "out")
     # ... and makes room again: the older unpinned build goes, the project's newest (``again``) stays.
@@ -372,11 +349,10 @@ def test_admission_counts_what_other_uploads_announced(disk: Path) -> None:
 
 
 def test_a_stream_without_length_is_stopped_at_the_minimum(
-    server: ServerProcess, conn: Connection, disk: Path, tmp_path: Path
+    server: InProcessServer, conn: Connection, disk: Path, tmp_path: Path
 ) -> None:
     """No Content-Length: the server re-measures every few MiB and stops the stream before the disk fills."""
-    assert server.log_path is not None
-    window = LogWindow(server.log_path)
+    window = LogWindow(server)
     before = free_bytes(disk)
     lowest = [before]
 

@@ -25,22 +25,19 @@ from cargohold.lifecycle.tag_retention import TagRetention
 from cargohold.metadata.db import Database
 from cargohold.sample import write_sample_image, write_sample_index
 from cargohold.storage.filesystem import FilesystemBlobStore
-from conftest import ServerProcess
 from fixtures_images import require_tools, skopeo_copy
+from servers import InProcessServer, running
 from test_lifecycle_support import FakeClock
 
 pytestmark = pytest.mark.tools
 
 
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[ServerProcess]:
+def server(tmp_path: Path) -> Iterator[InProcessServer]:
     """A server that re-measures storage every 0.2 s, so usage can be watched change."""
-    proc = ServerProcess(data_dir=tmp_path / "data", extra_args=["--retention-interval", "0.2s"]).start()
-    try:
+    proc = InProcessServer(data_dir=tmp_path / "data", settings={"retention_interval": timedelta(seconds=0.2)})
+    with running(proc, check_tracebacks=True):
         yield proc
-    finally:
-        proc.stop()
-    assert "Traceback" not in proc.log()
 
 
 @pytest.fixture
@@ -53,7 +50,7 @@ def config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return path
 
 
-def ok(server: ServerProcess, *args: str) -> str:
+def ok(server: InProcessServer, *args: str) -> str:
     """Run the CLI in-process as an admin against ``server``; its standard output (exit status 0 checked)."""
     cli_main._register_command_modules()  # every command, in the CLI's own order
     result = CliRunner().invoke(cli_main.app, [*args, "--registry", server.url, "--token", server.admin_token])
@@ -61,7 +58,7 @@ def ok(server: ServerProcess, *args: str) -> str:
     return result.stdout
 
 
-def ok_json(server: ServerProcess, *args: str) -> dict[str, object]:
+def ok_json(server: InProcessServer, *args: str) -> dict[str, object]:
     data = json.loads(ok(server, *args, "--json"))
     assert isinstance(data, dict)
     return data
@@ -84,7 +81,7 @@ def _wait_for_usage(http: httpx.Client, project: str, condition: object, what: s
 
 
 def test_skopeo_pushed_tags_expire_pinned_stay_gc_frees_usage_drops(
-    server: ServerProcess, tmp_path: Path, config: Path
+    server: InProcessServer, tmp_path: Path, config: Path
 ) -> None:
     require_tools("skopeo")
     with server.client() as http:

@@ -26,7 +26,7 @@ from cryptography import x509
 
 from cargohold.client.control import ControlClient
 from cargohold.sample import write_sample_image
-from conftest import ServerProcess
+from servers import ServerProcess
 from tls_helpers import PrivateCA
 
 pytestmark = pytest.mark.tools

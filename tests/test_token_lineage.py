@@ -30,9 +30,9 @@ from cargohold.metadata.control import ControlStore, CredentialRecord, ParentIna
 from cargohold.metadata.db import MIGRATIONS_DIR, Database
 from cargohold.server.auth.credentials import CredentialKind, Permission, hash_token, new_credential
 from cargohold.server.auth.policy import credential_record, principal_of
-from conftest import ServerProcess
 from control_helpers import api, error_of, http, push_image
 from oidc_issuer import REPO, LoopbackOidcIssuer
+from servers import InProcessServer, running
 
 YEAR = 365 * 86400
 
@@ -44,16 +44,13 @@ def issuer() -> Iterator[LoopbackOidcIssuer]:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory, issuer: LoopbackOidcIssuer) -> Iterator[ServerProcess]:
-    proc = ServerProcess(data_dir=tmp_path_factory.mktemp("lineage") / "data")
-    proc.extra_args = ["--oidc-issuer", issuer.url]
+def server(tmp_path_factory: pytest.TempPathFactory, issuer: LoopbackOidcIssuer) -> Iterator[InProcessServer]:
+    proc = InProcessServer(
+        data_dir=tmp_path_factory.mktemp("lineage") / "data", settings={"oidc_issuers": (issuer.url,)}
+    )
     issuer.audience = proc.url
-    proc.start()
-    try:
+    with running(proc, check_tracebacks=True):
         yield proc
-    finally:
-        proc.stop()
-    assert "Traceback" not in proc.log(), proc.log()[-4000:]
 
 
 def _oidc_jwt(issuer: LoopbackOidcIssuer, repo: str) -> str:
@@ -69,7 +66,7 @@ def _oidc_jwt(issuer: LoopbackOidcIssuer, repo: str) -> str:
     )
 
 
-def _trusted(server: ServerProcess, repo: str, **trust: Any) -> tuple[str, str]:
+def _trusted(server: InProcessServer, repo: str, **trust: Any) -> tuple[str, str]:
     """A project trusting ``repo``; returns (project id, trust relationship id)."""
     with api(server) as admin:
         project = admin.create_project(f"lineage {repo}").id
@@ -77,7 +74,7 @@ def _trusted(server: ServerProcess, repo: str, **trust: Any) -> tuple[str, str]:
     return project, relationship.id
 
 
-def _exchange(server: ServerProcess, issuer: LoopbackOidcIssuer, repo: str) -> dict[str, Any]:
+def _exchange(server: InProcessServer, issuer: LoopbackOidcIssuer, repo: str) -> dict[str, Any]:
     with http(server) as client:
         response = client.post("/auth/oidc/github-actions", json={"token": _oidc_jwt(issuer, repo)})
     assert response.status_code == 200, response.text
@@ -88,7 +85,7 @@ def _at(text: str) -> datetime:
     return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
 
 
-def _refused_as_revoked(server: ServerProcess, token: str, project: str) -> None:
+def _refused_as_revoked(server: InProcessServer, token: str, project: str) -> None:
     """The token no longer works on the control API nor on /v2/ (directly or through a registry JWT)."""
     with http(server, token) as client:
         who = client.get("/api/v1/whoami")
@@ -104,7 +101,7 @@ def _refused_as_revoked(server: ServerProcess, token: str, project: str) -> None
 
 
 def test_one_hour_oidc_token_cannot_mint_a_year_long_pull_token(
-    server: ServerProcess, issuer: LoopbackOidcIssuer
+    server: InProcessServer, issuer: LoopbackOidcIssuer
 ) -> None:
     project, _ = _trusted(server, "octo-org/lineage-year")
     exchanged = _exchange(server, issuer, "octo-org/lineage-year")
@@ -122,7 +119,7 @@ def test_one_hour_oidc_token_cannot_mint_a_year_long_pull_token(
 
 
 def test_build_tokens_creating_builds_never_outlive_the_first_credential(
-    server: ServerProcess, issuer: LoopbackOidcIssuer
+    server: InProcessServer, issuer: LoopbackOidcIssuer
 ) -> None:
     project, _ = _trusted(server, "octo-org/lineage-chain")
     exchanged = _exchange(server, issuer, "octo-org/lineage-chain")
@@ -138,7 +135,7 @@ def test_build_tokens_creating_builds_never_outlive_the_first_credential(
         assert client.get("/api/v1/whoami").json()["expires_at"] == exchanged["expires_at"]
 
 
-def test_build_scoped_pull_token_cannot_renew_itself_through_pull_info(server: ServerProcess, tmp_path: Path) -> None:
+def test_build_scoped_pull_token_cannot_renew_itself_through_pull_info(server: InProcessServer, tmp_path: Path) -> None:
     with api(server) as admin:
         project = admin.create_project("lineage pull-info").id
         owner = admin.create_token("project", "ci", project_id=project).token
@@ -163,7 +160,7 @@ def test_build_scoped_pull_token_cannot_renew_itself_through_pull_info(server: S
     assert response.status_code == 401 and "expired at" in error_of(response)[1]
 
 
-def test_revoking_a_token_revokes_everything_minted_from_it(server: ServerProcess, tmp_path: Path) -> None:
+def test_revoking_a_token_revokes_everything_minted_from_it(server: InProcessServer, tmp_path: Path) -> None:
     with api(server) as admin:
         project = admin.create_project("lineage revoke").id
         parent = admin.create_token("project", "ci", project_id=project)
@@ -193,7 +190,7 @@ def test_revoking_a_token_revokes_everything_minted_from_it(server: ServerProces
 
 
 def test_deleting_a_trust_relationship_revokes_what_was_exchanged_through_it(
-    server: ServerProcess, issuer: LoopbackOidcIssuer
+    server: InProcessServer, issuer: LoopbackOidcIssuer
 ) -> None:
     project, trust_id = _trusted(server, "octo-org/lineage-trust")
     exchanged = _exchange(server, issuer, "octo-org/lineage-trust")["token"]
@@ -213,7 +210,9 @@ def test_deleting_a_trust_relationship_revokes_what_was_exchanged_through_it(
     assert removed.to_json() == {"id": trust_id, "removed": True, "credentials_revoked": 4}
 
 
-def test_trust_relationship_may_grant_delete(server: ServerProcess, issuer: LoopbackOidcIssuer, tmp_path: Path) -> None:
+def test_trust_relationship_may_grant_delete(
+    server: InProcessServer, issuer: LoopbackOidcIssuer, tmp_path: Path
+) -> None:
     project, _ = _trusted(server, "octo-org/lineage-delete", permissions=["pull", "push", "delete"])
     plain, _ = _trusted(server, "octo-org/lineage-nodelete")
     with api(server) as admin:

@@ -120,10 +120,12 @@ class HistoryEvent(Schema):
     detail: dict[str, Any]
     message: str
     """The event as one sentence."""
-    request_id: str | None
-    """The ID of the request that caused it (``X-Request-ID``); None for background work."""
-    client_address: str | None
-    """The caller's address (the real client behind trusted proxies); None for background work."""
+    request_id: str | None = optional_key()
+    """The ID of the request that caused it (``X-Request-ID``); None for background work and from servers
+    older than the request-ID log fields, which do not send the key."""
+    client_address: str | None = optional_key()
+    """The caller's address (the real client behind trusted proxies); None for background work (and absent
+    from older servers)."""
 
 
 @dataclass(frozen=True)
