@@ -49,6 +49,7 @@ from cargohold.config import ServerSettings
 from cargohold.lifecycle.clock import system_clock
 from cargohold.logformat import EscapingFormatter
 from cargohold.server.app import create_app
+from cargohold.server.control.blob_copies import PUSH_KEY
 from cargohold.server.control.lifecycle import LIFECYCLE_KEY, Lifecycle
 from cargohold.server.drain import DRAIN_KEY
 from cargohold.server.http.accesslog import install_log_filters
@@ -348,9 +349,10 @@ class InProcessServer(_HttpClients):
             return True
         if app is None or STATE_KEY not in app:
             return False
-        state = app[STATE_KEY]
-        pools = [state.executor, state.push_executor]
-        return any(ident == worker.ident for pool in pools if pool is not None for worker in list(pool._threads))
+        pools = [app[STATE_KEY].executor]
+        if PUSH_KEY in app:
+            pools.append(app[PUSH_KEY].executor)
+        return any(ident == worker.ident for pool in pools for worker in list(pool._threads))
 
     def append_log(self, line: str) -> None:
         with self._log_lock:
