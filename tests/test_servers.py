@@ -86,14 +86,14 @@ def test_a_start_up_failure_is_raised_and_leaves_nothing_running(tmp_path: Path)
 
 def _access_line(registry: InProcessServer | ServerProcess, path: str) -> str:
     """The access-log line of a request to ``path`` (logged just after the response went out, so waited for),
-    without what differs between two runs: the time and the duration."""
+    without what differs between two runs: the time, the duration and the request ID."""
     deadline = time.monotonic() + 10
     while not (lines := [line for line in registry.log().splitlines() if f" path={path} " in line]):
         assert time.monotonic() < deadline, registry.log()[-4000:]
         time.sleep(0.01)
     assert len(lines) == 1, lines
     fields = lines[0].split(" ", 2)[2]  # drop the date and the time
-    return " ".join(part for part in fields.split() if not part.startswith("ms="))
+    return " ".join(part for part in fields.split() if not part.startswith(("ms=", "id=")))
 
 
 def test_both_kinds_log_a_request_alike(server: InProcessServer, server_process: ServerProcess) -> None:
