@@ -85,6 +85,32 @@ async def _housekeeping(app: web.Application) -> AsyncIterator[None]:
         await task
 
 
+async def _key_reloads(app: web.Application) -> AsyncIterator[None]:
+    """Re-read the shared signing keys now and then: replicas sign with a key rotated elsewhere, and stop
+    trusting a retired one, within ``--key-reload-interval`` (server/auth/signing.py)."""
+    state = app[STATE_KEY]
+    if state.auth is None:
+        yield
+        return
+    signer = state.auth.authenticator.signer
+    interval = max(0.1, state.settings.key_reload_interval.total_seconds())
+
+    async def loop() -> None:
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await state.run(signer.refresh)
+            except Exception as exc:  # the database may be down for a moment: keep the keys loaded
+                log.warning("re-reading the signing keys failed: %s; will retry in %.0f s", exc, interval)
+
+    task = asyncio.create_task(loop())
+    app[DRAIN_KEY].on_drain(task.cancel)
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
 async def _shutdown(app: web.Application) -> AsyncIterator[None]:
     yield
     state = app[STATE_KEY]
@@ -161,6 +187,7 @@ def create_app(settings: ServerSettings, access: AccessPolicy | None = None) -> 
     app.router.add_route("*", "/v2/{tail:.+}", routing.dispatch)
     app.cleanup_ctx.append(_shutdown)
     app.cleanup_ctx.append(_housekeeping)
+    app.cleanup_ctx.append(_key_reloads)
     lifecycle = control_lifecycle.install(app)  # after the control API's routes: its routes, hooks, /metrics
     reclaimer = SpaceReclaimer(
         lifecycle.retention,
