@@ -114,6 +114,14 @@ class BlobStore(ABC):
     def iter_uploads(self) -> Iterator[tuple[str, datetime]]:
         """``(upload_id, last_modified)`` for every staged upload (for purging stale sessions)."""
 
+    def check(self) -> None:
+        """Raise if the store cannot be reached (the readiness check of ``/healthz``; blocking, cheap).
+
+        The default asks for one staged upload, a real round trip on any backend; stores override it with
+        something cheaper or more telling.
+        """
+        next(iter(self.iter_uploads()), None)
+
     def filesystem_path(self) -> Path | None:
         """A directory on the local filesystem holding the content, whose free space the server watches.
 

@@ -79,6 +79,14 @@ class FilesystemBlobStore(BlobStore):
     def filesystem_path(self) -> Path:
         return self.root
 
+    def check(self) -> None:
+        """The blob and staging directories are there and usable (a lost or read-only mount fails here)."""
+        for directory in (self.blobs_dir, self.uploads_dir):
+            if not directory.is_dir():
+                raise FileNotFoundError(f"{directory} is missing or not a directory")
+            if not os.access(directory, os.R_OK | os.W_OK | os.X_OK):
+                raise PermissionError(f"{directory} is not readable and writable by this process")
+
     def blob_path(self, digest: Digest) -> Path:
         return Path(self._blob_name(digest))
 
