@@ -519,7 +519,7 @@ def test_kill_9_of_the_replica_receiving_a_push_is_ridden_out_through_the_surviv
         _pull_all(http, project, saved["build_id"])
 
 
-def test_rolling_restart_under_a_pull_loop_fails_no_request(replicas: Replicas, tmp_path: Path) -> None:
+def test_rolling_restart_under_pulls_and_saves_fails_nothing(replicas: Replicas, tmp_path: Path) -> None:
     write_sample_image(tmp_path / "image", layers=2, layer_size=1 * MiB, seed=1304, ref="v1")
     project = new_project(replicas.proxy_url, replicas.admin_token, "rolling")
     saved = json.loads(
@@ -548,7 +548,26 @@ def test_rolling_restart_under_a_pull_loop_fails_no_request(replicas: Replicas, 
                 except (AssertionError, httpx.HTTPError) as exc:
                     failures.append(repr(exc))
 
-    pullers = [threading.Thread(target=pull_loop) for _ in range(3)]
+    saves: list[subprocess.Popen[str]] = []
+
+    def save_loop() -> None:  # concurrent saves through the proxy: the CLI's retries ride out the drains
+        while not stop.is_set():
+            save = cli(
+                replicas,
+                replicas.proxy_url,
+                "save",
+                f"oci:{tmp_path / 'image'}:v1",
+                "--json",
+                env={"CARGOHOLD_PROJECT_ID": project},
+            )
+            saves.append(save)
+            out, err = save.communicate(timeout=120)
+            if save.returncode != 0:
+                failures.append(f"save: {err}")
+            elif json.loads(out)["digest"] != saved["digest"]:
+                failures.append(f"save: {out}")
+
+    pullers = [threading.Thread(target=pull_loop) for _ in range(3)] + [threading.Thread(target=save_loop)]
     for puller in pullers:
         puller.start()
     try:
@@ -558,6 +577,10 @@ def test_rolling_restart_under_a_pull_loop_fails_no_request(replicas: Replicas, 
             server.stop()  # SIGTERM: drain, exit
             assert server.process is not None and server.process.returncode == 0, server.log()[-3000:]
             server.start()
+            # As a rolling upgrade waits for the balancer to see the replica healthy before the next one:
+            # requests through the proxy reach the restarted replica again.
+            served = server.log().count("method=")
+            _poll(lambda s=server, n=served: s.log().count("method=") > n + 3, "the proxy never routed to it again")
         after = done[0]
         _poll(lambda: done[0] > after + 3, "the pull loop stalled after the restarts")
     finally:
@@ -565,4 +588,4 @@ def test_rolling_restart_under_a_pull_loop_fails_no_request(replicas: Replicas, 
         for puller in pullers:
             puller.join()
     assert failures == [], failures[:5]
-    assert done[0] > 10
+    assert done[0] > 10 and len(saves) >= 2, (done, len(saves))
