@@ -293,6 +293,64 @@ def test_one_upload_moves_between_replicas_chunk_by_chunk(replicas: Replicas) ->
             assert blob.status_code == 200 and blob.content == b"".join(chunks)
 
 
+def test_a_commit_on_one_replica_never_takes_bytes_another_is_still_writing(replicas: Replicas) -> None:
+    """An attacker with push rights streams a PATCH to replica A and pauses; while A holds the staged file
+    open, they commit the upload on replica B with the digest of the bytes staged so far (the digest of a
+    blob another repository already has). Without a cross-replica lock B's commit renames the staged file
+    over that blob and A's remaining bytes then land in it: every repository linking the digest serves wrong
+    content. With the lock B waits for A's request and then finds the staged bytes no longer match."""
+    first, second = replicas.servers
+    content = os.urandom(3 * MiB)
+    resume = threading.Event()
+
+    def body() -> Iterator[bytes]:
+        sent = 0
+        while sent < len(content):
+            if sent == 5 * MiB // 2:
+                resume.wait(30)
+            piece = content[sent : sent + (64 << 10)]
+            sent += len(piece)
+            yield piece
+
+    with first.client() as a, second.client() as b:
+        started = a.post("/v2/replicas/attacker/blobs/uploads/")
+        assert started.status_code == 202, started.text
+        location = httpx.URL(started.headers["Location"]).raw_path.decode()
+        upload_id = location.rstrip("/").rsplit("/", 1)[-1]
+        staged_file = replicas.data_dir / "uploads" / upload_id
+        answers: dict[str, httpx.Response] = {}
+        patch = threading.Thread(
+            target=lambda: answers.update(
+                patch=a.patch(location, content=body(), headers={"Content-Type": "application/octet-stream"})
+            )
+        )
+        patch.start()
+        try:
+            _poll(lambda: staged_file.stat().st_size >= 2 * MiB, "replica A staged nothing")
+            time.sleep(0.2)
+            staged = staged_file.stat().st_size  # what A wrote so far; the rest of what it read is in its memory
+            digest = "sha256:" + hashlib.sha256(content[:staged]).hexdigest()
+            victim = a.post(
+                "/v2/replicas/victim/blobs/uploads/",
+                params={"digest": digest},
+                content=content[:staged],
+                headers={"Content-Type": "application/octet-stream"},
+            )
+            assert victim.status_code == 201, victim.text
+            commit = threading.Thread(target=lambda: answers.update(put=b.put(location, params={"digest": digest})))
+            commit.start()
+            time.sleep(0.5)  # B's commit is waiting for A's request (or, unlocked, has renamed the file already)
+        finally:
+            resume.set()
+            patch.join()
+        commit.join()
+        assert answers["patch"].status_code == 202, answers["patch"].text
+        assert answers["put"].status_code in (400, 429), answers["put"].text  # DIGEST_INVALID, or still busy
+        served = b.get(f"/v2/replicas/victim/blobs/{digest}")
+        assert served.status_code == 200
+        assert hashlib.sha256(served.content).hexdigest() == digest.split(":")[1], "the victim's blob was poisoned"
+
+
 def _kid(token: str) -> str:
     return str(json.loads(base64.urlsafe_b64decode(token.split(".")[0] + "=="))["kid"])
 
