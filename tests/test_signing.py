@@ -352,3 +352,12 @@ def test_unrestricted_pull_beats_build_restriction_and_two_builds_cancel() -> No
         (Permission("alpha", frozenset({"pull"}), "b1"), Permission("alpha", frozenset({"pull"}), "b2")),
     )
     assert granted_access(two, parse_scopes(["repository:alpha:pull"])) == []
+
+
+def test_unreadable_keys_in_the_database_keep_the_loaded_ring(keys: SigningKeyStore) -> None:
+    """A broken row (a hand-edited table) refuses tokens of unknown keys instead of failing every request."""
+    ring = load_or_create_keyring(keys)
+    signer = RegistryTokenSigner(ring, reload=lambda: database_keyring(keys))
+    keys.add(ServerKey.generate().kid, "not a PEM")
+    assert not signer.refresh_for_unknown_kid()
+    assert signer.keyring is ring

@@ -23,6 +23,7 @@ import contextlib
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import re
 import stat
@@ -54,6 +55,7 @@ KEY_RELOAD_SECONDS = 10.0
 UNKNOWN_KID_RELOAD_SECONDS = 1.0
 
 Clock = Callable[[], float]
+log = logging.getLogger(__name__)
 
 
 class KeyError_(Exception):
@@ -456,7 +458,11 @@ class RegistryTokenSigner:
         if self.reload is None or (last is not None and now - last < UNKNOWN_KID_RELOAD_SECONDS):
             return False
         self._unknown_kid_reload_at = now
-        self.refresh()
+        try:
+            self.refresh()
+        except KeyError_ as exc:  # unreadable keys in the database: keep the ring we have, refuse this token
+            log.error("re-reading the signing keys failed: %s", exc)
+            return False
         return True
 
     def issue(self, subject: str, access: Iterable[ResourceScope]) -> IssuedToken:
