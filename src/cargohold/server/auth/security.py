@@ -27,7 +27,6 @@ MIN_ADMIN_TOKEN_LENGTH = 24
 class Security:
     access: TokenAccess
     oidc: OidcExchange
-    signer: RegistryTokenSigner
 
 
 def build_security(state: RegistryState) -> Security:
@@ -60,7 +59,7 @@ def build_security(state: RegistryState) -> Security:
     )
     if settings.admin_token is None and control.count_admin_credentials() == 0:
         _create_first_admin(state)
-    return Security(access, oidc, signer)
+    return Security(access, oidc)
 
 
 def _create_first_admin(state: RegistryState) -> None:
