@@ -108,6 +108,10 @@ class ServerProcess(_HttpClients, ManagedProcess):
     admin_token: str = field(default_factory=new_admin_token)
     env: dict[str, str] = field(default_factory=dict)
     extra_args: list[str] = field(default_factory=list)
+    database_url: str | None = None
+    """``--database-url`` (None: SQLite in the data dir). Replicas share one, with one data dir or blob store."""
+    storage_url: str | None = None
+    """``--storage-url`` (None: the filesystem under the data dir); passed only when set."""
     umask: int = -1
     """The child's umask (-1: inherit this process's)."""
     ca_cert: Path | None = None
@@ -139,6 +143,8 @@ class ServerProcess(_HttpClients, ManagedProcess):
             str(self.port),
             "--data-dir",
             str(self.data_dir),
+            *(["--database-url", self.database_url] if self.database_url is not None else []),
+            *(["--storage-url", self.storage_url] if self.storage_url is not None else []),
             *self.extra_args,
         ]
         self.launch(

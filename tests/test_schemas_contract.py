@@ -50,6 +50,7 @@ from servers import ServerProcess
 
 NOT_CONTROL_API = {
     "GET /healthz": "a health probe, not a resource (docs/api.md, Health)",
+    "GET /livez": "a liveness probe, not a resource (docs/api.md, Health)",
     "* /token": "the Docker token service: its answer is the distribution token spec's, not ours",
     "POST /api/v1/blob-copies": "an application/x-ndjson progress stream (RegistryClient.push_blob_from_server)",
     "GET /metrics": "Prometheus text",

@@ -3,21 +3,27 @@
 from __future__ import annotations
 
 import os
-import stat
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import jwt
 import pytest
+from cryptography.hazmat.primitives import serialization
 
+from cargohold.metadata.db import Database, sqlite_url
+from cargohold.metadata.signing_keys import SigningKeyStore
 from cargohold.server.auth.credentials import CredentialKind, Permission, Principal
 from cargohold.server.auth.signing import (
     KeyError_,
+    KeyRing,
     RegistryTokenError,
     RegistryTokenSigner,
     ResourceScope,
     ScopeError,
     ServerKey,
+    UnknownSigningKey,
+    database_keyring,
     granted_access,
     load_keyring,
     load_or_create_keyring,
@@ -49,58 +55,121 @@ ADMIN = Principal(CredentialKind.ADMIN, "0", "root")
 # ------------------------------------------------------------------------------------------------ keys
 
 
-def test_first_start_creates_a_private_key_and_later_starts_reuse_it(tmp_path: Path) -> None:
-    ring = load_or_create_keyring(tmp_path)
-    key_file = tmp_path / "keys" / f"{ring.current.kid}.pem"
-    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
-    assert stat.S_IMODE((tmp_path / "keys").stat().st_mode) == 0o700
-    again = load_or_create_keyring(tmp_path)
+@pytest.fixture(params=["sqlite", "postgresql"])
+def keys(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SigningKeyStore]:
+    """The signing-key table of a fresh, migrated database (the store every replica shares), on both."""
+    if request.param == "sqlite":
+        database = Database(sqlite_url(tmp_path / "metadata.db"))
+    else:
+        database = Database(request.getfixturevalue("pg_migrated_url"))
+    database.migrate()
+    yield SigningKeyStore(database)
+    database.dispose()
+
+
+def write_legacy_keys(data_dir: Path, ring: list[ServerKey], current: ServerKey) -> None:
+    """``<data_dir>/keys/`` as Cargohold kept it before the keys moved into the database."""
+    directory = data_dir / "keys"
+    directory.mkdir(mode=0o700)
+    for key in ring:
+        path = directory / f"{key.kid}.pem"
+        path.write_bytes(
+            key.private_key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            )
+        )
+        path.chmod(0o600)
+    (directory / "current").write_text(current.kid)
+    (directory / "current").chmod(0o600)
+
+
+def test_first_start_creates_a_key_in_the_database_and_later_starts_reuse_it(keys: SigningKeyStore) -> None:
+    ring = load_or_create_keyring(keys)
+    assert [row.kid for row in keys.list_keys()] == [ring.current.kid]
+    again = load_or_create_keyring(keys)
     assert again.current.kid == ring.current.kid and again.previous == ()
-    assert not list((tmp_path / "keys").glob(".*.tmp"))
 
 
-def test_concurrent_first_starts_agree_on_one_key(tmp_path: Path) -> None:
+def test_concurrent_first_starts_agree_on_one_key(tmp_path: Path, keys: SigningKeyStore) -> None:
     kids: list[str] = []
     barrier = threading.Barrier(8)
 
     def start() -> None:
-        barrier.wait()
-        kids.append(load_or_create_keyring(tmp_path).current.kid)
+        database = Database(keys.db.url)  # each "replica" has its own connections
+        try:
+            barrier.wait()
+            kids.append(load_or_create_keyring(SigningKeyStore(database)).current.kid)
+        finally:
+            database.dispose()
 
     threads = [threading.Thread(target=start) for _ in range(8)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    assert len(kids) == 8 and len(set(kids)) == 1
-    assert len(list((tmp_path / "keys").glob("*.pem"))) == 1
+    assert len(kids) == 8
+    if keys.db.url.startswith("sqlite"):  # the count and the insert share SQLite's write lock: one key
+        assert len(set(kids)) == 1 and len(keys.list_keys()) == 1
+    else:  # PostgreSQL may store one per racing replica; the newest signs for all after their next reload
+        stored = [row.kid for row in keys.list_keys()]
+        assert set(kids) <= set(stored) and database_keyring(keys).current.kid == stored[-1]
 
 
-def test_group_readable_key_is_refused(tmp_path: Path) -> None:
-    ring = load_or_create_keyring(tmp_path)
-    key_file = tmp_path / "keys" / f"{ring.current.kid}.pem"
-    os.chmod(key_file, 0o640)
+def test_key_files_of_an_older_version_are_imported_once(tmp_path: Path, keys: SigningKeyStore) -> None:
+    clock = FakeClock()
+    old, current = ServerKey.generate(), ServerKey.generate()
+    write_legacy_keys(tmp_path, [old, current], current)
+    before_upgrade = RegistryTokenSigner(KeyRing(current, (old,)), clock=clock)
+    tokens = [
+        before_upgrade.issue("ci", []).token,
+        RegistryTokenSigner(KeyRing(old), clock=clock).issue("ci", []).token,
+    ]
+
+    ring = load_or_create_keyring(keys, tmp_path)
+    assert ring.current.kid == current.kid and [k.kid for k in ring.previous] == [old.kid]
+    signer = RegistryTokenSigner(ring, clock=clock)
+    assert [signer.verify(token).subject for token in tokens] == ["ci", "ci"]
+    # Later starts read the database; the files no longer matter.
+    rotate_key(keys)
+    assert load_or_create_keyring(keys, tmp_path).current.kid not in (old.kid, current.kid)
+
+
+def test_group_readable_legacy_key_is_refused(tmp_path: Path, keys: SigningKeyStore) -> None:
+    key = ServerKey.generate()
+    write_legacy_keys(tmp_path, [key], key)
+    os.chmod(tmp_path / "keys" / f"{key.kid}.pem", 0o640)
     with pytest.raises(KeyError_, match=r"readable by other users \(mode 0640\); run 'chmod 600"):
-        load_keyring(tmp_path)
+        load_or_create_keyring(keys, tmp_path)
+    assert keys.list_keys() == []  # nothing half-imported
 
 
-def test_renamed_key_file_is_detected(tmp_path: Path) -> None:
-    ring = load_or_create_keyring(tmp_path)
-    other = ServerKey.generate()
-    (tmp_path / "keys" / f"{ring.current.kid}.pem").rename(tmp_path / "keys" / f"{other.kid}.pem")
+def test_renamed_legacy_key_file_is_detected(tmp_path: Path) -> None:
+    key, other = ServerKey.generate(), ServerKey.generate()
+    write_legacy_keys(tmp_path, [key], key)
+    (tmp_path / "keys" / f"{key.kid}.pem").rename(tmp_path / "keys" / f"{other.kid}.pem")
     with pytest.raises(KeyError_):
         load_keyring(tmp_path)
 
 
-def test_rotation_signs_with_new_key_and_still_verifies_old_tokens(tmp_path: Path) -> None:
+def test_a_key_row_that_does_not_match_its_kid_is_refused(keys: SigningKeyStore) -> None:
+    real, other = ServerKey.generate(), ServerKey.generate()
+    pem = real.private_key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    keys.add(other.kid, pem.decode("ascii"))
+    with pytest.raises(KeyError_, match="holds the key with kid"):
+        database_keyring(keys)
+
+
+def test_rotation_signs_with_new_key_and_still_verifies_old_tokens(keys: SigningKeyStore) -> None:
     clock = FakeClock()
-    old_ring = load_or_create_keyring(tmp_path)
+    old_ring = load_or_create_keyring(keys)
     old_token = RegistryTokenSigner(old_ring, clock=clock).issue("ci", []).token
 
-    new_ring = rotate_key(tmp_path)
+    new_ring = rotate_key(keys)
     assert new_ring.current.kid != old_ring.current.kid
     assert [k.kid for k in new_ring.previous] == [old_ring.current.kid]
-    assert load_keyring(tmp_path).current.kid == new_ring.current.kid  # persisted
+    assert database_keyring(keys).current.kid == new_ring.current.kid  # persisted
 
     signer = RegistryTokenSigner(new_ring, clock=clock)
     new_token = signer.issue("ci", []).token
@@ -108,11 +177,41 @@ def test_rotation_signs_with_new_key_and_still_verifies_old_tokens(tmp_path: Pat
     assert signer.verify(old_token).subject == "ci"
     assert signer.verify(new_token).subject == "ci"
 
-    retired = retire_key(tmp_path, old_ring.current.kid)
+    retired = retire_key(keys, old_ring.current.kid)
     with pytest.raises(RegistryTokenError, match="no longer trusts"):
         RegistryTokenSigner(retired, clock=clock).verify(old_token)
     with pytest.raises(KeyError_, match="current signing key"):
-        retire_key(tmp_path, new_ring.current.kid)
+        retire_key(keys, new_ring.current.kid)
+    with pytest.raises(KeyError_, match="no signing key"):
+        retire_key(keys, old_ring.current.kid)
+
+
+def test_a_replica_picks_up_a_key_rotated_by_another(keys: SigningKeyStore) -> None:
+    """Replica A rotates; B verifies A's new tokens after one re-read, and signs with the new key after its
+    periodic reload. Re-reads for unknown kids are limited to one a second."""
+    clock, monotonic = FakeClock(), FakeClock(100.0)
+    load_or_create_keyring(keys)
+    replica_a = RegistryTokenSigner(database_keyring(keys), clock=clock, reload=lambda: database_keyring(keys))
+    replica_b = RegistryTokenSigner(
+        database_keyring(keys), clock=clock, reload=lambda: database_keyring(keys), monotonic=monotonic
+    )
+
+    rotate_key(keys)
+    replica_a.refresh()
+    token = replica_a.issue("ci", []).token
+    with pytest.raises(UnknownSigningKey):
+        replica_b.verify(token)
+    assert replica_b.refresh_for_unknown_kid()
+    assert replica_b.verify(token).subject == "ci"
+    assert jwt.get_unverified_header(replica_b.issue("ci", []).token)["kid"] == replica_a.keyring.current.kid
+
+    forged = RegistryTokenSigner(KeyRing(ServerKey.generate()), clock=clock).issue("ci", []).token
+    with pytest.raises(UnknownSigningKey):
+        replica_b.verify(forged)
+    monotonic.now += 0.5
+    assert not replica_b.refresh_for_unknown_kid()  # re-read half a second ago: not again
+    monotonic.now += 0.6
+    assert replica_b.refresh_for_unknown_kid()
 
 
 # ----------------------------------------------------------------------------------------- registry JWT
@@ -120,7 +219,7 @@ def test_rotation_signs_with_new_key_and_still_verifies_old_tokens(tmp_path: Pat
 
 def test_registry_token_claims_and_response(tmp_path: Path) -> None:
     clock = FakeClock()
-    signer = RegistryTokenSigner(load_or_create_keyring(tmp_path), clock=clock, ttl=300)
+    signer = RegistryTokenSigner(KeyRing(ServerKey.generate()), clock=clock, ttl=300)
     access = [ResourceScope("repository", "alpha/app", ("pull", "push"))]
     issued = signer.issue("project-token:1", access)
     header = jwt.get_unverified_header(issued.token)
@@ -137,7 +236,7 @@ def test_registry_token_claims_and_response(tmp_path: Path) -> None:
 
 def test_registry_token_expiry_and_tampering(tmp_path: Path) -> None:
     clock = FakeClock()
-    signer = RegistryTokenSigner(load_or_create_keyring(tmp_path), clock=clock, ttl=300, leeway=30)
+    signer = RegistryTokenSigner(KeyRing(ServerKey.generate()), clock=clock, ttl=300, leeway=30)
     token = signer.issue("ci", []).token
     clock.now += 329
     signer.verify(token)
@@ -155,7 +254,7 @@ def test_registry_token_expiry_and_tampering(tmp_path: Path) -> None:
 
 
 def test_registry_token_with_foreign_algorithm_is_refused(tmp_path: Path) -> None:
-    signer = RegistryTokenSigner(load_or_create_keyring(tmp_path))
+    signer = RegistryTokenSigner(KeyRing(ServerKey.generate()))
     forged = jwt.encode(
         {"sub": "x", "access": []}, "s" * 32, algorithm="HS256", headers={"kid": signer.keyring.current.kid}
     )
@@ -238,7 +337,7 @@ def test_admin_gets_everything_requested_that_exists() -> None:
 def test_build_scoped_pull_carries_the_build_into_the_token(tmp_path: Path) -> None:
     granted = granted_access(pull_principal("alpha", "build-7"), parse_scopes(["repository:alpha:pull"]))
     assert granted == [ResourceScope("repository", "alpha", ("pull",), "build-7")]
-    signer = RegistryTokenSigner(load_or_create_keyring(tmp_path))
+    signer = RegistryTokenSigner(KeyRing(ServerKey.generate()))
     claims = signer.verify(signer.issue("pull", granted).token)
     assert claims.build_restriction("alpha") == "build-7"
 
@@ -260,3 +359,12 @@ def test_unrestricted_pull_beats_build_restriction_and_two_builds_cancel() -> No
         (Permission("alpha", frozenset({"pull"}), "b1"), Permission("alpha", frozenset({"pull"}), "b2")),
     )
     assert granted_access(two, parse_scopes(["repository:alpha:pull"])) == []
+
+
+def test_unreadable_keys_in_the_database_keep_the_loaded_ring(keys: SigningKeyStore) -> None:
+    """A broken row (a hand-edited table) refuses tokens of unknown keys instead of failing every request."""
+    ring = load_or_create_keyring(keys)
+    signer = RegistryTokenSigner(ring, reload=lambda: database_keyring(keys))
+    keys.add(ServerKey.generate().kid, "not a PEM")
+    assert not signer.refresh_for_unknown_kid()
+    assert signer.keyring is ring

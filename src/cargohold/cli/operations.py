@@ -7,7 +7,8 @@ They need the server extra; importing this module does not (it registers the com
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -227,20 +228,21 @@ def admin_reset_token(
 def admin_rotate_signing_key(data_dir: str | None, database_url: str | None, config_file: str | None) -> None:
     """Add a new key for signing registry tokens and make it current; the old one keeps verifying.
 
-    Restart the servers (one at a time) so they sign with it, wait out the token lifetime (5 minutes), then
-    retire the old key with retire-signing-key.
+    The keys live in the database: every server using it signs with the new key within its
+    --key-reload-interval (10 s by default). Wait out the token lifetime (5 minutes) after that, then retire
+    the old key with retire-signing-key.
     """
     with _server_extra():
         from cargohold.server.auth.signing import KeyError_, rotate_key
 
-        settings = _settings(data_dir, database_url, config_file)
-        try:
-            ring = rotate_key(settings.data_dir)
-        except KeyError_ as exc:
-            raise click.ClickException(str(exc)) from None
+        with _signing_keys(data_dir, database_url, config_file) as keys:
+            try:
+                ring = rotate_key(keys)
+            except KeyError_ as exc:
+                raise click.ClickException(str(exc)) from None
     previous = ", ".join(kid for kid in ring.kids if kid != ring.current.kid)
     click.echo(f"new signing key {ring.current.kid} is current; still verifying: {previous or 'none'}")
-    click.echo("restart the servers so they sign with it; retire the old key(s) 5 minutes after that")
+    click.echo("every server signs with it within its --key-reload-interval; retire the old key(s) 5 minutes later")
 
 
 @admin.command("retire-signing-key")
@@ -251,9 +253,27 @@ def admin_retire_signing_key(kid: str, data_dir: str | None, database_url: str |
     with _server_extra():
         from cargohold.server.auth.signing import KeyError_, retire_key
 
-        settings = _settings(data_dir, database_url, config_file)
-        try:
-            ring = retire_key(settings.data_dir, kid)
-        except KeyError_ as exc:
-            raise click.ClickException(str(exc)) from None
+        with _signing_keys(data_dir, database_url, config_file) as keys:
+            try:
+                ring = retire_key(keys, kid)
+            except KeyError_ as exc:
+                raise click.ClickException(str(exc)) from None
     click.echo(f"retired signing key {kid}; keys left: {', '.join(ring.kids)}")
+
+
+@contextlib.contextmanager
+def _signing_keys(data_dir: str | None, database_url: str | None, config_file: str | None) -> Iterator[Any]:
+    """The signing-key store of the server's database (migrated first, as a server start would)."""
+    from cargohold.metadata.db import Database
+    from cargohold.metadata.schema_version import SchemaTooNew
+    from cargohold.metadata.signing_keys import SigningKeyStore
+
+    database = Database(_require_database(_settings(data_dir, database_url, config_file)))
+    try:
+        try:
+            database.migrate()
+        except SchemaTooNew as exc:
+            raise click.ClickException(str(exc)) from None
+        yield SigningKeyStore(database)
+    finally:
+        database.dispose()

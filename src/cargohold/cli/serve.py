@@ -266,6 +266,14 @@ SERVE_OPTIONS: tuple[Callable[[Any], Any], ...] = (
         help="Measure free space this often (a refused upload or a full disk triggers a check at once).",
     ),
     _option(
+        "--key-reload-interval",
+        "key_reload_interval",
+        envvar="CARGOHOLD_KEY_RELOAD_INTERVAL",
+        default="10s",
+        help="Re-read the shared signing keys from the database this often, so a key rotated or retired on "
+        "another replica is used or refused here within it (a token signed by an unknown key triggers a re-read).",
+    ),
+    _option(
         "--shutdown-timeout",
         "shutdown_timeout",
         envvar="CARGOHOLD_SHUTDOWN_TIMEOUT",
@@ -407,6 +415,7 @@ DURATION_OR_SIZE = frozenset(
         "body_timeout",
         "min_free_space",
         "space_check_interval",
+        "key_reload_interval",
         "shutdown_timeout",
     }
 )

@@ -20,6 +20,7 @@ DURATIONS = (
     "gc_grace",
     "retention_interval",
     "space_check_interval",
+    "key_reload_interval",
 )
 POSITIVE_DURATIONS = ("header_timeout", "body_idle_timeout", "body_timeout")
 SIZES = ("max_blob_size", "chunk_min_length")

@@ -102,6 +102,9 @@ class ServerSettings:
     """Under the minimum, evict the oldest unpinned builds and collect garbage (see cargohold.lifecycle.space)."""
     space_check_interval: timedelta = timedelta(seconds=10)
     """How often free space is measured in the background (refusals and faults trigger a check at once)."""
+    key_reload_interval: timedelta = timedelta(seconds=10)
+    """How often the registry-token signing keys are re-read from the database: a key rotated or retired by
+    another replica (or `cargohold admin rotate-signing-key`) is used or refused here within this long."""
     shutdown_timeout: float = 30.0
     """Seconds from SIGTERM/SIGINT to exit: requests already received finish within it, uploads are cut at
     a resumable point at once, and a watchdog ends the process at the deadline (see cargohold.server.drain)."""

@@ -14,7 +14,12 @@ here:
   rebuilt once from the staged bytes. The algorithm is sha256 unless the client chose another when it
   opened the session; committing with a digest of another algorithm costs one pass over the staged bytes.
 * **Locking.** :meth:`UploadSessions.session` holds the session's lock for the whole request, which keeps
-  concurrent PATCHes from interleaving bytes and keeps the staged size and the running hash in step.
+  concurrent PATCHes from interleaving bytes and keeps the staged size and the running hash in step. With
+  several server processes (replicas) sharing the blob store, the lock is two: an ``asyncio.Lock`` orders
+  this process's requests, and the blob store's cross-process lock (``BlobStore.lock_upload``; ``flock`` on
+  the staged file) keeps another process from writing while this one appends or commits. Without it, bytes
+  another replica appended after the digest check would be renamed into the blob, under a digest they do
+  not match, replacing a good copy other repositories link.
 * **The per-credential cap.** Opening a session counts the credential's open sessions in the same write
   transaction that records the new one, so parallel requests cannot overshoot.
 * **Space admission.** A request is measured against the free-space minimum before its first byte is staged
@@ -35,8 +40,9 @@ import asyncio
 import contextlib
 import logging
 import re
+import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Awaitable
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TypeVar
@@ -48,7 +54,7 @@ from cargohold.lifecycle.clock import Clock, system_clock
 from cargohold.metadata.errors import TooManyUploads
 from cargohold.metadata.store import MetadataStore, UploadRecord
 from cargohold.oci.digest import Digest, Hasher, new_hasher
-from cargohold.storage.base import BlobStore, UnknownUpload, UploadWriter
+from cargohold.storage.base import BlobStore, UnknownUpload, UploadBusy, UploadWriter
 from cargohold.storage.faults import classify
 from cargohold.storage.space import Claim
 from cargohold.storage.space import StorageFull as BelowMinimum
@@ -60,6 +66,10 @@ STREAM_BATCH = 1 << 20
 CAP_RETRY_AFTER_SECONDS = 5
 """What a client over the per-credential session cap is told to wait: slots free as its other uploads end."""
 UPLOAD_ID_RE = re.compile(r"^[0-9a-f]{32}$")
+BUSY_WAIT_SECONDS = 5.0
+"""How long a request waits for another process's request on the same upload to finish before answering 429."""
+BUSY_POLL_SECONDS = 0.05
+BUSY_RETRY_AFTER_SECONDS = 1
 """Session IDs are ours (``uuid4().hex``); anything else names no session."""
 
 T = TypeVar("T")
@@ -89,6 +99,10 @@ class _Progress:
     hasher: Hasher
     offset: int = 0
     """Bytes covered by ``hasher``; equals the staged size when the state is current."""
+
+
+def _release_nothing() -> None:
+    return None
 
 
 def unknown_upload(upload_id: str) -> errors.NotFound:
@@ -217,12 +231,45 @@ class UploadSessions:
         if not UPLOAD_ID_RE.match(upload_id):
             raise unknown_upload(upload_id)
         async with self._held(upload_id):
-            record, size = await self.run(self._load, upload_id)
-            if record is None or record.repository != repository:
-                raise unknown_upload(upload_id)
-            session = UploadSession(self, record)
-            await session._guarded(session._catch_up(size))
-            yield session
+            release, record, size = await self._lock_and_load(upload_id)
+            try:
+                if record is None or record.repository != repository:
+                    raise unknown_upload(upload_id)
+                session = UploadSession(self, record)
+                await session._guarded(session._catch_up(size))
+                yield session
+            finally:
+                release()
+
+    async def _lock_and_load(self, upload_id: str) -> tuple[Callable[[], None], UploadRecord | None, int | None]:
+        """The session's cross-process lock (another replica may be serving a request of this upload; wait
+        up to :data:`BUSY_WAIT_SECONDS` for it), then its record and staged size: one worker-thread step."""
+        deadline = time.monotonic() + BUSY_WAIT_SECONDS
+        while True:
+            try:
+                return await self.run(self._locked_load, upload_id)
+            except UploadBusy:
+                if time.monotonic() >= deadline:
+                    raise errors.TooMany(
+                        f"upload {upload_id} is being written by another request (through another server); "
+                        "retry in a moment, from the offset GET on the upload reports",
+                        retry_after=BUSY_RETRY_AFTER_SECONDS,
+                        subject="upload",
+                        detail={"upload": upload_id},
+                    ) from None
+                await asyncio.sleep(BUSY_POLL_SECONDS)
+
+    def _locked_load(self, upload_id: str) -> tuple[Callable[[], None], UploadRecord | None, int | None]:
+        try:
+            release = self.blobs.lock_upload(upload_id)
+        except UnknownUpload:  # the staging area is gone: _load reports it, and the session goes
+            release = _release_nothing
+        try:
+            record, size = self._load(upload_id)
+        except BaseException:
+            release()
+            raise
+        return release, record, size
 
     async def upload_whole(
         self,

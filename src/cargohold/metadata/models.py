@@ -308,6 +308,22 @@ class OidcTokenUse(Base):
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
 
 
+class SigningKey(Base):
+    """An Ed25519 key that signs registry tokens, shared by every replica through this database.
+
+    ``private_key`` is the PKCS#8 PEM: whoever reads this table can mint registry tokens, which is why the
+    database is protected like the admin tokens (docs/deploy.md). The key with the highest ``serial`` signs;
+    the others keep verifying until they are retired (deleted).
+    """
+
+    __tablename__ = "signing_keys"
+
+    serial: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    kid: Mapped[str] = mapped_column(String(64), unique=True)
+    private_key: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
 # --- lifecycle: leases, audit log, storage metering ---------------------------------------------------------
 
 

@@ -11,7 +11,6 @@ from datetime import datetime, timedelta
 
 from aiohttp import web
 
-from cargohold import __version__
 from cargohold.config import ServerSettings
 from cargohold.config.convert import parse_cidrs
 from cargohold.domain.space import SpaceMonitor
@@ -29,7 +28,7 @@ from cargohold.server.control import api, blob_copies
 from cargohold.server.control import lifecycle as control_lifecycle
 from cargohold.server.distribution import routing
 from cargohold.server.drain import DRAIN_KEY, Drain
-from cargohold.server.http import middlewares, space
+from cargohold.server.http import health, middlewares, space
 from cargohold.server.http.middlewares import API_VERSION_HEADER
 from cargohold.server.state import STATE_KEY, RegistryState, state_of
 from cargohold.storage.faults import classify
@@ -44,17 +43,6 @@ async def api_root(request: web.Request) -> web.Response:
     """``GET /v2/``: the API version check clients (and ``docker login``) start with."""
     await state_of(request).access.authorize(request, None, frozenset())
     return web.json_response({}, headers=API_VERSION_HEADER)
-
-
-async def healthz(request: web.Request) -> web.Response:
-    """``{"status": "ok"}``, or ``"degraded"`` with ``reasons`` while storage is low: still HTTP 200, since
-    pulls keep working and a load balancer should keep sending them (uploads get 507 meanwhile)."""
-    state = state_of(request)
-    await state.run(state.metadata.repository_exists, "healthz-probe")
-    body: dict[str, object] = {"status": "ok", "version": __version__}
-    if state.space is not None and (reason := await state.run(state.space.degraded_reason)) is not None:
-        body.update(status="degraded", reasons=[reason])
-    return web.json_response(body)
 
 
 def purge_stale_uploads(state: RegistryState, now: datetime | None = None) -> int:
@@ -79,6 +67,32 @@ async def _housekeeping(app: web.Application) -> AsyncIterator[None]:
 
     task = asyncio.create_task(loop())
     app[DRAIN_KEY].on_drain(task.cancel)  # a purge in progress finishes; no new one starts
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+async def _key_reloads(app: web.Application) -> AsyncIterator[None]:
+    """Re-read the shared signing keys now and then: replicas sign with a key rotated elsewhere, and stop
+    trusting a retired one, within ``--key-reload-interval`` (server/auth/signing.py)."""
+    state = app[STATE_KEY]
+    if state.auth is None:
+        yield
+        return
+    signer = state.auth.authenticator.signer
+    interval = max(0.1, state.settings.key_reload_interval.total_seconds())
+
+    async def loop() -> None:
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await state.run(signer.refresh)
+            except Exception as exc:  # the database may be down for a moment: keep the keys loaded
+                log.warning("re-reading the signing keys failed: %s; will retry in %.0f s", exc, interval)
+
+    task = asyncio.create_task(loop())
+    app[DRAIN_KEY].on_drain(task.cancel)
     yield
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
@@ -149,7 +163,7 @@ def create_app(settings: ServerSettings, access: AccessPolicy | None = None) -> 
     requestid.install(app)
     app[STATE_KEY] = state
     app[DRAIN_KEY] = drain
-    app.router.add_get("/healthz", healthz)
+    health.install(app, state)
     app.router.add_route("*", "/token", auth_routes.token)
     app.router.add_post("/auth/oidc/github-actions", auth_routes.oidc_exchange)
     app.router.add_get("/api/v1/oidc", auth_routes.oidc_discovery)
@@ -161,6 +175,7 @@ def create_app(settings: ServerSettings, access: AccessPolicy | None = None) -> 
     app.router.add_route("*", "/v2/{tail:.+}", routing.dispatch)
     app.cleanup_ctx.append(_shutdown)
     app.cleanup_ctx.append(_housekeeping)
+    app.cleanup_ctx.append(_key_reloads)
     lifecycle = control_lifecycle.install(app)  # after the control API's routes: its routes, hooks, /metrics
     reclaimer = SpaceReclaimer(
         lifecycle.retention,

@@ -9,7 +9,7 @@ lets an S3-compatible store slot in without touching the routes.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -38,6 +38,10 @@ BlobLocation = LocalFile | Redirect
 
 class UnknownUpload(LookupError):
     """The upload session has no staging area (never created, cancelled, purged): every store raises this one."""
+
+
+class UploadBusy(Exception):
+    """Another process (another replica) holds the upload session's lock right now."""
 
 
 class UploadWriter(ABC):
@@ -114,6 +118,26 @@ class BlobStore(ABC):
     def iter_uploads(self) -> Iterator[tuple[str, datetime]]:
         """``(upload_id, last_modified)`` for every staged upload (for purging stale sessions)."""
 
+    def lock_upload(self, upload_id: str) -> Callable[[], None]:
+        """Take the upload's cross-process lock without waiting; returns the function that releases it.
+
+        Several server processes (replicas) may receive requests for one upload session. Where committing
+        makes the staging area itself the blob (the filesystem renames the staged file), a writer in another
+        process must never hold it while it is committed, or bytes written after the digest check would land
+        in a verified blob. Raises :class:`UploadBusy` when another process holds the lock and
+        :class:`UnknownUpload` when the staging area is gone. The default takes no lock: a store whose commit
+        names exactly the parts it verified (S3 multipart) needs none.
+        """
+        return _release_nothing
+
+    def check(self) -> None:
+        """Raise if the store cannot be reached (the readiness check of ``/healthz``; blocking, cheap).
+
+        The default asks for one staged upload, a real round trip on any backend; stores override it with
+        something cheaper or more telling.
+        """
+        next(iter(self.iter_uploads()), None)
+
     def filesystem_path(self) -> Path | None:
         """A directory on the local filesystem holding the content, whose free space the server watches.
 
@@ -121,3 +145,7 @@ class BlobStore(ABC):
         (see cargohold.storage.faults).
         """
         return None
+
+
+def _release_nothing() -> None:
+    return None

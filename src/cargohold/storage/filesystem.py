@@ -8,15 +8,16 @@ moment leaves either no blob or a complete, verified one, never a half-written f
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
 from cargohold.oci.digest import ALGORITHMS, Digest
-from cargohold.storage.base import BlobStore, LocalFile, UnknownUpload, UploadWriter
+from cargohold.storage.base import BlobStore, LocalFile, UnknownUpload, UploadBusy, UploadWriter
 from cargohold.storage.private import create_private_file, make_private_dir
 
 READ_CHUNK = 1 << 20
@@ -79,6 +80,14 @@ class FilesystemBlobStore(BlobStore):
     def filesystem_path(self) -> Path:
         return self.root
 
+    def check(self) -> None:
+        """The blob and staging directories are there and usable (a lost or read-only mount fails here)."""
+        for directory in (self.blobs_dir, self.uploads_dir):
+            if not directory.is_dir():
+                raise FileNotFoundError(f"{directory} is missing or not a directory")
+            if not os.access(directory, os.R_OK | os.W_OK | os.X_OK):
+                raise PermissionError(f"{directory} is not readable and writable by this process")
+
     def blob_path(self, digest: Digest) -> Path:
         return Path(self._blob_name(digest))
 
@@ -136,6 +145,27 @@ class FilesystemBlobStore(BlobStore):
             return self._upload_path(upload_id).stat().st_size
         except (FileNotFoundError, UnknownUpload):
             return None
+
+    def lock_upload(self, upload_id: str) -> Callable[[], None]:
+        """``flock`` the staged file (processes on one host and NFSv4 clients see each other's locks).
+
+        The lock is on the file itself, so it moves with it into ``blobs/`` at commit: a process that opened
+        the staged file before the commit and then gets the lock finds the session's row gone and writes
+        nothing.
+        """
+        try:
+            fd = os.open(self._upload_path(upload_id), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise UnknownUpload(upload_id) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise UploadBusy(upload_id) from None
+        except BaseException:
+            os.close(fd)
+            raise
+        return lambda: os.close(fd)  # closing the descriptor releases the lock
 
     def open_upload(self, upload_id: str) -> UploadWriter:
         return _FileUploadWriter(self._upload_path(upload_id))

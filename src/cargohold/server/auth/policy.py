@@ -52,6 +52,7 @@ from cargohold.server.auth.signing import (
     RegistryTokenError,
     RegistryTokenSigner,
     ResourceScope,
+    UnknownSigningKey,
     granted_access,
 )
 from cargohold.server.http.errors import RegistryError
@@ -263,6 +264,14 @@ class TokenAuthenticator:
     async def _from_registry_jwt(self, token: str) -> Identity:
         try:
             claims = self.signer.verify(token)
+        except UnknownSigningKey as exc:
+            # Another replica may have rotated a moment ago: read the shared keys once, then decide.
+            if not await self._run(self.signer.refresh_for_unknown_kid):
+                raise AuthError(str(exc)) from None
+            try:
+                claims = self.signer.verify(token)
+            except RegistryTokenError as again:
+                raise AuthError(str(again)) from None
         except RegistryTokenError as exc:
             raise AuthError(str(exc)) from None
         identity = await self.identity_for_id(claims.subject)

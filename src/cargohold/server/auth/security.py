@@ -8,13 +8,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from cargohold.metadata.control import new_id
+from cargohold.metadata.signing_keys import SigningKeyStore
 from cargohold.ops.recovery import write_first_admin_token
 from cargohold.server.auth.credentials import CredentialKind, new_credential
 from cargohold.server.auth.oidc import OidcSettings, OidcVerifier
 from cargohold.server.auth.oidc_exchange import DatabaseJtiStore, OidcExchange
 from cargohold.server.auth.policy import TokenAccess, TokenAuthenticator, credential_record
 from cargohold.server.auth.ratelimit import AuthFailureLimiter
-from cargohold.server.auth.signing import RegistryTokenSigner, load_or_create_keyring
+from cargohold.server.auth.signing import KeyError_, RegistryTokenSigner, database_keyring, load_or_create_keyring
 from cargohold.server.state import RegistryState
 
 log = logging.getLogger(__name__)
@@ -37,8 +38,12 @@ def build_security(state: RegistryState) -> Security:
             f"CARGOHOLD_ADMIN_TOKEN is shorter than {MIN_ADMIN_TOKEN_LENGTH} characters; use a long random value "
             "(e.g. python -c 'import secrets; print(secrets.token_urlsafe(32))')"
         )
-    keyring = load_or_create_keyring(settings.data_dir)
-    signer = RegistryTokenSigner(keyring, ttl=settings.registry_token_ttl)
+    keys = SigningKeyStore(control.db)
+    try:
+        keyring = load_or_create_keyring(keys, settings.data_dir)
+    except KeyError_ as exc:
+        raise SystemExit(f"cannot load the registry-token signing keys: {exc}") from None
+    signer = RegistryTokenSigner(keyring, ttl=settings.registry_token_ttl, reload=lambda: database_keyring(keys))
     verifier = OidcVerifier(
         OidcSettings(audience=settings.resolved_oidc_audience(), issuers=tuple(settings.oidc_issuers)),
         DatabaseJtiStore(control, state.run),

@@ -1,12 +1,19 @@
 """Server signing keys, Docker token-auth registry JWTs, and scope parsing/intersection.
 
-Keys are Ed25519 (small, fast, no parameter choices to get wrong). They live in ``<data_dir>/keys/`` as
-``<kid>.pem`` (PKCS#8, mode 0600) plus a ``current`` file naming the signing key. ``kid`` is the RFC 7638
-JWK thumbprint of the public key, so it is derived from the key itself and can never point at the wrong
-one. Rotation adds a key and flips ``current``; older keys stay loaded and keep verifying tokens they
-signed until they are retired, which is what lets a rotation happen without failing in-flight pulls.
-Changes to the directory take an ``flock`` on ``keys/.lock`` and write files via temp-file + link/rename,
-so concurrent starts agree on one first key and a crash never leaves a torn key file.
+Keys are Ed25519 (small, fast, no parameter choices to get wrong). ``kid`` is the RFC 7638 JWK thumbprint of
+the public key, so it is derived from the key itself and can never point at the wrong one.
+
+The keys live in the metadata database (table ``signing_keys``, :mod:`cargohold.metadata.signing_keys`), so
+every replica sharing that database signs and verifies with the same keys, without a shared disk. The newest
+key signs; older keys keep verifying tokens they signed until they are retired, which is what lets a rotation
+happen without failing in-flight pulls. A replica re-reads the keys every :data:`KEY_RELOAD_SECONDS` (to sign
+with a key rotated elsewhere and to stop trusting a retired one) and at once when a token names a key it has
+not loaded (a token signed by a replica that rotated a moment ago), at most once per
+:data:`UNKNOWN_KID_RELOAD_SECONDS` so a flood of forged ``kid``s cannot hammer the database.
+
+Before keys moved into the database they lived in ``<data_dir>/keys/`` as ``<kid>.pem`` files plus a
+``current`` file; a database without keys imports them on first start, so tokens issued before the upgrade
+keep verifying.
 """
 
 from __future__ import annotations
@@ -16,9 +23,9 @@ import contextlib
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import re
-import secrets
 import stat
 import time
 import uuid
@@ -31,6 +38,7 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from cargohold.metadata.signing_keys import SigningKeyStore, StoredSigningKey
 from cargohold.oci.reference import is_valid_name
 from cargohold.server.auth.credentials import ACTIONS_PULL, REPOSITORY_ACTIONS, Principal
 
@@ -42,8 +50,12 @@ DEFAULT_REGISTRY_TOKEN_TTL = 300
 ALGORITHM = "EdDSA"
 KEYS_DIRNAME = "keys"
 _KID_RE = re.compile(r"^[A-Za-z0-9_-]{43}$")
+KEY_RELOAD_SECONDS = 10.0
+"""How stale a replica's view of the keys may get: a rotation or retirement elsewhere reaches it within this."""
+UNKNOWN_KID_RELOAD_SECONDS = 1.0
 
 Clock = Callable[[], float]
+log = logging.getLogger(__name__)
 
 
 class KeyError_(Exception):
@@ -56,6 +68,10 @@ class ScopeError(ValueError):
 
 class RegistryTokenError(Exception):
     """A registry JWT presented to the registry is invalid; the message is safe to return."""
+
+
+class UnknownSigningKey(RegistryTokenError):
+    """The token names a key this process has not loaded: retired, forged, or rotated in by another replica."""
 
 
 # --------------------------------------------------------------------------------------------- keys
@@ -125,38 +141,6 @@ def _keys_dir(data_dir: Path) -> Path:
     return Path(data_dir) / KEYS_DIRNAME
 
 
-def _write_exclusive(path: Path, data: bytes) -> bool:
-    """Create ``path`` with ``data`` atomically and 0600; False if it already exists.
-
-    Writes a temp file and hard-links it into place: the final name either does not exist or holds the
-    complete content, even if two servers start at once or the process dies mid-write.
-    """
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        try:
-            os.link(tmp, path)
-        except FileExistsError:
-            return False
-        return True
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _replace_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-
-
 def _check_private(path: Path) -> None:
     mode = path.lstat().st_mode
     if not stat.S_ISREG(mode):
@@ -174,10 +158,6 @@ def _pem(key: Ed25519PrivateKey) -> bytes:
     )
 
 
-def _store_key(directory: Path, key: ServerKey) -> None:
-    _write_exclusive(directory / f"{key.kid}.pem", _pem(key.private_key))
-
-
 def _load_key(path: Path) -> ServerKey:
     _check_private(path)
     try:
@@ -192,17 +172,6 @@ def _load_key(path: Path) -> ServerKey:
     return ServerKey(kid, private)
 
 
-def _ensure_dir(directory: Path) -> None:
-    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-    mode = directory.lstat().st_mode
-    if not stat.S_ISDIR(mode):
-        raise KeyError_(f"{directory} is not a directory")
-    if mode & 0o077:
-        raise KeyError_(
-            f"{directory} is accessible by other users (mode {stat.S_IMODE(mode):04o}); run 'chmod 700 {directory}'"
-        )
-
-
 @contextlib.contextmanager
 def _locked(directory: Path, exclusive: bool) -> Iterator[None]:
     """Serialise key-directory changes between processes (several servers may share a data dir)."""
@@ -214,25 +183,8 @@ def _locked(directory: Path, exclusive: bool) -> Iterator[None]:
         os.close(fd)  # closing releases the lock
 
 
-def load_or_create_keyring(data_dir: Path) -> KeyRing:
-    """Load the server's keys, creating the first one on first start.
-
-    Creation holds an exclusive lock on the key directory, and each file is written to a temp name and
-    linked into place, so concurrent first starts agree on one key and a crash never leaves a torn file.
-    """
-    directory = _keys_dir(data_dir)
-    _ensure_dir(directory)
-    with _locked(directory, exclusive=True):
-        pointer = directory / "current"
-        if not pointer.exists():
-            key = ServerKey.generate()
-            _store_key(directory, key)
-            _replace_atomic(pointer, key.kid.encode("ascii"))
-        return _load_unlocked(directory)
-
-
 def load_keyring(data_dir: Path) -> KeyRing:
-    """Load every ``<kid>.pem`` in the key directory; ``current`` names the one that signs."""
+    """Load the key files an older Cargohold kept in ``<data_dir>/keys/`` (imported into the database once)."""
     directory = _keys_dir(data_dir)
     if not directory.is_dir():
         raise KeyError_(f"{directory} does not exist: no signing keys")
@@ -256,31 +208,68 @@ def _load_unlocked(directory: Path) -> KeyRing:
     return KeyRing(current, tuple(keys.values()))
 
 
-def rotate_key(data_dir: Path) -> KeyRing:
-    """Add a new signing key and make it current; the old one keeps verifying until retired.
+def _from_row(row: StoredSigningKey) -> ServerKey:
+    try:
+        private = serialization.load_pem_private_key(row.private_pem.encode("ascii"), password=None)
+    except ValueError as exc:
+        raise KeyError_(f"signing key {row.kid} in the database is not a readable PEM private key: {exc}") from exc
+    if not isinstance(private, Ed25519PrivateKey):
+        raise KeyError_(f"signing key {row.kid} in the database is a {type(private).__name__}, not Ed25519")
+    kid = thumbprint(private.public_key())
+    if kid != row.kid:
+        raise KeyError_(f"signing key {row.kid} in the database holds the key with kid {kid}")
+    return ServerKey(kid, private)
 
-    Running servers keep their loaded ring: restart them (or reload) so they sign with the new key.
+
+def database_keyring(store: SigningKeyStore) -> KeyRing:
+    """Every key in the database; the newest signs (blocking: run it on the I/O pool from the event loop)."""
+    rows = store.list_keys()
+    if not rows:
+        raise KeyError_("the database holds no signing keys; start a server once to create the first one")
+    keys = [_from_row(row) for row in rows]
+    return KeyRing(keys[-1], tuple(reversed(keys[:-1])))
+
+
+def load_or_create_keyring(store: SigningKeyStore, data_dir: Path | None = None) -> KeyRing:
+    """The keys every replica shares, creating them on the first start against a database.
+
+    A database without keys first imports the key files of an older Cargohold from ``<data_dir>/keys/`` (the
+    current one last, so it stays current); otherwise it gets one new key. The first key is stored only if the
+    table is still empty in the same transaction, so replicas starting at once on SQLite agree on one key.
     """
-    directory = _keys_dir(data_dir)
-    with _locked(directory, exclusive=True):
-        _load_unlocked(directory)  # refuse to rotate a broken directory
-        key = ServerKey.generate()
-        _store_key(directory, key)
-        _replace_atomic(directory / "current", key.kid.encode("ascii"))
-        return _load_unlocked(directory)
+    if not store.list_keys():
+        legacy = data_dir is not None and (_keys_dir(data_dir) / "current").exists()
+        if legacy:
+            assert data_dir is not None
+            ring = load_keyring(data_dir)
+            first, *rest = (*reversed(ring.previous), ring.current)
+            if store.add(first.kid, _pem(first.private_key).decode("ascii"), only_if_empty=True):
+                for key in rest:
+                    store.add(key.kid, _pem(key.private_key).decode("ascii"))
+        else:
+            key = ServerKey.generate()
+            store.add(key.kid, _pem(key.private_key).decode("ascii"), only_if_empty=True)
+    return database_keyring(store)
 
 
-def retire_key(data_dir: Path, kid: str) -> KeyRing:
-    """Delete a previous key, so tokens it signed stop verifying. The current key cannot be retired."""
-    directory = _keys_dir(data_dir)
-    with _locked(directory, exclusive=True):
-        ring = _load_unlocked(directory)
-        if kid == ring.current.kid:
-            raise KeyError_(f"key {kid} is the current signing key; rotate first, then retire it")
-        if ring.find(kid) is None:
-            raise KeyError_(f"no key {kid} in {directory}")
-        (directory / f"{kid}.pem").unlink()
-        return _load_unlocked(directory)
+def rotate_key(store: SigningKeyStore) -> KeyRing:
+    """Add a new signing key; every replica signs with it within :data:`KEY_RELOAD_SECONDS`, and the old one
+    keeps verifying until retired."""
+    database_keyring(store)  # refuse to rotate unreadable keys
+    key = ServerKey.generate()
+    store.add(key.kid, _pem(key.private_key).decode("ascii"))
+    return database_keyring(store)
+
+
+def retire_key(store: SigningKeyStore, kid: str) -> KeyRing:
+    """Delete a previous key, so tokens it signed stop verifying (on every replica within
+    :data:`KEY_RELOAD_SECONDS`). The current key cannot be retired."""
+    ring = database_keyring(store)
+    if kid == ring.current.kid:
+        raise KeyError_(f"key {kid} is the current signing key; rotate first, then retire it")
+    if ring.find(kid) is None or not store.delete(kid):
+        raise KeyError_(f"no signing key {kid} in the database (keys: {', '.join(ring.kids)})")
+    return database_keyring(store)
 
 
 # ------------------------------------------------------------------------------------------- scopes
@@ -450,6 +439,31 @@ class RegistryTokenSigner:
     ttl: int = DEFAULT_REGISTRY_TOKEN_TTL
     leeway: int = 30
     clock: Clock = time.time
+    reload: Callable[[], KeyRing] | None = None
+    """Reads the shared keys again (blocking); None for a fixed ring."""
+    monotonic: Clock = time.monotonic
+    _unknown_kid_reload_at: float | None = field(default=None, repr=False)
+
+    def refresh(self) -> KeyRing:
+        """Re-read the keys (blocking: from the event loop, run it on the I/O pool)."""
+        if self.reload is not None:
+            self.keyring = self.reload()
+        return self.keyring
+
+    def refresh_for_unknown_kid(self) -> bool:
+        """Re-read the keys because a token named one not loaded; False (nothing read) if that happened less than
+        :data:`UNKNOWN_KID_RELOAD_SECONDS` ago, so forged ``kid``s cost at most one query a second (blocking)."""
+        now = self.monotonic()
+        last = self._unknown_kid_reload_at
+        if self.reload is None or (last is not None and now - last < UNKNOWN_KID_RELOAD_SECONDS):
+            return False
+        self._unknown_kid_reload_at = now
+        try:
+            self.refresh()
+        except KeyError_ as exc:  # unreadable keys in the database: keep the ring we have, refuse this token
+            log.error("re-reading the signing keys failed: %s", exc)
+            return False
+        return True
 
     def issue(self, subject: str, access: Iterable[ResourceScope]) -> IssuedToken:
         """Sign a token for ``subject`` carrying ``access`` (already intersected by the caller)."""
@@ -486,7 +500,7 @@ class RegistryTokenSigner:
         kid = header.get("kid")
         key = self.keyring.find(kid) if isinstance(kid, str) else None
         if key is None:
-            raise RegistryTokenError(
+            raise UnknownSigningKey(
                 "the bearer token was signed by a key this registry no longer trusts; request a new token"
             )
         now = self.clock()
