@@ -55,6 +55,7 @@ from cargohold.server.auth.signing import (
     granted_access,
 )
 from cargohold.server.http.errors import RegistryError
+from cargohold.server.http.request_keys import USER_KEY
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +125,10 @@ class Identity:
         if self.is_admin:
             return True
         return any(p.project == project_id and action in p.actions for p in self.principal.permissions)
+
+
+IDENTITY_KEY = web.RequestKey[Identity | None]("cargohold.identity")
+"""The caller :meth:`AccessPolicy.identity` found (``None``: anonymous), cached so a request authenticates once."""
 
 
 class AuthError(Exception):
@@ -343,8 +348,8 @@ class TokenAccess:
 
     async def identity(self, request: web.Request) -> Identity | None:
         """The caller, cached on the request; raises OCI errors for bad credentials and rate limits."""
-        if "identity" in request:
-            return request["identity"]  # type: ignore[no-any-return]  # request storage holds Any; set below
+        if IDENTITY_KEY in request:
+            return request[IDENTITY_KEY]
         address = client_address(request)
         wait = self.limiter.retry_after(address)
         if wait is not None:
@@ -359,9 +364,9 @@ class TokenAccess:
             self.limiter.record_failure(address)
             log.info("authentication failed from %s: %s", address, exc)
             raise RegistryError("UNAUTHORIZED", str(exc), headers=self.challenge(None)) from None
-        request["identity"] = identity
+        request[IDENTITY_KEY] = identity
         if identity is not None:
-            request["principal"] = identity.name
+            request[USER_KEY] = identity.name
         return identity
 
     async def authorize(
