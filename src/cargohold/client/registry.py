@@ -595,6 +595,7 @@ class RegistryClient:
 
         location = location or self.start_upload(repository)
         confirmed = 0  # bytes the registry has acknowledged holding
+        resuming = False  # the session may hold bytes already: every PATCH says where it starts
         reported = 0  # bytes passed to progress so far
         attempts = self.retry.attempt(self.host)
         out_of_step = 0  # 416 answers in a row: the session and we disagree about the offset
@@ -603,7 +604,10 @@ class RegistryClient:
             try:
                 if confirmed < size:  # all bytes confirmed (only the commit failed): just commit again
                     headers = {"Content-Type": "application/octet-stream", "Content-Length": str(size - confirmed)}
-                    if confirmed:
+                    if resuming:
+                        # Even from 0: a PATCH without a range is appended wherever the session stands, and a
+                        # status answer can lag behind bytes the broken request still delivered ("0-0" is also
+                        # what a registry holding one byte says). With the range, a wrong offset is a 416.
                         headers["Content-Range"] = f"{confirmed}-{size - 1}"
                     response = self._send_once(
                         action,
@@ -632,9 +636,9 @@ class RegistryClient:
                             progress(size - reported)
                         attempts.succeeded()
                         return "uploaded"
-                    location, confirmed = self.start_upload(repository), 0
+                    location, confirmed, resuming = self.start_upload(repository), 0, False
                 else:
-                    location, confirmed = status
+                    (location, confirmed), resuming = status, True
                 if confirmed > before:
                     attempts.progressed()  # bytes moved: a long upload over a flaky link may break many times
                     out_of_step = 0

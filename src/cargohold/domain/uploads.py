@@ -184,10 +184,17 @@ class UploadSessions:
         return record
 
     async def staged_size(self, repository: str, upload_id: str) -> int:
-        """How many bytes the session holds (what a client resumes from): one worker-thread step."""
+        """How many bytes the session holds (what a client resumes from): one worker-thread step.
+
+        Under the session's lock, like every other request on the session: a client whose PATCH broke off
+        asks this at once, while the server may still be staging the bytes that did arrive. Without the lock
+        it would read a size in between, and resuming from there is either refused or (from 0, where a client
+        may send no ``Content-Range``) appended to the bytes staged meanwhile: a corrupt upload.
+        """
         if not UPLOAD_ID_RE.match(upload_id):
             raise unknown_upload(upload_id)
-        record, size = await self.run(self._load, upload_id)
+        async with self._held(upload_id):
+            record, size = await self.run(self._load, upload_id)
         if record is None or record.repository != repository or size is None:
             raise unknown_upload(upload_id)
         return size
