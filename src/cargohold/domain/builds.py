@@ -22,7 +22,7 @@ from typing import Any
 from cargohold.domain import errors
 from cargohold.domain.space import SpaceMonitor
 from cargohold.domain.threads import Runner
-from cargohold.lifecycle.clock import iso
+from cargohold.isotime import iso
 from cargohold.lifecycle.retention import BuildNotFound, Eviction, LifecycleError, Retention
 from cargohold.metadata.control import BuildRecord, Conflict, ControlStore, NotFound
 from cargohold.metadata.store import MetadataStore

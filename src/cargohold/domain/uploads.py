@@ -44,6 +44,7 @@ from typing import TypeVar
 from cargohold.domain import errors
 from cargohold.domain.space import SpaceMonitor, admit_upload, refused_for_space, storage_error
 from cargohold.domain.threads import Runner
+from cargohold.isotime import format_iso
 from cargohold.lifecycle.clock import Clock, system_clock
 from cargohold.metadata.errors import TooManyUploads
 from cargohold.metadata.store import MetadataStore, UploadRecord
@@ -281,7 +282,7 @@ class UploadSessions:
                 self.blobs.remove_upload(upload_id)
                 removed += 1
         if removed:
-            log.info("purged %d stale upload session(s) idle since before %s", removed, cutoff.isoformat())
+            log.info("purged %d stale upload session(s) idle since before %s", removed, format_iso(cutoff))
         return removed
 
     def _forget(self, upload_id: str) -> None:

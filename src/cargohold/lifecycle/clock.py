@@ -27,17 +27,4 @@ def format_duration(seconds: float) -> str:
     return f"{seconds} second{'s' if seconds != 1 else ''}"
 
 
-def iso(moment: datetime | None) -> str | None:
-    """Second-precision ISO 8601 in UTC, like the rest of the API."""
-    if moment is None:
-        return None
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def parse_iso(text: str) -> datetime:
-    """Parse an ISO 8601 timestamp; a missing zone means UTC (people type ``2026-05-01T12:00``)."""
-    moment = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
-
-
-__all__ = ["Clock", "format_duration", "iso", "parse_iso", "system_clock", "timedelta"]
+__all__ = ["Clock", "format_duration", "system_clock", "timedelta"]

@@ -75,7 +75,8 @@ from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Row, bindparam, delete, exists, func, select, tuple_
 
-from cargohold.lifecycle.clock import Clock, iso, system_clock
+from cargohold.isotime import iso
+from cargohold.lifecycle.clock import Clock, system_clock
 from cargohold.lifecycle.lease import Lease, LeaseLost
 from cargohold.metadata.db import Database
 from cargohold.metadata.models import Blob, Manifest, ManifestReference, RepositoryBlob

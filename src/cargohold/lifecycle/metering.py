@@ -30,7 +30,8 @@ from sqlalchemy import func, or_, select
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
-from cargohold.lifecycle.clock import Clock, iso, system_clock
+from cargohold.isotime import iso
+from cargohold.lifecycle.clock import Clock, system_clock
 from cargohold.metadata.db import Database
 from cargohold.metadata.models import (
     Blob,

@@ -45,8 +45,9 @@ from typing import Any
 from sqlalchemy import String, column, delete, func, select, text, values
 from sqlalchemy.orm import Session
 
+from cargohold.isotime import iso
 from cargohold.lifecycle import audit
-from cargohold.lifecycle.clock import Clock, format_duration, iso, system_clock
+from cargohold.lifecycle.clock import Clock, format_duration, system_clock
 from cargohold.metadata.control import BuildRecord, build_record
 from cargohold.metadata.db import Database
 from cargohold.metadata.models import Build, Manifest, ManifestReference, Project, Repository, SaveTag, Tag

@@ -64,8 +64,9 @@ from typing import Any
 from sqlalchemy import ColumnElement, and_, delete, exists, func, or_, select, tuple_, update
 from sqlalchemy.orm import Session, aliased
 
+from cargohold.isotime import iso
 from cargohold.lifecycle import audit
-from cargohold.lifecycle.clock import Clock, iso, system_clock
+from cargohold.lifecycle.clock import Clock, system_clock
 from cargohold.lifecycle.retention import (
     CHUNK,
     LifecycleError,

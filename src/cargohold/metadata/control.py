@@ -18,6 +18,7 @@ from sqlalchemy import ColumnElement, Select, delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from cargohold.isotime import iso
 from cargohold.metadata.db import Database, rowcount, upsert
 from cargohold.metadata.errors import Conflict, NotFound, ParentInactive
 from cargohold.metadata.models import (
@@ -65,7 +66,7 @@ class ProjectRecord:
         return {
             "id": self.id,
             "name": self.name,
-            "created_at": _iso(self.created_at),
+            "created_at": iso(self.created_at),
             "retention_seconds": None if self.retention is None else int(self.retention.total_seconds()),
             "max_builds": self.max_builds,
         }
@@ -215,10 +216,6 @@ def _trust_row(record: TrustRecord) -> TrustRelationship:
         permissions=json.dumps(sorted(record.permissions)),
         created_at=record.created_at,
     )
-
-
-def _iso(moment: datetime | None) -> str | None:
-    return None if moment is None else moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def build_record(session: Session, row: Build) -> BuildRecord:

@@ -33,13 +33,14 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 import httpx
 import jwt
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
+
+from cargohold.isotime import format_epoch
 
 log = logging.getLogger(__name__)
 
@@ -491,10 +492,6 @@ def _usable_key(entry: object) -> RSAPublicKey | None:
 # -------------------------------------------------------------------------------------- verifier
 
 
-def _iso(seconds: float) -> str:
-    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 class OidcVerifier:
     """Verifies GitHub Actions ID tokens. Async; create one per server and ``aclose()`` it on shutdown."""
 
@@ -624,7 +621,7 @@ class OidcVerifier:
             raise InvalidClaimError("the token's 'exp' is not after its 'iat'")
         if now > exp + leeway:
             raise ExpiredTokenError(
-                f"the token expired at {_iso(exp)} ({int(now - exp)} s ago); request a fresh ID token "
+                f"the token expired at {format_epoch(exp)} ({int(now - exp)} s ago); request a fresh ID token "
                 "right before the exchange"
             )
         if iat > now + leeway:
@@ -640,4 +637,4 @@ class OidcVerifier:
         if "nbf" in payload:
             nbf = _numeric(payload, "nbf")
             if nbf > now + leeway:
-                raise NotYetValidError(f"the token is not valid before {_iso(nbf)}; check the clocks")
+                raise NotYetValidError(f"the token is not valid before {format_epoch(nbf)}; check the clocks")

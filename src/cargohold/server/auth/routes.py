@@ -9,6 +9,7 @@ from aiohttp import web
 
 from cargohold.edge.proxies import client_address
 from cargohold.edge.requestid import current_request_id
+from cargohold.isotime import format_iso
 from cargohold.oci import strictjson
 from cargohold.server.auth.oidc import OidcError
 from cargohold.server.auth.oidc_exchange import ExchangeDenied
@@ -147,7 +148,7 @@ async def oidc_exchange(request: web.Request) -> web.StreamResponse:
         {
             "ok": True,
             "token": exchanged.token,
-            "expires_at": exchanged.expires_at.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "expires_at": format_iso(exchanged.expires_at),
             "projects": exchanged.projects,
         }
     )

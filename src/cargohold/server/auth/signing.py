@@ -24,13 +24,13 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 
 import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from cargohold.isotime import format_epoch
 from cargohold.oci.reference import is_valid_name
 from cargohold.server.auth.credentials import ACTIONS_PULL, REPOSITORY_ACTIONS, Principal
 
@@ -412,7 +412,7 @@ class IssuedToken:
 
     def response_body(self) -> dict[str, object]:
         """The JSON body for ``GET /token`` (both ``token`` and ``access_token``, as clients differ)."""
-        issued = datetime.fromtimestamp(self.issued_at, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        issued = format_epoch(self.issued_at)
         return {"token": self.token, "access_token": self.token, "expires_in": self.expires_in, "issued_at": issued}
 
 

@@ -13,7 +13,7 @@ from typing import Any
 from aiohttp import web
 
 from cargohold.domain.builds import build_json
-from cargohold.lifecycle.clock import iso
+from cargohold.isotime import iso
 from cargohold.oci.reference import is_valid_tag
 from cargohold.server.auth.credentials import (
     ACTIONS_PULL,

@@ -14,7 +14,7 @@ from typing import Any
 
 from aiohttp import web
 
-from cargohold.lifecycle.clock import iso
+from cargohold.isotime import iso
 from cargohold.metadata.control import (
     ControlStore,
     CredentialRecord,
