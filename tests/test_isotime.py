@@ -65,3 +65,18 @@ def test_the_default_clocks() -> None:
     assert now.tzinfo is UTC and before <= now <= datetime.now(UTC)
     first = clock.monotonic()
     assert clock.monotonic() >= first
+
+
+OWN_CLOCK = re.compile(r"^\s*(class \w*Clock\b|\w*Clock\s*=\s*Callable|def (system_clock|utcnow|utc_now)\b)")
+
+
+def test_no_module_defines_a_clock_of_its_own() -> None:
+    """``Clock`` was defined four times with two meanings; cargohold.clock names the two once."""
+    found = [
+        f"{path.relative_to(SRC)}:{number}: {line.strip()}"
+        for path in sorted(SRC.rglob("*.py"))
+        if path.relative_to(SRC).as_posix() != "clock.py"
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        if OWN_CLOCK.search(line)
+    ]
+    assert found == []

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import stat
 import threading
+from datetime import UTC, datetime
 from pathlib import Path
 
 import jwt
@@ -32,8 +33,8 @@ class FakeClock:
     def __init__(self, now: float = 1_800_000_000.0) -> None:
         self.now = now
 
-    def __call__(self) -> float:
-        return self.now
+    def __call__(self) -> datetime:
+        return datetime.fromtimestamp(self.now, UTC)
 
 
 def project_principal(project: str = "alpha") -> Principal:

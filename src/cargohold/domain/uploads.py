@@ -41,11 +41,11 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TypeVar
 
+from cargohold.clock import WallClock, utc_now
 from cargohold.domain import errors
 from cargohold.domain.space import SpaceMonitor, admit_upload, refused_for_space, storage_error
 from cargohold.domain.threads import Runner
 from cargohold.isotime import format_iso
-from cargohold.lifecycle.clock import Clock, system_clock
 from cargohold.metadata.errors import TooManyUploads
 from cargohold.metadata.store import MetadataStore, UploadRecord
 from cargohold.oci.digest import Digest, Hasher, new_hasher
@@ -115,7 +115,7 @@ class UploadSessions:
         limits: UploadLimits,
         *,
         space: SpaceMonitor | None = None,
-        clock: Clock = system_clock,
+        clock: WallClock = utc_now,
     ) -> None:
         self.blobs = blobs
         self.metadata = metadata

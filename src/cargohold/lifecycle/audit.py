@@ -22,7 +22,7 @@ from sqlalchemy import Table, delete, insert, select
 from sqlalchemy.orm import Session
 
 from cargohold.isotime import iso
-from cargohold.lifecycle.clock import format_duration
+from cargohold.lifecycle.durations import format_duration
 from cargohold.metadata.db import Database, rowcount, upsert
 from cargohold.metadata.models import LifecycleEvent, RemovedTag
 from cargohold.requestcontext import current_client_address, current_request_id

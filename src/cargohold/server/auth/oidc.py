@@ -30,8 +30,7 @@ import ipaddress
 import json
 import logging
 import threading
-import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 from urllib.parse import urlsplit
@@ -40,6 +39,7 @@ import httpx
 import jwt
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 
+from cargohold.clock import WallClock, utc_now
 from cargohold.isotime import format_epoch
 
 log = logging.getLogger(__name__)
@@ -50,8 +50,6 @@ MIN_RSA_BITS = 2048
 MAX_TOKEN_BYTES = 16 * 1024
 MAX_DOCUMENT_BYTES = 512 * 1024
 """Cap on a discovery document or JWKS, so a hostile or broken issuer cannot exhaust memory."""
-
-Clock = Callable[[], float]
 
 
 # ------------------------------------------------------------------------------------------ errors
@@ -183,18 +181,18 @@ class JtiStore(Protocol):
 class InMemoryJtiStore:
     """A process-local :class:`JtiStore` (tests, single-process servers). Expired entries are swept."""
 
-    def __init__(self, clock: Clock = time.time, sweep_every: float = 60.0) -> None:
+    def __init__(self, clock: WallClock = utc_now, sweep_every: float = 60.0) -> None:
         self._clock = clock
         self._sweep_every = sweep_every
         self._seen: dict[tuple[str, str], float] = {}
         self._lock = threading.Lock()
-        self._last_sweep = clock()
+        self._last_sweep = clock().timestamp()
 
     async def claim(self, issuer: str, jti: str, expires_at: float) -> bool:
         # No await inside: the check-and-set is atomic within the event loop, and the lock makes it
         # atomic across threads too.
         with self._lock:
-            now = self._clock()
+            now = self._clock().timestamp()
             if now - self._last_sweep >= self._sweep_every:
                 self._seen = {k: exp for k, exp in self._seen.items() if exp > now}
                 self._last_sweep = now
@@ -359,7 +357,7 @@ class JwksCache:
         ttl: float,
         min_refresh_interval: float,
         timeout: float,
-        clock: Clock = time.time,
+        clock: WallClock = utc_now,
     ) -> None:
         self._client = client
         self._ttl = ttl
@@ -381,7 +379,7 @@ class JwksCache:
         """The RSA key ``kid`` of ``issuer``, refreshing at most once per call and per interval."""
         lock = self._locks.setdefault(issuer, asyncio.Lock())
         async with lock:
-            now = self._clock()
+            now = self._clock().timestamp()
             keyset = self._sets.get(issuer)
             refreshed = False
             if (keyset is None or now - keyset.fetched_at >= self._ttl) and self._may_fetch(issuer, now):
@@ -408,7 +406,7 @@ class JwksCache:
             )
 
     async def _refresh(self, issuer: str, stale: _KeySet | None) -> _KeySet | None:
-        self._last_attempt[issuer] = self._clock()
+        self._last_attempt[issuer] = self._clock().timestamp()
         self.fetches += 1
         try:
             async with asyncio.timeout(self._timeout * 2):
@@ -422,7 +420,7 @@ class JwksCache:
                 ) from exc
             log.warning("JWKS refresh for %s failed (%s); keeping the previous key set", issuer, message)
             return stale
-        keyset = _KeySet(keys, self._clock())
+        keyset = _KeySet(keys, self._clock().timestamp())
         self._sets[issuer] = keyset
         return keyset
 
@@ -501,7 +499,7 @@ class OidcVerifier:
         jti_store: JtiStore,
         *,
         client: httpx.AsyncClient | None = None,
-        clock: Clock = time.time,
+        clock: WallClock = utc_now,
     ) -> None:
         self.settings = settings
         self._jti_store = jti_store
@@ -613,7 +611,7 @@ class OidcVerifier:
         return expected
 
     def _check_times(self, payload: Mapping[str, Any]) -> None:
-        now = self._clock()
+        now = self._clock().timestamp()
         leeway = self.settings.leeway
         exp = _numeric(payload, "exp")
         iat = _numeric(payload, "iat")

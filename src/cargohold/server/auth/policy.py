@@ -22,13 +22,12 @@ import base64
 import binascii
 import hmac
 import logging
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
 from aiohttp import web
 
+from cargohold.clock import MonotonicClock, WallClock, monotonic, utc_now
 from cargohold.domain.threads import Runner
 from cargohold.edge.proxies import client_address
 from cargohold.metadata.control import ControlStore, CredentialRecord
@@ -216,8 +215,14 @@ class TokenAuthenticator:
         *,
         admin_token: str | None = None,
         raw_jwt_exchanger: RawJwtExchanger | None = None,
+        clock: WallClock = utc_now,
+        cache_clock: MonotonicClock = monotonic,
     ) -> None:
         self.control = control
+        self.clock = clock
+        """When a credential's expiry is checked against (tests move it instead of waiting for an expiry)."""
+        self.cache_clock = cache_clock
+        """What the :data:`CACHE_SECONDS` credential cache measures its age on."""
         self.signer = signer
         self._run = run
         self._admin_hash = hash_token(admin_token) if admin_token else None
@@ -257,7 +262,7 @@ class TokenAuthenticator:
             if row is None:
                 raise AuthError("the token is not known to this registry (it may have been deleted)")
             try:
-                principal = stored_credential(row).authenticate(secret, datetime.now(UTC))
+                principal = stored_credential(row).authenticate(secret, self.clock())
             except CredentialError as exc:
                 raise AuthError(str(exc)) from None
             return Identity(principal, claims=_claims(row))
@@ -282,7 +287,7 @@ class TokenAuthenticator:
         row = await self._cached(self._by_id, credential_id, self.control.get_credential)
         if row is None or row.revoked_at is not None:
             return None
-        if row.expires_at is not None and row.expires_at <= datetime.now(UTC):
+        if row.expires_at is not None and row.expires_at <= self.clock():
             return None
         return Identity(principal_of(row), claims=_claims(row))
 
@@ -295,7 +300,7 @@ class TokenAuthenticator:
         key: str,
         load: Callable[[str], CredentialRecord | None],
     ) -> CredentialRecord | None:
-        now = time.monotonic()
+        now = self.cache_clock()
         hit = cache.get(key)
         if hit is not None and hit[0] > now:
             return hit[1]

@@ -20,9 +20,8 @@ import os
 import re
 import secrets
 import stat
-import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,6 +29,7 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from cargohold.clock import WallClock, utc_now
 from cargohold.isotime import format_epoch
 from cargohold.oci.reference import is_valid_name
 from cargohold.server.auth.credentials import ACTIONS_PULL, REPOSITORY_ACTIONS, Principal
@@ -42,8 +42,6 @@ DEFAULT_REGISTRY_TOKEN_TTL = 300
 ALGORITHM = "EdDSA"
 KEYS_DIRNAME = "keys"
 _KID_RE = re.compile(r"^[A-Za-z0-9_-]{43}$")
-
-Clock = Callable[[], float]
 
 
 class KeyError_(Exception):
@@ -449,11 +447,11 @@ class RegistryTokenSigner:
     service: str = SERVICE
     ttl: int = DEFAULT_REGISTRY_TOKEN_TTL
     leeway: int = 30
-    clock: Clock = time.time
+    clock: WallClock = utc_now
 
     def issue(self, subject: str, access: Iterable[ResourceScope]) -> IssuedToken:
         """Sign a token for ``subject`` carrying ``access`` (already intersected by the caller)."""
-        now = int(self.clock())
+        now = int(self.clock().timestamp())
         granted = tuple(access)
         payload = {
             "iss": self.issuer,
@@ -489,7 +487,7 @@ class RegistryTokenSigner:
             raise RegistryTokenError(
                 "the bearer token was signed by a key this registry no longer trusts; request a new token"
             )
-        now = self.clock()
+        now = self.clock().timestamp()
         try:
             claims = jwt.decode(
                 token,

@@ -39,10 +39,10 @@ from typing import Any
 
 from aiohttp import web
 
+from cargohold.clock import utc_now
 from cargohold.domain import projects
 from cargohold.domain.tags import change_tag
 from cargohold.lifecycle import audit
-from cargohold.lifecycle.clock import system_clock
 from cargohold.lifecycle.gc import GarbageCollector, GcReport
 from cargohold.lifecycle.metering import Metering
 from cargohold.lifecycle.retention import Eviction, Retention
@@ -352,7 +352,7 @@ async def _schedule(app: web.Application) -> AsyncIterator[None]:
     def sweep() -> None:
         lifecycle.expire()
         lifecycle.metering.refresh()
-        audit.prune(state.metadata.db, system_clock() - settings.history_retention)
+        audit.prune(state.metadata.db, utc_now() - settings.history_retention)
 
     async def every(interval: timedelta, job: Callable[[], object], what: str) -> None:
         seconds = max(0.05, interval.total_seconds())

@@ -1,16 +1,6 @@
-"""The injectable clock every lifecycle decision reads, so tests can stand exactly on a boundary."""
+"""Durations as people read them in lifecycle messages (the clocks themselves are in :mod:`cargohold.clock`)."""
 
 from __future__ import annotations
-
-from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
-
-Clock = Callable[[], datetime]
-"""Returns the current time as a timezone-aware UTC datetime."""
-
-
-def system_clock() -> datetime:
-    return datetime.now(UTC)
 
 
 def format_duration(seconds: float) -> str:
@@ -27,4 +17,4 @@ def format_duration(seconds: float) -> str:
     return f"{seconds} second{'s' if seconds != 1 else ''}"
 
 
-__all__ = ["Clock", "format_duration", "system_clock", "timedelta"]
+__all__ = ["format_duration"]
