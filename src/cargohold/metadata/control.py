@@ -19,7 +19,6 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from cargohold.clock import utc_now
-from cargohold.isotime import iso
 from cargohold.metadata.db import Database, rowcount, upsert
 from cargohold.metadata.errors import Conflict, NotFound, ParentInactive
 from cargohold.metadata.models import (
@@ -58,15 +57,6 @@ class ProjectRecord:
     created_at: datetime
     retention: timedelta | None
     max_builds: int
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "name": self.name,
-            "created_at": iso(self.created_at),
-            "retention_seconds": None if self.retention is None else int(self.retention.total_seconds()),
-            "max_builds": self.max_builds,
-        }
 
 
 @dataclass(frozen=True, slots=True)
