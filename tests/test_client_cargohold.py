@@ -98,3 +98,23 @@ def test_resume_after_a_lagging_status_answer_names_its_offset(cargohold: tuple[
     assert patches[-1].request_bytes == len(data) - starts[-1], "only the unconfirmed tail may be re-sent"
     sessions = [s for s in proxy.seen if s.method == "POST" and "/blobs/uploads/" in s.path and s.status == 202]
     assert len(sessions) == 1, "resumed, not started over"
+
+
+def test_a_session_that_keeps_answering_empty_after_a_refusal_is_started_over(
+    cargohold: tuple[InProcessServer, Credentials],
+) -> None:
+    """``Range: 0-0`` is what a session holding nothing says, and also one holding one byte: when a resume from 0
+    is refused and the session still says ``0-0``, there is no offset to resume from, so the client starts a
+    fresh session at once instead of trading 416s with it until its retries run out."""
+    server, creds = cargohold
+    data = os.urandom(6 << 20)
+    digest = Digest.of(data)
+    with FaultProxy(server.url) as proxy, RegistryClient(proxy.host, credentials=creds, retry=FAST) as client:
+        proxy.faults.append(Fault("PATCH", "/blobs/uploads/", drop_request_after=2 << 20))
+        proxy.faults.extend(Fault("GET", "/blobs/uploads/", status=200, headers={"Range": "0-0"}) for _ in range(12))
+        assert client.upload_blob("ch/empty", digest, len(data), bytes_source(data)) == "uploaded"
+        assert client.blob_exists("ch/empty", digest) == len(data)
+    sessions = [s for s in proxy.seen if s.method == "POST" and "/blobs/uploads/" in s.path and s.status == 202]
+    patches = [s for s in proxy.seen if s.method == "PATCH" and s.status != 401]
+    assert [s.status for s in patches][1:] == [416, 202] and len(sessions) == 2
+    assert "Content-Range" not in patches[-1].headers and patches[-1].request_bytes == len(data), "a fresh stream"
