@@ -43,10 +43,11 @@ import httpx
 import pytest
 from aiohttp import web
 
+from cargohold.clock import utc_now
+
 # The server's own modules, imported here and nowhere else in the tests' fixtures: when the server package
 # moves, this block is the one to change.
 from cargohold.config import ServerSettings
-from cargohold.lifecycle.clock import system_clock
 from cargohold.logformat import EscapingFormatter
 from cargohold.server.app import create_app
 from cargohold.server.control.blob_copies import PUSH_KEY
@@ -253,7 +254,7 @@ class InProcessServer(_HttpClients):
         ends: a retention period runs out without the test waiting for it."""
         lifecycle = self.lifecycle
         for service in (lifecycle.retention, lifecycle.tags):
-            monkeypatch.setattr(service, "clock", lambda: system_clock() + by)
+            monkeypatch.setattr(service, "clock", lambda: utc_now() + by)
 
     @property
     def running(self) -> bool:

@@ -75,3 +75,46 @@ def test_upload_resumes_from_confirmed_offset(cargohold: tuple[InProcessServer, 
     start = int(patches[1].headers["Content-Range"].split("-")[0])
     assert 0 < start <= cut
     assert patches[1].request_bytes == len(data) - start, "only the unconfirmed tail may be re-sent"
+
+
+def test_resume_after_a_lagging_status_answer_names_its_offset(cargohold: tuple[InProcessServer, Credentials]) -> None:
+    """The status answer after a drop says the session is empty ("0-0": what a registry says for 0 bytes, and
+    for one) while the server holds the bytes that did arrive. A resume without ``Content-Range`` would be
+    appended to them (DIGEST_INVALID, and the whole blob sent again); with it, the server refuses the wrong
+    offset and the client asks again."""
+    server, creds = cargohold
+    data = os.urandom(6 << 20)
+    digest = Digest.of(data)
+    with FaultProxy(server.url) as proxy, RegistryClient(proxy.host, credentials=creds, retry=FAST) as client:
+        proxy.faults.append(Fault("PATCH", "/blobs/uploads/", drop_request_after=2 << 20))
+        proxy.faults.append(Fault("GET", "/blobs/uploads/", status=200, headers={"Range": "0-0"}))
+        assert client.upload_blob("ch/lagging", digest, len(data), bytes_source(data)) == "uploaded"
+        assert client.blob_exists("ch/lagging", digest) == len(data)
+    patches = [s for s in proxy.seen if s.method == "PATCH" and s.status != 401]
+    starts = [int(s.headers["Content-Range"].split("-")[0]) if "Content-Range" in s.headers else None for s in patches]
+    assert starts[0] is None and starts[1] == 0, starts  # fresh session: a stream; first resume: from the answer
+    assert patches[1].status not in (202, 204), "a resume at the wrong offset must be refused, not appended"
+    assert patches[-1].status == 202 and starts[-1] is not None and starts[-1] > 0, starts
+    assert patches[-1].request_bytes == len(data) - starts[-1], "only the unconfirmed tail may be re-sent"
+    sessions = [s for s in proxy.seen if s.method == "POST" and "/blobs/uploads/" in s.path and s.status == 202]
+    assert len(sessions) == 1, "resumed, not started over"
+
+
+def test_a_session_that_keeps_answering_empty_after_a_refusal_is_started_over(
+    cargohold: tuple[InProcessServer, Credentials],
+) -> None:
+    """``Range: 0-0`` is what a session holding nothing says, and also one holding one byte: when a resume from 0
+    is refused and the session still says ``0-0``, there is no offset to resume from, so the client starts a
+    fresh session at once instead of trading 416s with it until its retries run out."""
+    server, creds = cargohold
+    data = os.urandom(6 << 20)
+    digest = Digest.of(data)
+    with FaultProxy(server.url) as proxy, RegistryClient(proxy.host, credentials=creds, retry=FAST) as client:
+        proxy.faults.append(Fault("PATCH", "/blobs/uploads/", drop_request_after=2 << 20))
+        proxy.faults.extend(Fault("GET", "/blobs/uploads/", status=200, headers={"Range": "0-0"}) for _ in range(12))
+        assert client.upload_blob("ch/empty", digest, len(data), bytes_source(data)) == "uploaded"
+        assert client.blob_exists("ch/empty", digest) == len(data)
+    sessions = [s for s in proxy.seen if s.method == "POST" and "/blobs/uploads/" in s.path and s.status == 202]
+    patches = [s for s in proxy.seen if s.method == "PATCH" and s.status != 401]
+    assert [s.status for s in patches][1:] == [416, 202] and len(sessions) == 2
+    assert "Content-Range" not in patches[-1].headers and patches[-1].request_bytes == len(data), "a fresh stream"

@@ -16,6 +16,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 
 from cargohold.client.control import ControlError
+from cargohold.clock import utc_now
 from cargohold.sample import write_sample_image
 from cargohold.schemas import TrustRelationship
 from control_helpers import api, b64url, error_of, http, push_image
@@ -352,8 +354,8 @@ class JwksClock:
     def __init__(self) -> None:
         self.offset = 0.0
 
-    def __call__(self) -> float:
-        return time.time() + self.offset
+    def __call__(self) -> datetime:
+        return utc_now() + timedelta(seconds=self.offset)
 
 
 def test_unknown_kid_is_accepted_once_the_jwks_publishes_it(

@@ -142,6 +142,48 @@ def test_upload_status_reports_the_bytes_received_so_far(http: httpx.Client) -> 
     assert status.headers.get("location"), describe(status)
 
 
+def test_upload_status_waits_for_a_patch_still_staging(server: Server) -> None:
+    """A client whose PATCH broke off asks the status at once; the answer must count every byte that request
+    stages, not a size read halfway (resuming from there was refused, or from 0 appended: DIGEST_INVALID)."""
+    repo = new_repo()
+    first, rest = random_blob(16 << 20), random_blob(1 << 20)  # first: more than loopback socket buffers hold
+    release, status_done = threading.Event(), threading.Event()
+    answers: dict[str, httpx.Response] = {}
+
+    def body() -> Iterator[bytes]:
+        yield first
+        # httpx asks for more only once ``first`` is written: the server is reading, so the PATCH holds the session.
+        sent.set()
+        release.wait(timeout=30)
+        yield rest
+
+    def patch() -> None:
+        with server.client() as client:
+            answers["patch"] = client.patch(location, content=body(), headers={"Content-Type": OCTET_STREAM})
+
+    def status() -> None:
+        with server.client() as client:
+            answers["status"] = client.get(location)
+        status_done.set()
+
+    with server.client() as client:
+        location = start_upload(client, repo)
+    sent = threading.Event()
+    patcher = threading.Thread(target=patch)
+    patcher.start()
+    assert sent.wait(timeout=30)
+    checker = threading.Thread(target=status)
+    checker.start()
+    answered_early = status_done.wait(timeout=0.5)
+    release.set()
+    patcher.join(timeout=30)
+    checker.join(timeout=30)
+    assert answers["patch"].status_code == 202, describe(answers["patch"])
+    assert answers["status"].status_code == 204, describe(answers["status"])
+    assert not answered_early, f"status answered mid-PATCH with Range {answers['status'].headers.get('range')}"
+    assert upload_range_end(answers["status"]) == len(first) + len(rest) - 1
+
+
 def test_upload_status_before_any_data_is_204_with_empty_range(http: httpx.Client) -> None:
     location = start_upload(http, new_repo())
     status = http.get(location)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import jwt
@@ -36,6 +37,14 @@ from cargohold.server.auth.signing import (
 
 class FakeClock:
     def __init__(self, now: float = 1_800_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return datetime.fromtimestamp(self.now, UTC)
+
+
+class FakeMonotonic:
+    def __init__(self, now: float) -> None:
         self.now = now
 
     def __call__(self) -> float:
@@ -189,7 +198,7 @@ def test_rotation_signs_with_new_key_and_still_verifies_old_tokens(keys: Signing
 def test_a_replica_picks_up_a_key_rotated_by_another(keys: SigningKeyStore) -> None:
     """Replica A rotates; B verifies A's new tokens after one re-read, and signs with the new key after its
     periodic reload. Re-reads for unknown kids are limited to one a second."""
-    clock, monotonic = FakeClock(), FakeClock(100.0)
+    clock, monotonic = FakeClock(), FakeMonotonic(100.0)
     load_or_create_keyring(keys)
     replica_a = RegistryTokenSigner(database_keyring(keys), clock=clock, reload=lambda: database_keyring(keys))
     replica_b = RegistryTokenSigner(

@@ -19,7 +19,7 @@ import pytest
 from click.testing import CliRunner
 
 from cargohold.cli import main as cli_main
-from cargohold.lifecycle.clock import parse_iso
+from cargohold.isotime import parse_iso
 from cargohold.lifecycle.gc import GarbageCollector
 from cargohold.lifecycle.tag_retention import TagRetention
 from cargohold.metadata.db import Database

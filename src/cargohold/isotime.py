@@ -21,6 +21,11 @@ def format_iso(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime(WIRE_FORMAT)
 
 
+def format_epoch(seconds: float) -> str:
+    """A POSIX time (a JWT's ``exp``, ``nbf``, ``iat``) in the same form as :func:`format_iso`."""
+    return format_iso(datetime.fromtimestamp(seconds, UTC))
+
+
 @overload
 def iso(moment: datetime) -> str: ...
 @overload
@@ -36,4 +41,4 @@ def parse_iso(text: str) -> datetime:
     return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
-__all__ = ["WIRE_FORMAT", "format_iso", "iso", "parse_iso"]
+__all__ = ["WIRE_FORMAT", "format_epoch", "format_iso", "iso", "parse_iso"]

@@ -64,13 +64,32 @@ class Command(click.Command):
 
 
 class Group(click.Group):
-    """Lists plain commands before sub-groups, each in registration order (click would sort them by name)."""
+    """Lists plain commands before sub-groups, each in help order (click would sort them by name).
+
+    Help order is the order of :data:`COMMAND_MODULES`, then registration order within a module. It is not
+    simply registration order because a module registers its commands when first imported, and whoever imports
+    ``cargohold.cli.images`` first (a test, a plugin) would otherwise move its commands to the front.
+    """
 
     command_class = Command
     group_class = type  # sub-groups are Groups too
 
     def list_commands(self, ctx: click.Context) -> list[str]:
-        return sorted(self.commands, key=lambda name: isinstance(self.commands[name], click.Group))
+        registered = list(self.commands)
+
+        def help_position(name: str) -> tuple[bool, int, int]:
+            command = self.commands[name]
+            return (isinstance(command, click.Group), _module_rank(command), registered.index(name))
+
+        return sorted(registered, key=help_position)
+
+
+def _module_rank(command: click.Command) -> int:
+    """Where the module defining ``command`` stands in :data:`COMMAND_MODULES` (-1: ``serve`` and the root's own)."""
+    module = getattr(command.callback, "__module__", "") or ""
+    prefix = "cargohold.cli."
+    name = module[len(prefix) :] if module.startswith(prefix) else module
+    return COMMAND_MODULES.index(name) if name in COMMAND_MODULES else -1
 
 
 def _version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:

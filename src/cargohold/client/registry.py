@@ -557,11 +557,12 @@ class RegistryClient:
         ``mount_from`` tries a cross-repository mount first (same registry only). Otherwise the whole blob
         is streamed in one PATCH and committed with ``PUT ?digest=``. If the connection drops (a network
         fault, a registry restart), we wait for the registry under the retry policy, ask the session how
-        many bytes it holds (``GET``, ``Range``) and send only the rest with a ``Content-Range`` PATCH. If
-        the registry no longer knows the session, a ``HEAD`` first: the commit may have landed before the
-        connection broke, and a blob that is there is never uploaded again; else a fresh session from
-        byte 0. Small blobs (``<= MONOLITHIC_MAX``) use a single PUT, retried as a whole, with the same
-        ``HEAD`` before each retry.
+        many bytes it holds (``GET``, ``Range``) and send only the rest with a ``Content-Range`` PATCH (every
+        resumed PATCH names its offset, from 0 too: a lagging answer then costs a 416, never an append). If
+        the registry no longer knows the session, or refuses a resume from 0 and still says it holds nothing,
+        a ``HEAD`` first: the commit may have landed before the connection broke, and a blob that is there is
+        never uploaded again; else a fresh session from byte 0. Small blobs (``<= MONOLITHIC_MAX``) use a
+        single PUT, retried as a whole, with the same ``HEAD`` before each retry.
         """
         parsed = digest if isinstance(digest, Digest) else Digest.parse(digest)
         action = f"pushing blob {_short(parsed)} to {self.where(repository)}"
@@ -595,6 +596,7 @@ class RegistryClient:
 
         location = location or self.start_upload(repository)
         confirmed = 0  # bytes the registry has acknowledged holding
+        resuming = False  # the session may hold bytes already: every PATCH says where it starts
         reported = 0  # bytes passed to progress so far
         attempts = self.retry.attempt(self.host)
         out_of_step = 0  # 416 answers in a row: the session and we disagree about the offset
@@ -603,7 +605,10 @@ class RegistryClient:
             try:
                 if confirmed < size:  # all bytes confirmed (only the commit failed): just commit again
                     headers = {"Content-Type": "application/octet-stream", "Content-Length": str(size - confirmed)}
-                    if confirmed:
+                    if resuming:
+                        # Even from 0: a PATCH without a range is appended wherever the session stands, and a
+                        # status answer can lag behind bytes the broken request still delivered ("0-0" is also
+                        # what a registry holding one byte says). With the range, a wrong offset is a 416.
                         headers["Content-Range"] = f"{confirmed}-{size - 1}"
                     response = self._send_once(
                         action,
@@ -625,16 +630,19 @@ class RegistryClient:
                 else:
                     attempts.failed(exc)  # waits out an outage, or raises
                 before = confirmed
+                refused_at_zero = resuming and before == 0 and _session_lost_step(exc)
                 status = self.upload_status(repository, location)
-                if status is None or status[1] > size:
+                # "0-0" after a refused resume from 0: the session holds bytes it does not count (one byte reads
+                # the same as none), so there is no offset to resume from; start over like a lost session.
+                if status is None or status[1] > size or (refused_at_zero and status[1] == 0):
                     if self.blob_exists(repository, parsed, for_push=True) == size:
                         if progress is not None and reported != size:
                             progress(size - reported)
                         attempts.succeeded()
                         return "uploaded"
-                    location, confirmed = self.start_upload(repository), 0
+                    location, confirmed, resuming = self.start_upload(repository), 0, False
                 else:
-                    location, confirmed = status
+                    (location, confirmed), resuming = status, True
                 if confirmed > before:
                     attempts.progressed()  # bytes moved: a long upload over a flaky link may break many times
                     out_of_step = 0

@@ -9,7 +9,8 @@ A build is a row in the control tables *and* an image in the registry (``<projec
   image config. After a save the project's build cap is enforced and its storage re-measured.
 * **Lineage and retention**: saved builds expire, are capped and are evicted by
   :mod:`cargohold.lifecycle.retention`; a person may pin, unpin, extend or evict one now.
-* **Rendering**: :func:`build_json` is the only JSON shape of a build, whichever route answers with one.
+* **Rendering** is not here: the control plane writes a build as :class:`cargohold.schemas.Build`
+  (:func:`cargohold.server.control.render.build`), the one shape of a build, whichever route answers with one.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ from typing import Any
 from cargohold.domain import errors
 from cargohold.domain.space import SpaceMonitor
 from cargohold.domain.threads import Runner
-from cargohold.lifecycle.clock import iso
 from cargohold.lifecycle.retention import BuildNotFound, Eviction, LifecycleError, Retention
 from cargohold.metadata.control import BuildRecord, Conflict, ControlStore, NotFound
 from cargohold.metadata.store import MetadataStore
@@ -36,30 +36,6 @@ log = logging.getLogger(__name__)
 
 MAX_CONFIG_READ = 4 * 1024**2
 """Largest image config read to find a build's platform."""
-
-
-def build_json(build: BuildRecord, registry_host: str) -> dict[str, Any]:
-    """A build as every control-API route answers it (``registry_host``: ``host[:port]`` of image references)."""
-    return {
-        "id": build.id,
-        "project_id": build.project_id,
-        "status": build.status,
-        "created_at": iso(build.created_at),
-        "saved_at": iso(build.saved_at),
-        "expires_at": iso(build.expires_at),
-        "pinned": build.pinned,
-        "digest": build.manifest_digest,
-        "media_type": build.media_type,
-        "platforms": build.platforms,
-        "targets": build.targets,
-        "total_size": build.total_size,
-        "unique_size": build.unique_size,
-        "provenance": build.provenance,
-        "failure": build.failure,
-        "created_by": build.created_by,
-        "save_tags": build.save_tags,
-        "reference": f"{registry_host}/{build.project_id}:{build.id}",
-    }
 
 
 class Builds:
@@ -275,4 +251,4 @@ def _platform_text(platform: Any) -> str | None:
     return f"{os_name}/{arch}/{variant}" if isinstance(variant, str) and variant else f"{os_name}/{arch}"
 
 
-__all__ = ["MAX_CONFIG_READ", "Builds", "build_json"]
+__all__ = ["MAX_CONFIG_READ", "Builds"]

@@ -47,10 +47,11 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TypeVar
 
+from cargohold.clock import WallClock, utc_now
 from cargohold.domain import errors
 from cargohold.domain.space import SpaceMonitor, admit_upload, refused_for_space, storage_error
 from cargohold.domain.threads import Runner
-from cargohold.lifecycle.clock import Clock, system_clock
+from cargohold.isotime import format_iso
 from cargohold.metadata.errors import TooManyUploads
 from cargohold.metadata.store import MetadataStore, UploadRecord
 from cargohold.oci.digest import Digest, Hasher, new_hasher
@@ -128,7 +129,7 @@ class UploadSessions:
         limits: UploadLimits,
         *,
         space: SpaceMonitor | None = None,
-        clock: Clock = system_clock,
+        clock: WallClock = utc_now,
     ) -> None:
         self.blobs = blobs
         self.metadata = metadata
@@ -198,10 +199,17 @@ class UploadSessions:
         return record
 
     async def staged_size(self, repository: str, upload_id: str) -> int:
-        """How many bytes the session holds (what a client resumes from): one worker-thread step."""
+        """How many bytes the session holds (what a client resumes from): one worker-thread step.
+
+        Under the session's lock, like every other request on the session: a client whose PATCH broke off
+        asks this at once, while the server may still be staging the bytes that did arrive. Without the lock
+        it would read a size in between, and resuming from there is either refused or (from 0, where a client
+        may send no ``Content-Range``) appended to the bytes staged meanwhile: a corrupt upload.
+        """
         if not UPLOAD_ID_RE.match(upload_id):
             raise unknown_upload(upload_id)
-        record, size = await self.run(self._load, upload_id)
+        async with self._held(upload_id):
+            record, size = await self.run(self._load, upload_id)
         if record is None or record.repository != repository or size is None:
             raise unknown_upload(upload_id)
         return size
@@ -321,7 +329,7 @@ class UploadSessions:
                 self.blobs.remove_upload(upload_id)
                 removed += 1
         if removed:
-            log.info("purged %d stale upload session(s) idle since before %s", removed, cutoff.isoformat())
+            log.info("purged %d stale upload session(s) idle since before %s", removed, format_iso(cutoff))
         return removed
 
     def _forget(self, upload_id: str) -> None:

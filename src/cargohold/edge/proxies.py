@@ -34,8 +34,8 @@ from cargohold.edge.requestid import set_client_address
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
-CLIENT_ADDRESS_KEY = "cargohold.client_address"
-CLIENT_SCHEME_KEY = "cargohold.client_scheme"
+CLIENT_ADDRESS_KEY = web.RequestKey("cargohold.client_address", str)
+CLIENT_SCHEME_KEY = web.RequestKey("cargohold.client_scheme", str)
 
 
 def parse_address(text: str) -> IPAddress | None:
@@ -147,7 +147,8 @@ class TrustedProxies:
             request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
         ) -> web.StreamResponse:
             address, scheme = proxies.resolve_from(request.remote, lambda: proxies.hops_of(request))
-            request[CLIENT_ADDRESS_KEY] = address
+            if address is not None:  # None: no peer address at all (a Unix socket); readers fall back
+                request[CLIENT_ADDRESS_KEY] = address
             request[CLIENT_SCHEME_KEY] = scheme or request.scheme
             set_client_address(address)
             return await handler(request)

@@ -26,7 +26,7 @@ from cargohold.requestcontext import (
 )
 
 HEADER = "X-Request-ID"
-REQUEST_ID_KEY = "cargohold.request_id"
+REQUEST_ID_KEY = web.RequestKey("cargohold.request_id", str)
 
 __all__ = [
     "HEADER",

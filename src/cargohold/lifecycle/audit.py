@@ -21,7 +21,8 @@ from typing import Any
 from sqlalchemy import Table, delete, insert, select
 from sqlalchemy.orm import Session
 
-from cargohold.lifecycle.clock import format_duration, iso
+from cargohold.isotime import iso
+from cargohold.lifecycle.durations import format_duration
 from cargohold.metadata.db import Database, rowcount, upsert
 from cargohold.metadata.models import LifecycleEvent, RemovedTag
 from cargohold.requestcontext import current_client_address, current_request_id

@@ -75,7 +75,8 @@ from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Row, bindparam, delete, exists, func, select, tuple_
 
-from cargohold.lifecycle.clock import Clock, iso, system_clock
+from cargohold.clock import WallClock, utc_now
+from cargohold.isotime import iso
 from cargohold.lifecycle.lease import Lease, LeaseLost
 from cargohold.metadata.db import Database
 from cargohold.metadata.models import Blob, Manifest, ManifestReference, RepositoryBlob
@@ -151,7 +152,7 @@ class GarbageCollector:
         blobs: BlobStore,
         *,
         grace: timedelta = DEFAULT_GRACE,
-        clock: Clock = system_clock,
+        clock: WallClock = utc_now,
         batch_size: int = DEFAULT_BATCH,
         lease_ttl: timedelta = timedelta(minutes=2),
         delete_workers: int = DEFAULT_DELETE_WORKERS,

@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import delete, select, update
 
-from cargohold.lifecycle.clock import Clock, system_clock
+from cargohold.clock import WallClock, utc_now
 from cargohold.metadata.db import Database, rowcount, upsert
 from cargohold.metadata.models import Lease as LeaseRow
 
@@ -55,7 +55,7 @@ class Lease:
         name: str,
         *,
         ttl: timedelta = timedelta(minutes=2),
-        clock: Clock = system_clock,
+        clock: WallClock = utc_now,
         holder: str | None = None,
     ) -> None:
         self.db = db

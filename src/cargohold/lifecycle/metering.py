@@ -30,7 +30,8 @@ from sqlalchemy import func, or_, select
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
-from cargohold.lifecycle.clock import Clock, iso, system_clock
+from cargohold.clock import WallClock, utc_now
+from cargohold.isotime import iso
 from cargohold.metadata.db import Database
 from cargohold.metadata.models import (
     Blob,
@@ -149,7 +150,7 @@ class Metering:
         self,
         db: Database,
         *,
-        clock: Clock = system_clock,
+        clock: WallClock = utc_now,
         price_per_gb_month: float = DEFAULT_PRICE_PER_GB_MONTH,
         free_gb_months: float = DEFAULT_FREE_GB_MONTHS,
     ) -> None:

@@ -45,8 +45,10 @@ from typing import Any
 from sqlalchemy import String, column, delete, func, select, text, values
 from sqlalchemy.orm import Session
 
+from cargohold.clock import WallClock, utc_now
+from cargohold.isotime import iso
 from cargohold.lifecycle import audit
-from cargohold.lifecycle.clock import Clock, format_duration, iso, system_clock
+from cargohold.lifecycle.durations import format_duration
 from cargohold.metadata.control import BuildRecord, build_record
 from cargohold.metadata.db import Database
 from cargohold.metadata.models import Build, Manifest, ManifestReference, Project, Repository, SaveTag, Tag
@@ -156,7 +158,7 @@ class Retention:
         self,
         db: Database,
         *,
-        clock: Clock = system_clock,
+        clock: WallClock = utc_now,
         stale_after: timedelta = STALE_AFTER,
         batch_size: int = BATCH_SIZE,
         listeners: Iterable[EvictionListener] = (),

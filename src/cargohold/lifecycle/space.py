@@ -42,7 +42,7 @@ from typing import Any
 
 from sqlalchemy import exists, func, select
 
-from cargohold.lifecycle.clock import iso
+from cargohold.isotime import iso
 from cargohold.lifecycle.gc import GcReport
 from cargohold.lifecycle.lease import Lease, LeaseLost
 from cargohold.lifecycle.retention import (

@@ -64,8 +64,9 @@ from typing import Any
 from sqlalchemy import ColumnElement, and_, delete, exists, func, or_, select, tuple_, update
 from sqlalchemy.orm import Session, aliased
 
+from cargohold.clock import WallClock, utc_now
+from cargohold.isotime import iso
 from cargohold.lifecycle import audit
-from cargohold.lifecycle.clock import Clock, iso, system_clock
 from cargohold.lifecycle.retention import (
     CHUNK,
     LifecycleError,
@@ -237,7 +238,7 @@ class TagRetention:
         self,
         db: Database,
         *,
-        clock: Clock = system_clock,
+        clock: WallClock = utc_now,
         batch_size: int = BATCH_SIZE,
         listeners: Iterable[TagListener] = (),
     ) -> None:

@@ -11,13 +11,14 @@ import secrets
 import string
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import ColumnElement, Select, delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from cargohold.clock import utc_now
 from cargohold.metadata.db import Database, rowcount, upsert
 from cargohold.metadata.errors import Conflict, NotFound, ParentInactive
 from cargohold.metadata.models import (
@@ -49,10 +50,6 @@ def new_id() -> str:
     return secrets.choice(string.ascii_lowercase) + "".join(secrets.choice(ID_ALPHABET) for _ in range(ID_LENGTH - 1))
 
 
-def utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
 @dataclass(frozen=True, slots=True)
 class ProjectRecord:
     id: str
@@ -60,15 +57,6 @@ class ProjectRecord:
     created_at: datetime
     retention: timedelta | None
     max_builds: int
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "name": self.name,
-            "created_at": _iso(self.created_at),
-            "retention_seconds": None if self.retention is None else int(self.retention.total_seconds()),
-            "max_builds": self.max_builds,
-        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,10 +205,6 @@ def _trust_row(record: TrustRecord) -> TrustRelationship:
     )
 
 
-def _iso(moment: datetime | None) -> str | None:
-    return None if moment is None else moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def build_record(session: Session, row: Build) -> BuildRecord:
     """The record of a build row, read in ``session`` (its save-tags too)."""
     tags = sorted(session.scalars(select(SaveTag.tag).where(SaveTag.build_id == row.id)))
@@ -259,7 +243,7 @@ class ControlStore:
     def create_project(
         self, name: str, *, retention: timedelta | None = DEFAULT_RETENTION, max_builds: int = DEFAULT_MAX_BUILDS
     ) -> ProjectRecord:
-        now = utcnow()
+        now = utc_now()
         with self.db.write() as session:
             project = Project(
                 id=new_id(),
@@ -319,7 +303,7 @@ class ControlStore:
         """A new pending build; with ``request_key``, the build an earlier request with that key created, if
         any (:attr:`BuildRecord.replayed` is then true). The look-up and the insert share one write
         transaction, and the key is unique per project, so two requests with one key make one build."""
-        now = utcnow()
+        now = utc_now()
         with self.db.write() as session:
             if session.get(Project, project_id) is None:
                 raise NotFound(f"project {project_id} does not exist")
@@ -384,7 +368,7 @@ class ControlStore:
         Reads the manifest digest and media type from the registry's tag, computes the total and unique
         sizes from the manifests it references, and points the save-tags at it — all in one transaction.
         """
-        now = now or utcnow()
+        now = now or utc_now()
         with self.db.write() as session:
             build = session.get(Build, build_id)
             if build is None:
@@ -432,7 +416,7 @@ class ControlStore:
             return build_record(session, build)
 
     def add_save_tags(self, build_id: str, tags: Iterable[str]) -> BuildRecord:
-        now = utcnow()
+        now = utc_now()
         with self.db.write() as session:
             build = session.get(Build, build_id)
             if build is None:
@@ -522,7 +506,7 @@ class ControlStore:
         and is refused with :class:`ParentInactive`. Nothing needs checking at authentication time.
         """
         trust_ids = sorted(set(trust_ids))
-        now = utcnow()
+        now = utc_now()
         row = _credential_row(record)
         with self.db.write() as session:
             if row.parent_id is not None:
@@ -567,7 +551,7 @@ class ControlStore:
             if row is None:
                 return True
             revoked_at, expires_at = row
-            return revoked_at is not None or (expires_at is not None and expires_at <= utcnow())
+            return revoked_at is not None or (expires_at is not None and expires_at <= utc_now())
 
     def list_credentials(
         self, project_id: str | None = None, *, include_inactive: bool = False
@@ -577,7 +561,7 @@ class ControlStore:
             if project_id is not None:
                 query = query.where(Credential.project_id == project_id)
             if not include_inactive:
-                now = utcnow()
+                now = utc_now()
                 query = query.where(
                     Credential.revoked_at.is_(None),
                     or_(Credential.expires_at.is_(None), Credential.expires_at > now),
@@ -598,7 +582,7 @@ class ControlStore:
         the last two admins cannot both win).
         """
         with self.db.write() as session:
-            now = utcnow()
+            now = utc_now()
             if keep_an_admin and _is_last_admin(session, credential_id, now):
                 raise Conflict(f"token {credential_id} is the last admin token")
             return _revoke_lineage(session, select(Credential.id).where(Credential.id == credential_id), now)
@@ -656,7 +640,7 @@ class ControlStore:
             )
             if not rowcount(result):
                 return None
-            now = utcnow()
+            now = utc_now()
             # Credentials exchanged long ago have expired: nothing to revoke there, however long the history.
             exchanged = (
                 select(CredentialTrust.credential_id)
@@ -683,7 +667,7 @@ class ControlStore:
 
     def claim_jti(self, issuer: str, jti: str, expires_at: datetime) -> bool:
         """Atomically record a token id; False if it was already used. Purges long-expired claims."""
-        now = utcnow()
+        now = utc_now()
         try:
             with self.db.write() as session:
                 session.execute(delete(OidcTokenUse).where(OidcTokenUse.expires_at < now))

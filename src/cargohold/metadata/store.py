@@ -12,15 +12,16 @@ transaction so nothing can slip between check and commit:
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Collection, Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import case, delete, exists, func, literal, select, update
 from sqlalchemy.orm import Session
 
+from cargohold.clock import WallClock, utc_now
 from cargohold.metadata.db import Database, rowcount, upsert
 from cargohold.metadata.errors import BlobInUse, ManifestInUse, MissingReferences, SizeMismatch, TooManyUploads
 from cargohold.metadata.models import (
@@ -42,10 +43,6 @@ from cargohold.oci.manifest import ParsedManifest
 
 IN_CHUNK = 500
 """Values per ``IN (…)`` list: far below SQLite's variable limit."""
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 def project_of(repository: str) -> str:
@@ -125,7 +122,7 @@ class MetadataTransaction:
 
     def link_blob(self, repository: str, digest: str, size: int) -> None:
         """Record content of ``size`` bytes and make it readable in ``repository`` (idempotent)."""
-        now = utcnow()
+        now = utc_now()
         repository_id = MetadataStore._ensure_repository(self._session, repository)
         self._session.execute(
             upsert(self._session, Blob)
@@ -141,7 +138,7 @@ class MetadataTransaction:
 
 
 class MetadataStore:
-    def __init__(self, db: Database, *, clock: Callable[[], datetime] = utcnow) -> None:
+    def __init__(self, db: Database, *, clock: WallClock = utc_now) -> None:
         self.db = db
         # The time of a manifest PUT, which retention counts from; injectable so tests can stand on boundaries.
         self.clock = clock
@@ -156,7 +153,7 @@ class MetadataStore:
     def _ensure_repository(session: Session, name: str) -> int:
         session.execute(
             upsert(session, Repository)
-            .values(name=name, created_at=utcnow())
+            .values(name=name, created_at=utc_now())
             .on_conflict_do_nothing(index_elements=["name"])
         )
         repository_id = session.scalar(select(Repository.id).where(Repository.name == name))
@@ -212,7 +209,7 @@ class MetadataStore:
                 return False
             link = (RepositoryBlob.repository_id == repository_id) & (RepositoryBlob.digest == digest)
             result = session.execute(
-                update(RepositoryBlob).where(link, RepositoryBlob.linked_at < older_than).values(linked_at=utcnow())
+                update(RepositoryBlob).where(link, RepositoryBlob.linked_at < older_than).values(linked_at=utc_now())
             )
             if rowcount(result):
                 return True
@@ -240,7 +237,7 @@ class MetadataStore:
 
     def mount_blob(self, repository: str, source: str, digest: str) -> int | None:
         """Link ``digest`` into ``repository`` if ``source`` may read it; returns its size or None."""
-        now = utcnow()
+        now = utc_now()
         with self.db.write() as session:
             size = session.scalar(
                 select(Blob.size)
@@ -294,7 +291,7 @@ class MetadataStore:
         sessions touched at or after ``active_since`` (older ones have expired, even if the purge has not run
         yet). Counting and inserting share the write transaction, so parallel requests cannot overshoot.
         """
-        now = now or utcnow()
+        now = now or utc_now()
         with self.db.write() as session:
             if credential_id is not None and max_open > 0:
                 query = (
@@ -327,7 +324,7 @@ class MetadataStore:
 
     def touch_upload(self, upload_id: str) -> None:
         with self.db.write() as session:
-            session.execute(update(UploadSession).where(UploadSession.id == upload_id).values(updated_at=utcnow()))
+            session.execute(update(UploadSession).where(UploadSession.id == upload_id).values(updated_at=utc_now()))
 
     def delete_upload(self, upload_id: str) -> bool:
         with self.transaction() as transaction:

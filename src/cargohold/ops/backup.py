@@ -38,6 +38,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from cargohold import __version__
+from cargohold.isotime import format_iso
 from cargohold.oci.digest import Digest, DigestError
 from cargohold.storage.private import make_private_dir
 
@@ -179,7 +180,7 @@ def take_backup(
     marker = {
         "format": 1,
         "cargohold_version": __version__,
-        "created_at": datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
+        "created_at": format_iso(datetime.now(UTC)),
         "schema_revisions": list(revisions),
         "blobs": copied,
         "blob_bytes": total,

@@ -25,7 +25,7 @@ class Principal:
 
 
 ANONYMOUS = Principal("anonymous")
-PRINCIPAL_KEY = "cargohold_access_principal"
+PRINCIPAL_KEY = web.RequestKey("cargohold.access_principal", Principal)
 """Request key where the ``/v2/`` dispatcher leaves the authorised :class:`Principal` for the handlers."""
 
 

@@ -24,8 +24,10 @@ import secrets
 import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from enum import StrEnum
+
+from cargohold.isotime import format_iso
 
 BASE62_ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 RANDOM_LENGTH = 30
@@ -336,9 +338,13 @@ class StoredCredential:
         if not hmac.compare_digest(hash_token(token), self.token_hash) or kind is not self.kind:
             raise CredentialError("the token is not valid")
         if self.revoked_at is not None:
-            raise CredentialRevoked(f"the {self.kind.value} token {self.name!r} was revoked at {_iso(self.revoked_at)}")
+            raise CredentialRevoked(
+                f"the {self.kind.value} token {self.name!r} was revoked at {format_iso(self.revoked_at)}"
+            )
         if self.expires_at is not None and now >= self.expires_at:
-            raise CredentialExpired(f"the {self.kind.value} token {self.name!r} expired at {_iso(self.expires_at)}")
+            raise CredentialExpired(
+                f"the {self.kind.value} token {self.name!r} expired at {format_iso(self.expires_at)}"
+            )
         return self.principal()
 
     def principal(self) -> Principal:
@@ -350,10 +356,6 @@ class StoredCredential:
             self.admin_permissions if self.kind is CredentialKind.ADMIN else None,
             self.expires_at,
         )
-
-
-def _iso(moment: datetime) -> str:
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def new_credential(
@@ -423,7 +425,7 @@ def new_credential(
             _check_inherited(parent, permission)
         if parent.expires_at is not None:
             if parent.expires_at <= now:
-                raise CredentialExpired(f"the credential minting this token expired at {_iso(parent.expires_at)}")
+                raise CredentialExpired(f"the credential minting this token expired at {format_iso(parent.expires_at)}")
             expires_at = parent.expires_at if expires_at is None else min(expires_at, parent.expires_at)
     token = generate_token(kind)
     row = StoredCredential(

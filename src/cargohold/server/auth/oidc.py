@@ -30,16 +30,17 @@ import ipaddress
 import json
 import logging
 import threading
-import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 import httpx
 import jwt
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
+
+from cargohold.clock import WallClock, utc_now
+from cargohold.isotime import format_epoch
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +50,6 @@ MIN_RSA_BITS = 2048
 MAX_TOKEN_BYTES = 16 * 1024
 MAX_DOCUMENT_BYTES = 512 * 1024
 """Cap on a discovery document or JWKS, so a hostile or broken issuer cannot exhaust memory."""
-
-Clock = Callable[[], float]
 
 
 # ------------------------------------------------------------------------------------------ errors
@@ -182,18 +181,18 @@ class JtiStore(Protocol):
 class InMemoryJtiStore:
     """A process-local :class:`JtiStore` (tests, single-process servers). Expired entries are swept."""
 
-    def __init__(self, clock: Clock = time.time, sweep_every: float = 60.0) -> None:
+    def __init__(self, clock: WallClock = utc_now, sweep_every: float = 60.0) -> None:
         self._clock = clock
         self._sweep_every = sweep_every
         self._seen: dict[tuple[str, str], float] = {}
         self._lock = threading.Lock()
-        self._last_sweep = clock()
+        self._last_sweep = clock().timestamp()
 
     async def claim(self, issuer: str, jti: str, expires_at: float) -> bool:
         # No await inside: the check-and-set is atomic within the event loop, and the lock makes it
         # atomic across threads too.
         with self._lock:
-            now = self._clock()
+            now = self._clock().timestamp()
             if now - self._last_sweep >= self._sweep_every:
                 self._seen = {k: exp for k, exp in self._seen.items() if exp > now}
                 self._last_sweep = now
@@ -358,7 +357,7 @@ class JwksCache:
         ttl: float,
         min_refresh_interval: float,
         timeout: float,
-        clock: Clock = time.time,
+        clock: WallClock = utc_now,
     ) -> None:
         self._client = client
         self._ttl = ttl
@@ -380,7 +379,7 @@ class JwksCache:
         """The RSA key ``kid`` of ``issuer``, refreshing at most once per call and per interval."""
         lock = self._locks.setdefault(issuer, asyncio.Lock())
         async with lock:
-            now = self._clock()
+            now = self._clock().timestamp()
             keyset = self._sets.get(issuer)
             refreshed = False
             if (keyset is None or now - keyset.fetched_at >= self._ttl) and self._may_fetch(issuer, now):
@@ -407,7 +406,7 @@ class JwksCache:
             )
 
     async def _refresh(self, issuer: str, stale: _KeySet | None) -> _KeySet | None:
-        self._last_attempt[issuer] = self._clock()
+        self._last_attempt[issuer] = self._clock().timestamp()
         self.fetches += 1
         try:
             async with asyncio.timeout(self._timeout * 2):
@@ -421,7 +420,7 @@ class JwksCache:
                 ) from exc
             log.warning("JWKS refresh for %s failed (%s); keeping the previous key set", issuer, message)
             return stale
-        keyset = _KeySet(keys, self._clock())
+        keyset = _KeySet(keys, self._clock().timestamp())
         self._sets[issuer] = keyset
         return keyset
 
@@ -491,10 +490,6 @@ def _usable_key(entry: object) -> RSAPublicKey | None:
 # -------------------------------------------------------------------------------------- verifier
 
 
-def _iso(seconds: float) -> str:
-    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 class OidcVerifier:
     """Verifies GitHub Actions ID tokens. Async; create one per server and ``aclose()`` it on shutdown."""
 
@@ -504,7 +499,7 @@ class OidcVerifier:
         jti_store: JtiStore,
         *,
         client: httpx.AsyncClient | None = None,
-        clock: Clock = time.time,
+        clock: WallClock = utc_now,
     ) -> None:
         self.settings = settings
         self._jti_store = jti_store
@@ -616,7 +611,7 @@ class OidcVerifier:
         return expected
 
     def _check_times(self, payload: Mapping[str, Any]) -> None:
-        now = self._clock()
+        now = self._clock().timestamp()
         leeway = self.settings.leeway
         exp = _numeric(payload, "exp")
         iat = _numeric(payload, "iat")
@@ -624,7 +619,7 @@ class OidcVerifier:
             raise InvalidClaimError("the token's 'exp' is not after its 'iat'")
         if now > exp + leeway:
             raise ExpiredTokenError(
-                f"the token expired at {_iso(exp)} ({int(now - exp)} s ago); request a fresh ID token "
+                f"the token expired at {format_epoch(exp)} ({int(now - exp)} s ago); request a fresh ID token "
                 "right before the exchange"
             )
         if iat > now + leeway:
@@ -640,4 +635,4 @@ class OidcVerifier:
         if "nbf" in payload:
             nbf = _numeric(payload, "nbf")
             if nbf > now + leeway:
-                raise NotYetValidError(f"the token is not valid before {_iso(nbf)}; check the clocks")
+                raise NotYetValidError(f"the token is not valid before {format_epoch(nbf)}; check the clocks")

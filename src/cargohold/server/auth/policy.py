@@ -22,13 +22,12 @@ import base64
 import binascii
 import hmac
 import logging
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
 from aiohttp import web
 
+from cargohold.clock import MonotonicClock, WallClock, monotonic, utc_now
 from cargohold.domain.threads import Runner
 from cargohold.edge.proxies import client_address
 from cargohold.metadata.control import ControlStore, CredentialRecord
@@ -56,6 +55,7 @@ from cargohold.server.auth.signing import (
     granted_access,
 )
 from cargohold.server.http.errors import RegistryError
+from cargohold.server.http.request_keys import USER_KEY
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +125,10 @@ class Identity:
         if self.is_admin:
             return True
         return any(p.project == project_id and action in p.actions for p in self.principal.permissions)
+
+
+IDENTITY_KEY = web.RequestKey[Identity | None]("cargohold.identity")
+"""The caller :meth:`AccessPolicy.identity` found (``None``: anonymous), cached so a request authenticates once."""
 
 
 class AuthError(Exception):
@@ -212,8 +216,14 @@ class TokenAuthenticator:
         *,
         admin_token: str | None = None,
         raw_jwt_exchanger: RawJwtExchanger | None = None,
+        clock: WallClock = utc_now,
+        cache_clock: MonotonicClock = monotonic,
     ) -> None:
         self.control = control
+        self.clock = clock
+        """When a credential's expiry is checked against (tests move it instead of waiting for an expiry)."""
+        self.cache_clock = cache_clock
+        """What the :data:`CACHE_SECONDS` credential cache measures its age on."""
         self.signer = signer
         self._run = run
         self._admin_hash = hash_token(admin_token) if admin_token else None
@@ -253,7 +263,7 @@ class TokenAuthenticator:
             if row is None:
                 raise AuthError("the token is not known to this registry (it may have been deleted)")
             try:
-                principal = stored_credential(row).authenticate(secret, datetime.now(UTC))
+                principal = stored_credential(row).authenticate(secret, self.clock())
             except CredentialError as exc:
                 raise AuthError(str(exc)) from None
             return Identity(principal, claims=_claims(row))
@@ -286,7 +296,7 @@ class TokenAuthenticator:
         row = await self._cached(self._by_id, credential_id, self.control.get_credential)
         if row is None or row.revoked_at is not None:
             return None
-        if row.expires_at is not None and row.expires_at <= datetime.now(UTC):
+        if row.expires_at is not None and row.expires_at <= self.clock():
             return None
         return Identity(principal_of(row), claims=_claims(row))
 
@@ -299,7 +309,7 @@ class TokenAuthenticator:
         key: str,
         load: Callable[[str], CredentialRecord | None],
     ) -> CredentialRecord | None:
-        now = time.monotonic()
+        now = self.cache_clock()
         hit = cache.get(key)
         if hit is not None and hit[0] > now:
             return hit[1]
@@ -352,8 +362,8 @@ class TokenAccess:
 
     async def identity(self, request: web.Request) -> Identity | None:
         """The caller, cached on the request; raises OCI errors for bad credentials and rate limits."""
-        if "identity" in request:
-            return request["identity"]  # type: ignore[no-any-return]  # request storage holds Any; set below
+        if IDENTITY_KEY in request:
+            return request[IDENTITY_KEY]
         address = client_address(request)
         wait = self.limiter.retry_after(address)
         if wait is not None:
@@ -368,9 +378,9 @@ class TokenAccess:
             self.limiter.record_failure(address)
             log.info("authentication failed from %s: %s", address, exc)
             raise RegistryError("UNAUTHORIZED", str(exc), headers=self.challenge(None)) from None
-        request["identity"] = identity
+        request[IDENTITY_KEY] = identity
         if identity is not None:
-            request["principal"] = identity.name
+            request[USER_KEY] = identity.name
         return identity
 
     async def authorize(

@@ -19,12 +19,10 @@ from __future__ import annotations
 import ipaddress
 import math
 import threading
-import time
 from collections import OrderedDict
-from collections.abc import Callable
 from dataclasses import dataclass
 
-Clock = Callable[[], float]
+from cargohold.clock import MonotonicClock, monotonic
 
 
 def client_key(address: str) -> str:
@@ -55,7 +53,7 @@ class AuthFailureLimiter:
         burst: int = 10,
         refill_per_minute: float = 6.0,
         max_clients: int = 10_000,
-        clock: Clock = time.monotonic,
+        clock: MonotonicClock = monotonic,
     ) -> None:
         if burst < 1 or refill_per_minute <= 0 or max_clients < 1:
             raise ValueError("burst and max_clients must be >= 1 and refill_per_minute positive")

@@ -7,6 +7,7 @@ from urllib.parse import parse_qsl
 
 from aiohttp import web
 
+from cargohold import schemas
 from cargohold.edge.proxies import client_address
 from cargohold.edge.requestid import current_request_id
 from cargohold.oci import strictjson
@@ -143,24 +144,19 @@ async def oidc_exchange(request: web.Request) -> web.StreamResponse:
         log.info("OIDC exchange refused from %s: %s", address, exc)
         return web.json_response({"ok": False, "error": str(exc)}, status=401 if isinstance(exc, OidcError) else 403)
     log.info("OIDC exchange: issued %s for projects %s", exchanged.identity.name, ",".join(exchanged.projects))
-    return web.json_response(
-        {
-            "ok": True,
-            "token": exchanged.token,
-            "expires_at": exchanged.expires_at.strftime("%Y-%m-%dT%H:%M:%SZ"),
-            "projects": exchanged.projects,
-        }
+    answer = schemas.OidcExchange(
+        ok=True, token=exchanged.token, expires_at=exchanged.expires_at, projects=list(exchanged.projects)
     )
+    return web.json_response(answer.to_json())
 
 
 async def oidc_discovery(request: web.Request) -> web.Response:
     """``GET /api/v1/oidc``: what audience to request and which issuers are trusted (no auth needed)."""
     state = state_of(request)
     settings = state.settings
-    return web.json_response(
-        {
-            "audience": settings.resolved_oidc_audience(),
-            "issuers": list(settings.oidc_issuers),
-            "exchange_url": f"{settings.resolved_public_url()}/auth/oidc/github-actions",
-        }
+    answer = schemas.OidcDiscovery(
+        audience=settings.resolved_oidc_audience(),
+        issuers=list(settings.oidc_issuers),
+        exchange_url=f"{settings.resolved_public_url()}/auth/oidc/github-actions",
     )
+    return web.json_response(answer.to_json())

@@ -27,17 +27,17 @@ import logging
 import os
 import re
 import stat
-import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 
 import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from cargohold.clock import MonotonicClock, WallClock, monotonic, utc_now
+from cargohold.isotime import format_epoch
 from cargohold.metadata.signing_keys import SigningKeyStore, StoredSigningKey
 from cargohold.oci.reference import is_valid_name
 from cargohold.server.auth.credentials import ACTIONS_PULL, REPOSITORY_ACTIONS, Principal
@@ -54,7 +54,6 @@ KEY_RELOAD_SECONDS = 10.0
 """How stale a replica's view of the keys may get: a rotation or retirement elsewhere reaches it within this."""
 UNKNOWN_KID_RELOAD_SECONDS = 1.0
 
-Clock = Callable[[], float]
 log = logging.getLogger(__name__)
 
 
@@ -401,7 +400,7 @@ class IssuedToken:
 
     def response_body(self) -> dict[str, object]:
         """The JSON body for ``GET /token`` (both ``token`` and ``access_token``, as clients differ)."""
-        issued = datetime.fromtimestamp(self.issued_at, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        issued = format_epoch(self.issued_at)
         return {"token": self.token, "access_token": self.token, "expires_in": self.expires_in, "issued_at": issued}
 
 
@@ -438,10 +437,10 @@ class RegistryTokenSigner:
     service: str = SERVICE
     ttl: int = DEFAULT_REGISTRY_TOKEN_TTL
     leeway: int = 30
-    clock: Clock = time.time
+    clock: WallClock = utc_now
     reload: Callable[[], KeyRing] | None = None
     """Reads the shared keys again (blocking); None for a fixed ring."""
-    monotonic: Clock = time.monotonic
+    monotonic: MonotonicClock = monotonic
     _unknown_kid_reload_at: float | None = field(default=None, repr=False)
 
     def refresh(self) -> KeyRing:
@@ -467,7 +466,7 @@ class RegistryTokenSigner:
 
     def issue(self, subject: str, access: Iterable[ResourceScope]) -> IssuedToken:
         """Sign a token for ``subject`` carrying ``access`` (already intersected by the caller)."""
-        now = int(self.clock())
+        now = int(self.clock().timestamp())
         granted = tuple(access)
         payload = {
             "iss": self.issuer,
@@ -503,7 +502,7 @@ class RegistryTokenSigner:
             raise UnknownSigningKey(
                 "the bearer token was signed by a key this registry no longer trusts; request a new token"
             )
-        now = self.clock()
+        now = self.clock().timestamp()
         try:
             claims = jwt.decode(
                 token,

@@ -1,6 +1,6 @@
 """Builds: create, list, show, save, fail, save-tags, pull-info (and pin/unpin/extend/delete, wired with
 lifecycle). What a build must keep true is :mod:`cargohold.domain.builds`; these handlers parse, check access
-and render (:func:`cargohold.domain.builds.build_json`, the one shape of a build).
+and render (:func:`cargohold.server.control.render.build`, the one shape of a build).
 """
 
 from __future__ import annotations
@@ -12,8 +12,7 @@ from typing import Any
 
 from aiohttp import web
 
-from cargohold.domain.builds import build_json
-from cargohold.lifecycle.clock import iso
+from cargohold import schemas
 from cargohold.oci.reference import is_valid_tag
 from cargohold.server.auth.credentials import (
     ACTIONS_PULL,
@@ -21,6 +20,7 @@ from cargohold.server.auth.credentials import (
     CredentialKind,
 )
 from cargohold.server.auth.visibility import explain_missing_tag
+from cargohold.server.control import render
 from cargohold.server.control.common import (
     api_error,
     authenticated,
@@ -75,18 +75,17 @@ async def create_build(request: web.Request) -> web.Response:
         log.info("%s repeated the request that started build %s in project %s", identity.name, build.id, project.id)
     else:
         log.info("%s started build %s in project %s", identity.name, build.id, project.id)
-    return web.json_response(
-        {
-            "build_id": build.id,
-            "project_id": project.id,
-            "registry": registry_host(state),
-            "repository": project.id,
-            "reference": f"{registry_host(state)}/{project.id}:{build.id}",
-            "token": token,
-            "token_expires_at": iso(row.expires_at),
-        },
-        status=200 if build.replayed else 201,
+    assert row.expires_at is not None  # a build token always has a lifetime (BUILD_TOKEN_TTL)
+    created = schemas.BuildCreated(
+        build_id=build.id,
+        project_id=project.id,
+        registry=registry_host(state),
+        repository=project.id,
+        reference=f"{registry_host(state)}/{project.id}:{build.id}",
+        token=token,
+        token_expires_at=row.expires_at,
     )
+    return render.respond(created, status=200 if build.replayed else 201)
 
 
 IDEMPOTENCY_KEY_RE = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
@@ -120,16 +119,16 @@ async def list_builds(request: web.Request) -> web.Response:
     else:
         builds = await state.builds.list_page(project.id, limit=limit, before=before, tag=tag)
     host = registry_host(state)
-    body: dict[str, Any] = {"builds": [build_json(build, host) for build in builds]}
-    if len(builds) == limit:
-        body["next"] = builds[-1].id
-    return web.json_response(body)
+    page = schemas.BuildPage(
+        builds=[render.build(build, host) for build in builds], next=builds[-1].id if len(builds) == limit else None
+    )
+    return render.respond(page)
 
 
 async def show_build(request: web.Request) -> web.Response:
     state, control, identity = await authenticated(request)
     build = await build_for(state, control, identity, request.match_info["build"], "pull")
-    return web.json_response(build_json(build, registry_host(state)))
+    return render.respond(render.build(build, registry_host(state)))
 
 
 def _tags(value: Any, field: str) -> list[str]:
@@ -152,7 +151,7 @@ async def save_build(request: web.Request) -> web.Response:
     targets = _tags(body.get("targets"), "targets")
     saved = await state.builds.save(build, save_tags=save_tags, targets=targets)
     log.info("%s saved build %s (%s, %s bytes)", identity.name, build.id, saved.manifest_digest, saved.total_size)
-    return web.json_response(build_json(saved, registry_host(state)))
+    return render.respond(render.build(saved, registry_host(state)))
 
 
 async def fail_build(request: web.Request) -> web.Response:
@@ -160,7 +159,7 @@ async def fail_build(request: web.Request) -> web.Response:
     build = await build_for(state, control, identity, request.match_info["build"], "push")
     reason = (await read_json_body(request)).get("reason") or "no reason given"
     failed = await state.builds.fail(build.id, str(reason))
-    return web.json_response(build_json(failed, registry_host(state)))
+    return render.respond(render.build(failed, registry_host(state)))
 
 
 async def add_tags(request: web.Request) -> web.Response:
@@ -170,14 +169,14 @@ async def add_tags(request: web.Request) -> web.Response:
     if not tags:
         raise invalid('send {"tags": ["latest", ...]}')
     tagged = await state.builds.add_save_tags(build.id, tags)
-    return web.json_response(build_json(tagged, registry_host(state)))
+    return render.respond(render.build(tagged, registry_host(state)))
 
 
 async def remove_tag(request: web.Request) -> web.Response:
     state, control, identity = await authenticated(request)
     build = await build_for(state, control, identity, request.match_info["build"], "push")
     untagged = await state.builds.remove_save_tag(build.id, request.match_info["tag"])
-    return web.json_response(build_json(untagged, registry_host(state)))
+    return render.respond(render.build(untagged, registry_host(state)))
 
 
 async def pull_info(request: web.Request) -> web.Response:
@@ -212,22 +211,23 @@ async def pull_info(request: web.Request) -> web.Response:
         build_id=build.id,
         ttl=PULL_TOKEN_TTL,
     )
-    return web.json_response(
-        {
-            "build_id": build.id,
-            "project_id": build.project_id,
-            "registry": registry_host(state),
-            "repository": build.project_id,
-            "reference": f"{registry_host(state)}/{build.project_id}:{build.id}",
-            "digest": build.manifest_digest,
-            "media_type": build.media_type,
-            "platforms": build.platforms,
-            "targets": build.targets,
-            "username": "x-token",
-            "token": token,
-            "token_expires_at": iso(row.expires_at),
-        }
+    # A saved build has its image (digest, media type); a pull-info token always has a lifetime.
+    assert build.manifest_digest is not None and build.media_type is not None and row.expires_at is not None
+    info = schemas.PullInfo(
+        build_id=build.id,
+        project_id=build.project_id,
+        registry=registry_host(state),
+        repository=build.project_id,
+        reference=f"{registry_host(state)}/{build.project_id}:{build.id}",
+        digest=build.manifest_digest,
+        media_type=build.media_type,
+        platforms=list(build.platforms),
+        targets=dict(build.targets),
+        username="x-token",
+        token=token,
+        token_expires_at=row.expires_at,
     )
+    return render.respond(info)
 
 
 # --- pin, unpin, extend, delete (wired with lifecycle: cargohold.server.control.lifecycle.install) --------
@@ -238,13 +238,13 @@ MAX_LIFECYCLE_BODY = 64 * 1024
 async def pin_build(request: web.Request) -> web.Response:
     state, control, identity = await authenticated(request)
     build = await build_for(state, control, identity, request.match_info["build"], "push")
-    return web.json_response(build_json(await state.builds.pin(build.id, identity.name), registry_host(state)))
+    return render.respond(render.build(await state.builds.pin(build.id, identity.name), registry_host(state)))
 
 
 async def unpin_build(request: web.Request) -> web.Response:
     state, control, identity = await authenticated(request)
     build = await build_for(state, control, identity, request.match_info["build"], "push")
-    return web.json_response(build_json(await state.builds.unpin(build.id, identity.name), registry_host(state)))
+    return render.respond(render.build(await state.builds.unpin(build.id, identity.name), registry_host(state)))
 
 
 async def extend_build(request: web.Request) -> web.Response:
@@ -252,7 +252,7 @@ async def extend_build(request: web.Request) -> web.Response:
     build = await build_for(state, control, identity, request.match_info["build"], "push")
     by, until = extension(await read_json_body(request, MAX_LIFECYCLE_BODY))
     extended = await state.builds.extend(build.id, identity.name, by=by, until=until)
-    return web.json_response(build_json(extended, registry_host(state)))
+    return render.respond(render.build(extended, registry_host(state)))
 
 
 async def delete_build(request: web.Request) -> web.Response:
@@ -262,4 +262,5 @@ async def delete_build(request: web.Request) -> web.Response:
     dry_run = flag(request.query.get("dry_run"), "dry_run")
     await room_to_clean_up(state)
     eviction = await state.builds.evict(build.id, identity.name, dry_run=dry_run)
-    return web.json_response({"dry_run": dry_run, "evicted": [eviction.to_json()]})
+    deletion = schemas.BuildDeletion(dry_run=dry_run, evicted=[schemas.Eviction.from_json(eviction.to_json())])
+    return render.respond(deletion)

@@ -8,7 +8,7 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 
-from cargohold.lifecycle.clock import parse_iso
+from cargohold.isotime import parse_iso
 from cargohold.metadata.control import BuildRecord, ControlStore, ProjectRecord
 from cargohold.oci import strictjson
 from cargohold.server.auth.policy import Identity, TokenAccess

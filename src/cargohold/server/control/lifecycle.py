@@ -31,18 +31,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
 
 from aiohttp import web
 
+from cargohold import schemas
+from cargohold.clock import utc_now
 from cargohold.domain import projects
 from cargohold.domain.tags import change_tag
 from cargohold.lifecycle import audit
-from cargohold.lifecycle.clock import system_clock
 from cargohold.lifecycle.gc import GarbageCollector, GcReport
 from cargohold.lifecycle.metering import Metering
 from cargohold.lifecycle.retention import Eviction, Retention
@@ -50,6 +51,7 @@ from cargohold.lifecycle.tag_retention import ManifestCollection, TagEviction, T
 from cargohold.oci.reference import is_valid_name, is_valid_tag
 from cargohold.server.auth.policy import Identity
 from cargohold.server.auth.visibility import explain_missing_build
+from cargohold.server.control import render
 from cargohold.server.control.common import (
     api_error,
     authenticated,
@@ -164,8 +166,9 @@ async def _build_project(state: RegistryState, identity: Identity, build_id: str
 MAX_TAGS_PAGE = 500
 
 
-def _tag_json(state: RegistryState, record: TagRecord) -> dict[str, Any]:
-    return {**record.to_json(), "reference": f"{registry_host(state)}/{record.repository}:{record.tag}"}
+def _tag(state: RegistryState, record: TagRecord) -> schemas.Tag:
+    reference = f"{registry_host(state)}/{record.repository}:{record.tag}"
+    return schemas.Tag.from_json({**record.to_json(), "reference": reference})
 
 
 def _visible_tags(identity: Identity, project_id: str) -> None:
@@ -201,10 +204,12 @@ async def list_tags(request: web.Request) -> web.Response:
     records = await state.run(
         lambda: lifecycle.tags.list_tags(project_id, repository=repository, after=after, limit=limit)
     )
-    body: dict[str, Any] = {"project_id": project_id, "tags": [_tag_json(state, record) for record in records]}
-    if len(records) == limit:
-        body["next"] = f"{records[-1].repository}:{records[-1].tag}"
-    return web.json_response(body)
+    page = schemas.TagPage(
+        project_id=project_id,
+        tags=[_tag(state, record) for record in records],
+        next=f"{records[-1].repository}:{records[-1].tag}" if len(records) == limit else None,
+    )
+    return render.respond(page)
 
 
 def _check_repository(project_id: str, repository: str) -> None:
@@ -245,7 +250,7 @@ async def _change_tag(request: web.Request, action: str) -> web.Response:
     record = await change_tag(
         state.run, lifecycle.tags, state.metadata.db, action, repository, tag, identity.name, by=by, until=until
     )
-    return web.json_response(_tag_json(state, record))
+    return render.respond(_tag(state, record))
 
 
 async def project_history(request: web.Request) -> web.Response:
@@ -264,7 +269,8 @@ async def project_history(request: web.Request) -> web.Response:
             raise api_error(404, "NOT_FOUND", f"build {build} does not exist")
         build = restricted
     events = await state.run(lambda: audit.history(state.metadata.db, project_id, limit=limit, build_id=build))
-    return web.json_response({"project_id": project_id, "events": [event.to_json() for event in events]})
+    history = [schemas.HistoryEvent.from_json(event.to_json()) for event in events]
+    return render.respond(schemas.History(project_id=project_id, events=history))
 
 
 async def project_usage(request: web.Request) -> web.Response:
@@ -280,10 +286,10 @@ async def project_usage(request: web.Request) -> web.Response:
             f"{project_id}",
         )
     month = request.query.get("month") or None
-    body = (await projects.usage(state.run, lifecycle.metering, project_id, month)).to_json()
+    usage = schemas.Usage.from_json((await projects.usage(state.run, lifecycle.metering, project_id, month)).to_json())
     if identity.is_admin and state.space is not None and state.space.guard.watching:
-        body["server_storage"] = await state.run(server_storage, state)
-    return web.json_response(body)
+        usage = dataclasses.replace(usage, server_storage=await state.run(server_storage, state))
+    return render.respond(usage)
 
 
 async def run_expiry(request: web.Request) -> web.Response:
@@ -307,14 +313,13 @@ async def run_expiry(request: web.Request) -> web.Response:
     changed = {e.project_id for e in evicted} | {e.project_id for e in tags} | {c.project_id for c in manifests}
     if not dry_run and changed:
         await state.run(lifecycle.metering.refresh, sorted(changed))
-    return web.json_response(
-        {
-            "dry_run": dry_run,
-            "evicted": [e.to_json() for e in evicted],
-            "tags": [e.to_json() for e in tags],
-            "manifests": [c.to_json() for c in manifests],
-        }
+    report = schemas.ExpiryReport(
+        dry_run=dry_run,
+        evicted=[schemas.Eviction.from_json(e.to_json()) for e in evicted],
+        tags=[schemas.TagEviction.from_json(e.to_json()) for e in tags],
+        manifests=[schemas.ManifestCollection.from_json(c.to_json()) for c in manifests],
     )
+    return render.respond(report)
 
 
 async def run_gc(request: web.Request) -> web.Response:
@@ -326,7 +331,7 @@ async def run_gc(request: web.Request) -> web.Response:
     report = await state.run(lambda: lifecycle.collect_garbage(dry_run=dry_run))
     if report.skipped:
         raise api_error(409, "CONFLICT", f"{report.skipped}; try again when it finishes")
-    return web.json_response(report.to_json())
+    return render.respond(schemas.GcReport.from_json(report.to_json()))
 
 
 async def metrics_endpoint(request: web.Request) -> web.Response:
@@ -352,7 +357,7 @@ async def _schedule(app: web.Application) -> AsyncIterator[None]:
     def sweep() -> None:
         lifecycle.expire()
         lifecycle.metering.refresh()
-        audit.prune(state.metadata.db, system_clock() - settings.history_retention)
+        audit.prune(state.metadata.db, utc_now() - settings.history_retention)
 
     async def every(interval: timedelta, job: Callable[[], object], what: str) -> None:
         seconds = max(0.05, interval.total_seconds())

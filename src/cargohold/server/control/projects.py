@@ -8,7 +8,9 @@ from typing import Any
 
 from aiohttp import web
 
+from cargohold import schemas
 from cargohold.domain.projects import update_project as update
+from cargohold.server.control import render
 from cargohold.server.control.common import (
     authenticated,
     duration,
@@ -27,7 +29,7 @@ PROJECT_NAME_RE = re.compile(r"^[\w .@/:+-]{1,200}$")
 async def list_projects(request: web.Request) -> web.Response:
     state, control, identity = await authenticated(request)
     projects = await state.run(control.list_projects, identity.projects())
-    return web.json_response({"projects": [project.to_json() for project in projects]})
+    return render.respond(schemas.ProjectList(projects=[render.project(project) for project in projects]))
 
 
 def _project_settings(body: dict[str, Any]) -> dict[str, Any]:
@@ -55,17 +57,13 @@ async def create_project(request: web.Request) -> web.Response:
         raise invalid('a project needs a name: {"name": "my-app"}')
     project = await state.run(lambda: control.create_project(**settings))
     log.info("%s created project %s (%s)", identity.name, project.id, project.name)
-    data = project.to_json()
-    data["registry"] = f"{registry_host(state)}/{project.id}"
-    return web.json_response(data, status=201)
+    return render.respond(render.project(project, registry_host(state)), status=201)
 
 
 async def show_project(request: web.Request) -> web.Response:
     state, control, identity = await authenticated(request)
     project = await project_for(state, control, identity, request.match_info["project"], "pull")
-    data = project.to_json()
-    data["registry"] = f"{registry_host(state)}/{project.id}"
-    return web.json_response(data)
+    return render.respond(render.project(project, registry_host(state)))
 
 
 async def update_project(request: web.Request) -> web.Response:
@@ -74,4 +72,4 @@ async def update_project(request: web.Request) -> web.Response:
     project_id = request.match_info["project"]
     settings = _project_settings(await read_json_body(request))
     project = await update(state.run, control, project_id, **settings)
-    return web.json_response(project.to_json())
+    return render.respond(render.project(project))

@@ -3,26 +3,26 @@ numbers in ``cargohold usage`` (see :mod:`cargohold.domain.space`)."""
 
 from __future__ import annotations
 
-from typing import Any
-
 from aiohttp import web
 
+from cargohold import schemas
+from cargohold.server.control import render
 from cargohold.server.control.common import api_error, authenticated
 from cargohold.server.state import RegistryState
 
 
-def server_storage(state: RegistryState) -> dict[str, Any]:
+def server_storage(state: RegistryState) -> schemas.ServerStorage:
     """The server's free space, for admins (``cargohold usage``): each filesystem, the minimum, the reserve."""
     assert state.space is not None
     status = state.space.status()
     reserve = state.space.reserve
-    return {
-        "status": "degraded" if status.low else "ok",
-        "reason": status.reason(),
-        "filesystems": [fs.to_json() for fs in status.filesystems],
-        "reserve_bytes": reserve.held() if reserve is not None else 0,
-        "evict_for_space": state.space.evict_for_space,
-    }
+    return schemas.ServerStorage(
+        status="degraded" if status.low else "ok",
+        reason=status.reason(),
+        filesystems=[schemas.Filesystem.from_json(fs.to_json()) for fs in status.filesystems],
+        reserve_bytes=reserve.held() if reserve is not None else 0,
+        evict_for_space=state.space.evict_for_space,
+    )
 
 
 async def storage_status(request: web.Request) -> web.Response:
@@ -32,4 +32,4 @@ async def storage_status(request: web.Request) -> web.Response:
         raise api_error(403, "DENIED", "only an admin token may read the server's storage status")
     if state.space is None or not state.space.guard.watching:
         raise api_error(404, "NOT_FOUND", "this server's storage has no filesystem to measure")
-    return web.json_response(await state.run(server_storage, state))
+    return render.respond(await state.run(server_storage, state))

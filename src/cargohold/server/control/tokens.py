@@ -14,7 +14,7 @@ from typing import Any
 
 from aiohttp import web
 
-from cargohold.lifecycle.clock import iso
+from cargohold import schemas
 from cargohold.metadata.control import (
     ControlStore,
     CredentialRecord,
@@ -29,7 +29,8 @@ from cargohold.server.auth.credentials import (
     PermissionSetError,
     new_credential,
 )
-from cargohold.server.auth.policy import Identity, admin_permissions_of, credential_record
+from cargohold.server.auth.policy import Identity, credential_record
+from cargohold.server.control import render
 from cargohold.server.control.common import (
     api_error,
     authenticated,
@@ -88,21 +89,6 @@ async def mint(
     except ParentInactive as exc:
         raise api_error(401, "UNAUTHORIZED", f"{exc}; nothing was created") from None
     return token, stored_record
-
-
-def _credential_json(row: CredentialRecord) -> dict[str, Any]:
-    return {
-        "id": row.id,
-        "kind": row.kind,
-        "name": row.name,
-        "project_id": row.project_id,
-        "permissions": list(row.permissions),
-        "admin_permissions": sorted(admin_permissions_of(row)),
-        "parent_id": row.parent_id,
-        "created_at": iso(row.created_at),
-        "expires_at": iso(row.expires_at),
-        "revoked_at": iso(row.revoked_at),
-    }
 
 
 def requested_permissions(value: Any) -> list[str] | None:
@@ -171,12 +157,11 @@ async def create_token(request: web.Request) -> web.Response:
         metadata={"created_by": identity.name},
     )
     log.info("%s created %s token %s (%s)", identity.name, kind.value, row.id, name)
-    data = _credential_json(row)
-    data["token"] = token
     # True when the token expires earlier than asked (or at all, when asked for none): its parent does.
     capped = row.expires_at is not None and (asked_until is None or row.expires_at < asked_until - timedelta(seconds=1))
-    data["expiry_capped"] = capped and row.parent_id is not None
-    return web.json_response(data, status=201)
+    return render.respond(
+        render.token_created(row, token, expiry_capped=capped and row.parent_id is not None), status=201
+    )
 
 
 async def list_tokens(request: web.Request) -> web.Response:
@@ -186,7 +171,7 @@ async def list_tokens(request: web.Request) -> web.Response:
     if not identity.is_admin and (project_id is None or not identity.project_allows(project_id, "push")):
         raise api_error(403, "DENIED", "listing tokens needs an admin token (or push on the project given)")
     rows = await state.run(lambda: control.list_credentials(project_id, include_inactive=include_inactive))
-    return web.json_response({"tokens": [_credential_json(row) for row in rows]})
+    return render.respond(schemas.TokenList(tokens=[render.token(row) for row in rows]))
 
 
 async def revoke_token(request: web.Request) -> web.Response:
@@ -215,19 +200,18 @@ async def revoke_token(request: web.Request) -> web.Response:
     state.auth.authenticator.forget()
     descendants = max(revoked - (1 if row.revoked_at is None else 0), 0)
     log.info("%s revoked token %s (%s) and %d token(s) minted from it", identity.name, row.id, row.name, descendants)
-    return web.json_response({"id": token_id, "revoked": True, "descendants_revoked": descendants})
+    return render.respond(schemas.TokenRevoked(id=token_id, revoked=True, descendants_revoked=descendants))
 
 
 async def whoami(request: web.Request) -> web.Response:
     _state, _control, identity = await authenticated(request)
     principal = identity.principal
-    return web.json_response(
-        {
-            "kind": principal.kind.value,
-            "name": principal.name,
-            "credential_id": principal.credential_id,
-            "permissions": [permission.to_json() for permission in principal.permissions],
-            "admin_permissions": sorted(principal.admin_permissions or ()),
-            "expires_at": iso(principal.expires_at),
-        }
+    answer = schemas.Whoami(
+        kind=principal.kind.value,
+        name=principal.name,
+        credential_id=principal.credential_id,
+        permissions=[schemas.Permission.from_json(permission.to_json()) for permission in principal.permissions],
+        admin_permissions=sorted(principal.admin_permissions or ()),
+        expires_at=principal.expires_at,
     )
+    return render.respond(answer)

@@ -8,7 +8,7 @@ from typing import Any
 
 from aiohttp import web
 
-from cargohold.lifecycle.clock import iso
+from cargohold import schemas
 from cargohold.metadata.control import (
     TrustRecord,
     new_id,
@@ -16,6 +16,7 @@ from cargohold.metadata.control import (
 from cargohold.server.auth.oidc import GITHUB_ISSUER
 from cargohold.server.auth.trust import RISKY_EVENTS, TrustConfigError
 from cargohold.server.auth.trust import TrustRelationship as TrustSpec
+from cargohold.server.control import render
 from cargohold.server.control.common import (
     authenticated,
     invalid,
@@ -28,27 +29,6 @@ from cargohold.server.control.tokens import requested_permissions
 from cargohold.server.state import RegistryState
 
 log = logging.getLogger(__name__)
-
-
-def _trust_json(row: TrustRecord) -> dict[str, Any]:
-    return {
-        "id": row.id,
-        "project_id": row.project_id,
-        "provider": row.provider,
-        "issuer": row.issuer,
-        "owner": row.owner,
-        "repository": row.repository,
-        "repository_owner_id": row.owner_id,
-        "repository_id": row.repository_id,
-        "workflow": row.workflow,
-        "environment": row.environment,
-        "ref_pattern": row.ref_pattern,
-        "runner_environment": row.runner_environment,
-        "allow_events": sorted(row.allowed_events),
-        "pull_only": row.pull_only,
-        "permissions": sorted(row.permissions),
-        "created_at": iso(row.created_at),
-    }
 
 
 def _optional_text(body: dict[str, Any], field: str) -> str | None:
@@ -126,7 +106,7 @@ async def add_trust(request: web.Request) -> web.Response:
     )
     stored = await state.run(control.add_trust, record)
     log.info("%s added trust %s: %s/%s -> project %s", identity.name, trust_id, owner, repository, project.id)
-    return web.json_response(_trust_json(stored), status=201)
+    return render.respond(render.trust(stored), status=201)
 
 
 async def list_trust(request: web.Request) -> web.Response:
@@ -134,7 +114,7 @@ async def list_trust(request: web.Request) -> web.Response:
     require_admin(identity)
     project = await project_for(state, control, identity, request.match_info["project"], "pull")
     rows = await state.run(control.list_trust, project.id)
-    return web.json_response({"trust_relationships": [_trust_json(row) for row in rows]})
+    return render.respond(schemas.TrustList(trust_relationships=[render.trust(row) for row in rows]))
 
 
 async def remove_trust(request: web.Request) -> web.Response:
@@ -149,4 +129,4 @@ async def remove_trust(request: web.Request) -> web.Response:
     log.info(
         "%s removed trust %s of project %s, revoking %d credential(s)", identity.name, trust_id, project_id, revoked
     )
-    return web.json_response({"id": trust_id, "removed": True, "credentials_revoked": revoked})
+    return render.respond(schemas.TrustRemoved(id=trust_id, removed=True, credentials_revoked=revoked))

@@ -17,6 +17,7 @@ from cargohold.oci.reference import NAME_MAX_LENGTH, is_valid_name
 from cargohold.server.auth.access import PRINCIPAL_KEY, Target
 from cargohold.server.distribution import blobs, listing, manifests, uploads
 from cargohold.server.http.errors import RegistryError
+from cargohold.server.http.request_keys import ROUTE_KEY
 from cargohold.server.state import state_of
 
 Handler = Callable[..., Awaitable[web.StreamResponse]]
@@ -65,8 +66,6 @@ ROUTES = [
     Route("referrers", re.compile(r"^(?P<name>.+)/referrers/(?P<digest>[^/]+)$"), {"GET": listing.referrers}),
 ]
 
-ROUTE_KEY = web.AppKey("cargohold_route", str)
-
 
 def match(path: str) -> tuple[Route, dict[str, str]] | None:
     for route in ROUTES:
@@ -81,7 +80,7 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
     path = request.match_info["tail"]
     state = state_of(request)
     if path in ("_catalog", "_catalog/"):
-        request["route"] = "catalog"
+        request[ROUTE_KEY] = "catalog"
         if request.method != "GET":
             raise _method_not_allowed(request.method, "the catalog")
         await state.access.authorize(request, None, frozenset({"catalog"}))
@@ -91,7 +90,7 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
     if found is None:
         raise RegistryError("NAME_UNKNOWN", f"no registry API at /v2/{path}", status=404, detail={"path": path})
     route, params = found
-    request["route"] = route.name
+    request[ROUTE_KEY] = route.name
     name = params.pop("name")
     if not is_valid_name(name):
         raise RegistryError(

@@ -12,6 +12,7 @@ from cargohold.edge.logs import ACCESS_FIELDS
 from cargohold.edge.proxies import client_address, client_scheme
 from cargohold.edge.requestid import request_id_of
 from cargohold.logformat import escape_control, has_control
+from cargohold.server.http.request_keys import ROUTE_KEY, USER_KEY
 
 access_log = logging.getLogger("cargohold.access")
 
@@ -31,8 +32,8 @@ class AccessLogger(AbstractAccessLogger):
             "status": str(response.status),
             "bytes": str(response.body_length),
             "ms": f"{time * 1000:.1f}",
-            "route": str(request.get("route", "-")),
-            "user": str(request.get("principal", "-")),
+            "route": request.get(ROUTE_KEY, "-"),
+            "user": request.get(USER_KEY, "-"),
             "remote": client_address(request) if request.remote else "-",
             "ua": request.headers.get("User-Agent", "-"),
             "proto": client_scheme(request),

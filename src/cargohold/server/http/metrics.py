@@ -3,7 +3,7 @@ manifests retention removed, GC, stored bytes.
 
 Each application gets its own :class:`~prometheus_client.CollectorRegistry` (never the process-global
 one), so several apps in one test process do not collide. Request metrics are labelled by the *route
-name* (the OCI route the dispatcher recorded in ``request["route"]``, or the aiohttp route template such
+name* (the OCI route the dispatcher recorded in ``request[ROUTE_KEY]``, or the aiohttp route template such
 as ``/api/v1/builds/{build}``), never the raw path: repository names and digests in label values would
 create a time series per image. Stored bytes per project are read from the database at scrape time, so
 every server process reports the same, current numbers.
@@ -18,6 +18,8 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
+
+from cargohold.server.http.request_keys import ROUTE_KEY
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -129,13 +131,13 @@ class Metrics:
         return observe
 
     async def on_response_prepare(self, request: web.Request, response: web.StreamResponse) -> None:
-        if request.get("route") == "blob" and request.method == "GET" and response.status in (200, 206):
+        if request.get(ROUTE_KEY) == "blob" and request.method == "GET" and response.status in (200, 206):
             self.bytes_served.inc(response.content_length or 0)
 
 
 def route_name(request: web.Request) -> str:
     """A bounded label: the OCI route name, else the route template, else ``unmatched``."""
-    name = request.get("route")
+    name = request.get(ROUTE_KEY)
     if isinstance(name, str):
         return name
     resource = request.match_info.route.resource
