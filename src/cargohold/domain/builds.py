@@ -100,11 +100,29 @@ class Builds:
         return await self.run(self.control.find_build_by_tag, project_id, tag)
 
     async def list_page(
-        self, project_id: str, *, limit: int, before: str | None = None, tag: str | None = None
+        self,
+        project_id: str,
+        *,
+        limit: int,
+        before: str | None = None,
+        tag: str | None = None,
+        status: str | None = None,
+        pinned: bool | None = None,
+        id_contains: str | None = None,
     ) -> list[BuildRecord]:
-        """Newest first; ``before`` is the last build of the previous page."""
+        """Newest first; ``before`` is the last build of the previous page; the rest filter."""
         try:
-            return await self.run(self.control.list_builds, project_id, limit=limit, before=before, tag=tag)
+            return await self.run(
+                lambda: self.control.list_builds(
+                    project_id,
+                    limit=limit,
+                    before=before,
+                    tag=tag,
+                    status=status,
+                    pinned=pinned,
+                    id_contains=id_contains,
+                )
+            )
         except NotFound as exc:
             raise errors.Invalid(str(exc), subject="build") from None
 

@@ -350,13 +350,28 @@ class ControlStore:
             return build_record(session, row) if row else None
 
     def list_builds(
-        self, project_id: str, *, limit: int = 50, before: str | None = None, tag: str | None = None
+        self,
+        project_id: str,
+        *,
+        limit: int = 50,
+        before: str | None = None,
+        tag: str | None = None,
+        status: str | None = None,
+        pinned: bool | None = None,
+        id_contains: str | None = None,
     ) -> list[BuildRecord]:
-        """Newest first. ``before`` is the ID of the last build of the previous page."""
+        """Newest first. ``before`` is the ID of the last build of the previous page (keyset pagination: a deep
+        page costs what the first does). ``id_contains`` matches part of the build ID, case-insensitively."""
         with self.db.read() as session:
             query = select(Build).where(Build.project_id == project_id)
             if tag is not None:
                 query = query.join(SaveTag, SaveTag.build_id == Build.id).where(SaveTag.tag == tag)
+            if status is not None:
+                query = query.where(Build.status == status)
+            if pinned is not None:
+                query = query.where(Build.pinned.is_(pinned))
+            if id_contains:
+                query = query.where(Build.id.contains(id_contains.lower(), autoescape=True))
             if before is not None:
                 anchor = session.get(Build, before)
                 if anchor is None or anchor.project_id != project_id:
@@ -369,6 +384,17 @@ class ControlStore:
                 )
             query = query.order_by(Build.created_at.desc(), Build.id.desc()).limit(limit)
             return [build_record(session, row) for row in session.scalars(query)]
+
+    def count_builds(self, project_ids: Iterable[str]) -> dict[str, int]:
+        """How many builds (any status) each project holds."""
+        ids = list(project_ids)
+        with self.db.read() as session:
+            rows = session.execute(
+                select(Build.project_id, func.count()).where(Build.project_id.in_(ids)).group_by(Build.project_id)
+            ).all()
+        counts = {project_id: 0 for project_id in ids}
+        counts.update({project_id: int(count) for project_id, count in rows})
+        return counts
 
     def mark_saved(
         self,
