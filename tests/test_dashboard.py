@@ -7,6 +7,7 @@ Real-browser tests (Chromium) are in test_dashboard_browser.py.
 from __future__ import annotations
 
 import html
+from pathlib import Path
 from datetime import datetime
 
 import markupsafe
@@ -14,7 +15,7 @@ import pytest
 
 from control_helpers import api, fresh_address, new_project
 from dashboard_helpers import Browser, save_build
-from servers import InProcessServer, module_server
+from servers import InProcessServer, module_server, running
 
 server = module_server()
 
@@ -294,3 +295,22 @@ def test_sign_in_redirects_only_inside_the_dashboard(server: InProcessServer, ta
     with Browser(server) as browser:
         response = browser.client.post("/ui/sign-in", data={"token": server.admin_token or "", "next": target})
         assert response.status_code == 303 and response.headers["Location"] == "/ui/projects"
+
+
+def test_the_cookie_is_secure_when_the_browser_came_over_https_through_a_trusted_proxy(tmp_path: Path) -> None:
+    proxied = InProcessServer(data_dir=tmp_path / "data", settings={"trusted_proxies": ("127.0.0.0/8",)})
+    with running(proxied) as started, Browser(started) as browser:
+        forwarded = {"X-Forwarded-For": "203.0.113.7", "X-Forwarded-Proto": "https"}
+        response = browser.client.post("/ui/sign-in", data={"token": proxied.admin_token or ""}, headers=forwarded)
+        assert response.status_code == 303 and "Secure" in response.headers["Set-Cookie"]
+        plain = browser.client.post("/ui/sign-in", data={"token": proxied.admin_token or ""})
+        assert "Secure" not in plain.headers["Set-Cookie"]
+
+
+def test_a_client_cannot_claim_https_for_itself(server: InProcessServer) -> None:
+    """Without trusted proxies, X-Forwarded-Proto is ignored: the cookie follows the real connection."""
+    with Browser(server) as browser:
+        response = browser.client.post(
+            "/ui/sign-in", data={"token": server.admin_token or ""}, headers={"X-Forwarded-Proto": "https"}
+        )
+        assert response.status_code == 303 and "Secure" not in response.headers["Set-Cookie"]
