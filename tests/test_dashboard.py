@@ -7,8 +7,8 @@ Real-browser tests (Chromium) are in test_dashboard_browser.py.
 from __future__ import annotations
 
 import html
-from pathlib import Path
 from datetime import datetime
+from pathlib import Path
 
 import markupsafe
 import pytest
