@@ -314,3 +314,52 @@ def test_a_client_cannot_claim_https_for_itself(server: InProcessServer) -> None
             "/ui/sign-in", data={"token": server.admin_token or ""}, headers={"X-Forwarded-Proto": "https"}
         )
         assert response.status_code == 303 and "Secure" not in response.headers["Set-Cookie"]
+
+
+def test_admins_add_and_remove_trust_relationships_others_do_not_see_them(server: InProcessServer) -> None:
+    project = new_project(server, "trusting")
+    with Browser(server) as browser:
+        browser.sign_in(server.admin_token or "")
+        browser.get("/ui/projects")
+        added = browser.post("/ui/trust", {"project": project.id, "repository": "Acme/App", "workflow": "ci.yml"})
+        assert added.status_code == 303
+        with api(server) as control:
+            (trust,) = control.list_trust(project.id)
+        assert (trust.owner, trust.repository, trust.workflow) == ("acme", "app", ".github/workflows/ci.yml")
+        assert "acme/app (.github/workflows/ci.yml)" in browser.get("/ui/projects").text
+        assert browser.post("/ui/trust", {"project": project.id, "repository": "no-slash"}).status_code == 400
+        assert browser.post(f"/ui/projects/{project.id}/trust/{trust.id}/delete").status_code == 303
+        with api(server) as control:
+            assert control.list_trust(project.id) == []
+    with api(server) as control:
+        control.add_trust(project.id, repository="acme/other")
+        reader = control.create_token("pull", "reader", project_id=project.id).token
+    with Browser(server) as browser:
+        browser.sign_in(reader)
+        page = browser.get("/ui/projects").text
+        assert "acme/other" not in page and "admins only" in page  # the API shows trust to admins only
+        assert browser.post("/ui/trust", {"project": project.id, "repository": "a/b"}).status_code == 403
+
+
+def test_hostile_paths_and_queries_are_escaped_in_error_pages(server: InProcessServer) -> None:
+    with Browser(server) as browser:
+        browser.sign_in(server.admin_token or "")
+        missing = browser.get("/ui/builds/%3Cscript%3Ealert(1)%3C%2Fscript%3E")
+        assert missing.status_code == 404 and "<script>alert(1)" not in missing.text
+        assert "&lt;script&gt;" in missing.text
+        project = new_project(server, "hostile-query")
+        bad_tag = browser.get(f"/ui/projects/{project.id}/builds", params={"tag": "<b>x</b>"})
+        assert bad_tag.status_code == 400 and "<b>x</b>" not in bad_tag.text
+
+
+def test_who_shows_the_ci_run_recorded_with_the_build(server: InProcessServer) -> None:
+    project = new_project(server, "who")
+    with api(server) as control:
+        build = control.create_build(
+            project.id, provenance={"repository": "acme/app", "workflow": "release", "run_id": "4242"}
+        ).build_id
+    with Browser(server) as browser:
+        browser.sign_in(server.admin_token or "")
+        page = browser.get(f"/ui/projects/{project.id}/builds").text
+        assert "acme/app · release · run 4242" in page and "reported by client" in page
+        assert build in page

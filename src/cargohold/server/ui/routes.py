@@ -30,6 +30,7 @@ from cargohold.server.control.common import build_for, project_for, registry_hos
 from cargohold.server.control.lifecycle import lifecycle_of
 from cargohold.server.control.projects import PROJECT_NAME_RE
 from cargohold.server.control.tokens import create_token_for, credential_json, revoke_token_for
+from cargohold.server.control.trust import add_trust_for, remove_trust_for
 from cargohold.server.http.bodies import BodyStalled, BodyTooLarge, read_body
 from cargohold.server.http.errors import RegistryError, http_error
 from cargohold.server.http.query_limits import LimitError, page_size
@@ -213,7 +214,7 @@ async def projects(request: web.Request, state: RegistryState, signed_in: Signed
         row: dict[str, Any] = {"project": project, "restricted": restricted}
         if restricted is None:  # a one-build credential learns nothing about the rest of the project
             usage = await project_usage(state.run, lifecycle.metering, project.id, None)
-            trust = await state.run(control.list_trust, project.id)
+            trust = await state.run(control.list_trust, project.id) if identity.is_admin else None  # as the API
             row.update(builds=counts.get(project.id, 0), stored=stored.get(project.id, 0), usage=usage, trust=trust)
         rows.append(row)
     return page("projects.html", **_context(signed_in, rows=rows))
@@ -229,6 +230,26 @@ async def create_project(request: web.Request, state: RegistryState, signed_in: 
     project = await state.run(lambda: _control(state).create_project(name))
     log.info("%s created project %s (%s) in the dashboard", signed_in.identity.name, project.id, project.name)
     return redirect(f"/ui/projects/{project.id}/builds")
+
+
+@signed_in_page
+async def add_trust(request: web.Request, state: RegistryState, signed_in: SignedIn) -> web.StreamResponse:
+    form = request["ui_form"]
+    body: dict[str, Any] = {"repository": form.get("repository", "").strip()}
+    for field in ("workflow", "environment", "ref_pattern"):
+        if form.get(field, "").strip():
+            body[field] = form[field].strip()
+    if form.get("pull_only") == "1":
+        body["pull_only"] = True
+    await add_trust_for(state, _control(state), signed_in.identity, form.get("project", ""), body)
+    return redirect("/ui/projects")
+
+
+@signed_in_page
+async def remove_trust(request: web.Request, state: RegistryState, signed_in: SignedIn) -> web.StreamResponse:
+    project_id, trust_id = request.match_info["project"], request.match_info["trust"]
+    await remove_trust_for(state, _control(state), signed_in.identity, project_id, trust_id)
+    return redirect("/ui/projects")
 
 
 # --- builds ------------------------------------------------------------------------------------------------
@@ -574,6 +595,8 @@ def install(app: web.Application) -> None:
     router.add_post("/ui/sign-out", sign_out)
     router.add_get("/ui/projects", projects)
     router.add_post("/ui/projects", create_project)
+    router.add_post("/ui/trust", add_trust)
+    router.add_post("/ui/projects/{project}/trust/{trust}/delete", remove_trust)
     router.add_get("/ui/projects/{project}/builds", builds)
     router.add_get("/ui/projects/{project}/tags", tags)
     router.add_get("/ui/projects/{project}/usage", usage)
