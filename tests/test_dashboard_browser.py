@@ -87,12 +87,17 @@ def test_sign_in_browse_pin_copy_and_sign_out(
     assert page.evaluate("navigator.clipboard.readText()") == f"cargohold pull {build_id}"
 
     page.set_viewport_size({"width": 390, "height": 844})  # phone width: still usable, nothing hidden
+    for path in (f"/ui/builds/{build_id}", f"/ui/projects/{project_id}/builds"):
+        page.goto(f"{server.url}{path}")
+        # Wide tables scroll inside their own box; the page itself never scrolls sideways.
+        assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth"), path
+    page.keyboard.press("Tab")  # the first stop is the skip link, visible when focused
+    expect(page.get_by_role("link", name="Skip to content")).to_be_focused()
     expect(page.get_by_role("button", name="Sign out")).to_be_visible()
     page.get_by_role("button", name="Sign out").click()
     expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
     page.goto(f"{server.url}/ui/builds/{build_id}")
     expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
-    del project_id
 
 
 def test_a_pull_token_sees_only_its_build_and_a_forged_form_is_refused(
