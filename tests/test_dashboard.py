@@ -363,3 +363,12 @@ def test_who_shows_the_ci_run_recorded_with_the_build(server: InProcessServer) -
         page = browser.get(f"/ui/projects/{project.id}/builds").text
         assert "acme/app · release · run 4242" in page and "reported by client" in page
         assert build in page
+
+
+def test_a_sign_in_posted_from_another_site_is_refused(server: InProcessServer) -> None:
+    """Login CSRF: another site must not sign a visitor in as the attacker (browsers send Sec-Fetch-Site)."""
+    with Browser(server) as browser:
+        forged = browser.client.post(
+            "/ui/sign-in", data={"token": server.admin_token or ""}, headers={"Sec-Fetch-Site": "cross-site"}
+        )
+        assert forged.status_code == 403 and "Set-Cookie" not in forged.headers
