@@ -13,8 +13,9 @@ from pathlib import Path
 import markupsafe
 import pytest
 
-from control_helpers import api, fresh_address, new_project
+from control_helpers import api, fresh_address, http, new_project
 from dashboard_helpers import Browser, save_build
+from protocol_helpers import descriptor, digest_of, image_manifest, push_blob, push_manifest, to_bytes
 from servers import InProcessServer, module_server, running
 
 server = module_server()
@@ -372,3 +373,30 @@ def test_a_sign_in_posted_from_another_site_is_refused(server: InProcessServer) 
             "/ui/sign-in", data={"token": server.admin_token or ""}, headers={"Sec-Fetch-Site": "cross-site"}
         )
         assert forged.status_code == 403 and "Set-Cookie" not in forged.headers
+
+
+def test_build_detail_lists_referrers_of_the_image(server: InProcessServer) -> None:
+    project = new_project(server, "referrers")
+    build = save_build(server, project.id)
+    with api(server) as control:
+        digest = control.get_build(build).digest
+        assert digest is not None
+    signature = b'{"critical": "signed"}'
+    with http(server, server.admin_token) as admin:
+        push_blob(admin, project.id, signature)
+        push_blob(admin, project.id, b"{}")
+        manifest_bytes = admin.get(
+            f"/v2/{project.id}/manifests/{digest}", headers={"Accept": "application/vnd.oci.image.manifest.v1+json"}
+        ).content
+        referrer = image_manifest(
+            {"mediaType": "application/vnd.oci.empty.v1+json", "digest": digest_of(b"{}"), "size": 2},
+            [descriptor("application/vnd.dev.cosign.simplesigning.v1+json", signature)],
+            artifact_type="application/vnd.dev.cosign.artifact.sig.v1+json",
+            subject=descriptor("application/vnd.oci.image.manifest.v1+json", manifest_bytes),
+        )
+        push_manifest(admin, project.id, "sig", to_bytes(referrer), "application/vnd.oci.image.manifest.v1+json")
+    with Browser(server) as browser:
+        browser.sign_in(server.admin_token or "")
+        page = browser.get(f"/ui/builds/{build}").text
+        assert "application/vnd.dev.cosign.artifact.sig.v1+json" in page
+        assert digest_of(to_bytes(referrer)) in page

@@ -75,6 +75,12 @@ def test_sign_in_browse_pin_copy_and_sign_out(
     page.get_by_role("link", name=build_id).click()
     expect(page.get_by_role("heading", name=f"Build {build_id}")).to_be_visible()
     expect(page.locator("#pinned")).to_have_text("no")
+    # The CLI saved an index: two platforms, each with its layers, and BuildKit's attestations apart from them.
+    expect(page.get_by_role("heading", name="Index")).to_be_visible()
+    expect(page.get_by_role("heading", name="linux/amd64")).to_be_visible()
+    expect(page.get_by_role("heading", name="linux/arm64")).to_be_visible()
+    expect(page.get_by_role("cell", name="attestation of sha256:").first).to_be_visible()
+    expect(page.get_by_role("heading", name="unknown/unknown")).to_have_count(0)
     before = page.locator("#expires").inner_text()
     assert "(in " in before
 

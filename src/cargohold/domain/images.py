@@ -18,6 +18,10 @@ from cargohold.oci import strictjson
 from cargohold.oci.digest import Digest, DigestError
 from cargohold.storage.base import BlobStore, UnknownUpload
 
+ATTESTATION_TYPE = "vnd.docker.reference.type"
+ATTESTATION_OF = "vnd.docker.reference.digest"
+"""BuildKit's annotations on an index entry that is an attestation manifest (and the image it is about)."""
+
 MAX_CHILDREN = 64
 """Platform manifests read for one index (an index may list more; the page says how many were left out)."""
 
@@ -69,7 +73,8 @@ class ImageDescription:
     is_index: bool
     images: list[PlatformImage]
     referrers: list[Referrer]
-    """Artifacts referring to the top-level manifest (the index, or the single image)."""
+    """Artifacts referring to the top-level manifest (the index, or the single image), and BuildKit's
+    attestation manifests listed in the index."""
     omitted: int = 0
     """Child manifests of the index not read (more than MAX_CHILDREN, or missing)."""
 
@@ -92,6 +97,14 @@ def describe_image(metadata: MetadataStore, blobs: BlobStore, repository: str, d
             continue
         if len(images) >= MAX_CHILDREN:
             omitted += 1
+            continue
+        annotations = entry.get("annotations")
+        if isinstance(annotations, dict) and annotations.get(ATTESTATION_TYPE) == "attestation-manifest":
+            # BuildKit's provenance/SBOM: an index entry pointing at the image it describes, not a platform.
+            size = entry.get("size")
+            described = annotations.get(ATTESTATION_OF)
+            kind = f"attestation of {described}" if isinstance(described, str) else "attestation"
+            referrers.append(Referrer(entry["digest"], kind, size if isinstance(size, int) else 0))
             continue
         child = metadata.get_manifest(repository, entry["digest"], by_digest=True)
         if child is None or child.media_type not in mt.IMAGE_MANIFESTS:
