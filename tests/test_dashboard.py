@@ -284,7 +284,16 @@ def test_projects_usage_tags_and_audit_pages(server: InProcessServer) -> None:
         assert "overview" in projects and "GB-months" in projects
         usage = browser.get(f"/ui/projects/{project.id}/usage").text
         assert "<svg" in usage and "<rect" in usage and build in usage and "Free allowance" in usage
-        assert browser.get(f"/ui/projects/{project.id}/tags").status_code == 200
+        with http(server, server.admin_token) as admin:
+            config = to_bytes({"architecture": "amd64", "os": "linux"}, pretty=False)
+            push_blob(admin, f"{project.id}/web", config)
+            manifest = image_manifest(descriptor("application/vnd.oci.image.config.v1+json", config), [])
+            push_manifest(
+                admin, f"{project.id}/web", "1.0", to_bytes(manifest), "application/vnd.oci.image.manifest.v1+json"
+            )
+        tags = browser.get(f"/ui/projects/{project.id}/tags").text
+        assert f"<code>{project.id}</code></li>" in tags and f"<code>{project.id}/web</code></li>" in tags
+        assert f'<code>{project.id}/web</code></td><th scope="row"><code>1.0</code></th>' in tags  # outside builds
         audit = browser.get(f"/ui/projects/{project.id}/audit?action=pin").text
         assert build in audit and "admin:" in audit
         created = browser.post("/ui/projects", {"name": "made in the dashboard"})

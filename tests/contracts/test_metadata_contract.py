@@ -476,3 +476,17 @@ def test_dashboard_sessions_live_idle_expire_and_end(metadata_db: Database) -> N
     assert sessions.prune(now + timedelta(minutes=31), idle) == 1
     assert sessions.end_for_credential("cred1") == 2
     assert sessions.end(first.id_hash) is False and sessions.count() == 0
+
+
+def test_build_counts_and_the_largest_saved_builds(metadata_db: Database) -> None:
+    control = ControlStore(metadata_db)
+    project, other = control.create_project("app"), control.create_project("other")
+    builds = [control.create_build(project.id, provenance=None, created_by="t") for _ in range(3)]
+    control.create_build(other.id, provenance=None, created_by="t")
+    assert control.count_builds([project.id, other.id, "missing"]) == {project.id: 3, other.id: 1, "missing": 0}
+    assert control.largest_builds(project.id) == []  # none saved yet
+    assert [b.id for b in control.list_builds(project.id, status="pending", id_contains=builds[1].id[2:7].upper())] == [
+        builds[1].id
+    ]
+    assert control.list_builds(project.id, pinned=True) == []
+    assert control.list_builds(project.id, id_contains="%") == []  # a LIKE wildcard is a plain character

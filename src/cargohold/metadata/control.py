@@ -396,6 +396,17 @@ class ControlStore:
         counts.update({project_id: int(count) for project_id, count in rows})
         return counts
 
+    def largest_builds(self, project_id: str, limit: int = 10) -> list[BuildRecord]:
+        """The project's saved builds by size, largest first (what to look at when storage grew)."""
+        with self.db.read() as session:
+            query = (
+                select(Build)
+                .where(Build.project_id == project_id, Build.status == "saved")
+                .order_by(Build.total_size.desc(), Build.id)
+                .limit(limit)
+            )
+            return [build_record(session, row) for row in session.scalars(query)]
+
     def mark_saved(
         self,
         build_id: str,

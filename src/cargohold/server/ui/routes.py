@@ -397,14 +397,24 @@ async def tags(request: web.Request, state: RegistryState, signed_in: SignedIn) 
     next_url = None
     if len(records) == PAGE_SIZE:
         next_url = "?" + urlencode({"after": f"{records[-1].repository}:{records[-1].tag}"})
-    repositories = await state.run(lambda: state.metadata.list_repositories(last=None, limit=None))
-    mine = [name for name in repositories if name == project.id or name.startswith(f"{project.id}/")]
+    mine = await state.run(_project_repositories, state, project.id)
     return page(
         "tags.html",
         **_context(
             signed_in, project=project, tags=records, repositories=mine, next_url=next_url, now=datetime.now(UTC)
         ),
     )
+
+
+MAX_REPOSITORIES = 200
+
+
+def _project_repositories(state: RegistryState, project_id: str) -> list[str]:
+    """The project's repositories (``<project>`` and ``<project>/…``) in name order, from one index range:
+    ``/`` sorts right after ``.``, so every ``<project>/…`` follows the key ``<project>.`` (blocking)."""
+    nested = state.metadata.list_repositories(last=f"{project_id}.", limit=MAX_REPOSITORIES)
+    mine = [name for name in nested if name.startswith(f"{project_id}/")]
+    return ([project_id] if state.metadata.repository_exists(project_id) else []) + mine
 
 
 @signed_in_page
@@ -431,8 +441,7 @@ async def usage(request: web.Request, state: RegistryState, signed_in: SignedIn)
         [(u.month, u.gb_months) for u in history],
         [f"{u.gb_months:.3f}" for u in history],
     )
-    top = await state.builds.list_page(project.id, limit=500, status="saved")
-    top_builds = sorted(top, key=lambda b: b.total_size or 0, reverse=True)[:10]
+    top_builds = await state.run(_control(state).largest_builds, project.id, 10)
     return page(
         "usage.html",
         **_context(
