@@ -409,3 +409,24 @@ def test_build_detail_lists_referrers_of_the_image(server: InProcessServer) -> N
         page = browser.get(f"/ui/builds/{build}").text
         assert "application/vnd.dev.cosign.artifact.sig.v1+json" in page
         assert digest_of(to_bytes(referrer)) in page
+
+
+def test_the_api_filters_builds_as_the_dashboard_does(server: InProcessServer) -> None:
+    project = new_project(server, "api-filters")
+    with api(server) as control:
+        pending = control.create_build(project.id).build_id
+    saved = save_build(server, project.id)
+    with http(server, server.admin_token) as admin:
+        path = f"/api/v1/projects/{project.id}/builds"
+
+        def ids(**query: str) -> list[str]:
+            response = admin.get(path, params=query)
+            assert response.status_code == 200, response.text
+            return [build["id"] for build in response.json()["builds"]]
+
+        assert ids(status="saved") == [saved] and ids(status="pending") == [pending]
+        assert ids(pinned="false") == [saved, pending] and ids(pinned="true") == []
+        assert ids(q=pending[1:6]) == [pending]
+        assert admin.get(path, params={"status": "gone"}).status_code == 400
+        assert admin.get(path, params={"pinned": "maybe"}).status_code == 400
+        assert admin.get(path, params={"q": "x" * 41}).status_code == 400

@@ -34,6 +34,11 @@ from cargohold.storage.faults import classify
 
 log = logging.getLogger(__name__)
 
+BUILD_STATUSES = ("pending", "saved", "failed")
+"""Every status a build has (the filters of the builds list accept these)."""
+MAX_ID_SEARCH = 40
+"""Longest text searched for in build IDs."""
+
 MAX_CONFIG_READ = 4 * 1024**2
 """Largest image config read to find a build's platform."""
 

@@ -16,6 +16,7 @@ from urllib.parse import parse_qsl, urlencode
 
 from aiohttp import web
 
+from cargohold.domain.builds import BUILD_STATUSES, MAX_ID_SEARCH
 from cargohold.domain.errors import DomainError
 from cargohold.domain.images import describe_image
 from cargohold.domain.projects import usage as project_usage
@@ -46,7 +47,6 @@ STATIC_DIR = Path(__file__).parent / "static"
 MAX_FORM = 16 * 1024
 PAGE_SIZE = 50
 MAX_PAGE_SIZE = 200
-STATUSES = ("pending", "saved", "failed")
 EXTEND_CHOICES = {"1d": timedelta(days=1), "7d": timedelta(days=7), "30d": timedelta(days=30)}
 HISTORY_MONTHS = 12
 
@@ -261,13 +261,13 @@ async def builds(request: web.Request, state: RegistryState, signed_in: SignedIn
     project = await project_for(state, _control(state), identity, request.match_info["project"], "pull")
     query = request.query
     status = query.get("status") or None
-    if status is not None and status not in STATUSES:
-        raise RegistryError("INVALID", f"status must be one of {', '.join(STATUSES)}", status=400)
+    if status is not None and status not in BUILD_STATUSES:
+        raise RegistryError("INVALID", f"status must be one of {', '.join(BUILD_STATUSES)}", status=400)
     tag = query.get("tag") or None
     if tag is not None and not is_valid_tag(tag):
         raise RegistryError("INVALID", "a save-tag is up to 128 letters, digits, '_', '.', '-'", status=400)
     pinned = {"yes": True, "no": False}.get(query.get("pinned", ""))
-    text = (query.get("q") or "").strip()[:40] or None
+    text = (query.get("q") or "").strip()[:MAX_ID_SEARCH] or None
     before = query.get("before") or None
     try:
         limit = page_size(query.get("limit"), name="limit", default=PAGE_SIZE, maximum=MAX_PAGE_SIZE)
@@ -294,7 +294,7 @@ async def builds(request: web.Request, state: RegistryState, signed_in: SignedIn
             project=project,
             builds=page_builds,
             filters=filters,
-            statuses=STATUSES,
+            statuses=BUILD_STATUSES,
             next_url=next_url,
             first_url="?" + urlencode({k: v for k, v in filters.items() if v}) if before else None,
             may_push=identity.project_allows(project.id, "push") and restricted is None,
