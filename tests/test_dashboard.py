@@ -45,6 +45,9 @@ def test_every_page_carries_the_security_headers(server: InProcessServer) -> Non
             assert headers["X-Frame-Options"] == "DENY"
             assert headers["Referrer-Policy"] == "no-referrer"
             assert headers["Cache-Control"] == "no-store"
+        unknown = browser.get("/ui/no/such/page")
+        assert unknown.status_code == 404 and unknown.headers["Content-Type"].startswith("text/html")
+        assert unknown.headers["X-Frame-Options"] == "DENY"
         css = browser.client.get("/ui/static/dashboard.css")
         assert css.status_code == 200 and css.headers["Content-Type"].startswith("text/css")
         assert "max-age" in css.headers["Cache-Control"]
@@ -264,6 +267,7 @@ def test_tokens_page_creates_shows_once_and_revokes_with_lineage(server: InProce
             child.get("/ui/tokens")
             minted = child.post("/ui/tokens", {"kind": "pull", "name": "grandchild", "project_id": project.id})
             assert minted.status_code == 201
+            assert f'href="/ui/tokens?project={project.id}"' in child.get("/ui/tokens").text
             listing = child.get(f"/ui/tokens?project={project.id}").text
             assert "grandchild" in listing and "↳" in listing  # shown under its parent
         page = browser.get(f"/ui/tokens?project={project.id}").text

@@ -564,6 +564,12 @@ async def revoke_token(request: web.Request, state: RegistryState, signed_in: Si
     return redirect("/ui/tokens")
 
 
+async def unknown_page(request: web.Request) -> web.Response:
+    """Any other path under /ui/: an HTML 404 (not the API's JSON), with the way back."""
+    signed_in = await sessions.current(request, state_of(request), _store(request))
+    return _error_page(signed_in, 404, "there is no such page in the dashboard")
+
+
 # --- static files and wiring -------------------------------------------------------------------------------
 
 
@@ -618,3 +624,4 @@ def install(app: web.Application) -> None:
     router.add_get("/ui/tokens", tokens)
     router.add_post("/ui/tokens", create_token)
     router.add_post("/ui/tokens/{token}/revoke", revoke_token)
+    router.add_get("/ui/{tail:.*}", unknown_page)  # last: only what no route above matched
