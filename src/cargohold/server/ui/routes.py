@@ -23,6 +23,7 @@ from cargohold.domain.projects import usage as project_usage
 from cargohold.edge.proxies import client_address
 from cargohold.lifecycle import audit
 from cargohold.lifecycle.metering import month_of, month_start
+from cargohold.metadata.control import ControlStore, ProjectRecord
 from cargohold.metadata.sessions import SessionStore
 from cargohold.oci.reference import is_valid_tag
 from cargohold.server.auth.policy import AuthError, Identity
@@ -376,7 +377,7 @@ async def delete(request: web.Request, state: RegistryState, signed_in: SignedIn
 # --- tags, usage, audit ------------------------------------------------------------------------------------
 
 
-async def _whole_project(state: RegistryState, identity: Identity, project_id: str, what: str) -> Any:
+async def _whole_project(state: RegistryState, identity: Identity, project_id: str, what: str) -> ProjectRecord:
     project = await project_for(state, _control(state), identity, project_id, "pull")
     restricted = identity.build_restriction(project.id)
     if restricted is not None:
@@ -590,7 +591,7 @@ async def static(request: web.Request) -> web.StreamResponse:
 STATIC_FILES = {"dashboard.css": "text/css; charset=utf-8", "dashboard.js": "text/javascript; charset=utf-8"}
 
 
-def _control(state: RegistryState) -> Any:
+def _control(state: RegistryState) -> ControlStore:
     if state.control is None:
         raise RegistryError("NOT_FOUND", "this server runs without the control plane", status=404)
     return state.control
