@@ -221,9 +221,13 @@ def _iso(moment: datetime | None) -> str | None:
     return None if moment is None else moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def build_record(session: Session, row: Build) -> BuildRecord:
-    """The record of a build row, read in ``session`` (its save-tags too)."""
-    tags = sorted(session.scalars(select(SaveTag.tag).where(SaveTag.build_id == row.id)))
+def build_record(session: Session, row: Build, save_tags: list[str] | None = None) -> BuildRecord:
+    """The record of a build row, read in ``session`` (its save-tags too, unless the caller read them)."""
+    tags = (
+        sorted(session.scalars(select(SaveTag.tag).where(SaveTag.build_id == row.id)))
+        if save_tags is None
+        else save_tags
+    )
     return BuildRecord(
         id=row.id,
         project_id=row.project_id,
@@ -243,6 +247,18 @@ def build_record(session: Session, row: Build) -> BuildRecord:
         created_by=row.created_by,
         save_tags=tags,
     )
+
+
+def _with_save_tags(session: Session, rows: list[Build]) -> list[BuildRecord]:
+    """Records of a page of builds with their save-tags read in one query (not one per build)."""
+    tags: dict[str, list[str]] = {row.id: [] for row in rows}
+    if rows:
+        found = session.execute(
+            select(SaveTag.build_id, SaveTag.tag).where(SaveTag.build_id.in_(list(tags))).order_by(SaveTag.tag)
+        )
+        for build_id, tag in found:
+            tags[build_id].append(tag)
+    return [build_record(session, row, tags[row.id]) for row in rows]
 
 
 def _project_record(row: Project) -> ProjectRecord:
@@ -383,7 +399,8 @@ class ControlStore:
                     )
                 )
             query = query.order_by(Build.created_at.desc(), Build.id.desc()).limit(limit)
-            return [build_record(session, row) for row in session.scalars(query)]
+            rows = list(session.scalars(query))
+            return _with_save_tags(session, rows)
 
     def count_builds(self, project_ids: Iterable[str]) -> dict[str, int]:
         """How many builds (any status) each project holds."""
@@ -405,7 +422,7 @@ class ControlStore:
                 .order_by(Build.total_size.desc(), Build.id)
                 .limit(limit)
             )
-            return [build_record(session, row) for row in session.scalars(query)]
+            return _with_save_tags(session, list(session.scalars(query)))
 
     def mark_saved(
         self,
