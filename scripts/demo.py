@@ -4,12 +4,15 @@ Run through scripts/demo.sh (which installs what is missing). Steps: start `carg
 filesystem store) -> `cargohold login` and create a project -> generate a two-platform image with
 attestations (standing in for `docker build`) -> `cargohold save` it under a build ID -> `cargohold pull` it
 in three parallel "matrix jobs" and unpack one with umoci -> `cargohold push` it to a CNCF reference
-registry standing in for the final registry, checked with skopeo -> re-save it and show nothing uploads.
+registry standing in for the final registry, checked with skopeo -> re-save it and show nothing uploads ->
+sign in to the web dashboard with a new project token and find the build. It ends by printing the dashboard's
+URL and that token (``--keep-serving`` keeps the server up to browse it; Ctrl-C stops it).
 Exits non-zero on any mismatch; servers are always stopped, the temporary directory always removed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -148,7 +151,19 @@ def start_reference_registry(root: Path, port: int) -> subprocess.Popen[bytes]:
     raise DemoFailure("the reference registry (docker-registry) did not start")
 
 
-def demo(work: Path) -> None:
+def check_dashboard(url: str, token: str, build_id: str) -> None:
+    """Sign in to the dashboard like a browser and find the build on its page."""
+    with httpx.Client(base_url=url, timeout=30) as browser:
+        signed_in = browser.post("/ui/sign-in", data={"token": token})
+        if signed_in.status_code != 303 or "cargohold_session" not in browser.cookies:
+            raise DemoFailure(f"signing in to the dashboard failed: HTTP {signed_in.status_code}")
+        page = browser.get(f"/ui/builds/{build_id}")
+        if page.status_code != 200 or f"cargohold pull {build_id}" not in page.text:
+            raise DemoFailure(f"the dashboard does not show build {build_id}: HTTP {page.status_code}")
+
+
+def demo(work: Path, keep_serving: bool = False) -> tuple[str, str]:
+    """Run the demo; returns the dashboard's URL and a token to sign in with."""
     admin = secrets.token_urlsafe(24)
     port, final_port = free_port(), free_port()
     url, final = f"http://127.0.0.1:{port}", f"127.0.0.1:{final_port}"
@@ -264,17 +279,30 @@ def demo(work: Path) -> None:
         detail(f"build {again['build_id']}: {again['uploaded_size']} layer bytes uploaded")
         if again["uploaded_size"] != 0:
             raise DemoFailure("an unchanged re-save uploaded layer bytes")
+
+        step(8, "The web dashboard: the same builds, in a browser")
+        created = json.loads(cargohold("tokens", "create", "--name", "dashboard", "--expires", "1d", "--json", env=env))
+        check_dashboard(url, created["token"], build_id)
+        detail(f"$ cargohold tokens create --name dashboard --expires 1d   (a project token: sees {project} only)")
+        detail(f"signed in over HTTP and found build {build_id} on its page")
+        dashboard = (url, created["token"])
+        if keep_serving:
+            print(f"\nDashboard: {url}/ui/\nSign in with: {created['token']}\n(Ctrl-C stops the server)", flush=True)
+            with contextlib.suppress(KeyboardInterrupt):
+                server.wait()
     finally:
         if reference is not None:
             stop_server(reference)
         stop_server(server)
         print(f"\n    servers stopped (cargohold exit code {server.returncode})", flush=True)
+    return dashboard
 
 
 def main() -> int:
+    keep_serving = "--keep-serving" in sys.argv[1:]
     with tempfile.TemporaryDirectory(prefix="cargohold-demo-") as tmp:
         try:
-            demo(Path(tmp))
+            url, token = demo(Path(tmp), keep_serving)
         except DemoFailure as exc:
             print(f"\nDEMO FAILED: {exc}", file=sys.stderr)
             log = Path(tmp) / "server.log"
@@ -284,6 +312,9 @@ def main() -> int:
                 )
             return 1
     print("\nDEMO OK: served, saved once, pulled three times, pushed; every digest identical. No Docker, no network.")
+    print(f"Dashboard: {url}/ui/   sign in with: {token}")
+    if not keep_serving:
+        print("(the demo's server has stopped: run scripts/demo.sh --keep-serving to browse it afterwards)")
     return 0
 
 

@@ -21,3 +21,7 @@ def test_demo_runs_end_to_end() -> None:
     assert "DEMO OK" in proc.stdout
     for step in ("cargohold save", "cargohold pull", "cargohold push", "0 layer bytes uploaded"):
         assert step in proc.stdout, f"the demo no longer shows {step!r}"
+    # It ends with the dashboard's URL and a token to sign in with (a project token, not the admin's).
+    last = proc.stdout.strip().splitlines()
+    dashboard = next(line for line in last if line.startswith("Dashboard: "))
+    assert "/ui/" in dashboard and "sign in with: chp_" in dashboard

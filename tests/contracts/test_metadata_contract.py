@@ -32,6 +32,7 @@ from cargohold.metadata.control import (
     new_id,
 )
 from cargohold.metadata.db import Database
+from cargohold.metadata.sessions import SessionRecord, SessionStore
 from cargohold.metadata.store import (
     BlobInUse,
     ManifestInUse,
@@ -452,3 +453,40 @@ def test_a_lease_has_one_holder_until_it_expires_or_is_released(metadata_db: Dat
     theirs.release()
     assert ours.acquire()
     assert Lease(metadata_db, "other", clock=clock, holder="host-b:2").acquire()  # leases are per name
+
+
+def test_dashboard_sessions_live_idle_expire_and_end(metadata_db: Database) -> None:
+    sessions = SessionStore(metadata_db)
+    now = datetime(2026, 1, 1, 12, tzinfo=UTC)
+    idle = timedelta(hours=1)
+
+    def record(id_hash: str, credential: str, expires_in: timedelta) -> SessionRecord:
+        return SessionRecord(id_hash, credential, "csrf-" + id_hash, now, now, now + expires_in)
+
+    first = sessions.create(record("a" * 64, "cred1", timedelta(hours=12)))
+    sessions.create(record("b" * 64, "cred1", timedelta(hours=12)))
+    sessions.create(record("c" * 64, "cred2", timedelta(minutes=30)))
+    assert sessions.live(first.id_hash, now + timedelta(minutes=5), idle) == first
+    assert sessions.live("d" * 64, now, idle) is None
+    assert sessions.live(first.id_hash, now + idle, idle) is None  # idle for an hour
+    sessions.touch(first.id_hash, now + timedelta(minutes=50))
+    live = sessions.live(first.id_hash, now + timedelta(minutes=100), idle)
+    assert live is not None and live.last_seen_at == now + timedelta(minutes=50)
+    assert sessions.live("c" * 64, now + timedelta(minutes=31), idle) is None  # past its absolute end
+    assert sessions.prune(now + timedelta(minutes=31), idle) == 1
+    assert sessions.end_for_credential("cred1") == 2
+    assert sessions.end(first.id_hash) is False and sessions.count() == 0
+
+
+def test_build_counts_and_the_largest_saved_builds(metadata_db: Database) -> None:
+    control = ControlStore(metadata_db)
+    project, other = control.create_project("app"), control.create_project("other")
+    builds = [control.create_build(project.id, provenance=None, created_by="t") for _ in range(3)]
+    control.create_build(other.id, provenance=None, created_by="t")
+    assert control.count_builds([project.id, other.id, "missing"]) == {project.id: 3, other.id: 1, "missing": 0}
+    assert control.largest_builds(project.id) == []  # none saved yet
+    assert [b.id for b in control.list_builds(project.id, status="pending", id_contains=builds[1].id[2:7].upper())] == [
+        builds[1].id
+    ]
+    assert control.list_builds(project.id, pinned=True) == []
+    assert control.list_builds(project.id, id_contains="%") == []  # a LIKE wildcard is a plain character

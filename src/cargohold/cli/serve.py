@@ -16,7 +16,9 @@ from typing import Any
 
 import click
 
-SERVER_PACKAGES = frozenset({"aiohttp", "sqlalchemy", "alembic", "cryptography", "prometheus_client", "mako"})
+SERVER_PACKAGES = frozenset(
+    {"aiohttp", "sqlalchemy", "alembic", "cryptography", "prometheus_client", "mako", "jinja2", "markupsafe"}
+)
 """Top-level modules of the ``server`` extra: the client (every command but ``serve``) never imports them."""
 
 CONFIG_ENV = "CARGOHOLD_SERVER_CONFIG"
@@ -313,7 +315,11 @@ def _serve_options(command: Callable[..., Any]) -> Callable[..., Any]:
 @_serve_options
 @click.pass_context
 def serve(ctx: click.Context, /, config_file: str | None, print_config: bool, **given: Any) -> None:
-    """Run the registry server (needs the server extra: pip install 'cargohold[server]')."""
+    """Run the registry server (needs the server extra: pip install 'cargohold[server]').
+
+    The same port serves the web dashboard under /ui/ (GET / redirects there): sign in with any Cargohold
+    token; see docs/dashboard.md.
+    """
     from cargohold.config.convert import settings_from_values
     from cargohold.config.file import ConfigFileError, load_config_file
     from cargohold.config.layers import Layered, effective_values

@@ -34,6 +34,11 @@ from cargohold.storage.faults import classify
 
 log = logging.getLogger(__name__)
 
+BUILD_STATUSES = ("pending", "saved", "failed")
+"""Every status a build has (the filters of the builds list accept these)."""
+MAX_ID_SEARCH = 40
+"""Longest text searched for in build IDs."""
+
 MAX_CONFIG_READ = 4 * 1024**2
 """Largest image config read to find a build's platform."""
 
@@ -76,11 +81,29 @@ class Builds:
         return await self.run(self.control.find_build_by_tag, project_id, tag)
 
     async def list_page(
-        self, project_id: str, *, limit: int, before: str | None = None, tag: str | None = None
+        self,
+        project_id: str,
+        *,
+        limit: int,
+        before: str | None = None,
+        tag: str | None = None,
+        status: str | None = None,
+        pinned: bool | None = None,
+        id_contains: str | None = None,
     ) -> list[BuildRecord]:
-        """Newest first; ``before`` is the last build of the previous page."""
+        """Newest first; ``before`` is the last build of the previous page; the rest filter."""
         try:
-            return await self.run(self.control.list_builds, project_id, limit=limit, before=before, tag=tag)
+            return await self.run(
+                lambda: self.control.list_builds(
+                    project_id,
+                    limit=limit,
+                    before=before,
+                    tag=tag,
+                    status=status,
+                    pinned=pinned,
+                    id_contains=id_contains,
+                )
+            )
         except NotFound as exc:
             raise errors.Invalid(str(exc), subject="build") from None
 

@@ -205,9 +205,13 @@ def _trust_row(record: TrustRecord) -> TrustRelationship:
     )
 
 
-def build_record(session: Session, row: Build) -> BuildRecord:
-    """The record of a build row, read in ``session`` (its save-tags too)."""
-    tags = sorted(session.scalars(select(SaveTag.tag).where(SaveTag.build_id == row.id)))
+def build_record(session: Session, row: Build, save_tags: list[str] | None = None) -> BuildRecord:
+    """The record of a build row, read in ``session`` (its save-tags too, unless the caller read them)."""
+    tags = (
+        sorted(session.scalars(select(SaveTag.tag).where(SaveTag.build_id == row.id)))
+        if save_tags is None
+        else save_tags
+    )
     return BuildRecord(
         id=row.id,
         project_id=row.project_id,
@@ -227,6 +231,18 @@ def build_record(session: Session, row: Build) -> BuildRecord:
         created_by=row.created_by,
         save_tags=tags,
     )
+
+
+def _with_save_tags(session: Session, rows: list[Build]) -> list[BuildRecord]:
+    """Records of a page of builds with their save-tags read in one query (not one per build)."""
+    tags: dict[str, list[str]] = {row.id: [] for row in rows}
+    if rows:
+        found = session.execute(
+            select(SaveTag.build_id, SaveTag.tag).where(SaveTag.build_id.in_(list(tags))).order_by(SaveTag.tag)
+        )
+        for build_id, tag in found:
+            tags[build_id].append(tag)
+    return [build_record(session, row, tags[row.id]) for row in rows]
 
 
 def _project_record(row: Project) -> ProjectRecord:
@@ -334,13 +350,28 @@ class ControlStore:
             return build_record(session, row) if row else None
 
     def list_builds(
-        self, project_id: str, *, limit: int = 50, before: str | None = None, tag: str | None = None
+        self,
+        project_id: str,
+        *,
+        limit: int = 50,
+        before: str | None = None,
+        tag: str | None = None,
+        status: str | None = None,
+        pinned: bool | None = None,
+        id_contains: str | None = None,
     ) -> list[BuildRecord]:
-        """Newest first. ``before`` is the ID of the last build of the previous page."""
+        """Newest first. ``before`` is the ID of the last build of the previous page (keyset pagination: a deep
+        page costs what the first does). ``id_contains`` matches part of the build ID, case-insensitively."""
         with self.db.read() as session:
             query = select(Build).where(Build.project_id == project_id)
             if tag is not None:
                 query = query.join(SaveTag, SaveTag.build_id == Build.id).where(SaveTag.tag == tag)
+            if status is not None:
+                query = query.where(Build.status == status)
+            if pinned is not None:
+                query = query.where(Build.pinned.is_(pinned))
+            if id_contains:
+                query = query.where(Build.id.contains(id_contains.lower(), autoescape=True))
             if before is not None:
                 anchor = session.get(Build, before)
                 if anchor is None or anchor.project_id != project_id:
@@ -352,7 +383,30 @@ class ControlStore:
                     )
                 )
             query = query.order_by(Build.created_at.desc(), Build.id.desc()).limit(limit)
-            return [build_record(session, row) for row in session.scalars(query)]
+            rows = list(session.scalars(query))
+            return _with_save_tags(session, rows)
+
+    def count_builds(self, project_ids: Iterable[str]) -> dict[str, int]:
+        """How many builds (any status) each project holds."""
+        ids = list(project_ids)
+        with self.db.read() as session:
+            rows = session.execute(
+                select(Build.project_id, func.count()).where(Build.project_id.in_(ids)).group_by(Build.project_id)
+            ).all()
+        counts = {project_id: 0 for project_id in ids}
+        counts.update({project_id: int(count) for project_id, count in rows})
+        return counts
+
+    def largest_builds(self, project_id: str, limit: int = 10) -> list[BuildRecord]:
+        """The project's saved builds by size, largest first (what to look at when storage grew)."""
+        with self.db.read() as session:
+            query = (
+                select(Build)
+                .where(Build.project_id == project_id, Build.status == "saved")
+                .order_by(Build.total_size.desc(), Build.id)
+                .limit(limit)
+            )
+            return _with_save_tags(session, list(session.scalars(query)))
 
     def mark_saved(
         self,

@@ -422,3 +422,21 @@ class SchemaInfo(Base):
 
     key: Mapped[str] = mapped_column(String(64), primary_key=True)
     value: Mapped[str] = mapped_column(String(200))
+
+
+class UiSession(Base):
+    """A signed-in web dashboard session (cargohold.server.ui): stored here so every replica shares it.
+
+    Only the SHA-256 of the session ID (the cookie's value) is kept, like tokens: a copy of the database
+    does not sign anyone in. The session acts as ``credential_id`` (no foreign key: the bootstrap
+    ``CARGOHOLD_ADMIN_TOKEN`` is stored nowhere) and dies with it (checked on every request)."""
+
+    __tablename__ = "ui_sessions"
+
+    id_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    credential_id: Mapped[str] = mapped_column(String(32), index=True)
+    csrf_token: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    """The absolute end of the session, whatever its activity."""

@@ -21,6 +21,7 @@ from cargohold.metadata.control import ControlStore
 from cargohold.metadata.db import Database
 from cargohold.metadata.store import MetadataStore
 from cargohold.ops import dbmetrics
+from cargohold.server import ui
 from cargohold.server.auth import routes as auth_routes
 from cargohold.server.auth.access import AccessPolicy, OpenAccess
 from cargohold.server.auth.security import build_security
@@ -169,6 +170,7 @@ def create_app(settings: ServerSettings, access: AccessPolicy | None = None) -> 
     app.router.add_get("/api/v1/oidc", auth_routes.oidc_discovery)
     if state.auth is not None:
         api.add_routes(app)
+        ui.install(app)  # the web dashboard under /ui/ (GET / redirects there)
     blob_copies.install(app)
     app.router.add_get("/v2/", api_root)
     app.router.add_get("/v2", api_root)

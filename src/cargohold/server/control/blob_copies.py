@@ -316,10 +316,11 @@ def install(app: web.Application) -> None:
     if not settings.server_push:
         return
     executor = ThreadPoolExecutor(max_workers=settings.push_threads, thread_name_prefix="cargohold-push")
-    executor.submit(verify_option, True)  # load the CA bundle now, not in the first push
     app[PUSH_KEY] = ServerPush(EgressPolicy(parse_networks(settings.push_allow_networks)), executor)
 
     async def shutdown(app: web.Application) -> AsyncIterator[None]:
+        # Threads start with the app, not when it is built: an app that never runs leaves none behind.
+        executor.submit(verify_option, True)  # load the CA bundle now, not in the first push
         yield
         executor.shutdown(wait=True, cancel_futures=True)
 

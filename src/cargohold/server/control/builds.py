@@ -13,6 +13,7 @@ from typing import Any
 from aiohttp import web
 
 from cargohold import schemas
+from cargohold.domain.builds import BUILD_STATUSES, MAX_ID_SEARCH
 from cargohold.oci.reference import is_valid_tag
 from cargohold.server.auth.credentials import (
     ACTIONS_PULL,
@@ -110,6 +111,13 @@ async def list_builds(request: web.Request) -> web.Response:
         raise invalid(str(exc)) from None
     before = request.query.get("before")
     tag = request.query.get("tag")
+    status = request.query.get("status") or None
+    if status is not None and status not in BUILD_STATUSES:
+        raise invalid(f"status must be one of {', '.join(BUILD_STATUSES)}")
+    pinned = flag(request.query["pinned"], "pinned") if request.query.get("pinned") else None
+    text = request.query.get("q") or None
+    if text is not None and len(text) > MAX_ID_SEARCH:
+        raise invalid(f"q (part of a build ID) is at most {MAX_ID_SEARCH} characters")
     restricted = identity.build_restriction(project.id)
     if restricted is not None:
         # A credential limited to one build lists that build alone (if it matches), never a page of others.
@@ -117,7 +125,9 @@ async def list_builds(request: web.Request) -> web.Response:
         matches = own is not None and own.project_id == project.id and before is None
         builds = [own] if own is not None and matches and (tag is None or tag in own.save_tags) else []
     else:
-        builds = await state.builds.list_page(project.id, limit=limit, before=before, tag=tag)
+        builds = await state.builds.list_page(
+            project.id, limit=limit, before=before, tag=tag, status=status, pinned=pinned, id_contains=text
+        )
     host = registry_host(state)
     page = schemas.BuildPage(
         builds=[render.build(build, host) for build in builds], next=builds[-1].id if len(builds) == limit else None

@@ -109,7 +109,14 @@ async def create_token(request: web.Request) -> web.Response:
     roots. ``permissions`` chooses the token's set within what its kind allows (and its parent holds).
     """
     state, control, identity = await authenticated(request)
-    body = await read_json_body(request)
+    created = await create_token_for(state, control, identity, await read_json_body(request))
+    return render.respond(created, status=201)
+
+
+async def create_token_for(
+    state: RegistryState, control: ControlStore, identity: Identity, body: dict[str, Any]
+) -> schemas.TokenCreated:
+    """Mint the token ``body`` asks for, as ``identity`` (the API's rules; the dashboard's form uses it too)."""
     requested = requested_permissions(body.get("permissions"))
     try:
         kind = CredentialKind(body.get("kind", "project"))
@@ -159,9 +166,7 @@ async def create_token(request: web.Request) -> web.Response:
     log.info("%s created %s token %s (%s)", identity.name, kind.value, row.id, name)
     # True when the token expires earlier than asked (or at all, when asked for none): its parent does.
     capped = row.expires_at is not None and (asked_until is None or row.expires_at < asked_until - timedelta(seconds=1))
-    return render.respond(
-        render.token_created(row, token, expiry_capped=capped and row.parent_id is not None), status=201
-    )
+    return render.token_created(row, token, expiry_capped=capped and row.parent_id is not None)
 
 
 async def list_tokens(request: web.Request) -> web.Response:
@@ -176,7 +181,14 @@ async def list_tokens(request: web.Request) -> web.Response:
 
 async def revoke_token(request: web.Request) -> web.Response:
     state, control, identity = await authenticated(request)
-    token_id = request.match_info["token"]
+    force = request.query.get("force") in ("1", "true")
+    return render.respond(await revoke_token_for(state, control, identity, request.match_info["token"], force))
+
+
+async def revoke_token_for(
+    state: RegistryState, control: ControlStore, identity: Identity, token_id: str, force: bool
+) -> schemas.TokenRevoked:
+    """Revoke a token and its descendants, as ``identity`` (the API's rules; the dashboard uses them too)."""
     row = await state.run(control.get_credential, token_id)
     if row is None:
         raise not_found(f"token {token_id} does not exist")
@@ -185,7 +197,7 @@ async def revoke_token(request: web.Request) -> web.Response:
     ):
         raise api_error(403, "DENIED", "revoking this token needs an admin token")
     # The last admin token goes only with ?force=1 (the bootstrap CARGOHOLD_ADMIN_TOKEN is another way in).
-    keep_an_admin = request.query.get("force") not in ("1", "true") and state.settings.admin_token is None
+    keep_an_admin = not force and state.settings.admin_token is None
     try:
         revoked = await state.run(lambda: control.revoke_credential(token_id, keep_an_admin=keep_an_admin))
     except Conflict:
@@ -200,7 +212,7 @@ async def revoke_token(request: web.Request) -> web.Response:
     state.auth.authenticator.forget()
     descendants = max(revoked - (1 if row.revoked_at is None else 0), 0)
     log.info("%s revoked token %s (%s) and %d token(s) minted from it", identity.name, row.id, row.name, descendants)
-    return render.respond(schemas.TokenRevoked(id=token_id, revoked=True, descendants_revoked=descendants))
+    return schemas.TokenRevoked(id=token_id, revoked=True, descendants_revoked=descendants)
 
 
 async def whoami(request: web.Request) -> web.Response:

@@ -10,10 +10,12 @@ from aiohttp import web
 
 from cargohold import schemas
 from cargohold.metadata.control import (
+    ControlStore,
     TrustRecord,
     new_id,
 )
 from cargohold.server.auth.oidc import GITHUB_ISSUER
+from cargohold.server.auth.policy import Identity
 from cargohold.server.auth.trust import RISKY_EVENTS, TrustConfigError
 from cargohold.server.auth.trust import TrustRelationship as TrustSpec
 from cargohold.server.control import render
@@ -53,8 +55,17 @@ def _trust_issuer(state: RegistryState, requested: Any) -> str:
 async def add_trust(request: web.Request) -> web.Response:
     state, control, identity = await authenticated(request)
     require_admin(identity)
-    project = await project_for(state, control, identity, request.match_info["project"], "pull")
     body = await read_json_body(request)
+    stored = await add_trust_for(state, control, identity, request.match_info["project"], body)
+    return render.respond(render.trust(stored), status=201)
+
+
+async def add_trust_for(
+    state: RegistryState, control: ControlStore, identity: Identity, project_id: str, body: dict[str, Any]
+) -> TrustRecord:
+    """Add the trust relationship ``body`` describes, as an admin (the API's rules; the dashboard's form too)."""
+    require_admin(identity)
+    project = await project_for(state, control, identity, project_id, "pull")
     owner, repository = body.get("owner"), body.get("repository")
     if isinstance(repository, str) and "/" in repository and owner is None:
         owner, repository = repository.split("/", 1)
@@ -106,7 +117,7 @@ async def add_trust(request: web.Request) -> web.Response:
     )
     stored = await state.run(control.add_trust, record)
     log.info("%s added trust %s: %s/%s -> project %s", identity.name, trust_id, owner, repository, project.id)
-    return render.respond(render.trust(stored), status=201)
+    return stored
 
 
 async def list_trust(request: web.Request) -> web.Response:
@@ -119,8 +130,16 @@ async def list_trust(request: web.Request) -> web.Response:
 
 async def remove_trust(request: web.Request) -> web.Response:
     state, control, identity = await authenticated(request)
-    require_admin(identity)
     project_id, trust_id = request.match_info["project"], request.match_info["trust"]
+    revoked = await remove_trust_for(state, control, identity, project_id, trust_id)
+    return render.respond(schemas.TrustRemoved(id=trust_id, removed=True, credentials_revoked=revoked))
+
+
+async def remove_trust_for(
+    state: RegistryState, control: ControlStore, identity: Identity, project_id: str, trust_id: str
+) -> int:
+    """Remove a trust relationship and revoke what it issued, as an admin; returns how many were revoked."""
+    require_admin(identity)
     revoked = await state.run(control.remove_trust, project_id, trust_id)
     if revoked is None:
         raise not_found(f"trust relationship {trust_id} does not exist in project {project_id}")
@@ -129,4 +148,4 @@ async def remove_trust(request: web.Request) -> web.Response:
     log.info(
         "%s removed trust %s of project %s, revoking %d credential(s)", identity.name, trust_id, project_id, revoked
     )
-    return render.respond(schemas.TrustRemoved(id=trust_id, removed=True, credentials_revoked=revoked))
+    return revoked
