@@ -18,7 +18,7 @@ from sqlalchemy import ColumnElement, Select, delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from cargohold.metadata.db import Database, rowcount, upsert
+from cargohold.metadata.db import LINEAGE_LOCK, Database, hold_lock, rowcount, upsert
 from cargohold.metadata.errors import Conflict, NotFound, ParentInactive
 from cargohold.metadata.models import (
     Blob,
@@ -525,6 +525,8 @@ class ControlStore:
         now = utcnow()
         row = _credential_row(record)
         with self.db.write() as session:
+            if row.parent_id is not None or trust_ids:
+                hold_lock(session, LINEAGE_LOCK, shared=True)  # a revocation's walk waits for this child
             if row.parent_id is not None:
                 parent = session.execute(
                     select(Credential.revoked_at, Credential.expires_at)
@@ -598,6 +600,7 @@ class ControlStore:
         the last two admins cannot both win).
         """
         with self.db.write() as session:
+            hold_lock(session, LINEAGE_LOCK)  # first: two revocations of the last two admins serialise here
             now = utcnow()
             if keep_an_admin and _is_last_admin(session, credential_id, now):
                 raise Conflict(f"token {credential_id} is the last admin token")
@@ -649,6 +652,7 @@ class ControlStore:
         revoked here) or finds the relationship gone (:meth:`add_credential` refuses it).
         """
         with self.db.write() as session:
+            hold_lock(session, LINEAGE_LOCK)  # before the trust row's lock, in the order add_credential takes them
             result = session.execute(
                 delete(TrustRelationship).where(
                     TrustRelationship.id == trust_id, TrustRelationship.project_id == project_id
@@ -716,6 +720,9 @@ def _revoke_lineage(session: Session, seed: Select[str], now: datetime) -> int:
     walk skips credentials already revoked or expired: their descendants were revoked with them or expired
     no later (a child's expiry is capped at its parent's), so the tree stays as small as what is still live.
     """
+    # Before the walk: a child minted meanwhile (holding the lock shared) is either committed and walked, or
+    # waits and then finds its parent revoked.
+    hold_lock(session, LINEAGE_LOCK)
     roots = select(Credential.id).where(Credential.id.in_(seed), Credential.revoked_at.is_(None))
     tree = roots.cte("lineage", recursive=True)
     tree = tree.union(select(Credential.id).join(tree, Credential.parent_id == tree.c.id).where(_live(now)))

@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, Engine, create_engine, event
+from sqlalchemy import Connection, CursorResult, Engine, create_engine, event, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -102,6 +102,29 @@ def upsert(session: Session, table: Any) -> Any:
     from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
     return sqlite_insert(table)
+
+
+CONTENT_LOCK = "cargohold:content"
+"""Held shared by every transaction that makes content reachable (a link, a mount, a manifest's reference
+check) and exclusively by every transaction that removes it (garbage collection's batches, a blob's unlink)."""
+LINEAGE_LOCK = "cargohold:lineage"
+"""Held shared by a child credential's mint and exclusively by a revocation's walk of the lineage tree."""
+
+
+def hold_lock(executor: Session | Connection, name: str, *, shared: bool = False) -> None:
+    """Hold the lock ``name`` until the current write transaction ends, across every process on the database.
+
+    SQLite needs nothing: each write transaction already holds the database's single write lock from its first
+    statement (``BEGIN IMMEDIATE``), which is stronger. PostgreSQL (READ COMMITTED) locks only rows written, so
+    a read-then-write that another process must not interleave with takes a transaction-scoped advisory lock
+    keyed by the name's 64-bit hash: exclusive, or shared (many shared holders at once, never with an exclusive
+    one). Take it as the transaction's first statement, so that everything it reads is read under the lock.
+    """
+    bind = executor.get_bind() if isinstance(executor, Session) else executor
+    if bind.dialect.name != "postgresql":
+        return
+    function = "pg_advisory_xact_lock_shared" if shared else "pg_advisory_xact_lock"
+    executor.execute(text(f"SELECT {function}(hashtextextended(:name, 0))"), {"name": name})
 
 
 def rowcount(result: object) -> int:
