@@ -78,7 +78,10 @@ def _make_engine(url: str, *, immediate: bool, pool_size: int | None = None) -> 
     if not url.startswith("sqlite"):
         # One connection per thread that may use the database at once (the server's I/O pool, GC's reader
         # and writer); beyond that, requests wait for a connection instead of opening more.
-        sizing = {"pool_size": pool_size, "max_overflow": 4} if pool_size else {}
+        sizing: dict[str, Any] = {"pool_size": pool_size, "max_overflow": 4} if pool_size else {}
+        if url.startswith(("postgresql", "postgres:")):
+            # An unreachable server fails a request (and /healthz) in seconds instead of the TCP timeout.
+            sizing["connect_args"] = {"connect_timeout": 10}
         return create_engine(with_driver(url), pool_pre_ping=True, **sizing)
     connect_args = {"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "check_same_thread": False}
     engine = create_engine(url, connect_args=connect_args)

@@ -30,6 +30,7 @@ from cargohold.server.control import lifecycle as control_lifecycle
 from cargohold.server.distribution import routing
 from cargohold.server.drain import DRAIN_KEY, Drain
 from cargohold.server.http import middlewares, space
+from cargohold.server.http.health import check_database
 from cargohold.server.http.middlewares import API_VERSION_HEADER
 from cargohold.server.state import STATE_KEY, RegistryState, state_of
 from cargohold.storage.faults import classify
@@ -48,9 +49,11 @@ async def api_root(request: web.Request) -> web.Response:
 
 async def healthz(request: web.Request) -> web.Response:
     """``{"status": "ok"}``, or ``"degraded"`` with ``reasons`` while storage is low: still HTTP 200, since
-    pulls keep working and a load balancer should keep sending them (uploads get 507 meanwhile)."""
+    pulls keep working and a load balancer should keep sending them (uploads get 507 meanwhile). 503
+    ``"unavailable"`` when the database does not answer: nothing can be served without it."""
     state = state_of(request)
-    await state.run(state.metadata.repository_exists, "healthz-probe")
+    if (problem := await state.run(check_database, state)) is not None:
+        return web.json_response({"status": "unavailable", "version": __version__, "reasons": [problem]}, status=503)
     body: dict[str, object] = {"status": "ok", "version": __version__}
     if state.space is not None and (reason := await state.run(state.space.degraded_reason)) is not None:
         body.update(status="degraded", reasons=[reason])
