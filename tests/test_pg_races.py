@@ -9,6 +9,7 @@ orders these transactions: with those locks removed, each test here fails within
 from __future__ import annotations
 
 import contextlib
+import secrets
 import threading
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -20,9 +21,17 @@ from sqlalchemy import func, select
 from cargohold.lifecycle.gc import GarbageCollector
 from cargohold.lifecycle.metering import Metering
 from cargohold.lifecycle.retention import Retention
-from cargohold.metadata.control import ControlStore
+from cargohold.metadata.control import ControlStore, CredentialRecord, ParentInactive, new_id
 from cargohold.metadata.db import Database
-from cargohold.metadata.models import Blob, Build, LifecycleEvent, Manifest, ManifestReference, RepositoryBlob
+from cargohold.metadata.models import (
+    Blob,
+    Build,
+    Credential,
+    LifecycleEvent,
+    Manifest,
+    ManifestReference,
+    RepositoryBlob,
+)
 from cargohold.metadata.store import MetadataStore, MissingReferences
 from cargohold.storage.filesystem import FilesystemBlobStore
 from test_lifecycle_support import Env
@@ -167,3 +176,46 @@ def test_usage_is_accrued_once_when_two_replicas_meter_at_once(replicas: tuple[E
         )
     usage = Metering(first.db, clock=lambda: start + timedelta(hours=2 * ROUNDS)).usage(project.id, "2026-06")
     assert usage.byte_hours == pytest.approx(ROUNDS * 10**9 * 1.0)
+
+
+def _credential(parent_id: str | None = None) -> CredentialRecord:
+    return CredentialRecord(
+        id=new_id(),
+        kind="project",
+        name="race",
+        token_hash=secrets.token_hex(32),
+        created_at=datetime.now(UTC),
+        parent_id=parent_id,
+    )
+
+
+def test_no_child_minted_during_a_revocation_outlives_its_parent(replicas: tuple[Env, Env]) -> None:
+    """Replica A mints children of a credential as fast as it can while replica B revokes the credential:
+    every child either was revoked with it or was refused; none stays live under a revoked parent."""
+    minter, revoker = replicas
+    for _ in range(4):
+        parent = minter.control.add_credential(_credential())
+        started = threading.Event()
+
+        def mint(parent_id: str = parent.id, started: threading.Event = started) -> int:
+            minted = 0
+            while True:
+                try:
+                    minter.control.add_credential(_credential(parent_id))
+                except ParentInactive:
+                    return minted
+                minted += 1
+                started.set()
+
+        def revoke(parent_id: str = parent.id, started: threading.Event = started) -> int:
+            started.wait(10)
+            return revoker.control.revoke_credential(parent_id)
+
+        _together(mint, mint, mint, revoke)
+        with minter.db.read() as session:
+            live_children = session.scalar(
+                select(func.count())
+                .select_from(Credential)
+                .where(Credential.parent_id == parent.id, Credential.revoked_at.is_(None))
+            )
+        assert live_children == 0
