@@ -6,6 +6,7 @@ operations that touch both (marking a build saved, moving a save-tag) run in one
 
 from __future__ import annotations
 
+import hashlib
 import json
 import secrets
 import string
@@ -686,7 +687,12 @@ class ControlStore:
     # --- OIDC jti single use ------------------------------------------------------------------------------
 
     def claim_jti(self, issuer: str, jti: str, expires_at: datetime) -> bool:
-        """Atomically record a token id; False if it was already used. Purges long-expired claims."""
+        """Atomically record a token id; False if it was already used. Purges long-expired claims.
+
+        ``jti`` comes from the token (any length its issuer likes); one longer than the column holds is stored
+        as its SHA-256, which keeps it unique without a 500 from a database that enforces lengths."""
+        if len(jti) > MAX_STORED_JTI:
+            jti = "sha256:" + hashlib.sha256(jti.encode()).hexdigest()
         now = utcnow()
         try:
             with self.db.write() as session:
@@ -695,6 +701,10 @@ class ControlStore:
             return True
         except IntegrityError:
             return False
+
+
+MAX_STORED_JTI = 255
+"""The ``oidc_token_uses.jti`` column's length."""
 
 
 def _live_full_admins(now: datetime) -> Select[str]:
