@@ -23,6 +23,22 @@ echo "== pytest"
 python -m pytest -p no:cacheprovider -ra --durations=10 -n auto --dist loadfile "$@"
 test_rc=$?
 
+# The same test bodies once more with every test server on PostgreSQL (tests/pgcluster.py, DATABASE_ENV):
+# the wire protocol, lifecycle, GC races and kill -9, and auth. Only for a whole-suite run (no arguments).
+PG_SUITE=(
+    tests/test_protocol_manifests.py tests/test_protocol_uploads.py tests/test_protocol_blobs.py
+    tests/test_protocol_tags_catalog.py tests/test_lifecycle_api.py tests/test_gc_online.py tests/test_gc_races.py
+    tests/test_crash.py tests/test_metering.py tests/test_token_lineage.py tests/test_permissions_http.py
+    tests/test_auth_http.py tests/test_oidc_http.py tests/test_trust.py
+)
+pg_rc=0
+if [ "$#" -eq 0 ]; then
+    echo "== pytest, servers on PostgreSQL"
+    CARGOHOLD_TEST_DATABASE=postgresql python -m pytest -p no:cacheprovider -ra -n auto --dist loadfile "${PG_SUITE[@]}"
+    pg_rc=$?
+    if [ "$test_rc" -eq 0 ]; then test_rc=$pg_rc; fi
+fi
+
 echo
 echo "================ summary ================"
 if [ "$lint_rc" -eq 0 ]; then echo "lint:  ok"; else echo "lint:  FAILED (ruff, mypy or lint-imports; exit $lint_rc)"; fi
@@ -31,5 +47,6 @@ case "$test_rc" in
     5) echo "tests: FAILED (pytest collected no tests)" ;;
     *) echo "tests: FAILED (pytest exit $test_rc)" ;;
 esac
+if [ "$pg_rc" -ne 0 ]; then echo "       (the PostgreSQL pass failed: exit $pg_rc)"; fi
 if [ "$lint_rc" -ne 0 ]; then exit "$lint_rc"; fi
 exit "$test_rc"

@@ -335,3 +335,54 @@ def pg_migrated_url_fixture(pg_cluster: PostgresCluster, pg_migrated_template: s
         yield pg_cluster.url(name)
     finally:
         pg_cluster.drop_database(name)
+
+
+# --- the backend switch: every test server on PostgreSQL --------------------------------------------------
+
+DATABASE_ENV = "CARGOHOLD_TEST_DATABASE"
+"""``postgresql`` runs every test server (in-process and ``cargohold serve``) on a database of the private
+cluster instead of SQLite in its data dir: ``CARGOHOLD_TEST_DATABASE=postgresql pytest tests/test_protocol_*.py``.
+The same test bodies then exercise PostgreSQL; nothing is duplicated."""
+
+
+@dataclass
+class ServerDatabases:
+    """One PostgreSQL database per server data dir, made on first start (a copy of the migrated template) and
+    kept for the session: a server restarted on the same data dir finds its data again, as it would in SQLite."""
+
+    cluster: PostgresCluster
+    template: str
+    by_data_dir: dict[Path, str] = field(default_factory=dict)
+
+    def url_for(self, data_dir: Path) -> str:
+        key = data_dir.resolve()
+        if key not in self.by_data_dir:
+            self.by_data_dir[key] = self.cluster.url(self.cluster.create_database(template=self.template))
+        return self.by_data_dir[key]
+
+
+_server_databases: ServerDatabases | None = None
+
+
+def servers_on_postgresql() -> bool:
+    return os.environ.get(DATABASE_ENV, "sqlite").lower() in ("postgresql", "postgres", "pg")
+
+
+def server_database_url(data_dir: Path) -> str | None:
+    """The database URL a test server on ``data_dir`` uses: None (SQLite in the data dir) unless switched."""
+    return _server_databases.url_for(data_dir) if _server_databases is not None else None
+
+
+@pytest.fixture(scope="session", autouse=True)
+def server_database_backend(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Switches the test servers to PostgreSQL when :data:`DATABASE_ENV` says so (see there)."""
+    global _server_databases
+    if not servers_on_postgresql():
+        yield
+        return
+    cluster = request.getfixturevalue("pg_cluster")
+    _server_databases = ServerDatabases(cluster, request.getfixturevalue("pg_migrated_template"))
+    try:
+        yield
+    finally:
+        _server_databases = None

@@ -56,6 +56,7 @@ from cargohold.server.drain import DRAIN_KEY
 from cargohold.server.http.accesslog import install_log_filters
 from cargohold.server.process import make_runner
 from cargohold.server.state import STATE_KEY, RegistryState
+from pgcluster import server_database_url
 from processes import ManagedProcess, free_port
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -132,6 +133,11 @@ class ServerProcess(_HttpClients, ManagedProcess):
         """``host:port`` as image references and skopeo want it."""
         return f"127.0.0.1:{self.port}"
 
+    def _database_env(self) -> dict[str, str]:
+        """``CARGOHOLD_DATABASE_URL`` when the tests run the servers on PostgreSQL (tests/pgcluster.py)."""
+        url = server_database_url(self.data_dir)
+        return {"CARGOHOLD_DATABASE_URL": url} if url else {}
+
     def start(self, timeout: float = 60.0) -> ServerProcess:
         cmd = [
             sys.executable,
@@ -152,7 +158,7 @@ class ServerProcess(_HttpClients, ManagedProcess):
             cmd,
             log_path=self.data_dir.parent / f"server-{self.port}.log",
             health_url=f"{self.url}/healthz",
-            env={"CARGOHOLD_ADMIN_TOKEN": self.admin_token, **self.env},
+            env={"CARGOHOLD_ADMIN_TOKEN": self.admin_token, **self._database_env(), **self.env},
             timeout=timeout,
             umask=self.umask,
             verify=self.verify(),
@@ -261,12 +267,15 @@ class InProcessServer(_HttpClients):
         return self._thread is not None
 
     def server_settings(self) -> ServerSettings:
+        settings = dict(self.settings)
+        if "database_url" not in settings and (url := server_database_url(self.data_dir)):
+            settings["database_url"] = url  # the tests run the servers on PostgreSQL (tests/pgcluster.py)
         return ServerSettings(
             host="127.0.0.1",
             port=self.port,
             data_dir=self.data_dir,
             admin_token=self.admin_token,
-            **self.settings,
+            **settings,
         )
 
     def start(self, timeout: float = 60.0) -> InProcessServer:

@@ -23,3 +23,20 @@ def test_import_contracts_are_kept() -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "0 broken" in result.stdout and "KEPT" in result.stdout
+
+
+DIALECT_MODULE = ROOT / "src" / "cargohold" / "metadata" / "db.py"
+"""The one module that may name a database dialect's SQLAlchemy constructs (``upsert``, ``hold_lock``)."""
+
+
+def test_dialect_specific_sqlalchemy_imports_live_in_one_module() -> None:
+    """Every store and lifecycle module runs on SQLite and PostgreSQL alike; a dialect's ``insert`` imported
+    elsewhere (as ``lease.py`` and ``metering.py`` once did) is a 500 on the other database."""
+    offenders = [
+        f"{path.relative_to(ROOT)}:{number}: {line.strip()}"
+        for path in sorted((ROOT / "src").rglob("*.py"))
+        if path != DIALECT_MODULE
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+        if "sqlalchemy.dialects" in line
+    ]
+    assert offenders == [], "dialect-specific imports outside metadata/db.py:\n" + "\n".join(offenders)

@@ -24,6 +24,8 @@ from cargohold.ops.backup import BackupError, take_backup
 from cargohold.sample import write_sample_image
 from servers import ServerProcess
 
+"""The newest schema revision (the migration scripts' one head): the tests follow new migrations."""
+
 
 def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     clean = {k: v for k, v in os.environ.items() if not k.startswith("CARGOHOLD_")}

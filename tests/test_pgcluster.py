@@ -132,3 +132,26 @@ def test_bin_dir_is_found_off_path(monkeypatch: pytest.MonkeyPatch, tmp_path: Pa
     (tmp_path / "pg_ctl").touch(mode=0o755)  # incomplete: no initdb, no postgres
     monkeypatch.setenv(pgcluster.BIN_ENV, str(tmp_path))
     assert pgcluster.postgres_bin_dir() == found
+
+
+def test_the_backend_switch_puts_servers_on_postgresql_and_keeps_their_data_across_restarts(
+    pg_cluster: PostgresCluster, pg_migrated_template: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """What ``CARGOHOLD_TEST_DATABASE=postgresql`` does to a test server: its metadata lives in a database of the
+    private cluster (not the data dir's SQLite file), and the same data dir finds the same database again."""
+    from servers import InProcessServer
+
+    monkeypatch.setattr(pgcluster, "_server_databases", pgcluster.ServerDatabases(pg_cluster, pg_migrated_template))
+    server = InProcessServer(data_dir=tmp_path / "data")
+    server.start()
+    try:
+        assert server.state.metadata.db.url.startswith("postgresql+psycopg://")
+        with server.client() as http:
+            assert http.post("/api/v1/projects", json={"name": "on-pg"}).status_code == 201
+        server.stop()
+        server.start()
+        with server.client() as http:
+            assert "on-pg" in http.get("/api/v1/projects").text
+    finally:
+        server.stop()
+    assert not (tmp_path / "data" / "metadata.db").exists()

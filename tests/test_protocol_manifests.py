@@ -285,6 +285,20 @@ def test_artifact_without_layers_is_accepted(http: httpx.Client) -> None:
     assert get_manifest(http, repo, "marker").content == body
 
 
+@pytest.mark.parametrize("where", ["artifactType", "config"])
+def test_an_artifact_type_longer_than_a_media_type_can_be_is_manifest_invalid(http: httpx.Client, where: str) -> None:
+    """RFC 6838 media types have at most 127 + 1 + 127 characters; a longer artifact type is refused as
+    invalid on every database (PostgreSQL's varchar(255) column used to turn it into a 500)."""
+    repo = new_repo()
+    push_blob(http, repo, EMPTY_JSON)
+    long_type = "application/vnd.example." + "x" * 240
+    config = descriptor(long_type if where == "config" else OCI_EMPTY, EMPTY_JSON)
+    manifest = image_manifest(config, [], artifact_type=long_type if where == "artifactType" else None)
+    resp = put_manifest(http, repo, "long", to_bytes(manifest), OCI_MANIFEST)
+    assert_error(resp, 400, "MANIFEST_INVALID")
+    assert "media type has at most 255" in resp.json()["errors"][0]["message"]
+
+
 @pytest.mark.parametrize("subject_exists", [True, False], ids=["subject-present", "subject-missing"])
 def test_manifest_with_subject_gets_oci_subject_header(http: httpx.Client, subject_exists: bool) -> None:
     repo = new_repo()

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
@@ -16,6 +18,8 @@ from cargohold.config import ServerSettings
 from cargohold.metadata.db import Database
 from cargohold.metadata.models import Base
 from cargohold.metadata.store import MetadataStore
+from cargohold.oci import mediatypes as mt
+from cargohold.oci.manifest import parse_manifest
 from cargohold.server.app import purge_stale_uploads
 from cargohold.server.auth.access import OpenAccess
 from cargohold.server.state import RegistryState
@@ -23,12 +27,49 @@ from cargohold.storage.filesystem import FilesystemBlobStore
 from servers import InProcessServer
 
 
-def test_migrations_create_exactly_the_models_schema(tmp_path: Path) -> None:
-    database = Database(f"sqlite:///{tmp_path / 'm.db'}")
-    database.migrate()
-    with database.write_engine.connect() as connection:
-        differences = compare_metadata(MigrationContext.configure(connection), Base.metadata)
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_migrations_create_exactly_the_models_schema(
+    backend: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    url = f"sqlite:///{tmp_path / 'm.db'}" if backend == "sqlite" else request.getfixturevalue("pg_url")
+    database = Database(url)
+    try:
+        database.migrate()
+        with database.write_engine.connect() as connection:
+            differences = compare_metadata(MigrationContext.configure(connection), Base.metadata)
+    finally:
+        database.dispose()
     assert differences == [], f"models and migrations disagree; add a migration: {differences}"
+
+
+def test_postgresql_orders_names_byte_wise(pg_migrated_url: str) -> None:
+    """The cluster's default collation is ICU en-US (tests/pgcluster.py); tag lists and their ``last`` paging
+    must still be in byte order, as on SQLite and as the OCI distribution spec asks."""
+    database = Database(pg_migrated_url)
+    try:
+        store = MetadataStore(database)
+        names = ["latest", "B", "a_1", "a", "Latest", "a.1", "a-1"]
+        config = b'{"c": 1}'
+        config_digest = "sha256:" + hashlib.sha256(config).hexdigest()
+        store.link_blob("byte/order", config_digest, len(config))
+        body = {
+            "schemaVersion": 2,
+            "mediaType": mt.OCI_MANIFEST,
+            "config": {"mediaType": mt.OCI_CONFIG, "digest": config_digest, "size": len(config)},
+            "layers": [],
+        }
+        payload = json.dumps(body).encode()
+        digest = "sha256:" + hashlib.sha256(payload).hexdigest()
+        store.put_manifest("byte/order", digest, payload, parse_manifest(payload, None), names)
+        assert store.list_tags("byte/order", last=None, limit=None) == sorted(names)  # Python's sort is byte order
+        assert store.list_tags("byte/order", last="a", limit=None) == [name for name in sorted(names) if name > "a"]
+        store.link_blob("byte/Order", config_digest, len(config))
+        store.link_blob("byte/order-x", config_digest, len(config))
+        store.link_blob("byte/orderZ", config_digest, len(config))
+        catalog = [name for name in store.list_repositories(last=None, limit=None) if name.startswith("byte/")]
+        assert catalog == sorted(catalog)
+    finally:
+        database.dispose()
 
 
 def _state(tmp_path: Path, ttl: timedelta) -> RegistryState:

@@ -28,11 +28,16 @@ def blob_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[BlobS
         raise AssertionError(f"no blob store {request.param!r}")
 
 
-@pytest.fixture(params=["sqlite-file"])
+@pytest.fixture(params=["sqlite-file", "postgresql"])
 def metadata_db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
-    """Every metadata database the stores run on, migrated to head and empty, one per test."""
+    """Every metadata database the stores run on, migrated to head and empty, one per test.
+
+    PostgreSQL: a fresh copy of the session's migrated template in the private test cluster (tests/pgcluster.py).
+    """
     if request.param == "sqlite-file":
         database = Database(sqlite_url(tmp_path / "metadata.db"))
+    elif request.param == "postgresql":
+        database = Database(request.getfixturevalue("pg_migrated_url"))
     else:  # pragma: no cover
         raise AssertionError(f"no metadata database {request.param!r}")
     database.migrate()

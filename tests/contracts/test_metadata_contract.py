@@ -433,6 +433,15 @@ def test_a_jti_is_claimed_once(metadata_db: Database) -> None:
     assert sorted(results) == [False] * 5 + [True]
 
 
+def test_a_jti_of_any_length_is_claimed_once(metadata_db: Database) -> None:
+    control = ControlStore(metadata_db)
+    expires = datetime.now(UTC) + timedelta(minutes=5)
+    long_jti = "j" * 1000
+    assert control.claim_jti("https://issuer", long_jti, expires)
+    assert not control.claim_jti("https://issuer", long_jti, expires)
+    assert control.claim_jti("https://issuer", long_jti[:-1] + "k", expires)
+
+
 # --- leases ----------------------------------------------------------------------------------------------
 
 

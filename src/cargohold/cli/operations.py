@@ -181,6 +181,64 @@ def db_upgrade(data_dir: str | None, database_url: str | None, config_file: str 
         click.echo(f"upgraded the database from schema revision {was} to {heads}")
 
 
+@db.command("migrate-to")
+@click.argument("target_database_url", metavar="TARGET_DATABASE_URL")
+@click.option(
+    "--target-storage-url",
+    help="Also copy every blob into this store (a directory, or file:///path); default: the blobs stay where "
+    "they are, in the data directory the new server keeps using.",
+)
+@_server_options
+def db_migrate_to(
+    target_database_url: str,
+    target_storage_url: str | None,
+    data_dir: str | None,
+    database_url: str | None,
+    config_file: str | None,
+) -> None:
+    """Copy all metadata into an empty database (PostgreSQL: postgresql://USER:PASSWORD@HOST/DB), and blobs
+    into another store with --target-storage-url; verifies both. Stop the server first; --data-dir and
+    --database-url name the source. Then start the server with --database-url TARGET_DATABASE_URL."""
+    with _server_extra():
+        from sqlalchemy.engine import make_url
+        from sqlalchemy.exc import ArgumentError, DBAPIError
+
+        from cargohold.metadata.db import Database, with_driver
+        from cargohold.ops.migrate import MigrationError, migrate_to
+        from cargohold.storage import StorageUrlError, open_blob_store
+
+        settings = _settings(data_dir, database_url, config_file)
+        source_url = _require_database(settings)
+        try:
+            shown = make_url(with_driver(target_database_url)).render_as_string(hide_password=True)
+        except ArgumentError:
+            raise click.ClickException(
+                f"{target_database_url!r} is not a database URL; use postgresql://USER:PASSWORD@HOST:PORT/DATABASE"
+            ) from None
+        if with_driver(target_database_url) == with_driver(source_url):
+            raise click.ClickException("the target database is the source database; name another one")
+        try:
+            source_blobs = open_blob_store(None, settings.data_dir)
+            target_blobs = open_blob_store(target_storage_url, settings.data_dir) if target_storage_url else None
+        except StorageUrlError as exc:
+            raise click.ClickException(str(exc)) from None
+        source, target = Database(source_url), Database(target_database_url)
+        try:
+            summary = migrate_to(
+                source, target, source_blobs=source_blobs, target_blobs=target_blobs, progress=click.echo
+            )
+        except MigrationError as exc:
+            raise click.ClickException(str(exc)) from None
+        except DBAPIError as exc:
+            reason = str(exc.orig).strip().splitlines()[0] if exc.orig else type(exc).__name__
+            raise click.ClickException(f"cannot use the database {shown}: {reason}") from None
+        finally:
+            source.dispose()
+            target.dispose()
+    rows = sum(summary.rows.values())
+    click.echo(f"migrated {rows} rows into {shown}; start the server with --database-url pointing there")
+
+
 @app.group()
 def admin() -> None:
     """Recovery on the server's host (break-glass)."""

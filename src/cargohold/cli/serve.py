@@ -46,7 +46,8 @@ SERVE_OPTIONS: tuple[Callable[[Any], Any], ...] = (
         "--database-url",
         "database_url",
         envvar="CARGOHOLD_DATABASE_URL",
-        help="SQLAlchemy URL (default: SQLite in the data dir).",
+        help="Metadata database: postgresql://USER:PASSWORD@HOST/DB (needs cargohold[postgres]) or any "
+        "SQLAlchemy URL (default: SQLite in the data dir). Move an install with cargohold db migrate-to.",
     ),
     _option(
         "--public-url",

@@ -78,7 +78,7 @@ from sqlalchemy import Connection, Row, bindparam, delete, exists, func, select,
 from cargohold.clock import WallClock, utc_now
 from cargohold.isotime import iso
 from cargohold.lifecycle.lease import Lease, LeaseLost
-from cargohold.metadata.db import Database
+from cargohold.metadata.db import CONTENT_LOCK, Database, hold_lock
 from cargohold.metadata.models import Blob, Manifest, ManifestReference, RepositoryBlob
 from cargohold.oci.digest import Digest
 from cargohold.storage.base import BlobStore, LocalFile
@@ -438,6 +438,7 @@ class _BatchWriter:
         if self._checkpoint is not None and self._wal_frames > WAL_RESTART_FRAMES:
             self._checkpoint.result()
         with connection.begin():
+            hold_lock(connection, CONTENT_LOCK)  # no link, mount or reference check runs meanwhile
             yield connection
         # At most one checkpoint waits in the queue: when it starts, it covers every commit before it.
         if self._checkpointer is not None and (

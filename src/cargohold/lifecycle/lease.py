@@ -79,13 +79,14 @@ class Lease:
                 )
             )
             if not taken:
-                taken = rowcount(
-                    session.execute(
-                        upsert(session, LeaseRow)
-                        .values(name=self.name, holder=self.holder, expires_at=expires)
-                        .on_conflict_do_nothing(index_elements=["name"])
-                    )
+                # RETURNING, not the row count: psycopg reports -1 for an INSERT ... ON CONFLICT DO NOTHING.
+                inserted = session.scalar(
+                    upsert(session, LeaseRow)
+                    .values(name=self.name, holder=self.holder, expires_at=expires)
+                    .on_conflict_do_nothing(index_elements=["name"])
+                    .returning(LeaseRow.name)
                 )
+                taken = int(inserted is not None)
             if not taken:
                 holder = session.scalar(select(LeaseRow.holder).where(LeaseRow.name == self.name))
                 if holder is not None and _holder_is_dead(holder):

@@ -27,12 +27,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import func, or_, select
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from cargohold.clock import WallClock, utc_now
 from cargohold.isotime import iso
-from cargohold.metadata.db import Database
+from cargohold.metadata.db import Database, upsert
 from cargohold.metadata.models import (
     Blob,
     Manifest,
@@ -180,15 +179,25 @@ class Metering:
 
     @staticmethod
     def _record(session: Session, project_id: str, stored_bytes: int, now: datetime) -> None:
-        row = session.get(ProjectStorage, project_id)
+        # Locked: two processes accruing at once would both add the interval since the same metered_at.
+        row = session.get(ProjectStorage, project_id, with_for_update=True)
         if row is None:
-            session.add(ProjectStorage(project_id=project_id, stored_bytes=stored_bytes, metered_at=now))
-            return
+            first = upsert(session, ProjectStorage).values(
+                project_id=project_id, stored_bytes=stored_bytes, metered_at=now
+            )
+            if session.scalar(
+                first.on_conflict_do_nothing(index_elements=["project_id"]).returning(ProjectStorage.project_id)
+            ):
+                return
+            row = session.get(ProjectStorage, project_id, with_for_update=True, populate_existing=True)
+            assert row is not None
         if now > row.metered_at:
             for month, span in split_by_month(row.metered_at, now):
                 amount = _byte_hours(row.stored_bytes, span)
                 if amount:
-                    statement = sqlite_insert(UsageMonth).values(project_id=project_id, month=month, byte_hours=amount)
+                    statement = upsert(session, UsageMonth).values(
+                        project_id=project_id, month=month, byte_hours=amount
+                    )
                     session.execute(
                         statement.on_conflict_do_update(
                             index_elements=["project_id", "month"],

@@ -22,7 +22,7 @@ from sqlalchemy import delete, or_, select
 from sqlalchemy.orm import Session
 
 from cargohold.lifecycle.retention import Eviction, Retention
-from cargohold.metadata.db import Database, rowcount
+from cargohold.metadata.db import CONTENT_LOCK, Database, hold_lock, rowcount
 from cargohold.metadata.models import Build, Repository, SaveTag, Tag
 from cargohold.metadata.store import MetadataStore
 
@@ -41,6 +41,7 @@ def delete_reference(
 ) -> ManifestDeletion:
     """Delete ``repository``'s manifest ``reference`` (a digest, or a tag) and evict the builds it was."""
     with db.write() as session:
+        hold_lock(session, CONTENT_LOCK)  # removes manifests: ordered against pushes referencing them
         repository_id = session.scalar(select(Repository.id).where(Repository.name == repository))
         if repository_id is None:
             return ManifestDeletion(False)

@@ -50,7 +50,7 @@ from cargohold.isotime import iso
 from cargohold.lifecycle import audit
 from cargohold.lifecycle.durations import format_duration
 from cargohold.metadata.control import BuildRecord, build_record
-from cargohold.metadata.db import Database
+from cargohold.metadata.db import CONTENT_LOCK, Database, hold_lock
 from cargohold.metadata.models import Build, Manifest, ManifestReference, Project, Repository, SaveTag, Tag
 
 log = logging.getLogger(__name__)
@@ -177,6 +177,8 @@ class Retention:
         """Delete one build now, whatever its state (pinned too: a person asked). Raises :class:`BuildNotFound`."""
         now = self.clock()
         with self.db.read() if dry_run else self.db.write() as session:
+            if not dry_run:
+                hold_lock(session, CONTENT_LOCK)  # removes manifests: ordered against pushes referencing them
             row = session.execute(select(*_BUILD_COLUMNS).where(Build.id == build_id)).first()
             if row is None:
                 raise BuildNotFound(f"build {build_id} does not exist")
@@ -371,6 +373,10 @@ class Retention:
     ) -> list[Eviction]:
         now = self.clock()
         with self.db.read() if dry_run else self.db.write() as session:
+            if not dry_run:
+                # Removes manifests (ordered against pushes referencing them), and serialises evictions across
+                # processes, so two saves over a project's cap at once re-check each other's work below.
+                hold_lock(session, CONTENT_LOCK)
             builds = [
                 _BuildRow(*row)
                 for start in range(0, len(ids), CHUNK)

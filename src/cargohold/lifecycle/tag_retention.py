@@ -76,7 +76,7 @@ from cargohold.lifecycle.retention import (
     unkept_manifests,
 )
 from cargohold.metadata.control import ID_LENGTH
-from cargohold.metadata.db import Database
+from cargohold.metadata.db import CONTENT_LOCK, Database, hold_lock
 from cargohold.metadata.models import Blob, Build, Manifest, ManifestReference, Project, Repository, SaveTag, Tag
 from cargohold.metadata.store import build_tags, project_of
 from cargohold.oci.digest import Digest, DigestError
@@ -389,6 +389,8 @@ class TagRetention:
         """
         now = self.clock()
         with self.db.read() if dry_run else self.db.write() as session:
+            if not dry_run:
+                hold_lock(session, CONTENT_LOCK)  # removes manifests: ordered against pushes referencing them
             row = self._row(session, repository, tag)
             self._refuse_build_tag(session, row, "evict")
             candidate = _Candidate(row, {"pushed_at": iso(row.pushed_at), "pinned": row.pinned})
@@ -433,6 +435,8 @@ class TagRetention:
     ) -> tuple[list[TagEviction], list[ManifestCollection]]:
         now = self.clock()
         with self.db.read() if dry_run else self.db.write() as session:
+            if not dry_run:
+                hold_lock(session, CONTENT_LOCK)  # removes manifests: ordered against pushes referencing them
             candidates = self._expired(session, _load(session, keys), now)
             if dry_run:
                 return [_planned(candidate, "expired", actor, now) for candidate in candidates], []
@@ -543,6 +547,7 @@ class TagRetention:
             ordered = sorted(planned, reverse=True)
             for start in range(0, len(ordered), self.batch_size):
                 with self.db.write() as session:
+                    hold_lock(session, CONTENT_LOCK)  # removes manifests: ordered against pushes referencing them
                     # Re-checked under the write lock: a push since the plan may have tagged or refreshed some,
                     # or listed them in a new index; whatever stays keeps what it needs.
                     chunk = ordered[start : start + self.batch_size]

@@ -6,6 +6,7 @@ operations that touch both (marking a build saved, moving a save-tag) run in one
 
 from __future__ import annotations
 
+import hashlib
 import json
 import secrets
 import string
@@ -19,7 +20,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from cargohold.clock import utc_now
-from cargohold.metadata.db import Database, rowcount, upsert
+from cargohold.metadata.db import LINEAGE_LOCK, Database, hold_lock, rowcount, upsert
 from cargohold.metadata.errors import Conflict, NotFound, ParentInactive
 from cargohold.metadata.models import (
     Blob,
@@ -563,6 +564,8 @@ class ControlStore:
         now = utc_now()
         row = _credential_row(record)
         with self.db.write() as session:
+            if row.parent_id is not None or trust_ids:
+                hold_lock(session, LINEAGE_LOCK, shared=True)  # a revocation's walk waits for this child
             if row.parent_id is not None:
                 parent = session.execute(
                     select(Credential.revoked_at, Credential.expires_at)
@@ -636,6 +639,7 @@ class ControlStore:
         the last two admins cannot both win).
         """
         with self.db.write() as session:
+            hold_lock(session, LINEAGE_LOCK)  # first: two revocations of the last two admins serialise here
             now = utc_now()
             if keep_an_admin and _is_last_admin(session, credential_id, now):
                 raise Conflict(f"token {credential_id} is the last admin token")
@@ -687,6 +691,7 @@ class ControlStore:
         revoked here) or finds the relationship gone (:meth:`add_credential` refuses it).
         """
         with self.db.write() as session:
+            hold_lock(session, LINEAGE_LOCK)  # before the trust row's lock, in the order add_credential takes them
             result = session.execute(
                 delete(TrustRelationship).where(
                     TrustRelationship.id == trust_id, TrustRelationship.project_id == project_id
@@ -720,7 +725,12 @@ class ControlStore:
     # --- OIDC jti single use ------------------------------------------------------------------------------
 
     def claim_jti(self, issuer: str, jti: str, expires_at: datetime) -> bool:
-        """Atomically record a token id; False if it was already used. Purges long-expired claims."""
+        """Atomically record a token id; False if it was already used. Purges long-expired claims.
+
+        ``jti`` comes from the token (any length its issuer likes); one longer than the column holds is stored
+        as its SHA-256, which keeps it unique without a 500 from a database that enforces lengths."""
+        if len(jti) > MAX_STORED_JTI:
+            jti = "sha256:" + hashlib.sha256(jti.encode()).hexdigest()
         now = utc_now()
         try:
             with self.db.write() as session:
@@ -729,6 +739,10 @@ class ControlStore:
             return True
         except IntegrityError:
             return False
+
+
+MAX_STORED_JTI = 255
+"""The ``oidc_token_uses.jti`` column's length."""
 
 
 def _live_full_admins(now: datetime) -> Select[str]:
@@ -754,6 +768,9 @@ def _revoke_lineage(session: Session, seed: Select[str], now: datetime) -> int:
     walk skips credentials already revoked or expired: their descendants were revoked with them or expired
     no later (a child's expiry is capped at its parent's), so the tree stays as small as what is still live.
     """
+    # Before the walk: a child minted meanwhile (holding the lock shared) is either committed and walked, or
+    # waits and then finds its parent revoked.
+    hold_lock(session, LINEAGE_LOCK)
     roots = select(Credential.id).where(Credential.id.in_(seed), Credential.revoked_at.is_(None))
     tree = roots.cte("lineage", recursive=True)
     tree = tree.union(select(Credential.id).join(tree, Credential.parent_id == tree.c.id).where(_live(now)))

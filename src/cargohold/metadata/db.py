@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, Engine, create_engine, event
+from sqlalchemy import Connection, CursorResult, Engine, Table, create_engine, event, func, select, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -65,9 +65,24 @@ def sqlite_url(path: Path) -> str:
     return f"sqlite:///{path}"
 
 
-def _make_engine(url: str, *, immediate: bool) -> Engine:
+def with_driver(url: str) -> str:
+    """``postgresql://`` (and Heroku-style ``postgres://``) URLs name psycopg 3, the driver Cargohold installs
+    (``cargohold[postgres]``); SQLAlchemy would otherwise look for psycopg2. URLs naming a driver are kept."""
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    return url
+
+
+def _make_engine(url: str, *, immediate: bool, pool_size: int | None = None) -> Engine:
     if not url.startswith("sqlite"):
-        return create_engine(url, pool_pre_ping=True)
+        # One connection per thread that may use the database at once (the server's I/O pool, GC's reader
+        # and writer); beyond that, requests wait for a connection instead of opening more.
+        sizing: dict[str, Any] = {"pool_size": pool_size, "max_overflow": 4} if pool_size else {}
+        if url.startswith(("postgresql", "postgres:")):
+            # An unreachable server fails a request (and /healthz) in seconds instead of the TCP timeout.
+            sizing["connect_args"] = {"connect_timeout": 10}
+        return create_engine(with_driver(url), pool_pre_ping=True, **sizing)
     connect_args = {"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "check_same_thread": False}
     engine = create_engine(url, connect_args=connect_args)
 
@@ -104,6 +119,48 @@ def upsert(session: Session, table: Any) -> Any:
     return sqlite_insert(table)
 
 
+CONTENT_LOCK = "cargohold:content"
+"""Held shared by every transaction that makes content reachable (a link, a mount, a manifest's reference
+check) and exclusively by every transaction that removes it (garbage collection's batches, a blob's unlink)."""
+LINEAGE_LOCK = "cargohold:lineage"
+"""Held shared by a child credential's mint and exclusively by a revocation's walk of the lineage tree."""
+
+
+def hold_lock(executor: Session | Connection, name: str, *, shared: bool = False) -> None:
+    """Hold the lock ``name`` until the current write transaction ends, across every process on the database.
+
+    SQLite needs nothing: each write transaction already holds the database's single write lock from its first
+    statement (``BEGIN IMMEDIATE``), which is stronger. PostgreSQL (READ COMMITTED) locks only rows written, so
+    a read-then-write that another process must not interleave with takes a transaction-scoped advisory lock
+    keyed by the name's 64-bit hash: exclusive, or shared (many shared holders at once, never with an exclusive
+    one). Take it as the transaction's first statement, so that everything it reads is read under the lock.
+    """
+    bind = executor.get_bind() if isinstance(executor, Session) else executor
+    if bind.dialect.name != "postgresql":
+        return
+    function = "pg_advisory_xact_lock_shared" if shared else "pg_advisory_xact_lock"
+    executor.execute(text(f"SELECT {function}(hashtextextended(:name, 0))"), {"name": name})
+
+
+def continue_ids_after_copy(connection: Connection, table: Table) -> None:
+    """After rows were inserted with their ids given (a migration between databases), make the database's own
+    id generator continue after the largest one. SQLite's ``INTEGER PRIMARY KEY`` does that by itself;
+    PostgreSQL's sequences (``SERIAL``/identity) would hand out 1 again."""
+    if connection.dialect.name != "postgresql":
+        return
+    for column in table.primary_key.columns:
+        sequence = connection.scalar(
+            text("SELECT pg_get_serial_sequence(:table, :column)"), {"table": table.name, "column": column.name}
+        )
+        if sequence is None:
+            continue
+        largest = connection.scalar(select(func.max(column)))
+        if largest is not None:
+            connection.execute(
+                text("SELECT setval(CAST(:sequence AS regclass), :value)"), {"sequence": sequence, "value": largest}
+            )
+
+
 def rowcount(result: object) -> int:
     """Rows an ``UPDATE`` or ``DELETE`` matched. ``Session.execute`` returns a ``CursorResult`` for those, which
     has ``rowcount``, but is annotated as the general ``Result``, which has not."""
@@ -113,9 +170,11 @@ def rowcount(result: object) -> int:
 class Database:
     """One database: a write engine, a read engine, and session factories for each."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, pool_size: int | None = None) -> None:
+        """``pool_size``: connections a client-server database's pool keeps (the server passes its thread
+        pool's size); None keeps SQLAlchemy's default (5, plus 10 on demand). SQLite ignores it."""
         self.url = url
-        self.write_engine = _make_engine(url, immediate=True)
+        self.write_engine = _make_engine(url, immediate=True, pool_size=pool_size)
         self.read_engine = _make_engine(url, immediate=False) if url.startswith("sqlite") else self.write_engine
         self._write_sessions = sessionmaker(self.write_engine, expire_on_commit=False)
         self._read_sessions = sessionmaker(self.read_engine, expire_on_commit=False)

@@ -46,6 +46,16 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value.replace(tzinfo=UTC) if value is not None else None
 
 
+def byte_ordered(length: int) -> String:
+    """A ``String(length)`` that sorts and compares byte-wise on every backend.
+
+    SQLite compares text byte-wise; a PostgreSQL database created with a language locale does not (``B`` sorts
+    after ``a``, ``-`` and ``.`` are ignored at first), and OCI listings (tags, the catalog) are in lexical byte
+    order, paged with ``last``. PostgreSQL gets ``COLLATE "C"`` on these columns (migration 0010).
+    """
+    return String(length).with_variant(String(length, collation="C"), "postgresql")
+
+
 NAMING = {
     "ix": "ix_%(column_0_label)s",
     "uq": "uq_%(table_name)s_%(column_0_name)s",
@@ -62,7 +72,7 @@ class Repository(Base):
     __tablename__ = "repositories"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    name: Mapped[str] = mapped_column(String(255), unique=True)
+    name: Mapped[str] = mapped_column(byte_ordered(255), unique=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
@@ -136,7 +146,7 @@ class Tag(Base):
     __tablename__ = "tags"
 
     repository_id: Mapped[int] = mapped_column(ForeignKey("repositories.id", ondelete="CASCADE"), primary_key=True)
-    name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    name: Mapped[str] = mapped_column(byte_ordered(128), primary_key=True)
     manifest_id: Mapped[int] = mapped_column(ForeignKey("manifests.id", ondelete="CASCADE"))
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
     expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)

@@ -22,7 +22,7 @@ from sqlalchemy import case, delete, exists, func, literal, select, update
 from sqlalchemy.orm import Session
 
 from cargohold.clock import WallClock, utc_now
-from cargohold.metadata.db import Database, rowcount, upsert
+from cargohold.metadata.db import CONTENT_LOCK, Database, hold_lock, rowcount, upsert
 from cargohold.metadata.errors import BlobInUse, ManifestInUse, MissingReferences, SizeMismatch, TooManyUploads
 from cargohold.metadata.models import (
     Blob,
@@ -226,6 +226,7 @@ class MetadataStore:
         link the blob, drop the session, and (between the two, while the write lock is held) move the bytes
         into the content store. Everything commits when the block ends, or nothing does if it raises."""
         with self.db.write() as session:
+            hold_lock(session, CONTENT_LOCK, shared=True)
             yield MetadataTransaction(session)
 
     @staticmethod
@@ -239,6 +240,7 @@ class MetadataStore:
         """Link ``digest`` into ``repository`` if ``source`` may read it; returns its size or None."""
         now = utc_now()
         with self.db.write() as session:
+            hold_lock(session, CONTENT_LOCK, shared=True)
             size = session.scalar(
                 select(Blob.size)
                 .join(RepositoryBlob, RepositoryBlob.digest == Blob.digest)
@@ -254,6 +256,7 @@ class MetadataStore:
     def unlink_blob(self, repository: str, digest: str) -> bool:
         """Remove ``digest`` from ``repository``; raises :class:`BlobInUse` if a manifest there needs it."""
         with self.db.write() as session:
+            hold_lock(session, CONTENT_LOCK)  # ordered against a manifest PUT's reference check
             repository_id = self._repository_id(session, repository)
             if repository_id is None:
                 return False
@@ -294,6 +297,7 @@ class MetadataStore:
         now = now or utc_now()
         with self.db.write() as session:
             if credential_id is not None and max_open > 0:
+                hold_lock(session, f"cargohold:uploads:{credential_id}")
                 query = (
                     select(func.count()).select_from(UploadSession).where(UploadSession.credential_id == credential_id)
                 )
@@ -352,6 +356,8 @@ class MetadataStore:
         now = self.clock()
         tags = list(tags)
         with self.db.write() as session:
+            # Shared with other pushes; garbage collection cannot unlink what the check below finds until commit.
+            hold_lock(session, CONTENT_LOCK, shared=True)
             repository_id = self._ensure_repository(session, repository)
             self._check_references(session, repository_id, parsed)
             manifest_id = session.scalar(
@@ -445,6 +451,7 @@ class MetadataStore:
     def delete_manifest(self, repository: str, digest: str) -> bool:
         """Delete a manifest and every tag pointing at it."""
         with self.db.write() as session:
+            hold_lock(session, CONTENT_LOCK)  # ordered against a push of an index referencing it
             repository_id = self._repository_id(session, repository)
             if repository_id is None:
                 return False

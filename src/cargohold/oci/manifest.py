@@ -91,6 +91,19 @@ def _descriptor(value: Any, where: str) -> Descriptor:
         raise ManifestInvalid(str(exc)) from None
 
 
+MAX_MEDIA_TYPE_LENGTH = 255
+"""RFC 6838 caps a media type's type and subtype names at 127 characters each. The artifact type (``artifactType``
+or the config's media type) is stored and indexed for the referrers API, so a longer one is refused here rather
+than reaching a database column that enforces its length (PostgreSQL's ``varchar(255)``)."""
+
+
+def _check_media_type_length(value: str | None, where: str) -> None:
+    if value is not None and len(value) > MAX_MEDIA_TYPE_LENGTH:
+        raise ManifestInvalid(
+            f"{where} is {len(value)} characters long; a media type has at most {MAX_MEDIA_TYPE_LENGTH}"
+        )
+
+
 def _resolve_media_type(body: dict[str, Any], content_type: str | None) -> str:
     declared = body.get("mediaType")
     header = (content_type or "").split(";")[0].strip().lower() or None
@@ -139,6 +152,8 @@ def parse_manifest(payload: bytes, content_type: str | None) -> ParsedManifest:
     if artifact_type is not None and not isinstance(artifact_type, str):
         raise ManifestInvalid("artifactType must be a string")
 
+    _check_media_type_length(artifact_type, "artifactType")
+
     if media_type in mt.INDEXES:
         entries = body.get("manifests")
         if not isinstance(entries, list):
@@ -154,5 +169,6 @@ def parse_manifest(payload: bytes, content_type: str | None) -> ParsedManifest:
         raise ManifestInvalid("'layers' must be a list")
     layers = [_descriptor(layer, f"layers[{i}]") for i, layer in enumerate(layers_value)]
     # Foreign (non-distributable) layers carrying URLs live elsewhere by design; everything else must be here.
+    _check_media_type_length(config.media_type, "config.mediaType")
     required = [config, *(layer for layer in layers if not layer.urls)]
     return ParsedManifest(media_type, False, artifact_type or config.media_type, subject, annotations, required, [])

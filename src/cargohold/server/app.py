@@ -131,7 +131,8 @@ def create_app(settings: ServerSettings, access: AccessPolicy | None = None) -> 
     )
     # Restarting on a full disk: SQLite needs room for its WAL and shared-memory files just to open.
     monitor.make_room_for_database()
-    database = Database(settings.resolved_database_url())
+    # PostgreSQL: a connection for each I/O thread, plus garbage collection's reader and writer threads.
+    database = Database(settings.resolved_database_url(), pool_size=settings.io_threads + 2)
     database.migrate()
     executor = ThreadPoolExecutor(max_workers=settings.io_threads, thread_name_prefix="cargohold-io")
     metadata = MetadataStore(database)

@@ -45,6 +45,7 @@ from cargohold.domain import projects
 from cargohold.domain.tags import change_tag
 from cargohold.lifecycle import audit
 from cargohold.lifecycle.gc import GarbageCollector, GcReport
+from cargohold.lifecycle.lease import Lease
 from cargohold.lifecycle.metering import Metering
 from cargohold.lifecycle.retention import Eviction, Retention
 from cargohold.lifecycle.tag_retention import ManifestCollection, TagEviction, TagRecord, TagRetention
@@ -73,6 +74,9 @@ from cargohold.storage.faults import classify
 log = logging.getLogger(__name__)
 
 MAX_BODY = 64 * 1024
+SWEEP_LEASE = "sweep"
+SWEEP_LEASE_TTL = timedelta(minutes=10)
+"""Longer than a sweep takes; a replica killed mid-sweep delays the next one on another host by at most this."""
 MAX_EXTENSION_SECONDS = 100 * 365 * 86400
 """Longest single extension (about 100 years): beyond it expiry dates leave what a datetime can hold."""
 
@@ -121,6 +125,24 @@ class Lifecycle:
         evicted = self.retention.enforce_cap(project_id)
         self.metering.refresh([project_id])
         return evicted
+
+    def scheduled_sweep(self, history_retention: timedelta) -> bool:
+        """The background sweep (expiry, metering, audit pruning), run by one replica at a time: replicas
+        sharing a database take the ``sweep`` lease, and one that finds it held skips this round (False).
+        Correctness does not depend on it (evictions and accruals lock what they change); the lease saves the
+        other replicas the duplicate work and keeps the log to one sweep per interval."""
+        db = self.retention.db
+        lease = Lease(db, SWEEP_LEASE, ttl=SWEEP_LEASE_TTL)
+        if not lease.acquire():
+            log.debug("retention sweep skipped: another replica is sweeping")
+            return False
+        try:
+            self.expire()
+            self.metering.refresh()
+            audit.prune(db, utc_now() - history_retention)
+        finally:
+            lease.release()
+        return True
 
     def collect_garbage(self, *, dry_run: bool = False) -> GcReport:
         report = self.gc.run(dry_run=dry_run)
@@ -355,9 +377,7 @@ async def _schedule(app: web.Application) -> AsyncIterator[None]:
     settings = state.settings
 
     def sweep() -> None:
-        lifecycle.expire()
-        lifecycle.metering.refresh()
-        audit.prune(state.metadata.db, utc_now() - settings.history_retention)
+        lifecycle.scheduled_sweep(settings.history_retention)
 
     async def every(interval: timedelta, job: Callable[[], object], what: str) -> None:
         seconds = max(0.05, interval.total_seconds())
