@@ -470,7 +470,7 @@ def test_dashboard_sessions_live_idle_expire_and_end(metadata_db: Database) -> N
     idle = timedelta(hours=1)
 
     def record(id_hash: str, credential: str, expires_in: timedelta) -> SessionRecord:
-        return SessionRecord(id_hash, credential, "csrf-" + id_hash, now, now, now + expires_in)
+        return SessionRecord(id_hash, credential, "csrf-" + id_hash[:40], now, now, now + expires_in)
 
     first = sessions.create(record("a" * 64, "cred1", timedelta(hours=12)))
     sessions.create(record("b" * 64, "cred1", timedelta(hours=12)))
