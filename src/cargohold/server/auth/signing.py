@@ -22,6 +22,7 @@ import secrets
 import stat
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -42,6 +43,10 @@ DEFAULT_REGISTRY_TOKEN_TTL = 300
 ALGORITHM = "EdDSA"
 KEYS_DIRNAME = "keys"
 _KID_RE = re.compile(r"^[A-Za-z0-9_-]{43}$")
+VERIFIED_TOKENS_CACHED = 10_000
+"""Registry tokens whose signature check is remembered (an LRU keyed by the token's SHA-256). Docker sends the
+same token with every request of a pull, and an Ed25519 check costs more than the rest of a manifest GET's
+authorisation; 10,000 entries of a few hundred bytes each are a few MiB at most."""
 
 Clock = Callable[[], float]
 
@@ -450,6 +455,10 @@ class RegistryTokenSigner:
     ttl: int = DEFAULT_REGISTRY_TOKEN_TTL
     leeway: int = 30
     clock: Clock = time.time
+    _verified: OrderedDict[bytes, tuple[RegistryClaims, str]] = field(
+        default_factory=OrderedDict, init=False, repr=False
+    )
+    """``sha256(token) -> (claims, kid)`` of tokens whose signature was checked (see VERIFIED_TOKENS_CACHED)."""
 
     def issue(self, subject: str, access: Iterable[ResourceScope]) -> IssuedToken:
         """Sign a token for ``subject`` carrying ``access`` (already intersected by the caller)."""
@@ -474,7 +483,28 @@ class RegistryTokenSigner:
         return IssuedToken(token, self.ttl, now, granted)
 
     def verify(self, token: str) -> RegistryClaims:
-        """Verify a bearer token from a registry request; any key in the ring may have signed it."""
+        """Verify a bearer token from a registry request; any key in the ring may have signed it.
+
+        A token verified before is looked up by its hash instead of checking the signature again; what can
+        change since, its expiry and whether its key is still in the ring, is checked on every use. (Whether
+        the credential behind it is still live is the caller's check, on every request.)
+        """
+        cache_key = hashlib.sha256(token.encode()).digest()
+        hit = self._verified.get(cache_key)
+        if hit is not None:
+            claims, kid = hit
+            if self.clock() <= claims.expires_at + self.leeway and self.keyring.find(kid) is not None:
+                self._verified.move_to_end(cache_key)
+                return claims
+            del self._verified[cache_key]  # and the full check below explains the refusal
+        claims, kid = self._verify_signed(token)
+        self._verified[cache_key] = (claims, kid)
+        if len(self._verified) > VERIFIED_TOKENS_CACHED:
+            self._verified.popitem(last=False)
+        return claims
+
+    def _verify_signed(self, token: str) -> tuple[RegistryClaims, str]:
+        """The full check: header, key, signature, audience, issuer and times; the claims and the key's id."""
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError as exc:
@@ -514,9 +544,10 @@ class RegistryTokenSigner:
             raise RegistryTokenError("the bearer token has expired; request a new token")
         if now + self.leeway < claims["nbf"]:
             raise RegistryTokenError("the bearer token is not valid yet (check the server clock)")
-        return RegistryClaims(
+        verified = RegistryClaims(
             str(claims["sub"]), _parse_access(claims.get("access")), int(claims["exp"]), str(claims["jti"]), claims
         )
+        return verified, key.kid
 
 
 def _parse_access(value: object) -> tuple[ResourceScope, ...]:
