@@ -32,7 +32,7 @@ import subprocess
 import sys
 import tempfile
 import urllib.parse
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -151,7 +151,8 @@ def run_wrk(
     cmd.append(server.url + kind.path)
     assert server.ps is not None
     cpu_before = tree_cpu_seconds(server.ps)
-    completed = subprocess.run(cmd, capture_output=True, text=True, check=False, stdin=subprocess.DEVNULL)
+    with profiled(server, kind, args, label):
+        completed = subprocess.run(cmd, capture_output=True, text=True, check=False, stdin=subprocess.DEVNULL)
     cpu = tree_cpu_seconds(server.ps) - cpu_before
     out = completed.stdout
     (work / f"wrk-{label}-{kind.name}.txt").write_text(out + completed.stderr)
@@ -178,6 +179,31 @@ def run_wrk(
         non_2xx=int(non_2xx_match.group(1)) if non_2xx_match else 0,
         cpu_s=cpu,
     )
+
+
+@contextlib.contextmanager
+def profiled(server: Server, kind: Kind, args: argparse.Namespace, label: str) -> Iterator[None]:
+    """With ``--py-spy DIR``, record Cargohold (all workers) with py-spy while wrk runs: collapsed
+    stacks per request kind (``flamegraph.pl`` or speedscope draw them; bench/spy_top.py lists the top frames)."""
+    if args.py_spy is None or label != "cargohold" or server.process is None:
+        yield
+        return
+    args.py_spy.mkdir(parents=True, exist_ok=True)
+    out = args.py_spy / (re.sub(r"\W+", "-", kind.name) + ".txt")
+    seconds = max(1, args.duration - 1)
+    spy = subprocess.Popen(
+        [
+            *("py-spy", "record", "--subprocesses", "--nonblocking", "--format", "raw"),
+            *("-d", str(seconds), "-o", str(out), "-p", str(server.process.pid)),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        yield
+    finally:
+        spy.wait(timeout=60)
+        log(f"py-spy stacks: {out}")
 
 
 def run_ab(
@@ -265,6 +291,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="extra argument for `cargohold serve` (repeatable), e.g. --cargohold-arg=--workers=2",
     )
     parser.add_argument("--json", type=Path, help="also write every measurement to this file")
+    parser.add_argument("--py-spy", type=Path, help="record Cargohold with py-spy during each wrk run, into this dir")
     parser.add_argument("--keep", action="store_true", help="keep the scratch dir (logs, wrk output)")
     return parser.parse_args(argv)
 

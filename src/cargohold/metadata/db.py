@@ -4,19 +4,27 @@ SQLite is the embedded default. It runs in WAL mode so readers never block the w
 transaction starts with ``BEGIN IMMEDIATE``: taking the write lock up front means two writers queue on the
 busy timeout instead of one failing with "database is locked" when it upgrades a read lock. Reads use a
 separate engine with plain deferred transactions.
+
+The hottest reads (a manifest's digest by tag, a blob link) are one ``SELECT`` each and need no transaction
+around them: a single statement already reads one consistent snapshot. :meth:`Database.read_one` runs them on
+a third engine that never opens one (no ``BEGIN``/``ROLLBACK`` round, no ORM session), which is a third of
+the cost of a small request (bench/throughput.py). Anything that reads twice and needs both answers to agree
+still uses :meth:`Database.read`.
 """
 
 from __future__ import annotations
 
 import ast
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, TypeVarTuple, cast
 
-from sqlalchemy import CursorResult, Engine, create_engine, event
+from sqlalchemy import CursorResult, Engine, Row, Select, create_engine, event
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
+
+Columns = TypeVarTuple("Columns")
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 SQLITE_BUSY_TIMEOUT_MS = 30_000
@@ -61,11 +69,17 @@ def script_heads(directory: Path = MIGRATIONS_DIR / "versions") -> set[str] | No
     return heads or None
 
 
+def url_is_sqlite(url: str) -> bool:
+    return url.startswith("sqlite")
+
+
 def sqlite_url(path: Path) -> str:
     return f"sqlite:///{path}"
 
 
-def _make_engine(url: str, *, immediate: bool) -> Engine:
+def _make_engine(url: str, *, immediate: bool | None) -> Engine:
+    """An engine whose transactions begin with ``BEGIN IMMEDIATE`` (writes), ``BEGIN`` (reads), or, with
+    ``immediate=None``, not at all: every statement is its own transaction (:meth:`Database.read_one`)."""
     if not url.startswith("sqlite"):
         return create_engine(url, pool_pre_ping=True)
     connect_args = {"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "check_same_thread": False}
@@ -82,9 +96,11 @@ def _make_engine(url: str, *, immediate: bool) -> Engine:
         cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
         cursor.close()
 
-    @event.listens_for(engine, "begin")
-    def _on_begin(connection: Any) -> None:
-        connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+    if immediate is not None:
+
+        @event.listens_for(engine, "begin")
+        def _on_begin(connection: Any) -> None:
+            connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
     return engine
 
@@ -117,6 +133,11 @@ class Database:
         self.url = url
         self.write_engine = _make_engine(url, immediate=True)
         self.read_engine = _make_engine(url, immediate=False) if url.startswith("sqlite") else self.write_engine
+        self.statement_engine = (
+            _make_engine(url, immediate=None)
+            if url.startswith("sqlite")
+            else self.write_engine.execution_options(isolation_level="AUTOCOMMIT")
+        )
         self._write_sessions = sessionmaker(self.write_engine, expire_on_commit=False)
         self._read_sessions = sessionmaker(self.read_engine, expire_on_commit=False)
 
@@ -130,6 +151,24 @@ class Database:
     def read(self) -> Iterator[Session]:
         with self._read_sessions() as session, session.begin():
             yield session
+
+    def read_one(
+        self, statement: Select[*Columns], parameters: Mapping[str, Any] | None = None
+    ) -> Row[*Columns] | None:
+        """The first row of one ``SELECT``, outside any transaction: for single-statement hot reads only.
+
+        Hot statements are built once with ``bindparam`` placeholders and given their ``parameters`` here:
+        building a statement costs about as much as running it.
+        """
+        with self.statement_engine.connect() as connection:
+            return connection.execute(statement, parameters).first()
+
+    def read_rows(
+        self, statement: Select[*Columns], parameters: Mapping[str, Any] | None = None
+    ) -> Sequence[Row[*Columns]]:
+        """Every row of one ``SELECT``, outside any transaction (see :meth:`read_one`)."""
+        with self.statement_engine.connect() as connection:
+            return connection.execute(statement, parameters).all()
 
     def migrate(self) -> None:
         """Bring the schema up to the newest Alembic revision (idempotent).
@@ -172,3 +211,5 @@ class Database:
         self.write_engine.dispose()
         if self.read_engine is not self.write_engine:
             self.read_engine.dispose()
+        if url_is_sqlite(self.url):
+            self.statement_engine.dispose()
