@@ -122,7 +122,10 @@ class Manifests:
 
         A tag that retention removed gets its reason ("build X expired on ..."), not a bare not-found.
         """
-        identity = await self.run(self.metadata.manifest_identity, repository, reference, by_digest=by_digest)
+        if self.metadata.db.reads_inline:
+            identity = self.metadata.manifest_identity(repository, reference, by_digest=by_digest)
+        else:
+            identity = await self.run(self.metadata.manifest_identity, repository, reference, by_digest=by_digest)
         if identity is not None:
             digest, media_type = identity
             cached = self.cache.get(repository, digest, media_type)
