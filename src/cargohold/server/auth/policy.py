@@ -60,7 +60,8 @@ log = logging.getLogger(__name__)
 
 ENV_ADMIN_ID = "env-admin"
 CACHE_SECONDS = 5.0
-"""How long a credential lookup is reused: revocation takes effect within this many seconds."""
+"""How long a credential lookup is reused: revocation takes effect within this many seconds, in every worker
+of ``--workers N`` (each caches on its own; the one that handled the revocation forgets at once)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,6 +218,8 @@ class TokenAuthenticator:
         self._run = run
         self._admin_hash = hash_token(admin_token) if admin_token else None
         self.raw_jwt_exchanger = raw_jwt_exchanger
+        self.clock: Callable[[], float] = time.monotonic
+        """The cache's clock (tests move it past CACHE_SECONDS)."""
         self._by_hash: dict[str, tuple[float, CredentialRecord | None]] = {}
         self._by_id: dict[str, tuple[float, CredentialRecord | None]] = {}
 
@@ -290,7 +293,7 @@ class TokenAuthenticator:
         key: str,
         load: Callable[[str], CredentialRecord | None],
     ) -> CredentialRecord | None:
-        now = time.monotonic()
+        now = self.clock()
         hit = cache.get(key)
         if hit is not None and hit[0] > now:
             return hit[1]
