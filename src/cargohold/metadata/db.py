@@ -83,7 +83,12 @@ def _make_engine(url: str, *, immediate: bool | None) -> Engine:
     if not url.startswith("sqlite"):
         return create_engine(url, pool_pre_ping=True)
     connect_args = {"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "check_same_thread": False}
-    engine = create_engine(url, connect_args=connect_args)
+    if immediate is None:
+        # Hot reads may run on the event loop (Database.reads_inline), which must never wait for a pooled
+        # connection: keep 20 open, and open more rather than queue when the thread pool holds them all.
+        engine = create_engine(url, connect_args=connect_args, pool_size=20, max_overflow=-1)
+    else:
+        engine = create_engine(url, connect_args=connect_args)
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: object) -> None:
