@@ -12,6 +12,7 @@ import hashlib
 import os
 import re
 import signal
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -84,6 +85,55 @@ def test_a_worker_that_dies_at_once_stops_the_server_with_an_error(tmp_path: Pat
         assert server.process.wait(timeout=30) == 1
         assert "stopping the server" in server.log()
         _wait_for(lambda: not workers[0].is_running() or workers[0].status() == psutil.STATUS_ZOMBIE, "worker 0")
+
+
+SUPERVISOR_SCRIPT = """
+import sys
+from pathlib import Path
+from cargohold.config import ServerSettings
+from cargohold.edge.logs import configure_logging
+from cargohold.server.workers import Supervisor
+
+configure_logging("info")
+settings = ServerSettings(host="127.0.0.1", port=int(sys.argv[1]), data_dir=Path(sys.argv[2]), admin_token=sys.argv[3])
+Supervisor(settings, 2, min_lifetime=0.5).run()
+"""
+
+
+def test_a_worker_that_dies_later_is_restarted(tmp_path: Path) -> None:
+    """The real supervisor with a shorter "dies at once" limit than serve's 10 s, so the test need not wait."""
+    from processes import ManagedProcess, free_port
+
+    class Supervised(ManagedProcess):
+        name = "supervisor"
+        process = None
+        log_path = None
+
+    port, token = free_port(), new_admin_token()
+    server = Supervised()
+    server.launch(
+        [sys.executable, "-c", SUPERVISOR_SCRIPT, str(port), str(tmp_path / "data"), token],
+        log_path=tmp_path / "supervisor.log",
+        health_url=f"http://127.0.0.1:{port}/healthz",
+    )
+    try:
+        assert server.process is not None
+        _wait_for(lambda: len(psutil.Process(server.process.pid).children()) == 2, "two workers")  # type: ignore[union-attr]
+        time.sleep(0.6)  # older than min_lifetime
+        victim = psutil.Process(server.process.pid).children()[-1]
+        victim.kill()
+        _wait_for(lambda: "restarting it" in server.log(), "the restart")
+
+        def replaced() -> bool:
+            pids = {child.pid for child in psutil.Process(server.process.pid).children()}  # type: ignore[union-attr]
+            return len(pids) == 2 and victim.pid not in pids
+
+        _wait_for(replaced, "a new worker")
+        assert httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200
+        server.process.send_signal(signal.SIGTERM)
+        assert server.process.wait(timeout=30) == 0
+    finally:
+        server.stop()
 
 
 @pytest.fixture(name="pair")

@@ -70,6 +70,7 @@ class Supervisor:
     """By pid."""
     stopping: bool = False
     failed: bool = False
+    min_lifetime: float = WORKER_MIN_LIFETIME
 
     def run(self) -> NoReturn:
         reservation = self._reserve_port()
@@ -146,12 +147,14 @@ class Supervisor:
                 continue
             code = os.waitstatus_to_exitcode(status)
             if self.stopping:
-                if code != 0:
+                # -SIGTERM: ended by the signal before its event loop took it over (still starting: nothing to
+                # drain); anything else but 0 means the drain went wrong (its watchdog fired, say).
+                if code not in (0, -signal.SIGTERM):
                     log.warning("worker %d (pid %d) exited with %s during the drain", worker.index, pid, code)
                     self.failed = True
                 continue
             lived = time.monotonic() - worker.started
-            if lived < WORKER_MIN_LIFETIME:
+            if lived < self.min_lifetime:
                 log.error(
                     "worker %d (pid %d) exited with %s after %.1f s; stopping the server (a worker that cannot "
                     "run would only be restarted forever)",
@@ -211,8 +214,10 @@ def _worker_main(settings: ServerSettings, index: int, supervisor: int, ready_fd
     """The forked child: its own process group, SIGTERM when the supervisor dies, then a whole server."""
     code = 1
     try:
-        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, signal.SIG_DFL)  # the supervisor's handlers are not this process's
+        # Until the event loop takes SIGHUP over: a reload while the worker starts must not end it.
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
         os.setpgid(0, 0)
         _die_with(supervisor)
         set_worker(index)
