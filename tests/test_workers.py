@@ -40,7 +40,7 @@ def _wait_for(condition: object, what: str, timeout: float = 20.0) -> None:
         time.sleep(0.05)
 
 
-def test_workers_share_the_port_and_all_drain_on_sigterm(tmp_path: Path) -> None:
+def test_workers_share_the_port_reload_on_sighup_and_all_drain_on_sigterm(tmp_path: Path) -> None:
     server = ServerProcess(data_dir=tmp_path / "data", extra_args=["--workers", "2"])
     with running(server):
         workers = _workers_of(server)
@@ -60,6 +60,8 @@ def test_workers_share_the_port_and_all_drain_on_sigterm(tmp_path: Path) -> None
         assert {re.search(r"worker=(\d)", line).group(1) for line in access} == {"0", "1"}  # type: ignore[union-attr]
 
         assert server.process is not None
+        server.process.send_signal(signal.SIGHUP)  # systemctl reload: every worker reloads (here: nothing to)
+        _wait_for(lambda: server.log().count("SIGHUP: nothing to reload") == 2, "SIGHUP in both workers")
         server.process.send_signal(signal.SIGTERM)
         assert server.process.wait(timeout=30) == 0
         log = server.log()
