@@ -49,6 +49,7 @@ from cargohold.server.auth.credentials import (
 from cargohold.server.auth.ratelimit import AuthFailureLimiter, retry_after_header
 from cargohold.server.auth.signing import (
     SERVICE,
+    RegistryClaims,
     RegistryTokenError,
     RegistryTokenSigner,
     ResourceScope,
@@ -241,6 +242,8 @@ class TokenAuthenticator:
         if scheme.lower() == "bearer":
             if not value:
                 raise AuthError("the Bearer credential is empty")
+            if (claims := self.signer.verified_before(value)) is not None:
+                return await self._identity_with(claims)
             if _looks_like_registry_jwt(value):
                 return await self._from_registry_jwt(value)
             return await self.from_secret(value)
@@ -268,6 +271,10 @@ class TokenAuthenticator:
             claims = self.signer.verify(token)
         except RegistryTokenError as exc:
             raise AuthError(str(exc)) from None
+        return await self._identity_with(claims)
+
+    async def _identity_with(self, claims: RegistryClaims) -> Identity:
+        """A verified registry token's caller: its credential must still be live (checked every request)."""
         identity = await self.identity_for_id(claims.subject)
         if identity is None:
             raise AuthError("the credential behind this registry token was revoked or has expired; log in again")

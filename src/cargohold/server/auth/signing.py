@@ -490,18 +490,30 @@ class RegistryTokenSigner:
         the credential behind it is still live is the caller's check, on every request.)
         """
         cache_key = hashlib.sha256(token.encode()).digest()
-        hit = self._verified.get(cache_key)
-        if hit is not None:
-            claims, kid = hit
-            if self.clock() <= claims.expires_at + self.leeway and self.keyring.find(kid) is not None:
-                self._verified.move_to_end(cache_key)
-                return claims
-            del self._verified[cache_key]  # and the full check below explains the refusal
+        claims = self._cached(cache_key)
+        if claims is not None:
+            return claims
         claims, kid = self._verify_signed(token)
         self._verified[cache_key] = (claims, kid)
         if len(self._verified) > VERIFIED_TOKENS_CACHED:
             self._verified.popitem(last=False)
         return claims
+
+    def verified_before(self, token: str) -> RegistryClaims | None:
+        """The claims of a token :meth:`verify` accepted before and would accept now, else None (without
+        parsing anything: the caller need not know whether ``token`` is a registry JWT at all)."""
+        return self._cached(hashlib.sha256(token.encode()).digest())
+
+    def _cached(self, cache_key: bytes) -> RegistryClaims | None:
+        hit = self._verified.get(cache_key)
+        if hit is None:
+            return None
+        claims, kid = hit
+        if self.clock() <= claims.expires_at + self.leeway and self.keyring.find(kid) is not None:
+            self._verified.move_to_end(cache_key)
+            return claims
+        del self._verified[cache_key]  # and verify's full check explains the refusal
+        return None
 
     def _verify_signed(self, token: str) -> tuple[RegistryClaims, str]:
         """The full check: header, key, signature, audience, issuer and times; the claims and the key's id."""
