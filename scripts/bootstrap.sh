@@ -24,7 +24,8 @@ _ch_missing_packages() {
     # ip: private network namespaces of the no-egress tests (tests/netns.py).
     # debootstrap: the container-image test builds its Debian base image locally (test_container_image.py);
     # systemd-analyze and promtool check the systemd unit and the alert rules (test_deploy_files.py).
-    for pair in skopeo:skopeo umoci:umoci docker-registry:docker-registry nginx:nginx-light curl:curl \
+    # wrk and ab (HEAD requests, which wrk 4.1 cannot time): bench/throughput.py.
+    for pair in wrk:wrk ab:apache2-utils skopeo:skopeo umoci:umoci docker-registry:docker-registry nginx:nginx-light curl:curl \
                 python3:python3 dockerd:docker.io buildah:buildah mkfs.ext4:e2fsprogs busybox:busybox-static \
                 chromium:chromium chromedriver:chromium-driver ip:iproute2 \
                 debootstrap:debootstrap systemd-analyze:systemd promtool:prometheus; do

@@ -158,7 +158,13 @@ class ServerProcess(_HttpClients, ManagedProcess):
             cmd,
             log_path=self.data_dir.parent / f"server-{self.port}.log",
             health_url=f"{self.url}/healthz",
-            env={"CARGOHOLD_ADMIN_TOKEN": self.admin_token, **self._database_env(), **self.env},
+            # One process unless a test asks for workers (--workers N): the default is one per CPU.
+            env={
+                "CARGOHOLD_ADMIN_TOKEN": self.admin_token,
+                "CARGOHOLD_WORKERS": "1",
+                **self._database_env(),
+                **self.env,
+            },
             timeout=timeout,
             umask=self.umask,
             verify=self.verify(),

@@ -14,6 +14,7 @@ from cryptography.hazmat.primitives import serialization
 
 from cargohold.metadata.db import Database, sqlite_url
 from cargohold.metadata.signing_keys import SigningKeyStore
+from cargohold.server.auth import signing
 from cargohold.server.auth.credentials import CredentialKind, Permission, Principal
 from cargohold.server.auth.signing import (
     KeyError_,
@@ -260,6 +261,50 @@ def test_registry_token_expiry_and_tampering(tmp_path: Path) -> None:
     other_service = RegistryTokenSigner(signer.keyring, service="elsewhere", clock=clock)
     with pytest.raises(RegistryTokenError):
         other_service.verify(token)
+
+
+def test_a_verified_token_is_remembered_but_expiry_and_retired_keys_still_refuse_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = FakeClock()
+    old_ring = load_or_create_keyring(tmp_path)
+    signer = RegistryTokenSigner(old_ring, clock=clock, ttl=300, leeway=30)
+    token = signer.issue("ci", [ResourceScope("repository", "alpha/app", ("pull",))]).token
+    decoded: list[str] = []
+    real_decode = jwt.decode
+
+    def counting_decode(*args: object, **kwargs: object) -> object:
+        decoded.append("x")
+        return real_decode(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(jwt, "decode", counting_decode)
+    first = signer.verify(token)
+    assert signer.verify(token) == first and signer.verify(token).allows("alpha/app", "pull")
+    assert len(decoded) == 1  # the signature was checked once
+
+    # A key retired while the token is cached: the token is refused at once, with the usual reason.
+    rotate_key(tmp_path)
+    signer.keyring = retire_key(tmp_path, old_ring.current.kid)
+    with pytest.raises(RegistryTokenError, match="no longer trusts"):
+        signer.verify(token)
+
+    # Expiry is checked on every cached use.
+    signer.keyring = load_keyring(tmp_path)
+    fresh = signer.issue("ci", []).token
+    signer.verify(fresh)
+    clock.now += 331
+    with pytest.raises(RegistryTokenError, match="expired"):
+        signer.verify(fresh)
+
+
+def test_the_verified_token_cache_is_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(signing, "VERIFIED_TOKENS_CACHED", 3)
+    signer = RegistryTokenSigner(load_or_create_keyring(tmp_path))
+    tokens = [signer.issue(f"ci-{n}", []).token for n in range(5)]
+    for token in tokens:
+        signer.verify(token)
+    assert len(signer._verified) == 3
+    assert signer.verify(tokens[0]).subject == "ci-0"  # evicted, so verified again
 
 
 def test_registry_token_with_foreign_algorithm_is_refused(tmp_path: Path) -> None:

@@ -60,7 +60,13 @@ class FaultyServer(ServerProcess):
             cmd,
             log_path=self.data_dir.parent / f"server-{self.port}.log",
             health_url=f"{self.url}/healthz",
-            env={"CARGOHOLD_ADMIN_TOKEN": self.admin_token, PLAN_ENV: str(self.plan), **self.env},
+            # One process: the fault plan counts the faults it fired in this process's memory.
+            env={
+                "CARGOHOLD_ADMIN_TOKEN": self.admin_token,
+                "CARGOHOLD_WORKERS": "1",
+                PLAN_ENV: str(self.plan),
+                **self.env,
+            },
             timeout=timeout,
         )
         return self

@@ -251,7 +251,7 @@ def test_unusable_tls_files_refuse_start_in_one_sentence(ca: PrivateCA, tmp_path
 
 def test_sighup_without_tls_is_harmless(server_process: ServerProcess) -> None:
     """``systemctl reload`` sends SIGHUP whatever the configuration; its default action would end the server."""
-    server = server_process
+    server = server_process  # a real process: the signal is the point (the `server` fixture is in-process)
     assert server.process is not None
     server.process.send_signal(signal.SIGHUP)
     deadline = time.monotonic() + 10

@@ -35,6 +35,15 @@ SERVE_OPTIONS: tuple[Callable[[Any], Any], ...] = (
     _option("--host", "host", envvar="CARGOHOLD_HOST", default="127.0.0.1", help="Address to listen on."),
     _option("--port", "port", envvar="CARGOHOLD_PORT", type=click.IntRange(0, 65535), default=5000, help="Port."),
     _option(
+        "--workers",
+        "workers",
+        envvar="CARGOHOLD_WORKERS",
+        type=click.IntRange(0, 256),
+        default=0,
+        help="Server processes sharing the port, each on its own core (0: one per CPU; 1: a single process). "
+        "A supervisor forwards SIGTERM/SIGHUP to them and restarts one that dies.",
+    ),
+    _option(
         "--data-dir",
         "data_dir",
         envvar="CARGOHOLD_DATA_DIR",

@@ -27,6 +27,7 @@ SIZES = ("max_blob_size", "chunk_min_length")
 PLAIN = (
     "host",
     "port",
+    "workers",
     "database_url",
     "public_url",
     "log_level",

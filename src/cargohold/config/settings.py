@@ -62,6 +62,9 @@ class ServerSettings:
     fsync: bool = True
     """fsync blobs before they become visible, so a power loss cannot leave a torn blob under a digest."""
     io_threads: int = 16
+    workers: int = 0
+    """Server processes sharing the port (``SO_REUSEPORT``); 0: one per CPU this process may run on. 1 is a
+    single process without a supervisor (see cargohold.server.workers)."""
     admin_token: str | None = None
     """Bootstrap admin token (``CARGOHOLD_ADMIN_TOKEN``); otherwise one is generated on an empty data dir."""
     oidc_issuers: tuple[str, ...] = ("https://token.actions.githubusercontent.com",)

@@ -12,11 +12,17 @@
   transaction that deletes the manifest, so no saved build ever points at nothing; a manifest an index still
   lists cannot be deleted.
 * **A missing tag says why.** When lifecycle removed it, the audit log's reason is the answer, not a bare 404.
+* **Cached bytes are never served for a manifest that is gone.** Manifest bytes are immutable, so a GET keeps
+  them in a bounded in-memory cache (:class:`ManifestCache`, per process); but every GET first asks the
+  database, in one indexed read without the bytes, whether the tag or digest still names that manifest in the
+  repository. A delete acknowledged by any process (another worker, a retention sweep) is therefore seen by
+  the next GET everywhere, and a cache only ever saves the bytes' transfer.
 """
 
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 from dataclasses import dataclass
 
 from cargohold.domain import errors
@@ -51,12 +57,58 @@ def unknown_manifest(reference: str) -> errors.NotFound:
     )
 
 
+MANIFEST_CACHE_BYTES = 32 * 1024 * 1024
+"""Manifest bytes one process keeps (a typical manifest or index is 0.5-10 KiB: thousands of them)."""
+MANIFEST_CACHE_LARGEST = 256 * 1024
+"""Larger manifests (rare, and cheap to read next to their transfer time) are never cached."""
+
+
+class ManifestCache:
+    """Stored manifests by ``(repository, digest)``, least recently used first out, bounded by total bytes.
+
+    Only ever consulted after the database said the manifest exists (see the module docstring), and only
+    touched from the event loop's thread.
+    """
+
+    def __init__(self, max_bytes: int = MANIFEST_CACHE_BYTES, largest: int = MANIFEST_CACHE_LARGEST) -> None:
+        self.max_bytes = max_bytes
+        self.largest = largest
+        self.size = 0
+        self._entries: OrderedDict[tuple[str, str], StoredManifest] = OrderedDict()
+
+    def get(self, repository: str, digest: str, media_type: str) -> StoredManifest | None:
+        entry = self._entries.get((repository, digest))
+        if entry is None or entry.media_type != media_type:  # a re-push may have stored it with another type
+            return None
+        self._entries.move_to_end((repository, digest))
+        return entry
+
+    def put(self, repository: str, manifest: StoredManifest) -> None:
+        if len(manifest.payload) > self.largest:
+            return
+        self.discard(repository, manifest.digest)
+        self._entries[(repository, manifest.digest)] = manifest
+        self.size += len(manifest.payload)
+        while self.size > self.max_bytes:
+            _, evicted = self._entries.popitem(last=False)
+            self.size -= len(evicted.payload)
+
+    def discard(self, repository: str, digest: str) -> None:
+        entry = self._entries.pop((repository, digest), None)
+        if entry is not None:
+            self.size -= len(entry.payload)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
 class Manifests:
     """Manifest operations of one server process (see the module docstring for the rules they keep)."""
 
     def __init__(self, metadata: MetadataStore, run: Runner) -> None:
         self.metadata = metadata
         self.run = run
+        self.cache = ManifestCache()
         self.retention: Retention | None = None
         """With lifecycle (always, in a served app): deletes evict the builds they hit, and missing tags are
         explained from the audit log."""
@@ -70,9 +122,20 @@ class Manifests:
 
         A tag that retention removed gets its reason ("build X expired on ..."), not a bare not-found.
         """
-        manifest = await self.run(self.metadata.get_manifest, repository, reference, by_digest=by_digest)
-        if manifest is not None:
-            return manifest
+        if self.metadata.db.reads_inline:
+            identity = self.metadata.manifest_identity(repository, reference, by_digest=by_digest)
+        else:
+            identity = await self.run(self.metadata.manifest_identity, repository, reference, by_digest=by_digest)
+        if identity is not None:
+            digest, media_type = identity
+            cached = self.cache.get(repository, digest, media_type)
+            if cached is not None:
+                return cached
+            manifest = await self.run(self.metadata.get_manifest, repository, digest, by_digest=True)
+            if manifest is not None:
+                self.cache.put(repository, manifest)
+                return manifest
+            # Deleted between the two reads: as missing as if it had gone before the first.
         if by_digest or self.retention is None:
             raise unknown_manifest(reference)
         explained = await self.run(audit.explain_missing, self.metadata.db, repository, reference)
@@ -135,6 +198,8 @@ class Manifests:
                 subject="manifest",
                 detail={"reference": reference, "index": exc.parent},
             ) from None
+        if by_digest:  # not needed for correctness (GETs check the database first), but the memory is free
+            self.cache.discard(repository, reference)
         if not removed:
             raise unknown_manifest(reference)
 

@@ -20,12 +20,22 @@ ACCESS_FIELDS = "access_fields"
 """``extra`` key under which the access logger passes its fields (cargohold.server.http.accesslog)."""
 
 
+_worker: int | None = None
+
+
+def set_worker(index: int | None) -> None:
+    """Name this process's worker of ``--workers N`` in every line it logs (``worker=N``, JSON ``"worker"``)."""
+    global _worker
+    _worker = index
+
+
 class RequestIdFilter(logging.Filter):
-    """Stamps each record with the request ID of the context it was logged in (if any)."""
+    """Stamps each record with the request ID of the context it was logged in (if any), and the worker."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         if not hasattr(record, "request_id"):
             record.request_id = current_request_id()
+        record.worker = _worker
         return True
 
 
@@ -41,6 +51,8 @@ class TextFormatter(EscapingFormatter):
         request_id = getattr(record, "request_id", None)
         if request_id and not hasattr(record, ACCESS_FIELDS):
             line += f" request_id={request_id}"
+        if (worker := getattr(record, "worker", None)) is not None:
+            line += f" worker={worker}"
         return line
 
 
@@ -59,6 +71,8 @@ class JsonFormatter(logging.Formatter):
         }
         if (request_id := getattr(record, "request_id", None)) is not None:
             entry["request_id"] = request_id
+        if (worker := getattr(record, "worker", None)) is not None:
+            entry["worker"] = worker
         fields = getattr(record, ACCESS_FIELDS, None)
         if isinstance(fields, dict):
             entry.update(fields)

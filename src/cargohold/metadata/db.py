@@ -4,19 +4,27 @@ SQLite is the embedded default. It runs in WAL mode so readers never block the w
 transaction starts with ``BEGIN IMMEDIATE``: taking the write lock up front means two writers queue on the
 busy timeout instead of one failing with "database is locked" when it upgrades a read lock. Reads use a
 separate engine with plain deferred transactions.
+
+The hottest reads (a manifest's digest by tag, a blob link) are one ``SELECT`` each and need no transaction
+around them: a single statement already reads one consistent snapshot. :meth:`Database.read_one` runs them on
+a third engine that never opens one (no ``BEGIN``/``ROLLBACK`` round, no ORM session), which is a third of
+the cost of a small request (bench/throughput.py). Anything that reads twice and needs both answers to agree
+still uses :meth:`Database.read`.
 """
 
 from __future__ import annotations
 
 import ast
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, TypeVarTuple, cast
 
-from sqlalchemy import Connection, CursorResult, Engine, Table, create_engine, event, func, select, text
+from sqlalchemy import Connection, CursorResult, Engine, Row, Select, Table, create_engine, event, func, select, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
+
+Columns = TypeVarTuple("Columns")
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 SQLITE_BUSY_TIMEOUT_MS = 30_000
@@ -61,6 +69,10 @@ def script_heads(directory: Path = MIGRATIONS_DIR / "versions") -> set[str] | No
     return heads or None
 
 
+def url_is_sqlite(url: str) -> bool:
+    return url.startswith("sqlite")
+
+
 def sqlite_url(path: Path) -> str:
     return f"sqlite:///{path}"
 
@@ -74,7 +86,9 @@ def with_driver(url: str) -> str:
     return url
 
 
-def _make_engine(url: str, *, immediate: bool, pool_size: int | None = None) -> Engine:
+def _make_engine(url: str, *, immediate: bool | None, pool_size: int | None = None) -> Engine:
+    """An engine whose transactions begin with ``BEGIN IMMEDIATE`` (writes), ``BEGIN`` (reads), or, with
+    ``immediate=None``, not at all: every statement is its own transaction (:meth:`Database.read_one`)."""
     if not url.startswith("sqlite"):
         # One connection per thread that may use the database at once (the server's I/O pool, GC's reader
         # and writer); beyond that, requests wait for a connection instead of opening more.
@@ -84,7 +98,12 @@ def _make_engine(url: str, *, immediate: bool, pool_size: int | None = None) -> 
             sizing["connect_args"] = {"connect_timeout": 10}
         return create_engine(with_driver(url), pool_pre_ping=True, **sizing)
     connect_args = {"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "check_same_thread": False}
-    engine = create_engine(url, connect_args=connect_args)
+    if immediate is None:
+        # Hot reads may run on the event loop (Database.reads_inline), which must never wait for a pooled
+        # connection: keep 20 open, and open more rather than queue when the thread pool holds them all.
+        engine = create_engine(url, connect_args=connect_args, pool_size=20, max_overflow=-1)
+    else:
+        engine = create_engine(url, connect_args=connect_args)
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: object) -> None:
@@ -97,9 +116,11 @@ def _make_engine(url: str, *, immediate: bool, pool_size: int | None = None) -> 
         cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
         cursor.close()
 
-    @event.listens_for(engine, "begin")
-    def _on_begin(connection: Any) -> None:
-        connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+    if immediate is not None:
+
+        @event.listens_for(engine, "begin")
+        def _on_begin(connection: Any) -> None:
+            connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
     return engine
 
@@ -176,6 +197,11 @@ class Database:
         self.url = url
         self.write_engine = _make_engine(url, immediate=True, pool_size=pool_size)
         self.read_engine = _make_engine(url, immediate=False) if url.startswith("sqlite") else self.write_engine
+        self.statement_engine = (
+            _make_engine(url, immediate=None)
+            if url.startswith("sqlite")
+            else self.write_engine.execution_options(isolation_level="AUTOCOMMIT")
+        )
         self._write_sessions = sessionmaker(self.write_engine, expire_on_commit=False)
         self._read_sessions = sessionmaker(self.read_engine, expire_on_commit=False)
 
@@ -189,6 +215,31 @@ class Database:
     def read(self) -> Iterator[Session]:
         with self._read_sessions() as session, session.begin():
             yield session
+
+    @property
+    def reads_inline(self) -> bool:
+        """Whether a :meth:`read_one` is cheaper run where it is needed than handed to a thread: an embedded
+        SQLite read in WAL mode takes tens of microseconds and never waits for a writer, less than the hop to a
+        thread pool and back; a read over a network connection to a database server is not."""
+        return url_is_sqlite(self.url)
+
+    def read_one(
+        self, statement: Select[*Columns], parameters: Mapping[str, Any] | None = None
+    ) -> Row[*Columns] | None:
+        """The first row of one ``SELECT``, outside any transaction: for single-statement hot reads only.
+
+        Hot statements are built once with ``bindparam`` placeholders and given their ``parameters`` here:
+        building a statement costs about as much as running it.
+        """
+        with self.statement_engine.connect() as connection:
+            return connection.execute(statement, parameters).first()
+
+    def read_rows(
+        self, statement: Select[*Columns], parameters: Mapping[str, Any] | None = None
+    ) -> Sequence[Row[*Columns]]:
+        """Every row of one ``SELECT``, outside any transaction (see :meth:`read_one`)."""
+        with self.statement_engine.connect() as connection:
+            return connection.execute(statement, parameters).all()
 
     def migrate(self) -> None:
         """Bring the schema up to the newest Alembic revision (idempotent).
@@ -231,3 +282,5 @@ class Database:
         self.write_engine.dispose()
         if self.read_engine is not self.write_engine:
             self.read_engine.dispose()
+        if url_is_sqlite(self.url):
+            self.statement_engine.dispose()

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import case, delete, exists, func, literal, select, update
+from sqlalchemy import Select, bindparam, case, delete, exists, func, literal, select, update
 from sqlalchemy.orm import Session
 
 from cargohold.clock import WallClock, utc_now
@@ -137,6 +137,40 @@ class MetadataTransaction:
         return bool(rowcount(result))
 
 
+# The hot reads' statements, built once (see Database.read_one); parameters: repository, reference/digest.
+_REPOSITORY_ID = select(Repository.id).where(Repository.name == bindparam("repository"))
+_LINKED_BLOB = (
+    select(Blob.size, RepositoryBlob.linked_at)
+    .join(RepositoryBlob, RepositoryBlob.digest == Blob.digest)
+    .join(Repository, Repository.id == RepositoryBlob.repository_id)
+    .where(Repository.name == bindparam("repository"), Blob.digest == bindparam("digest"))
+)
+
+
+def _manifest_query(*columns: Any, by_digest: bool) -> Select[*tuple[Any, ...]]:
+    query = (
+        select(*columns)
+        .join(Repository, Repository.id == Manifest.repository_id)
+        .where(Repository.name == bindparam("repository"))
+    )
+    if by_digest:
+        return query.where(Manifest.digest == bindparam("reference"))
+    return query.join(Tag, Tag.manifest_id == Manifest.id).where(Tag.name == bindparam("reference"))
+
+
+_MANIFEST_COLUMNS = (Manifest.digest, Manifest.media_type, Manifest.payload, Manifest.subject_digest)
+_MANIFEST_BY_DIGEST = _manifest_query(*_MANIFEST_COLUMNS, by_digest=True)
+_MANIFEST_BY_TAG = _manifest_query(*_MANIFEST_COLUMNS, by_digest=False)
+_IDENTITY_BY_DIGEST = _manifest_query(Manifest.digest, Manifest.media_type, by_digest=True)
+_IDENTITY_BY_TAG = _manifest_query(Manifest.digest, Manifest.media_type, by_digest=False)
+_TAGS = (
+    select(Tag.name)
+    .join(Repository, Repository.id == Tag.repository_id)
+    .where(Repository.name == bindparam("repository"))
+    .order_by(Tag.name)
+)
+
+
 class MetadataStore:
     def __init__(self, db: Database, *, clock: WallClock = utc_now) -> None:
         self.db = db
@@ -161,8 +195,7 @@ class MetadataStore:
         return repository_id
 
     def repository_exists(self, name: str) -> bool:
-        with self.db.read() as session:
-            return self._repository_id(session, name) is not None
+        return self.db.read_one(_REPOSITORY_ID, {"repository": name}) is not None
 
     def list_repositories(self, *, last: str | None, limit: int | None) -> list[str]:
         with self.db.read() as session:
@@ -187,14 +220,8 @@ class MetadataStore:
 
     def linked_blob(self, repository: str, digest: str) -> tuple[int, datetime] | None:
         """``(size, linked_at)`` if the repository may read ``digest``: the blob GET path's one read."""
-        with self.db.read() as session:
-            row = session.execute(
-                select(Blob.size, RepositoryBlob.linked_at)
-                .join(RepositoryBlob, RepositoryBlob.digest == Blob.digest)
-                .join(Repository, Repository.id == RepositoryBlob.repository_id)
-                .where(Repository.name == repository, Blob.digest == digest)
-            ).first()
-            return (row[0], row[1]) if row else None
+        row = self.db.read_one(_LINKED_BLOB, {"repository": repository, "digest": digest})
+        return (row[0], row[1]) if row else None
 
     def touch_link(self, repository: str, digest: str, older_than: datetime) -> bool:
         """Refresh a link's ``linked_at`` if it is older than ``older_than``; False if the link is gone.
@@ -435,18 +462,16 @@ class MetadataStore:
             raise MissingReferences(missing)
 
     def get_manifest(self, repository: str, reference: str, *, by_digest: bool) -> StoredManifest | None:
-        with self.db.read() as session:
-            query = (
-                select(Manifest.digest, Manifest.media_type, Manifest.payload, Manifest.subject_digest)
-                .join(Repository, Repository.id == Manifest.repository_id)
-                .where(Repository.name == repository)
-            )
-            if by_digest:
-                query = query.where(Manifest.digest == reference)
-            else:
-                query = query.join(Tag, Tag.manifest_id == Manifest.id).where(Tag.name == reference)
-            row = session.execute(query).first()
-            return StoredManifest(row[0], row[1], row[2], row[3]) if row else None
+        query = _MANIFEST_BY_DIGEST if by_digest else _MANIFEST_BY_TAG
+        row = self.db.read_one(query, {"repository": repository, "reference": reference})
+        return StoredManifest(row[0], row[1], bytes(row[2]), row[3]) if row else None
+
+    def manifest_identity(self, repository: str, reference: str, *, by_digest: bool) -> tuple[str, str] | None:
+        """``(digest, media type)`` of the manifest a tag points at, or of the digest if that manifest is in the
+        repository: one indexed read without the manifest's bytes (the check before serving cached ones)."""
+        query = _IDENTITY_BY_DIGEST if by_digest else _IDENTITY_BY_TAG
+        row = self.db.read_one(query, {"repository": repository, "reference": reference})
+        return (str(row[0]), str(row[1])) if row else None
 
     def delete_manifest(self, repository: str, digest: str) -> bool:
         """Delete a manifest and every tag pointing at it."""
@@ -491,17 +516,17 @@ class MetadataStore:
             return bool(rowcount(result))
 
     def list_tags(self, repository: str, *, last: str | None, limit: int | None) -> list[str] | None:
-        """Tags in lexical order after ``last``; None if the repository does not exist."""
-        with self.db.read() as session:
-            repository_id = self._repository_id(session, repository)
-            if repository_id is None:
-                return None
-            query = select(Tag.name).where(Tag.repository_id == repository_id).order_by(Tag.name)
-            if last:
-                query = query.where(Tag.name > last)
-            if limit is not None:
-                query = query.limit(limit)
-            return list(session.scalars(query))
+        """Tags in lexical order after ``last``; None if the repository does not exist.
+
+        One statement when there are tags to list; only an empty page asks whether the repository exists.
+        """
+        query = _TAGS.where(Tag.name > last) if last else _TAGS
+        if limit is not None:
+            query = query.limit(limit)
+        tags = [str(row[0]) for row in self.db.read_rows(query, {"repository": repository})]
+        if not tags and not self.repository_exists(repository):
+            return None
+        return tags
 
     def referrers(self, repository: str, subject: str, artifact_type: str | None) -> list[Descriptor]:
         """Descriptors of manifests in ``repository`` whose ``subject`` is ``subject``."""

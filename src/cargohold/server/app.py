@@ -53,6 +53,9 @@ def purge_stale_uploads(state: RegistryState, now: datetime | None = None) -> in
 
 async def _housekeeping(app: web.Application) -> AsyncIterator[None]:
     state = app[STATE_KEY]
+    if not state.background_jobs:
+        yield
+        return
     interval = max(1.0, min(state.settings.upload_ttl / 4, timedelta(hours=1)).total_seconds())
 
     async def loop() -> None:
@@ -109,11 +112,15 @@ async def _shutdown(app: web.Application) -> AsyncIterator[None]:
     state.metadata.db.dispose()
 
 
-def create_app(settings: ServerSettings, access: AccessPolicy | None = None) -> web.Application:
+def create_app(
+    settings: ServerSettings, access: AccessPolicy | None = None, *, background_jobs: bool = True
+) -> web.Application:
     """Build the registry application; migrates the metadata database before returning.
 
     Without ``access``, every route requires a credential (see :mod:`cargohold.server.auth.policy`); passing
-    :class:`OpenAccess` is for embedding the bare registry core behind another gate, and for tests.
+    :class:`OpenAccess` is for embedding the bare registry core behind another gate, and for tests. Without
+    ``background_jobs``, the application serves requests but leaves purges, sweeps, garbage collection and
+    evicting for space to another process (the first of ``--workers N``).
     """
     secure_data_dir(settings.data_dir, settings.resolved_database_url())
     blobs = FilesystemBlobStore(settings.data_dir, fsync=settings.fsync)
@@ -145,6 +152,7 @@ def create_app(settings: ServerSettings, access: AccessPolicy | None = None) -> 
         executor=executor,
         control=control,
         space=monitor,
+        background_jobs=background_jobs,
     )
     if access is None:
         security = build_security(state)
@@ -186,6 +194,7 @@ def create_app(settings: ServerSettings, access: AccessPolicy | None = None) -> 
         monitor.guard.measure,
         after_evict=lambda evicted: lifecycle.metering.refresh(sorted({e.project_id for e in evicted})),
     )
-    space.install(app, registry=lifecycle.metrics.registry, reclaimer=reclaimer)  # reclaiming evicts and collects
+    # Reclaiming evicts and collects: a background job. Every worker measures free space for its own uploads.
+    space.install(app, registry=lifecycle.metrics.registry, reclaimer=reclaimer if background_jobs else None)
     dbmetrics.install(app)  # after lifecycle: its metrics registry
     return app

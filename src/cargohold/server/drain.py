@@ -25,7 +25,9 @@ What happens, in order (:func:`drain_and_stop`):
 6. A **watchdog** ends the process at the deadline if anything still holds it (a thread blocked on a
    network call): everything the server stores is crash-safe, so that is a loss of time, never of data.
 
-A second signal during the drain exits at once.
+A second signal during the drain exits at once. (A worker of ``--workers N`` ignores a repeat within a
+second of the first: a service manager that signals the whole process group and the supervisor forwarding
+the same signal are one request to stop, see :mod:`cargohold.server.workers`.)
 """
 
 from __future__ import annotations
@@ -165,21 +167,37 @@ def receiving(request: web.BaseRequest) -> Iterator[None]:
 
 
 async def serve(
-    runner: web.AppRunner, sites: Callable[[web.AppRunner], list[web.BaseSite]], shutdown_timeout: float
+    runner: web.AppRunner,
+    sites: Callable[[web.AppRunner], list[web.BaseSite]],
+    shutdown_timeout: float,
+    *,
+    on_started: Callable[[], None] | None = None,
+    repeat_grace: float = 0.0,
 ) -> None:
-    """Run until SIGTERM or SIGINT, then drain and stop within ``shutdown_timeout`` seconds."""
+    """Run until SIGTERM or SIGINT, then drain and stop within ``shutdown_timeout`` seconds.
+
+    ``on_started`` is called once the sites listen; a repeated signal within ``repeat_grace`` seconds of the
+    first is taken as the same request to stop (a worker's), any later one exits at once.
+    """
     await runner.setup()
     started = sites(runner)
     for site in started:
         await site.start()
+    if on_started is not None:
+        on_started()
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
+    first_signal = 0.0
 
     def on_signal(signum: int) -> None:
+        nonlocal first_signal
         name = signal.Signals(signum).name
         if stop.is_set():
+            if time.monotonic() - first_signal < repeat_grace:
+                return
             log.warning("second %s during the drain: exiting now", name)
             _hard_exit(1)
+        first_signal = time.monotonic()
         log.info("%s received: draining (at most %.0f s)", name, shutdown_timeout)
         stop.set()
 

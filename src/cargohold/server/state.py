@@ -43,6 +43,9 @@ class RegistryState:
     oidc: OidcExchange | None = None
     space: SpaceMonitor | None = None
     """Free space, upload admission and the reserve file (see cargohold.domain.space)."""
+    background_jobs: bool = True
+    """Whether this process runs the server's background jobs (stale-upload purges, retention sweeps, garbage
+    collection, evicting for space): with ``--workers N`` only the first worker does (cargohold.server.workers)."""
     uploads: UploadSessions = field(init=False)
     """Every upload session of this process (see cargohold.domain.uploads)."""
     manifests: Manifests = field(init=False)

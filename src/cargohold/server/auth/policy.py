@@ -48,6 +48,7 @@ from cargohold.server.auth.credentials import (
 from cargohold.server.auth.ratelimit import AuthFailureLimiter, retry_after_header
 from cargohold.server.auth.signing import (
     SERVICE,
+    RegistryClaims,
     RegistryTokenError,
     RegistryTokenSigner,
     ResourceScope,
@@ -61,7 +62,8 @@ log = logging.getLogger(__name__)
 
 ENV_ADMIN_ID = "env-admin"
 CACHE_SECONDS = 5.0
-"""How long a credential lookup is reused: revocation takes effect within this many seconds."""
+"""How long a credential lookup is reused: revocation takes effect within this many seconds, in every worker
+of ``--workers N`` (each caches on its own; the one that handled the revocation forgets at once)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -249,6 +251,8 @@ class TokenAuthenticator:
         if scheme.lower() == "bearer":
             if not value:
                 raise AuthError("the Bearer credential is empty")
+            if (claims := self.signer.verified_before(value)) is not None:
+                return await self._identity_with(claims)
             if _looks_like_registry_jwt(value):
                 return await self._from_registry_jwt(value)
             return await self.from_secret(value)
@@ -284,6 +288,10 @@ class TokenAuthenticator:
                 raise AuthError(str(again)) from None
         except RegistryTokenError as exc:
             raise AuthError(str(exc)) from None
+        return await self._identity_with(claims)
+
+    async def _identity_with(self, claims: RegistryClaims) -> Identity:
+        """A verified registry token's caller: its credential must still be live (checked every request)."""
         identity = await self.identity_for_id(claims.subject)
         if identity is None:
             raise AuthError("the credential behind this registry token was revoked or has expired; log in again")

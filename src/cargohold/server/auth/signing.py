@@ -28,6 +28,7 @@ import os
 import re
 import stat
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,6 +54,10 @@ _KID_RE = re.compile(r"^[A-Za-z0-9_-]{43}$")
 KEY_RELOAD_SECONDS = 10.0
 """How stale a replica's view of the keys may get: a rotation or retirement elsewhere reaches it within this."""
 UNKNOWN_KID_RELOAD_SECONDS = 1.0
+VERIFIED_TOKENS_CACHED = 10_000
+"""Registry tokens whose signature check is remembered (an LRU keyed by the token's SHA-256). Docker sends the
+same token with every request of a pull, and an Ed25519 check costs more than the rest of a manifest GET's
+authorisation; 10,000 entries of a few hundred bytes each are a few MiB at most."""
 
 log = logging.getLogger(__name__)
 
@@ -464,6 +469,11 @@ class RegistryTokenSigner:
             return False
         return True
 
+    _verified: OrderedDict[bytes, tuple[RegistryClaims, str]] = field(
+        default_factory=OrderedDict, init=False, repr=False
+    )
+    """``sha256(token) -> (claims, kid)`` of tokens whose signature was checked (see VERIFIED_TOKENS_CACHED)."""
+
     def issue(self, subject: str, access: Iterable[ResourceScope]) -> IssuedToken:
         """Sign a token for ``subject`` carrying ``access`` (already intersected by the caller)."""
         now = int(self.clock().timestamp())
@@ -487,7 +497,40 @@ class RegistryTokenSigner:
         return IssuedToken(token, self.ttl, now, granted)
 
     def verify(self, token: str) -> RegistryClaims:
-        """Verify a bearer token from a registry request; any key in the ring may have signed it."""
+        """Verify a bearer token from a registry request; any key in the ring may have signed it.
+
+        A token verified before is looked up by its hash instead of checking the signature again; what can
+        change since, its expiry and whether its key is still in the ring, is checked on every use. (Whether
+        the credential behind it is still live is the caller's check, on every request.)
+        """
+        cache_key = hashlib.sha256(token.encode()).digest()
+        claims = self._cached(cache_key)
+        if claims is not None:
+            return claims
+        claims, kid = self._verify_signed(token)
+        self._verified[cache_key] = (claims, kid)
+        if len(self._verified) > VERIFIED_TOKENS_CACHED:
+            self._verified.popitem(last=False)
+        return claims
+
+    def verified_before(self, token: str) -> RegistryClaims | None:
+        """The claims of a token :meth:`verify` accepted before and would accept now, else None (without
+        parsing anything: the caller need not know whether ``token`` is a registry JWT at all)."""
+        return self._cached(hashlib.sha256(token.encode()).digest())
+
+    def _cached(self, cache_key: bytes) -> RegistryClaims | None:
+        hit = self._verified.get(cache_key)
+        if hit is None:
+            return None
+        claims, kid = hit
+        if self.clock().timestamp() <= claims.expires_at + self.leeway and self.keyring.find(kid) is not None:
+            self._verified.move_to_end(cache_key)
+            return claims
+        del self._verified[cache_key]  # and verify's full check explains the refusal
+        return None
+
+    def _verify_signed(self, token: str) -> tuple[RegistryClaims, str]:
+        """The full check: header, key, signature, audience, issuer and times; the claims and the key's id."""
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError as exc:
@@ -527,9 +570,10 @@ class RegistryTokenSigner:
             raise RegistryTokenError("the bearer token has expired; request a new token")
         if now + self.leeway < claims["nbf"]:
             raise RegistryTokenError("the bearer token is not valid yet (check the server clock)")
-        return RegistryClaims(
+        verified = RegistryClaims(
             str(claims["sub"]), _parse_access(claims.get("access")), int(claims["exp"]), str(claims["jti"]), claims
         )
+        return verified, key.kid
 
 
 def _parse_access(value: object) -> tuple[ResourceScope, ...]:

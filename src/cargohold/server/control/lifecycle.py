@@ -373,6 +373,9 @@ async def metrics_endpoint(request: web.Request) -> web.Response:
 
 async def _schedule(app: web.Application) -> AsyncIterator[None]:
     state = app[STATE_KEY]
+    if not state.background_jobs:  # another worker runs the schedule (cargohold.server.workers)
+        yield
+        return
     lifecycle = lifecycle_of(app)
     settings = state.settings
 
