@@ -264,10 +264,10 @@ def test_registry_token_expiry_and_tampering(tmp_path: Path) -> None:
 
 
 def test_a_verified_token_is_remembered_but_expiry_and_retired_keys_still_refuse_it(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    keys: SigningKeyStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     clock = FakeClock()
-    old_ring = load_or_create_keyring(tmp_path)
+    old_ring = load_or_create_keyring(keys)
     signer = RegistryTokenSigner(old_ring, clock=clock, ttl=300, leeway=30)
     token = signer.issue("ci", [ResourceScope("repository", "alpha/app", ("pull",))]).token
     decoded: list[str] = []
@@ -283,13 +283,13 @@ def test_a_verified_token_is_remembered_but_expiry_and_retired_keys_still_refuse
     assert len(decoded) == 1  # the signature was checked once
 
     # A key retired while the token is cached: the token is refused at once, with the usual reason.
-    rotate_key(tmp_path)
-    signer.keyring = retire_key(tmp_path, old_ring.current.kid)
+    rotate_key(keys)
+    signer.keyring = retire_key(keys, old_ring.current.kid)
     with pytest.raises(RegistryTokenError, match="no longer trusts"):
         signer.verify(token)
 
     # Expiry is checked on every cached use.
-    signer.keyring = load_keyring(tmp_path)
+    signer.keyring = database_keyring(keys)
     fresh = signer.issue("ci", []).token
     signer.verify(fresh)
     clock.now += 331
@@ -297,9 +297,9 @@ def test_a_verified_token_is_remembered_but_expiry_and_retired_keys_still_refuse
         signer.verify(fresh)
 
 
-def test_the_verified_token_cache_is_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_verified_token_cache_is_bounded(keys: SigningKeyStore, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(signing, "VERIFIED_TOKENS_CACHED", 3)
-    signer = RegistryTokenSigner(load_or_create_keyring(tmp_path))
+    signer = RegistryTokenSigner(load_or_create_keyring(keys))
     tokens = [signer.issue(f"ci-{n}", []).token for n in range(5)]
     for token in tokens:
         signer.verify(token)
