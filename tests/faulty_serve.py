@@ -147,7 +147,10 @@ def main() -> None:
     import cargohold.server.app as app_module
     from cargohold.cli.main import main as cli_main
 
-    app_module.FilesystemBlobStore = FaultyBlobStore  # type: ignore[misc]
+    def open_faulty_store(url: str | None, data_dir: Path, *, fsync: bool = True, **_: object) -> FaultyBlobStore:
+        return FaultyBlobStore(data_dir, fsync=fsync)
+
+    app_module.open_blob_store = open_faulty_store  # type: ignore[assignment]
     os.sendfile = _sendfile
     sys.argv = ["cargohold", *sys.argv[1:]]
     cli_main()

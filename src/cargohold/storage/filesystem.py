@@ -88,7 +88,7 @@ class FilesystemBlobStore(BlobStore):
         # twice the unlink itself in CPU.
         return f"{self._blobs_root}/{digest.algorithm}/{digest.hex[:2]}/{digest.hex}"
 
-    def locate(self, digest: Digest) -> LocalFile | None:
+    def locate(self, digest: Digest, known_size: int | None = None) -> LocalFile | None:
         path = self.blob_path(digest)
         try:
             return LocalFile(path, path.stat().st_size)
