@@ -56,6 +56,7 @@ from cargohold.server.http.accesslog import install_log_filters
 from cargohold.server.process import make_runner
 from cargohold.server.state import STATE_KEY, RegistryState
 from processes import ManagedProcess, free_port
+from s3server import S3_MODE, TEST_BLOB_STORE, registry_storage
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 """The format of ``cargohold serve``'s log lines (cargohold.cli.main._configure_logging)."""
@@ -87,10 +88,12 @@ class _HttpClients:
         secret = token or self.admin_token
         auth = httpx.BasicAuth("x-token", secret) if secret else None
         kwargs.setdefault("verify", self.verify())
+        kwargs.setdefault("follow_redirects", S3_MODE)  # blob GETs redirect to the bucket, as registry clients follow
         return httpx.Client(base_url=self.url, timeout=30, auth=auth, **kwargs)
 
     def anonymous(self, **kwargs: Any) -> httpx.Client:
         kwargs.setdefault("verify", self.verify())
+        kwargs.setdefault("follow_redirects", S3_MODE)
         return httpx.Client(base_url=self.url, timeout=30, **kwargs)
 
 
@@ -141,11 +144,14 @@ class ServerProcess(_HttpClients, ManagedProcess):
             str(self.data_dir),
             *self.extra_args,
         ]
+        storage_url, storage_env = registry_storage(self.data_dir)
+        if storage_url is not None and "--storage-url" not in self.extra_args:
+            cmd += ["--storage-url", storage_url, "--blob-redirect", "off" if TEST_BLOB_STORE == "s3-stream" else "on"]
         self.launch(
             cmd,
             log_path=self.data_dir.parent / f"server-{self.port}.log",
             health_url=f"{self.url}/healthz",
-            env={"CARGOHOLD_ADMIN_TOKEN": self.admin_token, **self.env},
+            env={"CARGOHOLD_ADMIN_TOKEN": self.admin_token, **storage_env, **self.env},
             timeout=timeout,
             umask=self.umask,
             verify=self.verify(),
@@ -254,12 +260,14 @@ class InProcessServer(_HttpClients):
         return self._thread is not None
 
     def server_settings(self) -> ServerSettings:
+        storage_url, _ = registry_storage(self.data_dir)
+        storage = {"storage_url": storage_url, "blob_redirect": TEST_BLOB_STORE != "s3-stream"}
         return ServerSettings(
             host="127.0.0.1",
             port=self.port,
             data_dir=self.data_dir,
             admin_token=self.admin_token,
-            **self.settings,
+            **{**storage, **self.settings},
         )
 
     def start(self, timeout: float = 60.0) -> InProcessServer:

@@ -78,8 +78,9 @@ class BlobStore(ABC):
         """Stored size of ``digest``, or None if absent."""
 
     @abstractmethod
-    def open_blob(self, digest: Digest) -> Iterator[bytes]:
-        """Stream a stored blob's bytes (for server-side reads that cannot use :meth:`locate`)."""
+    def open_blob(self, digest: Digest, start: int = 0, end: int | None = None) -> Iterator[bytes]:
+        """Stream a stored blob's bytes from ``start`` up to ``end`` (exclusive; None: the end), for reads that
+        cannot use :meth:`locate` (server-side copies, object storage with redirects off)."""
 
     @abstractmethod
     def delete(self, digest: Digest) -> bool:

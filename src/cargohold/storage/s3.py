@@ -227,10 +227,15 @@ class S3BlobStore(BlobStore):
             with contextlib.closing(body):
                 return bytes(body.read())
 
-    def _stream(self, key: str) -> Iterator[bytes]:
+    def _stream(self, key: str, start: int = 0, end: int | None = None) -> Iterator[bytes]:
+        extra = {}
+        if start or end is not None:
+            if end is not None and end <= start:
+                return
+            extra["Range"] = f"bytes={start}-{'' if end is None else end - 1}"
         try:
             with _translated(f"read {key}"):
-                body = self.client.get_object(Bucket=self.bucket, Key=key)["Body"]
+                body = self.client.get_object(Bucket=self.bucket, Key=key, **extra)["Body"]
         except ObjectStoreError as exc:
             cause = exc.__cause__
             if isinstance(cause, botocore.exceptions.ClientError) and _missing(cause):
@@ -273,9 +278,8 @@ class S3BlobStore(BlobStore):
         if self.redirect_url is not None:
             return Redirect(f"{self.redirect_url}/{quote(key)}", size)
         with _translated(f"sign a URL for {key}"):
-            url = self.client.generate_presigned_url(
-                "get_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=self.redirect_ttl
-            )
+            params = {"Bucket": self.bucket, "Key": key, "ResponseContentType": "application/octet-stream"}
+            url = self.client.generate_presigned_url("get_object", Params=params, ExpiresIn=self.redirect_ttl)
         return Redirect(str(url), size)
 
     def size(self, digest: Digest) -> int | None:
@@ -286,8 +290,8 @@ class S3BlobStore(BlobStore):
         head = self._head(self.blob_key(digest))
         return head["LastModified"] if head is not None else None
 
-    def open_blob(self, digest: Digest) -> Iterator[bytes]:
-        return self._stream(self.blob_key(digest))
+    def open_blob(self, digest: Digest, start: int = 0, end: int | None = None) -> Iterator[bytes]:
+        return self._stream(self.blob_key(digest), start, end)
 
     def delete(self, digest: Digest) -> bool:
         key = self.blob_key(digest)

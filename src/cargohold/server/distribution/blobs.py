@@ -75,6 +75,16 @@ def _usable_range(header: str | None, size: int) -> bool:
     return True
 
 
+def _byte_range(header: str, size: int) -> tuple[int, int]:
+    """``[start, end)`` of a range :func:`_usable_range` accepted for a ``size``-byte blob."""
+    match = _RANGE_RE.match(header.strip())
+    assert match is not None
+    start_text, end_text = match.groups()
+    if not start_text:  # a suffix: the last N bytes
+        return max(size - int(end_text), 0), size
+    return int(start_text), min(int(end_text) + 1, size) if end_text else size
+
+
 async def get_blob(request: web.Request, name: str, digest_text: str) -> web.StreamResponse:
     state = state_of(request)
     digest = _blob_digest(digest_text)
@@ -105,12 +115,18 @@ async def _stream_blob(
 ) -> web.StreamResponse:
     """Relay a blob from the store (object storage with ``--blob-redirect off``), one chunk per thread-pool trip.
 
-    Ranges are ignored (RFC 9110 allows it: the whole blob, 200). A store failing half-way is handled like the
-    disk failing under sendfile: one log line and a closed connection, never a complete-looking short blob.
+    One byte range is honoured as for files (206); others are ignored (the whole blob). A store failing
+    half-way is handled like the disk failing under sendfile: one log line and a closed connection, never a
+    complete-looking short blob.
     """
-    response = web.StreamResponse(status=200, headers=headers)
-    response.content_length = location.size
-    chunks = state.blobs.open_blob(digest)
+    start, end = 0, location.size
+    header = request.headers.get("Range")
+    if header is not None and _usable_range(header, location.size):
+        start, end = _byte_range(header, location.size)
+        headers = {**headers, "Content-Range": f"bytes {start}-{end - 1}/{location.size}"}
+    response = web.StreamResponse(status=206 if "Content-Range" in headers else 200, headers=headers)
+    response.content_length = end - start
+    chunks = state.blobs.open_blob(digest, start, end)
     done = object()
     try:
         first = await state.run(next, chunks, done)  # a store that fails at once still gets an error answer
