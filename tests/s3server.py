@@ -208,7 +208,7 @@ def registry_storage(data_dir: Path) -> tuple[str | None, dict[str, str]]:
         for variable in AWS_VARIABLES_CLEARED:
             os.environ.pop(variable, None)
         os.environ.update(env)
-    name = "registry-" + hashlib.sha256(str(data_dir.resolve()).encode()).hexdigest()[:20]
+    name = _registry_bucket(data_dir)
     if name not in _REGISTRY_BUCKETS:
         server.create_bucket(name)
         _REGISTRY_BUCKETS.add(name)
@@ -229,3 +229,27 @@ def s3_bucket_fixture(s3_server: S3Server, tmp_path: Path, monkeypatch: pytest.M
         yield S3Bucket(server=s3_server, name=name, env=env)
     finally:
         s3_server.drop_bucket(name)
+
+
+def _registry_bucket(data_dir: Path) -> str:
+    return "registry-" + hashlib.sha256(str(data_dir.resolve()).encode()).hexdigest()[:20]
+
+
+def stored_blob_count(data_dir: Path) -> int:
+    """How many blobs the test registry on ``data_dir`` stores: files under its data dir, or objects in its bucket."""
+    if not S3_MODE:
+        return sum(1 for path in (data_dir / "blobs").rglob("*") if path.is_file())
+    import boto3
+
+    server = session_s3_server()
+    client = boto3.session.Session().client(
+        "s3",
+        endpoint_url=server.endpoint,
+        aws_access_key_id=ACCESS_KEY,
+        aws_secret_access_key=SECRET_KEY,
+        region_name=REGION,
+    )
+    pages = client.get_paginator("list_objects_v2").paginate(
+        Bucket=_registry_bucket(data_dir), Prefix="registry/blobs/"
+    )
+    return sum(len(page.get("Contents", [])) for page in pages)
