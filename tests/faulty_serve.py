@@ -111,15 +111,15 @@ class FaultyBlobStore(FilesystemBlobStore):
             raise _error(code, str(self.blob_path(digest)))
         return super().delete(digest)
 
-    def locate(self, digest: Digest) -> LocalFile | None:
+    def locate(self, digest: Digest, known_size: int | None = None) -> LocalFile | None:
         if (code := _fire("locate", str(digest))) is not None:
             raise _error(code, str(self.blob_path(digest)))
-        return super().locate(digest)
+        return super().locate(digest, known_size)
 
-    def open_blob(self, digest: Digest) -> Iterator[bytes]:
+    def open_blob(self, digest: Digest, start: int = 0, end: int | None = None) -> Iterator[bytes]:
         if (code := _fire("read", str(digest))) is not None:
             raise _error(code, str(self.blob_path(digest)))
-        yield from super().open_blob(digest)
+        yield from super().open_blob(digest, start, end)
 
 
 _real_sendfile = os.sendfile

@@ -254,3 +254,24 @@ def test_bad_storage_urls_are_refused_in_one_sentence(url: str, message: str) ->
 
     result = CliRunner().invoke(serve, ["--storage-url", url, "--print-config"])
     assert result.exit_code != 0 and message in result.output and "--storage-url (storage_url)" in result.output
+
+
+def test_the_filesystem_store_needs_no_boto3_and_s3_without_it_says_what_to_install(tmp_path: Path) -> None:
+    """boto3 is the s3 extra: a server on the filesystem never imports it; asking for a bucket without it is one
+    sentence naming the extra (run in a child process where importing boto3 fails)."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys; sys.modules['boto3'] = None\n"
+        "from pathlib import Path\n"
+        "from cargohold.storage import open_blob_store\n"
+        f"store = open_blob_store(None, Path({str(tmp_path / 'data')!r}))\n"
+        "assert type(store).__name__ == 'FilesystemBlobStore' and 'botocore' not in sys.modules\n"
+        "try:\n"
+        "    open_blob_store('s3://bucket', Path('.'))\n"
+        "except ValueError as exc:\n"
+        "    print(exc)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True)
+    assert "needs boto3" in result.stdout and "cargohold[server,s3]" in result.stdout
