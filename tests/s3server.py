@@ -33,6 +33,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from cargohold.storage.base import BlobStore
 from processes import ManagedProcess, free_port
 from tooling import tool_missing
 
@@ -253,3 +254,17 @@ def stored_blob_count(data_dir: Path) -> int:
         Bucket=_registry_bucket(data_dir), Prefix="registry/blobs/"
     )
     return sum(len(page.get("Contents", [])) for page in pages)
+
+
+def blob_store_for(data_dir: Path, *, fsync: bool = False) -> BlobStore:
+    """The blob store a store-level test (no server) should use: the data dir's filesystem, or in S3 mode a
+    bucket of the session's moto server named after ``data_dir``."""
+    from cargohold.storage.filesystem import FilesystemBlobStore
+
+    storage_url, _ = registry_storage(data_dir)
+    if storage_url is None:
+        return FilesystemBlobStore(data_dir, fsync=fsync)
+    from cargohold.storage.s3 import S3BlobStore
+    from cargohold.storage.s3url import S3Location
+
+    return S3BlobStore(S3Location.parse(storage_url))

@@ -275,3 +275,46 @@ def test_the_filesystem_store_needs_no_boto3_and_s3_without_it_says_what_to_inst
     )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True)
     assert "needs boto3" in result.stdout and "cargohold[server,s3]" in result.stdout
+
+
+# --- garbage collection on a bucket ---------------------------------------------------------------------
+
+
+def test_a_crash_between_bucket_and_database_leaves_an_orphan_that_gc_collects_later(
+    tmp_path: Path, s3_bucket: S3Bucket
+) -> None:
+    """The commit's copy lands, its transaction does not (a crash, a database error): the object has no row.
+    GC keeps it while it is younger than the grace window (a commit in flight looks the same), deletes it
+    after, and never touches a referenced blob."""
+    from datetime import UTC, datetime, timedelta
+
+    from cargohold.lifecycle.gc import GarbageCollector
+    from cargohold.metadata.control import ControlStore
+    from cargohold.metadata.db import Database
+    from cargohold.metadata.store import MetadataStore
+    from test_lifecycle_support import Env, FakeClock
+
+    db = Database(f"sqlite:///{tmp_path / 'metadata.db'}")
+    db.migrate()
+    store = S3BlobStore(S3Location.parse(f"{s3_bucket.url}/gc"))
+    env = Env(db, MetadataStore(db), ControlStore(db), store)
+    kept = env.image("team/app", [b"referenced layer"], ["v1"])
+    assert kept
+    orphan = b"committed, then the transaction failed"
+    upload_id = "ef" * 16
+    store.create_upload(upload_id)
+    writer = store.open_upload(upload_id)
+    writer.write(orphan)
+    writer.close()
+    with pytest.raises(RuntimeError), env.metadata.transaction() as transaction:
+        transaction.link_blob("team/app", _digest(orphan), len(orphan))
+        store.commit_upload(upload_id, Digest.parse(_digest(orphan)))
+        raise RuntimeError("the database failed before the commit")
+    assert store.size(Digest.parse(_digest(orphan))) == len(orphan)  # in the bucket, unknown to the database
+    grace = timedelta(hours=1)
+    young = GarbageCollector(db, store, grace=grace, clock=FakeClock(datetime.now(UTC))).run()
+    assert young.orphan_files == 0 and store.size(Digest.parse(_digest(orphan))) == len(orphan)
+    later = GarbageCollector(db, store, grace=grace, clock=FakeClock(datetime.now(UTC) + 2 * grace)).run()
+    assert later.completed and later.orphan_files == 1 and later.bytes_freed == len(orphan)
+    assert store.size(Digest.parse(_digest(orphan))) is None
+    assert store.size(Digest.parse(_digest(b"referenced layer"))) == len(b"referenced layer")
