@@ -318,3 +318,35 @@ def test_a_crash_between_bucket_and_database_leaves_an_orphan_that_gc_collects_l
     assert later.completed and later.orphan_files == 1 and later.bytes_freed == len(orphan)
     assert store.size(Digest.parse(_digest(orphan))) is None
     assert store.size(Digest.parse(_digest(b"referenced layer"))) == len(b"referenced layer")
+
+
+def _docker(*args: str, env: dict[str, str], stdin: str | None = None) -> str:
+    import subprocess
+
+    result = subprocess.run(
+        ["docker", *args], capture_output=True, text=True, input=stdin, timeout=300, env={**os.environ, **env}
+    )
+    assert result.returncode == 0, f"docker {' '.join(args)}:\n{result.stdout}\n{result.stderr}"
+    return result.stdout
+
+
+def test_docker_pulls_through_redirects(registry: InProcessServer, session_dockerd: str, tmp_path: Path) -> None:
+    """A private dockerd pulls an image whose layers the registry redirects to the bucket (and drops the
+    registry's token when it follows them: moto would not mind, S3 would refuse two authentications)."""
+    from cargohold.sample import write_sample_image
+    from fixtures_images import require_tools, skopeo_copy
+
+    require_tools("skopeo", "docker")
+    src = tmp_path / "src"
+    image = write_sample_image(src, layers=2, layer_size=1 * MiB, seed=9)
+    token = registry.admin_token
+    assert token is not None
+    skopeo_copy(f"oci:{src}:latest", f"docker://{registry.host}/ci/docker:1", token)
+    docker_env = {"DOCKER_HOST": session_dockerd, "DOCKER_CONFIG": str(tmp_path / "docker-config")}
+    _docker("login", registry.host, "-u", "x-token", "--password-stdin", env=docker_env, stdin=token)
+    _docker("pull", f"{registry.host}/ci/docker:1", env=docker_env)
+    inspected = _docker("image", "inspect", "--format", "{{.Id}}", f"{registry.host}/ci/docker:1", env=docker_env)
+    assert str(image.config.digest) in inspected
+    redirected = [line for line in registry.log().splitlines() if "status=307" in line and "/blobs/" in line]
+    assert len(redirected) >= 2  # both layers (and the config) came from the bucket
+    _docker("image", "rm", f"{registry.host}/ci/docker:1", env=docker_env)
