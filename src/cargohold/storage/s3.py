@@ -193,11 +193,6 @@ class S3BlobStore(BlobStore):
         self.redirect_url = redirect_url.rstrip("/") if redirect_url else None
         self.redirect_ttl = redirect_ttl
 
-    def check(self) -> None:
-        """Fail now, in one sentence, if the bucket cannot be reached (called when the server starts)."""
-        with _translated(f"open bucket {self.bucket}"):
-            self.client.head_bucket(Bucket=self.bucket)
-
     # --- keys ---------------------------------------------------------------------------------------------
 
     def blob_key(self, digest: Digest) -> str:
