@@ -197,6 +197,12 @@ def test_blob_redirect_off_streams_through_the_server(tmp_path: Path, s3_bucket:
         part = http.get(f"/v2/team/app/blobs/{digest}", headers={"Range": "bytes=1000-"})
         assert part.status_code == 206 and part.content == data[1000:]
         assert part.headers["Content-Range"] == f"bytes 1000-{len(data) - 1}/{len(data)}"
+        store = server.state.blobs
+        assert isinstance(store, S3BlobStore)
+        store.client.delete_object(Bucket=store.bucket, Key=store.blob_key(Digest.parse(digest)))  # lost object
+        lost = http.get(f"/v2/team/app/blobs/{digest}")
+        assert lost.status_code == 404 and lost.json()["errors"][0]["code"] == "BLOB_UNKNOWN"
+    assert "its object is missing from the store" in server.log() and "Traceback" not in server.log()
 
 
 def test_blob_redirect_url_points_at_a_cdn(tmp_path: Path, s3_bucket: S3Bucket) -> None:

@@ -141,6 +141,8 @@ class _S3UploadWriter(UploadWriter):
         self._upload_id = upload_id
         self._lock = threading.Lock()
         self._closed = False
+        self._dirty = False
+        """New bytes since the last stored part: a request that wrote nothing stores nothing at close."""
         parts = store._parts(upload_id)
         self._buffer = bytearray()
         self._offset = parts[-1].offset + parts[-1].size if parts else 0
@@ -154,6 +156,7 @@ class _S3UploadWriter(UploadWriter):
             if self._closed:
                 raise ValueError("write to a closed upload")
             self._buffer += data
+            self._dirty = self._dirty or len(data) > 0
             if len(self._buffer) >= PART_SIZE:
                 self._flush()
 
@@ -165,13 +168,15 @@ class _S3UploadWriter(UploadWriter):
             self._store.client.put_object(Bucket=self._store.bucket, Key=key, Body=bytes(self._buffer))
         self._offset += len(self._buffer)
         self._buffer = bytearray()
+        self._dirty = False
 
     def close(self) -> None:
         with self._lock:
             if self._closed:
                 return
             self._closed = True
-            self._flush()  # every request ends with its bytes in the bucket: another replica may continue
+            if self._dirty:
+                self._flush()  # every request ends with its bytes in the bucket: another replica may continue
 
 
 class S3BlobStore(BlobStore):

@@ -136,6 +136,13 @@ async def _stream_blob(
             assert isinstance(chunk, bytes)
             await response.write(chunk)
             chunk = await state.run(next, chunks, done)
+    except FileNotFoundError:
+        if response.prepared:
+            raise
+        log.error("blob %s is linked in %s but its object is missing from the store", digest, request.path)
+        raise RegistryError(
+            "BLOB_UNKNOWN", f"blob {digest} is not stored here", detail={"digest": str(digest)}
+        ) from None
     except OSError as exc:
         if not response.prepared or isinstance(exc, ConnectionError):
             raise
