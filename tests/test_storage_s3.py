@@ -356,3 +356,21 @@ def test_docker_pulls_through_redirects(registry: InProcessServer, session_docke
     redirected = [line for line in registry.log().splitlines() if "status=307" in line and "/blobs/" in line]
     assert len(redirected) >= 2  # both layers (and the config) came from the bucket
     _docker("image", "rm", f"{registry.host}/ci/docker:1", env=docker_env)
+
+
+def test_storage_settings_come_from_the_config_file_and_the_environment(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from cargohold.cli.serve import serve
+
+    config = tmp_path / "cargohold.toml"
+    config.write_text(
+        'storage_url = "s3://ci-blobs/registry"\nblob_redirect = "off"\nblob_redirect_url = "https://cdn.example.test"\n'
+    )
+    shown = CliRunner().invoke(serve, ["--config", str(config), "--print-config"])
+    assert shown.exit_code == 0, shown.output
+    assert 'storage_url = "s3://ci-blobs/registry"' in shown.output and 'blob_redirect = "off"' in shown.output
+    from_env = CliRunner().invoke(serve, ["--print-config"], env={"CARGOHOLD_STORAGE_URL": "s3://other"})
+    assert 'storage_url = "s3://other"' in from_env.output
+    bad = CliRunner().invoke(serve, ["--print-config", "--blob-redirect-url", "ftp://x"])
+    assert bad.exit_code != 0 and "--blob-redirect-url (blob_redirect_url)" in bad.output
