@@ -15,7 +15,7 @@ def open_blob_store(
     redirect: bool = True,
     redirect_url: str | None = None,
 ) -> BlobStore:
-    """The store a ``--storage-url`` names: none (or ``file://``) is the filesystem under ``data_dir``;
+    """The store a ``--storage-url`` names: none is the filesystem under ``data_dir``;
     ``s3://BUCKET[/PREFIX]`` a bucket, reached as the AWS tools would reach it (see cargohold.storage.s3).
 
     ``redirect``/``redirect_url`` only concern object stores: blob GETs answer 307 to a presigned URL (or to
@@ -26,10 +26,6 @@ def open_blob_store(
         from cargohold.storage.filesystem import FilesystemBlobStore
 
         return FilesystemBlobStore(data_dir, fsync=fsync)
-    if url.startswith("file://"):
-        from cargohold.storage.filesystem import FilesystemBlobStore
-
-        return FilesystemBlobStore(Path(url.removeprefix("file://")), fsync=fsync)
     if url.startswith("s3://"):
         from cargohold.storage.s3url import S3Location
 
