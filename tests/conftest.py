@@ -10,6 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from s3server import stop_session_s3_server
 from servers import (
     http_fixture,
     leaked_threads,
@@ -31,6 +32,7 @@ def in_process_servers() -> Iterator[None]:
     if any in-process server is still running or left its threads behind (an error in the last teardown)."""
     yield
     stop_shared_server()
+    stop_session_s3_server()
     still = [server.url for server in running_in_process()]
     assert not still, f"in-process servers still running at the end of the session: {still}"
     threads = leaked_threads()

@@ -111,15 +111,15 @@ class FaultyBlobStore(FilesystemBlobStore):
             raise _error(code, str(self.blob_path(digest)))
         return super().delete(digest)
 
-    def locate(self, digest: Digest) -> LocalFile | None:
+    def locate(self, digest: Digest, known_size: int | None = None) -> LocalFile | None:
         if (code := _fire("locate", str(digest))) is not None:
             raise _error(code, str(self.blob_path(digest)))
-        return super().locate(digest)
+        return super().locate(digest, known_size)
 
-    def open_blob(self, digest: Digest) -> Iterator[bytes]:
+    def open_blob(self, digest: Digest, start: int = 0, end: int | None = None) -> Iterator[bytes]:
         if (code := _fire("read", str(digest))) is not None:
             raise _error(code, str(self.blob_path(digest)))
-        yield from super().open_blob(digest)
+        yield from super().open_blob(digest, start, end)
 
 
 _real_sendfile = os.sendfile
@@ -147,7 +147,10 @@ def main() -> None:
     import cargohold.server.app as app_module
     from cargohold.cli.main import main as cli_main
 
-    app_module.FilesystemBlobStore = FaultyBlobStore  # type: ignore[misc]
+    def open_faulty_store(url: str | None, data_dir: Path, *, fsync: bool = True, **_: object) -> FaultyBlobStore:
+        return FaultyBlobStore(data_dir, fsync=fsync)
+
+    app_module.open_blob_store = open_faulty_store  # type: ignore[assignment]
     os.sendfile = _sendfile
     sys.argv = ["cargohold", *sys.argv[1:]]
     cli_main()

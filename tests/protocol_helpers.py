@@ -146,6 +146,12 @@ def describe(resp: httpx.Response) -> str:
     return f"{resp.request.method} {resp.request.url} -> {resp.status_code} {dict(resp.headers)} {body!r}"
 
 
+def registry_headers(resp: httpx.Response) -> httpx.Headers:
+    """The registry's own answer's headers: with an object store, a blob GET is a 307 to the bucket (which
+    cannot send ``Docker-Content-Digest``), followed by the client; its headers are the redirect's."""
+    return resp.history[0].headers if resp.history else resp.headers
+
+
 def resolve(http: httpx.Client, location: str | None) -> httpx.URL:
     """Resolve a (relative or absolute) Location header against the registry's base URL."""
     assert location, "response has no Location header"

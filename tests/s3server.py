@@ -10,7 +10,7 @@ which bench/choices/s3_clients.py relies on.
 Each test gets a fresh bucket and the standard AWS environment pointing at the server (endpoint, dummy keys,
 region, no config files, no instance-metadata look-ups), so any AWS SDK in the test process or in a child
 process (``cargohold serve``) resolves the server the way it would resolve a real store. After the test the
-server is reset (every bucket and object dropped): tests in one session run one after another.
+bucket is dropped with everything in it.
 
 moto accepts any credentials and does not check request signatures unless told to; a test of presigned URL
 expiry or tampering therefore needs a real check of its own, not moto's word.
@@ -18,10 +18,14 @@ expiry or tampering therefore needs a real check of its own, not moto's word.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
+import os
 import secrets
+import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +33,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from cargohold.storage.base import BlobStore
 from processes import ManagedProcess, free_port
 from tooling import tool_missing
 
@@ -82,6 +87,25 @@ class S3Server(ManagedProcess):
         if response.status_code != 200:
             raise RuntimeError(f"moto refused to create bucket {name}: {response.status_code} {response.text}")
 
+    def drop_bucket(self, name: str) -> None:
+        """Delete one bucket with everything in it (registries in S3 mode share the server: no global reset)."""
+        import boto3
+
+        client = boto3.session.Session().client(
+            "s3",
+            endpoint_url=self.endpoint,
+            aws_access_key_id=ACCESS_KEY,
+            aws_secret_access_key=SECRET_KEY,
+            region_name=REGION,
+        )
+        for upload in client.list_multipart_uploads(Bucket=name).get("Uploads", []):
+            client.abort_multipart_upload(Bucket=name, Key=upload["Key"], UploadId=upload["UploadId"])
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=name):
+            keys = [{"Key": entry["Key"]} for entry in page.get("Contents", [])]
+            if keys:
+                client.delete_objects(Bucket=name, Delete={"Objects": keys, "Quiet": True})
+        client.delete_bucket(Bucket=name)
+
     def reset(self) -> None:
         """Drop every bucket and object (moto's own reset API)."""
         httpx.post(f"{self.endpoint}/moto-api/reset", timeout=30).raise_for_status()
@@ -132,15 +156,64 @@ def require_moto() -> None:
         tool_missing("needs moto's S3 server: pip install 'moto[server]' (scripts/bootstrap.sh installs it)")
 
 
+_SESSION_SERVER: S3Server | None = None
+
+
+def session_s3_server() -> S3Server:
+    """The session's one moto server (per xdist worker), started on first use: by the ``s3_server`` fixture or
+    by a registry running in S3 mode (:func:`registry_storage`). :func:`stop_session_s3_server` stops it."""
+    global _SESSION_SERVER
+    if _SESSION_SERVER is None:
+        require_moto()
+        _SESSION_SERVER = S3Server(base_dir=Path(tempfile.mkdtemp(prefix="cargohold-s3server-"))).start()
+    return _SESSION_SERVER
+
+
+def stop_session_s3_server() -> None:
+    global _SESSION_SERVER
+    if _SESSION_SERVER is not None:
+        _SESSION_SERVER.stop()
+        shutil.rmtree(_SESSION_SERVER.base_dir, ignore_errors=True)
+        _SESSION_SERVER = None
+
+
 @pytest.fixture(scope="session", name="s3_server")
-def s3_server_fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
-    """One moto S3 server for the whole session, always stopped; its log stays in pytest's temp dir."""
-    require_moto()
-    server = S3Server(base_dir=tmp_path_factory.mktemp("s3server"))
-    try:
-        yield server.start()
-    finally:
-        server.stop()
+def s3_server_fixture() -> Iterator[S3Server]:
+    """One moto S3 server for the whole session, always stopped (conftest stops it at the session's end)."""
+    yield session_s3_server()
+
+
+# --- registries in S3 mode -----------------------------------------------------------------------------
+
+TEST_BLOB_STORE = os.environ.get("CARGOHOLD_TEST_BLOB_STORE", "filesystem")
+"""``s3``: every test registry (``server``, ``server_process``, the shared and module servers) keeps its blobs
+in a bucket of the session's moto server instead of its data dir, so the protocol, GC and lifecycle suites
+run against the S3 store unchanged: ``CARGOHOLD_TEST_BLOB_STORE=s3 pytest tests/test_protocol_*.py``.
+``s3-stream``: the same with ``--blob-redirect off`` (blob GETs stream through the server)."""
+S3_MODE = TEST_BLOB_STORE in ("s3", "s3-stream")
+_REGISTRY_BUCKETS: set[str] = set()
+
+
+def registry_storage(data_dir: Path) -> tuple[str | None, dict[str, str]]:
+    """The storage URL and AWS environment of a test registry on ``data_dir`` (None, {}: the filesystem).
+
+    In S3 mode each data dir gets its own bucket, named after it, so a restarted server finds its blobs again.
+    The AWS variables are also set in this process for the rest of the session (in-process servers resolve
+    them like ``cargohold serve`` does); ``s3_bucket`` points them at the same server, so nothing conflicts.
+    """
+    if not S3_MODE:
+        return None, {}
+    server = session_s3_server()
+    env = server.environment(server.base_dir / "aws")
+    if not _REGISTRY_BUCKETS:
+        for variable in AWS_VARIABLES_CLEARED:
+            os.environ.pop(variable, None)
+        os.environ.update(env)
+    name = _registry_bucket(data_dir)
+    if name not in _REGISTRY_BUCKETS:
+        server.create_bucket(name)
+        _REGISTRY_BUCKETS.add(name)
+    return f"s3://{name}/registry", env
 
 
 @pytest.fixture(name="s3_bucket")
@@ -156,4 +229,42 @@ def s3_bucket_fixture(s3_server: S3Server, tmp_path: Path, monkeypatch: pytest.M
     try:
         yield S3Bucket(server=s3_server, name=name, env=env)
     finally:
-        s3_server.reset()
+        s3_server.drop_bucket(name)
+
+
+def _registry_bucket(data_dir: Path) -> str:
+    return "registry-" + hashlib.sha256(str(data_dir.resolve()).encode()).hexdigest()[:20]
+
+
+def stored_blob_count(data_dir: Path) -> int:
+    """How many blobs the test registry on ``data_dir`` stores: files under its data dir, or objects in its bucket."""
+    if not S3_MODE:
+        return sum(1 for path in (data_dir / "blobs").rglob("*") if path.is_file())
+    import boto3
+
+    server = session_s3_server()
+    client = boto3.session.Session().client(
+        "s3",
+        endpoint_url=server.endpoint,
+        aws_access_key_id=ACCESS_KEY,
+        aws_secret_access_key=SECRET_KEY,
+        region_name=REGION,
+    )
+    pages = client.get_paginator("list_objects_v2").paginate(
+        Bucket=_registry_bucket(data_dir), Prefix="registry/blobs/"
+    )
+    return sum(len(page.get("Contents", [])) for page in pages)
+
+
+def blob_store_for(data_dir: Path, *, fsync: bool = False) -> BlobStore:
+    """The blob store a store-level test (no server) should use: the data dir's filesystem, or in S3 mode a
+    bucket of the session's moto server named after ``data_dir``."""
+    from cargohold.storage.filesystem import FilesystemBlobStore
+
+    storage_url, _ = registry_storage(data_dir)
+    if storage_url is None:
+        return FilesystemBlobStore(data_dir, fsync=fsync)
+    from cargohold.storage.s3 import S3BlobStore
+    from cargohold.storage.s3url import S3Location
+
+    return S3BlobStore(S3Location.parse(storage_url))

@@ -58,6 +58,7 @@ from cargohold.server.process import make_runner
 from cargohold.server.state import STATE_KEY, RegistryState
 from pgcluster import server_database_url
 from processes import ManagedProcess, free_port
+from s3server import S3_MODE, TEST_BLOB_STORE, registry_storage
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 """The format of ``cargohold serve``'s log lines (cargohold.cli.main._configure_logging)."""
@@ -89,10 +90,12 @@ class _HttpClients:
         secret = token or self.admin_token
         auth = httpx.BasicAuth("x-token", secret) if secret else None
         kwargs.setdefault("verify", self.verify())
+        kwargs.setdefault("follow_redirects", S3_MODE)  # blob GETs redirect to the bucket, as registry clients follow
         return httpx.Client(base_url=self.url, timeout=30, auth=auth, **kwargs)
 
     def anonymous(self, **kwargs: Any) -> httpx.Client:
         kwargs.setdefault("verify", self.verify())
+        kwargs.setdefault("follow_redirects", S3_MODE)
         return httpx.Client(base_url=self.url, timeout=30, **kwargs)
 
 
@@ -154,6 +157,9 @@ class ServerProcess(_HttpClients, ManagedProcess):
             *(["--storage-url", self.storage_url] if self.storage_url is not None else []),
             *self.extra_args,
         ]
+        storage_url, storage_env = registry_storage(self.data_dir)
+        if storage_url is not None and self.storage_url is None and "--storage-url" not in self.extra_args:
+            cmd += ["--storage-url", storage_url, "--blob-redirect", "off" if TEST_BLOB_STORE == "s3-stream" else "on"]
         self.launch(
             cmd,
             log_path=self.data_dir.parent / f"server-{self.port}.log",
@@ -163,6 +169,7 @@ class ServerProcess(_HttpClients, ManagedProcess):
                 "CARGOHOLD_ADMIN_TOKEN": self.admin_token,
                 "CARGOHOLD_WORKERS": "1",
                 **self._database_env(),
+                **storage_env,
                 **self.env,
             },
             timeout=timeout,
@@ -276,12 +283,14 @@ class InProcessServer(_HttpClients):
         settings = dict(self.settings)
         if "database_url" not in settings and (url := server_database_url(self.data_dir)):
             settings["database_url"] = url  # the tests run the servers on PostgreSQL (tests/pgcluster.py)
+        storage_url, _ = registry_storage(self.data_dir)
+        storage = {"storage_url": storage_url, "blob_redirect": TEST_BLOB_STORE != "s3-stream"}
         return ServerSettings(
             host="127.0.0.1",
             port=self.port,
             data_dir=self.data_dir,
             admin_token=self.admin_token,
-            **settings,
+            **{**storage, **settings},
         )
 
     def start(self, timeout: float = 60.0) -> InProcessServer:

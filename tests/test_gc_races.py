@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from s3server import stored_blob_count
 from servers import InProcessServer, ServerProcess, running
 from test_lifecycle_support import Env, push_image
 
@@ -154,4 +155,4 @@ def test_kill_during_gc_loses_nothing_referenced(tmp_path: Path) -> None:
 
 
 def _blob_files(data_dir: Path) -> int:
-    return sum(1 for path in (data_dir / "blobs").rglob("*") if path.is_file())
+    return stored_blob_count(data_dir)

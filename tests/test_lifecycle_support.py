@@ -14,7 +14,8 @@ from cargohold.metadata.db import Database
 from cargohold.metadata.store import MetadataStore
 from cargohold.oci.digest import Digest
 from cargohold.oci.manifest import parse_manifest
-from cargohold.storage.filesystem import FilesystemBlobStore
+from cargohold.storage.base import BlobStore
+from s3server import blob_store_for
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -40,7 +41,7 @@ class Env:
     db: Database
     metadata: MetadataStore
     control: ControlStore
-    blobs: FilesystemBlobStore
+    blobs: BlobStore
 
     def put_blob(self, repository: str, data: bytes) -> dict[str, object]:
         digest = "sha256:" + hashlib.sha256(data).hexdigest()
@@ -100,7 +101,7 @@ def make_env(tmp_path: Path, clock: FakeClock | None = None) -> Env:
     db = Database(f"sqlite:///{tmp_path / 'metadata.db'}")
     db.migrate()
     metadata = MetadataStore(db, clock=clock) if clock is not None else MetadataStore(db)
-    return Env(db, metadata, ControlStore(db), FilesystemBlobStore(tmp_path / "data", fsync=False))
+    return Env(db, metadata, ControlStore(db), blob_store_for(tmp_path / "data"))
 
 
 # --- over HTTP, against a real server -----------------------------------------------------------------------

@@ -14,7 +14,9 @@ from protocol_helpers import (
     new_repo,
     push_blob,
     random_blob,
+    registry_headers,
 )
+from s3server import TEST_BLOB_STORE
 from servers import shared_server_fixture, traceback_guard_fixture
 
 server = shared_server_fixture()
@@ -46,7 +48,7 @@ def test_get_blob_returns_exact_bytes_with_digest_and_type(http: httpx.Client, a
     assert resp.status_code == 200, describe(resp)
     assert resp.content == data
     assert resp.headers.get("content-length") == str(len(data))
-    assert resp.headers.get("docker-content-digest") == digest
+    assert registry_headers(resp).get("docker-content-digest") == digest
     assert resp.headers.get("content-type", "").split(";")[0] == "application/octet-stream"
 
 
@@ -140,6 +142,10 @@ def test_blob_of_a_few_megabytes_round_trips(http: httpx.Client) -> None:
     assert digest_of(resp.content) == digest
 
 
+@pytest.mark.skipif(
+    TEST_BLOB_STORE == "s3",
+    reason="with redirects the bucket answers ranges; moto refuses unknown units, S3 ignores them",
+)
 def test_get_blob_with_unknown_range_unit_ignores_the_range(http: httpx.Client) -> None:
     repo, data = new_repo(), random_blob(1000)
     digest = push_blob(http, repo, data)

@@ -21,6 +21,7 @@ from protocol_helpers import (
     push_blob,
     put_upload,
     random_blob,
+    registry_headers,
     resolve,
     start_upload,
     upload_range_end,
@@ -36,7 +37,7 @@ def assert_blob_served(http: httpx.Client, repo: str, digest: str, data: bytes) 
     resp = http.get(f"/v2/{repo}/blobs/{digest}")
     assert resp.status_code == 200, describe(resp)
     assert resp.content == data
-    assert resp.headers.get("docker-content-digest") == digest
+    assert registry_headers(resp).get("docker-content-digest") == digest
 
 
 def assert_created(http: httpx.Client, resp: httpx.Response, repo: str, digest: str) -> None:

@@ -19,11 +19,21 @@ from cargohold.storage.base import BlobStore
 from cargohold.storage.filesystem import FilesystemBlobStore
 
 
-@pytest.fixture(params=["filesystem"])
+@pytest.fixture(params=["filesystem", "s3"])
 def blob_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[BlobStore]:
-    """Every :class:`~cargohold.storage.base.BlobStore` implementation, empty, one per test."""
+    """Every :class:`~cargohold.storage.base.BlobStore` implementation, empty, one per test.
+
+    ``s3``: a fresh bucket on the session's moto server (tests/s3server.py), under a key prefix so that the
+    prefix handling is exercised too.
+    """
     if request.param == "filesystem":
         yield FilesystemBlobStore(tmp_path / "data", fsync=True)
+    elif request.param == "s3":
+        from cargohold.storage.s3 import S3BlobStore
+        from cargohold.storage.s3url import S3Location
+
+        bucket = request.getfixturevalue("s3_bucket")
+        yield S3BlobStore(S3Location.parse(f"s3://{bucket.name}/contract/prefix"))
     else:  # pragma: no cover - a parameter without a backend is a mistake in this file
         raise AssertionError(f"no blob store {request.param!r}")
 

@@ -160,6 +160,30 @@ SERVE_OPTIONS: tuple[Callable[[Any], Any], ...] = (
         help="fsync blobs before they become visible.",
     ),
     _option(
+        "--storage-url",
+        "storage_url",
+        envvar="CARGOHOLD_STORAGE_URL",
+        help="Where blobs live: s3://BUCKET[/PREFIX] for an S3-compatible bucket (needs the s3 extra; endpoint, "
+        "keys and region from the standard AWS variables: AWS_ENDPOINT_URL_S3, AWS_ACCESS_KEY_ID, "
+        "AWS_SECRET_ACCESS_KEY, AWS_REGION). Default: the data dir's filesystem.",
+    ),
+    _option(
+        "--blob-redirect",
+        "blob_redirect",
+        envvar="CARGOHOLD_BLOB_REDIRECT",
+        type=click.Choice(["on", "off"]),
+        default="on",
+        help="Object storage only: answer blob GETs with a 307 to a short-lived presigned URL (on), or stream "
+        "the bytes through the server (off).",
+    ),
+    _option(
+        "--blob-redirect-url",
+        "blob_redirect_url",
+        envvar="CARGOHOLD_BLOB_REDIRECT_URL",
+        help="Object storage only: redirect blob GETs to this base URL plus the object key (a CDN in front of "
+        "the bucket) instead of a presigned bucket URL.",
+    ),
+    _option(
         "--oidc-issuer",
         "oidc_issuers",
         envvar="CARGOHOLD_OIDC_ISSUERS",

@@ -8,9 +8,11 @@ from collections.abc import Iterable, Mapping
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from cargohold.cli.durations import parse_duration, parse_size
 from cargohold.config.settings import ServerSettings, default_data_dir
+from cargohold.storage.s3url import S3Location
 from cargohold.storage.space import MinFreeSpace
 
 DURATIONS = (
@@ -41,6 +43,7 @@ PLAIN = (
     "free_gb_months",
     "server_push",
     "evict_for_space",
+    "storage_url",
 )
 
 
@@ -89,6 +92,10 @@ def settings_from_values(values: Mapping[str, Any]) -> ServerSettings:
     data_dir = values.get("data_dir")
     kwargs["data_dir"] = Path(data_dir) if data_dir else default_data_dir()
     kwargs["admin_token"] = values.get("admin_token") or None
+    kwargs["blob_redirect"] = values.get("blob_redirect", "on") != "off"
+    kwargs["blob_redirect_url"] = _redirect_url(values.get("blob_redirect_url"))
+    if kwargs.get("storage_url"):
+        _check_storage_url(kwargs["storage_url"])
     for name in ("tls_cert", "tls_key"):
         kwargs[name] = Path(values[name]) if values.get(name) else None
     parse_cidrs(values.get("trusted_proxies") or (), "trusted_proxies")
@@ -118,3 +125,21 @@ def _size(value: str, name: str) -> int:
         return parse_size(str(value))
     except ValueError as exc:
         raise ValueError(f"{label(name)}: {exc}") from None
+
+
+def _redirect_url(value: str | None) -> str | None:
+    if not value:
+        return None
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
+        raise ValueError(
+            f"{label('blob_redirect_url')}: {value!r} is not a base URL; write https://cdn.example.com[/path]"
+        )
+    return value
+
+
+def _check_storage_url(value: str) -> None:
+    try:
+        S3Location.parse(value)
+    except ValueError as exc:
+        raise ValueError(f"{label('storage_url')}: {exc}, or leave it unset for the data dir") from None

@@ -57,10 +57,18 @@ class ServerSettings:
     chunk_min_length: int = 1024**2
     """Advertised as ``OCI-Chunk-Min-Length`` (0: not sent) so chunked clients pick efficient chunk sizes.
 
-    The filesystem store accepts smaller chunks too; an object store will need its multipart minimum here.
+    The filesystem store accepts smaller chunks too; an object store advertises its multipart minimum when it
+    is larger (cargohold.storage.base.BlobStore.chunk_min_length).
     """
     fsync: bool = True
     """fsync blobs before they become visible, so a power loss cannot leave a torn blob under a digest."""
+    storage_url: str | None = None
+    """Where blobs live: None for ``<data-dir>`` (filesystem), ``s3://BUCKET[/PREFIX]`` for a bucket
+    (see cargohold.storage.open_blob_store)."""
+    blob_redirect: bool = True
+    """Object storage: blob GETs answer 307 to a presigned URL (True) or stream through the server (False)."""
+    blob_redirect_url: str | None = None
+    """Object storage: a CDN base URL to redirect blob GETs to (plus the object key) instead of presigning."""
     io_threads: int = 16
     workers: int = 0
     """Server processes sharing the port (``SO_REUSEPORT``); 0: one per CPU this process may run on. 1 is a

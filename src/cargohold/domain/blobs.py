@@ -60,7 +60,7 @@ def readable_blob(
     if linked[1] < stale_before and not _refresh_link(metadata, space, name, digest, stale_before):
         raise unknown_blob(digest)
     try:
-        location = blobs.locate(digest)
+        location = blobs.locate(digest, known_size=linked[0])
     except OSError as exc:
         if (fault := classify(exc)) is None:
             raise

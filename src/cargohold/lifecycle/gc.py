@@ -70,7 +70,7 @@ from collections.abc import Callable, Generator, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from contextlib import ExitStack, closing, contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Row, bindparam, delete, exists, func, select, tuple_
@@ -81,7 +81,7 @@ from cargohold.lifecycle.lease import Lease, LeaseLost
 from cargohold.metadata.db import CONTENT_LOCK, Database, hold_lock
 from cargohold.metadata.models import Blob, Manifest, ManifestReference, RepositoryBlob
 from cargohold.oci.digest import Digest
-from cargohold.storage.base import BlobStore, LocalFile
+from cargohold.storage.base import BlobStore
 
 log = logging.getLogger(__name__)
 
@@ -380,14 +380,11 @@ class GarbageCollector:
             self._between_batches(lease)
 
     def _old(self, digest: Digest, cutoff: datetime) -> bool:
-        location = self.blobs.locate(digest)
-        if not isinstance(location, LocalFile):
-            return location is not None  # object stores: no mtime here; the row check alone decides
-        try:
-            modified = datetime.fromtimestamp(location.path.stat().st_mtime, tz=UTC)
-        except FileNotFoundError:
-            return False
-        return modified < cutoff
+        """Older than the grace window: never content a commit stored moments ago whose transaction (and
+        ``blobs`` row) may not have committed yet (on a database without SQLite's single writer the row check
+        alone cannot see it)."""
+        modified = self.blobs.modified(digest)
+        return modified is not None and modified < cutoff
 
     # --- helpers for reporting ----------------------------------------------------------------------------
 

@@ -32,8 +32,8 @@ from cargohold.server.drain import DRAIN_KEY, Drain
 from cargohold.server.http import health, middlewares, space
 from cargohold.server.http.middlewares import API_VERSION_HEADER
 from cargohold.server.state import STATE_KEY, RegistryState, state_of
+from cargohold.storage import open_blob_store
 from cargohold.storage.faults import classify
-from cargohold.storage.filesystem import FilesystemBlobStore
 from cargohold.storage.private import secure_data_dir
 from cargohold.storage.space import SpaceGuard, SpaceReserve
 
@@ -123,7 +123,13 @@ def create_app(
     evicting for space to another process (the first of ``--workers N``).
     """
     secure_data_dir(settings.data_dir, settings.resolved_database_url())
-    blobs = FilesystemBlobStore(settings.data_dir, fsync=settings.fsync)
+    blobs = open_blob_store(
+        settings.storage_url,
+        settings.data_dir,
+        fsync=settings.fsync,
+        redirect=settings.blob_redirect,
+        redirect_url=settings.blob_redirect_url,
+    )
     database_file = settings.database_file()
     guard = SpaceGuard(
         settings.min_free_space,

@@ -1,9 +1,10 @@
 """The blob-store interface the registry talks to.
 
 The HTTP layer never touches paths or object keys: it asks a :class:`BlobStore` where a blob can be served
-from (:class:`LocalFile` for zero-copy sendfile today, :class:`Redirect` to a presigned object-storage/CDN URL
-later), writes uploads through :class:`UploadWriter`, and commits them. Keeping this surface small is what
-lets an S3-compatible store slot in without touching the routes.
+from (:class:`LocalFile` for zero-copy sendfile, :class:`Redirect` to a presigned object-storage/CDN URL, or
+:class:`Streamed` through the server from :meth:`BlobStore.open_blob`), writes uploads through
+:class:`UploadWriter`, and commits them. Keeping this surface small is what lets an S3-compatible store slot
+in without touching the routes.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
 from cargohold.oci.digest import Digest
@@ -33,7 +34,14 @@ class Redirect:
     size: int
 
 
-BlobLocation = LocalFile | Redirect
+@dataclass(frozen=True, slots=True)
+class Streamed:
+    """Serve by streaming :meth:`BlobStore.open_blob` through the server (object storage, redirects off)."""
+
+    size: int
+
+
+BlobLocation = LocalFile | Redirect | Streamed
 
 
 class UnknownUpload(LookupError):
@@ -57,17 +65,26 @@ class UploadWriter(ABC):
 class BlobStore(ABC):
     """Content-addressed blob storage plus the staging area for in-progress uploads."""
 
+    chunk_min_length: int = 0
+    """The smallest upload chunk the store can take efficiently (S3's multipart minimum), advertised to clients
+    as ``OCI-Chunk-Min-Length`` when larger than the server's own setting; 0: any size."""
+
     @abstractmethod
-    def locate(self, digest: Digest) -> BlobLocation | None:
-        """Where to serve ``digest`` from, or None if the content is not stored."""
+    def locate(self, digest: Digest, known_size: int | None = None) -> BlobLocation | None:
+        """Where to serve ``digest`` from, or None if the content is not stored.
+
+        ``known_size`` is the size the metadata records for a linked blob: a store for which checking costs a
+        network request may trust it instead (the filesystem store checks anyway: a ``stat`` is cheap).
+        """
 
     @abstractmethod
     def size(self, digest: Digest) -> int | None:
         """Stored size of ``digest``, or None if absent."""
 
     @abstractmethod
-    def open_blob(self, digest: Digest) -> Iterator[bytes]:
-        """Stream a stored blob's bytes (for server-side reads that cannot use :meth:`locate`)."""
+    def open_blob(self, digest: Digest, start: int = 0, end: int | None = None) -> Iterator[bytes]:
+        """Stream a stored blob's bytes from ``start`` up to ``end`` (exclusive; None: the end), for reads that
+        cannot use :meth:`locate` (server-side copies, object storage with redirects off)."""
 
     @abstractmethod
     def delete(self, digest: Digest) -> bool:
@@ -137,6 +154,17 @@ class BlobStore(ABC):
         something cheaper or more telling.
         """
         next(iter(self.iter_uploads()), None)
+
+    def modified(self, digest: Digest) -> datetime | None:
+        """When ``digest``'s content was stored (garbage collection spares orphans younger than its grace
+        window: they may belong to a commit whose transaction has not committed yet); None if absent."""
+        location = self.locate(digest)
+        if isinstance(location, LocalFile):
+            try:
+                return datetime.fromtimestamp(location.path.stat().st_mtime, tz=UTC)
+            except FileNotFoundError:
+                return None
+        raise NotImplementedError(f"{type(self).__name__} must say when its content was stored")
 
     def filesystem_path(self) -> Path | None:
         """A directory on the local filesystem holding the content, whose free space the server watches.

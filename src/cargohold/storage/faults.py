@@ -10,8 +10,9 @@ A failed ``write(2)``, ``fsync(2)``, ``rename(2)`` or SQLite commit can surface 
   SQLITE_CORRUPT and the like. Answered with HTTP 500 ``UNKNOWN``: the disk is failing, and a retry may
   or may not help; an admin must look at the disk.
 
-Anything else is not a storage fault (a bug keeps its traceback in the log). An object store will map its
-quota-exceeded answers to ``full`` here and its server errors to ``io``.
+Anything else is not a storage fault (a bug keeps its traceback in the log). The S3 store raises
+``OSError``s itself (:class:`cargohold.storage.s3.ObjectStoreError`): ``EDQUOT`` for quota refusals, ``EIO``
+for everything else the store or the network fails with.
 """
 
 from __future__ import annotations

@@ -97,7 +97,7 @@ class FilesystemBlobStore(BlobStore):
         # twice the unlink itself in CPU.
         return f"{self._blobs_root}/{digest.algorithm}/{digest.hex[:2]}/{digest.hex}"
 
-    def locate(self, digest: Digest) -> LocalFile | None:
+    def locate(self, digest: Digest, known_size: int | None = None) -> LocalFile | None:
         path = self.blob_path(digest)
         try:
             return LocalFile(path, path.stat().st_size)
@@ -108,9 +108,13 @@ class FilesystemBlobStore(BlobStore):
         located = self.locate(digest)
         return located.size if located else None
 
-    def open_blob(self, digest: Digest) -> Iterator[bytes]:
+    def open_blob(self, digest: Digest, start: int = 0, end: int | None = None) -> Iterator[bytes]:
         with open(self.blob_path(digest), "rb") as handle:
-            while chunk := handle.read(READ_CHUNK):
+            handle.seek(start)
+            left = None if end is None else max(end - start, 0)
+            while left != 0 and (chunk := handle.read(READ_CHUNK if left is None else min(READ_CHUNK, left))):
+                if left is not None:
+                    left -= len(chunk)
                 yield chunk
 
     def delete(self, digest: Digest) -> bool:

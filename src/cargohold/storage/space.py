@@ -28,7 +28,7 @@ gives the database room to keep answering pulls and to run eviction and garbage 
 frees space. It is taken back as soon as twice its size is free again (below the minimum too, where
 uploads are refused anyway), ready for the next time. With the minimum set to zero there is no reserve.
 
-**Object storage** (not implemented yet) has no ``statvfs``: :meth:`BlobStore.filesystem_path` is None there,
+**Object storage** (:mod:`cargohold.storage.s3`) has no ``statvfs``: :meth:`BlobStore.filesystem_path` is None there,
 so only the database's filesystem is watched; the bucket's quota errors are mapped like ENOSPC instead
 (see :mod:`cargohold.storage.faults`).
 """

@@ -40,7 +40,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -160,12 +160,16 @@ async def copy_blob(request: web.Request) -> web.StreamResponse:
     location = await state.run(
         readable_blob, state.blobs, state.metadata, state.space, job.repository, job.digest, fresh_after
     )
-    if not isinstance(location, LocalFile):
-        raise api_error(
-            501,
-            "SERVER_PUSH_UNSUPPORTED",
-            "this server's blob store cannot be read for server-side pushes; the client streams instead",
-        )
+    blobs = state.blobs
+
+    def read(offset: int) -> Iterator[bytes]:
+        """The blob from ``offset``: the file itself, or the object store's ranged read (S3)."""
+        if isinstance(location, LocalFile):
+            from cargohold.client.registry import file_source  # lazily, like the client in _upload
+
+            return file_source(location.path)(offset)
+        return blobs.open_blob(job.digest, offset)
+
     port = job.url.port or (443 if job.url.scheme == "https" else 80)
     try:
         await state.run(push.egress.resolve, job.url.host, port)
@@ -179,7 +183,7 @@ async def copy_blob(request: web.Request) -> web.StreamResponse:
     progress = _Progress()
     loop = asyncio.get_running_loop()
     started = time.monotonic()
-    future = loop.run_in_executor(push.executor, _upload, push.egress, job, location, progress)
+    future = loop.run_in_executor(push.executor, _upload, push.egress, job, location.size, read, progress)
     reported, last_line = -1, time.monotonic()
     try:
         while True:
@@ -249,12 +253,16 @@ class _ClientGone(Exception):
     pass
 
 
-def _upload(egress: EgressPolicy, job: CopyRequest, location: LocalFile, progress: _Progress) -> None:
-    """The copy itself, on a push thread: the existing client's upload (resume, retries) fed from disk."""
+def _upload(
+    egress: EgressPolicy,
+    job: CopyRequest,
+    size: int,
+    read: Callable[[int], Iterator[bytes]],
+    progress: _Progress,
+) -> None:
+    """The copy itself, on a push thread: the existing client's upload (resume, retries) fed from the store."""
     # Imported here, not at the top: most servers never push, and the registry client is not small to import.
-    from cargohold.client.registry import RegistryClient, file_source
-
-    read = file_source(location.path)
+    from cargohold.client.registry import RegistryClient
 
     def source(offset: int) -> Iterator[bytes]:
         for chunk in read(offset):
@@ -269,10 +277,10 @@ def _upload(egress: EgressPolicy, job: CopyRequest, location: LocalFile, progres
         retry=RetryPolicy(budget=job.retry_for, notify=progress.note, sleep=progress.wait),
         max_connections=4,
     ) as client:
-        if client.blob_exists(job.destination, job.digest, for_push=True) == location.size:
-            progress.add(location.size)  # a retried copy whose first attempt finished: nothing to send
+        if client.blob_exists(job.destination, job.digest, for_push=True) == size:
+            progress.add(size)  # a retried copy whose first attempt finished: nothing to send
             return
-        client.upload_blob(job.destination, job.digest, location.size, source, progress=progress.add)
+        client.upload_blob(job.destination, job.digest, size, source, progress=progress.add)
 
 
 def _outcome(future: asyncio.Future[None], job: CopyRequest, size: int) -> dict[str, Any]:

@@ -133,10 +133,18 @@ async def start_upload(request: web.Request, name: str) -> web.Response:
     session = await state.uploads.open(
         name, credential_id=_caller(request), algorithm=algorithm, incoming=request.content_length or 0
     )
-    headers = _session_headers(name, session.id, 0)
-    if state.settings.chunk_min_length > 0:
-        headers["OCI-Chunk-Min-Length"] = str(state.settings.chunk_min_length)
-    return web.Response(status=202, headers=headers)
+    return web.Response(status=202, headers=_chunked_headers(request, name, session.id, 0))
+
+
+def _chunked_headers(request: web.Request, name: str, upload_id: str, size: int) -> dict[str, str]:
+    """A session's headers plus ``OCI-Chunk-Min-Length``: the larger of the setting and the store's own minimum
+    (S3's 5 MiB multipart part), on every answer that invites another chunk (POST and PATCH)."""
+    state = state_of(request)
+    headers = _session_headers(name, upload_id, size)
+    minimum = max(state.settings.chunk_min_length, state.blobs.chunk_min_length)
+    if minimum > 0:
+        headers["OCI-Chunk-Min-Length"] = str(minimum)
+    return headers
 
 
 def _mount_digest(value: str) -> Digest | None:
@@ -170,7 +178,7 @@ async def patch_upload(request: web.Request, name: str, upload_id: str) -> web.R
                 status=400,
                 headers=_session_headers(name, upload_id, session.offset),
             )
-        return web.Response(status=202, headers=_session_headers(name, upload_id, session.offset))
+        return web.Response(status=202, headers=_chunked_headers(request, name, upload_id, session.offset))
 
 
 async def finish_upload(request: web.Request, name: str, upload_id: str) -> web.Response:

@@ -1,0 +1,203 @@
+"""Filesystem vs S3 with redirects vs S3 streamed through the server: server CPU per GB served, wall times.
+
+Not a test. In one run, on one generated image (default 5 x 100 MiB layers of random bytes), for each mode:
+
+* ``filesystem``: ``cargohold serve`` with blobs in its data dir (sendfile);
+* ``s3-redirect``: ``--storage-url s3://…`` (moto, tests/s3server.py), blob GETs answer 307 to a presigned URL;
+* ``s3-stream``: the same with ``--blob-redirect off``: every byte passes through the server.
+
+Each mode gets a fresh ``cargohold serve`` child process (and a fresh bucket). The image is pushed with five
+concurrent chunked uploads (16 MiB PATCHes, as the Cargohold client sends them), then pulled by ``--pulls``
+concurrent ``curl`` processes (each fetches every layer, following redirects as registry clients do; curl
+keeps our client CPU out of Python). Measured from ``/proc/<pid>/stat`` before and after each phase: the
+server process's CPU seconds (all its threads) and, separately, moto's, because moto is a slow Python stand-in
+for a real object store and its CPU says nothing about Cargohold's.
+
+    python bench/s3_modes.py                        # 5 x 100 MiB, 20 pulls
+    python bench/s3_modes.py --layer-mb 20 --pulls 5
+
+Targets (issue 13): with redirects, the server's CPU for the pull is under 10% of filesystem mode's; a push
+to S3 takes at most 1.5x the filesystem's time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import hashlib
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+
+from processes import ManagedProcess, free_port  # noqa: E402
+from s3server import S3Server  # noqa: E402
+
+MiB = 1 << 20
+CHUNK = 16 * MiB
+TICKS = os.sysconf("SC_CLK_TCK")
+MODES = ("filesystem", "s3-redirect", "s3-stream")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of process ``pid`` (every thread), from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS
+
+
+@dataclass
+class Server(ManagedProcess):
+    name = "cargohold serve"
+    data_dir: Path
+    args: list[str]
+    env: dict[str, str]
+    token: str
+    port: int = 0
+    process: subprocess.Popen[bytes] | None = None
+    log_path: Path | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> Server:
+        self.port = free_port()
+        command = [sys.executable, "-m", "cargohold", "serve", "--host", "127.0.0.1", "--port", str(self.port)]
+        command += ["--data-dir", str(self.data_dir), "--no-access-log", "--gc-interval", "0", *self.args]
+        self.launch(
+            command,
+            log_path=self.data_dir.parent / f"serve-{self.port}.log",
+            health_url=f"{self.url}/healthz",
+            env={"CARGOHOLD_ADMIN_TOKEN": self.token, **self.env},
+            timeout=60,
+        )
+        return self
+
+
+def push_layer(url: str, token: str, repo: str, data: bytes) -> str:
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    with httpx.Client(base_url=url, auth=("x-token", token), timeout=300) as http:
+        started = http.post(f"/v2/{repo}/blobs/uploads/")
+        started.raise_for_status()
+        location = started.headers["Location"]
+        for start in range(0, len(data), CHUNK):
+            piece = data[start : start + CHUNK]
+            answer = http.patch(
+                location,
+                content=piece,
+                headers={
+                    "Content-Range": f"{start}-{start + len(piece) - 1}",
+                    "Content-Type": "application/octet-stream",
+                },
+            )
+            answer.raise_for_status()
+            location = answer.headers["Location"]
+        http.put(location, params={"digest": digest}).raise_for_status()
+    return digest
+
+
+def pull(url: str, token: str, repo: str, digests: list[str], sizes: list[int]) -> None:
+    command = ["curl", "-sSfL", "-u", f"x-token:{token}", "-w", "%{size_download}\n"]
+    for digest in digests:
+        command += ["-o", "/dev/null", f"{url}/v2/{repo}/blobs/{digest}"]
+    result = subprocess.run(command, capture_output=True, text=True, check=True)
+    got = [int(line) for line in result.stdout.split()]
+    if got != sizes:
+        raise RuntimeError(f"pulled sizes {got}, expected {sizes}")
+
+
+def run_mode(mode: str, layers: list[bytes], pulls: int, work: Path, moto: S3Server) -> dict[str, float]:
+    token = secrets.token_urlsafe(24)
+    args: list[str] = []
+    env: dict[str, str] = {}
+    if mode != "filesystem":
+        bucket = f"bench-{secrets.token_hex(4)}"
+        moto.create_bucket(bucket)
+        env = moto.environment(work / "aws")
+        args = ["--storage-url", f"s3://{bucket}/registry", "--blob-redirect", "on" if mode == "s3-redirect" else "off"]
+    server = Server(data_dir=work / mode / "data", args=args, env=env, token=token)
+    (work / mode).mkdir()
+    server.start()
+    assert server.process is not None and moto.process is not None
+    try:
+        repo = "bench/sample"
+        server_cpu, moto_cpu, wall = cpu_seconds(server.process.pid), cpu_seconds(moto.process.pid), time.monotonic()
+        with concurrent.futures.ThreadPoolExecutor(len(layers)) as pool:
+            digests = list(pool.map(lambda data: push_layer(server.url, token, repo, data), layers))
+        push = {
+            "push_wall": time.monotonic() - wall,
+            "push_server_cpu": cpu_seconds(server.process.pid) - server_cpu,
+            "push_moto_cpu": cpu_seconds(moto.process.pid) - moto_cpu,
+        }
+        sizes = [len(data) for data in layers]
+        server_cpu, moto_cpu, wall = cpu_seconds(server.process.pid), cpu_seconds(moto.process.pid), time.monotonic()
+        with concurrent.futures.ThreadPoolExecutor(pulls) as pool:
+            list(pool.map(lambda _: pull(server.url, token, repo, digests, sizes), range(pulls)))
+        served_gb = pulls * sum(sizes) / 1e9
+        return {
+            **push,
+            "pull_wall": time.monotonic() - wall,
+            "pull_server_cpu": cpu_seconds(server.process.pid) - server_cpu,
+            "pull_moto_cpu": cpu_seconds(moto.process.pid) - moto_cpu,
+            "served_gb": served_gb,
+        }
+    finally:
+        server.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--layers", type=int, default=5)
+    parser.add_argument("--layer-mb", type=int, default=100)
+    parser.add_argument("--pulls", type=int, default=20)
+    options = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="cargohold-s3-modes-"))
+    layers = [os.urandom(options.layer_mb * MiB) for _ in range(options.layers)]
+    moto = S3Server(base_dir=work).start()
+    results: dict[str, dict[str, float]] = {}
+    try:
+        for mode in MODES:
+            results[mode] = run_mode(mode, layers, options.pulls, work, moto)
+            print(f"{mode}: {results[mode]}", file=sys.stderr, flush=True)
+    finally:
+        moto.stop()
+        shutil.rmtree(work, ignore_errors=True)
+    load = os.getloadavg()[0]
+    print(
+        f"\n{options.layers} x {options.layer_mb} MiB, {options.pulls} concurrent pulls "
+        f"({results['filesystem']['served_gb']:.2f} GB served per mode), load average {load:.1f}\n"
+    )
+    print(
+        "| mode | push wall s | push server CPU s | push moto CPU s | pull wall s | pull server CPU s "
+        "| server CPU s/GB | pull moto CPU s |"
+    )
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    for mode, r in results.items():
+        print(
+            f"| {mode} | {r['push_wall']:.1f} | {r['push_server_cpu']:.1f} | {r['push_moto_cpu']:.1f} | "
+            f"{r['pull_wall']:.1f} | {r['pull_server_cpu']:.2f} | {r['pull_server_cpu'] / r['served_gb']:.3f} | "
+            f"{r['pull_moto_cpu']:.1f} |"
+        )
+    fs, redirect, stream = results["filesystem"], results["s3-redirect"], results["s3-stream"]
+    print()
+    print(
+        f"pull server CPU, s3-redirect / filesystem: {redirect['pull_server_cpu'] / fs['pull_server_cpu']:.3f} "
+        "(target < 0.10)"
+    )
+    print(f"pull server CPU, s3-stream / filesystem: {stream['pull_server_cpu'] / fs['pull_server_cpu']:.2f}")
+    print(f"push wall, s3 / filesystem: {redirect['push_wall'] / fs['push_wall']:.2f} (target <= 1.5)")
+    print(f"push wall, s3-stream run / filesystem: {stream['push_wall'] / fs['push_wall']:.2f}")
+
+
+if __name__ == "__main__":
+    main()
