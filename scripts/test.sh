@@ -31,11 +31,20 @@ PG_SUITE=(
     tests/test_crash.py tests/test_metering.py tests/test_token_lineage.py tests/test_permissions_http.py
     tests/test_auth_http.py tests/test_oidc_http.py tests/test_trust.py
 )
+# And the scale-out topology: servers on PostgreSQL with their blobs in an S3 bucket (moto, tests/s3server.py):
+# the wire protocol, online GC and two replicas behind nginx.
+SCALE_OUT_SUITE=(
+    tests/test_protocol_manifests.py tests/test_protocol_uploads.py tests/test_protocol_blobs.py
+    tests/test_protocol_tags_catalog.py tests/test_gc_online.py tests/test_replicas.py
+)
 pg_rc=0
 if [ "$#" -eq 0 ]; then
     echo "== pytest, servers on PostgreSQL"
     CARGOHOLD_TEST_DATABASE=postgresql python -m pytest -p no:cacheprovider -ra -n auto --dist loadfile "${PG_SUITE[@]}"
     pg_rc=$?
+    echo "== pytest, servers on PostgreSQL with blobs in S3"
+    CARGOHOLD_TEST_DATABASE=postgresql CARGOHOLD_TEST_BLOB_STORE=s3 \
+        python -m pytest -p no:cacheprovider -ra -n auto --dist loadfile "${SCALE_OUT_SUITE[@]}" || pg_rc=$?
     if [ "$test_rc" -eq 0 ]; then test_rc=$pg_rc; fi
 fi
 
@@ -47,6 +56,6 @@ case "$test_rc" in
     5) echo "tests: FAILED (pytest collected no tests)" ;;
     *) echo "tests: FAILED (pytest exit $test_rc)" ;;
 esac
-if [ "$pg_rc" -ne 0 ]; then echo "       (the PostgreSQL pass failed: exit $pg_rc)"; fi
+if [ "$pg_rc" -ne 0 ]; then echo "       (a PostgreSQL / S3 pass failed: exit $pg_rc)"; fi
 if [ "$lint_rc" -ne 0 ]; then exit "$lint_rc"; fi
 exit "$test_rc"

@@ -37,6 +37,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -353,12 +354,15 @@ class ServerDatabases:
     cluster: PostgresCluster
     template: str
     by_data_dir: dict[Path, str] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    """Servers on one data dir starting in threads at once (the replicas) must get one database."""
 
     def url_for(self, data_dir: Path) -> str:
         key = data_dir.resolve()
-        if key not in self.by_data_dir:
-            self.by_data_dir[key] = self.cluster.url(self.cluster.create_database(template=self.template))
-        return self.by_data_dir[key]
+        with self.lock:
+            if key not in self.by_data_dir:
+                self.by_data_dir[key] = self.cluster.url(self.cluster.create_database(template=self.template))
+            return self.by_data_dir[key]
 
 
 _server_databases: ServerDatabases | None = None

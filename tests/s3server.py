@@ -26,6 +26,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -159,14 +160,18 @@ def require_moto() -> None:
 _SESSION_SERVER: S3Server | None = None
 
 
+_SESSION_LOCK = threading.RLock()
+
+
 def session_s3_server() -> S3Server:
     """The session's one moto server (per xdist worker), started on first use: by the ``s3_server`` fixture or
     by a registry running in S3 mode (:func:`registry_storage`). :func:`stop_session_s3_server` stops it."""
     global _SESSION_SERVER
-    if _SESSION_SERVER is None:
-        require_moto()
-        _SESSION_SERVER = S3Server(base_dir=Path(tempfile.mkdtemp(prefix="cargohold-s3server-"))).start()
-    return _SESSION_SERVER
+    with _SESSION_LOCK:  # servers starting in threads at once (the replicas) must share one moto server
+        if _SESSION_SERVER is None:
+            require_moto()
+            _SESSION_SERVER = S3Server(base_dir=Path(tempfile.mkdtemp(prefix="cargohold-s3server-"))).start()
+        return _SESSION_SERVER
 
 
 def stop_session_s3_server() -> None:
@@ -203,6 +208,11 @@ def registry_storage(data_dir: Path) -> tuple[str | None, dict[str, str]]:
     """
     if not S3_MODE:
         return None, {}
+    with _SESSION_LOCK:
+        return _registry_storage(data_dir)
+
+
+def _registry_storage(data_dir: Path) -> tuple[str, dict[str, str]]:
     server = session_s3_server()
     env = server.environment(server.base_dir / "aws")
     if not _REGISTRY_BUCKETS:

@@ -145,6 +145,8 @@ CONTENT_LOCK = "cargohold:content"
 check) and exclusively by every transaction that removes it (garbage collection's batches, a blob's unlink)."""
 LINEAGE_LOCK = "cargohold:lineage"
 """Held shared by a child credential's mint and exclusively by a revocation's walk of the lineage tree."""
+SIGNING_KEYS_LOCK = "cargohold:signing-keys"
+"""Held by a first start's check-then-insert of the first signing key, so replicas agree on one key."""
 
 
 def hold_lock(executor: Session | Connection, name: str, *, shared: bool = False) -> None:

@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError
 
-from cargohold.metadata.db import Database, rowcount
+from cargohold.metadata.db import SIGNING_KEYS_LOCK, Database, hold_lock, rowcount
 from cargohold.metadata.models import SigningKey
 
 
@@ -39,12 +39,13 @@ class SigningKeyStore:
         """Store a key (it becomes the signing key); False if ``only_if_empty`` and a key exists already, or
         the same key is stored already.
 
-        ``only_if_empty`` is for first starts: the check and the insert share one write transaction, so on
-        SQLite two replicas starting at once store one key. (On PostgreSQL both may store one; the newer
-        signs, the other verifies, and every replica converges on the newer at its next reload.)
+        ``only_if_empty`` is for first starts: the check and the insert share one write transaction (on
+        PostgreSQL also an advisory lock), so replicas starting at once store one key and sign with it.
         """
         try:
             with self.db.write() as session:
+                if only_if_empty:
+                    hold_lock(session, SIGNING_KEYS_LOCK)
                 if only_if_empty and session.scalar(select(func.count()).select_from(SigningKey)):
                     return False
                 session.add(SigningKey(kid=kid, private_key=private_pem, created_at=datetime.now(UTC)))
