@@ -17,6 +17,7 @@ from cargohold.oci.digest import Digest
 from cargohold.ops.migrate import MigrationError, migrate_to
 from cargohold.storage.filesystem import FilesystemBlobStore
 from control_helpers import api, http, push_image
+from s3server import S3Bucket
 from servers import InProcessServer, assert_no_traceback
 
 
@@ -140,3 +141,34 @@ def test_refuses_a_target_that_is_not_a_database_url(old_install: dict[str, obje
     result = cli("db", "migrate-to", "not a url", "--data-dir", str(old_install["data_dir"]))
     assert result.returncode != 0
     assert "is not a database URL" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_an_install_moves_to_postgresql_and_a_bucket_and_serves_the_same_images(
+    old_install: dict[str, object], pg_url: str, s3_bucket: S3Bucket, tmp_path: Path
+) -> None:
+    """The scale-out move: metadata to PostgreSQL, blobs into an S3 bucket (through the BlobStore interface),
+    then a server on both serves every blob by digest (through the bucket's presigned redirect)."""
+    source_dir = old_install["data_dir"]
+    assert isinstance(source_dir, Path)
+    storage_url = f"{s3_bucket.url}/registry"
+    moved = cli("db", "migrate-to", pg_url, "--target-storage-url", storage_url, "--data-dir", str(source_dir))
+    assert moved.returncode == 0, moved.stderr
+    assert "blobs: " in moved.stdout
+    server = InProcessServer(
+        data_dir=tmp_path / "replica", settings={"database_url": pg_url, "storage_url": storage_url}
+    )
+    server.start()
+    try:
+        image = old_install["image"]
+        repository = old_install["repository"]
+        with http(server, str(old_install["token"])) as client:
+            for blob in image.blobs:  # type: ignore[attr-defined]
+                response = client.get(f"/v2/{repository}/blobs/{blob.digest}", follow_redirects=True)
+                assert response.status_code == 200 and response.history, "served from the bucket by redirect"
+                assert "sha256:" + hashlib.sha256(response.content).hexdigest() == str(blob.digest)
+            manifest = client.get(f"/v2/{repository}/manifests/stable")
+            assert manifest.status_code == 200
+            assert "sha256:" + hashlib.sha256(manifest.content).hexdigest() == str(image.manifest.digest)  # type: ignore[attr-defined]
+    finally:
+        server.stop()
+    assert_no_traceback(server.log())
