@@ -18,11 +18,13 @@ from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
+from botocore.exceptions import ClientError, EndpointConnectionError
 
 from cargohold.client.credentials import Credentials
 from cargohold.client.registry import RegistryClient
 from cargohold.oci.digest import Digest
-from cargohold.storage.s3 import MIN_PART, S3BlobStore
+from cargohold.storage.faults import classify
+from cargohold.storage.s3 import MIN_PART, S3BlobStore, _translated
 from cargohold.storage.s3url import S3Location
 from control_helpers import FAST
 from s3server import S3Bucket
@@ -374,3 +376,22 @@ def test_storage_settings_come_from_the_config_file_and_the_environment(tmp_path
     assert 'storage_url = "s3://other"' in from_env.output
     bad = CliRunner().invoke(serve, ["--print-config", "--blob-redirect-url", "ftp://x"])
     assert bad.exit_code != 0 and "--blob-redirect-url (blob_redirect_url)" in bad.output
+
+
+@pytest.mark.parametrize(
+    ("failure", "kind"),
+    [
+        (ClientError({"Error": {"Code": "QuotaExceeded", "Message": "bucket quota"}}, "UploadPart"), "full"),
+        (ClientError({"Error": {"Code": "XMinioStorageFull", "Message": "disk full"}}, "PutObject"), "full"),
+        (ClientError({"Error": {"Code": "EntityTooLarge", "Message": "too big"}}, "CopyObject"), "full"),
+        (ClientError({"Error": {"Code": "InternalError", "Message": "oops"}}, "PutObject"), "io"),
+        (EndpointConnectionError(endpoint_url="http://127.0.0.1:1"), "io"),
+    ],
+)
+def test_object_store_refusals_are_answered_like_a_full_or_failing_disk(failure: Exception, kind: str) -> None:
+    """Issue 18's rules for object storage: a quota refusal is "storage full" (507 and the full-disk handling),
+    anything else the store or the network fails with is an I/O fault (one clean error, staged bytes dropped)."""
+    with pytest.raises(OSError) as raised, _translated("store a part"):
+        raise failure
+    fault = classify(raised.value)
+    assert fault is not None and fault.kind == kind, fault
