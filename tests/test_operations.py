@@ -267,11 +267,11 @@ def test_signing_key_rotation_commands(server: ServerProcess) -> None:
     rotated = cli("admin", "rotate-signing-key", "--data-dir", str(server.data_dir))
     assert rotated.returncode == 0 and f"still verifying: {old}" in rotated.stdout, rotated.stderr
     new = rotated.stdout.split()[3]
-    refused = cli("admin", "retire-signing-key", new, "--data-dir", str(server.data_dir))
+    refused = cli("admin", "retire-signing-key", "--data-dir", str(server.data_dir), "--", new)
     assert refused.returncode == 1 and "is the current signing key" in refused.stderr, refused
     server.stop()
     server.start()
     assert kid_of_a_new_registry_token() == new, (rotated.stdout, server.log()[-3000:])
-    retired = cli("admin", "retire-signing-key", old, "--data-dir", str(server.data_dir))
+    retired = cli("admin", "retire-signing-key", "--data-dir", str(server.data_dir), "--", old)
     assert retired.returncode == 0 and f"retired signing key {old}" in retired.stdout, retired
     assert f"keys left: {new}" in retired.stdout, retired

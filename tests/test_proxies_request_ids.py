@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -174,5 +175,10 @@ def test_text_access_lines_carry_the_request_id(server: ServerProcess, tmp_path:
     with server.anonymous() as http:
         response = http.get("/v2/", headers={"X-Request-ID": "text-line-7"})
     assert response.headers["X-Request-ID"] == "text-line-7"
-    lines = [line for line in server.log().splitlines() if "cargohold.access" in line and "id=text-line-7" in line]
+    deadline = time.monotonic() + 10  # aiohttp writes the access line just after the response went out
+    while not (
+        lines := [line for line in server.log().splitlines() if "cargohold.access" in line and "id=text-line-7" in line]
+    ):
+        assert time.monotonic() < deadline, server.log()[-3000:]
+        time.sleep(0.01)
     assert len(lines) == 1 and "remote=127.0.0.1" in lines[0]
