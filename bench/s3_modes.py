@@ -36,23 +36,24 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
 from processes import ManagedProcess, free_port  # noqa: E402
+from registry_bench import tree_cpu_seconds  # noqa: E402
 from s3server import S3Server  # noqa: E402
 
 MiB = 1 << 20
 CHUNK = 16 * MiB
-TICKS = os.sysconf("SC_CLK_TCK")
 MODES = ("filesystem", "s3-redirect", "s3-stream")
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU of process ``pid`` (every thread), from /proc."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS
+    """User + system CPU of process ``pid`` and every process below it (``cargohold serve`` forks one worker
+    per CPU by default; the supervisor itself does almost nothing)."""
+    return tree_cpu_seconds(psutil.Process(pid))
 
 
 @dataclass
