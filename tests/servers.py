@@ -453,6 +453,19 @@ def running(server: Server, *, check_tracebacks: bool = False) -> Iterator[Serve
         assert_no_traceback(server.log())
 
 
+@contextmanager
+def two_apps_on_one_data_dir(data_dir: Path) -> Iterator[tuple[InProcessServer, InProcessServer]]:
+    """Two running applications sharing ``data_dir`` (its database and blobs) and an admin token: two workers
+    or two replicas of one registry, for what must hold across processes."""
+    token = new_admin_token()
+    with (
+        running(InProcessServer(data_dir=data_dir, admin_token=token)) as first,
+        running(InProcessServer(data_dir=data_dir, admin_token=token)) as second,
+    ):
+        assert isinstance(first, InProcessServer) and isinstance(second, InProcessServer)
+        yield first, second
+
+
 def assert_no_traceback(log: str) -> None:
     assert "Traceback" not in log, f"server log has a traceback:\n{log[-4000:]}"
 

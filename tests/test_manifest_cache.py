@@ -14,19 +14,13 @@ import pytest
 from cargohold.domain.manifests import ManifestCache
 from cargohold.metadata.store import StoredManifest
 from protocol_helpers import get_manifest, new_repo, push_image
-from servers import InProcessServer, new_admin_token, running
+from servers import InProcessServer, two_apps_on_one_data_dir
 
 
 @pytest.fixture(name="workers")
 def workers_fixture(tmp_path: Path) -> Iterator[tuple[InProcessServer, InProcessServer]]:
-    token = new_admin_token()
-    data = tmp_path / "data"
-    with (
-        running(InProcessServer(data_dir=data, admin_token=token)) as first,
-        running(InProcessServer(data_dir=data, admin_token=token)) as second,
-    ):
-        assert isinstance(first, InProcessServer) and isinstance(second, InProcessServer)
-        yield first, second
+    with two_apps_on_one_data_dir(tmp_path / "data") as pair:
+        yield pair
 
 
 def test_a_cached_manifest_is_served_without_reading_its_bytes_again(

@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import ssl
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,6 +21,7 @@ import pytest
 from cargohold.oci.digest import Digest
 from cargohold.sample import write_sample_image
 from fixtures_images import require_tools
+from nginx import private_nginx
 from processes import free_port
 from servers import ServerProcess
 from tls_helpers import PrivateCA
@@ -56,44 +55,13 @@ def nginx_front(tmp_path: Path) -> Iterator[tuple[ServerProcess, int, PrivateCA]
     config = replace_once(config, "/etc/nginx/tls/fullchain.pem", str(cert))
     config = replace_once(config, "/etc/nginx/tls/privkey.pem", str(key))
     (tmp_path / "cargohold.conf").write_text(config)
-    temp = tmp_path / "nginx-temp"
-    temp.mkdir()
-    main = tmp_path / "nginx.conf"
-    main.write_text(
-        f"daemon off;\nworker_processes 1;\npid {tmp_path}/nginx.pid;\nerror_log {tmp_path}/nginx-error.log;\n"
-        + ("user root root;\n" if os.geteuid() == 0 else "")
-        + "events {}\nhttp {\n"
-        f"  access_log {tmp_path}/nginx-access.log;\n"
-        + "".join(
-            f"  {kind}_temp_path {temp / kind};\n" for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
-        )
-        + f"  include {tmp_path}/cargohold.conf;\n}}\n"
-    )
-    nginx = subprocess.Popen(
-        [shutil.which("nginx") or "/usr/sbin/nginx", "-p", str(tmp_path), "-c", str(main)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
     context = ssl.create_default_context(cafile=str(ca.cert_path))
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                if httpx.get(f"https://127.0.0.1:{port}/healthz", verify=context, timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert nginx.poll() is None, (tmp_path / "nginx-error.log").read_text(errors="replace")
-            assert time.monotonic() < deadline, "nginx did not come up"
-            time.sleep(0.1)
-        yield server, port, ca
+        with private_nginx(
+            tmp_path, f"  include {tmp_path}/cargohold.conf;\n", f"https://127.0.0.1:{port}/healthz", verify=context
+        ):
+            yield server, port, ca
     finally:
-        nginx.send_signal(signal.SIGQUIT)
-        try:
-            nginx.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            nginx.kill()
-            nginx.wait()
         server.stop()
 
 

@@ -19,8 +19,6 @@ import contextlib
 import hashlib
 import json
 import os
-import shutil
-import signal
 import subprocess
 import sys
 import threading
@@ -39,6 +37,7 @@ from cargohold.oci.digest import Digest
 from cargohold.oci.layout import OCILayout
 from cargohold.sample import write_sample_image
 from fixtures_images import require_tools
+from nginx import private_nginx
 from pgcluster import server_database_url
 from processes import free_port
 from s3server import S3_MODE, registry_storage
@@ -81,22 +80,12 @@ class Replicas:
         return [server.log().count("method=") for server in self.servers]
 
 
-def nginx_config(work: Path, port: int, upstreams: list[int]) -> Path:
+def nginx_config(port: int, upstreams: list[int]) -> str:
     """A round-robin upstream over the replicas, streaming both ways as deploy/nginx/cargohold.conf does, and
     retrying a request on the next replica when one refuses the connection or answers 502/503 (draining)."""
-    temp = work / "nginx-temp"
-    temp.mkdir()
     servers = "".join(f"    server 127.0.0.1:{p} max_fails=1 fail_timeout=1s;\n" for p in upstreams)
-    config = work / "nginx.conf"
-    config.write_text(
-        f"daemon off;\nworker_processes 1;\npid {work}/nginx.pid;\nerror_log {work}/nginx-error.log;\n"
-        + ("user root root;\n" if os.geteuid() == 0 else "")
-        + "events {}\nhttp {\n"
-        + f"  access_log {work}/nginx-access.log;\n"
-        + "".join(
-            f"  {kind}_temp_path {temp / kind};\n" for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
-        )
-        + "  upstream cargohold {\n"
+    return (
+        "  upstream cargohold {\n"
         + servers
         + "    keepalive 16;\n  }\n"
         + f"  server {{\n    listen 127.0.0.1:{port};\n"
@@ -105,9 +94,8 @@ def nginx_config(work: Path, port: int, upstreams: list[int]) -> Path:
         + "    proxy_next_upstream error timeout http_502 http_503;\n    proxy_next_upstream_tries 3;\n"
         + "    location / {\n      proxy_pass http://cargohold;\n      proxy_set_header Host $http_host;\n"
         + "      proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;\n"
-        + "      proxy_set_header X-Forwarded-Proto $scheme;\n    }\n  }\n}\n"
+        + "      proxy_set_header X-Forwarded-Proto $scheme;\n    }\n  }\n"
     )
-    return config
 
 
 @pytest.fixture(scope="module")
@@ -137,40 +125,14 @@ def replicas(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Replicas]:
         starter.start()
     for starter in starters:
         starter.join()
-    nginx = subprocess.Popen(
-        [
-            shutil.which("nginx") or "/usr/sbin/nginx",
-            "-p",
-            str(work),
-            "-c",
-            str(nginx_config(work, proxy_port, [s.port for s in servers])),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
     cluster = Replicas(servers, proxy_port, token, data_dir, work)
     try:
         assert all(server.process is not None and server.process.poll() is None for server in servers), [
             s.log()[-2000:] for s in servers
         ]
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                if httpx.get(f"{cluster.proxy_url}/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert nginx.poll() is None, (work / "nginx-error.log").read_text(errors="replace")
-            assert time.monotonic() < deadline, "nginx did not come up"
-            time.sleep(0.05)
-        yield cluster
+        with private_nginx(work, nginx_config(proxy_port, [s.port for s in servers]), f"{cluster.proxy_url}/healthz"):
+            yield cluster
     finally:
-        nginx.send_signal(signal.SIGQUIT)
-        try:
-            nginx.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            nginx.kill()
-            nginx.wait()
         for server in servers:
             server.stop()
     for server in servers:
@@ -382,28 +344,26 @@ def _poll(condition: Callable[[], bool], what: str, timeout: float = 10) -> None
         time.sleep(0.05)
 
 
+def _admin(replicas: Replicas, command: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """``cargohold admin COMMAND`` on the replicas' shared database (options first, then ``args``)."""
+    database = REPLICA_BACKEND["database_url"]
+    options = ["--data-dir", str(replicas.data_dir), *(["--database-url", database] if database else [])]
+    return subprocess.run(
+        [sys.executable, "-m", "cargohold", "admin", command, *options, *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
 def test_a_key_rotated_while_both_run_is_used_and_trusted_by_both(replicas: Replicas) -> None:
     first, second = replicas.servers
     old_token = _registry_token(first, replicas.admin_token)
     old = _kid(old_token)
     assert _kid(_registry_token(second, replicas.admin_token)) == old  # one key for both
 
-    rotated = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "cargohold",
-            "admin",
-            "rotate-signing-key",
-            "--data-dir",
-            str(replicas.data_dir),
-            *(["--database-url", REPLICA_BACKEND["database_url"]] if REPLICA_BACKEND["database_url"] else []),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    rotated = _admin(replicas, "rotate-signing-key")
     assert rotated.returncode == 0, rotated.stderr
     new = rotated.stdout.split()[3]
     # No restart: each replica signs with the new key within its --key-reload-interval (0.5 s here).
@@ -418,23 +378,7 @@ def test_a_key_rotated_while_both_run_is_used_and_trusted_by_both(replicas: Repl
             answer = httpx.get(f"{server.url}/v2/replicas/app/tags/list", headers={"Authorization": f"Bearer {token}"})
             assert answer.status_code in (200, 404), answer.text
 
-    retired = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "cargohold",
-            "admin",
-            "retire-signing-key",
-            old,
-            "--data-dir",
-            str(replicas.data_dir),
-            *(["--database-url", REPLICA_BACKEND["database_url"]] if REPLICA_BACKEND["database_url"] else []),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    retired = _admin(replicas, "retire-signing-key", "--", old)  # "--": a key ID may begin with "-"
     assert retired.returncode == 0, retired.stderr
     for server in replicas.servers:
 

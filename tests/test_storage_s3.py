@@ -13,6 +13,7 @@ import hashlib
 import itertools
 import os
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
@@ -101,22 +102,28 @@ def test_object_store_errors_read_as_storage_faults(s3_bucket: S3Bucket) -> None
 # --- uploads across replicas ------------------------------------------------------------------------
 
 
+@contextmanager
+def _two_servers(tmp_path: Path, s3_bucket: S3Bucket) -> Iterator[tuple[InProcessServer, InProcessServer]]:
+    """Two registries sharing one database and one bucket (and an admin token), each with its own data dir."""
+    settings = {"storage_url": s3_bucket.url, "database_url": f"sqlite:///{tmp_path / 'shared.db'}"}
+    token = new_admin_token()
+    with (
+        running(InProcessServer(tmp_path / "a", settings, admin_token=token)) as a,
+        running(InProcessServer(tmp_path / "b", settings, admin_token=token)) as b,
+    ):
+        assert isinstance(a, InProcessServer) and isinstance(b, InProcessServer)
+        yield a, b
+
+
 def test_a_chunked_upload_moves_between_two_servers_sharing_database_and_bucket(
     tmp_path: Path, s3_bucket: S3Bucket
 ) -> None:
     """PATCH to one server, PATCH to the other, back, and PUT on the second: each server holding a stale or no
     running hash rebuilds it from the bucket, and the blob is the exact bytes."""
-    database = f"sqlite:///{tmp_path / 'shared.db'}"
-    token = new_admin_token()
     data = os.urandom(13 * MiB + 777)
     cuts = [0, 6 * MiB, 6 * MiB + 1000, 12 * MiB, len(data)]
     with (
-        running(
-            InProcessServer(tmp_path / "a", {"storage_url": s3_bucket.url, "database_url": database}, admin_token=token)
-        ) as a,
-        running(
-            InProcessServer(tmp_path / "b", {"storage_url": s3_bucket.url, "database_url": database}, admin_token=token)
-        ) as b,
+        _two_servers(tmp_path, s3_bucket) as (a, b),
         a.client() as on_a,
         b.client() as on_b,
     ):
@@ -144,15 +151,8 @@ def test_a_chunked_upload_moves_between_two_servers_sharing_database_and_bucket(
 
 
 def test_a_wrong_digest_after_a_handover_stores_nothing(tmp_path: Path, s3_bucket: S3Bucket) -> None:
-    database = f"sqlite:///{tmp_path / 'shared.db'}"
-    token = new_admin_token()
     with (
-        running(
-            InProcessServer(tmp_path / "a", {"storage_url": s3_bucket.url, "database_url": database}, admin_token=token)
-        ) as a,
-        running(
-            InProcessServer(tmp_path / "b", {"storage_url": s3_bucket.url, "database_url": database}, admin_token=token)
-        ) as b,
+        _two_servers(tmp_path, s3_bucket) as (a, b),
         a.client() as on_a,
         b.client() as on_b,
     ):

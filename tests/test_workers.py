@@ -24,7 +24,7 @@ import pytest
 from cargohold.server.auth.policy import CACHE_SECONDS
 from control_helpers import api, http, new_project
 from protocol_helpers import get_manifest, new_repo, push_blob, push_image, random_blob
-from servers import InProcessServer, ServerProcess, new_admin_token, running
+from servers import InProcessServer, ServerProcess, new_admin_token, running, two_apps_on_one_data_dir
 
 
 def _workers_of(server: ServerProcess) -> list[psutil.Process]:
@@ -140,14 +140,8 @@ def test_a_worker_that_dies_later_is_restarted(tmp_path: Path) -> None:
 
 @pytest.fixture(name="pair")
 def pair_fixture(tmp_path: Path) -> Iterator[tuple[InProcessServer, InProcessServer]]:
-    token = new_admin_token()
-    data = tmp_path / "data"
-    with (
-        running(InProcessServer(data_dir=data, admin_token=token)) as first,
-        running(InProcessServer(data_dir=data, admin_token=token)) as second,
-    ):
-        assert isinstance(first, InProcessServer) and isinstance(second, InProcessServer)
-        yield first, second
+    with two_apps_on_one_data_dir(tmp_path / "data") as pair:
+        yield pair
 
 
 def test_an_upload_may_move_between_workers(pair: tuple[InProcessServer, InProcessServer]) -> None:

@@ -179,7 +179,7 @@ class Builds:
             found: list[str] = []
             entries = body.get("manifests")
             for entry in entries if isinstance(entries, list) else []:
-                text = _platform_text(entry.get("platform")) if isinstance(entry, dict) else None
+                text = platform_text(entry.get("platform")) if isinstance(entry, dict) else None
                 if text and text != "unknown/unknown" and text not in found:
                     found.append(text)
             return found
@@ -194,7 +194,7 @@ class Builds:
             image_config = strictjson.loads(b"".join(self.blobs.open_blob(digest)))
         except (DigestError, strictjson.JsonInvalid, FileNotFoundError, UnknownUpload):
             return []
-        text = _platform_text(image_config)
+        text = platform_text(image_config)
         return [text] if text else []
 
     async def fail(self, build_id: str, reason: str) -> BuildRecord:
@@ -264,7 +264,8 @@ class Builds:
         return eviction
 
 
-def _platform_text(platform: Any) -> str | None:
+def platform_text(platform: Any) -> str | None:
+    """``os/arch[/variant]`` of an OCI platform object (an index entry's or an image config's), else None."""
     if not isinstance(platform, dict):
         return None
     os_name, arch = platform.get("os"), platform.get("architecture")

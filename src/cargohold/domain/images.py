@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from cargohold.domain.builds import MAX_CONFIG_READ
+from cargohold.domain.builds import MAX_CONFIG_READ, platform_text
 from cargohold.metadata.store import MetadataStore
 from cargohold.oci import mediatypes as mt
 from cargohold.oci import strictjson
@@ -110,7 +110,7 @@ def describe_image(metadata: MetadataStore, blobs: BlobStore, repository: str, d
         if child is None or child.media_type not in mt.IMAGE_MANIFESTS:
             omitted += 1
             continue
-        platform = _platform_text(entry.get("platform"))
+        platform = platform_text(entry.get("platform"))
         images.append(
             _image(metadata, blobs, repository, child.digest, child.media_type, _json_object(child.payload), platform)
         )
@@ -181,7 +181,7 @@ def _config(blobs: BlobStore, entry: dict[str, Any]) -> ConfigSummary | None:
 
 def config_platform(blobs: BlobStore, entry: dict[str, Any]) -> str | None:
     parsed = _read_config(blobs, entry)
-    return _platform_text(parsed) if parsed is not None else None
+    return platform_text(parsed) if parsed is not None else None
 
 
 def _referrers(metadata: MetadataStore, repository: str, digest: str) -> list[Referrer]:
@@ -201,13 +201,3 @@ def _json_object(payload: bytes) -> dict[str, Any]:
     except strictjson.JsonInvalid:
         return {}
     return body if isinstance(body, dict) else {}
-
-
-def _platform_text(platform: Any) -> str | None:
-    if not isinstance(platform, dict):
-        return None
-    os_name, arch = platform.get("os"), platform.get("architecture")
-    if not isinstance(os_name, str) or not isinstance(arch, str):
-        return None
-    variant = platform.get("variant")
-    return f"{os_name}/{arch}/{variant}" if isinstance(variant, str) and variant else f"{os_name}/{arch}"

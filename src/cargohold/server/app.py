@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
@@ -28,7 +27,7 @@ from cargohold.server.auth.security import build_security
 from cargohold.server.control import api, blob_copies
 from cargohold.server.control import lifecycle as control_lifecycle
 from cargohold.server.distribution import routing
-from cargohold.server.drain import DRAIN_KEY, Drain
+from cargohold.server.drain import DRAIN_KEY, Drain, background_loop
 from cargohold.server.http import health, middlewares, space
 from cargohold.server.http.middlewares import API_VERSION_HEADER
 from cargohold.server.state import STATE_KEY, RegistryState, state_of
@@ -69,12 +68,8 @@ async def _housekeeping(app: web.Application) -> AsyncIterator[None]:
                     log.warning("purging stale uploads failed: %s; will retry in %.0f s", fault.describe(), interval)
             await asyncio.sleep(interval)
 
-    task = asyncio.create_task(loop())
-    app[DRAIN_KEY].on_drain(task.cancel)  # a purge in progress finishes; no new one starts
-    yield
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    async with background_loop(app, loop()):
+        yield
 
 
 async def _key_reloads(app: web.Application) -> AsyncIterator[None]:
@@ -95,12 +90,8 @@ async def _key_reloads(app: web.Application) -> AsyncIterator[None]:
             except Exception as exc:  # the database may be down for a moment: keep the keys loaded
                 log.warning("re-reading the signing keys failed: %s; will retry in %.0f s", exc, interval)
 
-    task = asyncio.create_task(loop())
-    app[DRAIN_KEY].on_drain(task.cancel)
-    yield
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    async with background_loop(app, loop()):
+        yield
 
 
 async def _shutdown(app: web.Application) -> AsyncIterator[None]:

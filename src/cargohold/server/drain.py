@@ -33,12 +33,13 @@ the same signal are one request to stop, see :mod:`cargohold.server.workers`.)
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
 from contextlib import contextmanager
 
 from aiohttp import web
@@ -153,6 +154,20 @@ def draining_response(request: web.Request) -> web.Response:
 
 
 DRAIN_KEY = web.AppKey("cargohold_drain", Drain)
+
+
+@contextlib.asynccontextmanager
+async def background_loop(app: web.Application, loop: Coroutine[object, object, None]) -> AsyncIterator[None]:
+    """Run ``loop`` (a housekeeping ``while True``) for as long as the app runs: the drain cancels it at its
+    next wait, so a pass in progress finishes and no new one starts; the app's cleanup waits for it to end."""
+    task = asyncio.create_task(loop)
+    app[DRAIN_KEY].on_drain(task.cancel)
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 @contextmanager

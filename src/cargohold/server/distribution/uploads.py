@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from cargohold.domain import errors
+from cargohold.domain.uploads import UploadSession
 from cargohold.oci.digest import ALGORITHMS, Digest, DigestError
 from cargohold.oci.reference import is_valid_name
 from cargohold.server.auth.access import PRINCIPAL_KEY, Principal
@@ -160,15 +161,21 @@ def _algorithm(value: str) -> str:
     return value
 
 
+async def _receive(request: web.Request, name: str, upload_id: str, session: UploadSession) -> int:
+    """Append the request body to ``session``; a body that stalls keeps what arrived (the session is touched,
+    so it stays resumable) and answers with the offset to resume from."""
+    try:
+        return await session.append(_body(request), declared=request.content_length)
+    except BodyStalled as exc:
+        await session.touch()
+        raise _stalled(name, upload_id, session.offset, exc) from None
+
+
 async def patch_upload(request: web.Request, name: str, upload_id: str) -> web.Response:
     state = state_of(request)
     async with state.uploads.session(name, upload_id) as session:
         announced = _check_content_range(request, name, upload_id, session.offset)
-        try:
-            received = await session.append(_body(request), declared=request.content_length)
-        except BodyStalled as exc:
-            await session.touch()
-            raise _stalled(name, upload_id, session.offset, exc) from None
+        received = await _receive(request, name, upload_id, session)
         await session.touch()
         if announced is not None and received != announced:
             raise RegistryError(
@@ -189,11 +196,7 @@ async def finish_upload(request: web.Request, name: str, upload_id: str) -> web.
             raise RegistryError("DIGEST_INVALID", "finishing an upload needs the ?digest= query parameter")
         digest = parse_digest(request.query["digest"])
         announced = _check_content_range(request, name, upload_id, session.offset)
-        try:
-            received = await session.append(_body(request), declared=request.content_length)
-        except BodyStalled as exc:
-            await session.touch()
-            raise _stalled(name, upload_id, session.offset, exc) from None
+        received = await _receive(request, name, upload_id, session)
         if announced is not None and received != announced:
             raise RegistryError(
                 "BLOB_UPLOAD_INVALID", f"Content-Range announced {announced} bytes but {received} arrived", status=400

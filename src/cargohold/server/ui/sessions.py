@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import hmac
 import logging
@@ -28,7 +27,7 @@ from aiohttp import web
 from cargohold.edge.proxies import client_scheme
 from cargohold.metadata.sessions import SessionRecord, SessionStore
 from cargohold.server.auth.policy import Identity
-from cargohold.server.drain import DRAIN_KEY
+from cargohold.server.drain import background_loop
 from cargohold.server.state import STATE_KEY, RegistryState
 
 log = logging.getLogger(__name__)
@@ -139,12 +138,8 @@ async def prune_periodically(app: web.Application) -> AsyncIterator[None]:
                 log.warning("pruning dashboard sessions failed; will retry in %.0f s", PRUNE_EVERY.total_seconds())
             await asyncio.sleep(PRUNE_EVERY.total_seconds())
 
-    task = asyncio.create_task(loop())
-    app[DRAIN_KEY].on_drain(task.cancel)
-    yield
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    async with background_loop(app, loop()):
+        yield
 
 
 def clear_cookie(request: web.Request, response: web.StreamResponse) -> None:
