@@ -14,18 +14,23 @@ import itertools
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
 from botocore.exceptions import ClientError, EndpointConnectionError
+from sqlalchemy import update
 
 from cargohold.client.credentials import Credentials
 from cargohold.client.registry import RegistryClient
+from cargohold.metadata.models import RepositoryBlob
 from cargohold.oci.digest import Digest
+from cargohold.storage.base import Redirect
 from cargohold.storage.faults import classify
-from cargohold.storage.s3 import MIN_PART, S3BlobStore, _translated
+from cargohold.storage.s3 import MIN_PART, S3BlobStore, _PresignedUrls, _translated
 from cargohold.storage.s3url import S3Location
 from control_helpers import FAST
 from s3server import S3Bucket
@@ -188,6 +193,74 @@ def test_blob_get_redirects_to_a_short_lived_presigned_url_after_authorisation(r
     with registry.anonymous(follow_redirects=False) as anonymous:
         refused = anonymous.get(f"/v2/team/app/blobs/{digest}")
         assert refused.status_code == 401 and "Location" not in refused.headers
+
+
+def test_redirects_skip_the_thread_pool_reuse_young_urls_and_still_refresh_stale_links(
+    registry: InProcessServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With SQLite metadata and a bucket, a blob GET waits on nothing, so it is answered on the event loop; a
+    link old enough to need refreshing (a write) still goes to a worker thread and is refreshed."""
+    state = registry.state
+    offloaded: list[str] = []
+    original_run = state.run
+
+    async def recording_run(func: Any, /, *args: Any, **kwargs: Any) -> Any:
+        offloaded.append(getattr(func, "__name__", repr(func)))
+        return await original_run(func, *args, **kwargs)
+
+    data = os.urandom(1000)
+    with registry.client(follow_redirects=False) as http:
+        digest = _push(http, "team/app", data)
+        monkeypatch.setattr(state, "run", recording_run)
+        first, second = (http.get(f"/v2/team/app/blobs/{digest}") for _ in range(2))
+        assert first.status_code == second.status_code == 307
+        assert first.headers["Location"] == second.headers["Location"]  # signed once, reused while young
+        assert http.head(f"/v2/team/app/blobs/{digest}").status_code == 200
+        assert http.get(f"/v2/team/app/blobs/{digest}").status_code == 307
+        assert http.get(f"/v2/other/app/blobs/{digest}").status_code == 404
+        assert "readable_blob" not in offloaded
+
+        long_ago = datetime.now(UTC) - 2 * state.settings.gc_grace
+        with state.metadata.db.write() as session:
+            session.execute(update(RepositoryBlob).values(linked_at=long_ago))
+        assert http.get(f"/v2/team/app/blobs/{digest}").status_code == 307
+        assert "readable_blob" in offloaded
+        linked = state.metadata.linked_blob("team/app", digest)
+        assert linked is not None and linked[1] > long_ago + state.settings.gc_grace
+
+
+def test_presigned_urls_are_reused_only_while_young_and_forgotten_on_delete(
+    s3_bucket: S3Bucket, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = S3BlobStore(S3Location.parse(f"{s3_bucket.url}/p"), redirect_ttl=300)
+    now = [1000.0]
+    store._presigned = _PresignedUrls(300, clock=lambda: now[0])
+    signatures: list[int] = []
+    sign = store.client.generate_presigned_url
+
+    def counting_sign(*args: Any, **kwargs: Any) -> str:
+        signatures.append(kwargs["ExpiresIn"])
+        return str(sign(*args, **kwargs))
+
+    monkeypatch.setattr(store.client, "generate_presigned_url", counting_sign)
+    digest = Digest.parse(_digest(b"x"))
+
+    def url() -> str:
+        located = store.locate(digest, known_size=1)
+        assert isinstance(located, Redirect)
+        return located.url
+
+    signed = url()
+    now[0] += 59
+    assert url() == signed and signatures == [300]  # 59 s into a 300 s life: reused
+    now[0] += 2
+    url()  # 61 s: past a fifth of its life, signed again
+    assert signatures == [300, 300]
+    url()
+    assert signatures == [300, 300]
+    store.delete(digest)  # the object never existed: nothing deleted, but the URL is forgotten all the same
+    url()
+    assert signatures == [300, 300, 300]
 
 
 def test_blob_redirect_off_streams_through_the_server(tmp_path: Path, s3_bucket: S3Bucket) -> None:

@@ -59,8 +59,31 @@ def readable_blob(
         raise unknown_blob(digest)
     if linked[1] < stale_before and not _refresh_link(metadata, space, name, digest, stale_before):
         raise unknown_blob(digest)
+    return _located(blobs, name, digest, linked[0])
+
+
+def readable_blob_inline(
+    blobs: BlobStore, metadata: MetadataStore, name: str, digest: Digest, stale_before: datetime
+) -> BlobLocation | None:
+    """:func:`readable_blob` without blocking, for the event loop, or None when only blocking work can answer.
+
+    Only where the metadata read is an embedded one (``Database.reads_inline``) and the store locates a
+    blob from memory (``BlobStore.locate_blocks`` false: a presigned URL). A stale link needs a write to
+    refresh, so it gets None too, and the caller takes :func:`readable_blob` to a worker thread.
+    """
+    if not metadata.db.reads_inline or blobs.locate_blocks:
+        return None
+    linked = metadata.linked_blob(name, str(digest))
+    if linked is None:
+        raise unknown_blob(digest)
+    if linked[1] < stale_before:
+        return None
+    return _located(blobs, name, digest, linked[0])
+
+
+def _located(blobs: BlobStore, name: str, digest: Digest, size: int) -> BlobLocation:
     try:
-        location = blobs.locate(digest, known_size=linked[0])
+        location = blobs.locate(digest, known_size=size)
     except OSError as exc:
         if (fault := classify(exc)) is None:
             raise
@@ -116,4 +139,4 @@ def unlink_blob(metadata: MetadataStore, name: str, digest: Digest) -> None:
         raise unknown_blob(digest)
 
 
-__all__ = ["readable_blob", "stale_before", "unknown_blob", "unlink_blob"]
+__all__ = ["readable_blob", "readable_blob_inline", "stale_before", "unknown_blob", "unlink_blob"]

@@ -69,6 +69,11 @@ class BlobStore(ABC):
     """The smallest upload chunk the store can take efficiently (S3's multipart minimum), advertised to clients
     as ``OCI-Chunk-Min-Length`` when larger than the server's own setting; 0: any size."""
 
+    locate_blocks: bool = True
+    """Whether :meth:`locate` with a ``known_size`` may wait on I/O (the filesystem store's ``stat``). A store
+    that answers from memory (a presigned URL) says False, and the blob GET path then calls it on the event
+    loop instead of paying a thread-pool round trip per request."""
+
     @abstractmethod
     def locate(self, digest: Digest, known_size: int | None = None) -> BlobLocation | None:
         """Where to serve ``digest`` from, or None if the content is not stored.

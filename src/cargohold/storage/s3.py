@@ -40,7 +40,9 @@ import contextlib
 import errno
 import re
 import threading
-from collections.abc import Iterator
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -65,6 +67,13 @@ READ_CHUNK = 1 << 20
 DEFAULT_REDIRECT_TTL = 300
 """Seconds a presigned blob URL stays valid. S3 checks it when the download starts, not while it runs, so
 this only needs to cover the client following the redirect (and its retries of that GET)."""
+PRESIGNED_REUSE_FRACTION = 5
+"""A presigned URL is handed out again during the first 1/5 of its life (60 s of the default 300 s), so every
+URL a client receives has at least 4/5 of its validity left, while twenty matrix jobs pulling one layer cost
+one signature (~0.45 ms of CPU each) instead of twenty."""
+PRESIGNED_CACHE_SIZE = 4096
+"""Blob URLs remembered at most (least recently used first out): ~2 MiB, far more layers than one wave of CI
+jobs pulls."""
 _UPLOAD_ID_RE = re.compile(r"^[0-9a-f]{32}$")
 _PART_RE = re.compile(r"^[0-9]{16}$")
 _SESSION_MARKER = "session"
@@ -179,8 +188,46 @@ class _S3UploadWriter(UploadWriter):
                 self._flush()  # every request ends with its bytes in the bucket: another replica may continue
 
 
+class _PresignedUrls:
+    """Recently signed blob URLs by object key, reused while young (:data:`PRESIGNED_REUSE_FRACTION`).
+
+    Sharing one URL between requesters is safe: each was authorised for the blob before its redirect, the
+    content behind a digest key never changes, and the URL expires when a freshly signed one would have
+    (give or take the reuse window). Thread-safe: locate() runs on the event loop or a worker thread.
+    """
+
+    def __init__(self, ttl: int, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self._reuse_for = ttl / PRESIGNED_REUSE_FRACTION
+        self._clock = clock
+        self._urls: OrderedDict[str, tuple[float, str]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: str) -> str | None:
+        with self._lock:
+            entry = self._urls.get(key)
+            if entry is None:
+                return None
+            if self._clock() - entry[0] >= self._reuse_for:
+                del self._urls[key]
+                return None
+            self._urls.move_to_end(key)
+            return entry[1]
+
+    def put(self, key: str, url: str) -> None:
+        with self._lock:
+            self._urls[key] = (self._clock(), url)
+            self._urls.move_to_end(key)
+            while len(self._urls) > PRESIGNED_CACHE_SIZE:
+                self._urls.popitem(last=False)
+
+    def forget(self, key: str) -> None:
+        with self._lock:
+            self._urls.pop(key, None)
+
+
 class S3BlobStore(BlobStore):
     chunk_min_length = MIN_PART
+    locate_blocks = False  # with the metadata's size, locate() signs a URL (or reuses one) and asks nothing
 
     def __init__(
         self,
@@ -197,6 +244,7 @@ class S3BlobStore(BlobStore):
         self.redirect = redirect
         self.redirect_url = redirect_url.rstrip("/") if redirect_url else None
         self.redirect_ttl = redirect_ttl
+        self._presigned = _PresignedUrls(redirect_ttl)
 
     # --- keys ---------------------------------------------------------------------------------------------
 
@@ -277,10 +325,13 @@ class S3BlobStore(BlobStore):
         key = self.blob_key(digest)
         if self.redirect_url is not None:
             return Redirect(f"{self.redirect_url}/{quote(key)}", size)
-        with _translated(f"sign a URL for {key}"):
-            params = {"Bucket": self.bucket, "Key": key, "ResponseContentType": "application/octet-stream"}
-            url = self.client.generate_presigned_url("get_object", Params=params, ExpiresIn=self.redirect_ttl)
-        return Redirect(str(url), size)
+        url = self._presigned.get(key)
+        if url is None:
+            with _translated(f"sign a URL for {key}"):
+                params = {"Bucket": self.bucket, "Key": key, "ResponseContentType": "application/octet-stream"}
+                url = str(self.client.generate_presigned_url("get_object", Params=params, ExpiresIn=self.redirect_ttl))
+            self._presigned.put(key, url)
+        return Redirect(url, size)
 
     def size(self, digest: Digest) -> int | None:
         head = self._head(self.blob_key(digest))
@@ -295,6 +346,7 @@ class S3BlobStore(BlobStore):
 
     def delete(self, digest: Digest) -> bool:
         key = self.blob_key(digest)
+        self._presigned.forget(key)
         if self._head(key) is None:
             return False
         with _translated(f"delete {key}"):
