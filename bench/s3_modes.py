@@ -18,6 +18,16 @@ for a real object store and its CPU says nothing about Cargohold's.
 
 Targets (issue 13): with redirects, the server's CPU for the pull is under 10% of filesystem mode's; a push
 to S3 takes at most 1.5x the filesystem's time.
+
+The push target is also measured against what moto alone costs, because moto, not Cargohold, sets the pace
+there (its CPU is shown). Two floors, written straight to moto with boto3 by five threads, no Cargohold
+involved, same bytes:
+
+* ``moto floor, same layout``: each layer as the 8 MiB part objects Cargohold stages, then assembled into one
+  object by a multipart upload of server-side copies, as Cargohold's commit does;
+* ``moto floor, one multipart upload``: each 16 MiB chunk as one ``UploadPart`` of a multipart upload completed
+  at the end: the least any S3 layout can ask of the store for a chunked upload (it cannot be resumed on
+  another replica, which is why Cargohold stages readable objects; see cargohold.storage.s3).
 """
 
 from __future__ import annotations
@@ -41,6 +51,7 @@ import psutil
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
+from cargohold.storage.s3 import PART_SIZE, s3_client  # noqa: E402
 from processes import ManagedProcess, free_port  # noqa: E402
 from registry_bench import tree_cpu_seconds  # noqa: E402
 from s3server import S3Server  # noqa: E402
@@ -156,6 +167,54 @@ def run_mode(mode: str, layers: list[bytes], pulls: int, work: Path, moto: S3Ser
         server.stop()
 
 
+def moto_floor(layers: list[bytes], moto: S3Server, work: Path, *, multipart: bool) -> dict[str, float]:
+    """Write ``layers`` to a fresh bucket with boto3 alone (see the module docstring): wall time and moto CPU."""
+    bucket = f"floor-{secrets.token_hex(4)}"
+    moto.create_bucket(bucket)
+    saved = dict(os.environ)
+    os.environ.update(moto.environment(work / "aws"))
+    try:
+        client = s3_client()
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+    def staged_then_assembled(index: int) -> None:
+        data, key, copies = layers[index], f"blob-{index}", []
+        for offset in range(0, len(data), PART_SIZE):
+            client.put_object(
+                Bucket=bucket, Key=f"staged-{index}/{offset:016d}", Body=data[offset : offset + PART_SIZE]
+            )
+            copies.append(f"staged-{index}/{offset:016d}")
+        upload = client.create_multipart_upload(Bucket=bucket, Key=key)["UploadId"]
+        parts = []
+        for number, source in enumerate(copies, start=1):
+            copy = {"Bucket": bucket, "Key": source}
+            answer = client.upload_part_copy(
+                Bucket=bucket, Key=key, UploadId=upload, PartNumber=number, CopySource=copy
+            )
+            parts.append({"PartNumber": number, "ETag": answer["CopyPartResult"]["ETag"]})
+        client.complete_multipart_upload(Bucket=bucket, Key=key, UploadId=upload, MultipartUpload={"Parts": parts})
+
+    def one_multipart_upload(index: int) -> None:
+        data, key = layers[index], f"blob-{index}"
+        upload = client.create_multipart_upload(Bucket=bucket, Key=key)["UploadId"]
+        parts = []
+        for number, offset in enumerate(range(0, len(data), CHUNK), start=1):
+            body = data[offset : offset + CHUNK]
+            answer = client.upload_part(Bucket=bucket, Key=key, UploadId=upload, PartNumber=number, Body=body)
+            parts.append({"PartNumber": number, "ETag": answer["ETag"]})
+        client.complete_multipart_upload(Bucket=bucket, Key=key, UploadId=upload, MultipartUpload={"Parts": parts})
+
+    assert moto.process is not None
+    moto_cpu, wall = cpu_seconds(moto.process.pid), time.monotonic()
+    with concurrent.futures.ThreadPoolExecutor(len(layers)) as pool:
+        list(pool.map(one_multipart_upload if multipart else staged_then_assembled, range(len(layers))))
+    result = {"push_wall": time.monotonic() - wall, "push_moto_cpu": cpu_seconds(moto.process.pid) - moto_cpu}
+    moto.drop_bucket(bucket)
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--layers", type=int, default=5)
@@ -166,10 +225,14 @@ def main() -> None:
     layers = [os.urandom(options.layer_mb * MiB) for _ in range(options.layers)]
     moto = S3Server(base_dir=work).start()
     results: dict[str, dict[str, float]] = {}
+    floors: dict[str, dict[str, float]] = {}
     try:
         for mode in MODES:
             results[mode] = run_mode(mode, layers, options.pulls, work, moto)
             print(f"{mode}: {results[mode]}", file=sys.stderr, flush=True)
+        for name, multipart in (("moto floor, same layout", False), ("moto floor, one multipart upload", True)):
+            floors[name] = moto_floor(layers, moto, work, multipart=multipart)
+            print(f"{name}: {floors[name]}", file=sys.stderr, flush=True)
     finally:
         moto.stop()
         shutil.rmtree(work, ignore_errors=True)
@@ -189,7 +252,10 @@ def main() -> None:
             f"{r['pull_wall']:.1f} | {r['pull_server_cpu']:.2f} | {r['pull_server_cpu'] / r['served_gb']:.3f} | "
             f"{r['pull_moto_cpu']:.1f} |"
         )
+    for name, floor in floors.items():
+        print(f"| {name} | {floor['push_wall']:.1f} | - | {floor['push_moto_cpu']:.1f} | - | - | - | - |")
     fs, redirect, stream = results["filesystem"], results["s3-redirect"], results["s3-stream"]
+    same_layout, multipart = floors["moto floor, same layout"], floors["moto floor, one multipart upload"]
     print()
     print(
         f"pull server CPU, s3-redirect / filesystem: {redirect['pull_server_cpu'] / fs['pull_server_cpu']:.3f} "
@@ -198,6 +264,10 @@ def main() -> None:
     print(f"pull server CPU, s3-stream / filesystem: {stream['pull_server_cpu'] / fs['pull_server_cpu']:.2f}")
     print(f"push wall, s3 / filesystem: {redirect['push_wall'] / fs['push_wall']:.2f} (target <= 1.5)")
     print(f"push wall, s3-stream run / filesystem: {stream['push_wall'] / fs['push_wall']:.2f}")
+    print(f"push wall, s3 / moto floor with the same layout: {redirect['push_wall'] / same_layout['push_wall']:.2f}")
+    print(
+        f"push wall, moto floor with one multipart upload / filesystem: {multipart['push_wall'] / fs['push_wall']:.2f}"
+    )
 
 
 if __name__ == "__main__":
