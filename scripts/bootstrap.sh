@@ -18,7 +18,8 @@ _ch_say() { printf '[bootstrap] %s\n' "$*" >&2; }
 _ch_missing_packages() {
     local -a missing=()
     local cmd pkg
-    # dockerd/buildah: the build and docker-daemon paths are tested against real ones, started privately.
+    # dockerd/buildah/containerd: the build, docker-daemon and containerd pull paths are tested against real
+    # ones, started privately (tests/containerd.py).
     # mkfs.ext4: the full-disk tests mount a small real filesystem (tests/test_storage_full.py).
     # chromium/chromedriver: real-browser tests of the web dashboard (tests/browser.py).
     # ip: private network namespaces of the no-egress tests (tests/netns.py).
@@ -26,7 +27,8 @@ _ch_missing_packages() {
     # systemd-analyze and promtool check the systemd unit and the alert rules (test_deploy_files.py).
     # wrk and ab (HEAD requests, which wrk 4.1 cannot time): bench/throughput.py.
     for pair in wrk:wrk ab:apache2-utils skopeo:skopeo umoci:umoci docker-registry:docker-registry nginx:nginx-light curl:curl \
-                python3:python3 dockerd:docker.io buildah:buildah mkfs.ext4:e2fsprogs busybox:busybox-static \
+                python3:python3 dockerd:docker.io containerd:containerd ctr:containerd buildah:buildah \
+                mkfs.ext4:e2fsprogs busybox:busybox-static \
                 chromium:chromium chromedriver:chromium-driver ip:iproute2 \
                 debootstrap:debootstrap systemd-analyze:systemd promtool:prometheus; do
         cmd="${pair%%:*}"; pkg="${pair#*:}"

@@ -7,6 +7,7 @@ process. See ``tests/servers.py`` for which to use when.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -19,6 +20,9 @@ from servers import (
     server_process_fixture,
     stop_shared_server,
 )
+
+if TYPE_CHECKING:
+    from containerd import Containerd
 
 __all__ = ["http_fixture", "server_fixture", "server_process_fixture"]
 
@@ -47,3 +51,12 @@ def session_dockerd() -> Iterator[str]:
 
     with private_dockerd() as host:
         yield host
+
+
+@pytest.fixture(scope="session")
+def session_containerd() -> Iterator[Containerd]:
+    """One private containerd for the tests that pull through containerd's resolver (tests/containerd.py)."""
+    from containerd import private_containerd
+
+    with private_containerd() as daemon:
+        yield daemon

@@ -32,9 +32,11 @@ from cargohold.storage.base import Redirect
 from cargohold.storage.faults import classify
 from cargohold.storage.s3 import MIN_PART, S3BlobStore, _PresignedUrls, _translated
 from cargohold.storage.s3url import S3Location
+from containerd import Containerd
 from control_helpers import FAST
 from s3server import S3Bucket
 from servers import InProcessServer, new_admin_token, running
+from test_containerd import pull_with_containerd
 
 MiB = 1 << 20
 
@@ -431,6 +433,15 @@ def test_docker_pulls_through_redirects(registry: InProcessServer, session_docke
     redirected = [line for line in registry.log().splitlines() if "status=307" in line and "/blobs/" in line]
     assert len(redirected) >= 2  # both layers (and the config) came from the bucket
     _docker("image", "rm", f"{registry.host}/ci/docker:1", env=docker_env)
+
+
+def test_containerd_pulls_through_redirects(
+    registry: InProcessServer, session_containerd: Containerd, tmp_path: Path
+) -> None:
+    """containerd's resolver follows the 307 to the bucket for the config and both layers."""
+    pull_with_containerd(registry, session_containerd, tmp_path, "ci/containerd")
+    redirected = [line for line in registry.log().splitlines() if "status=307" in line and "/blobs/" in line]
+    assert len(redirected) >= 3
 
 
 def test_storage_settings_come_from_the_config_file_and_the_environment(tmp_path: Path) -> None:
