@@ -11,8 +11,12 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from s3server import stop_session_s3_server
-from servers import (
+# The plugin modules below are imported by this file (through servers) before pytest loads them as plugins:
+# registered first, they are assertion-rewritten all the same (and pytest does not warn that it could not).
+pytest.register_assert_rewrite("pgcluster", "s3server", "browser")
+
+from s3server import stop_session_s3_server  # noqa: E402
+from servers import (  # noqa: E402
     http_fixture,
     leaked_threads,
     running_in_process,
