@@ -30,7 +30,7 @@ from cargohold.metadata.models import RepositoryBlob
 from cargohold.oci.digest import Digest
 from cargohold.storage.base import Redirect
 from cargohold.storage.faults import classify
-from cargohold.storage.s3 import MIN_PART, S3BlobStore, _PresignedUrls, _translated
+from cargohold.storage.s3 import MIN_PART, S3BlobStore, _PresignedUrls, _translated, s3_client
 from cargohold.storage.s3url import S3Location
 from containerd import Containerd
 from control_helpers import FAST
@@ -93,6 +93,44 @@ def test_large_upload_in_uneven_chunks_is_assembled_from_full_parts(s3_bucket: S
     assert hashlib.sha256(b"".join(store.open_blob(digest))).hexdigest() == digest.hex
     assert b"".join(store.open_blob(digest, 5, 17)) == data[5:17]
     assert store.upload_size(upload_id) is None
+
+
+class _Captured(Exception):
+    """Raised from boto3's before-send hook: the request is inspected, never sent."""
+
+
+@pytest.mark.parametrize(("scheme", "signed"), [("http", True), ("https", False)])
+def test_request_bodies_are_signed_only_where_tls_does_not_protect_them(
+    scheme: str, signed: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("config", "credentials"):
+        (tmp_path / name).touch()
+    environment = {
+        "AWS_ENDPOINT_URL": f"{scheme}://127.0.0.1:9",
+        "AWS_ENDPOINT_URL_S3": f"{scheme}://127.0.0.1:9",
+        "AWS_ACCESS_KEY_ID": "k",
+        "AWS_SECRET_ACCESS_KEY": "s",
+        "AWS_REGION": "us-east-1",
+        "AWS_CONFIG_FILE": str(tmp_path / "config"),
+        "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "credentials"),
+    }
+    for key, value in environment.items():
+        monkeypatch.setenv(key, value)
+    client = s3_client()
+    seen: dict[str, str] = {}
+
+    def capture(request: Any, **_: Any) -> None:
+        for key, value in request.headers.items():
+            seen[key.lower()] = value.decode() if isinstance(value, bytes) else str(value)
+        raise _Captured
+
+    client.meta.events.register("before-send.s3.PutObject", capture)
+    body = b"staged bytes"
+    with pytest.raises(_Captured):
+        client.put_object(Bucket="b", Key="k", Body=body)
+    payload = seen["x-amz-content-sha256"]
+    assert payload == (hashlib.sha256(body).hexdigest() if signed else "UNSIGNED-PAYLOAD")
+    assert "Signature=" in seen["authorization"]  # the request itself is signed either way
 
 
 def test_object_store_errors_read_as_storage_faults(s3_bucket: S3Bucket) -> None:
