@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import os
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -30,7 +31,7 @@ from cargohold.metadata.models import RepositoryBlob
 from cargohold.oci.digest import Digest
 from cargohold.storage.base import Redirect
 from cargohold.storage.faults import classify
-from cargohold.storage.s3 import MIN_PART, S3BlobStore, _PresignedUrls, _translated, s3_client
+from cargohold.storage.s3 import MIN_PART, PART_SIZE, S3BlobStore, _PresignedUrls, _translated, s3_client
 from cargohold.storage.s3url import S3Location
 from containerd import Containerd
 from control_helpers import FAST
@@ -93,6 +94,44 @@ def test_large_upload_in_uneven_chunks_is_assembled_from_full_parts(s3_bucket: S
     assert hashlib.sha256(b"".join(store.open_blob(digest))).hexdigest() == digest.hex
     assert b"".join(store.open_blob(digest, 5, 17)) == data[5:17]
     assert store.upload_size(upload_id) is None
+
+
+def test_assembly_copies_parts_concurrently_and_a_failed_copy_leaves_nothing_visible(
+    s3_bucket: S3Bucket, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = S3BlobStore(S3Location.parse(f"{s3_bucket.url}/p"))
+    data = os.urandom(3 * PART_SIZE + 1)
+
+    def stage(upload_id: str) -> None:
+        store.create_upload(upload_id)
+        writer = store.open_upload(upload_id)
+        for offset in range(0, len(data), PART_SIZE):
+            writer.write(data[offset : offset + PART_SIZE])  # one part object each: 4 parts to copy
+        writer.close()
+
+    copy_part = store.client.upload_part_copy
+    copiers: set[str] = set()
+    fail_part: list[int] = [3]
+
+    def flaky_copy(**kwargs: Any) -> Any:
+        copiers.add(threading.current_thread().name)
+        if kwargs["PartNumber"] in fail_part:
+            raise ClientError({"Error": {"Code": "InternalError", "Message": "injected"}}, "UploadPartCopy")
+        return copy_part(**kwargs)
+
+    monkeypatch.setattr(store.client, "upload_part_copy", flaky_copy)
+    digest = Digest.parse(_digest(data))
+    stage("cd" * 16)
+    with pytest.raises(OSError, match="InternalError"):
+        store.commit_upload("cd" * 16, digest)
+    assert store.size(digest) is None  # nothing at the digest's key
+    assert not store.client.list_multipart_uploads(Bucket=store.bucket).get("Uploads")  # aborted, not billed
+    assert store.upload_size("cd" * 16) == len(data)  # the staged bytes are still there to discard or retry
+
+    fail_part.clear()
+    store.commit_upload("cd" * 16, digest)
+    assert hashlib.sha256(b"".join(store.open_blob(digest))).hexdigest() == digest.hex
+    assert copiers and all(name.startswith("s3-assemble") for name in copiers)  # on the copy pool, not in line
 
 
 class _Captured(Exception):
