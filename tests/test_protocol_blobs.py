@@ -5,6 +5,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
+from cargohold.oci.digest import Digest
 from protocol_helpers import (
     ALGORITHMS,
     assert_error,
@@ -17,7 +18,7 @@ from protocol_helpers import (
     registry_headers,
 )
 from s3server import TEST_BLOB_STORE
-from servers import shared_server_fixture, traceback_guard_fixture
+from servers import InProcessServer, Server, shared_server_fixture, traceback_guard_fixture
 
 server = shared_server_fixture()
 no_tracebacks = traceback_guard_fixture()
@@ -152,3 +153,17 @@ def test_get_blob_with_unknown_range_unit_ignores_the_range(http: httpx.Client) 
     resp = http.get(f"/v2/{repo}/blobs/{digest}", headers={"Range": "items=0-5"})
     assert resp.status_code == 200, describe(resp)  # RFC 9110 §14.2: MUST ignore an unknown range unit
     assert resp.content == data
+
+
+def test_content_lost_under_its_row_is_stored_again_by_the_next_upload(server: Server, http: httpx.Client) -> None:
+    """Uploads skip moving in content the registry already holds, but never on the word of the ``blobs`` row
+    alone: a crash during garbage collection can leave a row whose bytes are gone, and the next upload of the
+    same content must store them again."""
+    assert isinstance(server, InProcessServer)
+    first, second, data = new_repo(), new_repo(), random_blob(40_000)
+    digest = push_blob(http, first, data)
+    assert server.state.blobs.delete(Digest.parse(digest))  # the bytes go, the rows stay
+    assert push_blob(http, second, data) == digest
+    for repo in (first, second):
+        resp = http.get(f"/v2/{repo}/blobs/{digest}")
+        assert resp.status_code == 200 and resp.content == data, describe(resp)

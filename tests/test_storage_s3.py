@@ -57,6 +57,22 @@ def registry(tmp_path: Path, s3_bucket: S3Bucket) -> Iterator[InProcessServer]:
         yield server
 
 
+def _push_chunked(http: httpx.Client, repo: str, data: bytes) -> str:
+    """POST, one PATCH per 8 MiB, PUT with the digest: staged as several part objects."""
+    started = http.post(f"/v2/{repo}/blobs/uploads/")
+    assert started.status_code == 202, started.text
+    location = started.headers["Location"]
+    for offset in range(0, len(data), PART_SIZE):
+        piece = data[offset : offset + PART_SIZE]
+        headers = {"Content-Range": f"{offset}-{offset + len(piece) - 1}", "Content-Type": "application/octet-stream"}
+        answer = http.patch(location, content=piece, headers=headers)
+        assert answer.status_code == 202, answer.text
+        location = answer.headers["Location"]
+    digest = _digest(data)
+    assert http.put(location, params={"digest": digest}).status_code == 201
+    return digest
+
+
 def _push(http: httpx.Client, repo: str, data: bytes) -> str:
     digest = _digest(data)
     response = http.post(f"/v2/{repo}/blobs/uploads/", params={"digest": digest}, content=data)
@@ -340,6 +356,34 @@ def test_presigned_urls_are_reused_only_while_young_and_forgotten_on_delete(
     store.delete(digest)  # the object never existed: nothing deleted, but the URL is forgotten all the same
     url()
     assert signatures == [300, 300, 300]
+
+
+def test_content_the_bucket_holds_is_not_copied_again(
+    registry: InProcessServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same layer pushed by a second project: linked, its staged parts dropped, no copy to the blob's key
+    (which on SQLite would run under the write lock)."""
+    store = registry.state.blobs
+    assert isinstance(store, S3BlobStore)
+    data = os.urandom(3 * PART_SIZE)  # several parts: a multipart assembly the first time
+    written: list[str] = []
+    for method in ("put_object", "copy_object", "upload_part_copy", "create_multipart_upload"):
+        original = getattr(store.client, method)
+
+        def recording(*args: Any, _original: Any = original, _method: str = method, **kwargs: Any) -> Any:
+            written.append(f"{_method} {kwargs['Key']}")
+            return _original(*args, **kwargs)
+
+        monkeypatch.setattr(store.client, method, recording)
+    with registry.client() as http:
+        digest = _push_chunked(http, "team/first", data)
+        blob_key = store.blob_key(Digest.parse(digest))
+        assert f"create_multipart_upload {blob_key}" in written
+        written.clear()
+        assert _push_chunked(http, "team/second", data) == digest
+        assert not [call for call in written if call.endswith(blob_key)], written
+        assert http.get(f"/v2/team/second/blobs/{digest}", follow_redirects=True).content == data
+    assert not list(store._list(f"{store.prefix}uploads/")), "the second upload's staged parts were left behind"
 
 
 def test_blob_redirect_off_streams_through_the_server(tmp_path: Path, s3_bucket: S3Bucket) -> None:

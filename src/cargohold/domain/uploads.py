@@ -503,14 +503,37 @@ class UploadSession:
 
     def _store(self, digest: Digest) -> int:
         """Durable bytes, then one write transaction: link, forget the session, move the bytes in (last, so a
-        failed move rolls the rows back and the session stays to be discarded)."""
+        failed move rolls the rows back and the session stays to be discarded).
+
+        Content the registry already holds (the same layer pushed by another project) is not moved in again:
+        the staged copy is dropped after the transaction. On a bucket that saves the server-side copy of the
+        whole blob, which on SQLite runs under the write lock. The store is asked first, under the
+        transaction's content lock (garbage collection cannot delete meanwhile), because a crash during a
+        collection can leave a ``blobs`` row whose bytes are gone (see cargohold.lifecycle.gc); then the
+        staged bytes are moved in as for new content.
+        """
         blobs = self._sessions.blobs
         size = blobs.persist_upload(self.id)
         with self._sessions.metadata.transaction() as transaction:
-            transaction.link_blob(self.repository, str(digest), size)
+            new_content = transaction.link_blob(self.repository, str(digest), size)
             transaction.delete_upload(self.id)
-            blobs.commit_upload(self.id, digest)
+            stored_already = not new_content and blobs.size(digest) == size
+            if not stored_already:
+                blobs.commit_upload(self.id, digest)
+        if stored_already:
+            self._drop_staged()
         return size
+
+    def _drop_staged(self) -> None:
+        """Remove the staged bytes of a session already forgotten (best-effort: on failure, the stale-upload
+        purge removes bytes no session owns once the upload TTL has passed)."""
+        try:
+            self._sessions.blobs.remove_upload(self.id)
+        except OSError as exc:
+            fault = classify(exc)
+            if fault is None:
+                raise
+            log.warning("could not remove the staged copy of upload %s: %s", self.id, fault.describe())
 
     async def _guarded(self, step: Awaitable[T]) -> T:
         """Run one step; if the storage fails under it, the session and its staged bytes go at once.

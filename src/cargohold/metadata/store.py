@@ -120,16 +120,20 @@ class MetadataTransaction:
     def __init__(self, session: Session) -> None:
         self._session = session
 
-    def link_blob(self, repository: str, digest: str, size: int) -> None:
-        """Record content of ``size`` bytes and make it readable in ``repository`` (idempotent)."""
+    def link_blob(self, repository: str, digest: str, size: int) -> bool:
+        """Record content of ``size`` bytes and make it readable in ``repository`` (idempotent); True if the
+        content is new to the registry, False if another upload recorded it first (``RETURNING``, not the row
+        count, which psycopg does not report for ``ON CONFLICT DO NOTHING``)."""
         now = utc_now()
         repository_id = MetadataStore._ensure_repository(self._session, repository)
-        self._session.execute(
+        created = self._session.scalar(
             upsert(self._session, Blob)
             .values(digest=digest, size=size, created_at=now)
             .on_conflict_do_nothing(index_elements=["digest"])
+            .returning(Blob.digest)
         )
         MetadataStore._link(self._session, repository_id, digest, now)
+        return created is not None
 
     def delete_upload(self, upload_id: str) -> bool:
         """Forget an upload session; False if it was gone already."""
