@@ -217,9 +217,11 @@ def test_download_resumes_after_dropped_connection(proxy: FaultProxy) -> None:
     gets = [s for s in proxy.seen if s.method == "GET" and f"/blobs/{digest}" in s.path]
     assert len(gets) == 2
     assert gets[0].response_bytes == 3 << 20
-    # Bytes in flight when the connection was reset may be lost, but nothing the client had is re-fetched.
+    # Bytes in flight when the connection was reset are lost (how many depends on the loopback socket buffers,
+    # over 1 MiB on a loaded machine), but the client resumes from what it had: none of it is re-fetched
+    # (``got`` above would hold duplicates) and nothing beyond what was sent is assumed.
     resumed_at = int(gets[1].headers["Range"].removeprefix("bytes=").rstrip("-"))
-    assert (2 << 20) <= resumed_at <= (3 << 20)
+    assert 0 < resumed_at <= (3 << 20)
     # The proof of resume: only the missing bytes were served the second time.
     assert gets[1].response_bytes == len(data) - resumed_at
 
