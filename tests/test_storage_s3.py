@@ -150,6 +150,43 @@ def test_assembly_copies_parts_concurrently_and_a_failed_copy_leaves_nothing_vis
     assert copiers and all(name.startswith("s3-assemble") for name in copiers)  # on the copy pool, not in line
 
 
+def _offline_aws_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, endpoint: str) -> None:
+    """AWS settings pointing at a loopback port nothing listens on, with static keys and no config files."""
+    for name in ("config", "credentials"):
+        (tmp_path / name).touch()
+    environment = {
+        "AWS_ENDPOINT_URL": endpoint,
+        "AWS_ENDPOINT_URL_S3": endpoint,
+        "AWS_ACCESS_KEY_ID": "k",
+        "AWS_SECRET_ACCESS_KEY": "s",
+        "AWS_REGION": "us-east-1",
+        "AWS_CONFIG_FILE": str(tmp_path / "config"),
+        "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "credentials"),
+        "AWS_EC2_METADATA_DISABLED": "true",
+    }
+    for key, value in environment.items():
+        monkeypatch.setenv(key, value)
+
+
+def test_redirects_are_signed_on_the_event_loop_only_with_static_keys(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Refreshable credentials may go to the network mid-signature, so with them the blob GET signs on a worker
+    thread; a CDN base or streaming signs nothing."""
+    _offline_aws_environment(tmp_path, monkeypatch, "http://127.0.0.1:9")
+    location = S3Location.parse("s3://bucket/prefix")
+    assert S3BlobStore(location).locate_blocks is False  # static keys from the environment
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    (tmp_path / "token").write_text("a-web-identity-token")  # the role is assumed lazily: nothing is fetched here
+    monkeypatch.setenv("AWS_ENDPOINT_URL_STS", "http://127.0.0.1:9")  # were the role assumed, never off this host
+    monkeypatch.setenv("AWS_ROLE_ARN", "arn:aws:iam::123456789012:role/cargohold")
+    monkeypatch.setenv("AWS_WEB_IDENTITY_TOKEN_FILE", str(tmp_path / "token"))
+    assert S3BlobStore(location).locate_blocks is True
+    assert S3BlobStore(location, redirect_url="https://cdn.example.test").locate_blocks is False
+    assert S3BlobStore(location, redirect=False).locate_blocks is False
+
+
 class _Captured(Exception):
     """Raised from boto3's before-send hook: the request is inspected, never sent."""
 
@@ -158,19 +195,7 @@ class _Captured(Exception):
 def test_request_bodies_are_signed_only_where_tls_does_not_protect_them(
     scheme: str, signed: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    for name in ("config", "credentials"):
-        (tmp_path / name).touch()
-    environment = {
-        "AWS_ENDPOINT_URL": f"{scheme}://127.0.0.1:9",
-        "AWS_ENDPOINT_URL_S3": f"{scheme}://127.0.0.1:9",
-        "AWS_ACCESS_KEY_ID": "k",
-        "AWS_SECRET_ACCESS_KEY": "s",
-        "AWS_REGION": "us-east-1",
-        "AWS_CONFIG_FILE": str(tmp_path / "config"),
-        "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "credentials"),
-    }
-    for key, value in environment.items():
-        monkeypatch.setenv(key, value)
+    _offline_aws_environment(tmp_path, monkeypatch, f"{scheme}://127.0.0.1:9")
     client = s3_client()
     seen: dict[str, str] = {}
 

@@ -52,6 +52,7 @@ from urllib.parse import quote
 import boto3
 import botocore.exceptions
 from botocore.config import Config
+from botocore.credentials import RefreshableCredentials
 
 from cargohold.oci.digest import ALGORITHMS, Digest
 from cargohold.storage.base import BlobStore, Redirect, Streamed, UnknownUpload, UploadWriter
@@ -124,7 +125,7 @@ def _translated(what: str) -> Iterator[None]:
         raise ObjectStoreError(errno.EIO, f"object store unreachable to {what}: {exc}") from exc
 
 
-def s3_client(*, max_connections: int = 32) -> Any:
+def s3_client(*, max_connections: int = 32, session: boto3.session.Session | None = None) -> Any:
     """One thread-safe boto3 client for the process; endpoint, keys and region as the AWS tools resolve them.
 
     SigV4 explicitly (boto3 presigns SigV2 for custom endpoints otherwise); CRC checksums only where the
@@ -143,7 +144,7 @@ def s3_client(*, max_connections: int = 32) -> Any:
         request_checksum_calculation="when_required",
         response_checksum_validation="when_required",
     )
-    session = boto3.session.Session()
+    session = session if session is not None else boto3.session.Session()
     client = session.client("s3", config=config)
     if str(client.meta.endpoint_url).startswith("https://"):
         client = session.client("s3", config=config.merge(Config(s3={"payload_signing_enabled": False})))
@@ -239,7 +240,6 @@ class _PresignedUrls:
 
 class S3BlobStore(BlobStore):
     chunk_min_length = MIN_PART
-    locate_blocks = False  # with the metadata's size, locate() signs a URL (or reuses one) and asks nothing
 
     def __init__(
         self,
@@ -252,11 +252,22 @@ class S3BlobStore(BlobStore):
     ) -> None:
         self.bucket = location.bucket
         self.prefix = location.prefix
-        self.client = client if client is not None else s3_client()
+        static_keys = False
+        if client is None:
+            session = boto3.session.Session()
+            client = s3_client(session=session)
+            credentials = session.get_credentials()
+            static_keys = credentials is not None and not isinstance(credentials, RefreshableCredentials)
+        self.client = client
         self.redirect = redirect
         self.redirect_url = redirect_url.rstrip("/") if redirect_url else None
         self.redirect_ttl = redirect_ttl
         self._presigned = _PresignedUrls(redirect_ttl)
+        # With the metadata's size, locate() asks the bucket nothing: it streams, names a CDN URL, or signs one
+        # from memory. Signing is from memory only with static keys: refreshable credentials (instance,
+        # container and assumed roles, SSO) may fetch new ones over the network in the middle of a signature,
+        # which must not happen on the event loop.
+        self.locate_blocks = redirect and self.redirect_url is None and not static_keys
 
     # --- keys ---------------------------------------------------------------------------------------------
 
