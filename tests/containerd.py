@@ -10,7 +10,6 @@ plugin pulls with.
 from __future__ import annotations
 
 import shutil
-import signal
 import subprocess
 import tempfile
 import time
@@ -20,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from processes import stop_process
 
 NAMESPACE = "cargohold-test"
 
@@ -76,11 +77,5 @@ def private_containerd() -> Iterator[Containerd]:
             time.sleep(0.2)
         yield daemon
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_process(proc, timeout=20)
         shutil.rmtree(root, ignore_errors=True)

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import httpx
 
+from processes import stop_process
+
 TEMP_PATHS = ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
 
 
@@ -56,9 +58,4 @@ def private_nginx(
             time.sleep(0.05)
         yield nginx
     finally:
-        nginx.send_signal(signal.SIGQUIT)
-        try:
-            nginx.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            nginx.kill()
-            nginx.wait()
+        stop_process(nginx, signal.SIGQUIT)

@@ -46,7 +46,7 @@ from typing import Any
 
 import pytest
 
-from processes import free_port
+from processes import free_port, stop_process
 from tooling import tool_missing
 
 BIN_ENV = "CARGOHOLD_POSTGRES_BIN"
@@ -227,14 +227,8 @@ class PostgresCluster:
             with contextlib.suppress(Exception):
                 self._admin.close()
             self._admin = None
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.send_signal(signal.SIGQUIT)
-        try:
-            self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        if self.process is not None:
+            stop_process(self.process, signal.SIGQUIT, timeout=30)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

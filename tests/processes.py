@@ -25,6 +25,19 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def stop_process(process: subprocess.Popen[bytes], how: signal.Signals = signal.SIGTERM, timeout: float = 10.0) -> None:
+    """Stop ``process`` with ``how`` (the way it shuts down cleanly), then SIGKILL if it is still running after
+    ``timeout`` seconds; returns once it has exited. Does nothing to a process that already exited."""
+    if process.poll() is not None:
+        return
+    process.send_signal(how)
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 class ManagedProcess:
     """A child process with a log file; subclasses say how to launch it and where its health check is."""
 
@@ -65,14 +78,8 @@ class ManagedProcess:
         raise RuntimeError(f"{self.name} did not become healthy in {timeout}s:\n{self.log()}")
 
     def stop(self, kill: bool = False) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        if self.process is not None:
+            stop_process(self.process, signal.SIGKILL if kill else signal.SIGTERM)
 
     def log(self) -> str:
         path = self.log_path

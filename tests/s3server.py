@@ -54,6 +54,29 @@ AWS_VARIABLES_CLEARED = (
 """Variables that would make an SDK look for credentials elsewhere (a profile, STS, a container endpoint)."""
 
 
+def aws_environment(endpoint: str, config_dir: Path) -> dict[str, str]:
+    """The AWS variables that point an SDK at ``endpoint`` with the test keys and nowhere else.
+
+    ``config_dir`` receives empty AWS config and credentials files so a developer's ``~/.aws`` is never read.
+    """
+    config_dir.mkdir(parents=True, exist_ok=True)
+    for name in ("config", "credentials"):
+        (config_dir / name).touch()
+    return {
+        "AWS_ENDPOINT_URL": endpoint,
+        "AWS_ENDPOINT_URL_S3": endpoint,
+        "AWS_ACCESS_KEY_ID": ACCESS_KEY,
+        "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
+        "AWS_REGION": REGION,
+        "AWS_DEFAULT_REGION": REGION,
+        "AWS_CONFIG_FILE": str(config_dir / "config"),
+        "AWS_SHARED_CREDENTIALS_FILE": str(config_dir / "credentials"),
+        "AWS_EC2_METADATA_DISABLED": "true",
+        # Plain HTTP to the loopback server: boto3 allows it for an explicit endpoint, obstore needs consent.
+        "AWS_ALLOW_HTTP": "true",
+    }
+
+
 @dataclass
 class S3Server(ManagedProcess):
     """One ``moto`` S3 server process bound to 127.0.0.1."""
@@ -112,26 +135,8 @@ class S3Server(ManagedProcess):
         httpx.post(f"{self.endpoint}/moto-api/reset", timeout=30).raise_for_status()
 
     def environment(self, config_dir: Path) -> dict[str, str]:
-        """The AWS variables that point an SDK at this server and nowhere else.
-
-        ``config_dir`` receives empty AWS config and credentials files so a developer's ``~/.aws`` is never read.
-        """
-        config_dir.mkdir(parents=True, exist_ok=True)
-        for name in ("config", "credentials"):
-            (config_dir / name).touch()
-        return {
-            "AWS_ENDPOINT_URL": self.endpoint,
-            "AWS_ENDPOINT_URL_S3": self.endpoint,
-            "AWS_ACCESS_KEY_ID": ACCESS_KEY,
-            "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
-            "AWS_REGION": REGION,
-            "AWS_DEFAULT_REGION": REGION,
-            "AWS_CONFIG_FILE": str(config_dir / "config"),
-            "AWS_SHARED_CREDENTIALS_FILE": str(config_dir / "credentials"),
-            "AWS_EC2_METADATA_DISABLED": "true",
-            # Plain HTTP to the loopback server: boto3 allows it for an explicit endpoint, obstore needs consent.
-            "AWS_ALLOW_HTTP": "true",
-        }
+        """The AWS variables that point an SDK at this server and nowhere else (see :func:`aws_environment`)."""
+        return aws_environment(self.endpoint, config_dir)
 
 
 @dataclass(frozen=True)

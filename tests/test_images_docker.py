@@ -13,7 +13,6 @@ import io
 import json
 import os
 import shutil
-import signal
 import subprocess
 import tempfile
 import time
@@ -34,6 +33,7 @@ from cargohold.images import (
 )
 from cargohold.images.docker import registry_reach
 from cargohold.sample import write_sample_image
+from processes import stop_process
 from servers import InProcessServer
 from test_images_support import conn_fixture, skopeo_raw
 
@@ -93,13 +93,7 @@ def private_dockerd(*, own_network: bool = False) -> Iterator[str]:
             time.sleep(0.3)
         yield host
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_process(proc, timeout=30)
         shutil.rmtree(root, ignore_errors=True)
 
 

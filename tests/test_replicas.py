@@ -164,6 +164,11 @@ def cli(replicas: Replicas, registry: str, *args: str, env: dict[str, str] | Non
     )
 
 
+def start_save(replicas: Replicas, registry: str, image_dir: Path, project: str) -> subprocess.Popen[str]:
+    """``cargohold save --json`` of the sample layout's ``v1`` into ``project`` through ``registry``."""
+    return cli(replicas, registry, "save", f"oci:{image_dir}:v1", "--json", env={"CARGOHOLD_PROJECT_ID": project})
+
+
 def finish(process: subprocess.Popen[str], timeout: float = 120) -> str:
     out, err = process.communicate(timeout=timeout)
     assert process.returncode == 0, err
@@ -209,18 +214,7 @@ def test_a_build_saved_through_one_replica_is_pulled_through_the_other(replicas:
     first, second = replicas.servers
     image = write_sample_image(tmp_path / "image", layers=2, layer_size=1 * MiB, seed=1302, ref="v1")
     project = new_project(first.url, replicas.admin_token, "saved-on-a")
-    saved = json.loads(
-        finish(
-            cli(
-                replicas,
-                first.url,
-                "save",
-                f"oci:{tmp_path / 'image'}:v1",
-                "--json",
-                env={"CARGOHOLD_PROJECT_ID": project},
-            )
-        )
-    )
+    saved = json.loads(finish(start_save(replicas, first.url, tmp_path / "image", project)))
     assert saved["digest"] == str(image.manifest.digest)
     pulled = json.loads(
         finish(cli(replicas, second.url, "pull", saved["build_id"], "-o", f"oci:{tmp_path / 'out'}", "--json"))
@@ -514,14 +508,7 @@ def test_kill_9_of_the_replica_receiving_a_push_is_ridden_out_through_the_surviv
     project = new_project(replicas.proxy_url, replicas.admin_token, "kill-9")
     staged = _staged_bytes(replicas)
 
-    save = cli(
-        replicas,
-        replicas.proxy_url,
-        "save",
-        f"oci:{tmp_path / 'image'}:v1",
-        "--json",
-        env={"CARGOHOLD_PROJECT_ID": project},
-    )
+    save = start_save(replicas, replicas.proxy_url, tmp_path / "image", project)
     deadline = time.monotonic() + 60
     while staged() < 3 * MiB:
         assert save.poll() is None, save.communicate()
@@ -553,18 +540,7 @@ def test_kill_9_of_the_replica_receiving_a_push_is_ridden_out_through_the_surviv
 def test_rolling_restart_under_pulls_and_saves_fails_nothing(replicas: Replicas, tmp_path: Path) -> None:
     write_sample_image(tmp_path / "image", layers=2, layer_size=1 * MiB, seed=1304, ref="v1")
     project = new_project(replicas.proxy_url, replicas.admin_token, "rolling")
-    saved = json.loads(
-        finish(
-            cli(
-                replicas,
-                replicas.proxy_url,
-                "save",
-                f"oci:{tmp_path / 'image'}:v1",
-                "--json",
-                env={"CARGOHOLD_PROJECT_ID": project},
-            )
-        )
-    )
+    saved = json.loads(finish(start_save(replicas, replicas.proxy_url, tmp_path / "image", project)))
     repository, reference = project, saved["build_id"]
     stop = threading.Event()
     failures: list[str] = []
@@ -583,14 +559,7 @@ def test_rolling_restart_under_pulls_and_saves_fails_nothing(replicas: Replicas,
 
     def save_loop() -> None:  # concurrent saves through the proxy: the CLI's retries ride out the drains
         while not stop.is_set():
-            save = cli(
-                replicas,
-                replicas.proxy_url,
-                "save",
-                f"oci:{tmp_path / 'image'}:v1",
-                "--json",
-                env={"CARGOHOLD_PROJECT_ID": project},
-            )
+            save = start_save(replicas, replicas.proxy_url, tmp_path / "image", project)
             saves.append(save)
             out, err = save.communicate(timeout=120)
             if save.returncode != 0:

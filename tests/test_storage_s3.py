@@ -35,7 +35,7 @@ from cargohold.storage.s3 import MIN_PART, PART_SIZE, S3BlobStore, _PresignedUrl
 from cargohold.storage.s3url import S3Location
 from containerd import Containerd
 from control_helpers import FAST
-from s3server import S3Bucket
+from s3server import S3Bucket, aws_environment
 from servers import InProcessServer, new_admin_token, running
 from test_containerd import pull_with_containerd
 
@@ -151,20 +151,8 @@ def test_assembly_copies_parts_concurrently_and_a_failed_copy_leaves_nothing_vis
 
 
 def _offline_aws_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, endpoint: str) -> None:
-    """AWS settings pointing at a loopback port nothing listens on, with static keys and no config files."""
-    for name in ("config", "credentials"):
-        (tmp_path / name).touch()
-    environment = {
-        "AWS_ENDPOINT_URL": endpoint,
-        "AWS_ENDPOINT_URL_S3": endpoint,
-        "AWS_ACCESS_KEY_ID": "k",
-        "AWS_SECRET_ACCESS_KEY": "s",
-        "AWS_REGION": "us-east-1",
-        "AWS_CONFIG_FILE": str(tmp_path / "config"),
-        "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "credentials"),
-        "AWS_EC2_METADATA_DISABLED": "true",
-    }
-    for key, value in environment.items():
+    """The test AWS settings, pointing at a loopback ``endpoint`` nothing listens on."""
+    for key, value in aws_environment(endpoint, tmp_path).items():
         monkeypatch.setenv(key, value)
 
 

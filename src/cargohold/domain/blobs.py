@@ -71,7 +71,7 @@ def readable_blob_inline(
     blob from memory (``BlobStore.locate_blocks`` false: a presigned URL). A stale link needs a write to
     refresh, so it gets None too, and the caller takes :func:`readable_blob` to a worker thread.
     """
-    if not metadata.db.reads_inline or blobs.locate_blocks:
+    if blobs.locate_blocks or not metadata.db.reads_inline:  # the filesystem store: decided by one attribute
         return None
     linked = metadata.linked_blob(name, str(digest))
     if linked is None:
