@@ -279,7 +279,14 @@ def test_push_completes_across_a_restart_of_cargohold(
 
 
 def _destination_upload_bytes(destination: RefRegistry) -> int:
-    return sum(path.stat().st_size for path in (destination.root / "storage").rglob("data") if "_uploads" in path.parts)
+    """Bytes in the reference registry's upload directories right now. Its uploads finish (and their directories
+    vanish) while this walks them: ``os.walk`` skips a directory that went away, a file that did counts 0."""
+    total = 0
+    for directory, _subdirectories, files in os.walk(destination.root / "storage"):
+        if "data" in files and "_uploads" in Path(directory).parts:
+            with contextlib.suppress(FileNotFoundError):
+                total += (Path(directory) / "data").stat().st_size
+    return total
 
 
 @MODES
